@@ -1,0 +1,142 @@
+"""Error types. Library code raises these; cli.py turns them into
+`path:line:col: message` plus a hint, and an exit code (1 user error, 2 failure)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SegtoolError(Exception):
+    """Base class. `exit_code` is what the CLI returns."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def location(self) -> str:
+        return ""
+
+    def format(self) -> str:
+        loc = self.location()
+        text = f"{loc}: {self.message}" if loc else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"type": type(self).__name__, "message": self.message, "hint": self.hint}
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+@dataclass
+class Location:
+    path: str | None = None
+    line: int | None = None
+    col: int | None = None
+
+    def __str__(self) -> str:
+        parts = [self.path or "<project>"]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.col is not None:
+                parts.append(str(self.col))
+        return ":".join(parts)
+
+
+class ProjectError(SegtoolError):
+    """A problem in the project's files: exit 1."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        col: int | None = None,
+        hint: str | None = None,
+    ):
+        super().__init__(message, hint=hint)
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.col = col
+
+    def location(self) -> str:
+        if self.path is None and self.line is None:
+            return ""
+        return str(Location(self.path, self.line, self.col))
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.update(path=self.path, line=self.line, col=self.col)
+        return d
+
+
+class ProjectErrors(ProjectError):
+    """Several project errors found in one pass (validate reports them all)."""
+
+    def __init__(self, errors: list[ProjectError]):
+        self.errors = errors
+        first = errors[0]
+        super().__init__(
+            first.message, path=first.path, line=first.line, col=first.col, hint=first.hint
+        )
+
+    def format(self) -> str:
+        lines = [e.format() for e in self.errors]
+        if len(self.errors) > 1:
+            lines.append(f"{len(self.errors)} errors")
+        return "\n".join(lines)
+
+
+class DataError(SegtoolError):
+    """The data does not satisfy what the project requires (duplicate keys,
+    NaN features, empty population...): exit 1."""
+
+    exit_code = 1
+
+
+class SelectionError(SegtoolError):
+    exit_code = 1
+
+
+class LockError(SegtoolError):
+    """Another run holds the database."""
+
+    exit_code = 1
+
+
+class ExecutionError(SegtoolError):
+    """A runtime failure (SQL failed at run time, disk full, model load): exit 2."""
+
+    exit_code = 2
+
+
+class SqlError(ProjectError):
+    """SQL that does not compile or bind. Points at the compiled SQL file."""
+
+
+class EncoderError(SegtoolError):
+    """The encoder cannot be loaded (missing model, no network for it)."""
+
+    exit_code = 1
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The nearest valid name, phrased as a hint, or None."""
+    choices = list(choices)
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    if match:
+        return f"did you mean '{match[0]}'?"
+    if choices and len(choices) <= 12:
+        return "valid: " + ", ".join(sorted(choices))
+    return None

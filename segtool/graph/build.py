@@ -1,0 +1,203 @@
+"""Build the node graph from a loaded project: refs from SQL and from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from segtool.compile.sql import CompiledModel, compile_model
+from segtool.errors import ProjectError, ProjectErrors, did_you_mean
+from segtool.graph.dag import Graph, Node
+from segtool.project.loader import LoadedProject
+
+
+@dataclass
+class BuiltGraph:
+    graph: Graph
+    compiled: dict[str, CompiledModel] = field(default_factory=dict)
+    errors: list[ProjectError] = field(default_factory=list)
+
+
+def _model_meta(m) -> dict:
+    props = m.props
+    if props is None:
+        return {}
+    return {
+        "columns": [c.model_dump(exclude={"tags"}) for c in props.columns],
+    }
+
+
+def template_dependencies(proj: LoadedProject, name: str) -> list[str]:
+    """A template and everything it includes/imports/extends, transitively."""
+    import jinja2.meta
+
+    from segtool.compile.jinja import default_env
+
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        t = todo.pop()
+        if t in seen or t not in proj.templates:
+            continue
+        seen.append(t)
+        try:
+            ast = default_env().parse(proj.templates[t].text)
+        except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
+            continue
+        todo.extend(r for r in jinja2.meta.find_referenced_templates(ast) if r)
+    return seen
+
+
+def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
+    nodes: list[Node] = []
+    errors: list[ProjectError] = []
+    compiled: dict[str, CompiledModel] = {}
+
+    for (s, t), st in proj.sources.items():
+        tbl = st.table
+        nodes.append(
+            Node(
+                unique_id=f"source.{s}.{t}",
+                kind="source",
+                name=f"{s}.{t}",
+                path=tbl.file,
+                line=tbl.line,
+                tags=[*st.source.tags, *tbl.tags],
+                description=tbl.description,
+                spec=st,
+                data={"path": tbl.path, "format": tbl.format, "options": tbl.options,
+                      "database": st.source.database, "schema": st.source.schema_, "identifier": tbl.identifier},
+                meta={"columns": [c.model_dump() for c in tbl.columns]},
+            )
+        )
+
+    for name, m in proj.models.items():
+        try:
+            cm = compile_model(proj, m)
+        except ProjectError as exc:
+            if exc.path is None:
+                exc.path = m.path
+            errors.append(exc)
+            continue
+        if not cm.config.enabled:
+            continue
+        compiled[name] = cm
+        props = m.props
+        nodes.append(
+            Node(
+                unique_id=f"model.{name}",
+                kind="model",
+                name=name,
+                path=m.path,
+                line=1,
+                tags=[*cm.config.tags, *(props.tags if props else [])],
+                description=props.description if props else "",
+                depends_on=[f"model.{r}" for r in cm.refs] + [f"source.{s}.{t}" for s, t in cm.sources],
+                spec=cm,
+                data={"sql": cm.sql, "materialized": cm.config.materialized, "unique_key": cm.config.unique_key},
+                meta=_model_meta(m),
+            )
+        )
+
+    def need_model(name: str, spec, what: str) -> str | None:
+        if name in compiled:
+            return f"model.{name}"
+        if name in proj.models:  # exists but failed to compile or disabled: already reported
+            return f"model.{name}"
+        errors.append(
+            ProjectError(f"{what}: unknown model '{name}'", path=spec.file, line=spec.line, hint=did_you_mean(name, proj.models))
+        )
+        return None
+
+    for name, fs in proj.features.items():
+        dep = need_model(fs.model, fs, f"features '{name}'")
+        nodes.append(
+            Node(
+                unique_id=f"features.{name}", kind="features", name=name, path=fs.file, line=fs.line,
+                tags=fs.tags, description=fs.description, depends_on=[dep] if dep else [], spec=fs,
+                data=fs.model_dump(exclude={"description", "tags"}),
+            )
+        )
+
+    for name, tx in proj.texts.items():
+        dep = need_model(tx.model, tx, f"text '{name}'")
+        if tx.template not in proj.templates:
+            errors.append(
+                ProjectError(
+                    f"text '{name}': no template '{tx.template}' under {proj.spec.paths.templates}/",
+                    path=tx.file, line=tx.line, hint=did_you_mean(tx.template, proj.templates),
+                )
+            )
+        tdeps = template_dependencies(proj, tx.template)
+        nodes.append(
+            Node(
+                unique_id=f"text.{name}", kind="text", name=name, path=tx.file, line=tx.line,
+                tags=tx.tags, description=tx.description, depends_on=[dep] if dep else [], spec=tx,
+                data={"model": tx.model, "max_chars": tx.max_chars,
+                      "templates": {t: proj.templates[t].text for t in tdeps}},
+            )
+        )
+
+    for name, enc in proj.encoders.items():
+        nodes.append(
+            Node(
+                unique_id=f"encoder.{name}", kind="encoder", name=name, path=enc.file, line=enc.line,
+                tags=enc.tags, description=enc.description, spec=enc,
+                data=enc.model_dump(exclude={"description", "tags", "batch_size", "device", "name"}),
+            )
+        )
+
+    embeddings: dict[str, Node] = {}
+    for name, seg in proj.segmentations.items():
+        deps: list[str] = []
+        where = f"segmentation '{name}'"
+        if seg.is_rules:
+            d = need_model(seg.model, seg, where)
+            if d:
+                deps.append(d)
+        else:
+            if seg.model:
+                d = need_model(seg.model, seg, where)
+                if d:
+                    deps.append(d)
+            for inp in seg.inputs:
+                if inp.features is not None:
+                    if inp.features not in proj.features:
+                        errors.append(ProjectError(f"{where}: unknown features '{inp.features}'", path=inp.file, line=inp.line, hint=did_you_mean(inp.features, proj.features)))
+                        continue
+                    deps.append(f"features.{inp.features}")
+                else:
+                    e = inp.embedding
+                    ok = True
+                    if e.text not in proj.texts:
+                        errors.append(ProjectError(f"{where}: unknown text '{e.text}'", path=inp.file, line=inp.line, hint=did_you_mean(e.text, proj.texts)))
+                        ok = False
+                    if e.encoder not in proj.encoders:
+                        errors.append(ProjectError(f"{where}: unknown encoder '{e.encoder}'", path=inp.file, line=inp.line, hint=did_you_mean(e.encoder, proj.encoders)))
+                        ok = False
+                    if not ok:
+                        continue
+                    uid = f"embedding.{e.text}.{e.encoder}"
+                    if uid not in embeddings:
+                        embeddings[uid] = Node(
+                            unique_id=uid, kind="embedding", name=f"{e.text}.{e.encoder}", path=inp.file, line=inp.line,
+                            depends_on=[f"text.{e.text}", f"encoder.{e.encoder}"], data={"text": e.text, "encoder": e.encoder},
+                        )
+                    deps.append(uid)
+        nodes.append(
+            Node(
+                unique_id=f"segmentation.{name}", kind="segmentation", name=name, path=seg.file, line=seg.line,
+                tags=seg.tags, description=seg.description, depends_on=list(dict.fromkeys(deps)), spec=seg,
+                data=seg.model_dump(exclude={"description", "tags", "tests", "update"}),
+                meta={"tests": seg.tests.model_dump(), "update": seg.update.model_dump()},
+            )
+        )
+    nodes.extend(embeddings.values())
+
+    graph = Graph(nodes)
+    try:
+        graph.fingerprint()  # also detects cycles
+    except ProjectError as exc:
+        errors.append(exc)
+    if strict and errors:
+        raise ProjectErrors(errors)
+    return BuiltGraph(graph=graph, compiled=compiled, errors=errors)

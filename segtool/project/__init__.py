@@ -1,0 +1,3 @@
+from segtool.project.loader import LoadedProject, load_project
+
+__all__ = ["LoadedProject", "load_project"]

@@ -1,0 +1,325 @@
+"""Read a project folder into specs. Collects every error it can find in one
+pass (validate shows them all); `load_project(..., strict=True)` raises them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segtool.errors import ProjectError, ProjectErrors, did_you_mean
+from segtool.project.specs import (
+    EncoderSpec,
+    FeatureSetSpec,
+    ModelPropsSpec,
+    ProfilesSpec,
+    ProjectSpec,
+    PropertiesFile,
+    SegmentationSpec,
+    SegmentsFile,
+    SourceSpec,
+    SourceTableSpec,
+    TargetSpec,
+    TextSpec,
+)
+from segtool.project.validation import require_mapping, validate_spec
+from segtool.project.yamlio import load_yaml, parse_yaml
+
+PROJECT_FILE = "segtool_project.yml"
+PROFILES_FILE = "profiles.yml"
+
+
+@dataclass
+class ModelFile:
+    name: str
+    path: str  # relative to the project root
+    sql: str
+    props: ModelPropsSpec | None = None
+
+
+@dataclass
+class TemplateFile:
+    name: str  # path under templates/, with forward slashes
+    path: str  # relative to the project root
+    text: str
+
+
+@dataclass
+class SourceTable:
+    source: SourceSpec
+    table: SourceTableSpec
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source.name, self.table.name)
+
+
+@dataclass
+class LoadedProject:
+    root: Path
+    spec: ProjectSpec
+    target_name: str
+    target: TargetSpec
+    vars: dict[str, Any]
+    sources: dict[tuple[str, str], SourceTable] = field(default_factory=dict)
+    models: dict[str, ModelFile] = field(default_factory=dict)
+    templates: dict[str, TemplateFile] = field(default_factory=dict)
+    features: dict[str, FeatureSetSpec] = field(default_factory=dict)
+    texts: dict[str, TextSpec] = field(default_factory=dict)
+    encoders: dict[str, EncoderSpec] = field(default_factory=dict)
+    segmentations: dict[str, SegmentationSpec] = field(default_factory=dict)
+    errors: list[ProjectError] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> str:
+        return self.spec.entity.key
+
+    @property
+    def database_path(self) -> Path:
+        db = Path(self.target.database)
+        return db if db.is_absolute() else self.root / db
+
+    def relpath(self, p: Path) -> str:
+        try:
+            return p.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(p)
+
+
+def find_project_root(start: Path) -> Path:
+    start = start.resolve()
+    for d in (start, *start.parents):
+        if (d / PROJECT_FILE).is_file():
+            return d
+    raise ProjectError(
+        f"no {PROJECT_FILE} in {start} or any parent folder",
+        hint="run segtool inside a project, pass --project-dir, or create one with `segtool init DIR`",
+    )
+
+
+def parse_vars(text: str | None) -> dict[str, Any]:
+    """--vars accepts YAML or JSON: '{as_of: 2024-02-01}'."""
+    if not text:
+        return {}
+    data, _ = parse_yaml(text, "--vars")
+    if not isinstance(data, dict):
+        raise ProjectError("--vars must be a mapping, e.g. --vars '{as_of: \"2024-02-01\"}'")
+    return data
+
+
+def _render_env(text: str, rel: str) -> str:
+    """profiles.yml may use {{ env_var('X', 'default') }}."""
+    from segtool.compile.jinja import render_string
+
+    return render_string(text, {"env_var": env_var}, name=rel)
+
+
+def env_var(name: str, default: Any = None) -> str:
+    if name in os.environ:
+        return os.environ[name]
+    if default is not None:
+        return default
+    raise ProjectError(
+        f"environment variable '{name}' is not set",
+        hint=f"export {name}=... or give a default: env_var('{name}', 'value')",
+    )
+
+
+def load_project(
+    project_dir: Path | str | None = None,
+    *,
+    target: str | None = None,
+    vars: dict[str, Any] | None = None,
+    strict: bool = True,
+) -> LoadedProject:
+    root = find_project_root(Path(project_dir or "."))
+    errors: list[ProjectError] = []
+
+    data, marks = load_yaml(root / PROJECT_FILE, PROJECT_FILE)
+    errors += require_mapping(data, PROJECT_FILE)
+    spec, errs = validate_spec(ProjectSpec, data or {}, marks=marks, rel=PROJECT_FILE)
+    if spec is None:
+        raise ProjectErrors(errs)
+
+    # profiles and target
+    targets: dict[str, TargetSpec] = {}
+    prof_path = root / PROFILES_FILE
+    if prof_path.is_file():
+        try:
+            text = _render_env(prof_path.read_text(encoding="utf-8"), PROFILES_FILE)
+            pdata, pmarks = parse_yaml(text, PROFILES_FILE)
+            errs = require_mapping(pdata, PROFILES_FILE)
+            profiles, errs2 = validate_spec(ProfilesSpec, pdata or {}, marks=pmarks, rel=PROFILES_FILE)
+            errors += errs + errs2
+            if profiles:
+                targets = profiles.targets
+        except ProjectError as exc:
+            errors.append(exc if exc.path else ProjectError(exc.message, path=PROFILES_FILE, hint=exc.hint))
+    target_name = target or spec.target or ("dev" if "dev" in targets or not targets else next(iter(targets)))
+    if targets and target_name not in targets:
+        raise ProjectError(
+            f"target '{target_name}' is not in {PROFILES_FILE}",
+            path=PROFILES_FILE,
+            hint=did_you_mean(target_name, targets),
+        )
+    if not targets and target and target != (spec.target or "dev"):
+        raise ProjectError(
+            f"target '{target}' is not defined", hint=f"add it under `targets:` in {PROFILES_FILE}"
+        )
+    tspec = targets.get(target_name, TargetSpec())
+
+    merged_vars = {**spec.vars, **(vars or {})}
+    proj = LoadedProject(root=root, spec=spec, target_name=target_name, target=tspec, vars=merged_vars)
+
+    _load_models(proj, errors)
+    _load_templates(proj, errors)
+    _load_segments(proj, errors)
+    proj.errors = errors
+    if strict and errors:
+        raise ProjectErrors(errors)
+    return proj
+
+
+def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:
+    base = root / sub
+    if not base.is_dir():
+        return []
+    out = []
+    for pat in patterns:
+        out += [p for p in base.rglob(pat) if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+    return sorted(set(out))
+
+
+def _read_text(p: Path, rel: str) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProjectError(f"file is not valid UTF-8 (byte {exc.start})", path=rel, hint="save it as UTF-8") from exc
+
+
+def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
+    root = proj.root
+    mdir = proj.spec.paths.models
+    for p in _files(root, mdir, ("*.sql",)):
+        rel = proj.relpath(p)
+        name = p.stem
+        if name in proj.models:
+            errors.append(
+                ProjectError(
+                    f"two models are named '{name}': {proj.models[name].path} and {rel}",
+                    path=rel,
+                    hint="model names come from file names and must be unique",
+                )
+            )
+            continue
+        try:
+            proj.models[name] = ModelFile(name=name, path=rel, sql=_read_text(p, rel))
+        except ProjectError as exc:
+            errors.append(exc)
+
+    for p in _files(root, mdir, ("*.yml", "*.yaml")):
+        rel = proj.relpath(p)
+        try:
+            data, marks = load_yaml(p, rel)
+        except ProjectError as exc:
+            errors.append(exc)
+            continue
+        errs = require_mapping(data, rel)
+        if errs:
+            errors += errs
+            continue
+        props, errs = validate_spec(PropertiesFile, data or {}, marks=marks, rel=rel)
+        errors += errs
+        if props is None:
+            continue
+        for src in props.sources:
+            for tbl in src.tables:
+                key = (src.name, tbl.name)
+                if key in proj.sources:
+                    errors.append(ProjectError(f"source '{src.name}.{tbl.name}' is declared twice", path=rel, line=tbl.line))
+                    continue
+                if tbl.path is None and src.database is None:
+                    errors.append(
+                        ProjectError(
+                            f"source table '{src.name}.{tbl.name}' needs `path` (a file or glob) or its source needs `database`",
+                            path=rel,
+                            line=tbl.line,
+                        )
+                    )
+                    continue
+                proj.sources[key] = SourceTable(src, tbl)
+        for mp in props.models:
+            model = proj.models.get(mp.name)
+            if model is None:
+                errors.append(
+                    ProjectError(
+                        f"properties for model '{mp.name}', but there is no models/**/{mp.name}.sql",
+                        path=rel,
+                        line=mp.line,
+                        hint=did_you_mean(mp.name, proj.models),
+                    )
+                )
+            elif model.props is not None:
+                errors.append(ProjectError(f"model '{mp.name}' has properties in two places", path=rel, line=mp.line))
+            else:
+                model.props = mp
+
+
+def _load_templates(proj: LoadedProject, errors: list[ProjectError]) -> None:
+    base = proj.root / proj.spec.paths.templates
+    for p in _files(proj.root, proj.spec.paths.templates, ("*",)):
+        rel = proj.relpath(p)
+        name = p.relative_to(base).as_posix()
+        try:
+            proj.templates[name] = TemplateFile(name=name, path=rel, text=_read_text(p, rel))
+        except ProjectError as exc:
+            errors.append(exc)
+
+
+def _load_segments(proj: LoadedProject, errors: list[ProjectError]) -> None:
+    kinds = (
+        ("features", proj.features),
+        ("texts", proj.texts),
+        ("encoders", proj.encoders),
+        ("segmentations", proj.segmentations),
+    )
+    for p in _files(proj.root, proj.spec.paths.segments, ("*.yml", "*.yaml")):
+        rel = proj.relpath(p)
+        try:
+            data, marks = load_yaml(p, rel)
+        except ProjectError as exc:
+            errors.append(exc)
+            continue
+        errs = require_mapping(data, rel)
+        if errs:
+            errors += errs
+            continue
+        seg, errs = validate_spec(SegmentsFile, data or {}, marks=marks, rel=rel)
+        errors += errs
+        if seg is None:
+            continue
+        for kind, registry in kinds:
+            for item in getattr(seg, kind):
+                if item.name in registry:
+                    other = registry[item.name]
+                    errors.append(
+                        ProjectError(
+                            f"{kind} name '{item.name}' is used twice (also at {other.file}:{other.line})",
+                            path=rel,
+                            line=item.line,
+                            hint="names are unique per kind",
+                        )
+                    )
+                    continue
+                registry[item.name] = item
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON for hashing."""
+    return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))

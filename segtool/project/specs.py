@@ -1,0 +1,320 @@
+"""Pydantic schemas for every project file.
+
+All models forbid unknown keys, so a typo is an error with the nearest valid
+key as a hint (see project/validation.py). Each spec that appears in a file
+carries `file` and `line` (set by the loader) so later stages can point at it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError(
+            f"'{v}' is not a valid name: use letters, digits and underscores, not starting with a digit"
+        )
+    return v
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    _file: str | None = PrivateAttr(default=None)
+    _line: int | None = PrivateAttr(default=None)
+
+    def at(self, file: str | None, line: int | None):
+        self._file, self._line = file, line
+        return self
+
+    @property
+    def file(self) -> str | None:
+        return self._file
+
+    @property
+    def line(self) -> int | None:
+        return self._line
+
+
+# --------------------------------------------------------------------------- project
+
+
+class EntitySpec(Spec):
+    name: str = "user"
+    key: str = "user_id"
+
+
+class PathsSpec(Spec):
+    models: str = "models"
+    templates: str = "templates"
+    segments: str = "segments"
+
+
+class ProjectSpec(Spec):
+    name: str
+    version: int | str | None = None
+    entity: EntitySpec = EntitySpec()
+    target: str | None = None
+    vars: dict[str, Any] = {}
+    paths: PathsSpec = PathsSpec()
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+class TargetSpec(Spec):
+    database: str = "target/segtool.duckdb"
+    threads: int = Field(default=2, ge=1)
+    device: str | None = None
+    memory_limit: str | None = None
+
+
+class ProfilesSpec(Spec):
+    targets: dict[str, TargetSpec] = {}
+
+
+# --------------------------------------------------------------------------- models/*.yml
+
+Test = str | dict[str, Any]
+
+
+class ColumnSpec(Spec):
+    name: str
+    description: str = ""
+    data_type: str | None = None
+    tests: list[Test] = []
+    data_tests: list[Test] = []
+    tags: list[str] = []
+
+    def all_tests(self) -> list[Test]:
+        return [*self.tests, *self.data_tests]
+
+
+class SourceTableSpec(Spec):
+    name: str
+    description: str = ""
+    path: str | None = None
+    format: Literal["csv", "parquet", "json"] | None = None
+    options: dict[str, Any] = {}
+    identifier: str | None = None  # table name in an attached database
+    columns: list[ColumnSpec] = []
+    tags: list[str] = []
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+class SourceSpec(Spec):
+    name: str
+    description: str = ""
+    database: str | None = None  # path of a DuckDB file to attach read-only
+    schema_: str | None = Field(default=None, alias="schema")
+    tables: list[SourceTableSpec] = []
+    tags: list[str] = []
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+class ModelConfig(Spec):
+    materialized: Literal["view", "table", "incremental"] = "view"
+    unique_key: str | list[str] | None = None
+    tags: list[str] = []
+    enabled: bool = True
+
+
+class ModelPropsSpec(Spec):
+    name: str
+    description: str = ""
+    config: dict[str, Any] = {}
+    columns: list[ColumnSpec] = []
+    tags: list[str] = []
+
+
+class PropertiesFile(Spec):
+    version: int | None = None
+    sources: list[SourceSpec] = []
+    models: list[ModelPropsSpec] = []
+
+
+# --------------------------------------------------------------------------- segments/*.yml
+
+
+class FeatureColumnSpec(Spec):
+    transform: Literal["none", "log1p", "clip", "rank"] = "none"
+    type: Literal["numeric", "categorical"] = "numeric"
+    clip: tuple[float, float] = (0.01, 0.99)  # quantiles for transform: clip
+    impute: Literal["error", "zero", "mean", "median"] = "error"
+
+
+class FeatureSetSpec(Spec):
+    name: str
+    model: str
+    columns: dict[str, FeatureColumnSpec | None]
+    scale: Literal["standard", "robust", "minmax", "none"] = "standard"
+    description: str = ""
+    tags: list[str] = []
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+    @field_validator("columns")
+    @classmethod
+    def _fill(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("a feature set needs at least one column")
+        return {k: (c if c is not None else FeatureColumnSpec()) for k, c in v.items()}
+
+
+class TextSpec(Spec):
+    name: str
+    model: str
+    template: str
+    max_chars: int = Field(default=2000, ge=1)
+    description: str = ""
+    tags: list[str] = []
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+
+class EncoderSpec(Spec):
+    name: str
+    kind: Literal["transformers", "sentence-transformers", "hashing"]
+    model: str | None = None
+    revision: str | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_length: int = Field(default=256, ge=8, le=8192)
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+    quantize: Literal["none", "int8"] = "none"
+    trust_remote_code: bool = False
+    dim: int = Field(default=512, ge=8, le=1 << 20)  # hashing only
+    description: str = ""
+    tags: list[str] = []
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", v):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.kind != "hashing" and not self.model:
+            raise ValueError(f"encoder kind '{self.kind}' needs `model` (a hub id or a local path)")
+        if self.quantize == "int8" and self.backend != "onnx":
+            raise ValueError("quantize: int8 needs backend: onnx")
+        return self
+
+
+class EmbeddingRef(Spec):
+    text: str
+    encoder: str
+
+
+class InputSpec(Spec):
+    embedding: EmbeddingRef | None = None
+    features: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.embedding is None) == (self.features is None):
+            raise ValueError("each input is either {embedding: {text, encoder}} or {features: NAME}")
+        return self
+
+
+class ReduceSpec(Spec):
+    method: Literal["none", "pca"] = "none"
+    n_components: int = Field(default=16, ge=1)
+
+
+class ClusterSpec(Spec):
+    method: Literal["kmeans", "minibatch_kmeans", "gmm", "agglomerative", "hdbscan"] = "kmeans"
+    k: int | Literal["auto"] | None = 8
+    k_range: tuple[int, int] = (2, 12)
+    seed: int = 0
+    min_cluster_size: int = Field(default=15, ge=2)  # hdbscan
+    sample_size: int = Field(default=20000, ge=100)  # silhouette / agglomerative fit sample
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("k must be at least 1")
+        return v
+
+
+class UpdateSpec(Spec):
+    refit: Literal["never", "always", "on_drift"] = "on_drift"
+    drift_threshold: float = Field(default=0.25, gt=0)
+
+
+class LabelsSpec(Spec):
+    keywords: int = Field(default=5, ge=0)
+    features: int = Field(default=3, ge=0)
+
+
+class SegmentTestsSpec(Spec):
+    min_share: float | None = Field(default=None, ge=0, le=1)
+    max_share: float | None = Field(default=None, ge=0, le=1)
+    max_moved_share: float | None = Field(default=None, ge=0, le=1)
+    min_silhouette: float | None = Field(default=None, ge=-1, le=1)
+
+
+class RuleSpec(Spec):
+    segment: str
+    when: str
+
+
+class SegmentationSpec(Spec):
+    name: str
+    description: str = ""
+    tags: list[str] = []
+    model: str | None = None  # rule segments: the model the predicates read
+    population: str | None = None
+    inputs: list[InputSpec] = []
+    reduce: ReduceSpec = ReduceSpec()
+    cluster: ClusterSpec | None = None
+    update: UpdateSpec = UpdateSpec()
+    labels: LabelsSpec = LabelsSpec()
+    tests: SegmentTestsSpec = SegmentTestsSpec()
+    rules: list[RuleSpec] = []
+    default: str | None = None
+
+    _check = field_validator("name")(lambda cls, v: _check_name(v))
+
+    @property
+    def is_rules(self) -> bool:
+        return bool(self.rules)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.rules:
+            if self.inputs or self.cluster:
+                raise ValueError("a segmentation has either `rules` or `inputs` + `cluster`, not both")
+            if not self.model:
+                raise ValueError("rule segments need `model`: the model their predicates read")
+        else:
+            if not self.inputs:
+                raise ValueError("a segmentation needs `inputs` (embeddings and/or features) or `rules`")
+            if self.cluster is None:
+                self.cluster = ClusterSpec()
+        return self
+
+
+class SegmentsFile(Spec):
+    features: list[FeatureSetSpec] = []
+    texts: list[TextSpec] = []
+    encoders: list[EncoderSpec] = []
+    segmentations: list[SegmentationSpec] = []
+
+
+Annotated  # re-exported for type users

@@ -1,0 +1,111 @@
+"""YAML reading that keeps line numbers.
+
+`load_yaml` returns plain Python data plus a map from the path of every key
+(a tuple like ("segmentations", 0, "cluster", "k")) to its (line, col), so
+schema errors found later can point at the right line. Always safe: only the
+SafeLoader's constructors are used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segtool.errors import ProjectError
+
+Marks = dict[tuple, tuple[int, int]]
+
+
+def _context_lines(text: str, line: int, around: int = 2) -> str:
+    """Numbered source lines around `line` (1-based), with a marker, as dbt prints them."""
+    lines = text.splitlines()
+    lo, hi = max(1, line - around), min(len(lines), line + around)
+    out = []
+    for n in range(lo, hi + 1):
+        marker = ">" if n == line else " "
+        out.append(f"  {marker}{n:4d} | {lines[n - 1]}")
+    return "\n".join(out)
+
+
+def load_yaml(path: Path, rel: str | None = None) -> tuple[Any, Marks]:
+    rel = rel or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProjectError(f"cannot read file: {exc.strerror}", path=rel) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProjectError(
+            f"file is not valid UTF-8 (byte {exc.start})", path=rel, hint="save the file as UTF-8"
+        ) from exc
+    return parse_yaml(text, rel)
+
+
+def parse_yaml(text: str, rel: str) -> tuple[Any, Marks]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        marks: Marks = {}
+        data = _construct(loader, node, (), marks, rel) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        col = mark.column + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        ctx = "\n" + _context_lines(text, line) if line else ""
+        raise ProjectError(
+            f"malformed YAML: {problem}{ctx}",
+            path=rel,
+            line=line,
+            col=col,
+            hint="check indentation and quoting on the marked line",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ProjectError(f"malformed YAML: {exc}", path=rel) from exc
+    finally:
+        loader.dispose()
+    return data, marks
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Marks, rel: str):
+    marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolves `<<:` merge keys
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ProjectError(
+                    "mapping keys must be plain scalars",
+                    path=rel,
+                    line=key_node.start_mark.line + 1,
+                    col=key_node.start_mark.column + 1,
+                )
+            if key in out:
+                raise ProjectError(
+                    f"duplicate key '{key}'",
+                    path=rel,
+                    line=key_node.start_mark.line + 1,
+                    col=key_node.start_mark.column + 1,
+                    hint="each key may appear once in a mapping; remove or rename one",
+                )
+            child = path + (key,)
+            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _construct(loader, value_node, child, marks, rel)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, path + (i,), marks, rel) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def mark_for(marks: Marks, path: tuple) -> tuple[int | None, int | None]:
+    """Line/col of `path`, falling back to the nearest enclosing key."""
+    p = tuple(path)
+    while p:
+        if p in marks:
+            return marks[p]
+        p = p[:-1]
+    return marks.get((), (None, None))

@@ -1,0 +1,217 @@
+"""Connections to the project database and the `_segtool` state schema.
+
+State has a version number and forward-only migrations; every table segtool
+owns lives in `_segtool` (state) or `segments` (results). Arrays are stored as
+DuckDB lists or npz blobs: no pickle."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from segtool.compile.sql import attach_alias, quote_ident, sql_literal
+from segtool.errors import ExecutionError, LockError, ProjectError
+from segtool.project.loader import LoadedProject
+from segtool.state.lock import RunLock, describe_holder
+
+STATE = "_segtool"
+RESULTS = "segments"
+STATE_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        f"CREATE SCHEMA IF NOT EXISTS {STATE}",
+        f"CREATE SCHEMA IF NOT EXISTS {RESULTS}",
+        f"CREATE TABLE IF NOT EXISTS {STATE}.meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.runs (
+            run_id INTEGER PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP,
+            status VARCHAR, command VARCHAR, target VARCHAR, args JSON, summary JSON)""",
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.nodes (
+            unique_id VARCHAR PRIMARY KEY, kind VARCHAR, data_hash VARCHAR, own_hash VARCHAR,
+            metadata_hash VARCHAR, run_id INTEGER, updated_at TIMESTAMP)""",
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.embeddings (
+            encoder_fp VARCHAR, text_hash VARCHAR, vector FLOAT[], run_id INTEGER)""",
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.fitted (
+            segmentation VARCHAR, fit_id INTEGER, fit_hash VARCHAR, run_id INTEGER,
+            fitted_at TIMESTAMP, params JSON, arrays BLOB, active BOOLEAN)""",
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.segment_catalog (
+            segmentation VARCHAR, segment_id INTEGER, label VARCHAR, keywords JSON,
+            features JSON, size BIGINT, born_run INTEGER, died_run INTEGER)""",
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.segment_events (
+            segmentation VARCHAR, run_id INTEGER, event VARCHAR, detail JSON)""",
+    ],
+}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _lock_error(exc: Exception, db: Path) -> LockError:
+    lock = RunLock(db, "segtool")
+    holder = lock.read()
+    who = describe_holder(holder) if holder else None
+    m = re.search(r"PID (\d+)", str(exc))
+    if who is None and m:
+        who = f"another process (pid {m.group(1)})"
+    return LockError(
+        f"database {db} is locked by {who or 'another process'}",
+        hint="wait for that run to finish, or point --target at another database",
+    )
+
+
+def connect(proj: LoadedProject, *, read_only: bool = False, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    db = proj.database_path
+    if read_only and not db.exists():
+        raise ProjectError(
+            f"database {proj.relpath(db)} does not exist yet",
+            hint="run `segtool run` first",
+        )
+    if not read_only:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(db), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise _lock_error(exc, db) from None
+        raise ExecutionError(f"cannot open database {db}: {exc}") from exc
+    except duckdb.Error as exc:
+        raise ExecutionError(f"cannot open database {db}: {exc}") from exc
+    setup_connection(con, proj, threads=threads)
+    return con
+
+
+def setup_connection(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, threads: int | None = None) -> None:
+    """Relative paths in SQL resolve against the project root; sources in other
+    DuckDB files are attached read-only."""
+    con.execute(f"SET file_search_path = {sql_literal(str(proj.root))}")
+    con.execute(f"SET threads = {int(threads or proj.target.threads)}")
+    if proj.target.memory_limit:
+        con.execute(f"SET memory_limit = {sql_literal(proj.target.memory_limit)}")
+    attached = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    for st in proj.sources.values():
+        src = st.source
+        if src.database and attach_alias(src.name) not in attached:
+            path = Path(src.database)
+            path = path if path.is_absolute() else proj.root / path
+            if not path.exists():
+                raise ProjectError(
+                    f"source '{src.name}': database file {src.database} does not exist",
+                    path=src.file, line=src.line,
+                )
+            con.execute(f"ATTACH {sql_literal(str(path))} AS {quote_ident(attach_alias(src.name))} (READ_ONLY)")
+            attached.add(attach_alias(src.name))
+
+
+def state_version(con: duckdb.DuckDBPyConnection) -> int:
+    try:
+        row = con.execute(f"SELECT value FROM {STATE}.meta WHERE key = 'state_version'").fetchone()
+    except duckdb.CatalogException:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def has_state(con: duckdb.DuckDBPyConnection) -> bool:
+    return state_version(con) > 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject) -> None:
+    """Bring `_segtool` to STATE_VERSION in one transaction."""
+    current = state_version(con)
+    if current > STATE_VERSION:
+        raise ExecutionError(
+            f"this database was written by a newer segtool (state version {current} > {STATE_VERSION})",
+            hint="upgrade segtool",
+        )
+    if current == STATE_VERSION:
+        stored = get_meta(con, "project")
+        if stored and stored != proj.name:
+            raise ProjectError(
+                f"database {proj.relpath(proj.database_path)} belongs to project '{stored}', not '{proj.name}'",
+                hint="use another target/database for this project",
+            )
+        return
+    con.execute("BEGIN")
+    try:
+        for v in range(current + 1, STATE_VERSION + 1):
+            for stmt in MIGRATIONS[v]:
+                con.execute(stmt)
+        set_meta(con, "state_version", str(STATE_VERSION))
+        if not get_meta(con, "project"):
+            set_meta(con, "project", proj.name)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    try:
+        row = con.execute(f"SELECT value FROM {STATE}.meta WHERE key = ?", [key]).fetchone()
+    except duckdb.CatalogException:
+        return None
+    return row[0] if row else None
+
+
+def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    con.execute(f"INSERT OR REPLACE INTO {STATE}.meta VALUES (?, ?)", [key, value])
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND database_name = current_database()",
+        [schema, name],
+    ).fetchone()
+    return bool(row[0])
+
+
+def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> str | None:
+    """'table', 'view' or None."""
+    if table_exists(con, schema, name):
+        return "table"
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND view_name = ? AND database_name = current_database()",
+        [schema, name],
+    ).fetchone()
+    return "view" if row[0] else None
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def start_run(con: duckdb.DuckDBPyConnection, command: str, target: str, args: dict[str, Any]) -> int:
+    row = con.execute(f"SELECT coalesce(max(run_id), 0) + 1 FROM {STATE}.runs").fetchone()
+    run_id = int(row[0])
+    con.execute(
+        f"INSERT INTO {STATE}.runs VALUES (?, ?, NULL, 'running', ?, ?, ?, NULL)",
+        [run_id, now(), command, target, json.dumps(args, default=str)],
+    )
+    return run_id
+
+
+def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, status: str, summary: dict[str, Any]) -> None:
+    con.execute(
+        f"UPDATE {STATE}.runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
+        [now(), status, json.dumps(summary, default=str), run_id],
+    )
+
+
+def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int) -> None:
+    if not nodes:
+        return
+    con.executemany(
+        f"INSERT OR REPLACE INTO {STATE}.nodes VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [[n.unique_id, n.kind, n.data_hash, n.own_hash, n.metadata_hash, run_id, now()] for n in nodes],
+    )
+
+
+def node_states(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
+    if not has_state(con):
+        return {}
+    rows = con.execute(f"SELECT unique_id, data_hash, own_hash, metadata_hash, run_id FROM {STATE}.nodes").fetchall()
+    return {r[0]: {"data_hash": r[1], "own_hash": r[2], "metadata_hash": r[3], "run_id": r[4]} for r in rows}

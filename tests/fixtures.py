@@ -1,0 +1,124 @@
+"""A tiny project generated in code: 60 users in 3 planted groups that differ
+in what they buy (and so in their texts)."""
+
+from __future__ import annotations
+
+import random
+
+GROUPS = {
+    "outdoor": ["tent", "hiking boots", "trail map", "camping stove"],
+    "baby": ["diapers", "baby wipes", "stroller", "baby bottle"],
+    "gaming": ["gamepad", "headset", "graphics card", "game console"],
+}
+
+
+def data_files(n_users: int = 60, seed: int = 1, changed: tuple[int, ...] = (), extra_users: int = 0) -> dict[str, str]:
+    rng = random.Random(seed)
+    users = ["user_id,signup_at,country"]
+    orders = ["order_id,user_id,product,category,amount,ordered_at"]
+    oid = 0
+    groups = list(GROUPS)
+    for u in range(1, n_users + extra_users + 1):
+        g = groups[u % 3]
+        users.append(f"{u},2023-01-{1 + u % 28:02d},{['DE', 'FR', 'US'][u % 3]}")
+        for j in range(2 + u % 3 + (3 if u in changed else 0)):
+            oid += 1
+            prod = GROUPS[g][rng.randrange(4)]
+            amount = round(10 + rng.random() * 90 + (50 if u % 5 == 0 else 0), 2)
+            orders.append(f"{oid},{u},{prod},{g},{amount},2024-0{1 + j % 6}-{1 + (u + j) % 27:02d} 10:00:00")
+    return {"data/users.csv": "\n".join(users) + "\n", "data/orders.csv": "\n".join(orders) + "\n"}
+
+
+def tiny_project_files(**kw) -> dict[str, str]:
+    files = {
+        "segtool_project.yml": """
+            name: tiny
+            entity: {name: user, key: user_id}
+            vars: {as_of: "2024-07-01"}
+        """,
+        "models/sources.yml": """
+            sources:
+              - name: shop
+                tables:
+                  - name: users
+                    path: data/users.csv
+                    columns:
+                      - name: user_id
+                        tests: [unique, not_null]
+                  - name: orders
+                    path: data/orders.csv
+        """,
+        "models/stg_orders.sql": """
+            select order_id, user_id, product, category, amount, ordered_at
+            from {{ source('shop', 'orders') }}
+        """,
+        "models/user_features.sql": """
+            {{ config(materialized='table') }}
+            select
+                u.user_id,
+                u.country,
+                count(o.order_id) as orders,
+                coalesce(sum(o.amount), 0) as revenue,
+                coalesce(date_diff('day', max(o.ordered_at), DATE '{{ var("as_of") }}'), 999) as recency_days,
+                coalesce(mode(o.category), 'none') as top_category,
+                list(o.product order by o.ordered_at desc) filter (where o.product is not null) as products
+            from {{ source('shop', 'users') }} u
+            left join {{ ref('stg_orders') }} o on o.user_id = u.user_id
+            group by all
+        """,
+        "models/schema.yml": """
+            models:
+              - name: user_features
+                description: One row per user.
+                columns:
+                  - name: user_id
+                    tests: [unique, not_null]
+                  - name: top_category
+                    tests:
+                      - accepted_values: {values: [outdoor, baby, gaming, none]}
+              - name: stg_orders
+                columns:
+                  - name: user_id
+                    tests:
+                      - not_null
+                      - relationships: {to: "ref('user_features')", field: user_id}
+        """,
+        "templates/story.j2": """
+            A shopper from {{ country }} with {{ orders }} orders.
+            {% if products %}Recently bought {{ products[:4] | join(', ') }}.{% endif %}
+        """,
+        "segments/segments.yml": """
+            features:
+              - name: rfm
+                model: user_features
+                columns:
+                  orders: {transform: log1p}
+                  revenue: {transform: log1p}
+                  recency_days: {transform: log1p}
+            texts:
+              - name: story
+                model: user_features
+                template: story.j2
+                max_chars: 300
+            encoders:
+              - name: hash
+                kind: hashing
+                dim: 256
+            segmentations:
+              - name: behaviour
+                inputs:
+                  - {embedding: {text: story, encoder: hash}, weight: 1.0}
+                  - {features: rfm, weight: 0.3}
+                cluster: {method: kmeans, k: 3, seed: 7}
+                labels: {keywords: 3}
+                tests: {min_share: 0.05, max_share: 0.9}
+              - name: lifecycle
+                model: user_features
+                rules:
+                  - {segment: big, when: "revenue > 300"}
+                  - {segment: lapsed, when: "recency_days > 120"}
+                default: active
+        """,
+    }
+    files.update(data_files(**kw))
+    return files

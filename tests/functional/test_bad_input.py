@@ -1,0 +1,182 @@
+"""SPEC section 5: every bad input gets a clear message, a non-zero exit, and
+leaves the database as it was. Each test runs once cleanly, breaks one thing,
+and checks message, exit code and a digest of every table."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.fixtures import data_files
+
+
+@pytest.fixture
+def built(project):
+    project.cli("run")
+    return project
+
+
+def _fails(project, *args, code=1, contains=()):
+    before = project.snapshot()
+    r = project.cli(*args, expect=code)
+    for c in contains:
+        assert c in r.stderr, f"{c!r} not in:\n{r.stderr}"
+    assert project.snapshot() == before, "the database changed"
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def test_malformed_yaml(built):
+    built.write("segments/segments.yml", built.read("segments/segments.yml").replace("  - name: rfm", "  - name: rfm\n   bad: [indent"))
+    r = _fails(built, "run", contains=["segments/segments.yml:", "malformed YAML"])
+    assert ">" in r.stderr  # the numbered context lines mark the fault
+    _fails(built, "validate", contains=["malformed YAML"])
+
+
+def test_unknown_key_with_nearest(built):
+    built.edit("segments/segments.yml", "cluster: {method: kmeans, k: 3, seed: 7}", "cluster: {method: kmeans, k: 3, sed: 7}")
+    _fails(built, "run", contains=["segments/segments.yml:", "unknown key 'sed'", "did you mean 'seed'"])
+
+
+def test_unknown_ref(built):
+    built.edit("models/user_features.sql", "ref('stg_orders')", "ref('stg_order')")
+    _fails(built, "run", contains=["models/user_features.sql:", "no model named 'stg_order'", "did you mean 'stg_orders'"])
+
+
+def test_unknown_source(built):
+    built.edit("models/stg_orders.sql", "source('shop', 'orders')", "source('shop', 'order')")
+    _fails(built, "validate", contains=["source('shop', 'order')", "shop.orders"])
+
+
+def test_cycle(built):
+    built.write("models/a.sql", "select * from {{ ref('b') }}")
+    built.write("models/b.sql", "select * from {{ ref('a') }}")
+    _fails(built, "run", contains=["dependency cycle", "model.a -> model.b -> model.a"])
+
+
+def test_sql_error_names_compiled_file_and_line(built):
+    built.edit("models/user_features.sql", "count(o.order_id) as orders,", "count(o.order_idx) as orders,")
+    r = _fails(built, "run", contains=["order_idx"])
+    assert "models/user_features.sql:" in r.stderr
+    assert ":6" in r.stderr or "LINE" in r.stderr or ":5" in r.stderr
+    _fails(built, "validate", contains=["order_idx", "models/user_features.sql:"])
+
+
+def test_sql_runtime_error_rolls_back_every_model(built):
+    # binds fine, fails while running: the earlier models of this run are rolled back too
+    built.edit("models/user_features.sql", "u.country,", "cast(u.country as integer) as country,")
+    _fails(built, "run", contains=["target/run/models/user_features.sql", "Conversion Error"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("select\n    u.user_id,", "has no key column 'user_id'"),
+        ("group by all", "must have one row per user"),
+        ("null_key", "NULL user_id"),
+    ],
+)
+def test_key_column_problems(built, change, message):
+    sql = built.read("models/user_features.sql")
+    if change == "group by all":
+        sql = sql.replace("group by all", "group by all\n union all select 1, 'DE', 1, 1, 1, 'none', []")
+    elif change == "null_key":
+        sql = sql.replace("group by all", "group by all\n union all select null, 'DE', 1, 1, 1, 'none', []")
+    else:
+        sql = sql.replace("u.user_id,", "u.user_id as uid,")
+    built.write("models/user_features.sql", sql)
+    r = _fails(built, "run", contains=[message])
+    if change == "group by all":
+        assert "1 (2 rows)" in r.stderr  # example keys
+
+
+def test_template_syntax_error(built):
+    built.write("templates/story.j2", "A shopper\n{% if orders %}\n no end")
+    _fails(built, "run", contains=["templates/story.j2:", "template syntax error"])
+    _fails(built, "validate", contains=["templates/story.j2:"])
+
+
+def test_undefined_variable_in_template(built):
+    built.write("templates/story.j2", "A shopper\nwith {{ ordres }} orders")
+    _fails(built, "validate", contains=["templates/story.j2:2", "'ordres'", "did you mean 'orders'"])
+
+
+def test_undefined_attribute_names_user_and_line(built):
+    built.write("templates/story.j2", "A shopper\nwith {{ products.nope }} orders")
+    _fails(built, "run", contains=["templates/story.j2:2", "user_id", "undefined"])
+
+
+def test_undefined_var_in_sql(built):
+    built.edit("models/user_features.sql", 'var("as_of")', 'var("as_off")')
+    _fails(built, "run", contains=["var('as_off') is not defined", "did you mean 'as_of'"])
+
+
+def test_locked_database(built):
+    from segtool.state.lock import RunLock
+
+    lock = RunLock(built.db, "segtool run").acquire()
+    try:
+        r = _fails(built, "run", contains=["is locked by `segtool run`", f"pid {os.getpid()}"])
+        assert "since" in r.stderr
+    finally:
+        lock.release()
+    built.cli("run")
+
+
+def test_database_locked_by_another_process(built, tmp_path):
+    import subprocess
+    import sys
+
+    code = f"import duckdb, time; c = duckdb.connect({str(built.db)!r}); print('ready', flush=True); time.sleep(30)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        r = built.cli("run", expect=1)
+        assert "locked" in r.stderr
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_empty_population(built):
+    built.edit("segments/segments.yml", "      - name: behaviour\n", "      - name: behaviour\n        population: \"orders > 1000\"\n")
+    _fails(built, "run", contains=["population is empty", "orders > 1000"])
+
+
+def test_k_larger_than_population(built):
+    built.edit("segments/segments.yml", "k: 3,", "k: 500,")
+    _fails(built, "run", contains=["k=500 is larger than the population (60 users)"])
+
+
+def test_nan_features(built):
+    built.edit("models/user_features.sql", "coalesce(sum(o.amount), 0) as revenue", "case when u.user_id = 7 then 'nan'::double else coalesce(sum(o.amount), 0) end as revenue")
+    r = _fails(built, "run", contains=["column 'revenue'", "NaN", "impute"])
+    assert "7" in r.stderr
+
+
+def test_bad_rule_predicates(built):
+    built.edit("segments/segments.yml", 'when: "revenue > 300"', 'when: "revenue > 300; drop table user_features"')
+    _fails(built, "validate", contains=["not a single SQL expression"])
+    _fails(built, "run", contains=["not a single SQL expression"])
+    built.edit("segments/segments.yml", 'when: "revenue > 300; drop table user_features"', 'when: "revenue >> > 300"')
+    _fails(built, "validate", contains=["invalid predicate"])
+
+
+def test_inputs_with_different_user_sets(built):
+    built.write("models/other_features.sql", "select * from {{ ref('user_features') }} where user_id > 5")
+    built.edit("segments/segments.yml", "  - name: rfm\n    model: user_features", "  - name: rfm\n    model: other_features")
+    _fails(built, "run", contains=["different user sets"])
+
+
+def test_non_utf8_file(built):
+    (built.root / "templates/story.j2").write_bytes(b"A shopper \xff\xfe\n")
+    _fails(built, "run", contains=["templates/story.j2", "not valid UTF-8"])
+
+
+def test_non_utf8_data(built):
+    files = data_files()
+    raw = files["data/users.csv"].encode().replace(b",DE", b",D\xffE", 1)
+    (built.root / "data/users.csv").write_bytes(raw)
+    r = _fails(built, "run", code=1)
+    assert "utf" in r.stderr.lower() or "unicode" in r.stderr.lower()

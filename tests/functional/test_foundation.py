@@ -1,0 +1,150 @@
+"""The foundation, the way a user works: init, validate, compile, run, test, ls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from segtool.api import template_dir
+
+
+def test_validate_ok_and_formats(project):
+    r = project.cli("validate")
+    assert "ok:" in r.stdout
+    data = json.loads(project.cli("validate", "--format", "json").stdout)
+    assert data == {"ok": True, "errors": []}
+    assert "segtool validate: ok" in project.cli("validate", "--format", "github").stdout
+    assert not project.db.exists(), "validate must not write"
+    assert not (project.root / "target").exists()
+
+
+def test_validate_never_imports_heavy_modules(project):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from segtool.cli import main
+        for args in (["--help"], ["validate", "--project-dir", {str(project.root)!r}]):
+            try:
+                main(args, standalone_mode=False)
+            except SystemExit:
+                pass
+        heavy = [m for m in ("torch", "transformers", "sklearn", "sentence_transformers") if m in sys.modules]
+        print("HEAVY", heavy)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_compile_writes_sql_manifest_and_samples(project):
+    project.cli("compile")
+    compiled = project.root / "target/compiled/models/user_features.sql"
+    assert compiled.is_file()
+    sql = compiled.read_text()
+    assert "read_csv('data/users.csv')" in sql and '"main"."stg_orders"' in sql
+    assert "2024-07-01" in sql  # var rendered
+    man = json.loads((project.root / "target/manifest.json").read_text())
+    assert man["metadata"]["manifest_version"] == 1
+    nodes = man["nodes"]
+    assert nodes["model.user_features"]["depends_on"] == ["model.stg_orders", "source.shop.users"]
+    assert "embedding.story.hash" in nodes and "segmentation.behaviour" in nodes
+    sample = (project.root / "target/samples/story.md").read_text()
+    assert "A shopper from" in sample
+    assert not project.db.exists()
+
+
+def test_run_materializes_models(project):
+    r = project.cli("run")
+    assert "model user_features" in r.stdout
+    assert project.sql("select count(*) from user_features") == [(60,)]
+    kinds = dict(project.sql("select table_name, 'table' from duckdb_tables() where schema_name = 'main'"))
+    assert "user_features" in kinds and "stg_orders" not in kinds  # stg_orders is a view
+    results = json.loads((project.root / "target/run_results.json").read_text())
+    assert results["status"] == "success" and results["run_id"] == 1
+    assert (project.root / "target/run/models/user_features.sql").is_file()
+
+
+def test_vars_override_and_target(project):
+    project.cli("run", "-s", "user_features", "--vars", "{as_of: '2025-07-01'}")
+    (r,) = project.sql("select min(recency_days) from user_features")
+    assert r[0] > 300
+    project.write("profiles.yml", "targets:\n  dev: {database: target/dev.duckdb}\n  other: {database: target/other.duckdb}\n")
+    project.cli("run", "-s", "+user_features", "--target", "other")
+    assert (project.root / "target/other.duckdb").exists()
+    r = project.cli("run", "--target", "nope", expect=1)
+    assert "target 'nope'" in r.stderr and "did you mean" in r.stderr or "valid:" in r.stderr
+
+
+def test_incremental_model_and_full_refresh(project):
+    project.write(
+        "models/orders_inc.sql",
+        """
+        {{ config(materialized='incremental', unique_key='order_id') }}
+        select order_id, user_id, amount, ordered_at from {{ ref('stg_orders') }}
+        {% if is_incremental() %} where ordered_at > (select max(ordered_at) from {{ this }}) {% endif %}
+        """,
+    )
+    project.cli("run", "-s", "+orders_inc")
+    n = project.sql("select count(*) from orders_inc")[0][0]
+    r = project.cli("run", "-s", "orders_inc")
+    assert "incremental" in r.stdout
+    assert "where ordered_at >" in (project.root / "target/run/models/orders_inc.sql").read_text()
+    assert project.sql("select count(*) from orders_inc")[0][0] == n
+    r = project.cli("run", "-s", "orders_inc", "--full-refresh")
+    assert "full-refresh" in r.stdout
+    assert project.sql("select count(*) from orders_inc")[0][0] == n
+
+
+def test_ls_selection(project):
+    def ls(*args):
+        return project.cli("ls", *args).stdout.split()
+
+    up = ls("-s", "+user_features")
+    assert sorted(up) == ["model.stg_orders", "model.user_features", "source.shop.orders", "source.shop.users"]
+    assert up.index("source.shop.orders") < up.index("model.stg_orders") < up.index("model.user_features")
+    down = ls("-s", "stg_orders+")
+    assert "model.user_features" in down and "segmentation.behaviour" in down and "source.shop.users" not in down
+    assert sorted(ls("-s", "1+user_features")) == ["model.stg_orders", "model.user_features", "source.shop.users"]
+    assert ls("-s", "path:segments/segments.yml", "--exclude", "kind:encoder")[0] == "features.rfm"
+    assert ls("-s", "stg_* lifecycle") == ["model.stg_orders", "segmentation.lifecycle"]
+    project.cli("compile")
+    state = project.root / "state"
+    (project.root / "target").rename(state)
+    assert ls("-s", "state:modified", "--state", str(state)) == []
+    project.edit("templates/story.j2", "A shopper", "One shopper")
+    assert ls("-s", "state:modified", "--state", str(state)) == ["text.story"]
+    assert "text.story" in ls("-s", "state:modified+", "--state", str(state))
+
+
+def test_bad_selection(project):
+    r = project.cli("ls", "-s", "user_featurs", expect=1)
+    assert "matched no node" in r.stderr and "user_features" in r.stderr
+    r = project.cli("ls", "-s", "state:modified", expect=1)
+    assert "--state" in r.stderr
+
+
+def test_column_tests_pass_and_fail(project):
+    project.cli("run")
+    r = project.cli("test")
+    assert "unique(user_features.user_id)" in r.stdout and " 0 failed" in r.stdout
+    project.edit("models/schema.yml", "values: [outdoor, baby, gaming, none]", "values: [outdoor, baby]")
+    r = project.cli("test", expect=1)
+    assert "FAIL  accepted_values(user_features.top_category)" in r.stdout
+    assert "gaming" in r.stdout  # an offending value is shown
+
+
+def test_init_template_validates(tmp_path):
+    from click.testing import CliRunner
+
+    from segtool.cli import main
+
+    dest = tmp_path / "shop"
+    r = CliRunner().invoke(main, ["init", str(dest)])
+    assert r.exit_code == 0, r.output
+    assert (dest / "segtool_project.yml").is_file() and (dest / "data").is_dir()
+    assert not (dest / "target").exists()
+    r = CliRunner().invoke(main, ["init", str(dest)])
+    assert r.exit_code == 1 and "not empty" in r.stderr
+    assert (template_dir() / "segtool_project.yml").is_file()
