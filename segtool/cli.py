@@ -132,7 +132,8 @@ def validate(project_dir, target, vars_, debug, fmt):
         n_nodes = None
     from segtool.report.formats import format_validation
 
-    click.echo(format_validation(errors, fmt, n_nodes))
+    # text errors go to stderr like every other command's; json/github are the output itself
+    click.echo(format_validation(errors, fmt, n_nodes), err=bool(errors) and fmt == "text")
     sys.exit(1 if errors else 0)
 
 

@@ -56,7 +56,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 stubs[(s, t)] = stub
             except (duckdb.Error, ProjectError) as exc:
                 broken.add(f"source.{s}.{t}")
-                first = str(exc).strip().splitlines()[0]
+                first = " ".join(ln.strip() for ln in str(exc).strip().splitlines()[:4] if ln.strip())
                 out.errors.append(
                     ProjectError(
                         f"source '{s}.{t}' cannot be read: {first}", path=st.table.file, line=st.table.line,

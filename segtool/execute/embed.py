@@ -14,6 +14,7 @@ from segtool.compile.sql import quote_ident
 from segtool.errors import EncoderError
 from segtool.execute.render import text_table
 from segtool.state.db import STATE
+from segtool.state.result import one
 
 CHUNK = 2048  # texts per committed chunk: a crash loses at most this much work
 
@@ -79,8 +80,8 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
             GROUP BY text_hash""",
             [fp],
         )
-        users, distinct = con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}").fetchone()
-        todo = con.execute(f"SELECT count(*) FROM {work}").fetchone()[0]
+        users, distinct = one(con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}"))
+        todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
         embedded = 0
         t_enc = 0.0
         with runner.rep.progress(f"embed {text_name} with {enc_name}", todo) as bar:
@@ -147,7 +148,7 @@ def clean_cache(project) -> int:
     try:
         texts = [t for t in project.loaded.texts if table_exists(con, STATE, "texts__" + t)]
         if not texts:
-            n = con.execute(f"SELECT count(*) FROM {STATE}.embeddings").fetchone()[0]
+            n = one(con.execute(f"SELECT count(*) FROM {STATE}.embeddings"))[0]
             con.execute(f"DELETE FROM {STATE}.embeddings")
             return int(n)
         used = " UNION ".join(f"SELECT text_hash FROM {text_table(t)}" for t in texts)
@@ -161,7 +162,7 @@ def clean_cache(project) -> int:
                 continue
         fp_list = ", ".join("'" + f + "'" for f in fps) or "''"
         cond = f"encoder_fp NOT IN ({fp_list}) OR text_hash NOT IN ({used})"
-        n = con.execute(f"SELECT count(*) FROM {STATE}.embeddings WHERE {cond}").fetchone()[0]
+        n = one(con.execute(f"SELECT count(*) FROM {STATE}.embeddings WHERE {cond}"))[0]
         con.execute(f"DELETE FROM {STATE}.embeddings WHERE {cond}")
         con.execute("CHECKPOINT")
         return int(n)

@@ -20,6 +20,7 @@ from segtool.compile.jinja import make_env, renderer
 from segtool.compile.sql import quote_ident, relation
 from segtool.errors import ProjectError
 from segtool.state.db import STATE, node_states, table_exists
+from segtool.state.result import one
 
 BATCH = 20_000
 
@@ -119,9 +120,9 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
     exists = table_exists(con, STATE, "texts__" + spec.name)
     incremental = exists and prev_state is not None and prev_state["data_hash"] == node.data_hash and not runner.opts.full_refresh
 
-    key_type = con.execute(f"SELECT typeof({key}) FROM {model} LIMIT 1").fetchone()
+    key_type = one(con.execute(f"SELECT typeof({key}) FROM {model} LIMIT 1"))
     key_type = key_type[0] if key_type else "VARCHAR"
-    total = con.execute(f"SELECT count(*) FROM {model}").fetchone()[0]
+    total = one(con.execute(f"SELECT count(*) FROM {model}"))[0]
     work = quote_ident(f"__segtool_render_{spec.name}")
     if incremental:
         con.execute(
@@ -130,7 +131,7 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
             FROM {model} m LEFT JOIN {table} t ON m.{key} = t.{key}
             WHERE t.{key} IS NULL OR t.row_hash <> hash(m)"""
         )
-        removed = con.execute(f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})").fetchone()[0]
+        removed = one(con.execute(f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"))[0]
         con.execute(f"DELETE FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})")
         con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {work})")
         mode = "incremental"
@@ -144,7 +145,7 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
             text VARCHAR, n_chars INTEGER, truncated BOOLEAN, run_id INTEGER)"""
         )
         mode = "full" if not exists else "rerender"
-    n_work, n_new = con.execute(f"SELECT count(*), count(*) FILTER (WHERE __new) FROM {work}").fetchone()
+    n_work, n_new = one(con.execute(f"SELECT count(*), count(*) FILTER (WHERE __new) FROM {work}"))
     n_trunc = n_empty = 0
     with runner.rep.progress(f"render {spec.name}", n_work) as bar:
         for lo in range(1, n_work + 1, BATCH):

@@ -25,6 +25,7 @@ from segtool.errors import DataError, ProjectError, did_you_mean
 from segtool.graph.dag import sha
 from segtool.project.loader import dumps
 from segtool.state.db import RESULTS, STATE, now, table_exists
+from segtool.state.result import one
 
 
 def seg_table(name: str) -> str:
@@ -77,7 +78,7 @@ def check_inputs(runner, con, uids: list[str]) -> None:
         where = f"segmentation '{seg.name}'"
         pop = population_sql(proj, seg)
         try:
-            n = con.execute(f"SELECT count(*) FROM ({pop})").fetchone()[0]
+            n = one(con.execute(f"SELECT count(*) FROM ({pop})"))[0]
         except Exception as exc:  # noqa: BLE001 - a predicate that fails at run time
             raise ProjectError(f"{where}: population predicate failed: {str(exc).splitlines()[0]}", path=seg.file, line=seg.line) from exc
         if n == 0:
@@ -126,7 +127,7 @@ def _check_finite(con, proj, fs, pop: str) -> None:
             f"SELECT m.{k}, CAST(m.{q} AS VARCHAR) FROM {relation(fs.model)} m JOIN ({pop}) p ON p.{k} = m.{k} WHERE {bad} ORDER BY 1 LIMIT 5"
         ).fetchall()
         if rows:
-            total = con.execute(f"SELECT count(*) FROM {relation(fs.model)} m JOIN ({pop}) p ON p.{k} = m.{k} WHERE {bad}").fetchone()[0]
+            total = one(con.execute(f"SELECT count(*) FROM {relation(fs.model)} m JOIN ({pop}) p ON p.{k} = m.{k} WHERE {bad}"))[0]
             ex = ", ".join(f"{r[0]!r} ({r[1] if r[1] is not None else 'NULL'})" for r in rows)
             raise DataError(
                 f"{fs.file}:{fs.line}: features '{fs.name}': column '{col}' of model '{fs.model}' has {total} NULL/NaN/inf value(s), e.g. {proj.key} {ex}",
@@ -228,10 +229,10 @@ def _load_inputs(runner, con, seg, users_sql: str, *, need_texts: bool) -> Loade
 
 
 def _active_fit(con, name: str) -> tuple | None:
-    return con.execute(
+    return one(con.execute(
         f"SELECT fit_id, fit_hash, params, arrays FROM {STATE}.fitted WHERE segmentation = ? AND active ORDER BY fit_id DESC LIMIT 1",
         [name],
-    ).fetchone()
+    ))
 
 
 def _restore(row) -> tuple[list, Any, dict]:
@@ -267,7 +268,7 @@ def _run_clusters(runner, con, seg) -> dict:
     fhash = fit_hash(runner, seg)
     hash_expr = _input_hash_sql(runner, seg, "u")
     con.execute(f"CREATE OR REPLACE TEMP TABLE __segtool_cur AS SELECT u.{k}, u.__ord, {hash_expr} AS input_hash FROM ({pop}) u")
-    n_users = con.execute("SELECT count(*) FROM __segtool_cur").fetchone()[0]
+    n_users = one(con.execute("SELECT count(*) FROM __segtool_cur"))[0]
     has_prev = table_exists(con, RESULTS, name) and table_exists(con, STATE, "inputs__" + name)
     active = _active_fit(con, name)
 
@@ -281,7 +282,7 @@ def _run_clusters(runner, con, seg) -> dict:
         )
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE __segtool_changed AS SELECT {k}, __ord FROM __segtool_cur")
-    n_changed = con.execute("SELECT count(*) FROM __segtool_changed").fetchone()[0]
+    n_changed = one(con.execute("SELECT count(*) FROM __segtool_changed"))[0]
 
     reason = None
     drift = None
@@ -368,7 +369,7 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
     # stable ids: match to the previous assignment by member overlap
     prev = _previous_ids(con, proj, name, loaded.keys)
     alive = [r[0] for r in con.execute(f"SELECT segment_id FROM {STATE}.segment_catalog WHERE segmentation = ? AND died_run IS NULL AND segment_id >= 0", [name]).fetchall()]
-    next_id = con.execute(f"SELECT coalesce(max(segment_id) + 1, 0) FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]).fetchone()[0]
+    next_id = one(con.execute(f"SELECT coalesce(max(segment_id) + 1, 0) FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]))[0]
     match = match_clusters(prev, labels, alive, int(next_id))
     ids = match.apply(labels)
 
@@ -400,7 +401,7 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
     p, a = model.state_dict()
     params["model"] = p
     arrays.update({f"model/{n}": v for n, v in a.items()})
-    fit_id = con.execute(f"SELECT coalesce(max(fit_id), 0) + 1 FROM {STATE}.fitted WHERE segmentation = ?", [name]).fetchone()[0]
+    fit_id = one(con.execute(f"SELECT coalesce(max(fit_id), 0) + 1 FROM {STATE}.fitted WHERE segmentation = ?", [name]))[0]
     con.execute(f"UPDATE {STATE}.fitted SET active = false WHERE segmentation = ?", [name])
     con.execute(
         f"INSERT INTO {STATE}.fitted VALUES (?, ?, ?, ?, ?, ?, ?, true)",
@@ -426,7 +427,7 @@ def _assign(runner, con, seg, transformers, model, params, n_changed: int) -> di
     name = seg.name
     k = quote_ident(proj.key)
     # users gone from the population leave the table
-    removed = con.execute(f"SELECT count(*) FROM {seg_table(name)} s WHERE s.{k} NOT IN (SELECT {k} FROM __segtool_cur)").fetchone()[0]
+    removed = one(con.execute(f"SELECT count(*) FROM {seg_table(name)} s WHERE s.{k} NOT IN (SELECT {k} FROM __segtool_cur)"))[0]
     con.execute(f"DELETE FROM {seg_table(name)} WHERE {k} NOT IN (SELECT {k} FROM __segtool_cur)")
     if n_changed:
         ch = _load_inputs(runner, con, seg, "SELECT * FROM __segtool_changed", need_texts=False)
@@ -436,7 +437,7 @@ def _assign(runner, con, seg, transformers, model, params, n_changed: int) -> di
         _write_assignments(con, proj, name, ch.keys, ids, dist, conf, runner.run_id, full=False)
     moved = _update_history(con, proj, name, runner.run_id)
     _refresh_sizes(con, name)
-    n_segments = con.execute(f"SELECT count(DISTINCT segment_id) FROM {seg_table(name)} WHERE segment_id >= 0").fetchone()[0]
+    n_segments = one(con.execute(f"SELECT count(DISTINCT segment_id) FROM {seg_table(name)} WHERE segment_id >= 0"))[0]
     reason = "no changes" if not n_changed and not removed else f"{n_changed:,} new/changed user(s)"
     return {"action": "assign" if n_changed or removed else "unchanged", "reason": reason, "assigned": int(n_changed),
             "removed": int(removed), "moved": moved, "segments": int(n_segments)}
@@ -513,16 +514,16 @@ def _update_history(con, proj, name: str, run_id: int) -> int:
     k = quote_ident(proj.key)
     hist = hist_table(name)
     if not table_exists(con, RESULTS, name + "_history"):
-        key_type = con.execute(f"SELECT typeof({k}) FROM {seg_table(name)} LIMIT 1").fetchone()
+        key_type = one(con.execute(f"SELECT typeof({k}) FROM {seg_table(name)} LIMIT 1"))
         con.execute(
             f"""CREATE TABLE {hist} ({k} {key_type[0] if key_type else 'VARCHAR'}, segment_id INTEGER, segment VARCHAR,
             valid_from_run INTEGER, valid_to_run INTEGER, valid_from TIMESTAMP, valid_to TIMESTAMP)"""
         )
     ts = now()
-    moved = con.execute(
+    moved = one(con.execute(
         f"""SELECT count(*) FROM {hist} h JOIN {seg_table(name)} s ON s.{k} = h.{k}
         WHERE h.valid_to_run IS NULL AND h.segment_id <> s.segment_id"""
-    ).fetchone()[0]
+    ))[0]
     con.execute(
         f"""UPDATE {hist} h SET valid_to_run = ?, valid_to = ?
         WHERE h.valid_to_run IS NULL AND NOT EXISTS (
@@ -566,7 +567,7 @@ def _run_rules(runner, con, seg) -> dict:
     pop = population_sql(proj, seg)
     id_case = " ".join(f"WHEN {sql_literal(s)} THEN {i}" for s, i in known.items())
     first = not table_exists(con, RESULTS, name)
-    before = None if first else con.execute(f"SELECT count(*) FROM {seg_table(name)}").fetchone()[0]
+    before = None if first else one(con.execute(f"SELECT count(*) FROM {seg_table(name)}"))[0]
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE __segtool_rules AS
         SELECT m.{k}, CASE {whens} ELSE {default} END AS segment FROM {relation(seg.model)} m
@@ -575,10 +576,10 @@ def _run_rules(runner, con, seg) -> dict:
     con.execute("DELETE FROM __segtool_rules WHERE segment IS NULL")
     changed = 0
     if not first:
-        changed = con.execute(
+        changed = one(con.execute(
             f"""SELECT count(*) FROM __segtool_rules r LEFT JOIN {seg_table(name)} s ON s.{k} = r.{k}
             WHERE s.{k} IS NULL OR s.segment <> r.segment"""
-        ).fetchone()[0]
+        ))[0]
     con.execute(
         f"""CREATE OR REPLACE TABLE {seg_table(name)} AS
         SELECT r.{k}, CAST(CASE r.segment {id_case} END AS INTEGER) AS segment_id, r.segment,
@@ -588,7 +589,7 @@ def _run_rules(runner, con, seg) -> dict:
     con.execute("DROP TABLE __segtool_rules")
     moved = _update_history(con, proj, name, runner.run_id)
     _refresh_sizes(con, name)
-    users, n_seg = con.execute(f"SELECT count(*), count(DISTINCT segment_id) FROM {seg_table(name)}").fetchone()
+    users, n_seg = one(con.execute(f"SELECT count(*), count(DISTINCT segment_id) FROM {seg_table(name)}"))
     return {"action": "rules", "reason": "first run" if first else "rules re-evaluated", "users": int(users),
             "assigned": int(users if first else changed), "moved": moved, "segments": int(n_seg),
             "removed": int(max(0, (before or 0) - users))}
@@ -648,9 +649,9 @@ def segmentation_tests(project, con, node) -> list:
     pop = population_sql(proj, seg)
     if not seg.is_rules or seg.default:
         missing = con.execute(f"SELECT p.{k} FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k} ORDER BY 1 LIMIT 5").fetchall()
-        n_missing = con.execute(f"SELECT count(*) FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k}").fetchone()[0] if missing else 0
+        n_missing = one(con.execute(f"SELECT count(*) FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k}"))[0] if missing else 0
         add("every_user_assigned", not missing, f"{n_missing} user(s) of the population have no segment", n_missing, missing)
-    total = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] or 1
+    total = one(con.execute(f"SELECT count(*) FROM {table}"))[0] or 1
     shares = con.execute(f"SELECT segment_id, any_value(segment), count(*) / {total}::DOUBLE AS share FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
     t = seg.tests
     if t.min_share is not None:
@@ -660,14 +661,14 @@ def segmentation_tests(project, con, node) -> list:
         big = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh > t.max_share]
         add("max_share", not big, f"{len(big)} segment(s) above max_share {t.max_share}", len(big), big)
     if t.max_moved_share is not None:
-        last = con.execute(f"SELECT max(valid_from_run) FROM {hist_table(name)}").fetchone()[0]
-        first = con.execute(f"SELECT min(valid_from_run) FROM {hist_table(name)}").fetchone()[0]
+        last = one(con.execute(f"SELECT max(valid_from_run) FROM {hist_table(name)}"))[0]
+        first = one(con.execute(f"SELECT min(valid_from_run) FROM {hist_table(name)}"))[0]
         if last is None or last == first:
             out.append(TestResult(f"max_moved_share({name})", node.unique_id, "pass", 0, "", [], seg.file, seg.line))
         else:
-            moved = con.execute(
+            moved = one(con.execute(
                 f"SELECT count(DISTINCT {k}) FROM {hist_table(name)} WHERE valid_to_run = ? AND {k} IN (SELECT {k} FROM {table})", [last]
-            ).fetchone()[0]
+            ))[0]
             share = moved / total
             add("max_moved_share", share <= t.max_moved_share, f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})", moved)
     if t.min_silhouette is not None and not seg.is_rules:

@@ -16,6 +16,7 @@ from segtool.compile.sql import MODEL_SCHEMA, CompiledModel, compile_model, quot
 from segtool.errors import DataError, ExecutionError, SqlError
 from segtool.project.loader import LoadedProject
 from segtool.state.db import relation_exists
+from segtool.state.result import one
 
 
 @dataclass
@@ -80,7 +81,7 @@ def build_model(
             action = "replaced" if existing else "created"
         elif not incremental:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS\n{run_cm.sql}")
-            rows = con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+            rows = one(con.execute(f"SELECT count(*) FROM {rel}"))[0]
             action = "full-refresh" if (mat == "incremental" and existing) else ("replaced" if existing else "created")
         else:
             tmp = quote_ident(f"__segtool_new_{cm.name}")
@@ -99,7 +100,7 @@ def build_model(
                 cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
                 con.execute(f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {tmp} AS n WHERE {cond})")
             con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM {tmp}")
-            rows = con.execute(f"SELECT count(*) FROM {tmp}").fetchone()[0]
+            rows = one(con.execute(f"SELECT count(*) FROM {tmp}"))[0]
             con.execute(f"DROP TABLE {tmp}")
             action = "incremental"
     except duckdb.Error as exc:
@@ -120,7 +121,7 @@ def check_key(con: duckdb.DuckDBPyConnection, proj: LoadedProject, model: str, u
             hint=f"select the entity key as `{key}`, or change entity.key in segtool_project.yml (columns: {', '.join(cols[:12])})",
         )
     k = quote_ident(key)
-    nulls = con.execute(f"SELECT count(*) FROM {rel} WHERE {k} IS NULL").fetchone()[0]
+    nulls = one(con.execute(f"SELECT count(*) FROM {rel} WHERE {k} IS NULL"))[0]
     if nulls:
         raise DataError(
             f"{path}: model '{model}' has {nulls} row(s) with NULL {key}",
@@ -130,7 +131,7 @@ def check_key(con: duckdb.DuckDBPyConnection, proj: LoadedProject, model: str, u
         f"SELECT {k}, count(*) AS n FROM {rel} GROUP BY {k} HAVING count(*) > 1 ORDER BY n DESC, {k} LIMIT 5"
     ).fetchall()
     if dups:
-        total = con.execute(f"SELECT count(*) FROM (SELECT {k} FROM {rel} GROUP BY {k} HAVING count(*) > 1)").fetchone()[0]
+        total = one(con.execute(f"SELECT count(*) FROM (SELECT {k} FROM {rel} GROUP BY {k} HAVING count(*) > 1)"))[0]
         examples = ", ".join(f"{r[0]!r} ({r[1]} rows)" for r in dups)
         raise DataError(
             f"{path}: model '{model}' must have one row per {proj.spec.entity.name}, but {total} {key} value(s) repeat: {examples}",

@@ -12,6 +12,7 @@ import duckdb
 
 from segtool.compile.sql import quote_ident, relation, source_sql, sql_literal
 from segtool.errors import ProjectError, did_you_mean
+from segtool.state.result import one
 
 COLUMN_TESTS = ("unique", "not_null", "accepted_values", "relationships")
 
@@ -106,7 +107,7 @@ def run_tests(project, select=(), exclude=(), reporter=None) -> list[TestResult]
                     sql, kind = column_test_sql(project, rel, col.name, name, args)
                     tname = f"{kind}({node.name}.{col.name})"
                     try:
-                        n = con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+                        n = one(con.execute(f"SELECT count(*) FROM ({sql})"))[0]
                         ex = con.execute(f"SELECT * FROM ({sql}) LIMIT 5").fetchall() if n else []
                         status = "fail" if n else "pass"
                         msg = f"{n} offending row(s)" if n else ""

@@ -18,6 +18,7 @@ from segtool.compile.sql import attach_alias, quote_ident, sql_literal
 from segtool.errors import ExecutionError, LockError, ProjectError
 from segtool.project.loader import LoadedProject
 from segtool.state.lock import RunLock, describe_holder
+from segtool.state.result import one
 
 STATE = "_segtool"
 RESULTS = "segments"
@@ -110,7 +111,7 @@ def setup_connection(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, thr
 
 def state_version(con: duckdb.DuckDBPyConnection) -> int:
     try:
-        row = con.execute(f"SELECT value FROM {STATE}.meta WHERE key = 'state_version'").fetchone()
+        row = one(con.execute(f"SELECT value FROM {STATE}.meta WHERE key = 'state_version'"))
     except duckdb.CatalogException:
         return 0
     return int(row[0]) if row else 0
@@ -152,7 +153,7 @@ def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject) -> None:
 
 def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
     try:
-        row = con.execute(f"SELECT value FROM {STATE}.meta WHERE key = ?", [key]).fetchone()
+        row = one(con.execute(f"SELECT value FROM {STATE}.meta WHERE key = ?", [key]))
     except duckdb.CatalogException:
         return None
     return row[0] if row else None
@@ -163,10 +164,10 @@ def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    row = con.execute(
+    row = one(con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND database_name = current_database()",
         [schema, name],
-    ).fetchone()
+    ))
     return bool(row[0])
 
 
@@ -174,10 +175,10 @@ def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> s
     """'table', 'view' or None."""
     if table_exists(con, schema, name):
         return "table"
-    row = con.execute(
+    row = one(con.execute(
         "SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND view_name = ? AND database_name = current_database()",
         [schema, name],
-    ).fetchone()
+    ))
     return "view" if row[0] else None
 
 
@@ -185,7 +186,7 @@ def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> s
 
 
 def start_run(con: duckdb.DuckDBPyConnection, command: str, target: str, args: dict[str, Any]) -> int:
-    row = con.execute(f"SELECT coalesce(max(run_id), 0) + 1 FROM {STATE}.runs").fetchone()
+    row = one(con.execute(f"SELECT coalesce(max(run_id), 0) + 1 FROM {STATE}.runs"))
     run_id = int(row[0])
     con.execute(
         f"INSERT INTO {STATE}.runs VALUES (?, ?, NULL, 'running', ?, ?, ?, NULL)",

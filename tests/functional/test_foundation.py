@@ -67,6 +67,7 @@ def test_run_materializes_models(project):
 
 
 def test_vars_override_and_target(project):
+    project.cli("run", "-s", "+user_features")
     project.cli("run", "-s", "user_features", "--vars", "{as_of: '2025-07-01'}")
     (r,) = project.sql("select min(recency_days) from user_features")
     assert r[0] > 300

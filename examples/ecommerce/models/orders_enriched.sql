@@ -1,0 +1,19 @@
+{{ config(materialized='incremental', unique_key='order_id') }}
+
+-- Orders with product name and category. Incremental: each run appends the
+-- orders newer than the newest one already loaded.
+select
+    o.order_id,
+    o.user_id,
+    o.product_id,
+    o.ordered_at,
+    o.quantity,
+    o.amount,
+    coalesce(p.product_name, 'Unknown product') as product_name,
+    coalesce(p.category, 'Unknown')             as category,
+    p.price                                     as unit_price
+from {{ ref('stg_orders') }} as o
+left join {{ ref('stg_products') }} as p using (product_id)
+{% if is_incremental() %}
+where o.ordered_at > (select max(ordered_at) from {{ this }})
+{% endif %}

@@ -1,0 +1,107 @@
+{{ config(materialized='table') }}
+
+-- Exactly one row per user, users without orders included.
+-- Numeric features are never NULL: users without orders get orders = 0,
+-- revenue = 0 and recency_days = 3650 (a large, finite "never").
+with users as (
+    select * from {{ ref('stg_users') }}
+),
+
+orders as (
+    select *
+    from {{ ref('orders_enriched') }}
+    where ordered_at < DATE '{{ var("as_of") }}' + INTERVAL 1 DAY
+),
+
+order_stats as (
+    select
+        user_id,
+        min(ordered_at)          as first_order_at,
+        max(ordered_at)          as last_order_at,
+        count(*)                 as orders,
+        sum(amount)              as revenue,
+        count(distinct category) as n_categories
+    from orders
+    group by user_id
+),
+
+per_category as (
+    select user_id, category, count(*) as n, sum(amount) as amount
+    from orders
+    group by user_id, category
+),
+
+categories as (
+    -- ties broken by spend, then name, so the result is deterministic
+    select
+        user_id,
+        list(struct_pack(category := category, n := n)
+             order by n desc, amount desc, category) as category_counts
+    from per_category
+    group by user_id
+),
+
+recent as (
+    -- up to 5 distinct products, most recently bought first
+    select user_id, list(product_name order by last_at desc, product_name) as recent_products
+    from (
+        select user_id, product_name, max(ordered_at) as last_at
+        from orders
+        group by user_id, product_name
+        qualify row_number() over (
+            partition by user_id order by max(ordered_at) desc, product_name
+        ) <= 5
+    )
+    group by user_id
+),
+
+activity as (
+    select
+        e.user_id,
+        count(*) filter (
+            where e.event_type = 'view'
+              and e.event_at >= DATE '{{ var("as_of") }}' + INTERVAL 1 DAY
+                                - INTERVAL {{ var("lookback_days") }} DAY
+        ) as views_lookback
+    from {{ ref('stg_events') }} as e
+    group by e.user_id
+),
+
+browsed as (
+    -- the category a user looks at most (views, carts, wishlists; searches have no product)
+    select user_id, first(category order by n desc, category) as top_viewed_category
+    from (
+        select e.user_id, p.category, count(*) as n
+        from {{ ref('stg_events') }} as e
+        join {{ ref('stg_products') }} as p using (product_id)
+        group by e.user_id, p.category
+    )
+    group by user_id
+)
+
+select
+    u.user_id,
+    u.signup_at,
+    u.country,
+    u.channel,
+    s.first_order_at,
+    s.last_order_at,
+    coalesce(date_diff('day', cast(s.last_order_at as date), DATE '{{ var("as_of") }}'), 3650)
+                                                          as recency_days,
+    coalesce(s.orders, 0)                                 as orders,
+    round(coalesce(s.revenue, 0), 2)                      as revenue,
+    round(coalesce(s.revenue / nullif(s.orders, 0), 0), 2) as avg_order_value,
+    coalesce(c.category_counts[1].category, 'none')       as top_category,
+    coalesce(s.n_categories, 0)                           as n_categories,
+    coalesce(a.views_lookback, 0)                         as views_lookback,
+    coalesce(r.recent_products, []::varchar[])            as recent_products,
+    coalesce(c.category_counts, []::struct(category varchar, n bigint)[])
+                                                          as category_counts,
+    coalesce(b.top_viewed_category, 'none')               as top_viewed_category
+from users as u
+left join order_stats as s using (user_id)
+left join categories  as c using (user_id)
+left join recent      as r using (user_id)
+left join activity    as a using (user_id)
+left join browsed     as b using (user_id)
+order by u.user_id

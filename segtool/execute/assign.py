@@ -1,0 +1,144 @@
+"""`segtool assign`: put users from a file into the existing segments of a
+segmentation, through the same features, texts, encoder and fitted model as
+a run, without changing any state. Each row is scored on its own, so one
+user alone gets the same answer as in a batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segtool.compile.sql import quote_ident, sql_literal
+from segtool.errors import DataError, ProjectError, did_you_mean
+from segtool.state.db import STATE, table_exists
+
+
+def _read_input(con, path: Path) -> None:
+    fmt = {".csv": "read_csv", ".tsv": "read_csv", ".parquet": "read_parquet", ".json": "read_json", ".jsonl": "read_json", ".ndjson": "read_json"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ProjectError(f"cannot tell the format of {path}", hint="use a .csv, .parquet or .json file")
+    import duckdb
+
+    try:
+        con.execute(f"CREATE TABLE input AS SELECT *, row_number() OVER () AS __ord FROM {fmt}({sql_literal(str(path))})")
+    except duckdb.Error as exc:
+        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def assign_file(project, name: str, path: Path):
+    import duckdb
+    import polars as pl
+
+    from segtool.execute.render import render_rows, text_renderer
+    from segtool.execute.segment import _active_fit, _restore
+
+    proj = project.loaded
+    if name not in proj.segmentations:
+        raise ProjectError(f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations))
+    seg = proj.segmentations[name]
+    key = proj.key
+    k = quote_ident(key)
+    mem = duckdb.connect(":memory:")
+    _read_input(mem, Path(path))
+    cols = {r[0] for r in mem.execute("DESCRIBE input").fetchall()}
+    if key not in cols:
+        raise DataError(f"{path} has no key column '{key}'", hint=f"columns: {', '.join(sorted(cols))}")
+
+    db = project.connect(read_only=True)
+    try:
+        if seg.population:
+            from segtool.compile.checks import check_predicate
+
+            mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
+            pred = check_predicate(mem, proj, _base(proj, seg), seg.population, where=f"segmentation '{name}' population", spec=seg)
+            inside = mem.execute(f"SELECT ({pred}) FROM input ORDER BY __ord").fetchnumpy()
+            inside = np.asarray(next(iter(inside.values())), dtype=bool)
+        else:
+            inside = None
+        if seg.is_rules:
+            return _assign_rules(project, seg, mem, db, inside)
+        active = _active_fit(db, name)
+        if active is None:
+            raise ProjectError(f"segmentation '{name}' has no fitted model yet", hint=f"segtool run -s +{name}")
+        transformers, model, params = _restore(active)
+        keys = np.asarray(mem.sql(f"SELECT {k} FROM input ORDER BY __ord").to_arrow_table().column(0).to_numpy(zero_copy_only=False))
+        blocks = []
+        for inp, t in zip(seg.inputs, transformers):
+            if inp.features:
+                fs = proj.features[inp.features]
+                missing = [c for c in fs.columns if c not in cols]
+                if missing:
+                    raise DataError(f"{path} lacks column(s) {', '.join(missing)} of features '{fs.name}'")
+                df = mem.sql(f"SELECT {', '.join(quote_ident(c) for c in fs.columns)} FROM input ORDER BY __ord").pl()
+                blocks.append(t.transform(df, keys))
+            else:
+                blocks.append(_vectors(project, db, mem, inp, render_rows, text_renderer))
+        labels, dist, conf = model.predict(blocks, keys)
+        mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
+        ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
+        names = dict(db.execute(f"SELECT segment_id, label FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]).fetchall())
+        out = pl.DataFrame({key: keys, "segment_id": ids, "segment": [names.get(int(i), f"segment {i}") for i in ids],
+                            "distance": dist.astype(np.float64), "confidence": conf.astype(np.float64)})
+        if inside is not None:
+            out = out.with_columns(
+                pl.when(pl.Series(inside)).then(pl.col("segment_id")).otherwise(None).alias("segment_id"),
+                pl.when(pl.Series(inside)).then(pl.col("segment")).otherwise(pl.lit("outside population")).alias("segment"),
+            )
+        return out
+    finally:
+        db.close()
+        mem.close()
+
+
+def _base(proj, seg) -> str:
+    from segtool.execute.segment import base_model
+
+    return base_model(proj, seg)
+
+
+def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
+    """Render each row's text, reuse cached vectors, encode the rest."""
+    from segtool.encoders import build_encoder
+
+    proj = project.loaded
+    spec = proj.texts[inp.embedding.text]
+    rows = mem.sql("SELECT * EXCLUDE (__ord), 0 AS __row_hash FROM input ORDER BY __ord").to_arrow_table().to_pylist()
+    rendered, _, _ = render_rows(proj, spec, rows, text_renderer(proj, spec))
+    enc = build_encoder(proj.encoders[inp.embedding.encoder], proj.root, cache_dir=project.target_dir / "onnx")
+    fp = enc.fingerprint()
+    hashes = [r[2] for r in rendered]
+    cached = {}
+    if table_exists(db, STATE, "embeddings") and hashes:
+        import pyarrow as pa
+
+        db.register("__h", pa.table({"h": hashes}))
+        for h, v in db.execute(f"SELECT e.text_hash, e.vector FROM {STATE}.embeddings e JOIN __h ON e.text_hash = __h.h WHERE e.encoder_fp = ?", [fp]).fetchall():
+            cached[h] = np.asarray(v, dtype=np.float32)
+        db.unregister("__h")
+    todo = [i for i, h in enumerate(hashes) if h not in cached]
+    if todo:
+        vecs = enc.encode([rendered[i][3] for i in todo])
+        for i, v in zip(todo, vecs):
+            cached[hashes[i]] = v
+    return np.stack([cached[h] for h in hashes]) if hashes else np.zeros((0, enc.dim), np.float32)
+
+
+def _assign_rules(project, seg, mem, db, inside):
+    import polars as pl
+
+    from segtool.compile.checks import check_predicate
+
+    proj = project.loaded
+    mem.execute(f"CREATE OR REPLACE VIEW main.{quote_ident(seg.model)} AS SELECT * FROM input")
+    whens = []
+    for rule in seg.rules:
+        pred = check_predicate(mem, proj, seg.model, rule.when, where=f"rule '{rule.segment}'", spec=rule)
+        whens.append(f"WHEN ({pred}) THEN {sql_literal(rule.segment)}")
+    default = sql_literal(seg.default) if seg.default else "NULL"
+    df = mem.sql(f"SELECT {quote_ident(proj.key)}, CASE {' '.join(whens)} ELSE {default} END AS segment FROM input ORDER BY __ord").pl()
+    ids = dict(db.execute(f"SELECT label, segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?", [seg.name]).fetchall())
+    df = df.with_columns(pl.col("segment").replace_strict(ids, default=None, return_dtype=pl.Int64).alias("segment_id"))
+    if inside is not None:
+        df = df.with_columns(pl.when(pl.Series(inside)).then(pl.col("segment")).otherwise(pl.lit("outside population")).alias("segment"))
+    return df.select(proj.key, "segment_id", "segment")

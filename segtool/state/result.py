@@ -1,0 +1,10 @@
+"""DuckDB 2 refuses new work on a connection while a result is unfinished, and
+`fetchone()` leaves it unfinished. `one()` fetches everything (callers use it
+on queries that return one row) and returns the first row or None."""
+
+from __future__ import annotations
+
+
+def one(result):
+    rows = result.fetchall()
+    return rows[0] if rows else None
