@@ -297,23 +297,18 @@ def _run_clusters(runner, con, seg) -> dict:
     elif not has_prev:
         reason = "segment table missing"
 
-    transformers = model = params = None
     if reason is None:
         transformers, model, params = _restore(active)
-        if n_changed and seg.update.refit == "on_drift":
-            from segtool.ml.drift import drift_score
-
-            ch = _load_inputs(runner, con, seg, "SELECT * FROM __segtool_changed", need_texts=False)
-            drift = drift_score(model, _apply_transformers(transformers, ch), ch.keys)
+        result = _assign(runner, con, seg, transformers, model, params, n_changed)
+        if seg.update.refit == "on_drift" and (n_changed or result.get("removed")):
+            drift = population_drift(con, proj, name, model, params)
             if drift["score"] > seg.update.drift_threshold:
                 reason = f"drift {drift['score']:.2f} > {seg.update.drift_threshold}"
-
     if reason is not None:
         result = _fit(runner, con, seg, fhash, reason)
-    else:
-        result = _assign(runner, con, seg, transformers, model, params, n_changed)
     if drift is not None:
         result["drift"] = drift
+    result["moved"] = _update_history(con, proj, name, runner.run_id)
     # remember each user's inputs, for the next run's change detection
     con.execute(f"CREATE OR REPLACE TABLE {inputs_table(name)} AS SELECT {k}, input_hash, {int(runner.run_id)} AS run_id FROM __segtool_cur")
     result["users"] = int(n_users)
@@ -321,6 +316,35 @@ def _run_clusters(runner, con, seg) -> dict:
     for t in ("__segtool_cur", "__segtool_changed"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return result
+
+
+def population_drift(con, proj, name: str, model, params: dict) -> dict:
+    """Drift of the whole current population against the fit-time baseline,
+    from the stored distances (cheap: no model evaluation).
+
+    far_share      share of users farther from their centroid than that
+                   cluster's fit-time 95th percentile (about 0.05 at fit time)
+    distance_ratio mean distance now / mean distance at fit time
+    score          max(0, (far_share - 0.05) / 0.95, distance_ratio - 1)
+
+    Measured over everyone (not just this run's changed users), so a stream of
+    small updates adds up and a handful of odd users cannot force a refit."""
+    from segtool.ml.drift import EXPECTED_FAR_SHARE
+
+    seg_ids, dist = (np.asarray(a) for a in con.execute(
+        f"SELECT segment_id, distance FROM {seg_table(name)} WHERE segment_id >= 0 AND distance IS NOT NULL"
+    ).fetchnumpy().values())
+    if len(dist) == 0:
+        return {"score": 0.0, "far_share": 0.0, "distance_ratio": 1.0, "n": 0}
+    id_to_label = {int(sid): int(lab) for lab, sid in params["label_to_id"].items() if int(lab) >= 0}
+    p95 = np.asarray(model.cluster_p95_distance_, dtype=np.float64)
+    labels = np.array([id_to_label.get(int(s), -1) for s in seg_ids])
+    ok = labels >= 0
+    far_share = float((dist[ok] > p95[labels[ok]]).mean()) if ok.any() else 0.0
+    base = float(model.mean_distance_)
+    ratio = float(dist.mean()) / base if base > 0 else 1.0
+    score = max(0.0, (far_share - EXPECTED_FAR_SHARE) / (1 - EXPECTED_FAR_SHARE), ratio - 1.0)
+    return {"score": round(score, 4), "far_share": round(far_share, 4), "distance_ratio": round(ratio, 4), "n": int(len(dist))}
 
 
 def _input_hash_sql(runner, seg, alias: str) -> str:
@@ -410,13 +434,12 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
 
     _write_catalog(con, name, catalog, match, runner.run_id, ids)
     _write_assignments(con, proj, name, loaded.keys, ids, dist, conf, runner.run_id, full=True)
-    moved = _update_history(con, proj, name, runner.run_id)
     events = {"births": match.births, "deaths": match.deaths, "splits": match.splits, "merges": match.merges}
     for ev, items in events.items():
         for item in items:
             con.execute(f"INSERT INTO {STATE}.segment_events VALUES (?, ?, ?, ?)", [name, runner.run_id, ev.rstrip("s"), json.dumps(item)])
     return {
-        "action": "refit", "reason": reason, "assigned": int(len(ids)), "moved": moved,
+        "action": "refit", "reason": reason, "assigned": int(len(ids)),
         "segments": int(len([s for s in catalog if s >= 0])), "k": int(getattr(model, "k_", len(catalog))),
         "events": {k_: len(v) for k_, v in events.items()},
     }
@@ -435,12 +458,11 @@ def _assign(runner, con, seg, transformers, model, params, n_changed: int) -> di
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
         _write_assignments(con, proj, name, ch.keys, ids, dist, conf, runner.run_id, full=False)
-    moved = _update_history(con, proj, name, runner.run_id)
     _refresh_sizes(con, name)
     n_segments = one(con.execute(f"SELECT count(DISTINCT segment_id) FROM {seg_table(name)} WHERE segment_id >= 0"))[0]
     reason = "no changes" if not n_changed and not removed else f"{n_changed:,} new/changed user(s)"
     return {"action": "assign" if n_changed or removed else "unchanged", "reason": reason, "assigned": int(n_changed),
-            "removed": int(removed), "moved": moved, "segments": int(n_segments)}
+            "removed": int(removed), "segments": int(n_segments)}
 
 
 def _previous_ids(con, proj, name: str, keys: np.ndarray) -> np.ndarray:

@@ -1,0 +1,169 @@
+"""Incremental runs: only new or changed users are rendered, embedded and
+assigned; ids stay stable over refits; history keeps every move."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tests.fixtures import data_files
+
+
+def summary(project) -> dict:
+    return json.loads((project.root / "target/run_results.json").read_text())["summary"]
+
+
+def test_second_run_does_no_work(project):
+    project.cli("run")
+    project.cli("run")
+    s = summary(project)
+    assert s["texts"]["story"]["rendered"] == 0
+    assert s["embeddings"]["story.hash"]["embedded"] == 0
+    assert s["segmentations"]["behaviour"]["action"] == "unchanged"
+    assert s["segmentations"]["behaviour"]["assigned"] == 0
+
+
+def test_changed_and_new_users_only(project):
+    project.cli("run")
+    before = dict(project.sql("select user_id, segment_id from segments.behaviour"))
+    # users 5 and 9 get more orders, 3 users are new
+    for rel, content in data_files(changed=(5, 9), extra_users=3).items():
+        project.write(rel, content)
+    project.cli("run")
+    s = summary(project)
+    t = s["texts"]["story"]
+    assert (t["new"], t["changed"], t["removed"]) == (3, 2, 0)
+    assert t["unchanged"] == 58
+    e = s["embeddings"]["story.hash"]
+    assert e["embedded"] <= 5 and e["embedded"] + e["cached"] == e["distinct_texts"]
+    g = s["segmentations"]["behaviour"]
+    assert g["action"] == "assign" and g["assigned"] == 5, g
+    after = dict(project.sql("select user_id, segment_id from segments.behaviour"))
+    assert len(after) == 63
+    assert all(after[u] == before[u] for u in before if u not in (5, 9))
+
+
+def test_removed_users_leave_the_table(project):
+    project.cli("run")
+    files = data_files()
+    lines = files["data/users.csv"].splitlines()
+    project.write("data/users.csv", "\n".join(l for l in lines if not l.startswith(("7,", "8,"))) + "\n")
+    project.cli("run")
+    s = summary(project)
+    assert s["texts"]["story"]["removed"] == 2
+    keys = {r[0] for r in project.sql("select user_id from segments.behaviour")}
+    assert 7 not in keys and 8 not in keys and len(keys) == 58
+    closed = project.sql("select user_id from segments.behaviour_history where valid_to_run = 2 order by 1")
+    assert [r[0] for r in closed] == [7, 8]
+
+
+def test_template_change_rerenders_all_but_reembeds_only_changed_texts(project):
+    project.cli("run")
+    project.edit("templates/story.j2", "A shopper from {{ country }}", "A shopper from {{ 'Germany' if country == 'DE' else country }}")
+    project.cli("run")
+    s = summary(project)
+    assert s["texts"]["story"]["rendered"] == 60
+    de_texts = project.sql("select count(distinct text_hash) from _segtool.texts__story where text like '%Germany%'")[0][0]
+    assert s["embeddings"]["story.hash"]["embedded"] == de_texts > 0
+    # the template is not part of the fitted model: reassign, not refit
+    assert s["segmentations"]["behaviour"]["action"] == "assign"
+
+
+def test_encoder_change_reembeds_and_refits(project):
+    project.cli("run")
+    project.edit("segments/segments.yml", "dim: 256", "dim: 128")
+    project.cli("run")
+    s = summary(project)
+    assert s["embeddings"]["story.hash"]["embedded"] == s["embeddings"]["story.hash"]["distinct_texts"]
+    assert s["segmentations"]["behaviour"]["action"] == "refit"
+    assert s["segmentations"]["behaviour"]["reason"] == "definition changed"
+
+
+def test_refit_keeps_ids_and_history_shows_exactly_the_movers(project):
+    project.cli("run")
+    before = dict(project.sql("select user_id, segment_id from segments.behaviour"))
+    labels_before = dict(project.sql("select segment_id, label from _segtool.segment_catalog where segmentation = 'behaviour'"))
+    project.edit("segments/segments.yml", "cluster: {method: kmeans, k: 3, seed: 7}", "cluster: {method: kmeans, k: 3, seed: 11}")
+    project.cli("run")
+    after = dict(project.sql("select user_id, segment_id from segments.behaviour"))
+    same = np.mean([after[u] == before[u] for u in before])
+    assert same >= 0.9
+    moved = {u for u in before if after[u] != before[u]}
+    hist = {r[0] for r in project.sql("select user_id from segments.behaviour_history where valid_to_run = 2")}
+    assert hist == moved
+    assert dict(project.sql("select segment_id, label from _segtool.segment_catalog where segmentation = 'behaviour'")).keys() == labels_before.keys()
+
+
+def test_forced_refit_and_policy(project):
+    project.cli("run")
+    project.cli("run", "--refit")
+    g = summary(project)["segmentations"]["behaviour"]
+    assert g["action"] == "refit" and g["reason"] == "--refit" and g["moved"] == 0
+    fits = project.sql("select count(*), count(*) filter (where active) from _segtool.fitted where segmentation = 'behaviour'")
+    assert fits == [(2, 1)]
+
+
+def test_rules_segments_and_history(project):
+    project.cli("run")
+    counts = dict(project.sql("select segment, count(*) from segments.lifecycle group by 1"))
+    assert sum(counts.values()) == 60 and set(counts) <= {"big", "lapsed", "active"}
+    project.edit("segments/segments.yml", 'when: "revenue > 300"', 'when: "revenue > 200"')
+    project.cli("run")
+    g = summary(project)["segmentations"]["lifecycle"]
+    moved = project.sql("select count(*) from segments.lifecycle_history where valid_to_run = 2")[0][0]
+    assert g["moved"] == moved
+
+
+def test_python_api_and_export(project):
+    from segtool import Project
+
+    project.cli("run")
+    df = Project.load(project.root).segments("behaviour")
+    assert df.height == 60 and {"user_id", "segment_id", "segment", "distance", "confidence", "run_id", "updated_at"} <= set(df.columns)
+    project.cli("export", "behaviour", "--format", "csv", "-o", str(project.root / "b.csv"))
+    assert (project.root / "b.csv").read_text().count("\n") == 61
+
+
+def test_segmentation_tests(project):
+    project.cli("run")
+    r = project.cli("test", "-s", "kind:segmentation")
+    assert "PASS  one_segment_per_user(behaviour)" in r.stdout and "PASS  min_share(behaviour)" in r.stdout
+    project.edit("segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", "tests: {min_share: 0.05, max_share: 0.2}")
+    r = project.cli("test", "-s", "behaviour", expect=1)
+    assert "FAIL  max_share(behaviour)" in r.stdout
+
+
+def test_show_and_unknown_segmentation(project):
+    project.cli("run")
+    r = project.cli("show", "behaviour")
+    assert "segment" in r.stdout and "examples" in r.stdout
+    r = project.cli("show", "behaviur", expect=1)
+    assert "did you mean 'behaviour'" in r.stderr
+    r = project.cli("assign", "behaviur", "--input", str(project.root / "data/users.csv"), "--output", "x.csv", expect=1)
+    assert "did you mean 'behaviour'" in r.stderr
+
+
+def test_assign_one_at_a_time_equals_batch(project):
+    project.cli("run")
+    project.cli("export", "behaviour", "-o", str(project.root / "seg.parquet"))
+    import duckdb
+    import polars as pl
+
+    con = duckdb.connect(str(project.db), read_only=True)
+    con.execute(f"COPY (SELECT * FROM user_features WHERE user_id <= 12 ORDER BY user_id) TO '{project.root / 'in.parquet'}'")
+    for i in (3, 7):
+        con.execute(f"COPY (SELECT * FROM user_features WHERE user_id = {i}) TO '{project.root / f'one{i}.parquet'}'")
+    con.close()
+    before = project.snapshot()
+    project.cli("assign", "behaviour", "--input", str(project.root / "in.parquet"), "--output", str(project.root / "out.csv"))
+    batch = pl.read_csv(project.root / "out.csv")
+    stored = dict(project.sql("select user_id, segment_id from segments.behaviour where user_id <= 12"))
+    assert dict(zip(batch["user_id"], batch["segment_id"])) == stored
+    for i in (3, 7):
+        project.cli("assign", "behaviour", "--input", str(project.root / f"one{i}.parquet"), "--output", str(project.root / "one.csv"))
+        one = pl.read_csv(project.root / "one.csv")
+        row = batch.filter(pl.col("user_id") == i)
+        assert one["segment_id"][0] == row["segment_id"][0]
+        assert abs(one["distance"][0] - row["distance"][0]) < 1e-5
+    assert project.snapshot() == before
