@@ -16,7 +16,10 @@ from segtool.execute.render import text_table
 from segtool.state.db import STATE
 from segtool.state.result import one
 
-CHUNK = 2048  # texts per committed chunk: a crash loses at most this much work
+import os
+
+# texts per committed chunk: a crash loses at most this much work
+CHUNK = int(os.environ.get("SEGTOOL_EMBED_CHUNK", "2048"))
 
 
 def preflight(runner, uids: list[str]) -> None:

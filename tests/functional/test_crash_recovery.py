@@ -1,0 +1,73 @@
+"""A run killed with SIGKILL in the middle of embedding keeps every chunk it
+committed; the next run embeds only the rest and ends with the same vectors
+as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from tests.conftest import ProjectDir, write_files
+from tests.fixtures import tiny_project_files
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import segtool.execute.embed as E
+    E.CHUNK = 20
+    real_encoder_for = E.encoder_for
+    calls = {"n": 0}
+    def encoder_for(runner, name):
+        enc = real_encoder_for(runner, name)
+        if not getattr(enc, "_patched", False):
+            real = enc.encode
+            def encode(texts):
+                calls["n"] += 1
+                if calls["n"] == 4:          # three chunks are committed by now
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(texts)
+            enc.encode = encode
+            enc._patched = True
+        return enc
+    E.encoder_for = encoder_for
+    from segtool.cli import main
+    main(["run", "--project-dir", sys.argv[1]])
+    """
+)
+
+
+def vectors(p: ProjectDir) -> dict:
+    rows = p.sql("select text_hash, vector from _segtool.embeddings")
+    return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+
+
+def test_sigkill_during_embedding_then_resume(tmp_path):
+    files = tiny_project_files(n_users=300)
+    killed = ProjectDir(write_files(tmp_path / "killed", files))
+    clean = ProjectDir(write_files(tmp_path / "clean", files))
+
+    p = subprocess.run([sys.executable, "-c", KILLER, str(killed.root)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stdout + p.stderr
+    # the lock file of the dead run is still there; the next run takes it over
+    assert (killed.root / "target/segtool.duckdb.lock").exists()
+    assert killed.sql("select count(*) from _segtool.embeddings")[0][0] == 60
+    assert killed.sql("select count(*) from _segtool.texts__story")[0][0] == 300
+
+    killed.cli("run")
+    s = json.loads((killed.root / "target/run_results.json").read_text())["summary"]["embeddings"]["story.hash"]
+    assert s["cached"] == 60
+    assert s["embedded"] == s["distinct_texts"] - 60
+
+    clean.cli("run")
+    a, b = vectors(killed), vectors(clean)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[h], b[h]) for h in a)
+    assert killed.sql("select segment_id from segments.behaviour order by user_id") == clean.sql(
+        "select segment_id from segments.behaviour order by user_id"
+    )
+    shutil.rmtree(tmp_path / "clean")
