@@ -110,7 +110,7 @@ class Project:
 
     def run(self, reporter=None, **opts) -> Any:
         from segtool.compile.artifacts import manifest, write_json
-        from segtool.execute.run import RunOptions, Runner
+        from segtool.execute.run import Runner, RunOptions
 
         self.check()
         result = Runner(self, RunOptions(**opts), reporter).run()
