@@ -42,6 +42,7 @@ class Node:
             "data_hash": self.data_hash,
             "own_hash": self.own_hash,
             "metadata_hash": self.metadata_hash,
+            **({"materialized": self.data.get("materialized")} if self.kind == "model" else {}),
         }
 
 
