@@ -238,16 +238,11 @@ def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPy
                 continue
             if key not in cols[seg.model]:
                 out.errors.append(ProjectError(f"{where}: model '{seg.model}' has no key column '{key}'", path=seg.file, line=seg.line))
-            names = [r.segment for r in seg.rules] + ([seg.default] if seg.default else [])
             for rule in seg.rules:
                 try:
                     check_predicate(con, proj, seg.model, rule.when, where=f"{where} rule '{rule.segment}'", spec=rule)
                 except ProjectError as exc:
                     out.errors.append(exc)
-            if len(set(names)) != len(names):
-                pass  # several rules may lead to one segment: allowed
-        elif seg.cluster and isinstance(seg.cluster.k, int) and seg.cluster.method in ("hdbscan",):
-            pass
 
 
 def _first_input_model(proj: LoadedProject, seg) -> str | None:

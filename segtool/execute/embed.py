@@ -85,6 +85,8 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
         )
         users, distinct = one(con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}"))
         todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
+        if todo:
+            enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
         embedded = 0
         t_enc = 0.0
         with runner.rep.progress(f"embed {text_name} with {enc_name}", todo) as bar:

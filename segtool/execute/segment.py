@@ -187,14 +187,12 @@ def run_segmentations(runner, con, uids: list[str]) -> None:
         )
 
 
-def _load_inputs(runner, con, seg, users_sql: str, *, need_texts: bool) -> Loaded:
-    """Blocks for the users of `users_sql` (key + __ord), in __ord order."""
-    import polars as pl
-
-    from segtool.execute.embed import encoder_for, load_vectors
+def _load_inputs(proj, fingerprint, con, seg, users_sql: str, *, need_texts: bool) -> Loaded:
+    """Blocks for the users of `users_sql` (key + __ord), in __ord order.
+    `fingerprint(encoder_name)` gives the cache key of each encoder."""
+    from segtool.execute.embed import load_vectors
     from segtool.execute.render import text_table
 
-    proj = runner.proj
     k = quote_ident(proj.key)
     keys = np.asarray(con.sql(f"SELECT {k} FROM ({users_sql}) ORDER BY __ord").to_arrow_table().column(0).to_numpy(zero_copy_only=False))
     blocks: list[np.ndarray] = []
@@ -212,7 +210,7 @@ def _load_inputs(runner, con, seg, users_sql: str, *, need_texts: bool) -> Loade
                 raw = df
         else:
             e = inp.embedding
-            fp = encoder_for(runner, e.encoder).fingerprint()
+            fp = fingerprint(e.encoder)
             vk, mat = load_vectors(con, e.text, fp, users_sql, proj.key)
             if len(vk) != len(keys):
                 raise DataError(
@@ -224,8 +222,13 @@ def _load_inputs(runner, con, seg, users_sql: str, *, need_texts: bool) -> Loade
                 texts = con.sql(
                     f"SELECT t.text FROM ({users_sql}) u JOIN {text_table(e.text)} t ON t.{k} = u.{k} ORDER BY u.__ord"
                 ).to_arrow_table().column(0).to_pylist()
-    _ = pl
     return Loaded(keys, blocks, raw, texts)
+
+
+def _fingerprints(runner):
+    from segtool.execute.embed import encoder_for
+
+    return lambda name: encoder_for(runner, name).fingerprint()
 
 
 def _active_fit(con, name: str) -> tuple | None:
@@ -374,7 +377,7 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
     proj = runner.proj
     name = seg.name
     k = quote_ident(proj.key)
-    loaded = _load_inputs(runner, con, seg, "SELECT * FROM __segtool_cur", need_texts=seg.labels.keywords > 0)
+    loaded = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_cur", need_texts=seg.labels.keywords > 0)
     transformers = []
     blocks = []
     for inp, b in zip(seg.inputs, loaded.blocks):
@@ -453,7 +456,7 @@ def _assign(runner, con, seg, transformers, model, params, n_changed: int) -> di
     removed = one(con.execute(f"SELECT count(*) FROM {seg_table(name)} s WHERE s.{k} NOT IN (SELECT {k} FROM __segtool_cur)"))[0]
     con.execute(f"DELETE FROM {seg_table(name)} WHERE {k} NOT IN (SELECT {k} FROM __segtool_cur)")
     if n_changed:
-        ch = _load_inputs(runner, con, seg, "SELECT * FROM __segtool_changed", need_texts=False)
+        ch = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_changed", need_texts=False)
         labels, dist, conf = model.predict(_apply_transformers(transformers, ch), ch.keys)
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
@@ -703,13 +706,11 @@ def _silhouette(project, con, seg) -> float:
     """Silhouette of the current assignment in the fitted space, on a sample."""
     from segtool.ml.metrics import silhouette
 
-    class _R:  # the minimal runner the loaders need
-        def __init__(self):
-            self.proj = project.loaded
-            self.project = project
-            self.opts = type("O", (), {"device": None})()
+    from segtool.encoders import build_encoder
 
-    r = _R()
+    def fingerprint(name: str) -> str:
+        return build_encoder(project.loaded.encoders[name], project.root).fingerprint()
+
     active = _active_fit(con, seg.name)
     if active is None:
         return -1.0
@@ -717,7 +718,7 @@ def _silhouette(project, con, seg) -> float:
     k = quote_ident(project.loaded.key)
     users = f"SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {seg_table(seg.name)} s WHERE s.segment_id >= 0"
     sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
-    loaded = _load_inputs(r, con, seg, sample, need_texts=False)
+    loaded = _load_inputs(project.loaded, fingerprint, con, seg, sample, need_texts=False)
     X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
     ids = con.sql(f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord").fetchnumpy()["segment_id"]
     if len(set(ids.tolist())) < 2:
