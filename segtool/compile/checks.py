@@ -136,37 +136,48 @@ def _var(proj: LoadedProject):
     return var
 
 
-def _expression_only(sql: str, where: str, spec) -> None:
-    """Reject statements and anything that escapes the surrounding parentheses."""
-    depth = 0
+_STATEMENT_WORDS = re.compile(
+    r"\b(insert|update|delete|drop|create|alter|attach|detach|copy|install|load|pragma|call|export|import|set|use)\b", re.I
+)
+
+
+def _unquoted(sql: str) -> tuple[str, bool]:
+    """`sql` with the inside of '...' and "..." blanked, and whether every quote closed."""
+    out = []
     quote: str | None = None
     for ch in sql:
         if quote:
             if ch == quote:
                 quote = None
+                out.append(ch)
+            else:
+                out.append(" ")
             continue
         if ch in ("'", '"'):
             quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                break
-        elif ch == ";":
-            depth = -1
+        out.append(ch)
+    return "".join(out), quote is None
+
+
+def _expression_only(sql: str, where: str, spec) -> None:
+    """Reject statements and anything that escapes the surrounding parentheses:
+    no `;`, no statement keywords, parentheses balanced at every point (all
+    outside string literals and quoted identifiers)."""
+    bare, closed = _unquoted(sql)
+    depth = 0
+    balanced = closed and ";" not in bare
+    for ch in bare:
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth < 0:
+            balanced = False
             break
-    bad_kw = re.search(r"\b(insert|update|delete|drop|create|alter|attach|copy|install|load|pragma|call|export|import)\b", sql, re.I)
-    if depth != 0 or quote or (bad_kw and not _inside_string(sql, bad_kw.start())):
+    if not balanced or depth != 0 or _STATEMENT_WORDS.search(bare):
         raise ProjectError(
             f"{where}: `{sql}` is not a single SQL expression",
             path=spec.file, line=spec.line,
             hint="predicates are boolean expressions (no statements, no semicolons, balanced parentheses)",
         )
-
-
-def _inside_string(sql: str, pos: int) -> bool:
-    return sql[:pos].count("'") % 2 == 1
 
 
 def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPyConnection, out: BoundProject) -> None:

@@ -13,6 +13,7 @@ from segtool.project.specs import ModelConfig
 from segtool.project.validation import validate_spec
 
 MODEL_SCHEMA = "main"
+_MISSING = object()  # var('x', none) is a valid default, so None cannot mean "no default"
 SOURCE_READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
 
 
@@ -126,11 +127,11 @@ def compile_model(
             return source_override[key]
         return source_sql(proj.sources[key])
 
-    def var(name: str, default: Any = None) -> Any:
+    def var(name: str, default: Any = _MISSING) -> Any:
         if name in proj.vars:
             vars_used[name] = proj.vars[name]
             return proj.vars[name]
-        if default is not None:
+        if default is not _MISSING:
             vars_used[name] = default
             return default
         raise ProjectError(

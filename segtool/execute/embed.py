@@ -6,6 +6,7 @@ what it did and the next run continues where it stopped."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -15,8 +16,6 @@ from segtool.errors import EncoderError
 from segtool.execute.render import text_table
 from segtool.state.db import STATE
 from segtool.state.result import one
-
-import os
 
 # texts per committed chunk: a crash loses at most this much work
 CHUNK = int(os.environ.get("SEGTOOL_EMBED_CHUNK", "2048"))

@@ -111,10 +111,10 @@ class Runner:
         try:
             con = state.connect(self.proj, threads=self.opts.threads)
             try:
-                state.migrate(con, self.proj)
                 target_dir = self.project.target_dir
                 con.execute("BEGIN")
                 try:
+                    state.migrate(con, self.proj, in_transaction=True)
                     run_id = state.start_run(con, "run", self.proj.target_name, self._args())
                     self.run_id = run_id
                     self._stage_models(con, by_kind.get("model", []), target_dir)

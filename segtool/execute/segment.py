@@ -376,7 +376,6 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
 
     proj = runner.proj
     name = seg.name
-    k = quote_ident(proj.key)
     loaded = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_cur", need_texts=seg.labels.keywords > 0)
     transformers = []
     blocks = []
@@ -704,9 +703,8 @@ def segmentation_tests(project, con, node) -> list:
 
 def _silhouette(project, con, seg) -> float:
     """Silhouette of the current assignment in the fitted space, on a sample."""
-    from segtool.ml.metrics import silhouette
-
     from segtool.encoders import build_encoder
+    from segtool.ml.metrics import silhouette
 
     def fingerprint(name: str) -> str:
         return build_encoder(project.loaded.encoders[name], project.root).fingerprint()

@@ -8,7 +8,7 @@ carries `file` and `line` (set by the loader) so later stages can point at it.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -317,4 +317,3 @@ class SegmentsFile(Spec):
     segmentations: list[SegmentationSpec] = []
 
 
-Annotated  # re-exported for type users

@@ -35,6 +35,18 @@ def _first_model(tp: Any) -> type[BaseModel] | None:
 
 
 def _unwrap_to_model(tp: Any, part: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is dict and not isinstance(part, int):
+        args = typing.get_args(tp)
+        return args[1] if len(args) == 2 else None
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            got = _unwrap_to_model(arg, part)
+            if got is not None:
+                return got
+        return None
     model = _first_model(tp) if not isinstance(part, int) else None
     if isinstance(part, int):
         # list index: element type

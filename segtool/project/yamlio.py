@@ -16,6 +16,7 @@ import yaml
 from segtool.errors import ProjectError
 
 Marks = dict[tuple, tuple[int, int]]
+_PLAIN_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap"}
 
 
 def _context_lines(text: str, line: int, around: int = 2) -> str:
@@ -72,10 +73,19 @@ def parse_yaml(text: str, rel: str) -> tuple[Any, Marks]:
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Marks, rel: str):
     marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        raise ProjectError(
+            f"unsupported YAML tag {node.tag}",
+            path=rel, line=node.start_mark.line + 1, col=node.start_mark.column + 1,
+            hint="segtool reads plain YAML only; remove the tag",
+        )
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<:` merge keys
+        n_explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # resolves `<<:` merge keys; merged pairs come first
+        n_merged = len(node.value) - n_explicit
         out: dict = {}
-        for key_node, value_node in node.value:
+        merged: set = set()
+        for i, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise ProjectError(
@@ -84,7 +94,12 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
                     line=key_node.start_mark.line + 1,
                     col=key_node.start_mark.column + 1,
                 )
-            if key in out:
+            if i < n_merged:
+                merged.add(key)
+            elif key in merged:
+                merged.discard(key)  # an explicit key overrides a merged one
+                out.pop(key, None)
+            if key in out and i >= n_merged:
                 raise ProjectError(
                     f"duplicate key '{key}'",
                     path=rel,

@@ -110,10 +110,11 @@ def setup_connection(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, thr
 
 
 def state_version(con: duckdb.DuckDBPyConnection) -> int:
-    try:
-        row = one(con.execute(f"SELECT value FROM {STATE}.meta WHERE key = 'state_version'"))
-    except duckdb.CatalogException:
+    # probe the catalog instead of catching an error: inside a transaction a
+    # failed statement would abort it
+    if not table_exists(con, STATE, "meta"):
         return 0
+    row = one(con.execute(f"SELECT value FROM {STATE}.meta WHERE key = 'state_version'"))
     return int(row[0]) if row else 0
 
 
@@ -121,8 +122,9 @@ def has_state(con: duckdb.DuckDBPyConnection) -> bool:
     return state_version(con) > 0
 
 
-def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject) -> None:
-    """Bring `_segtool` to STATE_VERSION in one transaction."""
+def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, in_transaction: bool = False) -> None:
+    """Bring `_segtool` to STATE_VERSION in one transaction (or inside the
+    caller's, so a failed first run leaves no trace)."""
     current = state_version(con)
     if current > STATE_VERSION:
         raise ExecutionError(
@@ -137,7 +139,8 @@ def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject) -> None:
                 hint="use another target/database for this project",
             )
         return
-    con.execute("BEGIN")
+    if not in_transaction:
+        con.execute("BEGIN")
     try:
         for v in range(current + 1, STATE_VERSION + 1):
             for stmt in MIGRATIONS[v]:
@@ -145,17 +148,18 @@ def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject) -> None:
         set_meta(con, "state_version", str(STATE_VERSION))
         if not get_meta(con, "project"):
             set_meta(con, "project", proj.name)
-        con.execute("COMMIT")
+        if not in_transaction:
+            con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        if not in_transaction:
+            con.execute("ROLLBACK")
         raise
 
 
 def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-    try:
-        row = one(con.execute(f"SELECT value FROM {STATE}.meta WHERE key = ?", [key]))
-    except duckdb.CatalogException:
+    if not table_exists(con, STATE, "meta"):
         return None
+    row = one(con.execute(f"SELECT value FROM {STATE}.meta WHERE key = ?", [key]))
     return row[0] if row else None
 
 

@@ -181,3 +181,47 @@ def test_non_utf8_data(built):
     (built.root / "data/users.csv").write_bytes(raw)
     r = _fails(built, "run", code=1)
     assert "utf" in r.stderr.lower() or "unicode" in r.stderr.lower()
+
+
+def test_missing_local_model(built):
+    built.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: transformers\n    model: ./models_dir/nope",
+    )
+    _fails(built, "validate", contains=["encoder 'hash'", "nope"])
+    _fails(built, "run", contains=["encoder 'hash'", "nope", "the database was not changed"])
+
+
+def test_hub_model_not_available_offline(built, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    built.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: transformers\n    model: some-org/not-a-cached-model",
+    )
+    _fails(built, "run", contains=["some-org/not-a-cached-model"])
+
+
+def test_overlong_text_is_truncated_counted_and_warned(project):
+    project.edit("segments/segments.yml", "max_chars: 300", "max_chars: 40")
+    r = project.cli("run")
+    assert "cut to max_chars=40" in r.stdout
+    assert project.sql("select max(n_chars), count(*) filter (where truncated) from _segtool.texts__story") == [(40, 60)] or \
+        project.sql("select max(n_chars) <= 40 from _segtool.texts__story") == [(True,)]
+
+
+def test_emoji_and_empty_texts(project):
+    project.write("templates/story.j2", "{% if user_id % 2 == 0 %}🛒 {{ country }} ✨ naïve{% endif %}")
+    r = project.cli("run")
+    assert "empty text(s)" in r.stdout
+    texts = dict(project.sql("select user_id, text from _segtool.texts__story"))
+    assert texts[2].startswith("🛒") and texts[1] == ""
+
+
+def test_template_error_for_one_user(project):
+    project.write("templates/story.j2", "Story\n{{ (100 / (user_id - 7)) | round }}")
+    before = project.snapshot()
+    r = project.cli("run", expect=1)
+    assert "user_id 7" in r.stderr and "templates/story.j2:2" in r.stderr
+    assert project.snapshot() == before

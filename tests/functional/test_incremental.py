@@ -48,7 +48,7 @@ def test_removed_users_leave_the_table(project):
     project.cli("run")
     files = data_files()
     lines = files["data/users.csv"].splitlines()
-    project.write("data/users.csv", "\n".join(l for l in lines if not l.startswith(("7,", "8,"))) + "\n")
+    project.write("data/users.csv", "\n".join(line for line in lines if not line.startswith(("7,", "8,"))) + "\n")
     project.cli("run")
     s = summary(project)
     assert s["texts"]["story"]["removed"] == 2

@@ -1,0 +1,344 @@
+"""`segtool diff`: project versions (git refs, folders) and `--data` (runs, databases)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import duckdb
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from segtool import cli as _cli
+from segtool import cli_diff
+from tests.conftest import ProjectDir, write_files
+from tests.fixtures import tiny_project_files
+
+if "diff" not in _cli.main.commands:  # until cli.py registers it
+    cli_diff.register(_cli.main)
+
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1", "HOME": os.environ.get("HOME", "/tmp")}
+
+LOYAL = "orders.{% if user_id < 10 %} A loyal customer.{% endif %}"
+
+
+def git(cwd, *args) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def diff_json(pd: ProjectDir, *args, expect: int = 0) -> dict:
+    return json.loads(pd.cli("diff", *args, "--format", "json", expect=expect).stdout)
+
+
+def change(result: dict, uid: str) -> dict:
+    return next(c for c in result["changes"] if c["unique_id"] == uid)
+
+
+def impact(result: dict, uid: str) -> dict | None:
+    return next((i for i in result["impact"] if i["unique_id"] == uid), None)
+
+
+@pytest.fixture(scope="module")
+def _built(tmp_path_factory):
+    """The tiny project after one run (built once per module)."""
+    pd = ProjectDir(write_files(tmp_path_factory.mktemp("built") / "proj", tiny_project_files()))
+    pd.cli("run")
+    return pd.root
+
+
+@pytest.fixture
+def built(_built, tmp_path) -> ProjectDir:
+    return ProjectDir(shutil.copytree(_built, tmp_path / "proj"))
+
+
+@pytest.fixture
+def twins(tmp_path):
+    """Two folders with the tiny project: (base, head). Edit head, then diff."""
+    base = ProjectDir(write_files(tmp_path / "base", tiny_project_files()))
+    head = ProjectDir(write_files(tmp_path / "head", tiny_project_files()))
+    return base, head
+
+
+# ----------------------------------------------------------------------------- git refs
+
+
+def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built, tmp_path):
+    repo = tmp_path / "repo"
+    pd = ProjectDir(shutil.copytree(_built, repo / "segs"))  # database = the state of commit A
+    (repo / ".gitignore").write_text("target/\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "A")
+    pd.edit("templates/story.j2", "orders.", LOYAL)
+    git(repo, "commit", "-qam", "B: loyal customers")
+
+    assert diff_json(pd)["changes"] == []  # working tree == HEAD
+    assert "no changes" in pd.cli("diff").stdout
+
+    r = diff_json(pd, "HEAD~1", "HEAD")
+    assert r["base"]["kind"] == "git" and r["base"]["label"] == "HEAD~1" and len(r["base"]["commit"]) == 40
+    assert r["head"]["kind"] == "git"
+    assert [c["unique_id"] for c in r["changes"]] == ["text.story"]
+    c = change(r, "text.story")
+    assert c["change"] == "changed" and c["fields"] == ["template story.j2"]
+    assert [(f["unique_id"], f["action"]) for f in c["forces"]] == [
+        ("text.story", "re-render"), ("embedding.story.hash", "re-embed"), ("segmentation.behaviour", "reassign")]
+    # user counts, estimated against the working tree's database (built at commit A)
+    assert r["database"]["used"] and r["database"]["last_run"] == 1
+    assert impact(r, "text.story")["counts"]["texts_changed"] == 9
+    assert impact(r, "embedding.story.hash")["counts"]["to_embed"] == 9
+    assert impact(r, "segmentation.behaviour")["counts"]["changed_users"] == 9
+    assert r["summary"] == {**r["summary"], "nodes_changed": 1, "refits": 0, "re_render": 1, "re_embed": 1, "reassign": 1,
+                            "texts_changed": 9, "texts_to_embed": 9, "users_to_reassign": 9}
+    assert impact(r, "segmentation.lifecycle") is None
+
+    # the working tree against a branch name; a ref with the project elsewhere
+    git(repo, "branch", "base-branch", "HEAD~1")
+    assert [c["unique_id"] for c in diff_json(pd, "base-branch")["changes"]] == ["text.story"]
+    md = pd.cli("diff", "HEAD~1", "--format", "markdown").stdout
+    assert md.startswith("### segtool diff: `HEAD~1 (") and "| changed | `text.story` | template story.j2 |" in md
+    assert "9 of 60 texts change" in md and "9 texts to embed" in md
+    text = pd.cli("diff", "HEAD~1").stdout
+    assert "forces: re-render text.story, re-embed embedding.story.hash, reassign segmentation.behaviour" in text
+
+    # bad refs
+    r = pd.cli("diff", "no-such-ref", expect=1)
+    assert "unknown git ref 'no-such-ref'" in r.stderr and "hint:" in r.stderr
+    git(repo, "mv", "segs", "moved")
+    git(repo, "commit", "-qm", "C: move")
+    r = ProjectDir(repo / "moved").cli("diff", "HEAD~2", expect=1)
+    assert "has no segtool project at moved/segtool_project.yml" in r.stderr
+
+
+def test_not_a_git_repo(project):
+    r = project.cli("diff", expect=1)
+    assert "not inside a git repository" in r.stderr and "OLD_DIR NEW_DIR" in r.stderr
+
+
+# ----------------------------------------------------------------------------- kinds of change (folders)
+
+
+def test_description_only_edit_is_metadata_only(twins):
+    base, head = twins
+    head.edit("models/schema.yml", "description: One row per user.", "description: One row per shopper.")
+    head.edit("segments/segments.yml", "  - name: lifecycle\n", "  - name: lifecycle\n    description: Where a shopper is.\n")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert {c["unique_id"]: (c["change"], c["fields"]) for c in r["changes"]} == {
+        "model.user_features": ("metadata only", ["description"]),
+        "segmentation.lifecycle": ("metadata only", ["description"]),
+    }
+    assert {i["action"] for i in r["impact"]} == {"metadata only"}
+    assert r["summary"]["nodes_changed"] == 0 and r["summary"]["refits"] == 0
+    assert "impact: nothing reruns" in head.cli("diff", str(base.root), str(head.root)).stdout
+    head.cli("diff", str(base.root), str(head.root), "--fail-on", "nodes_changed>0")
+
+
+def test_encoder_change_reembeds_and_refits_every_user(twins):
+    base, head = twins
+    second = ("  - name: behaviour2\n    inputs:\n      - {embedding: {text: story, encoder: hash}}\n"
+              "    cluster: {method: kmeans, k: 2, seed: 1}\n  - name: lifecycle\n")
+    for pd in twins:
+        pd.edit("segments/segments.yml", "  - name: lifecycle\n", second)
+    head.edit("segments/segments.yml", "dim: 256", "dim: 128")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert [(c["unique_id"], c["fields"]) for c in r["changes"]] == [("encoder.hash", ["dim"])]
+    assert impact(r, "embedding.story.hash")["action"] == "re-embed"
+    assert "every text is re-embedded" in impact(r, "embedding.story.hash")["reasons"][0]
+    for seg in ("segmentation.behaviour", "segmentation.behaviour2"):
+        assert impact(r, seg)["action"] == "refit"
+    assert impact(r, "segmentation.lifecycle") is None and impact(r, "text.story") is None
+    assert r["summary"]["refits"] == 2
+    assert r["database"]["used"] is False and "no database" in r["database"]["note"]
+    res = head.cli("diff", str(base.root), str(head.root), "--fail-on", "refits>0", expect=1)
+    assert "refits = 2 violates --fail-on 'refits>0'" in res.stderr
+    assert "refit" in res.stdout  # the report is printed before failing
+
+
+def test_new_rule_segmentation_is_the_only_change(twins):
+    base, head = twins
+    head.edit("segments/segments.yml", "  - name: lifecycle\n", "  - name: spenders\n    model: user_features\n"
+              "    rules:\n      - {segment: high, when: \"revenue > 500\"}\n    default: low\n  - name: lifecycle\n")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert [(c["unique_id"], c["change"]) for c in r["changes"]] == [("segmentation.spenders", "added")]
+    assert [(i["unique_id"], i["action"]) for i in r["impact"]] == [("segmentation.spenders", "new")]
+    assert r["summary"]["added"] == 1 and r["summary"]["nodes_changed"] == 1
+
+
+def test_renamed_nodes(twins):
+    base, head = twins
+    head.edit("segments/segments.yml", "name: story", "name: shopper_story")
+    head.edit("segments/segments.yml", "text: story,", "text: shopper_story,")
+    head.edit("segments/segments.yml", "name: lifecycle", "name: stage")
+    r = diff_json(head, str(base.root), str(head.root))
+    by = {c["unique_id"]: c for c in r["changes"]}
+    assert by["text.shopper_story"]["change"] == "added" and by["text.shopper_story"]["renamed_from"] == "text.story"
+    assert by["text.story"]["change"] == "removed" and by["text.story"]["renamed_to"] == "text.shopper_story"
+    assert by["embedding.shopper_story.hash"]["renamed_from"] == "embedding.story.hash"
+    assert by["segmentation.stage"]["renamed_from"] == "segmentation.lifecycle"
+    assert "stay in the database" in by["segmentation.lifecycle"]["note"]
+    assert by["segmentation.behaviour"]["change"] == "changed" and by["segmentation.behaviour"]["fields"] == ["inputs"]
+    assert r["summary"]["renamed"] == 3
+    assert "renamed from text.story" in head.cli("diff", str(base.root), str(head.root)).stdout
+
+
+def test_removed_source_and_sql_change(twins):
+    base, head = twins
+    extra = "      - name: returns\n        path: data/returns.csv\n"
+    base.write("models/sources.yml", base.read("models/sources.yml") + extra)
+    head.edit("models/user_features.sql", "count(o.order_id) as orders", "count(distinct o.order_id) as orders")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert change(r, "source.shop.returns")["change"] == "removed"
+    c = change(r, "model.user_features")
+    assert c["change"] == "changed" and c["fields"] == ["SQL"]
+    assert {i["unique_id"]: i["action"] for i in r["impact"]} == {
+        "model.user_features": "rebuild", "segmentation.lifecycle": "reassign", "text.story": "re-render",
+        "embedding.story.hash": "re-embed", "segmentation.behaviour": "reassign"}
+
+
+def test_labels_and_cluster_changes(twins):
+    base, head = twins
+    head.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 4}")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert impact(r, "segmentation.behaviour")["action"] == "relabel"
+    head.edit("segments/segments.yml", "k: 3, seed: 7", "k: 4, seed: 7")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert change(r, "segmentation.behaviour")["fields"] == ["cluster", "labels"]
+    assert impact(r, "segmentation.behaviour")["actions"] == ["refit"]
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_project_inputs(project, tmp_path):
+    notproj = tmp_path / "empty"
+    notproj.mkdir()
+    r = project.cli("diff", str(notproj), str(project.root), expect=1)
+    assert "is not a segtool project" in r.stderr
+    r = project.cli("diff", "--fail-on", "moved_shar>0.2", "--data", expect=1)
+    assert "unknown metric 'moved_shar'" in r.stderr and "moved_share" in r.stderr
+    r = project.cli("diff", str(project.root), str(project.root), "--fail-on", "moved_share>0.2", expect=1)
+    assert "with --data" in r.stderr
+    r = project.cli("diff", "--data", "--fail-on", "moved_share 0.2", expect=1)
+    assert "cannot read" in r.stderr
+    r = project.cli("diff", "--data", "HEAD", expect=1)
+    assert "--data compares databases" in r.stderr
+    r = project.cli("diff", "--data", expect=1)
+    assert "does not exist" in r.stderr
+    broken = ProjectDir(write_files(tmp_path / "broken", tiny_project_files()))
+    broken.edit("segments/segments.yml", "encoder: hash}", "encoder: hsh}")
+    r = project.cli("diff", str(broken.root), str(project.root), expect=1)
+    assert "BASE (" in r.stderr and "unknown encoder 'hsh'" in r.stderr
+
+
+# ----------------------------------------------------------------------------- --data
+
+
+def _make_db(path, project: str, assignments: dict[str, dict[int, int]], texts: dict[int, str] | None = None) -> None:
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA _segtool; CREATE SCHEMA segments")
+    con.execute("CREATE TABLE _segtool.meta (key VARCHAR, value VARCHAR)")
+    con.execute("INSERT INTO _segtool.meta VALUES ('state_version', '1'), ('project', ?)", [project])
+    con.execute("CREATE TABLE _segtool.runs (run_id INTEGER, status VARCHAR, summary JSON)")
+    con.execute("INSERT INTO _segtool.runs VALUES (1, 'success', '{}')")
+    for name, assign in assignments.items():
+        con.execute(f'CREATE TABLE segments."{name}" (user_id INTEGER, segment_id INTEGER, segment VARCHAR)')
+        con.executemany(f'INSERT INTO segments."{name}" VALUES (?, ?, ?)', [[u, s, f"seg{s}"] for u, s in assign.items()])
+    if texts:
+        con.execute("CREATE TABLE _segtool.texts__story (user_id INTEGER, text VARCHAR)")
+        con.executemany("INSERT INTO _segtool.texts__story VALUES (?, ?)", [[u, t] for u, t in texts.items()])
+    con.close()
+
+
+def test_data_between_two_databases_matches_hand_computed_numbers(project, tmp_path):
+    # users 1..10 before, 3..12 after
+    before = {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1, 7: 1, 8: 2, 9: 2, 10: 2}
+    after = {3: 0, 4: 1, 5: 1, 6: 1, 7: 2, 8: 2, 9: 2, 10: 0, 11: 3, 12: 3}
+    _make_db(tmp_path / "prod.duckdb", "tiny", {"behaviour": before, "gone": {1: 0}}, {u: f"old text {u}" for u in range(1, 11)})
+    _make_db(tmp_path / "pr.duckdb", "tiny", {"behaviour": after, "fresh": {1: 5}}, {u: f"new text {u}" for u in range(3, 13)})
+    args = ("diff", "--data", "--base-db", str(tmp_path / "prod.duckdb"), "--head-db", str(tmp_path / "pr.duckdb"))
+    r = json.loads(project.cli(*args, "--format", "json", "--examples", "2").stdout)
+    assert r["kind"] == "data_diff" and r["mode"] == "databases"
+    segs = {s["name"]: s for s in r["segmentations"]}
+    assert segs["gone"]["status"] == "removed" and segs["fresh"]["status"] == "added"
+    s = segs["behaviour"]
+    assert s["status"] == "compared"
+    assert s["users"] == {"before": 10, "after": 10, "both": 8, "entered": 2, "left": 2, "moved": 3}
+    assert s["moved_share"] == pytest.approx(3 / 8)
+    common = sorted(set(before) & set(after))
+    a = np.array([before[u] for u in common])
+    b = np.array([after[u] for u in common])
+    assert s["ari"] == pytest.approx(adjusted_rand_score(a, b))
+    assert s["nmi"] == pytest.approx(normalized_mutual_info_score(a, b))
+    # users in both: 3,4 from 0 -> 0,1; 5,6 from 1 -> 1,1 ; 7 from 1 -> 2; 8,9 from 2 -> 2; 10 from 2 -> 0
+    assert s["transitions"] == {"from": [0, 1, 2], "to": [0, 1, 2], "counts": [[1, 1, 0], [0, 2, 1], [1, 0, 2]]}
+    assert s["sizes"] == [
+        {"segment_id": 0, "label": "seg0", "before": 4, "after": 2, "delta": -2},
+        {"segment_id": 1, "label": "seg1", "before": 3, "after": 3, "delta": 0},
+        {"segment_id": 2, "label": "seg2", "before": 3, "after": 3, "delta": 0},
+        {"segment_id": 3, "label": "seg3", "before": 0, "after": 2, "delta": 2},
+    ]
+    assert s["examples"] == [
+        {"key": 4, "from": {"segment_id": 0, "segment": "seg0"}, "to": {"segment_id": 1, "segment": "seg1"},
+         "text": "new text 4", "text_before": "old text 4"},
+        {"key": 7, "from": {"segment_id": 1, "segment": "seg1"}, "to": {"segment_id": 2, "segment": "seg2"},
+         "text": "new text 7", "text_before": "old text 7"},
+    ]
+    assert r["ok"] is True and r["thresholds"] == []
+    # thresholds
+    res = project.cli(*args, "--fail-on", "moved_share>0.2", expect=1)
+    assert "moved_share = 0.375 in behaviour violates --fail-on 'moved_share>0.2'" in res.stderr
+    project.cli(*args, "--fail-on", "moved_share>0.5,entered>2,left>=3")
+    res = project.cli(*args, "--fail-on", "ari<0.99", "--format", "json", expect=1)
+    assert json.loads(res.stdout)["ok"] is False
+    md = project.cli(*args, "--format", "markdown").stdout
+    assert "| `behaviour` | base → head | 10 → 10 | 2 | 2 | 3 (37.5%) |" in md
+    assert "| **2** | 1 | 0 | 2 |" in md
+    txt = project.cli(*args).stdout
+    assert "behaviour (base → head): 10 -> 10 users; 2 entered, 2 left, 3 moved (37.5% of 8)" in txt
+    # databases of different projects; runs that do not exist; a file that is not a segtool database
+    _make_db(tmp_path / "other.duckdb", "other", {"behaviour": after})
+    res = project.cli("diff", "--data", "--base-db", str(tmp_path / "prod.duckdb"), "--head-db", str(tmp_path / "other.duckdb"), expect=1)
+    assert "different projects" in res.stderr and "'tiny'" in res.stderr and "'other'" in res.stderr
+    res = project.cli(*args, "--from-run", "7", expect=1)
+    assert "run 7 does not exist" in res.stderr
+    duckdb.connect(str(tmp_path / "plain.duckdb")).close()
+    res = project.cli("diff", "--data", "--head-db", str(tmp_path / "plain.duckdb"), expect=1)
+    assert "not a segtool database" in res.stderr
+    res = project.cli(*args, "-s", "behavior", expect=1)
+    assert "did you mean 'behaviour'" in res.stderr
+
+
+def test_data_between_runs_reads_the_history(built):
+    pd = built
+    # more orders for some users: their revenue passes the 'big' rule
+    from tests.fixtures import data_files
+
+    for rel, content in data_files(changed=(3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36)).items():
+        (pd.root / rel).write_text(content)
+    pd.cli("run")
+    hist = pd.sql("select user_id, segment_id, valid_from_run, valid_to_run from segments.lifecycle_history")
+    at = {r: {u: s for u, s, f, t in hist if f <= r and (t is None or t > r)} for r in (1, 2)}
+    moved = sum(at[1][u] != at[2][u] for u in at[2] if u in at[1])
+    assert moved > 0
+    r = json.loads(pd.cli("diff", "--data", "-s", "lifecycle", "--format", "json").stdout)
+    assert r["mode"] == "runs" and [s["name"] for s in r["segmentations"]] == ["lifecycle"]
+    s = r["segmentations"][0]
+    assert (s["base_run"], s["head_run"]) == (1, 2)
+    assert s["users"]["moved"] == moved and s["users"]["both"] == 60
+    ids = sorted(at[1])
+    assert s["ari"] == pytest.approx(adjusted_rand_score([at[1][u] for u in ids], [at[2][u] for u in ids]))
+    ex = s["examples"][0]
+    assert at[1][ex["key"]] == ex["from"]["segment_id"] != ex["to"]["segment_id"] == at[2][ex["key"]]
+    assert ex["text"].startswith("A shopper from")
+    # explicit runs, and the same comparison the other way round
+    back = json.loads(pd.cli("diff", "--data", "--from-run", "2", "--to-run", "1", "-s", "lifecycle", "--format", "json").stdout)
+    sb = back["segmentations"][0]
+    assert sb["users"]["moved"] == moved
+    assert np.array(sb["transitions"]["counts"]).T.tolist() == s["transitions"]["counts"]
+    res = pd.cli("diff", "--data", "--to-run", "5", expect=1)
+    assert "run 5 does not exist" in res.stderr and "runs 1..2" in res.stderr

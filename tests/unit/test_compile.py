@@ -1,0 +1,483 @@
+"""SQL compilation (ref/source/var/env_var/config/is_incremental/this), the
+sandboxed Jinja environment, and the validate-time checks (binding SQL in an
+in-memory DuckDB, rule/population predicates)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+
+from segtool.compile.checks import _expression_only, bind_models, check_predicate
+from segtool.compile.jinja import default_env, render_string, renderer
+from segtool.compile.sql import compile_model, quote_ident, relation, source_sql, sql_literal
+from segtool.errors import ProjectError
+from segtool.graph.build import build_graph
+from segtool.project.loader import LoadedProject, ModelFile, SourceTable, load_project
+from segtool.project.specs import (
+    ModelPropsSpec,
+    ProjectSpec,
+    SourceSpec,
+    SourceTableSpec,
+    TargetSpec,
+)
+from segtool.state.db import setup_connection
+from tests.conftest import write_files
+from tests.fixtures import tiny_project_files
+
+
+def make_proj(root: Path = Path("/nonexistent"), vars=None, sources=None) -> LoadedProject:
+    p = LoadedProject(root=root, spec=ProjectSpec(name="p"), target_name="dev", target=TargetSpec(),
+                      vars=vars if vars is not None else {"as_of": "2024-01-01", "n": 3})
+    for key, st in (sources or {}).items():
+        p.sources[key] = st
+    return p
+
+
+def add_model(p: LoadedProject, name: str, sql: str, config: dict | None = None, **props) -> ModelFile:
+    mp = ModelPropsSpec(name=name, config=config or {}, **props) if config is not None or props else None
+    m = ModelFile(name=name, path=f"models/{name}.sql", sql=sql, props=mp)
+    p.models[name] = m
+    return m
+
+
+def comp(p: LoadedProject, name: str, **kw):
+    return compile_model(p, p.models[name], **kw)
+
+
+def src(name="shop", table="orders", path="data/orders.csv", **kw) -> SourceTable:
+    opts = {k: kw.pop(k) for k in ("options", "format", "identifier") if k in kw}
+    return SourceTable(SourceSpec(name=name, **kw), SourceTableSpec(name=table, path=path, **opts))
+
+
+# ----------------------------------------------------------------- literals
+
+
+def test_quote_ident_and_relation():
+    assert quote_ident("users") == '"users"'
+    assert quote_ident('we"ird') == '"we""ird"'
+    assert relation("m") == '"main"."m"'
+    assert relation("m", "segments") == '"segments"."m"'
+
+
+@pytest.mark.parametrize(
+    ("value", "sql"),
+    [
+        (None, "NULL"),
+        (True, "true"),
+        (False, "false"),
+        (3, "3"),
+        (0.5, "0.5"),
+        ("plain", "'plain'"),
+        ("it's", "'it''s'"),
+        ([1, "a", None], "[1, 'a', NULL]"),
+        ({"id": "BIGINT", "name": "VARCHAR"}, "{'id': 'BIGINT', 'name': 'VARCHAR'}"),
+        ({"nested": [True]}, "{'nested': [true]}"),
+    ],
+)
+def test_sql_literal(value, sql):
+    assert sql_literal(value) == sql
+
+
+def test_sql_literals_are_valid_duckdb():
+    con = duckdb.connect()
+    row = con.execute(
+        f"SELECT {sql_literal(True)}, {sql_literal(2)}, {sql_literal(0.5)}, {sql_literal([1, 2])}, "
+        f"{sql_literal({'k': 'v'})}, {sql_literal(chr(39) + 'x' + chr(39))}"
+    ).fetchall()[0]
+    assert row == (True, 2, 0.5, [1, 2], {"k": "v"}, "'x'")
+
+
+# ----------------------------------------------------------------- source_sql
+
+
+def test_source_reader_with_options_sorted_and_formatted():
+    st = src(options={"header": False, "delim": ";", "names": ["a", "b"], "columns": {"a": "INT"},
+                      "nullstr": "n'a", "skip": 2})
+    assert source_sql(st) == (
+        "read_csv('data/orders.csv', columns = {'a': 'INT'}, delim = ';', header = false, "
+        "names = ['a', 'b'], nullstr = 'n''a', skip = 2)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "reader"),
+    [("data/x.csv", "read_csv"), ("data/x.tsv", "read_csv"), ("data/x.csv.gz", "read_csv"),
+     ("data/*.parquet", "read_parquet"), ("x.jsonl", "read_json"), ("X.JSON", "read_json")],
+)
+def test_source_format_inferred(path, reader):
+    assert source_sql(src(path=path)) == f"{reader}('{path}')"
+
+
+def test_source_explicit_format_and_unknown_format():
+    assert source_sql(src(path="data/x.txt", format="csv")) == "read_csv('data/x.txt')"
+    with pytest.raises(ProjectError) as ei:
+        source_sql(src(path="data/x.txt"))
+    assert ei.value.message == "cannot tell the format of source 'shop.orders' from 'data/x.txt'"
+    assert "format: csv|parquet|json" in ei.value.hint
+
+
+def test_source_in_attached_database():
+    st = src(name="wh", table="t", path=None, database="w.duckdb", schema="raw", identifier="T2")
+    assert source_sql(st) == '"src_wh"."raw"."T2"'
+    st = src(name="wh", table="t", path=None, database="w.duckdb")
+    assert source_sql(st) == '"src_wh"."main"."t"'
+
+
+def test_relative_source_path_reads_from_project_root(tmp_path, monkeypatch):
+    root = tmp_path / "proj"
+    write_files(root, {"data/x.csv": "1;a\n2;it's\n"})
+    st = src(path="data/x.csv", options={"delim": ";", "header": False, "names": ["id", "name"]})
+    p = make_proj(root, sources={("shop", "orders"): st})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    sql = source_sql(st)
+    assert "'data/x.csv'" in sql  # kept relative: fingerprints do not depend on the checkout
+    con = duckdb.connect()
+    setup_connection(con, p, threads=1)
+    assert con.execute(f"SELECT id, name FROM {sql} ORDER BY id").fetchall() == [(1, "a"), (2, "it's")]
+
+
+# ----------------------------------------------------------------- compile_model
+
+
+def test_ref_is_quoted_and_recorded():
+    p = make_proj()
+    add_model(p, "a", "select 1 as x")
+    add_model(p, "b", "select 2 as x")
+    add_model(p, "c", "select * from {{ ref('a') }} join {{ ref('b') }} using (x) union all select * from {{ ref('a') }}")
+    cm = comp(p, "c")
+    assert cm.sql == 'select * from "main"."a" join "main"."b" using (x) union all select * from "main"."a"'
+    assert cm.refs == ["a", "b"]
+    assert cm.relation == '"main"."c"'
+
+
+def test_two_argument_ref_uses_the_model_name():
+    p = make_proj()
+    add_model(p, "a", "select 1")
+    add_model(p, "b", "select * from {{ ref('pkg', 'a') }}")
+    assert comp(p, "b").sql == 'select * from "main"."a"'
+
+
+def test_unknown_ref_has_line_and_hint():
+    p = make_proj()
+    add_model(p, "user_features", "select 1")
+    add_model(p, "b", "select\n  1\nfrom {{ ref('user_featurs') }}")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "b")
+    e = ei.value
+    assert e.message == "ref('user_featurs'): no model named 'user_featurs'"
+    assert e.hint == "did you mean 'user_features'?"
+    assert (e.path, e.line) == ("models/b.sql", 3)
+
+
+def test_source_compiles_to_reader_and_is_recorded():
+    p = make_proj(sources={("shop", "orders"): src(options={"header": True})})
+    add_model(p, "s", "select * from {{ source('shop', 'orders') }}")
+    cm = comp(p, "s")
+    assert cm.sql == "select * from read_csv('data/orders.csv', header = true)"
+    assert cm.sources == [("shop", "orders")]
+    override = comp(p, "s", source_override={("shop", "orders"): "__src.x"})
+    assert override.sql == "select * from __src.x"
+
+
+def test_unknown_source_hint():
+    p = make_proj(sources={("shop", "orders"): src()})
+    add_model(p, "s", "select * from {{ source('shop', 'order') }}")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "s")
+    assert ei.value.message == "source('shop', 'order'): not declared in any models/*.yml"
+    assert ei.value.hint == "did you mean 'shop.orders'?"
+
+
+def test_var_project_value_default_and_missing():
+    p = make_proj(vars={"as_of": "2024-01-01", "zero": 0})
+    add_model(p, "v", "select DATE '{{ var('as_of') }}', {{ var('lookback', 90) }}, {{ var('zero', 5) }}")
+    cm = comp(p, "v")
+    assert cm.sql == "select DATE '2024-01-01', 90, 0"
+    assert cm.vars_used == {"as_of": "2024-01-01", "lookback": 90, "zero": 0}
+    add_model(p, "w", "select 1\n{{ var('as_off') }}")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "w")
+    assert ei.value.message == "var('as_off') is not defined"
+    assert ei.value.hint == "did you mean 'as_of'?"
+    assert ei.value.line == 2
+
+
+def test_var_with_none_default_is_none():
+    p = make_proj(vars={})
+    add_model(p, "v", "select {% if var('limit', none) is none %}1{% else %}2{% endif %}")
+    assert comp(p, "v").sql == "select 1"
+
+
+def test_env_var(monkeypatch):
+    p = make_proj()
+    monkeypatch.setenv("SEGTOOL_TEST_SCHEMA", "raw")
+    monkeypatch.delenv("SEGTOOL_TEST_MISSING", raising=False)
+    add_model(p, "e", "select '{{ env_var('SEGTOOL_TEST_SCHEMA') }}', '{{ env_var('SEGTOOL_TEST_MISSING', 'dflt') }}'")
+    assert comp(p, "e").sql == "select 'raw', 'dflt'"
+    add_model(p, "f", "select\n'{{ env_var('SEGTOOL_TEST_MISSING') }}'")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "f")
+    e = ei.value
+    assert e.message == "environment variable 'SEGTOOL_TEST_MISSING' is not set"
+    assert e.hint == "export SEGTOOL_TEST_MISSING=... or give a default: env_var('SEGTOOL_TEST_MISSING', 'value')"
+    assert (e.path, e.line) == ("models/f.sql", 2)
+
+
+def test_config_defaults_from_sql_and_from_yaml():
+    p = make_proj()
+    add_model(p, "plain", "select 1")
+    add_model(p, "in_sql", "{{ config(materialized='table', tags=['daily']) }}\nselect 1")
+    add_model(p, "in_yaml", "select 1", config={"materialized": "incremental", "unique_key": "user_id"})
+    add_model(p, "both", "{{ config(materialized='table') }} select 1", config={"materialized": "view", "tags": ["x"]})
+    assert comp(p, "plain").config.materialized == "view"
+    c = comp(p, "in_sql")
+    assert (c.config.materialized, c.config.tags, c.sql) == ("table", ["daily"], "select 1")
+    c = comp(p, "in_yaml")
+    assert (c.config.materialized, c.config.unique_key) == ("incremental", "user_id")
+    c = comp(p, "both")  # config() in the model file wins over YAML, as in dbt
+    assert (c.config.materialized, c.config.tags) == ("table", ["x"])
+
+
+def test_config_errors():
+    p = make_proj()
+    add_model(p, "bad", "{{ config(materialized='tabel') }}select 1")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "bad")
+    assert ei.value.message.startswith("model 'bad' config: materialized: Input should be 'view', 'table' or 'incremental'")
+    assert ei.value.path == "models/bad.sql"
+    add_model(p, "typo", "{{ config(materialised='table') }}select 1")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "typo")
+    assert ei.value.message == "model 'typo' config: unknown key 'materialised'"
+    assert ei.value.hint == "did you mean 'materialized'?"
+
+
+def test_is_incremental_and_this():
+    p = make_proj()
+    add_model(p, "inc", (
+        "{{ config(materialized='incremental', unique_key='user_id') }}\n"
+        "select * from src\n"
+        "{% if is_incremental() %}where ts > (select max(ts) from {{ this }}){% endif %}\n"
+    ))
+    assert comp(p, "inc").sql == "select * from src"
+    assert comp(p, "inc", incremental=True).sql == 'select * from src\nwhere ts > (select max(ts) from "main"."inc")'
+
+
+def test_target_in_context_and_trailing_semicolon_stripped():
+    p = make_proj()
+    add_model(p, "t", "select '{{ target.name }}' as t;\n\n")
+    assert comp(p, "t").sql == "select 'dev' as t"
+
+
+def test_empty_model_is_an_error():
+    p = make_proj()
+    add_model(p, "e", "{{ config(materialized='table') }}\n  \n")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "e")
+    assert ei.value.message == "model 'e' is empty"
+    assert (ei.value.path, ei.value.line) == ("models/e.sql", 1)
+
+
+# ----------------------------------------------------------------- jinja
+
+
+def test_sandbox_blocks_dunder_access():
+    with pytest.raises(ProjectError) as ei:
+        render_string("ok\n{{ ''.__class__.__mro__ }}\n", {}, name="t.j2")
+    e = ei.value
+    assert e.message.startswith("unsafe operation in template: access to attribute '__class__' of 'str' object is unsafe")
+    assert (e.path, e.line) == ("t.j2", 2)
+
+
+def test_sandbox_is_immutable():
+    with pytest.raises(ProjectError, match="unsafe operation"):
+        render_string("{{ xs.append(1) }}", {"xs": []}, name="t.j2")
+
+
+def test_strict_undefined_has_line_and_hint():
+    with pytest.raises(ProjectError) as ei:
+        render_string("line one\nline two\n{{ countryy }}\n", {"country": "DE"}, name="templates/story.j2")
+    e = ei.value
+    assert e.message == "undefined in template: 'countryy' is undefined"
+    assert (e.path, e.line) == ("templates/story.j2", 3)
+    assert "StrictUndefined" in e.hint
+    with pytest.raises(ProjectError, match="has no attribute 'y'"):
+        render_string("{{ x.y }}", {"x": {}}, name="t.j2")
+
+
+def test_syntax_error_has_line():
+    with pytest.raises(ProjectError) as ei:
+        render_string("a\nb\n{% if %}\n", {}, name="t.j2")
+    assert ei.value.message.startswith("template syntax error:")
+    assert ei.value.line == 3
+
+
+def test_python_error_in_template_is_wrapped_with_line():
+    def boom():
+        raise ValueError("kaput")
+
+    with pytest.raises(ProjectError) as ei:
+        render_string("x\n{{ f() }}", {"f": boom}, name="t.j2", what="SQL model")
+    assert ei.value.message == "SQL model error: ValueError: kaput"
+    assert ei.value.line == 2
+
+
+def test_rendering_keeps_trailing_newline_and_does_not_escape():
+    assert render_string("<{{ x }}>\n", {"x": "a & b"}, name="t.j2") == "<a & b>\n"
+    assert render_string("{{ 2.345 | round_to(1) }}", {}, name="t.j2") == "2.3"
+
+
+def test_renderer_is_reusable_per_row():
+    r = renderer(default_env(), "{{ name }} has {{ n }} orders", "t.j2")
+    assert [r({"name": "a", "n": 1}), r({"name": "b", "n": 2})] == ["a has 1 orders", "b has 2 orders"]
+    with pytest.raises(ProjectError, match="'n' is undefined"):
+        r({"name": "c"})
+
+
+# ----------------------------------------------------------------- predicates
+
+
+SPEC = SimpleNamespace(file="segments/s.yml", line=7)
+
+
+@pytest.mark.parametrize("pred", [
+    "a > 1; drop table x",
+    "1) union select (1",
+    "(revenue > 1",
+    "name = 'unterminated",
+    "revenue > 1) or (1 = 1",
+    "x in (select 1); delete from t",
+    "insert > 0",
+])
+def test_predicate_checker_rejects(pred):
+    with pytest.raises(ProjectError) as ei:
+        _expression_only(pred, "rule 'vip'", SPEC)
+    e = ei.value
+    assert e.message == f"rule 'vip': `{pred}` is not a single SQL expression"
+    assert (e.path, e.line) == ("segments/s.yml", 7)
+    assert "no semicolons" in e.hint
+
+
+@pytest.mark.parametrize("pred", [
+    "revenue > 1000",
+    "name = 'x; y'",
+    "note = 'a (b'",
+    "note = 'it''s (fine)'",
+    "label = 'drop'",
+    "coalesce(a, 0) > (1 + 2)",
+    "updated_at > DATE '2024-01-01'",
+])
+def test_predicate_checker_accepts(pred):
+    _expression_only(pred, "rule", SPEC)
+
+
+def test_predicate_checker_checks_every_keyword():
+    with pytest.raises(ProjectError):
+        _expression_only("tier = 'drop' and insert > 0", "rule", SPEC)
+
+
+def test_predicate_checker_allows_keyword_in_quoted_identifier():
+    _expression_only('"last update" > DATE \'2024-01-01\'', "rule", SPEC)
+
+
+@pytest.fixture
+def bound_con():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE main.uf (user_id BIGINT, revenue DOUBLE, name VARCHAR, first_at DATE)")
+    yield con
+    con.close()
+
+
+def test_check_predicate_renders_vars_and_binds(bound_con):
+    p = make_proj(vars={"as_of": "2024-07-01"})
+    got = check_predicate(bound_con, p, "uf", "first_at >= DATE '{{ var(\"as_of\") }}' - INTERVAL 30 DAY",
+                          where="rule 'new'", spec=SPEC)
+    assert got == "first_at >= DATE '2024-07-01' - INTERVAL 30 DAY"
+    assert check_predicate(bound_con, p, "uf", "name = 'x; y'", where="r", spec=SPEC) == "name = 'x; y'"
+
+
+def test_check_predicate_errors(bound_con):
+    p = make_proj()
+    with pytest.raises(ProjectError) as ei:
+        check_predicate(bound_con, p, "uf", "revenue", where="rule 'vip'", spec=SPEC)
+    assert ei.value.message == "rule 'vip': predicate `revenue` is DOUBLE, not BOOLEAN"
+    with pytest.raises(ProjectError) as ei:
+        check_predicate(bound_con, p, "uf", "revenu > 1", where="rule 'vip'", spec=SPEC)
+    assert ei.value.message.startswith("rule 'vip': invalid predicate `revenu > 1`: Binder Error")
+    assert ei.value.hint == "a SQL boolean expression over the columns of 'uf'"
+    with pytest.raises(ProjectError, match="not a single SQL expression"):
+        check_predicate(bound_con, p, "uf", "revenue > 1; drop table uf", where="r", spec=SPEC)
+    assert bound_con.execute("SELECT count(*) FROM uf").fetchall() == [(0,)]
+
+
+# ----------------------------------------------------------------- bind_models
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_files(tmp_path / "proj", tiny_project_files())
+
+
+def test_bind_tiny_project_resolves_column_types(tiny):
+    proj = load_project(tiny)
+    bound = bind_models(proj, build_graph(proj))
+    assert bound.errors == []
+    assert bound.columns["user_features"] == {
+        "user_id": "BIGINT", "country": "VARCHAR", "orders": "BIGINT", "revenue": "DOUBLE",
+        "recency_days": "BIGINT", "top_category": "VARCHAR", "products": "VARCHAR[]",
+    }
+    assert list(bound.columns["stg_orders"]) == ["order_id", "user_id", "product", "category", "amount", "ordered_at"]
+    assert not (tiny / "target").exists()  # binding writes nothing
+
+
+def test_bind_reports_sql_error_with_compiled_line(tiny):
+    write_files(tiny, {"models/broken.sql": "select\n  user_id,\n  nope_col\nfrom {{ ref('stg_orders') }}\n"})
+    proj = load_project(tiny)
+    (e,) = bind_models(proj, build_graph(proj)).errors
+    assert e.message.startswith("model 'broken': Binder Error: Referenced column \"nope_col\" not found")
+    assert (e.path, e.line) == ("models/broken.sql", 3)
+    assert "target/compiled/models/broken.sql" in e.hint
+
+
+def test_bind_checks_features_templates_and_rules(tiny):
+    write_files(tiny, {
+        "templates/story.j2": "A shopper from {{ contry }}.\n",
+        "segments/extra.yml": (
+            "features:\n"
+            "  - name: f2\n"
+            "    model: user_features\n"
+            "    columns: {revenu: , country: }\n"
+            "segmentations:\n"
+            "  - name: r2\n"
+            "    model: user_features\n"
+            "    rules:\n"
+            "      - {segment: a, when: \"revenue > 1; drop table x\"}\n"
+            "      - {segment: b, when: \"country = 'x; y'\"}\n"
+        ),
+    })
+    proj = load_project(tiny)
+    errs = bind_models(proj, build_graph(proj)).errors
+    got = sorted((e.path, e.line, e.message) for e in errs)
+    assert got == [
+        ("segments/extra.yml", 2, "features 'f2': column 'country' is VARCHAR, not numeric"),
+        ("segments/extra.yml", 2, "features 'f2': model 'user_features' has no column 'revenu'"),
+        ("segments/extra.yml", 9, "segmentation 'r2' rule 'a': `revenue > 1; drop table x` is not a single SQL expression"),
+        ("templates/story.j2", 1, "template 'story.j2' uses 'contry', which is not a column of model 'user_features'"),
+    ]
+    hints = {e.message: e.hint for e in errs}
+    assert hints["features 'f2': model 'user_features' has no column 'revenu'"] == "did you mean 'revenue'?"
+    assert hints["template 'story.j2' uses 'contry', which is not a column of model 'user_features'"] == "did you mean 'country'?"
+
+
+def test_bind_reports_unreadable_source(tiny):
+    (tiny / "data/orders.csv").unlink()
+    proj = load_project(tiny)
+    (e,) = bind_models(proj, build_graph(proj)).errors
+    assert e.message.startswith("source 'shop.orders' cannot be read:")
+    assert (e.path, e.line) == ("models/sources.yml", 9)
+    assert "relative paths start at the project root" in e.hint

@@ -1,0 +1,190 @@
+"""YAML reading with line marks: positions of keys and list items, duplicate
+keys, malformed YAML with numbered context, merge keys, encoding errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from segtool.errors import ProjectError
+from segtool.project.yamlio import load_yaml, mark_for, parse_yaml
+
+DOC = """\
+name: shop
+segmentations:
+  - name: behaviour
+    cluster:
+      k: 6
+  - name: lifecycle
+    rules:
+      - {segment: vip, when: "revenue > 1000"}
+      - segment: lapsed
+        when: "recency_days > 180"
+"""
+
+
+def test_data_is_plain_python():
+    data, _ = parse_yaml(DOC, "s.yml")
+    assert data == {
+        "name": "shop",
+        "segmentations": [
+            {"name": "behaviour", "cluster": {"k": 6}},
+            {
+                "name": "lifecycle",
+                "rules": [
+                    {"segment": "vip", "when": "revenue > 1000"},
+                    {"segment": "lapsed", "when": "recency_days > 180"},
+                ],
+            },
+        ],
+    }
+
+
+def test_marks_of_keys_and_list_items():
+    _, marks = parse_yaml(DOC, "s.yml")
+    # keys: (line, col) of the key itself, 1-based
+    assert marks[("name",)] == (1, 1)
+    assert marks[("segmentations",)] == (2, 1)
+    assert marks[("segmentations", 0, "cluster")] == (4, 5)
+    assert marks[("segmentations", 0, "cluster", "k")] == (5, 7)
+    assert marks[("segmentations", 1, "name")] == (6, 5)
+    # list items: where the item's node starts (after "- ")
+    assert marks[("segmentations", 0)] == (3, 5)
+    assert marks[("segmentations", 1)] == (6, 5)
+    # a flow mapping item starts at its "{"
+    assert marks[("segmentations", 1, "rules", 0)] == (8, 9)
+    assert marks[("segmentations", 1, "rules", 0, "when")] == (8, 24)
+    assert marks[("segmentations", 1, "rules", 1, "when")] == (10, 9)
+    assert marks[()] == (1, 1)
+
+
+def test_mark_for_falls_back_to_nearest_enclosing_key():
+    _, marks = parse_yaml(DOC, "s.yml")
+    assert mark_for(marks, ("segmentations", 0, "cluster", "k")) == (5, 7)
+    # a key that is not in the file (e.g. a missing one): its parent's mark
+    assert mark_for(marks, ("segmentations", 0, "cluster", "method")) == (4, 5)
+    assert mark_for(marks, ("segmentations", 7, "x")) == (2, 1)
+    assert mark_for({}, ("a",)) == (None, None)
+
+
+def test_empty_document_is_none():
+    assert parse_yaml("", "e.yml") == (None, {})
+    assert parse_yaml("# only a comment\n", "e.yml") == (None, {})
+
+
+def test_duplicate_key_error_points_at_second_occurrence():
+    text = "a: 1\nb:\n  c: 2\n  d: 3\n  c: 4\n"
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml(text, "dup.yml")
+    e = ei.value
+    assert e.message == "duplicate key 'c'"
+    assert (e.path, e.line, e.col) == ("dup.yml", 5, 3)
+    assert "remove or rename" in e.hint
+    assert e.format().startswith("dup.yml:5:3: duplicate key 'c'")
+
+
+def test_duplicate_top_level_key():
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml("name: a\nvars: {}\nname: b\n", "p.yml")
+    assert (ei.value.line, ei.value.col) == (3, 1)
+
+
+def test_malformed_yaml_shows_numbered_context_with_marker():
+    text = "a: 1\nb: [1, 2\nc: 3\nd: 4\ne: 5\nf: 6\n"
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml(text, "bad.yml")
+    e = ei.value
+    assert (e.path, e.line, e.col) == ("bad.yml", 3, 2)
+    assert e.message.startswith("malformed YAML: expected ',' or ']'")
+    lines = e.message.splitlines()[1:]
+    # two lines either side of line 3, the error line marked with ">"
+    assert lines == [
+        "      1 | a: 1",
+        "      2 | b: [1, 2",
+        "  >   3 | c: 3",
+        "      4 | d: 4",
+        "      5 | e: 5",
+    ]
+    assert "indentation" in e.hint
+
+
+def test_bad_indentation_reports_line_and_column():
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml("a: 1\n  b: 2\n", "ind.yml")
+    e = ei.value
+    assert (e.line, e.col) == (2, 4)
+    assert "mapping values are not allowed here" in e.message
+    assert e.message.endswith("      1 | a: 1\n  >   2 |   b: 2")
+
+
+def test_merge_keys_are_resolved():
+    text = "base: &b {x: 1, y: 2}\nz:\n  <<: *b\n  w: 3\n"
+    data, marks = parse_yaml(text, "m.yml")
+    assert data["z"] == {"x": 1, "y": 2, "w": 3}
+    assert "<<" not in data["z"]
+    assert marks[("z", "w")] == (4, 3)
+
+
+def test_explicit_key_overrides_merged_key():
+    text = "base: &b {x: 1, y: 2}\nz:\n  <<: *b\n  x: 3\n"
+    data, _ = parse_yaml(text, "m.yml")
+    assert data["z"] == {"x": 3, "y": 2}
+
+
+def test_anchors_and_aliases():
+    data, _ = parse_yaml("a: &v [1, 2]\nb: *v\n", "a.yml")
+    assert data == {"a": [1, 2], "b": [1, 2]}
+
+
+def test_non_scalar_mapping_key_is_an_error():
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml("? [1, 2]\n: x\n", "k.yml")
+    assert ei.value.message == "mapping keys must be plain scalars"
+    assert (ei.value.line, ei.value.col) == (1, 3)
+
+
+def test_unsafe_tag_on_a_scalar_is_refused():
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml("a: !!python/name:os.system\n", "u.yml")
+    assert (ei.value.line, ei.value.col) == (1, 4)
+    assert "could not determine a constructor" in ei.value.message
+
+
+def test_unsafe_tag_on_a_sequence_is_refused():
+    with pytest.raises(ProjectError) as ei:
+        parse_yaml("a: !!python/object/apply:os.system ['echo hi']\n", "u.yml")
+    assert ei.value.line == 1
+
+
+def test_scalar_types_follow_yaml_1_1_safe_loader():
+    data, _ = parse_yaml("i: 3\nf: 0.5\nb: true\nn: null\ns: '007'\n", "t.yml")
+    assert data == {"i": 3, "f": 0.5, "b": True, "n": None, "s": "007"}
+
+
+def test_load_yaml_reads_file_and_uses_rel_path(tmp_path):
+    p = tmp_path / "x.yml"
+    p.write_text("a:\n  b: 1\n", encoding="utf-8")
+    data, marks = load_yaml(p, "models/x.yml")
+    assert data == {"a": {"b": 1}}
+    assert marks[("a", "b")] == (2, 3)
+    p.write_text("a: 1\na: 2\n", encoding="utf-8")
+    with pytest.raises(ProjectError) as ei:
+        load_yaml(p, "models/x.yml")
+    assert ei.value.format().startswith("models/x.yml:2:1:")
+
+
+def test_load_yaml_non_utf8(tmp_path):
+    p = tmp_path / "latin.yml"
+    p.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ProjectError) as ei:
+        load_yaml(p, "latin.yml")
+    e = ei.value
+    assert e.message == "file is not valid UTF-8 (byte 9)"
+    assert e.path == "latin.yml"
+    assert "UTF-8" in e.hint
+
+
+def test_load_yaml_missing_file(tmp_path):
+    with pytest.raises(ProjectError) as ei:
+        load_yaml(tmp_path / "nope.yml", "nope.yml")
+    assert ei.value.message.startswith("cannot read file")
+    assert ei.value.path == "nope.yml"
