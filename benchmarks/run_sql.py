@@ -98,7 +98,7 @@ def main() -> None:
     print(f"{'segtool run -s kind:model':<34}{run:>10.2f}")
     print(f"{'same SQL, plain DuckDB':<34}{plain:>10.2f}")
     print(f"{'ratio run / plain':<34}{run / plain:>10.3f}")
-    print(f"\n(segtool run includes interpreter start, state, one transaction, key checks; plain is in-process)")
+    print("\n(segtool run includes interpreter start, state, one transaction, key checks; plain is in-process)")
 
 
 if __name__ == "__main__":
