@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
@@ -15,6 +13,27 @@ def register(main: click.Group) -> None:
     main.add_command(show)
     main.add_command(export)
     main.add_command(assign)
+    main.add_command(docs)
+
+
+@click.command()
+@project_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Default: target/report/index.html")
+@handle_errors
+def docs(project_dir, target, vars_, debug, output):
+    """Write a self-contained HTML report (works offline): lineage graph,
+    per-segmentation sizes, labels, 2-D map, feature profiles, sizes over runs
+    and flows since the last run.
+
+    \b
+    Example:
+      segtool docs && open target/report/index.html
+    """
+    from segtool.report.html import build_report
+
+    project = load(project_dir, target, vars_)
+    out = build_report(project, output)
+    click.echo(f"wrote {out}")
 
 
 @click.command()
@@ -88,4 +107,3 @@ def assign(project_dir, target, vars_, debug, name, input_, output):
     else:
         df.write_csv(output)
     click.echo(f"assigned {df.height:,} users to segments of '{name}' -> {output}")
-    _ = (json, sys)

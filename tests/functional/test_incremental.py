@@ -167,3 +167,27 @@ def test_assign_one_at_a_time_equals_batch(project):
         assert one["segment_id"][0] == row["segment_id"][0]
         assert abs(one["distance"][0] - row["distance"][0]) < 1e-5
     assert project.snapshot() == before
+
+
+def test_docs_report_is_self_contained(project):
+    project.cli("run")
+    project.edit("segments/segments.yml", "k: 3,", "k: 4,")
+    project.cli("run")
+    r = project.cli("docs")
+    page = (project.root / "target/report/index.html").read_text()
+    assert "Lineage" in page and "behaviour" in page and "lifecycle" in page
+    assert "<circle" in page and "Sizes over runs" in page and "Flows in run 2" in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page and "<script" not in page
+    assert "wrote" in r.stdout
+
+
+def test_drift_policy_refits_when_the_population_moves(project):
+    project.cli("run")
+    # every user's behaviour changes a lot: far from the fitted centroids
+    files = data_files(changed=tuple(range(1, 61)))
+    for rel, content in files.items():
+        project.write(rel, content.replace(",outdoor,", ",gaming,").replace("tent", "graphics card"))
+    project.cli("run")
+    g = summary(project)["segmentations"]["behaviour"]
+    assert g["action"] == "refit" and g["reason"].startswith("drift"), g
+    assert g["drift"]["score"] > 0.25
