@@ -173,7 +173,8 @@ def run(project_dir, target, vars_, debug, select, exclude, state_dir, full_refr
     if dry_run:
         from segtool.plan import format_plan, make_plan
 
-        click.echo(format_plan(make_plan(project, select, exclude, full_refresh=full_refresh, refit=refit), "text"))
+        plan = make_plan(project, select, exclude, full_refresh=full_refresh, refit=refit, state_dir=state_dir)
+        click.echo(format_plan(plan, "text"))
         return
     rep.line(f"segtool {__version__} · project {project.name} · target {project.loaded.target_name} · {project.relpath(project.loaded.database_path)}")
     result = project.run(
@@ -257,9 +258,10 @@ def clean(project_dir, target, vars_, debug, cache):
 
 def _register_optional():
     """Commands whose modules arrive with their stage."""
-    from segtool import cli_segments
+    from segtool import cli_diff, cli_segments
 
     cli_segments.register(main)
+    cli_diff.register(main)
 
 
 _register_optional()

@@ -20,14 +20,23 @@ from tests.fixtures import tiny_project_files
 if "diff" not in _cli.main.commands:  # until cli.py registers it
     cli_diff.register(_cli.main)
 
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1", "HOME": os.environ.get("HOME", "/tmp")}
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
 
 LOYAL = "orders.{% if user_id < 10 %} A loyal customer.{% endif %}"
 
 
 def git(cwd, *args) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()
 
 
@@ -81,30 +90,52 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built, tmp_path):
     assert "no changes" in pd.cli("diff").stdout
 
     r = diff_json(pd, "HEAD~1", "HEAD")
-    assert r["base"]["kind"] == "git" and r["base"]["label"] == "HEAD~1" and len(r["base"]["commit"]) == 40
+    assert (
+        r["base"]["kind"] == "git"
+        and r["base"]["label"] == "HEAD~1"
+        and len(r["base"]["commit"]) == 40
+    )
     assert r["head"]["kind"] == "git"
     assert [c["unique_id"] for c in r["changes"]] == ["text.story"]
     c = change(r, "text.story")
     assert c["change"] == "changed" and c["fields"] == ["template story.j2"]
     assert [(f["unique_id"], f["action"]) for f in c["forces"]] == [
-        ("text.story", "re-render"), ("embedding.story.hash", "re-embed"), ("segmentation.behaviour", "reassign")]
+        ("text.story", "re-render"),
+        ("embedding.story.hash", "re-embed"),
+        ("segmentation.behaviour", "reassign"),
+    ]
     # user counts, estimated against the working tree's database (built at commit A)
     assert r["database"]["used"] and r["database"]["last_run"] == 1
     assert impact(r, "text.story")["counts"]["texts_changed"] == 9
     assert impact(r, "embedding.story.hash")["counts"]["to_embed"] == 9
     assert impact(r, "segmentation.behaviour")["counts"]["changed_users"] == 9
-    assert r["summary"] == {**r["summary"], "nodes_changed": 1, "refits": 0, "re_render": 1, "re_embed": 1, "reassign": 1,
-                            "texts_changed": 9, "texts_to_embed": 9, "users_to_reassign": 9}
+    assert r["summary"] == {
+        **r["summary"],
+        "nodes_changed": 1,
+        "refits": 0,
+        "re_render": 1,
+        "re_embed": 1,
+        "reassign": 1,
+        "texts_changed": 9,
+        "texts_to_embed": 9,
+        "users_to_reassign": 9,
+    }
     assert impact(r, "segmentation.lifecycle") is None
 
     # the working tree against a branch name; a ref with the project elsewhere
     git(repo, "branch", "base-branch", "HEAD~1")
     assert [c["unique_id"] for c in diff_json(pd, "base-branch")["changes"]] == ["text.story"]
     md = pd.cli("diff", "HEAD~1", "--format", "markdown").stdout
-    assert md.startswith("### segtool diff: `HEAD~1 (") and "| changed | `text.story` | template story.j2 |" in md
+    assert (
+        md.startswith("### segtool diff: `HEAD~1 (")
+        and "| changed | `text.story` | template story.j2: +1 -1 lines |" in md
+    )
     assert "9 of 60 texts change" in md and "9 texts to embed" in md
     text = pd.cli("diff", "HEAD~1").stdout
-    assert "forces: re-render text.story, re-embed embedding.story.hash, reassign segmentation.behaviour" in text
+    assert (
+        "forces: re-render text.story, re-embed embedding.story.hash, reassign segmentation.behaviour"
+        in text
+    )
 
     # bad refs
     r = pd.cli("diff", "no-such-ref", expect=1)
@@ -125,8 +156,14 @@ def test_not_a_git_repo(project):
 
 def test_description_only_edit_is_metadata_only(twins):
     base, head = twins
-    head.edit("models/schema.yml", "description: One row per user.", "description: One row per shopper.")
-    head.edit("segments/segments.yml", "  - name: lifecycle\n", "  - name: lifecycle\n    description: Where a shopper is.\n")
+    head.edit(
+        "models/schema.yml", "description: One row per user.", "description: One row per shopper."
+    )
+    head.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        "  - name: lifecycle\n    description: Where a shopper is.\n",
+    )
     r = diff_json(head, str(base.root), str(head.root))
     assert {c["unique_id"]: (c["change"], c["fields"]) for c in r["changes"]} == {
         "model.user_features": ("metadata only", ["description"]),
@@ -140,8 +177,10 @@ def test_description_only_edit_is_metadata_only(twins):
 
 def test_encoder_change_reembeds_and_refits_every_user(twins):
     base, head = twins
-    second = ("  - name: behaviour2\n    inputs:\n      - {embedding: {text: story, encoder: hash}}\n"
-              "    cluster: {method: kmeans, k: 2, seed: 1}\n  - name: lifecycle\n")
+    second = (
+        "  - name: behaviour2\n    inputs:\n      - {embedding: {text: story, encoder: hash}}\n"
+        "    cluster: {method: kmeans, k: 2, seed: 1}\n  - name: lifecycle\n"
+    )
     for pd in twins:
         pd.edit("segments/segments.yml", "  - name: lifecycle\n", second)
     head.edit("segments/segments.yml", "dim: 256", "dim: 128")
@@ -161,11 +200,19 @@ def test_encoder_change_reembeds_and_refits_every_user(twins):
 
 def test_new_rule_segmentation_is_the_only_change(twins):
     base, head = twins
-    head.edit("segments/segments.yml", "  - name: lifecycle\n", "  - name: spenders\n    model: user_features\n"
-              "    rules:\n      - {segment: high, when: \"revenue > 500\"}\n    default: low\n  - name: lifecycle\n")
+    head.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        "  - name: spenders\n    model: user_features\n"
+        '    rules:\n      - {segment: high, when: "revenue > 500"}\n    default: low\n  - name: lifecycle\n',
+    )
     r = diff_json(head, str(base.root), str(head.root))
-    assert [(c["unique_id"], c["change"]) for c in r["changes"]] == [("segmentation.spenders", "added")]
-    assert [(i["unique_id"], i["action"]) for i in r["impact"]] == [("segmentation.spenders", "new")]
+    assert [(c["unique_id"], c["change"]) for c in r["changes"]] == [
+        ("segmentation.spenders", "added")
+    ]
+    assert [(i["unique_id"], i["action"]) for i in r["impact"]] == [
+        ("segmentation.spenders", "new")
+    ]
     assert r["summary"]["added"] == 1 and r["summary"]["nodes_changed"] == 1
 
 
@@ -176,12 +223,20 @@ def test_renamed_nodes(twins):
     head.edit("segments/segments.yml", "name: lifecycle", "name: stage")
     r = diff_json(head, str(base.root), str(head.root))
     by = {c["unique_id"]: c for c in r["changes"]}
-    assert by["text.shopper_story"]["change"] == "added" and by["text.shopper_story"]["renamed_from"] == "text.story"
-    assert by["text.story"]["change"] == "removed" and by["text.story"]["renamed_to"] == "text.shopper_story"
+    assert (
+        by["text.shopper_story"]["change"] == "added"
+        and by["text.shopper_story"]["renamed_from"] == "text.story"
+    )
+    assert (
+        by["text.story"]["change"] == "removed"
+        and by["text.story"]["renamed_to"] == "text.shopper_story"
+    )
     assert by["embedding.shopper_story.hash"]["renamed_from"] == "embedding.story.hash"
     assert by["segmentation.stage"]["renamed_from"] == "segmentation.lifecycle"
     assert "stay in the database" in by["segmentation.lifecycle"]["note"]
-    assert by["segmentation.behaviour"]["change"] == "changed" and by["segmentation.behaviour"]["fields"] == ["inputs"]
+    assert by["segmentation.behaviour"]["change"] == "changed" and by["segmentation.behaviour"][
+        "fields"
+    ] == ["inputs"]
     assert r["summary"]["renamed"] == 3
     assert "renamed from text.story" in head.cli("diff", str(base.root), str(head.root)).stdout
 
@@ -190,14 +245,22 @@ def test_removed_source_and_sql_change(twins):
     base, head = twins
     extra = "      - name: returns\n        path: data/returns.csv\n"
     base.write("models/sources.yml", base.read("models/sources.yml") + extra)
-    head.edit("models/user_features.sql", "count(o.order_id) as orders", "count(distinct o.order_id) as orders")
+    head.edit(
+        "models/user_features.sql",
+        "count(o.order_id) as orders",
+        "count(distinct o.order_id) as orders",
+    )
     r = diff_json(head, str(base.root), str(head.root))
     assert change(r, "source.shop.returns")["change"] == "removed"
     c = change(r, "model.user_features")
     assert c["change"] == "changed" and c["fields"] == ["SQL"]
     assert {i["unique_id"]: i["action"] for i in r["impact"]} == {
-        "model.user_features": "rebuild", "segmentation.lifecycle": "reassign", "text.story": "re-render",
-        "embedding.story.hash": "re-embed", "segmentation.behaviour": "reassign"}
+        "model.user_features": "rebuild",
+        "segmentation.lifecycle": "reassign",
+        "text.story": "re-render",
+        "embedding.story.hash": "re-embed",
+        "segmentation.behaviour": "reassign",
+    }
 
 
 def test_labels_and_cluster_changes(twins):
@@ -208,6 +271,10 @@ def test_labels_and_cluster_changes(twins):
     head.edit("segments/segments.yml", "k: 3, seed: 7", "k: 4, seed: 7")
     r = diff_json(head, str(base.root), str(head.root))
     assert change(r, "segmentation.behaviour")["fields"] == ["cluster", "labels"]
+    assert change(r, "segmentation.behaviour")["details"] == [
+        "cluster.k: 3 -> 4",
+        "labels.keywords: 3 -> 4",
+    ]
     assert impact(r, "segmentation.behaviour")["actions"] == ["refit"]
 
 
@@ -221,7 +288,9 @@ def test_bad_project_inputs(project, tmp_path):
     assert "is not a segtool project" in r.stderr
     r = project.cli("diff", "--fail-on", "moved_shar>0.2", "--data", expect=1)
     assert "unknown metric 'moved_shar'" in r.stderr and "moved_share" in r.stderr
-    r = project.cli("diff", str(project.root), str(project.root), "--fail-on", "moved_share>0.2", expect=1)
+    r = project.cli(
+        "diff", str(project.root), str(project.root), "--fail-on", "moved_share>0.2", expect=1
+    )
     assert "with --data" in r.stderr
     r = project.cli("diff", "--data", "--fail-on", "moved_share 0.2", expect=1)
     assert "cannot read" in r.stderr
@@ -238,19 +307,30 @@ def test_bad_project_inputs(project, tmp_path):
 # ----------------------------------------------------------------------------- --data
 
 
-def _make_db(path, project: str, assignments: dict[str, dict[int, int]], texts: dict[int, str] | None = None) -> None:
+def _make_db(
+    path, project: str, assignments: dict[str, dict[int, int]], texts: dict[int, str] | None = None
+) -> None:
     con = duckdb.connect(str(path))
     con.execute("CREATE SCHEMA _segtool; CREATE SCHEMA segments")
     con.execute("CREATE TABLE _segtool.meta (key VARCHAR, value VARCHAR)")
-    con.execute("INSERT INTO _segtool.meta VALUES ('state_version', '1'), ('project', ?)", [project])
+    con.execute(
+        "INSERT INTO _segtool.meta VALUES ('state_version', '1'), ('project', ?)", [project]
+    )
     con.execute("CREATE TABLE _segtool.runs (run_id INTEGER, status VARCHAR, summary JSON)")
     con.execute("INSERT INTO _segtool.runs VALUES (1, 'success', '{}')")
     for name, assign in assignments.items():
-        con.execute(f'CREATE TABLE segments."{name}" (user_id INTEGER, segment_id INTEGER, segment VARCHAR)')
-        con.executemany(f'INSERT INTO segments."{name}" VALUES (?, ?, ?)', [[u, s, f"seg{s}"] for u, s in assign.items()])
+        con.execute(
+            f'CREATE TABLE segments."{name}" (user_id INTEGER, segment_id INTEGER, segment VARCHAR)'
+        )
+        con.executemany(
+            f'INSERT INTO segments."{name}" VALUES (?, ?, ?)',
+            [[u, s, f"seg{s}"] for u, s in assign.items()],
+        )
     if texts:
         con.execute("CREATE TABLE _segtool.texts__story (user_id INTEGER, text VARCHAR)")
-        con.executemany("INSERT INTO _segtool.texts__story VALUES (?, ?)", [[u, t] for u, t in texts.items()])
+        con.executemany(
+            "INSERT INTO _segtool.texts__story VALUES (?, ?)", [[u, t] for u, t in texts.items()]
+        )
     con.close()
 
 
@@ -258,9 +338,26 @@ def test_data_between_two_databases_matches_hand_computed_numbers(project, tmp_p
     # users 1..10 before, 3..12 after
     before = {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1, 7: 1, 8: 2, 9: 2, 10: 2}
     after = {3: 0, 4: 1, 5: 1, 6: 1, 7: 2, 8: 2, 9: 2, 10: 0, 11: 3, 12: 3}
-    _make_db(tmp_path / "prod.duckdb", "tiny", {"behaviour": before, "gone": {1: 0}}, {u: f"old text {u}" for u in range(1, 11)})
-    _make_db(tmp_path / "pr.duckdb", "tiny", {"behaviour": after, "fresh": {1: 5}}, {u: f"new text {u}" for u in range(3, 13)})
-    args = ("diff", "--data", "--base-db", str(tmp_path / "prod.duckdb"), "--head-db", str(tmp_path / "pr.duckdb"))
+    _make_db(
+        tmp_path / "prod.duckdb",
+        "tiny",
+        {"behaviour": before, "gone": {1: 0}},
+        {u: f"old text {u}" for u in range(1, 11)},
+    )
+    _make_db(
+        tmp_path / "pr.duckdb",
+        "tiny",
+        {"behaviour": after, "fresh": {1: 5}},
+        {u: f"new text {u}" for u in range(3, 13)},
+    )
+    args = (
+        "diff",
+        "--data",
+        "--base-db",
+        str(tmp_path / "prod.duckdb"),
+        "--head-db",
+        str(tmp_path / "pr.duckdb"),
+    )
     r = json.loads(project.cli(*args, "--format", "json", "--examples", "2").stdout)
     assert r["kind"] == "data_diff" and r["mode"] == "databases"
     segs = {s["name"]: s for s in r["segmentations"]}
@@ -275,7 +372,11 @@ def test_data_between_two_databases_matches_hand_computed_numbers(project, tmp_p
     assert s["ari"] == pytest.approx(adjusted_rand_score(a, b))
     assert s["nmi"] == pytest.approx(normalized_mutual_info_score(a, b))
     # users in both: 3,4 from 0 -> 0,1; 5,6 from 1 -> 1,1 ; 7 from 1 -> 2; 8,9 from 2 -> 2; 10 from 2 -> 0
-    assert s["transitions"] == {"from": [0, 1, 2], "to": [0, 1, 2], "counts": [[1, 1, 0], [0, 2, 1], [1, 0, 2]]}
+    assert s["transitions"] == {
+        "from": [0, 1, 2],
+        "to": [0, 1, 2],
+        "counts": [[1, 1, 0], [0, 2, 1], [1, 0, 2]],
+    }
     assert s["sizes"] == [
         {"segment_id": 0, "label": "seg0", "before": 4, "after": 2, "delta": -2},
         {"segment_id": 1, "label": "seg1", "before": 3, "after": 3, "delta": 0},
@@ -283,10 +384,20 @@ def test_data_between_two_databases_matches_hand_computed_numbers(project, tmp_p
         {"segment_id": 3, "label": "seg3", "before": 0, "after": 2, "delta": 2},
     ]
     assert s["examples"] == [
-        {"key": 4, "from": {"segment_id": 0, "segment": "seg0"}, "to": {"segment_id": 1, "segment": "seg1"},
-         "text": "new text 4", "text_before": "old text 4"},
-        {"key": 7, "from": {"segment_id": 1, "segment": "seg1"}, "to": {"segment_id": 2, "segment": "seg2"},
-         "text": "new text 7", "text_before": "old text 7"},
+        {
+            "key": 4,
+            "from": {"segment_id": 0, "segment": "seg0"},
+            "to": {"segment_id": 1, "segment": "seg1"},
+            "text": "new text 4",
+            "text_before": "old text 4",
+        },
+        {
+            "key": 7,
+            "from": {"segment_id": 1, "segment": "seg1"},
+            "to": {"segment_id": 2, "segment": "seg2"},
+            "text": "new text 7",
+            "text_before": "old text 7",
+        },
     ]
     assert r["ok"] is True and r["thresholds"] == []
     # thresholds
@@ -302,7 +413,15 @@ def test_data_between_two_databases_matches_hand_computed_numbers(project, tmp_p
     assert "behaviour (base → head): 10 -> 10 users; 2 entered, 2 left, 3 moved (37.5% of 8)" in txt
     # databases of different projects; runs that do not exist; a file that is not a segtool database
     _make_db(tmp_path / "other.duckdb", "other", {"behaviour": after})
-    res = project.cli("diff", "--data", "--base-db", str(tmp_path / "prod.duckdb"), "--head-db", str(tmp_path / "other.duckdb"), expect=1)
+    res = project.cli(
+        "diff",
+        "--data",
+        "--base-db",
+        str(tmp_path / "prod.duckdb"),
+        "--head-db",
+        str(tmp_path / "other.duckdb"),
+        expect=1,
+    )
     assert "different projects" in res.stderr and "'tiny'" in res.stderr and "'other'" in res.stderr
     res = project.cli(*args, "--from-run", "7", expect=1)
     assert "run 7 does not exist" in res.stderr
@@ -321,7 +440,9 @@ def test_data_between_runs_reads_the_history(built):
     for rel, content in data_files(changed=(3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36)).items():
         (pd.root / rel).write_text(content)
     pd.cli("run")
-    hist = pd.sql("select user_id, segment_id, valid_from_run, valid_to_run from segments.lifecycle_history")
+    hist = pd.sql(
+        "select user_id, segment_id, valid_from_run, valid_to_run from segments.lifecycle_history"
+    )
     at = {r: {u: s for u, s, f, t in hist if f <= r and (t is None or t > r)} for r in (1, 2)}
     moved = sum(at[1][u] != at[2][u] for u in at[2] if u in at[1])
     assert moved > 0
@@ -331,12 +452,29 @@ def test_data_between_runs_reads_the_history(built):
     assert (s["base_run"], s["head_run"]) == (1, 2)
     assert s["users"]["moved"] == moved and s["users"]["both"] == 60
     ids = sorted(at[1])
-    assert s["ari"] == pytest.approx(adjusted_rand_score([at[1][u] for u in ids], [at[2][u] for u in ids]))
+    assert s["ari"] == pytest.approx(
+        adjusted_rand_score([at[1][u] for u in ids], [at[2][u] for u in ids])
+    )
     ex = s["examples"][0]
-    assert at[1][ex["key"]] == ex["from"]["segment_id"] != ex["to"]["segment_id"] == at[2][ex["key"]]
+    assert (
+        at[1][ex["key"]] == ex["from"]["segment_id"] != ex["to"]["segment_id"] == at[2][ex["key"]]
+    )
     assert ex["text"].startswith("A shopper from")
     # explicit runs, and the same comparison the other way round
-    back = json.loads(pd.cli("diff", "--data", "--from-run", "2", "--to-run", "1", "-s", "lifecycle", "--format", "json").stdout)
+    back = json.loads(
+        pd.cli(
+            "diff",
+            "--data",
+            "--from-run",
+            "2",
+            "--to-run",
+            "1",
+            "-s",
+            "lifecycle",
+            "--format",
+            "json",
+        ).stdout
+    )
     sb = back["segmentations"][0]
     assert sb["users"]["moved"] == moved
     assert np.array(sb["transitions"]["counts"]).T.tolist() == s["transitions"]["counts"]

@@ -1,0 +1,161 @@
+"""`segtool diff`: project versions (git refs or folders) and segment data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from segtool.cli import handle_errors, load, project_options
+
+
+def register(main: click.Group) -> None:
+    main.add_command(diff)
+
+
+@click.command()
+@project_options
+@click.argument("base", required=False)
+@click.argument("head", required=False)
+@click.option(
+    "--data",
+    is_flag=True,
+    help="Compare segment assignments (two runs, or two databases) instead of project files.",
+)
+@click.option(
+    "--from-run",
+    type=int,
+    metavar="N",
+    help="--data: the earlier run (default: the run before --to-run that touched each segmentation).",
+)
+@click.option(
+    "--to-run",
+    type=int,
+    metavar="M",
+    help="--data: the later run (default: the last run that touched each segmentation).",
+)
+@click.option(
+    "--base-db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="--data: compare this database (e.g. prod) ...",
+)
+@click.option(
+    "--head-db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="--data: ... with this one (default: the target's).",
+)
+@click.option(
+    "-s",
+    "--segmentation",
+    "segmentations",
+    multiple=True,
+    metavar="NAME",
+    help="--data: only these segmentations.",
+)
+@click.option(
+    "--examples",
+    default=3,
+    show_default=True,
+    help="--data: example users who moved, per segmentation.",
+)
+@click.option("--no-counts", is_flag=True, help="Do not estimate user counts from the database.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--fail-on",
+    multiple=True,
+    metavar="EXPR",
+    help="Exit 1 when a metric crosses a threshold: 'moved_share>0.2', 'ari<0.8', 'entered>100', 'left>100', "
+    "'nodes_changed>10', 'refits>0'. Repeat or separate with commas.",
+)
+@handle_errors
+def diff(
+    project_dir,
+    target,
+    vars_,
+    debug,
+    base,
+    head,
+    data,
+    from_run,
+    to_run,
+    base_db,
+    head_db,
+    segmentations,
+    examples,
+    no_counts,
+    fmt,
+    fail_on,
+):
+    """Compare two versions of the project, or two sets of segment assignments.
+
+    BASE and HEAD are git refs or project folders. Defaults: BASE=HEAD (the
+    last commit), HEAD=the working tree. Shows the nodes added, removed and
+    changed, what each change forces (re-render, re-embed, reassign, refit) and,
+    when the database exists, how many users that touches.
+
+    With --data: sizes before/after, transition matrix, users entering and
+    leaving, share moved, ARI/NMI and example users, between the last two runs
+    (or --from-run/--to-run) or between two databases (--base-db/--head-db).
+
+    \b
+    Examples:
+      segtool diff                          # working tree vs the last commit
+      segtool diff main                     # working tree vs branch main
+      segtool diff main HEAD --format markdown >> "$GITHUB_STEP_SUMMARY"
+      segtool diff ../old_project .         # two folders
+      segtool diff --data                   # the last two runs of each segmentation
+      segtool diff --data --base-db prod.duckdb --head-db target/segtool.duckdb --fail-on 'moved_share>0.2'
+    """
+    from segtool import diff as d
+    from segtool.errors import ProjectError
+    from segtool.project.loader import parse_vars
+
+    data = (
+        data
+        or any(x is not None for x in (from_run, to_run, base_db, head_db))
+        or bool(segmentations)
+    )
+    thresholds = d.parse_fail_on(fail_on, data=data)
+    if data:
+        if base or head:
+            raise ProjectError(
+                "--data compares databases, not project versions: BASE/HEAD are not used",
+                hint="use --from-run/--to-run (one database) or --base-db/--head-db (two databases)",
+            )
+        project = None
+        try:
+            project = load(project_dir, target, vars_)
+        except ProjectError:
+            if head_db is None:
+                raise
+        result = d.data_diff(
+            project,
+            from_run=from_run,
+            to_run=to_run,
+            base_db=base_db,
+            head_db=head_db,
+            segmentations=tuple(segmentations),
+            examples=examples,
+        )
+    else:
+        result = d.project_diff(
+            base or "HEAD",
+            head,
+            project_dir=project_dir,
+            target=target,
+            vars=parse_vars(vars_),
+            counts=not no_counts,
+        )
+    checks = d.check_thresholds(result, thresholds)
+    click.echo(d.format_diff(result, fmt))
+    msg = d.violation_message(checks)
+    if msg:
+        click.echo(msg, err=True)
+        sys.exit(1)

@@ -1,0 +1,288 @@
+"""`backend: onnx`: the same tokenising, batching and pooling as the torch backend, with the
+network (pooling and normalisation included) run by ONNX Runtime.
+
+The model is exported once with torch.onnx.export and cached under
+`<cache_dir>/<fingerprint>/model.onnx`; `quantize: int8` applies ONNX Runtime's dynamic
+int8 quantisation to the float32 export (which is cached too, under its own fingerprint).
+Later runs load the cached file and never import torch for inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from segtool.encoders._common import quiet_transformers
+from segtool.encoders._device import check_device_string, default_threads
+from segtool.encoders._resolve import Resolved
+from segtool.encoders.transformers_backend import TransformersEncoder, pool
+from segtool.errors import EncoderError
+from segtool.project.specs import EncoderSpec
+
+OPSET = 17
+ONNX_FILE = "model.onnx"
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EncoderError(
+            "backend: onnx needs onnxruntime, which is not installed",
+            hint="pip install 'segtool[onnx]' (onnxruntime and onnx), or set backend: torch",
+        ) from None
+    return onnxruntime
+
+
+class OnnxEncoder(TransformersEncoder):
+    """float32 or dynamic-int8 ONNX Runtime inference on CPU (CUDA provider if installed)."""
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        resolved: Resolved,
+        *,
+        cache_dir: Path,
+        device_override: str | None = None,
+        threads: int | None = None,
+    ):
+        if spec.dtype in ("float16", "bfloat16"):
+            raise EncoderError(
+                f"encoder '{spec.name}': dtype {spec.dtype} is not supported with backend: onnx",
+                hint="use dtype: auto or float32 (and quantize: int8 for speed), or backend: torch",
+            )
+        super().__init__(spec, resolved, device_override=device_override, threads=threads)
+        self.cache_dir = Path(cache_dir)
+        self.exported = False  # True when this instance exported (or quantised) the model
+        self._session = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            req = check_device_string(self._requested_device)
+            if req == "mps":
+                raise EncoderError(
+                    f"encoder '{self.spec.name}': backend: onnx runs on cpu or cuda, not mps",
+                    hint="set backend: torch for mps",
+                )
+            self._device = "cpu"
+            if req.startswith("cuda") or req == "auto":
+                ort = require_onnxruntime()
+                if "CUDAExecutionProvider" in ort.get_available_providers():
+                    self._device = "cuda:" + (req.split(":")[1] if ":" in req else "0")
+                elif req.startswith("cuda"):
+                    raise EncoderError(
+                        f"encoder '{self.spec.name}': device {req} with backend: onnx needs "
+                        "onnxruntime-gpu (CUDAExecutionProvider)",
+                        hint="pip install onnxruntime-gpu, or set backend: torch",
+                    )
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        return "float32"  # int8 is `quantize`, a separate fingerprint field
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.cache_dir / self.fingerprint() / ONNX_FILE
+
+    # ------------------------------------------------------------------ export
+    def _ensure_exported(self) -> Path:
+        path = self.onnx_path
+        if path.is_file():
+            return path
+        if self.spec.quantize == "int8":
+            fp32 = OnnxEncoder(
+                self.spec.model_copy(update={"quantize": "none"}),
+                replace(self.resolved),
+                cache_dir=self.cache_dir,
+                device_override="cpu",
+                threads=self._threads,
+            )
+            src = fp32._ensure_exported()
+            self.exported = self.exported or fp32.exported
+            _atomic_build(path.parent, lambda tmp: _quantize_int8(src, tmp / ONNX_FILE), self._meta())
+        else:
+            _atomic_build(path.parent, lambda tmp: self._export(tmp / ONNX_FILE), self._meta())
+        self.exported = True
+        return path
+
+    def _meta(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint(),
+            "encoder": self.spec.name,
+            "model": self.spec.model,
+            "model_path": str(self.path),
+            "pooling": self.spec.pooling,
+            "normalize": self.spec.normalize,
+            "quantize": self.spec.quantize,
+            "opset": OPSET,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _export(self, out: Path) -> None:
+        """Trace the model plus pooling to ONNX (TorchScript exporter: no onnxscript needed)."""
+        import torch
+        from transformers import AutoModel
+
+        try:
+            with quiet_transformers():
+                model = AutoModel.from_pretrained(
+                    str(self.path),
+                    trust_remote_code=self.spec.trust_remote_code,
+                    local_files_only=True,
+                    attn_implementation="eager",
+                )
+        except Exception as exc:
+            from segtool.encoders.transformers_backend import _load_error
+
+            raise _load_error(self.spec, self.path, "model", exc) from None
+        model = model.float().eval()
+        wrapped = _Pooled(model, self.spec.pooling, self.spec.normalize).eval()
+        # Two rows, the second padded, so the traced graph handles padding.
+        ids = torch.tensor([[101, 7592, 2088, 2003, 2204, 102], [101, 7592, 102, 0, 0, 0]])
+        ids = ids.clamp(max=model.config.vocab_size - 1) if hasattr(model.config, "vocab_size") else ids
+        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([[6], [3]])).long()
+        with torch.inference_mode(False), torch.no_grad(), warnings_off():
+            torch.onnx.export(
+                wrapped,
+                (ids, mask),
+                str(out),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "embedding": {0: "batch"},
+                },
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+
+    # ------------------------------------------------------------------ inference
+    def _load(self):
+        if self._session is not None:
+            return
+        self._load_tokenizer()
+        ort = require_onnxruntime()
+        path = self._ensure_exported()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = default_threads(self._threads)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            providers = [
+                ("CUDAExecutionProvider", {"device_id": int(self.device.split(":")[1])}),
+                "CPUExecutionProvider",
+            ]
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise EncoderError(
+                f"encoder '{self.spec.name}': ONNX Runtime could not load {path}: {exc}",
+                hint=f"delete {path.parent} to export again",
+            ) from None
+        self._model = self._session
+        self._input_names = {i.name for i in self._session.get_inputs()}
+
+    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        feeds = {k: v for k, v in feeds.items() if k in self._input_names}
+        (vec,) = self._session.run(["embedding"], feeds)
+        return np.asarray(vec, dtype=np.float32)
+
+    def _forward_safe(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._forward(input_ids, mask)
+
+    def encode(self, texts):
+        from segtool.encoders._common import check_texts
+
+        texts = check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self._load()
+        out: np.ndarray | None = None
+        for idx, input_ids, mask in self._batches(texts):
+            vec = self._forward(input_ids, mask)
+            if out is None:
+                out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
+            out[idx] = vec
+        return out
+
+
+def _pooled_module():
+    import torch
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, model, pooling: str, normalize: bool):
+            super().__init__()
+            self.model = model
+            self.pooling = pooling
+            self.normalize = normalize
+
+        def forward(self, input_ids, attention_mask):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            return pool(out[0], attention_mask, self.pooling, self.normalize)
+
+    return Pooled
+
+
+def _Pooled(model, pooling: str, normalize: bool):
+    return _pooled_module()(model, pooling, normalize)
+
+
+class warnings_off:
+    """Exporter and tracer warnings are noise for a user; keep them out of the run log."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _quantize_int8(src: Path, out: Path) -> None:
+    require_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with warnings_off():
+        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=False)
+
+
+def _atomic_build(final_dir: Path, build, meta: dict) -> None:
+    """Build into a temporary folder next to `final_dir`, then rename it into place, so an
+    interrupted export never leaves a half-written model that later runs would load."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name[:16]}-", dir=final_dir.parent))
+    try:
+        build(tmp)
+        (tmp / "segtool_onnx.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            os.replace(tmp, final_dir)
+        except OSError:
+            if not (final_dir / ONNX_FILE).is_file():  # not "another process won the race"
+                raise
+    except EncoderError:
+        raise
+    except Exception as exc:
+        raise EncoderError(
+            f"could not export the model to ONNX: {type(exc).__name__}: {exc}",
+            hint="use backend: torch for this model",
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""Drift of new / changed users against a fitted SegmentModel.
+
+Definition (what `update.drift_threshold` is compared with)::
+
+    far_share      = share of the scored users whose distance to their cluster's
+                     centroid is above that cluster's fit-time 95th percentile
+                     distance. On data like the fit population this is ~0.05.
+    far_excess     = max(0, far_share - 0.05) / 0.95
+                     (0 when as expected, 1 when every user is "far")
+    distance_ratio = mean distance of the scored users / fit-time mean distance
+                     (~1.0 when nothing changed)
+    score          = max(far_excess, distance_ratio - 1), floored at 0
+
+So `score = 0.25` means either a quarter more of the users sit outside their
+cluster's usual radius than at fit time, or users are on average 25% farther
+from their centroids than at fit time. The caller refits when
+`score > drift_threshold`. With no users to score, the score is 0.
+
+hdbscan outliers (-1) count against the nearest cluster, as at fit time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .pipeline import SegmentModel
+
+EXPECTED_FAR_SHARE = 0.05
+
+
+def drift_score(
+    model: SegmentModel, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None
+) -> dict:
+    """{"score", "far_share", "distance_ratio", "n"} for the users in `blocks`."""
+    _, dist, _, ref = model.predict_detail(blocks, keys)
+    n = int(dist.shape[0])
+    if n == 0:
+        return {"score": 0.0, "far_share": 0.0, "distance_ratio": 1.0, "n": 0}
+    far = dist.astype(np.float64) > model.cluster_p95_distance_[ref]
+    far_share = float(far.mean())
+    base = float(model.mean_distance_)
+    mean = float(dist.astype(np.float64).mean())
+    if base > 0:
+        ratio = mean / base
+    else:
+        ratio = 1.0 if mean == 0 else float("inf")
+    far_excess = max(0.0, far_share - EXPECTED_FAR_SHARE) / (1.0 - EXPECTED_FAR_SHARE)
+    score = max(0.0, far_excess, ratio - 1.0)
+    return {"score": float(score), "far_share": far_share, "distance_ratio": ratio, "n": n}

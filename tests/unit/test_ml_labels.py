@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from segtool.ml.labels import feature_profile, keyword_labels, segment_name
+from segtool.ml.metrics import adjusted_rand, nmi, silhouette, transition_matrix
+from segtool.ml.serialize import from_npz_bytes, to_npz_bytes
+
+FILLER = "user bought items this month from the shop and paid with card online".split()
+PLANTED = {
+    0: ["trail", "hiking", "tent"],
+    1: ["lipstick", "mascara", "serum"],
+    2: ["console", "gamepad", "headset"],
+}
+
+
+def make_texts(n_per=300, seed=0):
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for c, words in PLANTED.items():
+        for _ in range(n_per):
+            toks = list(rng.choice(FILLER, 8)) + list(rng.choice(words, 2)) + ["42", "ok"]
+            rng.shuffle(toks)
+            texts.append(" ".join(toks))
+            labels.append(c)
+    return texts, np.array(labels)
+
+
+def test_ctfidf_planted_vocabulary_on_top():
+    texts, labels = make_texts()
+    kw = keyword_labels(texts, labels, top_n=3)
+    for c, words in PLANTED.items():
+        assert sorted(kw[c]) == sorted(words)
+
+
+def test_keywords_sampling_is_seeded_and_handles_edge_cases():
+    texts, labels = make_texts(n_per=100)
+    a = keyword_labels(texts, labels, 5, max_per_cluster=30, seed=1)
+    b = keyword_labels(texts, labels, 5, max_per_cluster=30, seed=1)
+    assert a == b and len(a[0]) == 5
+    assert set(PLANTED[1]) <= set(a[1])
+    assert keyword_labels(["the and", "of"], np.array([0, 1]), 3) == {0: [], 1: []}
+    assert keyword_labels(texts, labels, 0) == {0: [], 1: [], 2: []}
+    with pytest.raises(ValueError):
+        keyword_labels(texts[:3], labels, 3)
+
+
+def test_feature_profile_z_scores():
+    X = np.array([[1.0, 5.0], [3.0, 5.0], [10.0, 5.0], [10.0, 5.0]])
+    prof = feature_profile(X, ["revenue", "const"], np.array([0, 0, 1, 1]), top_n=2)
+    mu, sd = X[:, 0].mean(), X[:, 0].std()
+    assert prof[0][0]["name"] == "revenue"
+    assert prof[0][0]["mean"] == pytest.approx(2.0)
+    assert prof[0][0]["z"] == pytest.approx((2.0 - mu) / sd)
+    assert prof[1][0]["z"] == pytest.approx((10.0 - mu) / sd)
+    assert prof[1][1] == {"name": "const", "mean": 5.0, "z": 0.0}
+
+
+def test_segment_name():
+    assert segment_name(["trail", "hiking", "trail hiking", "tent"]) == "trail · hiking · tent"
+    feats = [{"name": "revenue", "mean": 9, "z": 1.4}, {"name": "recency_days", "z": -0.8}]
+    assert segment_name([], feats) == "high revenue · low recency days"
+    assert segment_name([], [{"name": "top_category=books", "z": 2.0}]) == "top category books"
+    assert segment_name([], []) == "segment"
+
+
+def test_transition_matrix_and_scores_vs_sklearn():
+    a = np.array([1, 1, 1, 2, 2, 3, 3, 3])
+    b = np.array([5, 5, 6, 6, 6, 7, 7, 5])
+    rows, cols, counts = transition_matrix(a, b)
+    np.testing.assert_array_equal(rows, [1, 2, 3])
+    np.testing.assert_array_equal(cols, [5, 6, 7])
+    np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 2, 0], [1, 0, 2]])
+    assert adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b))
+    assert nmi(a, b) == pytest.approx(normalized_mutual_info_score(a, b))
+    assert adjusted_rand(a, a) == 1.0
+
+
+def test_silhouette_wrapper():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(5, 0.1, (50, 2))])
+    labels = np.repeat([0, 1], 50)
+    assert silhouette(X, labels, sample_size=60, seed=0) > 0.9
+    labels_noise = labels.copy()
+    labels_noise[:3] = -1
+    assert silhouette(X, labels_noise) > 0.9
+    assert math.isnan(silhouette(X, np.zeros(100, dtype=int)))
+
+
+def test_npz_helpers_roundtrip_and_refuse_objects():
+    arrays = {"a": np.arange(5, dtype=np.float32), "b": np.eye(2)}
+    back = from_npz_bytes(to_npz_bytes(arrays))
+    assert set(back) == {"a", "b"} and back["a"].dtype == np.float32
+    np.testing.assert_array_equal(back["b"], arrays["b"])
+    with pytest.raises(TypeError):
+        to_npz_bytes({"x": np.array([{"a": 1}], dtype=object)})
