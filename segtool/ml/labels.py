@@ -20,6 +20,7 @@ def keyword_labels(
     max_per_cluster: int = MAX_TEXTS_PER_CLUSTER,
     seed: int = 0,
     ngram_range: tuple[int, int] = (1, 2),
+    max_df: float = 0.5,
 ) -> dict[int, list[str]]:
     """Top `top_n` keywords per cluster label by class-based TF-IDF (c-TF-IDF,
     as in BERTopic).
@@ -30,7 +31,10 @@ def keyword_labels(
     where f_t = sum_c c_{t,c} and A = average number of terms per class;
     score = tf * idf. Terms: lowercase unigrams and bigrams of tokens with at
     least 3 characters (not pure numbers), English stop words removed; bigrams
-    never span two users' texts. Ties are broken alphabetically. Every label
+    never span two users' texts. Terms found in more than `max_df` of all
+    (sampled) texts are dropped: texts rendered from one template share its
+    boilerplate ("ordered", "recently bought"), which would otherwise name
+    every segment alike. Ties are broken alphabetically. Every label
     present (including -1) gets an entry; a cluster without terms gets [].
     """
     from scipy import sparse
@@ -57,11 +61,12 @@ def keyword_labels(
             docs.append(t if isinstance(t, str) else ("" if t is None else str(t)))
             owner.append(ci)
     cv = CountVectorizer(
-        stop_words="english", token_pattern=TOKEN_PATTERN, ngram_range=ngram_range, lowercase=True
+        stop_words="english", token_pattern=TOKEN_PATTERN, ngram_range=ngram_range, lowercase=True,
+        max_df=max_df if len(docs) >= 10 else 1.0,
     )
     try:
         X = cv.fit_transform(docs)
-    except ValueError:  # empty vocabulary: only stop words / short tokens
+    except ValueError:  # empty vocabulary: only stop words / short tokens / boilerplate
         return result
     owner_arr = np.asarray(owner)
     indicator = sparse.csr_matrix(
