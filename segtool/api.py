@@ -87,14 +87,14 @@ class Project:
         st = self.state_manifest(state_dir) if state_dir else None
         return [built.graph[u] for u in select_nodes(built.graph, select, exclude, st)]
 
-    def compile(self, select=(), exclude=(), samples: int = 3) -> dict:
+    def compile(self, select=(), exclude=(), samples: int = 3, state_dir: str | None = None) -> dict:
         """Write target/compiled/**.sql, rendered sample texts and manifest.json."""
         from segtool.compile.artifacts import manifest, write_json
         from segtool.execute.sql import write_sql
 
         self.check()
         built = self.graph()
-        nodes = self.ls(select, exclude)
+        nodes = self.ls(select, exclude, state_dir)
         compiled_dir = self.target_dir / "compiled"
         for n in nodes:
             if n.kind == "model":
@@ -122,10 +122,10 @@ class Project:
 
         write_json(self.target_dir / "run_results.json", result.to_dict())
 
-    def test(self, select=(), exclude=(), reporter=None):
+    def test(self, select=(), exclude=(), reporter=None, state_dir: str | None = None):
         from segtool.execute.tests import run_tests
 
-        return run_tests(self, select, exclude, reporter)
+        return run_tests(self, select, exclude, reporter, state_dir)
 
     def connect(self, read_only: bool = True):
         from segtool.state.db import connect

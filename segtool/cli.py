@@ -145,7 +145,7 @@ def validate(project_dir, target, vars_, debug, fmt):
 def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samples):
     """Write compiled SQL, sample texts and target/manifest.json."""
     project = load(project_dir, target, vars_)
-    man = project.compile(select, exclude, samples=samples)
+    man = project.compile(select, exclude, samples=samples, state_dir=state_dir)
     click.echo(f"compiled {len(man['nodes'])} nodes -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)")
 
 
@@ -193,7 +193,7 @@ def run(project_dir, target, vars_, debug, select, exclude, state_dir, full_refr
 def test_(project_dir, target, vars_, debug, select, exclude, state_dir):
     """Run column tests and segmentation tests; exit 1 on failure."""
     project = load(project_dir, target, vars_)
-    results = project.test(select, exclude, reporter())
+    results = project.test(select, exclude, reporter(), state_dir=state_dir)
     failed = [r for r in results if r.status in ("fail", "error")]
     sys.exit(1 if failed else 0)
 

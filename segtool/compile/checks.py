@@ -18,7 +18,8 @@ from segtool.graph.build import BuiltGraph
 from segtool.project.loader import LoadedProject, env_var
 from segtool.state.db import setup_connection
 
-TEMPLATE_GLOBALS = {"loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace", "user", "row", "key", "var", "env_var"}
+# names a text template may use besides its model's columns (see execute/render.py)
+TEMPLATE_GLOBALS = {"loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace", "key", "var", "env_var"}
 
 
 @dataclass
@@ -86,15 +87,19 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 broken.add(uid)
                 first, rest = (msg.splitlines() or [msg])[0], "\n".join("    " + ln for ln in msg.splitlines()[1:5])
                 line = _line_of(msg)
+                line = line - 1 if line and line > 1 else line  # we wrapped the SQL in one line
+                same_lines = len(cm.sql.splitlines()) == len(model.sql.strip().splitlines())
+                where = "" if same_lines or line is None else f" (compiled SQL line {line})"
                 out.errors.append(
                     ProjectError(
-                        f"model '{node.name}': {first}" + (f"\n{rest}" if rest else ""),
+                        f"model '{node.name}'{where}: {first}" + (f"\n{rest}" if rest else ""),
                         path=model.path,
-                        line=line - 1 if line and line > 1 else line,  # we wrapped the SQL in one line
-                        hint=f"line numbers are those of the compiled SQL (segtool compile writes it to target/compiled/{model.path})",
+                        line=line if same_lines else None,
+                        hint=f"`segtool compile` writes the compiled SQL to target/compiled/{model.path}",
                     )
                 )
         _check_segments(proj, built, con, out)
+        _check_column_tests(proj, out)
     finally:
         con.close()
     return out
@@ -252,6 +257,34 @@ def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPy
             for rule in seg.rules:
                 try:
                     check_predicate(con, proj, seg.model, rule.when, where=f"{where} rule '{rule.segment}'", spec=rule)
+                except ProjectError as exc:
+                    out.errors.append(exc)
+
+
+def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:
+    """Test names and arguments, and that each tested column exists."""
+    from segtool.execute.tests import parse_test
+
+    for name, m in proj.models.items():
+        if m.props is None:
+            continue
+        have = out.columns.get(name)
+        for col in m.props.columns:
+            if have is not None and col.name not in have:
+                out.errors.append(ProjectError(
+                    f"model '{name}' has no column '{col.name}' (documented/tested in {col.file})",
+                    path=col.file, line=col.line, hint=did_you_mean(col.name, have),
+                ))
+            for test in col.all_tests():
+                try:
+                    parse_test(test, col)
+                except ProjectError as exc:
+                    out.errors.append(exc)
+    for st in proj.sources.values():
+        for col in st.table.columns:
+            for test in col.all_tests():
+                try:
+                    parse_test(test, col)
                 except ProjectError as exc:
                     out.errors.append(exc)
 

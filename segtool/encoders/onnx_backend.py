@@ -110,9 +110,24 @@ class OnnxEncoder(TransformersEncoder):
             )
             src = fp32._ensure_exported()
             self.exported = self.exported or fp32.exported
-            _atomic_build(path.parent, lambda tmp: _quantize_int8(src, tmp / ONNX_FILE), self._meta())
+            _atomic_build(
+                path.parent,
+                lambda tmp: _quantize_int8(src, tmp / ONNX_FILE),
+                {**self._meta(), "quantized_from": str(src)},
+            )
         else:
-            _atomic_build(path.parent, lambda tmp: self._export(tmp / ONNX_FILE), self._meta())
+
+            def build(tmp: Path) -> dict:
+                raw = tmp / "model.raw.onnx"
+                self._export(raw)
+                optimized = _optimize(raw, tmp / ONNX_FILE, self.path)
+                if optimized:
+                    raw.unlink()
+                else:
+                    raw.rename(tmp / ONNX_FILE)
+                return {"ort_optimized": optimized}
+
+            _atomic_build(path.parent, build, self._meta())
         self.exported = True
         return path
 
@@ -147,7 +162,7 @@ class OnnxEncoder(TransformersEncoder):
 
             raise _load_error(self.spec, self.path, "model", exc) from None
         model = model.float().eval()
-        wrapped = _Pooled(model, self.spec.pooling, self.spec.normalize).eval()
+        wrapped = _pooled(model, self.spec.pooling, self.spec.normalize)
         # Two rows, the second padded, so the traced graph handles padding.
         ids = torch.tensor([[101, 7592, 2088, 2003, 2204, 102], [101, 7592, 102, 0, 0, 0]])
         ids = ids.clamp(max=model.config.vocab_size - 1) if hasattr(model.config, "vocab_size") else ids
@@ -221,38 +236,91 @@ class OnnxEncoder(TransformersEncoder):
         return out
 
 
-def _pooled_module():
+def _pooled(model, pooling: str, normalize: bool):
+    """The encoder plus pooling and normalisation as one module, so ONNX returns vectors."""
     import torch
 
     class Pooled(torch.nn.Module):
-        def __init__(self, model, pooling: str, normalize: bool):
+        def __init__(self):
             super().__init__()
             self.model = model
-            self.pooling = pooling
-            self.normalize = normalize
 
         def forward(self, input_ids, attention_mask):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-            return pool(out[0], attention_mask, self.pooling, self.normalize)
+            return pool(out[0], attention_mask, pooling, normalize)
 
-    return Pooled
+    return Pooled().eval()
 
 
-def _Pooled(model, pooling: str, normalize: bool):
-    return _pooled_module()(model, pooling, normalize)
+# model_type values whose graphs ONNX Runtime's BERT optimiser knows how to fuse.
+_ORT_BERT_LIKE = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "mpnet"}
+
+
+def _optimize(src: Path, out: Path, model_dir: Path) -> bool:
+    """Fuse attention, LayerNorm and GELU with onnxruntime.transformers' optimiser (about 5%
+    faster on CPU). Kept only if it gives the same vectors as the plain graph."""
+    from segtool.encoders._resolve import read_json
+
+    cfg = read_json(model_dir / "config.json")
+    if cfg.get("model_type") not in _ORT_BERT_LIKE:
+        return False
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        with warnings_off():
+            opt = optimize_model(
+                str(src),
+                model_type="bert",
+                num_heads=int(cfg.get("num_attention_heads") or 0),
+                hidden_size=int(cfg.get("hidden_size") or 0),
+            )
+            opt.save_model_to_file(str(out))
+        ok = _same_outputs(src, out, int(cfg.get("vocab_size") or 1000))
+    except Exception:
+        ok = False
+    if not ok and out.exists():
+        out.unlink()
+    return ok
+
+
+def _same_outputs(a: Path, b: Path, vocab_size: int) -> bool:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, max(6, vocab_size), size=(3, 24), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 10:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    outs = []
+    for path in (a, b):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        outs.append(sess.run(None, {k: v for k, v in feeds.items() if k in names})[0])
+    x, y = outs
+    cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-12)
+    return bool(x.shape == y.shape and cos.min() > 0.99999)
 
 
 class warnings_off:
     """Exporter and tracer warnings are noise for a user; keep them out of the run log."""
 
     def __enter__(self):
+        import logging
         import warnings
 
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.simplefilter("ignore")
+        # onnxruntime.quantization and the optimiser log advice on the root logger.
+        self._disabled = logging.root.manager.disable
+        logging.disable(logging.WARNING)
 
     def __exit__(self, *exc):
+        import logging
+
+        logging.disable(self._disabled)
         return self._ctx.__exit__(*exc)
 
 
@@ -261,7 +329,23 @@ def _quantize_int8(src: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with warnings_off():
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=False)
+        # per-channel weights: ~0.992 mean cosine to float32 on MiniLM instead of ~0.95;
+        # 7-bit weights (reduce_range) avoid u8*s8 overflow on CPUs without VNNI, so
+        # AVX2 and VNNI machines compute the same vectors.
+        quantize_dynamic(
+            str(src),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+            extra_options={"DefaultTensorType": _onnx_float()},
+        )
+
+
+def _onnx_float() -> int:
+    import onnx
+
+    return onnx.TensorProto.FLOAT
 
 
 def _atomic_build(final_dir: Path, build, meta: dict) -> None:
@@ -270,8 +354,9 @@ def _atomic_build(final_dir: Path, build, meta: dict) -> None:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name[:16]}-", dir=final_dir.parent))
     try:
-        build(tmp)
-        (tmp / "segtool_onnx.json").write_text(json.dumps(meta, indent=2) + "\n")
+        extra = build(tmp) or {}
+        (tmp / "segtool_onnx.json").write_text(json.dumps({**meta, **extra}, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.replace(tmp, final_dir)
         except OSError:

@@ -141,4 +141,6 @@ def _assign_rules(project, seg, mem, db, inside):
     df = df.with_columns(pl.col("segment").replace_strict(ids, default=None, return_dtype=pl.Int64).alias("segment_id"))
     if inside is not None:
         df = df.with_columns(pl.when(pl.Series(inside)).then(pl.col("segment")).otherwise(pl.lit("outside population")).alias("segment"))
-    return df.select(proj.key, "segment_id", "segment")
+    return df.with_columns(
+        pl.lit(None, dtype=pl.Float64).alias("distance"), pl.lit(1.0).alias("confidence")
+    ).select(proj.key, "segment_id", "segment", "distance", "confidence")

@@ -47,7 +47,11 @@ class _TemplateLoader(jinja2.BaseLoader):
 
 
 def text_renderer(proj, text_spec) -> Callable[[Mapping[str, Any]], str]:
+    from segtool.compile.checks import _var
+    from segtool.project.loader import env_var
+
     env = make_env(_TemplateLoader(proj.templates))
+    env.globals.update(var=_var(proj), env_var=env_var)
     tf = proj.templates[text_spec.template]
     return renderer(env, tf.text, tf.path)
 
@@ -137,6 +141,9 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
         mode = "incremental"
     else:
         removed = 0
+        if exists:  # keep the old hashes to report what the re-render changed
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __segtool_old_texts AS SELECT {key}, text_hash FROM {table}")
+            removed = one(con.execute(f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"))[0]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {work} AS SELECT m.*, hash(m) AS __row_hash, row_number() OVER () AS __rn, true AS __new FROM {model} m"
         )
@@ -174,14 +181,24 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
             con.unregister("__segtool_batch")
             bar.advance(len(out))
     con.execute(f"DROP TABLE {work}")
+    n_changed = n_work - n_new
+    unchanged = total - n_work
+    if mode == "rerender":
+        # everyone was re-rendered; count against the texts of the previous run
+        n_new, n_changed = one(con.execute(
+            f"""SELECT count(*) FILTER (WHERE o.{key} IS NULL), count(*) FILTER (WHERE o.text_hash <> t.text_hash)
+            FROM {table} t LEFT JOIN __segtool_old_texts o ON o.{key} = t.{key}"""
+        ))
+        unchanged = total - n_new - n_changed
+        con.execute("DROP TABLE __segtool_old_texts")
     return {
         "mode": mode,
         "users": int(total),
         "rendered": int(n_work),
         "new": int(n_new),
-        "changed": int(n_work - n_new),
+        "changed": int(n_changed),
         "removed": int(removed),
-        "unchanged": int(total - n_work),
+        "unchanged": int(unchanged),
         "truncated": n_trunc,
         "empty": n_empty,
     }

@@ -29,7 +29,8 @@ class TestResult:
     line: int | None = None
 
 
-def _parse_test(test: Any, where, col) -> tuple[str, dict]:
+def parse_test(test: Any, col) -> tuple[str, dict]:
+    """(test name, arguments) of one entry under a column's `tests:`."""
     if isinstance(test, str):
         name, args = test, {}
     elif isinstance(test, dict) and len(test) == 1:
@@ -41,6 +42,13 @@ def _parse_test(test: Any, where, col) -> tuple[str, dict]:
     if name not in COLUMN_TESTS:
         raise ProjectError(f"unknown test '{name}' on column '{col.name}'", path=col.file, line=col.line,
                            hint=did_you_mean(name, COLUMN_TESTS))
+    if not isinstance(args, dict):
+        raise ProjectError(f"test '{name}' on column '{col.name}' takes a mapping of arguments", path=col.file, line=col.line)
+    needed = {"accepted_values": ("values",), "relationships": ("to", "field")}.get(name, ())
+    missing = [a for a in needed if a not in args]
+    if missing:
+        raise ProjectError(f"test '{name}' on column '{col.name}' needs {', '.join(missing)}", path=col.file, line=col.line,
+                           hint="e.g. accepted_values: {values: [a, b]} or relationships: {to: \"ref('m')\", field: id}")
     return name, args
 
 
@@ -83,11 +91,11 @@ def column_test_sql(project, rel: str, col: str, name: str, args: dict) -> tuple
     raise AssertionError(name)
 
 
-def run_tests(project, select=(), exclude=(), reporter=None) -> list[TestResult]:
+def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> list[TestResult]:
     from segtool.report.console import Reporter
 
     rep = reporter or Reporter(quiet=True)
-    nodes = project.ls(select, exclude)
+    nodes = project.ls(select, exclude, state_dir)
     con = project.connect(read_only=True)
     results: list[TestResult] = []
     try:
@@ -103,11 +111,13 @@ def run_tests(project, select=(), exclude=(), reporter=None) -> list[TestResult]
                 continue
             for col in cols:
                 for test in col.all_tests():
-                    name, args = _parse_test(test, node, col)
+                    name, args = parse_test(test, col)
                     sql, kind = column_test_sql(project, rel, col.name, name, args)
                     tname = f"{kind}({node.name}.{col.name})"
                     try:
-                        n = one(con.execute(f"SELECT count(*) FROM ({sql})"))[0]
+                        # grouped queries carry n per value: count rows, not values
+                        count = "coalesce(sum(n), 0)" if kind != "not_null" else "count(*)"
+                        n = one(con.execute(f"SELECT {count} FROM ({sql})"))[0]
                         ex = con.execute(f"SELECT * FROM ({sql}) LIMIT 5").fetchall() if n else []
                         status = "fail" if n else "pass"
                         msg = f"{n} offending row(s)" if n else ""

@@ -47,6 +47,18 @@ def template_dependencies(proj: LoadedProject, name: str) -> list[str]:
     return seen
 
 
+def _referenced(proj: LoadedProject, name: str) -> list[str]:
+    import jinja2.meta
+
+    from segtool.compile.jinja import default_env
+
+    try:
+        ast = default_env().parse(proj.templates[name].text)
+    except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
+        return []
+    return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
+
+
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
     nodes: list[Node] = []
     errors: list[ProjectError] = []
@@ -128,12 +140,23 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 )
             )
         tdeps = template_dependencies(proj, tx.template)
+        for t in tdeps:
+            for ref in _referenced(proj, t):
+                if ref not in proj.templates:
+                    errors.append(ProjectError(
+                        f"template '{t}' includes '{ref}', which is not under {proj.spec.paths.templates}/",
+                        path=proj.templates[t].path, hint=did_you_mean(ref, proj.templates),
+                    ))
+        sources_text = "".join(proj.templates[t].text for t in tdeps)
+        # templates may read vars: then their values are part of what the text depends on
+        uses_vars = "var(" in sources_text
         nodes.append(
             Node(
                 unique_id=f"text.{name}", kind="text", name=name, path=tx.file, line=tx.line,
                 tags=tx.tags, description=tx.description, depends_on=[dep] if dep else [], spec=tx,
                 data={"model": tx.model, "max_chars": tx.max_chars,
-                      "templates": {t: proj.templates[t].text for t in tdeps}},
+                      "templates": {t: proj.templates[t].text for t in tdeps},
+                      "vars": proj.vars if uses_vars else None},
             )
         )
 

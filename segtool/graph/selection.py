@@ -76,7 +76,7 @@ def _atom(graph: Graph, atom: str, state: dict | None) -> set[str]:
         raise SelectionError(f"cannot parse selector '{atom}'", hint="examples: name, +name, name+, tag:daily, path:models/")
     body = m.group("body")
     found = _match_body(graph, body, state)
-    if not found and not body.startswith("state:"):
+    if not found and not body.startswith(("state:", "tag:")):  # an unused tag selects nothing, as in dbt
         names = [n.name for n in graph.nodes.values()]
         raise SelectionError(f"selector '{atom}' matched no node", hint=did_you_mean(body, names))
     result = set(found)

@@ -54,8 +54,12 @@ def now() -> datetime:
 
 
 def _lock_error(exc: Exception, db: Path) -> LockError:
+    import os
+
     lock = RunLock(db, "segtool")
     holder = lock.read()
+    if holder and holder.get("pid") == os.getpid():
+        holder = None  # our own run lock: the holder is some other DuckDB client
     who = describe_holder(holder) if holder else None
     m = re.search(r"PID (\d+)", str(exc))
     if who is None and m:

@@ -149,3 +149,43 @@ def test_init_template_validates(tmp_path):
     r = CliRunner().invoke(main, ["init", str(dest)])
     assert r.exit_code == 1 and "not empty" in r.stderr
     assert (template_dir() / "segtool_project.yml").is_file()
+
+
+def test_validate_checks_column_tests_and_includes(project):
+    project.edit("models/schema.yml", "tests: [unique, not_null]", "tests: [uniqe, not_null]")
+    r = project.cli("validate", expect=1)
+    assert "unknown test 'uniqe'" in r.stderr and "did you mean 'unique'" in r.stderr
+    project.edit("models/schema.yml", "tests: [uniqe, not_null]", "tests: [unique, not_null]")
+    project.write("templates/story.j2", "{% include 'header.j2' %} {{ country }}")
+    r = project.cli("validate", expect=1)
+    assert "includes 'header.j2'" in r.stderr
+
+
+def test_templates_may_read_vars_and_a_var_change_rerenders(project):
+    project.write("templates/story.j2", "As of {{ var('as_of') }}: {{ orders }} orders from {{ country }}")
+    project.cli("validate")
+    project.cli("run")
+    assert project.sql("select text from _segtool.texts__story limit 1")[0][0].startswith("As of 2024-07-01")
+    project.cli("run", "--vars", "{as_of: '2024-08-01'}")
+    assert project.sql("select count(*) from _segtool.texts__story where text like 'As of 2024-08-01%'")[0][0] == 60
+
+
+def test_accepted_values_counts_rows_and_state_works_for_test(project):
+    project.cli("run")
+    project.edit("models/schema.yml", "values: [outdoor, baby, gaming, none]", "values: [outdoor, baby, none]")
+    r = project.cli("test", expect=1)
+    assert "accepted_values(user_features.top_category): 20 offending row(s)" in r.stdout
+    project.cli("compile")
+    (project.root / "prev").mkdir()
+    (project.root / "target/manifest.json").rename(project.root / "prev/manifest.json")
+    r = project.cli("test", "-s", "state:modified", "--state", str(project.root / "prev"))
+    assert "0 passed, 0 failed" in r.stdout
+
+
+def test_rerender_counts_texts_that_changed(project):
+    project.cli("run")
+    project.edit("templates/story.j2", "A shopper from {{ country }}", "A shopper from {{ 'Germany' if country == 'DE' else country }}")
+    project.cli("run")
+    t = json.loads((project.root / "target/run_results.json").read_text())["summary"]["texts"]["story"]
+    de = project.sql("select count(*) from user_features where country = 'DE'")[0][0]
+    assert (t["rendered"], t["new"], t["changed"], t["unchanged"]) == (60, 0, de, 60 - de)

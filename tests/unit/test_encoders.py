@@ -63,8 +63,10 @@ def _save_tiny_bert(folder: Path, seed: int = 0) -> Path:
     vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?-"]
     vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    tok.model_max_length = 128
+    # from_pretrained on a folder with only vocab.txt works across transformers 4 and 5
+    # (the constructor's argument was renamed vocab_file -> vocab).
+    tok = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True, model_max_length=512)
+    assert len(tok) > 50
     tok.save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(tok),
@@ -72,7 +74,7 @@ def _save_tiny_bert(folder: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=512,
     )
     torch.manual_seed(seed)
     BertModel(config).eval().save_pretrained(folder)
