@@ -189,3 +189,54 @@ def test_rerender_counts_texts_that_changed(project):
     t = json.loads((project.root / "target/run_results.json").read_text())["summary"]["texts"]["story"]
     de = project.sql("select count(*) from user_features where country = 'DE'")[0][0]
     assert (t["rendered"], t["new"], t["changed"], t["unchanged"]) == (60, 0, de, 60 - de)
+
+
+def test_sources_attached_database_json_and_reader_options(project):
+    import duckdb
+
+    other = project.root / "crm.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("create schema sales; create table sales.accounts as select range as user_id, 'tier' || (range % 2) as tier from range(1, 61)")
+    con.close()
+    project.write("data/notes.json", "\n".join(f'{{"user_id": {i}, "note": "n{i}"}}' for i in range(1, 61)) + "\n")
+    project.write("data/semi.csv", "user_id;flag\n" + "\n".join(f"{i};{i % 2}" for i in range(1, 61)) + "\n")
+    project.write(
+        "models/more_sources.yml",
+        """
+        sources:
+          - name: crm
+            database: crm.duckdb
+            schema: sales
+            tables:
+              - name: accounts
+          - name: files
+            tables:
+              - name: notes
+                path: data/notes.json
+              - name: semi
+                path: data/semi.csv
+                options: {delim: ';', header: true}
+        """,
+    )
+    project.write(
+        "models/enriched.sql",
+        """
+        {{ config(materialized='table') }}
+        select a.user_id, a.tier, n.note, s.flag
+        from {{ source('crm', 'accounts') }} a
+        join {{ source('files', 'notes') }} n using (user_id)
+        join {{ source('files', 'semi') }} s using (user_id)
+        """,
+    )
+    project.cli("validate")
+    project.cli("run", "-s", "+enriched")
+    assert project.sql("select count(*), count(distinct tier), sum(flag) from enriched") == [(60, 2, 30)]
+
+
+def test_min_silhouette_test(project):
+    project.edit("segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", "tests: {min_share: 0.05, max_share: 0.9, min_silhouette: 0.99}")
+    project.cli("run")
+    r = project.cli("test", "-s", "behaviour", expect=1)
+    assert "FAIL  min_silhouette(behaviour): silhouette" in r.stdout
+    project.edit("segments/segments.yml", "min_silhouette: 0.99", "min_silhouette: -1")
+    project.cli("test", "-s", "behaviour")
