@@ -225,3 +225,24 @@ def test_template_error_for_one_user(project):
     r = project.cli("run", expect=1)
     assert "user_id 7" in r.stderr and "templates/story.j2:2" in r.stderr
     assert project.snapshot() == before
+
+
+def test_disk_full(project, tmp_path):
+    """A database on a tiny tmpfs: the run fails with exit 2 and a clear
+    message; after freeing space the next run succeeds. Needs root (mount)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        project.write("profiles.yml", f"targets:\n  dev: {{database: {mnt}/seg.duckdb}}\n")
+        r = project.cli("run", expect=2)
+        assert "disk full" in r.stderr and "No space left" in r.stderr and "Traceback" not in r.stderr
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
+        project.cli("run")
+        assert project.cli("show", "behaviour").stdout
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
