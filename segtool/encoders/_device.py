@@ -13,9 +13,7 @@ DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 def check_device_string(device: str) -> str:
     if not DEVICE_RE.match(device):
-        raise EncoderError(
-            f"unknown device '{device}'", hint="use auto, cpu, cuda, cuda:N or mps"
-        )
+        raise EncoderError(f"unknown device '{device}'", hint="use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -65,12 +63,12 @@ def resolve_dtype(requested: str, device: str) -> str:
     """
     if requested == "auto":
         return "float16" if device.startswith(("cuda", "mps")) else "float32"
-    if device == "cpu" and requested in ("float16", "bfloat16"):
-        warnings.warn(
-            f"dtype {requested} on CPU is usually much slower than float32",
-            stacklevel=3,
-        )
     return requested
+
+
+def warn_slow_cpu_dtype(dtype: str, device: str) -> None:
+    if device == "cpu" and dtype in ("float16", "bfloat16"):
+        warnings.warn(f"dtype {dtype} on CPU is usually much slower than float32", stacklevel=3)
 
 
 def torch_dtype(name: str):

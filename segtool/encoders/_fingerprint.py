@@ -81,7 +81,9 @@ def _weight_files(folder: Path) -> list[Path]:
             return [folder / single]
         if (folder / index).is_file():
             try:
-                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+                shards = sorted(
+                    set(json.loads((folder / index).read_text())["weight_map"].values())
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 shards = []
             return [folder / s for s in shards if (folder / s).is_file()]
@@ -121,9 +123,7 @@ def model_content_hash(folder: Path, *, sentence_transformers: bool = False) -> 
             if sub and (folder / sub).is_dir():
                 for f in sorted((folder / sub).iterdir()):
                     if f.is_file() and f.suffix in {".json", ".safetensors", ".bin"}:
-                        digest = (
-                            _canonical_json_file(f) if f.suffix == ".json" else file_sha256(f)
-                        )
+                        digest = _canonical_json_file(f) if f.suffix == ".json" else file_sha256(f)
                         parts.append((f"{sub}/{f.name}", digest))
         for name in ("sentence_bert_config.json",):
             if (folder / name).is_file():

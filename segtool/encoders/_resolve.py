@@ -190,8 +190,7 @@ def resolve(
     if hub_offline() or not allow_download:
         why = "HF_HUB_OFFLINE is set" if hub_offline() else "downloads are not allowed here"
         raise EncoderError(
-            f"model {what} is not in the local Hugging Face cache ({hf_cache_dir()}) "
-            f"and {why}",
+            f"model {what} is not in the local Hugging Face cache ({hf_cache_dir()}) and {why}",
             hint=_missing_hint(model),
         )
     return download_model(model, revision)
@@ -344,9 +343,7 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
     if spec.backend == "onnx":
         for mod, pip in (("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
             if _missing_module(mod):
-                problems.append(
-                    f"backend: onnx needs {pip}: pip install 'segtool[onnx]'"
-                )
+                problems.append(f"backend: onnx needs {pip}: pip install 'segtool[onnx]'")
         if spec.dtype in ("float16", "bfloat16"):
             problems.append(
                 f"dtype: {spec.dtype} is not supported with backend: onnx "
@@ -376,9 +373,7 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
         problems.append(f"model folder {folder} has no config.json (not a transformers model)")
         return problems
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
-        problems.append(
-            f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES)})"
-        )
+        problems.append(f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES)})")
     cfg = read_json(folder / "config.json")
     if cfg.get("auto_map") and not spec.trust_remote_code:
         problems.append(

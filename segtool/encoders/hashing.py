@@ -83,4 +83,3 @@ class HashingEncoder:
                 x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
             out[start : start + len(block)] = x
         return out
-

@@ -2,9 +2,10 @@
 network (pooling and normalisation included) run by ONNX Runtime.
 
 The model is exported once with torch.onnx.export and cached under
-`<cache_dir>/<fingerprint>/model.onnx`; `quantize: int8` applies ONNX Runtime's dynamic
+`<cache_dir>/<key>/model.onnx` (key: the encoder fingerprint without max_length); `quantize: int8` applies ONNX Runtime's dynamic
 int8 quantisation to the float32 export (which is cached too, under its own fingerprint).
-Later runs load the cached file and never import torch for inference.
+The folder also keeps the tokenizer (tokenizer.json, for the `tokenizers` library), so later
+runs load both from the cache and never import torch or transformers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,8 @@ from segtool.project.specs import EncoderSpec
 
 OPSET = 17
 ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+META_FILE = "segtool_onnx.json"
 
 
 def require_onnxruntime():
@@ -64,6 +66,8 @@ class OnnxEncoder(TransformersEncoder):
         self.cache_dir = Path(cache_dir)
         self.exported = False  # True when this instance exported (or quantised) the model
         self._session = None
+        self._fast = None  # tokenizers.Tokenizer from the cache folder
+        self._fast_pad_id = 0
 
     @property
     def device(self) -> str:
@@ -93,7 +97,12 @@ class OnnxEncoder(TransformersEncoder):
 
     @property
     def onnx_path(self) -> Path:
-        return self.cache_dir / self.fingerprint() / ONNX_FILE
+        """Keyed by the fingerprint minus max_length (truncation happens in the tokenizer,
+        so encoders that differ only in max_length share one export)."""
+        from segtool.encoders._fingerprint import fingerprint as _fingerprint
+
+        key = _fingerprint({**self._fingerprint_payload(), "max_length": None, "onnx": OPSET})
+        return self.cache_dir / key / ONNX_FILE
 
     # ------------------------------------------------------------------ export
     def _ensure_exported(self) -> Path:
@@ -103,18 +112,22 @@ class OnnxEncoder(TransformersEncoder):
         if self.spec.quantize == "int8":
             fp32 = OnnxEncoder(
                 self.spec.model_copy(update={"quantize": "none"}),
-                replace(self.resolved),
+                self.resolved,
                 cache_dir=self.cache_dir,
                 device_override="cpu",
                 threads=self._threads,
             )
             src = fp32._ensure_exported()
             self.exported = self.exported or fp32.exported
-            _atomic_build(
-                path.parent,
-                lambda tmp: _quantize_int8(src, tmp / ONNX_FILE),
-                {**self._meta(), "quantized_from": str(src)},
-            )
+
+            def build_int8(tmp: Path) -> dict:
+                _quantize_int8(src, tmp / ONNX_FILE)
+                if (src.parent / TOKENIZER_FILE).is_file():
+                    shutil.copy2(src.parent / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+                meta = json.loads((src.parent / META_FILE).read_text())
+                return {"quantized_from": str(src), "pad_token_id": meta.get("pad_token_id")}
+
+            _atomic_build(path.parent, build_int8, self._meta())
         else:
 
             def build(tmp: Path) -> dict:
@@ -125,7 +138,11 @@ class OnnxEncoder(TransformersEncoder):
                     raw.unlink()
                 else:
                     raw.rename(tmp / ONNX_FILE)
-                return {"ort_optimized": optimized}
+                tok = self._load_tokenizer()
+                backend = getattr(tok, "backend_tokenizer", None)
+                if backend is not None:
+                    backend.save(str(tmp / TOKENIZER_FILE))
+                return {"ort_optimized": optimized, "pad_token_id": self._pad_id()}
 
             _atomic_build(path.parent, build, self._meta())
         self.exported = True
@@ -165,7 +182,11 @@ class OnnxEncoder(TransformersEncoder):
         wrapped = _pooled(model, self.spec.pooling, self.spec.normalize)
         # Two rows, the second padded, so the traced graph handles padding.
         ids = torch.tensor([[101, 7592, 2088, 2003, 2204, 102], [101, 7592, 102, 0, 0, 0]])
-        ids = ids.clamp(max=model.config.vocab_size - 1) if hasattr(model.config, "vocab_size") else ids
+        ids = (
+            ids.clamp(max=model.config.vocab_size - 1)
+            if hasattr(model.config, "vocab_size")
+            else ids
+        )
         mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor([[6], [3]])).long()
         with torch.inference_mode(False), torch.no_grad(), warnings_off():
             torch.onnx.export(
@@ -181,16 +202,44 @@ class OnnxEncoder(TransformersEncoder):
                 },
                 opset_version=OPSET,
                 do_constant_folding=True,
-                dynamo=False,
+                **_legacy_exporter_kwargs(),
             )
 
     # ------------------------------------------------------------------ inference
+    def _load_cached_tokenizer(self, folder: Path) -> None:
+        """The `tokenizers` tokenizer saved at export: no torch/transformers import."""
+        try:
+            from tokenizers import Tokenizer
+
+            meta = json.loads((folder / META_FILE).read_text())
+            tok = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        except Exception:
+            return  # fall back to AutoTokenizer
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length)
+        pad = meta.get("pad_token_id")
+        self._fast = tok
+        self._fast_pad_id = 0 if pad is None else int(pad)
+
+    def _pad_id(self) -> int:
+        if self._fast is not None:
+            return self._fast_pad_id
+        return super()._pad_id()
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is not None:
+            return [e.ids for e in self._fast.encode_batch(texts, add_special_tokens=True)]
+        return super()._tokenize(texts)
+
     def _load(self):
         if self._session is not None:
             return
-        self._load_tokenizer()
         ort = require_onnxruntime()
         path = self._ensure_exported()
+        if (path.parent / TOKENIZER_FILE).is_file():
+            self._load_cached_tokenizer(path.parent)
+        if self._fast is None:
+            self._load_tokenizer()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = default_threads(self._threads)
         opts.inter_op_num_threads = 1
@@ -234,6 +283,17 @@ class OnnxEncoder(TransformersEncoder):
                 out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
             out[idx] = vec
         return out
+
+
+def _legacy_exporter_kwargs() -> dict:
+    """torch >= 2.5 defaults (or will default) to the dynamo exporter, which needs onnxscript;
+    the TorchScript exporter handles dynamic batch and sequence axes without it."""
+    import inspect
+
+    import torch
+
+    params = inspect.signature(torch.onnx.export).parameters
+    return {"dynamo": False} if "dynamo" in params else {}
 
 
 def _pooled(model, pooling: str, normalize: bool):
@@ -355,7 +415,7 @@ def _atomic_build(final_dir: Path, build, meta: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name[:16]}-", dir=final_dir.parent))
     try:
         extra = build(tmp) or {}
-        (tmp / "segtool_onnx.json").write_text(json.dumps({**meta, **extra}, indent=2) + "\n")
+        (tmp / META_FILE).write_text(json.dumps({**meta, **extra}, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             os.replace(tmp, final_dir)

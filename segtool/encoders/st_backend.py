@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from segtool.encoders._common import check_texts, quiet_transformers
-from segtool.encoders._device import configure_torch_threads, torch_dtype
+from segtool.encoders._device import configure_torch_threads, torch_dtype, warn_slow_cpu_dtype
 from segtool.encoders._fingerprint import model_content_hash
 from segtool.encoders.transformers_backend import TransformersEncoder
 from segtool.errors import EncoderError
@@ -24,7 +24,10 @@ class SentenceTransformersEncoder(TransformersEncoder):
     def dim(self) -> int:
         if self._dim is None:
             self._load()
-            get = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+            get = (
+                getattr(self._model, "get_embedding_dimension", None)
+                or self._model.get_sentence_embedding_dimension
+            )
             self._dim = int(get())
         return self._dim
 
@@ -46,6 +49,7 @@ class SentenceTransformersEncoder(TransformersEncoder):
             ) from None
         configure_torch_threads(self._threads)
         device, dtype = self.device, self.dtype
+        warn_slow_cpu_dtype(dtype, device)
         try:
             with quiet_transformers():
                 if (self.path / "modules.json").is_file():
@@ -56,9 +60,7 @@ class SentenceTransformersEncoder(TransformersEncoder):
                         local_files_only=True,
                     )
                 else:
-                    model = SentenceTransformer(
-                        modules=self._plain_modules(), device=device
-                    )
+                    model = SentenceTransformer(modules=self._plain_modules(), device=device)
         except Exception as exc:
             from segtool.encoders.transformers_backend import _load_error
 
@@ -76,7 +78,9 @@ class SentenceTransformersEncoder(TransformersEncoder):
             from sentence_transformers.models import Pooling, Transformer
 
         word = Transformer(str(self.path), max_seq_length=self.max_length)
-        get_dim = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+        get_dim = (
+            getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+        )
         return [word, Pooling(int(get_dim()), pooling_mode=self.spec.pooling)]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -21,6 +21,7 @@ from segtool.encoders._device import (
     resolve_device,
     resolve_dtype,
     torch_dtype,
+    warn_slow_cpu_dtype,
 )
 from segtool.encoders._fingerprint import fingerprint as _fingerprint
 from segtool.encoders._fingerprint import model_content_hash
@@ -148,6 +149,7 @@ class TransformersEncoder:
 
         configure_torch_threads(self._threads)
         device, dtype = self.device, self.dtype
+        warn_slow_cpu_dtype(dtype, device)
         try:
             with quiet_transformers():
                 model = AutoModel.from_pretrained(
@@ -174,14 +176,17 @@ class TransformersEncoder:
         )
         return enc["input_ids"]
 
+    def _pad_id(self) -> int:
+        pad_id = self._load_tokenizer().pad_token_id
+        return 0 if pad_id is None else int(pad_id)
+
     def _batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(row indices, input_ids, attention_mask): longest first, each batch padded to
         its own longest row (right padding, so CLS stays at position 0)."""
         ids = self._tokenize(texts)
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lens, kind="stable")
-        pad_id = self._tokenizer.pad_token_id
-        pad_id = 0 if pad_id is None else int(pad_id)
+        pad_id = self._pad_id()
         bs = int(self.spec.batch_size)
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]

@@ -150,7 +150,10 @@ def test_fingerprint_stable_and_sensitive(tiny_bert, root, tmp_path):
     assert base == fp(batch_size=3)
     assert base == fp(device="cpu")
     assert base == fp(name="other_name", description="x")
-    assert base == build_encoder(_spec(model=str(tiny_bert)), root, device_override="cpu").fingerprint()
+    assert (
+        base
+        == build_encoder(_spec(model=str(tiny_bert)), root, device_override="cpu").fingerprint()
+    )
     assert base != fp(pooling="cls")
     assert base != fp(max_length=64)
     assert base != fp(normalize=False)
@@ -208,8 +211,12 @@ def test_hashing_deterministic_normalized():
     assert a @ b > a @ c  # shared n-grams -> closer
     assert not np.allclose(a, b)
     fp = enc.fingerprint()
-    assert fp == build_encoder(EncoderSpec(name="x", kind="hashing", dim=256), Path(".")).fingerprint()
-    assert fp != build_encoder(EncoderSpec(name="h", kind="hashing", dim=512), Path(".")).fingerprint()
+    assert (
+        fp == build_encoder(EncoderSpec(name="x", kind="hashing", dim=256), Path(".")).fingerprint()
+    )
+    assert (
+        fp != build_encoder(EncoderSpec(name="h", kind="hashing", dim=512), Path(".")).fingerprint()
+    )
 
 
 def test_hashing_same_vector_in_fresh_process_without_torch():
@@ -272,6 +279,10 @@ def test_missing_local_path(root):
     assert str(root / "models" / "missing") in err.value.message
     problems = check_encoder(_spec(model="./models/missing"), root)
     assert len(problems) == 1 and "models/missing" in problems[0]
+    # Without ./ too, once models/ exists in the project (it is not a hub org).
+    (root / "models").mkdir()
+    with pytest.raises(EncoderError, match="does not exist"):
+        resolve_model_path("models/missing", None, root)
 
 
 def test_hub_id_offline_not_cached(offline_empty_cache, root):
@@ -359,9 +370,13 @@ def test_sentence_transformers_backend(tiny_bert, root):
     assert np.allclose(_unit_norms(v), 1.0, atol=1e-5)
     assert np.allclose(v, tf.encode(TEXTS), atol=1e-4)  # mean pooling, same maths
     assert st.fingerprint() != tf.fingerprint()
-    cls = build_encoder(_spec(kind="sentence-transformers", model=str(tiny_bert), pooling="cls"), root)
+    cls = build_encoder(
+        _spec(kind="sentence-transformers", model=str(tiny_bert), pooling="cls"), root
+    )
     assert np.allclose(
-        cls.encode(TEXTS), build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS), atol=1e-4
+        cls.encode(TEXTS),
+        build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS),
+        atol=1e-4,
     )
 
 
@@ -380,7 +395,9 @@ def test_onnx_agrees_with_torch_and_is_cached(tiny_bert, root, tmp_path):
     assert float((v * ref).sum(1).min()) > 0.999
     mtime = enc.onnx_path.stat().st_mtime_ns
 
-    again = build_encoder(_spec(model=str(tiny_bert), backend="onnx", batch_size=2), root, cache_dir=cache)
+    again = build_encoder(
+        _spec(model=str(tiny_bert), backend="onnx", batch_size=2), root, cache_dir=cache
+    )
     assert np.allclose(again.encode(TEXTS), v, atol=1e-5)
     assert not again.exported and again.onnx_path == enc.onnx_path
     assert enc.onnx_path.stat().st_mtime_ns == mtime
@@ -392,15 +409,46 @@ def test_onnx_agrees_with_torch_and_is_cached(tiny_bert, root, tmp_path):
     assert q.fingerprint() != enc.fingerprint() and q.onnx_path != enc.onnx_path
     assert not q.exported or q.onnx_path.is_file()
     assert float((vq * ref).sum(1).mean()) > 0.9
-    cls = build_encoder(_spec(model=str(tiny_bert), backend="onnx", pooling="cls"), root, cache_dir=cache)
+    cls = build_encoder(
+        _spec(model=str(tiny_bert), backend="onnx", pooling="cls"), root, cache_dir=cache
+    )
     ref_cls = build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS)
     assert float((cls.encode(TEXTS) * ref_cls).sum(1).min()) > 0.999
 
+    # max_length is applied by the tokenizer: same export, same truncation as torch.
+    short = build_encoder(
+        _spec(model=str(tiny_bert), backend="onnx", max_length=8), root, cache_dir=cache
+    )
+    ref_short = build_encoder(_spec(model=str(tiny_bert), max_length=8), root).encode(TEXTS)
+    assert float((short.encode(TEXTS) * ref_short).sum(1).min()) > 0.999
+    assert not short.exported and short.onnx_path == enc.onnx_path
+    assert short.fingerprint() != enc.fingerprint()
 
-@pytest.mark.skipif(HAS_ORT, reason="onnxruntime is installed")
-def test_onnx_missing_is_clear(tiny_bert, root):  # pragma: no cover - depends on the env
-    with pytest.raises(EncoderError, match="onnxruntime"):
+    # A cached export runs without importing torch or transformers.
+    code = (
+        "import sys, json, segtool.encoders as E\n"
+        "from segtool.project.specs import EncoderSpec\n"
+        "from pathlib import Path\n"
+        f"spec = EncoderSpec(name='o', kind='transformers', model={str(tiny_bert)!r}, backend='onnx')\n"
+        f"e = E.build_encoder(spec, Path('.'), cache_dir=Path({str(cache)!r}))\n"
+        "v = e.encode(['a shopper who buys shoes'])\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "print(json.dumps({'exported': e.exported, 'heavy': heavy, 'v': v[0].tolist()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got == {**got, "exported": False, "heavy": []}
+    assert np.allclose(got["v"], enc.encode(["a shopper who buys shoes"])[0], atol=1e-5)
+
+
+def test_onnx_missing_is_clear(tiny_bert, root, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    with pytest.raises(EncoderError, match="onnxruntime") as err:
         build_encoder(_spec(model=str(tiny_bert), backend="onnx"), root)
+    assert "segtool[onnx]" in err.value.hint
 
 
 # --------------------------------------------------------------------------- real model
