@@ -1,9 +1,9 @@
 """segtool: dbt for user segments.
 
-    from segtool import Project
-    project = Project.load("path/to/project")
-    project.run()
-    df = project.segments("behaviour")   # a polars DataFrame
+from segtool import Project
+project = Project.load("path/to/project")
+project.run()
+df = project.segments("behaviour")   # a polars DataFrame
 """
 
 from __future__ import annotations

@@ -72,7 +72,11 @@ class Project:
 
             for enc in self.loaded.encoders.values():
                 for problem in check_encoder(enc, self.root):
-                    errors.append(ProjectError(f"encoder '{enc.name}': {problem}", path=enc.file, line=enc.line))
+                    errors.append(
+                        ProjectError(
+                            f"encoder '{enc.name}': {problem}", path=enc.file, line=enc.line
+                        )
+                    )
         return errors
 
     def check(self) -> None:
@@ -87,7 +91,9 @@ class Project:
         st = self.state_manifest(state_dir) if state_dir else None
         return [built.graph[u] for u in select_nodes(built.graph, select, exclude, st)]
 
-    def compile(self, select=(), exclude=(), samples: int = 3, state_dir: str | None = None) -> dict:
+    def compile(
+        self, select=(), exclude=(), samples: int = 3, state_dir: str | None = None
+    ) -> dict:
         """Write target/compiled/**.sql, rendered sample texts and manifest.json."""
         from segtool.compile.artifacts import manifest, write_json
         from segtool.execute.sql import write_sql
@@ -158,13 +164,22 @@ def template_dir() -> Path:
     for cand in (here / "_template", here.parent / "project_template"):
         if (cand / "segtool_project.yml").is_file():
             return cand
-    raise ProjectError("the project template is missing from this installation", hint="reinstall segtool")
+    raise ProjectError(
+        "the project template is missing from this installation", hint="reinstall segtool"
+    )
 
 
 def init_project(dest: str | Path, *, force: bool = False) -> Path:
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()) and not force:
-        raise ProjectError(f"{dest} exists and is not empty", hint="choose a new folder, or pass --force")
+        raise ProjectError(
+            f"{dest} exists and is not empty", hint="choose a new folder, or pass --force"
+        )
     src = template_dir()
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("target", "*.duckdb*", "__pycache__", "*.lock"))
+    shutil.copytree(
+        src,
+        dest,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("target", "*.duckdb*", "__pycache__", "*.lock"),
+    )
     return dest

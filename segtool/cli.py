@@ -33,14 +33,20 @@ def handle_errors(fn):
             click.echo(f"error: {exc.format()}" if not exc.location() else exc.format(), err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: results written before the interrupt are kept; run again to continue", err=True)
+            click.echo(
+                "interrupted: results written before the interrupt are kept; run again to continue",
+                err=True,
+            )
             sys.exit(130)
         except click.exceptions.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are turned into exit 2
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()
-            click.echo(f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)", err=True)
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)",
+                err=True,
+            )
             sys.exit(2)
 
     return wrapper
@@ -48,19 +54,33 @@ def handle_errors(fn):
 
 def project_options(fn):
     fn = click.option("--debug", is_flag=True, help="Show tracebacks.")(fn)
-    fn = click.option("--vars", "vars_", metavar="YAML", help="Override vars: '{as_of: \"2024-02-01\"}'.")(fn)
+    fn = click.option(
+        "--vars", "vars_", metavar="YAML", help="Override vars: '{as_of: \"2024-02-01\"}'."
+    )(fn)
     fn = click.option("--target", "-t", metavar="NAME", help="Target from profiles.yml.")(fn)
     fn = click.option(
-        "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        "--project-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
         help="Project folder (default: the current folder or a parent).",
     )(fn)
     return fn
 
 
 def selection_options(fn):
-    fn = click.option("--state", "state_dir", metavar="DIR", help="target/ of an earlier run, for state:modified.")(fn)
-    fn = click.option("--exclude", multiple=True, metavar="SELECTOR", help="Nodes to leave out.")(fn)
-    fn = click.option("-s", "--select", multiple=True, metavar="SELECTOR", help="Nodes to include: name, +name, name+, tag:x, path:p, state:modified.")(fn)
+    fn = click.option(
+        "--state", "state_dir", metavar="DIR", help="target/ of an earlier run, for state:modified."
+    )(fn)
+    fn = click.option("--exclude", multiple=True, metavar="SELECTOR", help="Nodes to leave out.")(
+        fn
+    )
+    fn = click.option(
+        "-s",
+        "--select",
+        multiple=True,
+        metavar="SELECTOR",
+        help="Nodes to include: name, +name, name+, tag:x, path:p, state:modified.",
+    )(fn)
     return fn
 
 
@@ -107,7 +127,13 @@ def init(directory: Path, force: bool):
 
 @main.command()
 @project_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+)
 @handle_errors
 def validate(project_dir, target, vars_, debug, fmt):
     """Check every file without writing anything or loading a model.
@@ -146,20 +172,40 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
     """Write compiled SQL, sample texts and target/manifest.json."""
     project = load(project_dir, target, vars_)
     man = project.compile(select, exclude, samples=samples, state_dir=state_dir)
-    click.echo(f"compiled {len(man['nodes'])} nodes -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)")
+    click.echo(
+        f"compiled {len(man['nodes'])} nodes -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)"
+    )
 
 
 @main.command()
 @project_options
 @selection_options
-@click.option("--full-refresh", is_flag=True, help="Rebuild incremental models and re-render every text.")
+@click.option(
+    "--full-refresh", is_flag=True, help="Rebuild incremental models and re-render every text."
+)
 @click.option("--refit", is_flag=True, help="Refit every selected segmentation on all users.")
 @click.option("--threads", type=int, help="DuckDB threads (default: the target's).")
 @click.option("--device", help="Encoder device override: cpu, cuda, cuda:1, mps.")
-@click.option("--dry-run", is_flag=True, help="Show the plan (what would rerun and why) and write nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Show the plan (what would rerun and why) and write nothing."
+)
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
-def run(project_dir, target, vars_, debug, select, exclude, state_dir, full_refresh, refit, threads, device, dry_run, quiet):
+def run(
+    project_dir,
+    target,
+    vars_,
+    debug,
+    select,
+    exclude,
+    state_dir,
+    full_refresh,
+    refit,
+    threads,
+    device,
+    dry_run,
+    quiet,
+):
     """Build models, texts, embeddings and segments; only what changed.
 
     \b
@@ -173,13 +219,23 @@ def run(project_dir, target, vars_, debug, select, exclude, state_dir, full_refr
     if dry_run:
         from segtool.plan import format_plan, make_plan
 
-        plan = make_plan(project, select, exclude, full_refresh=full_refresh, refit=refit, state_dir=state_dir)
+        plan = make_plan(
+            project, select, exclude, full_refresh=full_refresh, refit=refit, state_dir=state_dir
+        )
         click.echo(format_plan(plan, "text"))
         return
-    rep.line(f"segtool {__version__} · project {project.name} · target {project.loaded.target_name} · {project.relpath(project.loaded.database_path)}")
+    rep.line(
+        f"segtool {__version__} · project {project.name} · target {project.loaded.target_name} · {project.relpath(project.loaded.database_path)}"
+    )
     result = project.run(
-        reporter=rep, select=tuple(select), exclude=tuple(exclude), full_refresh=full_refresh,
-        refit=refit, threads=threads, state_dir=state_dir, device=device,
+        reporter=rep,
+        select=tuple(select),
+        exclude=tuple(exclude),
+        full_refresh=full_refresh,
+        refit=refit,
+        threads=threads,
+        state_dir=state_dir,
+        device=device,
     )
     from segtool.report.formats import run_summary
 
@@ -201,7 +257,9 @@ def test_(project_dir, target, vars_, debug, select, exclude, state_dir):
 @main.command(name="ls")
 @project_options
 @selection_options
-@click.option("--output", type=click.Choice(["name", "id", "json", "path"]), default="id", show_default=True)
+@click.option(
+    "--output", type=click.Choice(["name", "id", "json", "path"]), default="id", show_default=True
+)
 @handle_errors
 def ls_(project_dir, target, vars_, debug, select, exclude, state_dir, output):
     """List nodes, with the same selection syntax as run.
@@ -238,7 +296,9 @@ def render(project_dir, target, vars_, debug, text, user):
 
 @main.command()
 @project_options
-@click.option("--cache", is_flag=True, help="Delete cached vectors that no current text and encoder use.")
+@click.option(
+    "--cache", is_flag=True, help="Delete cached vectors that no current text and encoder use."
+)
 @handle_errors
 def clean(project_dir, target, vars_, debug, cache):
     """Remove target/ artifacts (and, with --cache, unused embedding vectors)."""

@@ -18,7 +18,12 @@ def register(main: click.Group) -> None:
 
 @click.command()
 @project_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Default: target/report/index.html")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Default: target/report/index.html",
+)
 @handle_errors
 def docs(project_dir, target, vars_, debug, output):
     """Write a self-contained HTML report (works offline): lineage graph,
@@ -40,7 +45,13 @@ def docs(project_dir, target, vars_, debug, output):
 @project_options
 @click.argument("name")
 @click.option("--examples", default=3, show_default=True, help="Example users per segment.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+)
 @handle_errors
 def show(project_dir, target, vars_, debug, name, examples, fmt):
     """A segmentation's profile: sizes, labels, distinguishing features, example users.
@@ -59,8 +70,15 @@ def show(project_dir, target, vars_, debug, name, examples, fmt):
 @click.command()
 @project_options
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Default: target/export/NAME.FORMAT")
+@click.option(
+    "--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Default: target/export/NAME.FORMAT",
+)
 @click.option("--history", is_flag=True, help="Export the history table instead.")
 @handle_errors
 def export(project_dir, target, vars_, debug, name, fmt, output, history):
@@ -84,9 +102,20 @@ def export(project_dir, target, vars_, debug, name, fmt, output, history):
 @click.command()
 @project_options
 @click.argument("name")
-@click.option("--input", "input_", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV/Parquet/JSON with the columns of the segmentation's input model(s).")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV or Parquet, by extension.")
+@click.option(
+    "--input",
+    "input_",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV/Parquet/JSON with the columns of the segmentation's input model(s).",
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV or Parquet, by extension.",
+)
 @handle_errors
 def assign(project_dir, target, vars_, debug, name, input_, output):
     """Put users from a file into existing segments, without changing any state.

@@ -47,9 +47,17 @@ class ProjectDir:
     def cli(self, *args: str, expect: int | None = 0):
         from segtool.cli import main
 
-        result = self.runner.invoke(main, [*args, "--project-dir", str(self.root)] if args and args[0] not in ("init",) else list(args), catch_exceptions=False)
+        result = self.runner.invoke(
+            main,
+            [*args, "--project-dir", str(self.root)]
+            if args and args[0] not in ("init",)
+            else list(args),
+            catch_exceptions=False,
+        )
         if expect is not None:
-            assert result.exit_code == expect, f"exit {result.exit_code} != {expect}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            assert result.exit_code == expect, (
+                f"exit {result.exit_code} != {expect}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
         return result
 
     def sql(self, query: str):
@@ -75,7 +83,10 @@ class ProjectDir:
                 "SELECT schema_name, view_name, 'view' FROM duckdb_views() WHERE NOT internal ORDER BY 1, 2"
             ).fetchall():
                 if kind == "view":
-                    sql = con.execute("SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = ?", [schema, name]).fetchone()[0]
+                    sql = con.execute(
+                        "SELECT sql FROM duckdb_views() WHERE schema_name = ? AND view_name = ?",
+                        [schema, name],
+                    ).fetchone()[0]
                     out[f"{schema}.{name}"] = hashlib.sha256(sql.encode()).hexdigest()
                     continue
                 rows = con.execute(f'SELECT * FROM "{schema}"."{name}"').fetchall()

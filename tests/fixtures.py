@@ -12,21 +12,27 @@ GROUPS = {
 }
 
 
-def data_files(n_users: int = 60, seed: int = 1, changed: tuple[int, ...] = (), extra_users: int = 0) -> dict[str, str]:
+def data_files(
+    n_users: int = 60, seed: int = 1, changed: tuple[int, ...] = (), extra_users: int = 0
+) -> dict[str, str]:
     users = ["user_id,signup_at,country"]
     orders = ["order_id,user_id,product,category,amount,ordered_at"]
     oid = 0
     groups = list(GROUPS)
     for u in range(1, n_users + extra_users + 1):
         g = groups[u % 3]
-        rng = random.Random(seed * 100_003 + u)  # per user: changing one user leaves the others alone
+        rng = random.Random(
+            seed * 100_003 + u
+        )  # per user: changing one user leaves the others alone
         users.append(f"{u},2023-01-{1 + u % 28:02d},{['DE', 'FR', 'US'][u % 3]}")
         n_orders = 2 + u % 3
         for j in range(n_orders + (3 if u in changed else 0)):
             oid += 1
             prod = GROUPS[g][rng.randrange(4)]
             amount = round(10 + rng.random() * 90 + (50 if u % 5 == 0 else 0), 2)
-            orders.append(f"{oid},{u},{prod},{g},{amount},2024-0{1 + min(j, 5)}-{1 + (u + j) % 27:02d} 10:00:00")
+            orders.append(
+                f"{oid},{u},{prod},{g},{amount},2024-0{1 + min(j, 5)}-{1 + (u + j) % 27:02d} 10:00:00"
+            )
     return {"data/users.csv": "\n".join(users) + "\n", "data/orders.csv": "\n".join(orders) + "\n"}
 
 

@@ -46,12 +46,17 @@ def read_manifest(state_dir: Path | str) -> dict[str, Any]:
     if p.is_dir():
         p = p / "manifest.json"
     if not p.is_file():
-        raise ProjectError(f"no manifest at {p}", hint="--state takes the target/ folder of an earlier `segtool compile` or `run`")
+        raise ProjectError(
+            f"no manifest at {p}",
+            hint="--state takes the target/ folder of an earlier `segtool compile` or `run`",
+        )
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ProjectError(f"{p} is not valid JSON: {exc}") from exc
     version = data.get("metadata", {}).get("manifest_version")
     if version != MANIFEST_VERSION:
-        raise ProjectError(f"{p} has manifest version {version}; this segtool reads version {MANIFEST_VERSION}")
+        raise ProjectError(
+            f"{p} has manifest version {version}; this segtool reads version {MANIFEST_VERSION}"
+        )
     return data

@@ -19,7 +19,18 @@ from segtool.project.loader import LoadedProject, env_var
 from segtool.state.db import setup_connection
 
 # names a text template may use besides its model's columns (see execute/render.py)
-TEMPLATE_GLOBALS = {"loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace", "key", "var", "env_var"}
+TEMPLATE_GLOBALS = {
+    "loop",
+    "range",
+    "dict",
+    "lipsum",
+    "cycler",
+    "joiner",
+    "namespace",
+    "key",
+    "var",
+    "env_var",
+}
 
 
 @dataclass
@@ -57,10 +68,14 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 stubs[(s, t)] = stub
             except (duckdb.Error, ProjectError) as exc:
                 broken.add(f"source.{s}.{t}")
-                first = " ".join(ln.strip() for ln in str(exc).strip().splitlines()[:4] if ln.strip())
+                first = " ".join(
+                    ln.strip() for ln in str(exc).strip().splitlines()[:4] if ln.strip()
+                )
                 out.errors.append(
                     ProjectError(
-                        f"source '{s}.{t}' cannot be read: {first}", path=st.table.file, line=st.table.line,
+                        f"source '{s}.{t}' cannot be read: {first}",
+                        path=st.table.file,
+                        line=st.table.line,
                         hint="check `path`, `format` and reader `options` (relative paths start at the project root)",
                     )
                 )
@@ -74,7 +89,9 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
             model = proj.models[node.name]
             try:
                 cm = compile_model(proj, model, source_override=stubs)
-                con.execute(f"CREATE TABLE {relation(cm.name)} AS SELECT * FROM (\n{cm.sql}\n) LIMIT 0")
+                con.execute(
+                    f"CREATE TABLE {relation(cm.name)} AS SELECT * FROM (\n{cm.sql}\n) LIMIT 0"
+                )
                 if cm.config.materialized == "incremental":
                     # bind the is_incremental() branch too, against the empty `this`
                     inc = compile_model(proj, model, incremental=True, source_override=stubs)
@@ -85,7 +102,10 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
             except duckdb.Error as exc:
                 msg = str(exc).strip()
                 broken.add(uid)
-                first, rest = (msg.splitlines() or [msg])[0], "\n".join("    " + ln for ln in msg.splitlines()[1:5])
+                first, rest = (
+                    (msg.splitlines() or [msg])[0],
+                    "\n".join("    " + ln for ln in msg.splitlines()[1:5]),
+                )
                 line = _line_of(msg)
                 line = line - 1 if line and line > 1 else line  # we wrapped the SQL in one line
                 same_lines = len(cm.sql.splitlines()) == len(model.sql.strip().splitlines())
@@ -106,26 +126,40 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
 
 
 def check_predicate(
-    con: duckdb.DuckDBPyConnection, proj: LoadedProject, model: str, predicate: str, *, where: str, spec
+    con: duckdb.DuckDBPyConnection,
+    proj: LoadedProject,
+    model: str,
+    predicate: str,
+    *,
+    where: str,
+    spec,
 ) -> str | None:
     """A rule or population predicate: one boolean SQL expression over the
     model's columns. Returns the rendered predicate; raises ProjectError."""
     from segtool.compile.jinja import render_string
 
-    rendered = render_string(predicate, {"var": _var(proj), "env_var": env_var}, name=spec.file or "<segments>", what="predicate")
+    rendered = render_string(
+        predicate,
+        {"var": _var(proj), "env_var": env_var},
+        name=spec.file or "<segments>",
+        what="predicate",
+    )
     _expression_only(rendered, where, spec)
     try:
         rows = con.execute(f"DESCRIBE SELECT ({rendered}) AS p FROM {relation(model)}").fetchall()
     except duckdb.Error as exc:
         raise ProjectError(
             f"{where}: invalid predicate `{rendered}`: {str(exc).splitlines()[0]}",
-            path=spec.file, line=spec.line,
+            path=spec.file,
+            line=spec.line,
             hint=f"a SQL boolean expression over the columns of '{model}'",
         ) from None
     if rows and rows[0][1] != "BOOLEAN":
         raise ProjectError(
             f"{where}: predicate `{rendered}` is {rows[0][1]}, not BOOLEAN",
-            path=spec.file, line=spec.line, hint="compare something: e.g. `revenue > 1000`",
+            path=spec.file,
+            line=spec.line,
+            hint="compare something: e.g. `revenue > 1000`",
         )
     return rendered
 
@@ -142,7 +176,8 @@ def _var(proj: LoadedProject):
 
 
 _STATEMENT_WORDS = re.compile(
-    r"\b(insert|update|delete|drop|create|alter|attach|detach|copy|install|load|pragma|call|export|import|set|use)\b", re.I
+    r"\b(insert|update|delete|drop|create|alter|attach|detach|copy|install|load|pragma|call|export|import|set|use)\b",
+    re.I,
 )
 
 
@@ -180,12 +215,15 @@ def _expression_only(sql: str, where: str, spec) -> None:
     if not balanced or depth != 0 or _STATEMENT_WORDS.search(bare):
         raise ProjectError(
             f"{where}: `{sql}` is not a single SQL expression",
-            path=spec.file, line=spec.line,
+            path=spec.file,
+            line=spec.line,
             hint="predicates are boolean expressions (no statements, no semicolons, balanced parentheses)",
         )
 
 
-def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPyConnection, out: BoundProject) -> None:
+def _check_segments(
+    proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPyConnection, out: BoundProject
+) -> None:
     cols = out.columns
     key = proj.key
 
@@ -197,17 +235,30 @@ def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPy
             continue
         have = cols[fs.model]
         if key not in have:
-            out.errors.append(ProjectError(f"features '{name}': model '{fs.model}' has no key column '{key}'", path=fs.file, line=fs.line))
+            out.errors.append(
+                ProjectError(
+                    f"features '{name}': model '{fs.model}' has no key column '{key}'",
+                    path=fs.file,
+                    line=fs.line,
+                )
+            )
         for col, c in fs.columns.items():
             if col not in have:
                 out.errors.append(
-                    ProjectError(f"features '{name}': model '{fs.model}' has no column '{col}'", path=fs.file, line=fs.line, hint=did_you_mean(col, have))
+                    ProjectError(
+                        f"features '{name}': model '{fs.model}' has no column '{col}'",
+                        path=fs.file,
+                        line=fs.line,
+                        hint=did_you_mean(col, have),
+                    )
                 )
             elif c.type == "numeric" and not _numeric(have[col]):
                 out.errors.append(
                     ProjectError(
                         f"features '{name}': column '{col}' is {have[col]}, not numeric",
-                        path=fs.file, line=fs.line, hint="mark it `type: categorical` or cast it in the model",
+                        path=fs.file,
+                        line=fs.line,
+                        hint="mark it `type: categorical` or cast it in the model",
                     )
                 )
 
@@ -225,18 +276,27 @@ def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPy
             continue
         have = cols[tx.model]
         if key not in have:
-            out.errors.append(ProjectError(f"text '{name}': model '{tx.model}' has no key column '{key}'", path=tx.file, line=tx.line))
+            out.errors.append(
+                ProjectError(
+                    f"text '{name}': model '{tx.model}' has no key column '{key}'",
+                    path=tx.file,
+                    line=tx.line,
+                )
+            )
         import jinja2.meta
         import jinja2.nodes
 
         ast = env.parse(tf.text)
         assigned = {n.name for n in ast.find_all(jinja2.nodes.Name) if n.ctx in ("store", "param")}
-        undeclared = jinja2.meta.find_undeclared_variables(ast) - set(have) - TEMPLATE_GLOBALS - assigned
+        undeclared = (
+            jinja2.meta.find_undeclared_variables(ast) - set(have) - TEMPLATE_GLOBALS - assigned
+        )
         for var in sorted(undeclared):
             out.errors.append(
                 ProjectError(
                     f"template '{tx.template}' uses '{var}', which is not a column of model '{tx.model}'",
-                    path=tf.path, line=_first_line(tf.text, var),
+                    path=tf.path,
+                    line=_first_line(tf.text, var),
                     hint=did_you_mean(var, have),
                 )
             )
@@ -246,17 +306,32 @@ def _check_segments(proj: LoadedProject, built: BuiltGraph, con: duckdb.DuckDBPy
         base = seg.model or _first_input_model(proj, seg)
         if seg.population and base and model_ok(base):
             try:
-                check_predicate(con, proj, base, seg.population, where=f"{where} population", spec=seg)
+                check_predicate(
+                    con, proj, base, seg.population, where=f"{where} population", spec=seg
+                )
             except ProjectError as exc:
                 out.errors.append(exc)
         if seg.is_rules:
             if not model_ok(seg.model):
                 continue
             if key not in cols[seg.model]:
-                out.errors.append(ProjectError(f"{where}: model '{seg.model}' has no key column '{key}'", path=seg.file, line=seg.line))
+                out.errors.append(
+                    ProjectError(
+                        f"{where}: model '{seg.model}' has no key column '{key}'",
+                        path=seg.file,
+                        line=seg.line,
+                    )
+                )
             for rule in seg.rules:
                 try:
-                    check_predicate(con, proj, seg.model, rule.when, where=f"{where} rule '{rule.segment}'", spec=rule)
+                    check_predicate(
+                        con,
+                        proj,
+                        seg.model,
+                        rule.when,
+                        where=f"{where} rule '{rule.segment}'",
+                        spec=rule,
+                    )
                 except ProjectError as exc:
                     out.errors.append(exc)
 
@@ -271,10 +346,14 @@ def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:
         have = out.columns.get(name)
         for col in m.props.columns:
             if have is not None and col.name not in have:
-                out.errors.append(ProjectError(
-                    f"model '{name}' has no column '{col.name}' (documented/tested in {col.file})",
-                    path=col.file, line=col.line, hint=did_you_mean(col.name, have),
-                ))
+                out.errors.append(
+                    ProjectError(
+                        f"model '{name}' has no column '{col.name}' (documented/tested in {col.file})",
+                        path=col.file,
+                        line=col.line,
+                        hint=did_you_mean(col.name, have),
+                    )
+                )
             for test in col.all_tests():
                 try:
                     parse_test(test, col)
@@ -300,7 +379,25 @@ def _first_input_model(proj: LoadedProject, seg) -> str | None:
 
 def _numeric(t: str) -> bool:
     t = t.upper()
-    return any(t.startswith(p) for p in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL", "BOOLEAN"))
+    return any(
+        t.startswith(p)
+        for p in (
+            "TINYINT",
+            "SMALLINT",
+            "INTEGER",
+            "BIGINT",
+            "HUGEINT",
+            "UTINYINT",
+            "USMALLINT",
+            "UINTEGER",
+            "UBIGINT",
+            "FLOAT",
+            "DOUBLE",
+            "DECIMAL",
+            "REAL",
+            "BOOLEAN",
+        )
+    )
 
 
 def _first_line(text: str, word: str) -> int | None:

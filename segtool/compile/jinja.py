@@ -84,7 +84,12 @@ def render_error(exc: BaseException, name: str, what: str = "template") -> Proje
 
 
 def render_string(
-    text: str, context: Mapping[str, Any], *, name: str, env: _Env | None = None, what: str = "template"
+    text: str,
+    context: Mapping[str, Any],
+    *,
+    name: str,
+    env: _Env | None = None,
+    what: str = "template",
 ) -> str:
     env = env or default_env()
     tmpl = compile_template(env, text, name)
@@ -94,7 +99,9 @@ def render_string(
         raise render_error(exc, name, what) from exc
 
 
-def renderer(env: _Env, text: str, name: str, what: str = "template") -> Callable[[Mapping[str, Any]], str]:
+def renderer(
+    env: _Env, text: str, name: str, what: str = "template"
+) -> Callable[[Mapping[str, Any]], str]:
     """A compiled template as a function of its context (for per-user rendering)."""
     tmpl = compile_template(env, text, name)
 

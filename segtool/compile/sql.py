@@ -32,7 +32,11 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(sql_literal(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{sql_literal(str(k))}: {sql_literal(v)}" for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"{sql_literal(str(k))}: {sql_literal(v)}" for k, v in value.items())
+            + "}"
+        )
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -59,15 +63,27 @@ def source_sql(st: SourceTable) -> str:
                 line=tbl.line,
                 hint="add `format: csv|parquet|json`",
             )
-        args = [sql_literal(tbl.path)] + [f"{k} = {sql_literal(v)}" for k, v in sorted(tbl.options.items())]
+        args = [sql_literal(tbl.path)] + [
+            f"{k} = {sql_literal(v)}" for k, v in sorted(tbl.options.items())
+        ]
         return f"{SOURCE_READERS[fmt]}({', '.join(args)})"
     schema = src.schema_ or "main"
-    return ".".join(quote_ident(p) for p in (attach_alias(src.name), schema, tbl.identifier or tbl.name))
+    return ".".join(
+        quote_ident(p) for p in (attach_alias(src.name), schema, tbl.identifier or tbl.name)
+    )
 
 
 def _infer_format(path: str) -> str | None:
     p = path.lower()
-    for ext, fmt in ((".csv", "csv"), (".tsv", "csv"), (".csv.gz", "csv"), (".parquet", "parquet"), (".json", "json"), (".jsonl", "json"), (".ndjson", "json")):
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "csv"),
+        (".csv.gz", "csv"),
+        (".parquet", "parquet"),
+        (".json", "json"),
+        (".jsonl", "json"),
+        (".ndjson", "json"),
+    ):
         if p.endswith(ext):
             return fmt
     return None
@@ -108,7 +124,9 @@ def compile_model(
         if rest:  # ref('package', 'model') in dbt: we have one package
             name = rest[-1]
         if name not in proj.models:
-            raise ProjectError(f"ref('{name}'): no model named '{name}'", hint=did_you_mean(name, proj.models))
+            raise ProjectError(
+                f"ref('{name}'): no model named '{name}'", hint=did_you_mean(name, proj.models)
+            )
         if name not in refs:
             refs.append(name)
         return relation(name)
@@ -119,7 +137,8 @@ def compile_model(
             names = [f"{s}.{t}" for s, t in proj.sources]
             raise ProjectError(
                 f"source('{src}', '{table}'): not declared in any models/*.yml",
-                hint=did_you_mean(f"{src}.{table}", names) or "declare it under `sources:` in a models/*.yml",
+                hint=did_you_mean(f"{src}.{table}", names)
+                or "declare it under `sources:` in a models/*.yml",
             )
         if key not in sources:
             sources.append(key)
@@ -136,7 +155,8 @@ def compile_model(
             return default
         raise ProjectError(
             f"var('{name}') is not defined",
-            hint=did_you_mean(name, proj.vars) or "define it under `vars:` in segtool_project.yml or pass --vars",
+            hint=did_you_mean(name, proj.vars)
+            or "define it under `vars:` in segtool_project.yml or pass --vars",
         )
 
     def config(**kw: Any) -> str:
@@ -157,12 +177,19 @@ def compile_model(
     cfg, errs = validate_spec(ModelConfig, config_kw, marks={}, rel=model.path)
     if cfg is None:
         e = errs[0]
-        raise ProjectError(f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint)
+        raise ProjectError(
+            f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint
+        )
     if cfg.materialized == "incremental" and not cfg.unique_key:
         pass  # append-only incremental is allowed
     if not sql.strip():
         raise ProjectError(f"model '{model.name}' is empty", path=model.path, line=1)
     return CompiledModel(
-        name=model.name, path=model.path, sql=sql.strip().rstrip(";").strip(), config=cfg,
-        refs=refs, sources=sources, vars_used=vars_used,
+        name=model.name,
+        path=model.path,
+        sql=sql.strip().rstrip(";").strip(),
+        config=cfg,
+        refs=refs,
+        sources=sources,
+        vars_used=vars_used,
     )

@@ -15,13 +15,24 @@ from segtool.state.db import STATE, table_exists
 
 
 def _read_input(con, path: Path) -> None:
-    fmt = {".csv": "read_csv", ".tsv": "read_csv", ".parquet": "read_parquet", ".json": "read_json", ".jsonl": "read_json", ".ndjson": "read_json"}.get(path.suffix.lower())
+    fmt = {
+        ".csv": "read_csv",
+        ".tsv": "read_csv",
+        ".parquet": "read_parquet",
+        ".json": "read_json",
+        ".jsonl": "read_json",
+        ".ndjson": "read_json",
+    }.get(path.suffix.lower())
     if fmt is None:
-        raise ProjectError(f"cannot tell the format of {path}", hint="use a .csv, .parquet or .json file")
+        raise ProjectError(
+            f"cannot tell the format of {path}", hint="use a .csv, .parquet or .json file"
+        )
     import duckdb
 
     try:
-        con.execute(f"CREATE TABLE input AS SELECT *, row_number() OVER () AS __ord FROM {fmt}({sql_literal(str(path))})")
+        con.execute(
+            f"CREATE TABLE input AS SELECT *, row_number() OVER () AS __ord FROM {fmt}({sql_literal(str(path))})"
+        )
     except duckdb.Error as exc:
         raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
 
@@ -35,7 +46,9 @@ def assign_file(project, name: str, path: Path):
 
     proj = project.loaded
     if name not in proj.segmentations:
-        raise ProjectError(f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations))
+        raise ProjectError(
+            f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations)
+        )
     seg = proj.segmentations[name]
     key = proj.key
     k = quote_ident(key)
@@ -43,7 +56,9 @@ def assign_file(project, name: str, path: Path):
     _read_input(mem, Path(path))
     cols = {r[0] for r in mem.execute("DESCRIBE input").fetchall()}
     if key not in cols:
-        raise DataError(f"{path} has no key column '{key}'", hint=f"columns: {', '.join(sorted(cols))}")
+        raise DataError(
+            f"{path} has no key column '{key}'", hint=f"columns: {', '.join(sorted(cols))}"
+        )
 
     db = project.connect(read_only=True)
     try:
@@ -51,7 +66,14 @@ def assign_file(project, name: str, path: Path):
             from segtool.compile.checks import check_predicate
 
             mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
-            pred = check_predicate(mem, proj, _base(proj, seg), seg.population, where=f"segmentation '{name}' population", spec=seg)
+            pred = check_predicate(
+                mem,
+                proj,
+                _base(proj, seg),
+                seg.population,
+                where=f"segmentation '{name}' population",
+                spec=seg,
+            )
             inside = mem.execute(f"SELECT ({pred}) FROM input ORDER BY __ord").fetchnumpy()
             inside = np.asarray(next(iter(inside.values())), dtype=bool)
         else:
@@ -60,30 +82,59 @@ def assign_file(project, name: str, path: Path):
             return _assign_rules(project, seg, mem, db, inside)
         active = _active_fit(db, name)
         if active is None:
-            raise ProjectError(f"segmentation '{name}' has no fitted model yet", hint=f"segtool run -s +{name}")
+            raise ProjectError(
+                f"segmentation '{name}' has no fitted model yet", hint=f"segtool run -s +{name}"
+            )
         transformers, model, params = _restore(active)
-        keys = np.asarray(mem.sql(f"SELECT {k} FROM input ORDER BY __ord").to_arrow_table().column(0).to_numpy(zero_copy_only=False))
+        keys = np.asarray(
+            mem.sql(f"SELECT {k} FROM input ORDER BY __ord")
+            .to_arrow_table()
+            .column(0)
+            .to_numpy(zero_copy_only=False)
+        )
         blocks = []
         for inp, t in zip(seg.inputs, transformers):
             if inp.features:
                 fs = proj.features[inp.features]
                 missing = [c for c in fs.columns if c not in cols]
                 if missing:
-                    raise DataError(f"{path} lacks column(s) {', '.join(missing)} of features '{fs.name}'")
-                df = mem.sql(f"SELECT {', '.join(quote_ident(c) for c in fs.columns)} FROM input ORDER BY __ord").pl()
+                    raise DataError(
+                        f"{path} lacks column(s) {', '.join(missing)} of features '{fs.name}'"
+                    )
+                df = mem.sql(
+                    f"SELECT {', '.join(quote_ident(c) for c in fs.columns)} FROM input ORDER BY __ord"
+                ).pl()
                 blocks.append(t.transform(df, keys))
             else:
                 blocks.append(_vectors(project, db, mem, inp, render_rows, text_renderer))
         labels, dist, conf = model.predict(blocks, keys)
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
-        names = dict(db.execute(f"SELECT segment_id, label FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]).fetchall())
-        out = pl.DataFrame({key: keys, "segment_id": ids, "segment": [names.get(int(i), f"segment {i}") for i in ids],
-                            "distance": dist.astype(np.float64), "confidence": conf.astype(np.float64)})
+        names = dict(
+            db.execute(
+                f"SELECT segment_id, label FROM {STATE}.segment_catalog WHERE segmentation = ?",
+                [name],
+            ).fetchall()
+        )
+        out = pl.DataFrame(
+            {
+                key: keys,
+                "segment_id": ids,
+                "segment": [names.get(int(i), f"segment {i}") for i in ids],
+                "distance": dist.astype(np.float64),
+                "confidence": conf.astype(np.float64),
+            }
+        )
         if inside is not None:
             out = out.with_columns(
-                pl.when(pl.Series(inside)).then(pl.col("segment_id")).otherwise(None).alias("segment_id"),
-                pl.when(pl.Series(inside)).then(pl.col("segment")).otherwise(pl.lit("outside population")).alias("segment"),
+                pl.when(pl.Series(inside))
+                .then(pl.col("segment_id"))
+                .otherwise(None)
+                .alias("segment_id"),
+                pl.when(pl.Series(inside))
+                .then(pl.col("segment"))
+                .otherwise(pl.lit("outside population"))
+                .alias("segment"),
             )
         return out
     finally:
@@ -103,9 +154,15 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
 
     proj = project.loaded
     spec = proj.texts[inp.embedding.text]
-    rows = mem.sql("SELECT * EXCLUDE (__ord), 0 AS __row_hash FROM input ORDER BY __ord").to_arrow_table().to_pylist()
+    rows = (
+        mem.sql("SELECT * EXCLUDE (__ord), 0 AS __row_hash FROM input ORDER BY __ord")
+        .to_arrow_table()
+        .to_pylist()
+    )
     rendered, _, _ = render_rows(proj, spec, rows, text_renderer(proj, spec))
-    enc = build_encoder(proj.encoders[inp.embedding.encoder], proj.root, cache_dir=project.target_dir / "onnx")
+    enc = build_encoder(
+        proj.encoders[inp.embedding.encoder], proj.root, cache_dir=project.target_dir / "onnx"
+    )
     fp = enc.fingerprint()
     hashes = [r[2] for r in rendered]
     cached = {}
@@ -113,7 +170,10 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
         import pyarrow as pa
 
         db.register("__h", pa.table({"h": hashes}))
-        for h, v in db.execute(f"SELECT e.text_hash, e.vector FROM {STATE}.embeddings e JOIN __h ON e.text_hash = __h.h WHERE e.encoder_fp = ?", [fp]).fetchall():
+        for h, v in db.execute(
+            f"SELECT e.text_hash, e.vector FROM {STATE}.embeddings e JOIN __h ON e.text_hash = __h.h WHERE e.encoder_fp = ?",
+            [fp],
+        ).fetchall():
             cached[h] = np.asarray(v, dtype=np.float32)
         db.unregister("__h")
     todo = [i for i, h in enumerate(hashes) if h not in cached]
@@ -133,14 +193,32 @@ def _assign_rules(project, seg, mem, db, inside):
     mem.execute(f"CREATE OR REPLACE VIEW main.{quote_ident(seg.model)} AS SELECT * FROM input")
     whens = []
     for rule in seg.rules:
-        pred = check_predicate(mem, proj, seg.model, rule.when, where=f"rule '{rule.segment}'", spec=rule)
+        pred = check_predicate(
+            mem, proj, seg.model, rule.when, where=f"rule '{rule.segment}'", spec=rule
+        )
         whens.append(f"WHEN ({pred}) THEN {sql_literal(rule.segment)}")
     default = sql_literal(seg.default) if seg.default else "NULL"
-    df = mem.sql(f"SELECT {quote_ident(proj.key)}, CASE {' '.join(whens)} ELSE {default} END AS segment FROM input ORDER BY __ord").pl()
-    ids = dict(db.execute(f"SELECT label, segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?", [seg.name]).fetchall())
-    df = df.with_columns(pl.col("segment").replace_strict(ids, default=None, return_dtype=pl.Int64).alias("segment_id"))
+    df = mem.sql(
+        f"SELECT {quote_ident(proj.key)}, CASE {' '.join(whens)} ELSE {default} END AS segment FROM input ORDER BY __ord"
+    ).pl()
+    ids = dict(
+        db.execute(
+            f"SELECT label, segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?",
+            [seg.name],
+        ).fetchall()
+    )
+    df = df.with_columns(
+        pl.col("segment")
+        .replace_strict(ids, default=None, return_dtype=pl.Int64)
+        .alias("segment_id")
+    )
     if inside is not None:
-        df = df.with_columns(pl.when(pl.Series(inside)).then(pl.col("segment")).otherwise(pl.lit("outside population")).alias("segment"))
+        df = df.with_columns(
+            pl.when(pl.Series(inside))
+            .then(pl.col("segment"))
+            .otherwise(pl.lit("outside population"))
+            .alias("segment")
+        )
     return df.with_columns(
         pl.lit(None, dtype=pl.Float64).alias("distance"), pl.lit(1.0).alias("confidence")
     ).select(proj.key, "segment_id", "segment", "distance", "confidence")

@@ -48,8 +48,12 @@ def encoder_for(runner, name: str):
 
         spec = runner.proj.encoders[name]
         device = runner.opts.device or runner.proj.target.device
-        cache[name] = build_encoder(spec, runner.proj.root, device_override=device,
-                                    cache_dir=runner.project.target_dir / "onnx")
+        cache[name] = build_encoder(
+            spec,
+            runner.proj.root,
+            device_override=device,
+            cache_dir=runner.project.target_dir / "onnx",
+        )
     return cache[name]
 
 
@@ -58,7 +62,9 @@ def vectors_to_arrow(vecs: np.ndarray):
 
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     flat = pa.array(vecs.reshape(-1))
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, vecs.size + 1, vecs.shape[1], dtype=np.int32)), flat)
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(0, vecs.size + 1, vecs.shape[1], dtype=np.int32)), flat
+    )
 
 
 def run_embeddings(runner, con, uids: list[str]) -> None:
@@ -82,7 +88,9 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
             GROUP BY text_hash""",
             [fp],
         )
-        users, distinct = one(con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}"))
+        users, distinct = one(
+            con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}")
+        )
         todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
         if todo:
             enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
@@ -90,15 +98,22 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
         t_enc = 0.0
         with runner.rep.progress(f"embed {text_name} with {enc_name}", todo) as bar:
             for lo in range(1, todo + 1, CHUNK):
-                rows = con.execute(f"SELECT text_hash, text FROM {work} WHERE rn >= ? AND rn < ? ORDER BY rn", [lo, lo + CHUNK]).fetchall()
+                rows = con.execute(
+                    f"SELECT text_hash, text FROM {work} WHERE rn >= ? AND rn < ? ORDER BY rn",
+                    [lo, lo + CHUNK],
+                ).fetchall()
                 te = time.perf_counter()
                 vecs = enc.encode([r[1] for r in rows])
                 t_enc += time.perf_counter() - te
                 if vecs.shape[0] != len(rows) or not np.isfinite(vecs).all():
-                    raise EncoderError(f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(rows)} texts or non-finite values")
+                    raise EncoderError(
+                        f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(rows)} texts or non-finite values"
+                    )
                 import pyarrow as pa
 
-                batch = pa.table({"text_hash": [r[0] for r in rows], "vector": vectors_to_arrow(vecs)})
+                batch = pa.table(
+                    {"text_hash": [r[0] for r in rows], "vector": vectors_to_arrow(vecs)}
+                )
                 con.register("__segtool_vectors", batch)
                 # one statement = one committed chunk (autocommit)
                 con.execute(
@@ -111,11 +126,26 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
         con.execute(f"DROP TABLE {work}")
         secs = time.perf_counter() - t0
         stats = {
-            "users": int(users), "distinct_texts": int(distinct), "cached": int(distinct - todo),
-            "embedded": int(embedded), "texts_per_s": round(embedded / t_enc, 1) if t_enc > 0 else None,
-            "device": enc.device if embedded else None, "encoder_fp": fp[:12], "seconds": round(secs, 3),
+            "users": int(users),
+            "distinct_texts": int(distinct),
+            "cached": int(distinct - todo),
+            "embedded": int(embedded),
+            "texts_per_s": round(embedded / t_enc, 1) if t_enc > 0 else None,
+            "device": enc.device if embedded else None,
+            "encoder_fp": fp[:12],
+            "seconds": round(secs, 3),
         }
-        runner.results.append(NodeResult(uid, "embedding", "success", "embedded" if embedded else "cached", embedded, round(secs, 3), detail=stats))
+        runner.results.append(
+            NodeResult(
+                uid,
+                "embedding",
+                "success",
+                "embedded" if embedded else "cached",
+                embedded,
+                round(secs, 3),
+                detail=stats,
+            )
+        )
         runner.summary.setdefault("embeddings", {})[node.name] = stats
         speed = f", {stats['texts_per_s']:,} texts/s on {stats['device']}" if embedded else ""
         runner.rep.line(

@@ -100,7 +100,17 @@ def run_texts(runner, con, uids: list[str]) -> None:
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         from segtool.execute.run import NodeResult
 
-        runner.results.append(NodeResult(uid, "text", "success", stats["mode"], stats["users"], stats["seconds"], detail=stats))
+        runner.results.append(
+            NodeResult(
+                uid,
+                "text",
+                "success",
+                stats["mode"],
+                stats["users"],
+                stats["seconds"],
+                detail=stats,
+            )
+        )
         runner.summary.setdefault("texts", {})[node.name] = stats
         msg = (
             f"  text  {node.name:<28} {stats['users']:,} users: {stats['new']:,} new, {stats['changed']:,} changed, "
@@ -108,7 +118,9 @@ def run_texts(runner, con, uids: list[str]) -> None:
         )
         runner.rep.line(msg)
         if stats["truncated"]:
-            runner.rep.warn(f"text '{node.name}': {stats['truncated']:,} text(s) cut to max_chars={node.spec.max_chars}")
+            runner.rep.warn(
+                f"text '{node.name}': {stats['truncated']:,} text(s) cut to max_chars={node.spec.max_chars}"
+            )
         if stats["empty"]:
             runner.rep.warn(f"text '{node.name}': {stats['empty']:,} empty text(s)")
         record_nodes(con, [node], runner.run_id)
@@ -122,7 +134,12 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
     table = text_table(spec.name)
     render = text_renderer(proj, spec)
     exists = table_exists(con, STATE, "texts__" + spec.name)
-    incremental = exists and prev_state is not None and prev_state["data_hash"] == node.data_hash and not runner.opts.full_refresh
+    incremental = (
+        exists
+        and prev_state is not None
+        and prev_state["data_hash"] == node.data_hash
+        and not runner.opts.full_refresh
+    )
 
     key_type = one(con.execute(f"SELECT typeof({key}) FROM {model} LIMIT 1"))
     key_type = key_type[0] if key_type else "VARCHAR"
@@ -135,15 +152,25 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
             FROM {model} m LEFT JOIN {table} t ON m.{key} = t.{key}
             WHERE t.{key} IS NULL OR t.row_hash <> hash(m)"""
         )
-        removed = one(con.execute(f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"))[0]
+        removed = one(
+            con.execute(
+                f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"
+            )
+        )[0]
         con.execute(f"DELETE FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})")
         con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {work})")
         mode = "incremental"
     else:
         removed = 0
         if exists:  # keep the old hashes to report what the re-render changed
-            con.execute(f"CREATE OR REPLACE TEMP TABLE __segtool_old_texts AS SELECT {key}, text_hash FROM {table}")
-            removed = one(con.execute(f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"))[0]
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE __segtool_old_texts AS SELECT {key}, text_hash FROM {table}"
+            )
+            removed = one(
+                con.execute(
+                    f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"
+                )
+            )[0]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {work} AS SELECT m.*, hash(m) AS __row_hash, row_number() OVER () AS __rn, true AS __new FROM {model} m"
         )
@@ -156,9 +183,13 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
     n_trunc = n_empty = 0
     with runner.rep.progress(f"render {spec.name}", n_work) as bar:
         for lo in range(1, n_work + 1, BATCH):
-            rows = con.sql(
-                f"SELECT * EXCLUDE (__rn, __new) FROM {work} WHERE __rn >= {lo} AND __rn < {lo + BATCH}"
-            ).to_arrow_table().to_pylist()
+            rows = (
+                con.sql(
+                    f"SELECT * EXCLUDE (__rn, __new) FROM {work} WHERE __rn >= {lo} AND __rn < {lo + BATCH}"
+                )
+                .to_arrow_table()
+                .to_pylist()
+            )
             out, t, e = render_rows(proj, spec, rows, render)
             n_trunc += t
             n_empty += e
@@ -185,10 +216,12 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
     unchanged = total - n_work
     if mode == "rerender":
         # everyone was re-rendered; count against the texts of the previous run
-        n_new, n_changed = one(con.execute(
-            f"""SELECT count(*) FILTER (WHERE o.{key} IS NULL), count(*) FILTER (WHERE o.text_hash <> t.text_hash)
+        n_new, n_changed = one(
+            con.execute(
+                f"""SELECT count(*) FILTER (WHERE o.{key} IS NULL), count(*) FILTER (WHERE o.text_hash <> t.text_hash)
             FROM {table} t LEFT JOIN __segtool_old_texts o ON o.{key} = t.{key}"""
-        ))
+            )
+        )
         unchanged = total - n_new - n_changed
         con.execute("DROP TABLE __segtool_old_texts")
     return {
@@ -245,13 +278,24 @@ def write_samples(project, text_nodes, n: int) -> list[Path]:
             spec = node.spec
             render = text_renderer(project.loaded, spec)
             try:
-                rows = con.sql(f"SELECT *, 0 AS __row_hash FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}").to_arrow_table().to_pylist()
+                rows = (
+                    con.sql(
+                        f"SELECT *, 0 AS __row_hash FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}"
+                    )
+                    .to_arrow_table()
+                    .to_pylist()
+                )
             except Exception as exc:  # noqa: BLE001 - the model may not exist in the db yet
-                raise ProjectError(f"cannot read model '{spec.model}' for text samples: {str(exc).splitlines()[0]}") from exc
+                raise ProjectError(
+                    f"cannot read model '{spec.model}' for text samples: {str(exc).splitlines()[0]}"
+                ) from exc
             rendered, _, _ = render_rows(project.loaded, spec, rows, render)
             path = project.target_dir / "samples" / f"{spec.name}.md"
             path.parent.mkdir(parents=True, exist_ok=True)
-            lines = [f"# {spec.name} — {len(rendered)} sample(s) from {spec.model} (template {spec.template})", ""]
+            lines = [
+                f"# {spec.name} — {len(rendered)} sample(s) from {spec.model} (template {spec.template})",
+                "",
+            ]
             for r in rendered:
                 lines += [f"## {project.loaded.key} = {r[0]}", "", r[3], ""]
             path.write_text("\n".join(lines), encoding="utf-8")
@@ -271,10 +315,14 @@ def render_one(project, text_name: str, user: str) -> str:
     con = _model_connection(project)
     try:
         key = quote_ident(proj.key)
-        rows = con.sql(
-            f"SELECT *, 0 AS __row_hash FROM {relation(spec.model)} WHERE CAST({key} AS VARCHAR) = ?",
-            params=[str(user)],
-        ).to_arrow_table().to_pylist()
+        rows = (
+            con.sql(
+                f"SELECT *, 0 AS __row_hash FROM {relation(spec.model)} WHERE CAST({key} AS VARCHAR) = ?",
+                params=[str(user)],
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
     finally:
         con.close()
     if not rows:

@@ -127,7 +127,9 @@ class Runner:
                     raise
                 embed.run_embeddings(self, con, by_kind.get("embedding", []))
                 segment.run_segmentations(self, con, by_kind.get("segmentation", []))
-                others = [graph[u] for u in uids if graph[u].kind in ("source", "encoder", "features")]
+                others = [
+                    graph[u] for u in uids if graph[u].kind in ("source", "encoder", "features")
+                ]
                 state.record_nodes(con, others, run_id)
                 state.finish_run(con, run_id, "success", self.summary)
             except BaseException as exc:
@@ -145,10 +147,15 @@ class Runner:
         except duckdb.Error as exc:
             msg = str(exc)
             if "No space left" in msg:
-                raise ExecutionError(f"disk full: {msg.splitlines()[0]}", hint="free disk space and run again") from exc
+                raise ExecutionError(
+                    f"disk full: {msg.splitlines()[0]}", hint="free disk space and run again"
+                ) from exc
             raise ExecutionError(f"database error: {msg.splitlines()[0]}") from exc
         except OSError as exc:
-            raise ExecutionError(f"{exc.strerror or exc}: {exc.filename or ''}".strip(), hint="check disk space and permissions") from exc
+            raise ExecutionError(
+                f"{exc.strerror or exc}: {exc.filename or ''}".strip(),
+                hint="check disk space and permissions",
+            ) from exc
         finally:
             lock.release()
             result = RunResult(run_id, status, time.perf_counter() - t0, self.results, self.summary)
@@ -157,8 +164,13 @@ class Runner:
 
     def _args(self) -> dict:
         o = self.opts
-        return {"select": list(o.select), "exclude": list(o.exclude), "full_refresh": o.full_refresh,
-                "refit": o.refit, "vars": self.proj.vars}
+        return {
+            "select": list(o.select),
+            "exclude": list(o.exclude),
+            "full_refresh": o.full_refresh,
+            "refit": o.refit,
+            "vars": self.proj.vars,
+        }
 
     def _stage_models(self, con, uids: list[str], target_dir: Path) -> None:
         from segtool.execute.sql import build_model, check_key
@@ -169,12 +181,18 @@ class Runner:
         for u in uids:
             node = built.graph[u]
             cm = built.compiled[node.name]
-            res = build_model(con, self.proj, cm, full_refresh=self.opts.full_refresh, target_dir=target_dir)
+            res = build_model(
+                con, self.proj, cm, full_refresh=self.opts.full_refresh, target_dir=target_dir
+            )
             if node.name in keyed:
                 check_key(con, self.proj, node.name, keyed[node.name])
-            self.results.append(NodeResult(u, "model", "success", res.action, res.rows, round(res.seconds, 3)))
+            self.results.append(
+                NodeResult(u, "model", "success", res.action, res.rows, round(res.seconds, 3))
+            )
             rows = f" ({res.rows:,} rows)" if res.rows is not None else ""
-            self.rep.line(f"  model {node.name:<28} {res.materialized:<11} {res.action}{rows} in {res.seconds:.2f}s")
+            self.rep.line(
+                f"  model {node.name:<28} {res.materialized:<11} {res.action}{rows} in {res.seconds:.2f}s"
+            )
             done.append(node)
         state.record_nodes(con, done, self.run_id)
         self.summary["models"] = len(done)

@@ -59,7 +59,12 @@ def population_sql(proj, seg) -> str:
     k = quote_ident(proj.key)
     where = ""
     if seg.population:
-        pred = render_string(seg.population, {"var": _var(proj), "env_var": env_var}, name=seg.file or "segments", what="population")
+        pred = render_string(
+            seg.population,
+            {"var": _var(proj), "env_var": env_var},
+            name=seg.file or "segments",
+            what="population",
+        )
         where = f"WHERE ({pred})"
     return f"SELECT m.{k}, row_number() OVER (ORDER BY m.{k}) AS __ord FROM {relation(base_model(proj, seg))} m {where}"
 
@@ -80,11 +85,20 @@ def check_inputs(runner, con, uids: list[str]) -> None:
         try:
             n = one(con.execute(f"SELECT count(*) FROM ({pop})"))[0]
         except Exception as exc:  # noqa: BLE001 - a predicate that fails at run time
-            raise ProjectError(f"{where}: population predicate failed: {str(exc).splitlines()[0]}", path=seg.file, line=seg.line) from exc
+            raise ProjectError(
+                f"{where}: population predicate failed: {str(exc).splitlines()[0]}",
+                path=seg.file,
+                line=seg.line,
+            ) from exc
         if n == 0:
             raise DataError(
                 f"{seg.file}:{seg.line}: {where}: the population is empty (0 users"
-                + (f" match `{seg.population}`" if seg.population else f" in model '{base_model(proj, seg)}'") + ")",
+                + (
+                    f" match `{seg.population}`"
+                    if seg.population
+                    else f" in model '{base_model(proj, seg)}'"
+                )
+                + ")",
                 hint="check the population predicate and the upstream data",
             )
         if seg.is_rules:
@@ -127,7 +141,11 @@ def _check_finite(con, proj, fs, pop: str) -> None:
             f"SELECT m.{k}, CAST(m.{q} AS VARCHAR) FROM {relation(fs.model)} m JOIN ({pop}) p ON p.{k} = m.{k} WHERE {bad} ORDER BY 1 LIMIT 5"
         ).fetchall()
         if rows:
-            total = one(con.execute(f"SELECT count(*) FROM {relation(fs.model)} m JOIN ({pop}) p ON p.{k} = m.{k} WHERE {bad}"))[0]
+            total = one(
+                con.execute(
+                    f"SELECT count(*) FROM {relation(fs.model)} m JOIN ({pop}) p ON p.{k} = m.{k} WHERE {bad}"
+                )
+            )[0]
             ex = ", ".join(f"{r[0]!r} ({r[1] if r[1] is not None else 'NULL'})" for r in rows)
             raise DataError(
                 f"{fs.file}:{fs.line}: features '{fs.name}': column '{col}' of model '{fs.model}' has {total} NULL/NaN/inf value(s), e.g. {proj.key} {ex}",
@@ -152,7 +170,9 @@ def fit_hash(runner, seg) -> str:
     from segtool.execute.embed import encoder_for
 
     proj = runner.proj
-    parts: list[Any] = [seg.model_dump(exclude={"description", "tags", "tests", "update", "labels"})]
+    parts: list[Any] = [
+        seg.model_dump(exclude={"description", "tags", "tests", "update", "labels"})
+    ]
     for inp in seg.inputs:
         if inp.features:
             parts.append(proj.features[inp.features].model_dump(exclude={"description", "tags"}))
@@ -172,7 +192,9 @@ def run_segmentations(runner, con, uids: list[str]) -> None:
         t0 = time.perf_counter()
         con.execute("BEGIN")
         try:
-            stats = _run_rules(runner, con, seg) if seg.is_rules else _run_clusters(runner, con, seg)
+            stats = (
+                _run_rules(runner, con, seg) if seg.is_rules else _run_clusters(runner, con, seg)
+            )
             record_nodes(con, [node], runner.run_id)
             con.execute("COMMIT")
         except BaseException:
@@ -180,7 +202,17 @@ def run_segmentations(runner, con, uids: list[str]) -> None:
             raise
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         runner.summary.setdefault("segmentations", {})[seg.name] = stats
-        runner.results.append(NodeResult(uid, "segmentation", "success", stats["action"], stats["users"], stats["seconds"], detail=stats))
+        runner.results.append(
+            NodeResult(
+                uid,
+                "segmentation",
+                "success",
+                stats["action"],
+                stats["users"],
+                stats["seconds"],
+                detail=stats,
+            )
+        )
         runner.rep.line(
             f"  seg   {seg.name:<28} {stats['action']} ({stats['reason']}): {stats['users']:,} users, "
             f"{stats['assigned']:,} assigned, {stats['moved']:,} moved, {stats['segments']} segments"
@@ -194,7 +226,12 @@ def _load_inputs(proj, fingerprint, con, seg, users_sql: str, *, need_texts: boo
     from segtool.execute.render import text_table
 
     k = quote_ident(proj.key)
-    keys = np.asarray(con.sql(f"SELECT {k} FROM ({users_sql}) ORDER BY __ord").to_arrow_table().column(0).to_numpy(zero_copy_only=False))
+    keys = np.asarray(
+        con.sql(f"SELECT {k} FROM ({users_sql}) ORDER BY __ord")
+        .to_arrow_table()
+        .column(0)
+        .to_numpy(zero_copy_only=False)
+    )
     blocks: list[np.ndarray] = []
     raw = None
     texts = None
@@ -219,9 +256,14 @@ def _load_inputs(proj, fingerprint, con, seg, users_sql: str, *, need_texts: boo
                 )
             blocks.append(mat)
             if need_texts and texts is None:
-                texts = con.sql(
-                    f"SELECT t.text FROM ({users_sql}) u JOIN {text_table(e.text)} t ON t.{k} = u.{k} ORDER BY u.__ord"
-                ).to_arrow_table().column(0).to_pylist()
+                texts = (
+                    con.sql(
+                        f"SELECT t.text FROM ({users_sql}) u JOIN {text_table(e.text)} t ON t.{k} = u.{k} ORDER BY u.__ord"
+                    )
+                    .to_arrow_table()
+                    .column(0)
+                    .to_pylist()
+                )
     return Loaded(keys, blocks, raw, texts)
 
 
@@ -232,10 +274,12 @@ def _fingerprints(runner):
 
 
 def _active_fit(con, name: str) -> tuple | None:
-    return one(con.execute(
-        f"SELECT fit_id, fit_hash, params, arrays FROM {STATE}.fitted WHERE segmentation = ? AND active ORDER BY fit_id DESC LIMIT 1",
-        [name],
-    ))
+    return one(
+        con.execute(
+            f"SELECT fit_id, fit_hash, params, arrays FROM {STATE}.fitted WHERE segmentation = ? AND active ORDER BY fit_id DESC LIMIT 1",
+            [name],
+        )
+    )
 
 
 def _restore(row) -> tuple[list, Any, dict]:
@@ -251,8 +295,14 @@ def _restore(row) -> tuple[list, Any, dict]:
             transformers.append(None)
             continue
         pre = f"ft{i}/"
-        transformers.append(FeatureTransformer.from_state_dict(p, {a[len(pre):]: v for a, v in arrays.items() if a.startswith(pre)}))
-    model = SegmentModel.from_state_dict(params["model"], {a[6:]: v for a, v in arrays.items() if a.startswith("model/")})
+        transformers.append(
+            FeatureTransformer.from_state_dict(
+                p, {a[len(pre) :]: v for a, v in arrays.items() if a.startswith(pre)}
+            )
+        )
+    model = SegmentModel.from_state_dict(
+        params["model"], {a[6:]: v for a, v in arrays.items() if a.startswith("model/")}
+    )
     return transformers, model, params
 
 
@@ -270,7 +320,9 @@ def _run_clusters(runner, con, seg) -> dict:
     pop = population_sql(proj, seg)
     fhash = fit_hash(runner, seg)
     hash_expr = _input_hash_sql(runner, seg, "u")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE __segtool_cur AS SELECT u.{k}, u.__ord, {hash_expr} AS input_hash FROM ({pop}) u")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE __segtool_cur AS SELECT u.{k}, u.__ord, {hash_expr} AS input_hash FROM ({pop}) u"
+    )
     n_users = one(con.execute("SELECT count(*) FROM __segtool_cur"))[0]
     has_prev = table_exists(con, RESULTS, name) and table_exists(con, STATE, "inputs__" + name)
     active = _active_fit(con, name)
@@ -284,7 +336,9 @@ def _run_clusters(runner, con, seg) -> dict:
             WHERE i.{k} IS NULL OR i.input_hash <> c.input_hash"""
         )
     else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __segtool_changed AS SELECT {k}, __ord FROM __segtool_cur")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __segtool_changed AS SELECT {k}, __ord FROM __segtool_cur"
+        )
     n_changed = one(con.execute("SELECT count(*) FROM __segtool_changed"))[0]
 
     reason = None
@@ -313,7 +367,9 @@ def _run_clusters(runner, con, seg) -> dict:
         result["drift"] = drift
     result["moved"] = _update_history(con, proj, name, runner.run_id)
     # remember each user's inputs, for the next run's change detection
-    con.execute(f"CREATE OR REPLACE TABLE {inputs_table(name)} AS SELECT {k}, input_hash, {int(runner.run_id)} AS run_id FROM __segtool_cur")
+    con.execute(
+        f"CREATE OR REPLACE TABLE {inputs_table(name)} AS SELECT {k}, input_hash, {int(runner.run_id)} AS run_id FROM __segtool_cur"
+    )
     result["users"] = int(n_users)
     result["changed_inputs"] = int(n_changed)
     for t in ("__segtool_cur", "__segtool_changed"):
@@ -334,12 +390,19 @@ def population_drift(con, proj, name: str, model, params: dict) -> dict:
     small updates adds up and a handful of odd users cannot force a refit."""
     from segtool.ml.drift import EXPECTED_FAR_SHARE
 
-    seg_ids, dist = (np.asarray(a) for a in con.execute(
-        f"SELECT segment_id, distance FROM {seg_table(name)} WHERE segment_id >= 0 AND distance IS NOT NULL"
-    ).fetchnumpy().values())
+    seg_ids, dist = (
+        np.asarray(a)
+        for a in con.execute(
+            f"SELECT segment_id, distance FROM {seg_table(name)} WHERE segment_id >= 0 AND distance IS NOT NULL"
+        )
+        .fetchnumpy()
+        .values()
+    )
     if len(dist) == 0:
         return {"score": 0.0, "far_share": 0.0, "distance_ratio": 1.0, "n": 0}
-    id_to_label = {int(sid): int(lab) for lab, sid in params["label_to_id"].items() if int(lab) >= 0}
+    id_to_label = {
+        int(sid): int(lab) for lab, sid in params["label_to_id"].items() if int(lab) >= 0
+    }
     p95 = np.asarray(model.cluster_p95_distance_, dtype=np.float64)
     labels = np.array([id_to_label.get(int(s), -1) for s in seg_ids])
     ok = labels >= 0
@@ -347,7 +410,12 @@ def population_drift(con, proj, name: str, model, params: dict) -> dict:
     base = float(model.mean_distance_)
     ratio = float(dist.mean()) / base if base > 0 else 1.0
     score = max(0.0, (far_share - EXPECTED_FAR_SHARE) / (1 - EXPECTED_FAR_SHARE), ratio - 1.0)
-    return {"score": round(score, 4), "far_share": round(far_share, 4), "distance_ratio": round(ratio, 4), "n": int(len(dist))}
+    return {
+        "score": round(score, 4),
+        "far_share": round(far_share, 4),
+        "distance_ratio": round(ratio, 4),
+        "n": int(len(dist)),
+    }
 
 
 def _input_hash_sql(runner, seg, alias: str) -> str:
@@ -361,9 +429,13 @@ def _input_hash_sql(runner, seg, alias: str) -> str:
         if inp.features:
             fs = proj.features[inp.features]
             cols = ", ".join(f"f.{quote_ident(c)}" for c in fs.columns)
-            parts.append(f"(SELECT hash({cols}) FROM {relation(fs.model)} f WHERE f.{k} = {alias}.{k})")
+            parts.append(
+                f"(SELECT hash({cols}) FROM {relation(fs.model)} f WHERE f.{k} = {alias}.{k})"
+            )
         else:
-            parts.append(f"(SELECT hash(t.text_hash) FROM {text_table(inp.embedding.text)} t WHERE t.{k} = {alias}.{k})")
+            parts.append(
+                f"(SELECT hash(t.text_hash) FROM {text_table(inp.embedding.text)} t WHERE t.{k} = {alias}.{k})"
+            )
     return f"hash({', '.join(parts)})"
 
 
@@ -376,7 +448,14 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
 
     proj = runner.proj
     name = seg.name
-    loaded = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_cur", need_texts=seg.labels.keywords > 0)
+    loaded = _load_inputs(
+        proj,
+        _fingerprints(runner),
+        con,
+        seg,
+        "SELECT * FROM __segtool_cur",
+        need_texts=seg.labels.keywords > 0,
+    )
     transformers = []
     blocks = []
     for inp, b in zip(seg.inputs, loaded.blocks):
@@ -389,21 +468,44 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
             transformers.append(None)
             blocks.append(b)
     names = [inp.features or f"{inp.embedding.text}/{inp.embedding.encoder}" for inp in seg.inputs]
-    model = SegmentModel([i.weight for i in seg.inputs], seg.reduce, seg.cluster, input_names=names).fit(blocks, loaded.keys)
+    model = SegmentModel(
+        [i.weight for i in seg.inputs], seg.reduce, seg.cluster, input_names=names
+    ).fit(blocks, loaded.keys)
     labels, dist, conf = model.predict(blocks, loaded.keys)
 
     # stable ids: match to the previous assignment by member overlap
     prev = _previous_ids(con, proj, name, loaded.keys)
-    alive = [r[0] for r in con.execute(f"SELECT segment_id FROM {STATE}.segment_catalog WHERE segmentation = ? AND died_run IS NULL AND segment_id >= 0", [name]).fetchall()]
-    next_id = one(con.execute(f"SELECT coalesce(max(segment_id) + 1, 0) FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]))[0]
+    alive = [
+        r[0]
+        for r in con.execute(
+            f"SELECT segment_id FROM {STATE}.segment_catalog WHERE segmentation = ? AND died_run IS NULL AND segment_id >= 0",
+            [name],
+        ).fetchall()
+    ]
+    next_id = one(
+        con.execute(
+            f"SELECT coalesce(max(segment_id) + 1, 0) FROM {STATE}.segment_catalog WHERE segmentation = ?",
+            [name],
+        )
+    )[0]
     match = match_clusters(prev, labels, alive, int(next_id))
     ids = match.apply(labels)
 
     # labels: keywords of member texts, distinguishing raw features
-    kw = keyword_labels(loaded.texts, ids, seg.labels.keywords, seed=seg.cluster.seed) if loaded.texts and seg.labels.keywords else {}
+    kw = (
+        keyword_labels(loaded.texts, ids, seg.labels.keywords, seed=seg.cluster.seed)
+        if loaded.texts and seg.labels.keywords
+        else {}
+    )
     prof = {}
     if loaded.raw is not None and seg.labels.features:
-        num = [c for c, spec in proj.features[seg.inputs[[i for i, x in enumerate(seg.inputs) if x.features][0]].features].columns.items() if spec.type == "numeric"]
+        num = [
+            c
+            for c, spec in proj.features[
+                seg.inputs[[i for i, x in enumerate(seg.inputs) if x.features][0]].features
+            ].columns.items()
+            if spec.type == "numeric"
+        ]
         if num:
             X = loaded.raw.select(num).to_numpy().astype(np.float64)
             prof = feature_profile(X, num, ids, seg.labels.features)
@@ -412,10 +514,17 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
         if sid < 0:
             catalog[sid] = ("outlier", [], [])
             continue
-        catalog[sid] = (segment_name(kw.get(sid, []), prof.get(sid, [])), kw.get(sid, []), prof.get(sid, []))
+        catalog[sid] = (
+            segment_name(kw.get(sid, []), prof.get(sid, [])),
+            kw.get(sid, []),
+            prof.get(sid, []),
+        )
 
     # fitted state: params JSON + one npz blob, no pickle
-    params: dict[str, Any] = {"features": [], "label_to_id": {str(k_): v for k_, v in match.mapping.items()}}
+    params: dict[str, Any] = {
+        "features": [],
+        "label_to_id": {str(k_): v for k_, v in match.mapping.items()},
+    }
     arrays: dict[str, np.ndarray] = {}
     for i, t in enumerate(transformers):
         if t is None:
@@ -427,7 +536,12 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
     p, a = model.state_dict()
     params["model"] = p
     arrays.update({f"model/{n}": v for n, v in a.items()})
-    fit_id = one(con.execute(f"SELECT coalesce(max(fit_id), 0) + 1 FROM {STATE}.fitted WHERE segmentation = ?", [name]))[0]
+    fit_id = one(
+        con.execute(
+            f"SELECT coalesce(max(fit_id), 0) + 1 FROM {STATE}.fitted WHERE segmentation = ?",
+            [name],
+        )
+    )[0]
     con.execute(f"UPDATE {STATE}.fitted SET active = false WHERE segmentation = ?", [name])
     con.execute(
         f"INSERT INTO {STATE}.fitted VALUES (?, ?, ?, ?, ?, ?, ?, true)",
@@ -436,13 +550,24 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
 
     _write_catalog(con, name, catalog, match, runner.run_id, ids)
     _write_assignments(con, proj, name, loaded.keys, ids, dist, conf, runner.run_id, full=True)
-    events = {"births": match.births, "deaths": match.deaths, "splits": match.splits, "merges": match.merges}
+    events = {
+        "births": match.births,
+        "deaths": match.deaths,
+        "splits": match.splits,
+        "merges": match.merges,
+    }
     for ev, items in events.items():
         for item in items:
-            con.execute(f"INSERT INTO {STATE}.segment_events VALUES (?, ?, ?, ?)", [name, runner.run_id, ev.rstrip("s"), json.dumps(item)])
+            con.execute(
+                f"INSERT INTO {STATE}.segment_events VALUES (?, ?, ?, ?)",
+                [name, runner.run_id, ev.rstrip("s"), json.dumps(item)],
+            )
     return {
-        "action": "refit", "reason": reason, "assigned": int(len(ids)),
-        "segments": int(len([s for s in catalog if s >= 0])), "k": int(getattr(model, "k_", len(catalog))),
+        "action": "refit",
+        "reason": reason,
+        "assigned": int(len(ids)),
+        "segments": int(len([s for s in catalog if s >= 0])),
+        "k": int(getattr(model, "k_", len(catalog))),
         "events": {k_: len(v) for k_, v in events.items()},
     }
 
@@ -452,19 +577,39 @@ def _assign(runner, con, seg, transformers, model, params, n_changed: int) -> di
     name = seg.name
     k = quote_ident(proj.key)
     # users gone from the population leave the table
-    removed = one(con.execute(f"SELECT count(*) FROM {seg_table(name)} s WHERE s.{k} NOT IN (SELECT {k} FROM __segtool_cur)"))[0]
+    removed = one(
+        con.execute(
+            f"SELECT count(*) FROM {seg_table(name)} s WHERE s.{k} NOT IN (SELECT {k} FROM __segtool_cur)"
+        )
+    )[0]
     con.execute(f"DELETE FROM {seg_table(name)} WHERE {k} NOT IN (SELECT {k} FROM __segtool_cur)")
     if n_changed:
-        ch = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_changed", need_texts=False)
+        ch = _load_inputs(
+            proj,
+            _fingerprints(runner),
+            con,
+            seg,
+            "SELECT * FROM __segtool_changed",
+            need_texts=False,
+        )
         labels, dist, conf = model.predict(_apply_transformers(transformers, ch), ch.keys)
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
         _write_assignments(con, proj, name, ch.keys, ids, dist, conf, runner.run_id, full=False)
     _refresh_sizes(con, name)
-    n_segments = one(con.execute(f"SELECT count(DISTINCT segment_id) FROM {seg_table(name)} WHERE segment_id >= 0"))[0]
+    n_segments = one(
+        con.execute(
+            f"SELECT count(DISTINCT segment_id) FROM {seg_table(name)} WHERE segment_id >= 0"
+        )
+    )[0]
     reason = "no changes" if not n_changed and not removed else f"{n_changed:,} new/changed user(s)"
-    return {"action": "assign" if n_changed or removed else "unchanged", "reason": reason, "assigned": int(n_changed),
-            "removed": int(removed), "segments": int(n_segments)}
+    return {
+        "action": "assign" if n_changed or removed else "unchanged",
+        "reason": reason,
+        "assigned": int(n_changed),
+        "removed": int(removed),
+        "segments": int(n_segments),
+    }
 
 
 def _previous_ids(con, proj, name: str, keys: np.ndarray) -> np.ndarray:
@@ -483,7 +628,12 @@ def _previous_ids(con, proj, name: str, keys: np.ndarray) -> np.ndarray:
 
 def _write_catalog(con, name: str, catalog: dict, match, run_id: int, ids: np.ndarray) -> None:
     sizes = dict(zip(*np.unique(ids, return_counts=True)))
-    existing = {r[0] for r in con.execute(f"SELECT segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]).fetchall()}
+    existing = {
+        r[0]
+        for r in con.execute(
+            f"SELECT segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]
+        ).fetchall()
+    }
     for sid, (label, kws, feats) in catalog.items():
         size = int(sizes.get(sid, 0))
         if sid in existing:
@@ -515,15 +665,18 @@ def _write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, f
     import pyarrow as pa
 
     k = quote_ident(proj.key)
-    batch = pa.table({"k": keys, "segment_id": pa.array(ids, pa.int32()),
-                      "distance": pa.array(np.asarray(dist, dtype=np.float64)),
-                      "confidence": pa.array(np.asarray(conf, dtype=np.float64))})
+    batch = pa.table(
+        {
+            "k": keys,
+            "segment_id": pa.array(ids, pa.int32()),
+            "distance": pa.array(np.asarray(dist, dtype=np.float64)),
+            "confidence": pa.array(np.asarray(conf, dtype=np.float64)),
+        }
+    )
     con.register("__segtool_assign", batch)
-    select = (
-        f"""SELECT a.k AS {k}, a.segment_id, coalesce(c.label, 'segment ' || a.segment_id) AS segment,
+    select = f"""SELECT a.k AS {k}, a.segment_id, coalesce(c.label, 'segment ' || a.segment_id) AS segment,
         a.distance, a.confidence, {int(run_id)} AS run_id, now()::TIMESTAMP AS updated_at
         FROM __segtool_assign a LEFT JOIN {STATE}.segment_catalog c ON c.segmentation = '{name}' AND c.segment_id = a.segment_id"""
-    )
     if full or not table_exists(con, RESULTS, name):
         con.execute(f"CREATE OR REPLACE TABLE {seg_table(name)} AS {select} ORDER BY 1")
     else:
@@ -540,14 +693,16 @@ def _update_history(con, proj, name: str, run_id: int) -> int:
     if not table_exists(con, RESULTS, name + "_history"):
         key_type = one(con.execute(f"SELECT typeof({k}) FROM {seg_table(name)} LIMIT 1"))
         con.execute(
-            f"""CREATE TABLE {hist} ({k} {key_type[0] if key_type else 'VARCHAR'}, segment_id INTEGER, segment VARCHAR,
+            f"""CREATE TABLE {hist} ({k} {key_type[0] if key_type else "VARCHAR"}, segment_id INTEGER, segment VARCHAR,
             valid_from_run INTEGER, valid_to_run INTEGER, valid_from TIMESTAMP, valid_to TIMESTAMP)"""
         )
     ts = now()
-    moved = one(con.execute(
-        f"""SELECT count(*) FROM {hist} h JOIN {seg_table(name)} s ON s.{k} = h.{k}
+    moved = one(
+        con.execute(
+            f"""SELECT count(*) FROM {hist} h JOIN {seg_table(name)} s ON s.{k} = h.{k}
         WHERE h.valid_to_run IS NULL AND h.segment_id <> s.segment_id"""
-    ))[0]
+        )
+    )[0]
     con.execute(
         f"""UPDATE {hist} h SET valid_to_run = ?, valid_to = ?
         WHERE h.valid_to_run IS NULL AND NOT EXISTS (
@@ -573,17 +728,31 @@ def _run_rules(runner, con, seg) -> dict:
     k = quote_ident(proj.key)
     cases = []
     for rule in seg.rules:
-        pred = check_predicate(con, proj, seg.model, rule.when, where=f"segmentation '{name}' rule '{rule.segment}'", spec=rule)
+        pred = check_predicate(
+            con,
+            proj,
+            seg.model,
+            rule.when,
+            where=f"segmentation '{name}' rule '{rule.segment}'",
+            spec=rule,
+        )
         cases.append((rule.segment, pred))
     # stable ids per segment name
-    known = dict(con.execute(f"SELECT label, segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]).fetchall())
+    known = dict(
+        con.execute(
+            f"SELECT label, segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?", [name]
+        ).fetchall()
+    )
     next_id = max(known.values(), default=-1) + 1
     order = [r.segment for r in seg.rules] + ([seg.default] if seg.default else [])
     for s in dict.fromkeys(order):
         if s not in known:
             known[s] = next_id
             next_id += 1
-            con.execute(f"INSERT INTO {STATE}.segment_catalog VALUES (?, ?, ?, '[]', '[]', 0, ?, NULL)", [name, known[s], s, runner.run_id])
+            con.execute(
+                f"INSERT INTO {STATE}.segment_catalog VALUES (?, ?, ?, '[]', '[]', 0, ?, NULL)",
+                [name, known[s], s, runner.run_id],
+            )
     from segtool.compile.sql import sql_literal
 
     whens = " ".join(f"WHEN ({p}) THEN {sql_literal(s)}" for s, p in cases)
@@ -600,10 +769,12 @@ def _run_rules(runner, con, seg) -> dict:
     con.execute("DELETE FROM __segtool_rules WHERE segment IS NULL")
     changed = 0
     if not first:
-        changed = one(con.execute(
-            f"""SELECT count(*) FROM __segtool_rules r LEFT JOIN {seg_table(name)} s ON s.{k} = r.{k}
+        changed = one(
+            con.execute(
+                f"""SELECT count(*) FROM __segtool_rules r LEFT JOIN {seg_table(name)} s ON s.{k} = r.{k}
             WHERE s.{k} IS NULL OR s.segment <> r.segment"""
-        ))[0]
+            )
+        )[0]
     con.execute(
         f"""CREATE OR REPLACE TABLE {seg_table(name)} AS
         SELECT r.{k}, CAST(CASE r.segment {id_case} END AS INTEGER) AS segment_id, r.segment,
@@ -613,10 +784,18 @@ def _run_rules(runner, con, seg) -> dict:
     con.execute("DROP TABLE __segtool_rules")
     moved = _update_history(con, proj, name, runner.run_id)
     _refresh_sizes(con, name)
-    users, n_seg = one(con.execute(f"SELECT count(*), count(DISTINCT segment_id) FROM {seg_table(name)}"))
-    return {"action": "rules", "reason": "first run" if first else "rules re-evaluated", "users": int(users),
-            "assigned": int(users if first else changed), "moved": moved, "segments": int(n_seg),
-            "removed": int(max(0, (before or 0) - users))}
+    users, n_seg = one(
+        con.execute(f"SELECT count(*), count(DISTINCT segment_id) FROM {seg_table(name)}")
+    )
+    return {
+        "action": "rules",
+        "reason": "first run" if first else "rules re-evaluated",
+        "users": int(users),
+        "assigned": int(users if first else changed),
+        "moved": moved,
+        "segments": int(n_seg),
+        "removed": int(max(0, (before or 0) - users)),
+    }
 
 
 # ----------------------------------------------------------------------------- reading
@@ -624,7 +803,9 @@ def _run_rules(runner, con, seg) -> dict:
 
 def _require(project, name: str) -> None:
     if name not in project.loaded.segmentations:
-        raise ProjectError(f"no segmentation named '{name}'", hint=did_you_mean(name, project.loaded.segmentations))
+        raise ProjectError(
+            f"no segmentation named '{name}'", hint=did_you_mean(name, project.loaded.segmentations)
+        )
 
 
 def read_segments(project, name: str):
@@ -632,7 +813,9 @@ def read_segments(project, name: str):
     con = project.connect(read_only=True)
     try:
         if not table_exists(con, RESULTS, name):
-            raise ProjectError(f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}")
+            raise ProjectError(
+                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
+            )
         return con.sql(f"SELECT * FROM {seg_table(name)} ORDER BY 1").pl()
     finally:
         con.close()
@@ -643,7 +826,9 @@ def read_history(project, name: str):
     con = project.connect(read_only=True)
     try:
         if not table_exists(con, RESULTS, name + "_history"):
-            raise ProjectError(f"segmentation '{name}' has no history yet", hint=f"segtool run -s +{name}")
+            raise ProjectError(
+                f"segmentation '{name}' has no history yet", hint=f"segtool run -s +{name}"
+            )
         return con.sql(f"SELECT * FROM {hist_table(name)} ORDER BY 1, valid_from_run").pl()
     finally:
         con.close()
@@ -662,39 +847,116 @@ def segmentation_tests(project, con, node) -> list:
     out: list[TestResult] = []
 
     def add(test: str, ok: bool, message: str = "", failures: int = 0, examples=None):
-        out.append(TestResult(f"{test}({name})", node.unique_id, "pass" if ok else "fail", failures, "" if ok else message, examples or [], seg.file, seg.line))
+        out.append(
+            TestResult(
+                f"{test}({name})",
+                node.unique_id,
+                "pass" if ok else "fail",
+                failures,
+                "" if ok else message,
+                examples or [],
+                seg.file,
+                seg.line,
+            )
+        )
 
     if not table_exists(con, RESULTS, name):
-        out.append(TestResult(f"exists({name})", node.unique_id, "fail", 0, "segment table missing: run `segtool run` first", [], seg.file, seg.line))
+        out.append(
+            TestResult(
+                f"exists({name})",
+                node.unique_id,
+                "fail",
+                0,
+                "segment table missing: run `segtool run` first",
+                [],
+                seg.file,
+                seg.line,
+            )
+        )
         return out
     table = seg_table(name)
-    dups = con.execute(f"SELECT {k}, count(*) FROM {table} GROUP BY 1 HAVING count(*) > 1 LIMIT 5").fetchall()
-    add("one_segment_per_user", not dups, f"{len(dups)}+ user(s) in several segments", len(dups), dups)
+    dups = con.execute(
+        f"SELECT {k}, count(*) FROM {table} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
+    ).fetchall()
+    add(
+        "one_segment_per_user",
+        not dups,
+        f"{len(dups)}+ user(s) in several segments",
+        len(dups),
+        dups,
+    )
     pop = population_sql(proj, seg)
     if not seg.is_rules or seg.default:
-        missing = con.execute(f"SELECT p.{k} FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k} ORDER BY 1 LIMIT 5").fetchall()
-        n_missing = one(con.execute(f"SELECT count(*) FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k}"))[0] if missing else 0
-        add("every_user_assigned", not missing, f"{n_missing} user(s) of the population have no segment", n_missing, missing)
+        missing = con.execute(
+            f"SELECT p.{k} FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k} ORDER BY 1 LIMIT 5"
+        ).fetchall()
+        n_missing = (
+            one(
+                con.execute(f"SELECT count(*) FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k}")
+            )[0]
+            if missing
+            else 0
+        )
+        add(
+            "every_user_assigned",
+            not missing,
+            f"{n_missing} user(s) of the population have no segment",
+            n_missing,
+            missing,
+        )
     total = one(con.execute(f"SELECT count(*) FROM {table}"))[0] or 1
-    shares = con.execute(f"SELECT segment_id, any_value(segment), count(*) / {total}::DOUBLE AS share FROM {table} GROUP BY 1 ORDER BY 1").fetchall()
+    shares = con.execute(
+        f"SELECT segment_id, any_value(segment), count(*) / {total}::DOUBLE AS share FROM {table} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     t = seg.tests
     if t.min_share is not None:
         small = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh < t.min_share and s >= 0]
-        add("min_share", not small, f"{len(small)} segment(s) below min_share {t.min_share}", len(small), small)
+        add(
+            "min_share",
+            not small,
+            f"{len(small)} segment(s) below min_share {t.min_share}",
+            len(small),
+            small,
+        )
     if t.max_share is not None:
         big = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh > t.max_share]
-        add("max_share", not big, f"{len(big)} segment(s) above max_share {t.max_share}", len(big), big)
+        add(
+            "max_share",
+            not big,
+            f"{len(big)} segment(s) above max_share {t.max_share}",
+            len(big),
+            big,
+        )
     if t.max_moved_share is not None:
         last = one(con.execute(f"SELECT max(valid_from_run) FROM {hist_table(name)}"))[0]
         first = one(con.execute(f"SELECT min(valid_from_run) FROM {hist_table(name)}"))[0]
         if last is None or last == first:
-            out.append(TestResult(f"max_moved_share({name})", node.unique_id, "pass", 0, "", [], seg.file, seg.line))
+            out.append(
+                TestResult(
+                    f"max_moved_share({name})",
+                    node.unique_id,
+                    "pass",
+                    0,
+                    "",
+                    [],
+                    seg.file,
+                    seg.line,
+                )
+            )
         else:
-            moved = one(con.execute(
-                f"SELECT count(DISTINCT {k}) FROM {hist_table(name)} WHERE valid_to_run = ? AND {k} IN (SELECT {k} FROM {table})", [last]
-            ))[0]
+            moved = one(
+                con.execute(
+                    f"SELECT count(DISTINCT {k}) FROM {hist_table(name)} WHERE valid_to_run = ? AND {k} IN (SELECT {k} FROM {table})",
+                    [last],
+                )
+            )[0]
             share = moved / total
-            add("max_moved_share", share <= t.max_moved_share, f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})", moved)
+            add(
+                "max_moved_share",
+                share <= t.max_moved_share,
+                f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})",
+                moved,
+            )
     if t.min_silhouette is not None and not seg.is_rules:
         s = _silhouette(project, con, seg)
         add("min_silhouette", s >= t.min_silhouette, f"silhouette {s:.3f} < {t.min_silhouette}", 0)
@@ -718,7 +980,9 @@ def _silhouette(project, con, seg) -> float:
     sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
     loaded = _load_inputs(project.loaded, fingerprint, con, seg, sample, need_texts=False)
     X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
-    ids = con.sql(f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord").fetchnumpy()["segment_id"]
+    ids = con.sql(
+        f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"
+    ).fetchnumpy()["segment_id"]
     if len(set(ids.tolist())) < 2:
         return -1.0
     return float(silhouette(X, np.asarray(ids), sample_size=5000, seed=0))

@@ -28,15 +28,23 @@ class ModelResult:
     seconds: float
 
 
-def sql_error(exc: duckdb.Error, compiled_path: str, sql: str, model: str) -> SqlError | ExecutionError:
+def sql_error(
+    exc: duckdb.Error, compiled_path: str, sql: str, model: str
+) -> SqlError | ExecutionError:
     msg = str(exc).strip()
     m = re.search(r"LINE (\d+):", msg)
     line = int(m.group(1)) if m else None
     first = msg.splitlines()[0] if msg else type(exc).__name__
     if isinstance(exc, duckdb.IOException) and ("No space left" in msg or "disk" in msg.lower()):
-        return ExecutionError(f"model '{model}': disk full while writing: {first}", hint="free disk space and run again")
+        return ExecutionError(
+            f"model '{model}': disk full while writing: {first}",
+            hint="free disk space and run again",
+        )
     if isinstance(exc, duckdb.OutOfMemoryException):
-        return ExecutionError(f"model '{model}': out of memory: {first}", hint="set memory_limit in profiles.yml or lower threads")
+        return ExecutionError(
+            f"model '{model}': out of memory: {first}",
+            hint="set memory_limit in profiles.yml or lower threads",
+        )
     detail = "\n".join("    " + ln for ln in msg.splitlines()[1:6])
     return SqlError(
         f"model '{model}' failed: {first}" + (f"\n{detail}" if detail else ""),
@@ -82,7 +90,11 @@ def build_model(
         elif not incremental:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS\n{run_cm.sql}")
             rows = one(con.execute(f"SELECT count(*) FROM {rel}"))[0]
-            action = "full-refresh" if (mat == "incremental" and existing) else ("replaced" if existing else "created")
+            action = (
+                "full-refresh"
+                if (mat == "incremental" and existing)
+                else ("replaced" if existing else "created")
+            )
         else:
             tmp = quote_ident(f"__segtool_new_{cm.name}")
             con.execute(f"CREATE OR REPLACE TEMP TABLE {tmp} AS\n{run_cm.sql}")
@@ -98,7 +110,9 @@ def build_model(
             if keys:
                 keys = [keys] if isinstance(keys, str) else list(keys)
                 cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
-                con.execute(f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {tmp} AS n WHERE {cond})")
+                con.execute(
+                    f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {tmp} AS n WHERE {cond})"
+                )
             con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM {tmp}")
             rows = one(con.execute(f"SELECT count(*) FROM {tmp}"))[0]
             con.execute(f"DROP TABLE {tmp}")
@@ -131,7 +145,11 @@ def check_key(con: duckdb.DuckDBPyConnection, proj: LoadedProject, model: str, u
         f"SELECT {k}, count(*) AS n FROM {rel} GROUP BY {k} HAVING count(*) > 1 ORDER BY n DESC, {k} LIMIT 5"
     ).fetchall()
     if dups:
-        total = one(con.execute(f"SELECT count(*) FROM (SELECT {k} FROM {rel} GROUP BY {k} HAVING count(*) > 1)"))[0]
+        total = one(
+            con.execute(
+                f"SELECT count(*) FROM (SELECT {k} FROM {rel} GROUP BY {k} HAVING count(*) > 1)"
+            )
+        )[0]
         examples = ", ".join(f"{r[0]!r} ({r[1]} rows)" for r in dups)
         raise DataError(
             f"{path}: model '{model}' must have one row per {proj.spec.entity.name}, but {total} {key} value(s) repeat: {examples}",

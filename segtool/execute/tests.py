@@ -37,18 +37,34 @@ def parse_test(test: Any, col) -> tuple[str, dict]:
         name, args = next(iter(test.items()))
         args = args or {}
     else:
-        raise ProjectError(f"cannot read test {test!r} on column '{col.name}'", path=col.file, line=col.line,
-                           hint="write `- unique` or `- accepted_values: {values: [...]}`")
+        raise ProjectError(
+            f"cannot read test {test!r} on column '{col.name}'",
+            path=col.file,
+            line=col.line,
+            hint="write `- unique` or `- accepted_values: {values: [...]}`",
+        )
     if name not in COLUMN_TESTS:
-        raise ProjectError(f"unknown test '{name}' on column '{col.name}'", path=col.file, line=col.line,
-                           hint=did_you_mean(name, COLUMN_TESTS))
+        raise ProjectError(
+            f"unknown test '{name}' on column '{col.name}'",
+            path=col.file,
+            line=col.line,
+            hint=did_you_mean(name, COLUMN_TESTS),
+        )
     if not isinstance(args, dict):
-        raise ProjectError(f"test '{name}' on column '{col.name}' takes a mapping of arguments", path=col.file, line=col.line)
+        raise ProjectError(
+            f"test '{name}' on column '{col.name}' takes a mapping of arguments",
+            path=col.file,
+            line=col.line,
+        )
     needed = {"accepted_values": ("values",), "relationships": ("to", "field")}.get(name, ())
     missing = [a for a in needed if a not in args]
     if missing:
-        raise ProjectError(f"test '{name}' on column '{col.name}' needs {', '.join(missing)}", path=col.file, line=col.line,
-                           hint="e.g. accepted_values: {values: [a, b]} or relationships: {to: \"ref('m')\", field: id}")
+        raise ProjectError(
+            f"test '{name}' on column '{col.name}' needs {', '.join(missing)}",
+            path=col.file,
+            line=col.line,
+            hint="e.g. accepted_values: {values: [a, b]} or relationships: {to: \"ref('m')\", field: id}",
+        )
     return name, args
 
 
@@ -57,12 +73,18 @@ def _resolve_to(project, to: str) -> str:
     m = re.fullmatch(r"\s*ref\(\s*['\"](\w+)['\"]\s*\)\s*", to)
     if m:
         if m.group(1) not in proj.models:
-            raise ProjectError(f"relationships: unknown model '{m.group(1)}'", hint=did_you_mean(m.group(1), proj.models))
+            raise ProjectError(
+                f"relationships: unknown model '{m.group(1)}'",
+                hint=did_you_mean(m.group(1), proj.models),
+            )
         return relation(m.group(1))
     m = re.fullmatch(r"\s*source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)\s*", to)
     if m and (m.group(1), m.group(2)) in proj.sources:
         return source_sql(proj.sources[(m.group(1), m.group(2))])
-    raise ProjectError(f"relationships: cannot resolve to: {to!r}", hint="use to: \"ref('model')\" or \"source('src', 'table')\"")
+    raise ProjectError(
+        f"relationships: cannot resolve to: {to!r}",
+        hint="use to: \"ref('model')\" or \"source('src', 'table')\"",
+    )
 
 
 def column_test_sql(project, rel: str, col: str, name: str, args: dict) -> tuple[str, str]:
@@ -71,13 +93,19 @@ def column_test_sql(project, rel: str, col: str, name: str, args: dict) -> tuple
     if name == "not_null":
         return f"SELECT * FROM {rel} WHERE {c} IS NULL", "not_null"
     if name == "unique":
-        return f"SELECT {c}, count(*) AS n FROM {rel} WHERE {c} IS NOT NULL GROUP BY {c} HAVING count(*) > 1", "unique"
+        return (
+            f"SELECT {c}, count(*) AS n FROM {rel} WHERE {c} IS NOT NULL GROUP BY {c} HAVING count(*) > 1",
+            "unique",
+        )
     if name == "accepted_values":
         values = args.get("values")
         if not isinstance(values, list) or not values:
             raise ProjectError(f"accepted_values on '{col}' needs `values: [...]`")
         lits = ", ".join(sql_literal(v) for v in values)
-        return f"SELECT {c}, count(*) AS n FROM {rel} WHERE {c} IS NOT NULL AND {c} NOT IN ({lits}) GROUP BY {c}", "accepted_values"
+        return (
+            f"SELECT {c}, count(*) AS n FROM {rel} WHERE {c} IS NOT NULL AND {c} NOT IN ({lits}) GROUP BY {c}",
+            "accepted_values",
+        )
     if name == "relationships":
         to, fld = args.get("to"), args.get("field")
         if not to or not fld:
@@ -124,7 +152,11 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                     except duckdb.Error as exc:
                         status, n, ex = "error", 0, []
                         msg = str(exc).splitlines()[0]
-                    results.append(TestResult(tname, node.unique_id, status, int(n), msg, ex, col.file, col.line))
+                    results.append(
+                        TestResult(
+                            tname, node.unique_id, status, int(n), msg, ex, col.file, col.line
+                        )
+                    )
         from segtool.execute.segment import segmentation_tests
 
         for node in nodes:

@@ -76,8 +76,14 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 tags=[*st.source.tags, *tbl.tags],
                 description=tbl.description,
                 spec=st,
-                data={"path": tbl.path, "format": tbl.format, "options": tbl.options,
-                      "database": st.source.database, "schema": st.source.schema_, "identifier": tbl.identifier},
+                data={
+                    "path": tbl.path,
+                    "format": tbl.format,
+                    "options": tbl.options,
+                    "database": st.source.database,
+                    "schema": st.source.schema_,
+                    "identifier": tbl.identifier,
+                },
                 meta={"columns": [c.model_dump() for c in tbl.columns]},
             )
         )
@@ -103,9 +109,14 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 line=1,
                 tags=[*cm.config.tags, *(props.tags if props else [])],
                 description=props.description if props else "",
-                depends_on=[f"model.{r}" for r in cm.refs] + [f"source.{s}.{t}" for s, t in cm.sources],
+                depends_on=[f"model.{r}" for r in cm.refs]
+                + [f"source.{s}.{t}" for s, t in cm.sources],
                 spec=cm,
-                data={"sql": cm.sql, "materialized": cm.config.materialized, "unique_key": cm.config.unique_key},
+                data={
+                    "sql": cm.sql,
+                    "materialized": cm.config.materialized,
+                    "unique_key": cm.config.unique_key,
+                },
                 meta=_model_meta(m),
             )
         )
@@ -116,7 +127,12 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         if name in proj.models:  # exists but failed to compile or disabled: already reported
             return f"model.{name}"
         errors.append(
-            ProjectError(f"{what}: unknown model '{name}'", path=spec.file, line=spec.line, hint=did_you_mean(name, proj.models))
+            ProjectError(
+                f"{what}: unknown model '{name}'",
+                path=spec.file,
+                line=spec.line,
+                hint=did_you_mean(name, proj.models),
+            )
         )
         return None
 
@@ -124,8 +140,15 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         dep = need_model(fs.model, fs, f"features '{name}'")
         nodes.append(
             Node(
-                unique_id=f"features.{name}", kind="features", name=name, path=fs.file, line=fs.line,
-                tags=fs.tags, description=fs.description, depends_on=[dep] if dep else [], spec=fs,
+                unique_id=f"features.{name}",
+                kind="features",
+                name=name,
+                path=fs.file,
+                line=fs.line,
+                tags=fs.tags,
+                description=fs.description,
+                depends_on=[dep] if dep else [],
+                spec=fs,
                 data=fs.model_dump(exclude={"description", "tags"}),
             )
         )
@@ -136,36 +159,59 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
             errors.append(
                 ProjectError(
                     f"text '{name}': no template '{tx.template}' under {proj.spec.paths.templates}/",
-                    path=tx.file, line=tx.line, hint=did_you_mean(tx.template, proj.templates),
+                    path=tx.file,
+                    line=tx.line,
+                    hint=did_you_mean(tx.template, proj.templates),
                 )
             )
         tdeps = template_dependencies(proj, tx.template)
         for t in tdeps:
             for ref in _referenced(proj, t):
                 if ref not in proj.templates:
-                    errors.append(ProjectError(
-                        f"template '{t}' includes '{ref}', which is not under {proj.spec.paths.templates}/",
-                        path=proj.templates[t].path, hint=did_you_mean(ref, proj.templates),
-                    ))
+                    errors.append(
+                        ProjectError(
+                            f"template '{t}' includes '{ref}', which is not under {proj.spec.paths.templates}/",
+                            path=proj.templates[t].path,
+                            hint=did_you_mean(ref, proj.templates),
+                        )
+                    )
         sources_text = "".join(proj.templates[t].text for t in tdeps)
         # templates may read vars: then their values are part of what the text depends on
         uses_vars = "var(" in sources_text
         nodes.append(
             Node(
-                unique_id=f"text.{name}", kind="text", name=name, path=tx.file, line=tx.line,
-                tags=tx.tags, description=tx.description, depends_on=[dep] if dep else [], spec=tx,
-                data={"model": tx.model, "max_chars": tx.max_chars,
-                      "templates": {t: proj.templates[t].text for t in tdeps},
-                      "vars": proj.vars if uses_vars else None},
+                unique_id=f"text.{name}",
+                kind="text",
+                name=name,
+                path=tx.file,
+                line=tx.line,
+                tags=tx.tags,
+                description=tx.description,
+                depends_on=[dep] if dep else [],
+                spec=tx,
+                data={
+                    "model": tx.model,
+                    "max_chars": tx.max_chars,
+                    "templates": {t: proj.templates[t].text for t in tdeps},
+                    "vars": proj.vars if uses_vars else None,
+                },
             )
         )
 
     for name, enc in proj.encoders.items():
         nodes.append(
             Node(
-                unique_id=f"encoder.{name}", kind="encoder", name=name, path=enc.file, line=enc.line,
-                tags=enc.tags, description=enc.description, spec=enc,
-                data=enc.model_dump(exclude={"description", "tags", "batch_size", "device", "name"}),
+                unique_id=f"encoder.{name}",
+                kind="encoder",
+                name=name,
+                path=enc.file,
+                line=enc.line,
+                tags=enc.tags,
+                description=enc.description,
+                spec=enc,
+                data=enc.model_dump(
+                    exclude={"description", "tags", "batch_size", "device", "name"}
+                ),
             )
         )
 
@@ -185,31 +231,64 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
             for inp in seg.inputs:
                 if inp.features is not None:
                     if inp.features not in proj.features:
-                        errors.append(ProjectError(f"{where}: unknown features '{inp.features}'", path=inp.file, line=inp.line, hint=did_you_mean(inp.features, proj.features)))
+                        errors.append(
+                            ProjectError(
+                                f"{where}: unknown features '{inp.features}'",
+                                path=inp.file,
+                                line=inp.line,
+                                hint=did_you_mean(inp.features, proj.features),
+                            )
+                        )
                         continue
                     deps.append(f"features.{inp.features}")
                 else:
                     e = inp.embedding
                     ok = True
                     if e.text not in proj.texts:
-                        errors.append(ProjectError(f"{where}: unknown text '{e.text}'", path=inp.file, line=inp.line, hint=did_you_mean(e.text, proj.texts)))
+                        errors.append(
+                            ProjectError(
+                                f"{where}: unknown text '{e.text}'",
+                                path=inp.file,
+                                line=inp.line,
+                                hint=did_you_mean(e.text, proj.texts),
+                            )
+                        )
                         ok = False
                     if e.encoder not in proj.encoders:
-                        errors.append(ProjectError(f"{where}: unknown encoder '{e.encoder}'", path=inp.file, line=inp.line, hint=did_you_mean(e.encoder, proj.encoders)))
+                        errors.append(
+                            ProjectError(
+                                f"{where}: unknown encoder '{e.encoder}'",
+                                path=inp.file,
+                                line=inp.line,
+                                hint=did_you_mean(e.encoder, proj.encoders),
+                            )
+                        )
                         ok = False
                     if not ok:
                         continue
                     uid = f"embedding.{e.text}.{e.encoder}"
                     if uid not in embeddings:
                         embeddings[uid] = Node(
-                            unique_id=uid, kind="embedding", name=f"{e.text}.{e.encoder}", path=inp.file, line=inp.line,
-                            depends_on=[f"text.{e.text}", f"encoder.{e.encoder}"], data={"text": e.text, "encoder": e.encoder},
+                            unique_id=uid,
+                            kind="embedding",
+                            name=f"{e.text}.{e.encoder}",
+                            path=inp.file,
+                            line=inp.line,
+                            depends_on=[f"text.{e.text}", f"encoder.{e.encoder}"],
+                            data={"text": e.text, "encoder": e.encoder},
                         )
                     deps.append(uid)
         nodes.append(
             Node(
-                unique_id=f"segmentation.{name}", kind="segmentation", name=name, path=seg.file, line=seg.line,
-                tags=seg.tags, description=seg.description, depends_on=list(dict.fromkeys(deps)), spec=seg,
+                unique_id=f"segmentation.{name}",
+                kind="segmentation",
+                name=name,
+                path=seg.file,
+                line=seg.line,
+                tags=seg.tags,
+                description=seg.description,
+                depends_on=list(dict.fromkeys(deps)),
+                spec=seg,
                 data=seg.model_dump(exclude={"description", "tags", "tests", "update"}),
                 meta={"tests": seg.tests.model_dump(), "update": seg.update.model_dump()},
             )

@@ -116,7 +116,7 @@ class Graph:
                 if d not in candidates:
                     continue
                 if color.get(d) == 1:
-                    return stack[stack.index(d):]
+                    return stack[stack.index(d) :]
                 if d not in color:
                     found = dfs(d)
                     if found:
@@ -164,4 +164,6 @@ class Graph:
             n.own_hash = sha(dumps({"kind": n.kind, "data": n.data}))
             parents = sorted(self.nodes[d].data_hash for d in n.depends_on if d in self.nodes)
             n.data_hash = sha(dumps([n.own_hash, parents]))
-            n.metadata_hash = sha(dumps({"meta": n.meta, "tags": n.tags, "description": n.description}))
+            n.metadata_hash = sha(
+                dumps({"meta": n.meta, "tags": n.tags, "description": n.description})
+            )

@@ -43,13 +43,22 @@ def _match_body(graph: Graph, body: str, state: dict | None) -> set[str]:
         return {u for u, n in nodes.items() if value in n.tags}
     if method == "path":
         v = value.rstrip("/")
-        return {u for u, n in nodes.items() if n.path and (n.path == v or n.path.startswith(v + "/") or fnmatch.fnmatch(n.path, v))}
+        return {
+            u
+            for u, n in nodes.items()
+            if n.path and (n.path == v or n.path.startswith(v + "/") or fnmatch.fnmatch(n.path, v))
+        }
     if method in ("kind", "resource_type"):
         if value not in KINDS:
             raise SelectionError(f"unknown kind '{value}'", hint=did_you_mean(value, KINDS))
         return {u for u, n in nodes.items() if n.kind == value}
     if method == "source":
-        return {u for u, n in nodes.items() if n.kind == "source" and fnmatch.fnmatch(n.name, value if "." in value else value + ".*")}
+        return {
+            u
+            for u, n in nodes.items()
+            if n.kind == "source"
+            and fnmatch.fnmatch(n.name, value if "." in value else value + ".*")
+        }
     if method == "state":
         if state is None:
             raise SelectionError(
@@ -60,12 +69,20 @@ def _match_body(graph: Graph, body: str, state: dict | None) -> set[str]:
             return {u for u in nodes if u not in old}
         if value == "modified":  # the node's own definition or metadata, as dbt does
             return {
-                u for u, n in nodes.items()
-                if u not in old or old[u].get("own_hash") != n.own_hash or old[u].get("metadata_hash") != n.metadata_hash
+                u
+                for u, n in nodes.items()
+                if u not in old
+                or old[u].get("own_hash") != n.own_hash
+                or old[u].get("metadata_hash") != n.metadata_hash
             }
-        raise SelectionError(f"unknown state selector '{value}'", hint="use state:modified or state:new")
+        raise SelectionError(
+            f"unknown state selector '{value}'", hint="use state:modified or state:new"
+        )
     if method:
-        raise SelectionError(f"unknown selector method '{method}:'", hint="valid: tag:, path:, kind:, source:, state:")
+        raise SelectionError(
+            f"unknown selector method '{method}:'",
+            hint="valid: tag:, path:, kind:, source:, state:",
+        )
     out = {u for u, n in nodes.items() if fnmatch.fnmatchcase(n.name, value) or u == value}
     return out
 
@@ -73,10 +90,15 @@ def _match_body(graph: Graph, body: str, state: dict | None) -> set[str]:
 def _atom(graph: Graph, atom: str, state: dict | None) -> set[str]:
     m = _ATOM.match(atom)
     if not m:
-        raise SelectionError(f"cannot parse selector '{atom}'", hint="examples: name, +name, name+, tag:daily, path:models/")
+        raise SelectionError(
+            f"cannot parse selector '{atom}'",
+            hint="examples: name, +name, name+, tag:daily, path:models/",
+        )
     body = m.group("body")
     found = _match_body(graph, body, state)
-    if not found and not body.startswith(("state:", "tag:")):  # an unused tag selects nothing, as in dbt
+    if not found and not body.startswith(
+        ("state:", "tag:")
+    ):  # an unused tag selects nothing, as in dbt
         names = [n.name for n in graph.nodes.values()]
         raise SelectionError(f"selector '{atom}' matched no node", hint=did_you_mean(body, names))
     result = set(found)

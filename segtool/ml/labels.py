@@ -61,7 +61,10 @@ def keyword_labels(
             docs.append(t if isinstance(t, str) else ("" if t is None else str(t)))
             owner.append(ci)
     cv = CountVectorizer(
-        stop_words="english", token_pattern=TOKEN_PATTERN, ngram_range=ngram_range, lowercase=True,
+        stop_words="english",
+        token_pattern=TOKEN_PATTERN,
+        ngram_range=ngram_range,
+        lowercase=True,
         max_df=max_df if len(docs) >= 10 else 1.0,
     )
     try:

@@ -155,13 +155,19 @@ def load_project(
             text = _render_env(prof_path.read_text(encoding="utf-8"), PROFILES_FILE)
             pdata, pmarks = parse_yaml(text, PROFILES_FILE)
             errs = require_mapping(pdata, PROFILES_FILE)
-            profiles, errs2 = validate_spec(ProfilesSpec, pdata or {}, marks=pmarks, rel=PROFILES_FILE)
+            profiles, errs2 = validate_spec(
+                ProfilesSpec, pdata or {}, marks=pmarks, rel=PROFILES_FILE
+            )
             errors += errs + errs2
             if profiles:
                 targets = profiles.targets
         except ProjectError as exc:
-            errors.append(exc if exc.path else ProjectError(exc.message, path=PROFILES_FILE, hint=exc.hint))
-    target_name = target or spec.target or ("dev" if "dev" in targets or not targets else next(iter(targets)))
+            errors.append(
+                exc if exc.path else ProjectError(exc.message, path=PROFILES_FILE, hint=exc.hint)
+            )
+    target_name = (
+        target or spec.target or ("dev" if "dev" in targets or not targets else next(iter(targets)))
+    )
     if targets and target_name not in targets:
         raise ProjectError(
             f"target '{target_name}' is not in {PROFILES_FILE}",
@@ -175,7 +181,9 @@ def load_project(
     tspec = targets.get(target_name, TargetSpec())
 
     merged_vars = {**spec.vars, **(vars or {})}
-    proj = LoadedProject(root=root, spec=spec, target_name=target_name, target=tspec, vars=merged_vars)
+    proj = LoadedProject(
+        root=root, spec=spec, target_name=target_name, target=tspec, vars=merged_vars
+    )
 
     _load_models(proj, errors)
     _load_templates(proj, errors)
@@ -192,7 +200,11 @@ def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:
         return []
     out = []
     for pat in patterns:
-        out += [p for p in base.rglob(pat) if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+        out += [
+            p
+            for p in base.rglob(pat)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
+        ]
     return sorted(set(out))
 
 
@@ -200,7 +212,9 @@ def _read_text(p: Path, rel: str) -> str:
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ProjectError(f"file is not valid UTF-8 (byte {exc.start})", path=rel, hint="save it as UTF-8") from exc
+        raise ProjectError(
+            f"file is not valid UTF-8 (byte {exc.start})", path=rel, hint="save it as UTF-8"
+        ) from exc
 
 
 def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
@@ -242,7 +256,13 @@ def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
             for tbl in src.tables:
                 key = (src.name, tbl.name)
                 if key in proj.sources:
-                    errors.append(ProjectError(f"source '{src.name}.{tbl.name}' is declared twice", path=rel, line=tbl.line))
+                    errors.append(
+                        ProjectError(
+                            f"source '{src.name}.{tbl.name}' is declared twice",
+                            path=rel,
+                            line=tbl.line,
+                        )
+                    )
                     continue
                 if tbl.path is None and src.database is None:
                     errors.append(
@@ -266,7 +286,11 @@ def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
                     )
                 )
             elif model.props is not None:
-                errors.append(ProjectError(f"model '{mp.name}' has properties in two places", path=rel, line=mp.line))
+                errors.append(
+                    ProjectError(
+                        f"model '{mp.name}' has properties in two places", path=rel, line=mp.line
+                    )
+                )
             else:
                 model.props = mp
 

@@ -227,7 +227,9 @@ class InputSpec(Spec):
     @model_validator(mode="after")
     def _one(self):
         if (self.embedding is None) == (self.features is None):
-            raise ValueError("each input is either {embedding: {text, encoder}} or {features: NAME}")
+            raise ValueError(
+                "each input is either {embedding: {text, encoder}} or {features: NAME}"
+            )
         return self
 
 
@@ -299,12 +301,16 @@ class SegmentationSpec(Spec):
     def _shape(self):
         if self.rules:
             if self.inputs or self.cluster:
-                raise ValueError("a segmentation has either `rules` or `inputs` + `cluster`, not both")
+                raise ValueError(
+                    "a segmentation has either `rules` or `inputs` + `cluster`, not both"
+                )
             if not self.model:
                 raise ValueError("rule segments need `model`: the model their predicates read")
         else:
             if not self.inputs:
-                raise ValueError("a segmentation needs `inputs` (embeddings and/or features) or `rules`")
+                raise ValueError(
+                    "a segmentation needs `inputs` (embeddings and/or features) or `rules`"
+                )
             if self.cluster is None:
                 self.cluster = ClusterSpec()
         return self
@@ -315,5 +321,3 @@ class SegmentsFile(Spec):
     texts: list[TextSpec] = []
     encoders: list[EncoderSpec] = []
     segmentations: list[SegmentationSpec] = []
-
-

@@ -76,7 +76,15 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 
 def _clean_loc(loc: tuple) -> tuple:
     # pydantic inserts union member names ("int", "function-after[...]") into loc; drop them
-    return tuple(p for p in loc if isinstance(p, int) or not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool", "dict", "list", "literal"})))
+    return tuple(
+        p
+        for p in loc
+        if isinstance(p, int)
+        or not (
+            isinstance(p, str)
+            and ("[" in p or p in {"str", "int", "float", "bool", "dict", "list", "literal"})
+        )
+    )
 
 
 def validate_spec(
@@ -140,4 +148,10 @@ def _attach(obj: Any, rel: str, marks: Marks, path: tuple) -> None:
 def require_mapping(data: Any, rel: str) -> list[ProjectError]:
     if data is None or isinstance(data, dict):
         return []
-    return [ProjectError(f"expected a mapping at the top of the file, got {type(data).__name__}", path=rel, line=1)]
+    return [
+        ProjectError(
+            f"expected a mapping at the top of the file, got {type(data).__name__}",
+            path=rel,
+            line=1,
+        )
+    ]

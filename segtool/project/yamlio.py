@@ -76,7 +76,9 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
         raise ProjectError(
             f"unsupported YAML tag {node.tag}",
-            path=rel, line=node.start_mark.line + 1, col=node.start_mark.column + 1,
+            path=rel,
+            line=node.start_mark.line + 1,
+            col=node.start_mark.column + 1,
             hint="segtool reads plain YAML only; remove the tag",
         )
     if isinstance(node, yaml.MappingNode):
@@ -112,7 +114,9 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
             out[key] = _construct(loader, value_node, child, marks, rel)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, item, path + (i,), marks, rel) for i, item in enumerate(node.value)]
+        return [
+            _construct(loader, item, path + (i,), marks, rel) for i, item in enumerate(node.value)
+        ]
     return loader.construct_object(node, deep=True)
 
 

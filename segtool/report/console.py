@@ -22,7 +22,9 @@ class Reporter:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(file=self.stream, highlight=False, force_terminal=self.rich, soft_wrap=True)
+            self._console = Console(
+                file=self.stream, highlight=False, force_terminal=self.rich, soft_wrap=True
+            )
         return self._console
 
     def line(self, text: str = "") -> None:
@@ -41,7 +43,9 @@ class Reporter:
         else:
             print(f"warning: {text}", file=self.stream)
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    def table(
+        self, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+    ) -> None:
         if self.quiet:
             return
         if self.rich:
@@ -71,8 +75,12 @@ class Reporter:
         )
 
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         ) as p:
             task = p.add_task(label, total=total)
             yield _RichProgress(p, task)
@@ -99,7 +107,9 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [len(str(h)) for h in headers]
     for r in cells:

@@ -39,10 +39,14 @@ def run_summary(result) -> str:
     if "models" in s:
         parts.append(f"{s['models']} model(s)")
     for name, t in s.get("texts", {}).items():
-        parts.append(f"text {name}: {t['users']:,} users, {t['new']:,} new, {t['changed']:,} changed, {t['removed']:,} removed")
+        parts.append(
+            f"text {name}: {t['users']:,} users, {t['new']:,} new, {t['changed']:,} changed, {t['removed']:,} removed"
+        )
     for name, e in s.get("embeddings", {}).items():
         speed = f" at {e['texts_per_s']:,} texts/s on {e['device']}" if e["embedded"] else ""
         parts.append(f"embed {name}: {e['cached']:,} cached, {e['embedded']:,} embedded{speed}")
     for name, g in s.get("segmentations", {}).items():
-        parts.append(f"segments {name}: {g.get('action')} ({g.get('reason')}), {g.get('assigned', 0):,} assigned, {g.get('moved', 0):,} moved")
+        parts.append(
+            f"segments {name}: {g.get('action')} ({g.get('reason')}), {g.get('assigned', 0):,} assigned, {g.get('moved', 0):,} moved"
+        )
     return "\n".join(parts)

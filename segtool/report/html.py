@@ -17,10 +17,28 @@ from segtool.state.db import RESULTS, STATE, has_state, table_exists
 from segtool.state.result import one
 
 KIND_COLORS = {
-    "source": "#8d99ae", "model": "#4361ee", "text": "#f77f00", "encoder": "#9d4edd",
-    "features": "#2a9d8f", "embedding": "#e76f51", "segmentation": "#d62828",
+    "source": "#8d99ae",
+    "model": "#4361ee",
+    "text": "#f77f00",
+    "encoder": "#9d4edd",
+    "features": "#2a9d8f",
+    "embedding": "#e76f51",
+    "segmentation": "#d62828",
 }
-PALETTE = ["#4361ee", "#f77f00", "#2a9d8f", "#d62828", "#9d4edd", "#e9c46a", "#06d6a0", "#ef476f", "#118ab2", "#8d99ae", "#6a994e", "#bc6c25"]
+PALETTE = [
+    "#4361ee",
+    "#f77f00",
+    "#2a9d8f",
+    "#d62828",
+    "#9d4edd",
+    "#e9c46a",
+    "#06d6a0",
+    "#ef476f",
+    "#118ab2",
+    "#8d99ae",
+    "#6a994e",
+    "#bc6c25",
+]
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -45,13 +63,17 @@ def build_report(project, out: Path | None = None) -> Path:
     con = project.connect(read_only=True) if proj.database_path.exists() else None
     try:
         if con is not None and has_state(con):
-            runs = con.execute(f"SELECT run_id, started_at, status FROM {STATE}.runs ORDER BY run_id").fetchall()
+            runs = con.execute(
+                f"SELECT run_id, started_at, status FROM {STATE}.runs ORDER BY run_id"
+            ).fetchall()
             for name, seg in proj.segmentations.items():
                 if table_exists(con, RESULTS, name):
                     parts.append(_segmentation(project, con, seg))
             parts.append(_runs(runs))
         else:
-            parts.append("<section><h2>Segments</h2><p class=muted>No runs yet: <code>segtool run</code> first.</p></section>")
+            parts.append(
+                "<section><h2>Segments</h2><p class=muted>No runs yet: <code>segtool run</code> first.</p></section>"
+            )
     finally:
         if con is not None:
             con.close()
@@ -59,7 +81,8 @@ def build_report(project, out: Path | None = None) -> Path:
     page = (
         f"<!doctype html><html><head><meta charset=utf-8><title>{esc(proj.name)} · segtool</title><style>{CSS}</style></head><body>"
         f"<header><h1>{esc(proj.name)}</h1><p>segtool report · target {esc(proj.target_name)} · {when}</p></header><main>"
-        + "".join(parts) + "</main></body></html>"
+        + "".join(parts)
+        + "</main></body></html>"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
@@ -84,26 +107,33 @@ def _lineage(graph) -> str:
             pos[u] = (20 + d * (w + gx), 20 + i * (h + gy))
     width = 40 + (max(cols) + 1) * (w + gx) if cols else 200
     height = 40 + max((len(v) for v in cols.values()), default=1) * (h + gy)
-    svg = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="system-ui">']
+    svg = [
+        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="system-ui">'
+    ]
     for u in graph.order():
         for d in graph[u].depends_on:
             if d in pos:
                 (x1, y1), (x2, y2) = pos[d], pos[u]
                 x1, y1, y2 = x1 + w, y1 + h / 2, y2 + h / 2
                 mx = (x1 + x2) / 2
-                svg.append(f'<path d="M{x1},{y1} C{mx},{y1} {mx},{y2} {x2},{y2}" stroke="#bbb" fill="none"/>')
+                svg.append(
+                    f'<path d="M{x1},{y1} C{mx},{y1} {mx},{y2} {x2},{y2}" stroke="#bbb" fill="none"/>'
+                )
     for u, (x, y) in pos.items():
         n = graph[u]
         c = KIND_COLORS.get(n.kind, "#999")
         label = n.name if len(n.name) <= 24 else n.name[:23] + "…"
         svg.append(
-            f'<g><title>{esc(u)}{" — " + esc(n.description) if n.description else ""}</title>'
+            f"<g><title>{esc(u)}{' — ' + esc(n.description) if n.description else ''}</title>"
             f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="5" fill="#fff" stroke="{c}" stroke-width="1.5"/>'
             f'<rect x="{x}" y="{y}" width="5" height="{h}" rx="2" fill="{c}"/>'
             f'<text x="{x + 11}" y="{y + 17}">{esc(label)}</text></g>'
         )
     svg.append("</svg>")
-    legend = " ".join(f'<span><span class=swatch style="background:{c}"></span>{k}</span>' for k, c in KIND_COLORS.items())
+    legend = " ".join(
+        f'<span><span class=swatch style="background:{c}"></span>{k}</span>'
+        for k, c in KIND_COLORS.items()
+    )
     return f"<section><h2>Lineage</h2><p>{legend}</p><div style='overflow-x:auto'>{''.join(svg)}</div></section>"
 
 
@@ -115,7 +145,10 @@ def _segmentation(project, con, seg) -> str:
 
     name = seg.name
     prof = segmentation_profile(project, name, examples=2)
-    colors = {s["segment_id"]: PALETTE[i % len(PALETTE)] for i, s in enumerate(sorted(prof["segments"], key=lambda s: s["segment_id"]))}
+    colors = {
+        s["segment_id"]: PALETTE[i % len(PALETTE)]
+        for i, s in enumerate(sorted(prof["segments"], key=lambda s: s["segment_id"]))
+    }
     rows = []
     for s in prof["segments"]:
         feats = ", ".join(f"{esc(f['name'])} {f['z']:+.1f}σ" for f in s["features"])
@@ -125,8 +158,14 @@ def _segmentation(project, con, seg) -> str:
             f"<td><span class=bar style='width:{max(2, int(160 * s['share']))}px'></span> {s['share']:.1%}</td>"
             f"<td class=kw>{esc(', '.join(s['keywords']))}</td><td>{feats}</td></tr>"
         )
-    table = "<table><tr><th>id</th><th>segment</th><th>users</th><th>share</th><th>keywords</th><th>distinguishing features</th></tr>" + "".join(rows) + "</table>"
-    blocks = [f"<section><h2>{esc(name)} <span class=muted>({prof['kind']}, {prof['users']:,} users)</span></h2>{esc(seg.description)}{table}"]
+    table = (
+        "<table><tr><th>id</th><th>segment</th><th>users</th><th>share</th><th>keywords</th><th>distinguishing features</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    blocks = [
+        f"<section><h2>{esc(name)} <span class=muted>({prof['kind']}, {prof['users']:,} users)</span></h2>{esc(seg.description)}{table}"
+    ]
     grid = []
     if not seg.is_rules:
         m = _map(project, con, seg, colors)
@@ -142,16 +181,28 @@ def _segmentation(project, con, seg) -> str:
     for s in prof["segments"]:
         for e in s["examples"]:
             if e["text"]:
-                ex.append(f"<tr><td>{s['segment_id']}</td><td>{esc(e['key'])}</td><td>{esc(e['text'][:300])}</td></tr>")
+                ex.append(
+                    f"<tr><td>{s['segment_id']}</td><td>{esc(e['key'])}</td><td>{esc(e['text'][:300])}</td></tr>"
+                )
     if ex:
-        blocks.append("<h3>Example users</h3><table><tr><th>segment</th><th>user</th><th>text</th></tr>" + "".join(ex) + "</table>")
+        blocks.append(
+            "<h3>Example users</h3><table><tr><th>segment</th><th>user</th><th>text</th></tr>"
+            + "".join(ex)
+            + "</table>"
+        )
     blocks.append("</section>")
     return "".join(blocks)
 
 
 def _map(project, con, seg, colors, n: int = 1500) -> str:
     """A sample of users in the fitted space, projected to 2-D with PCA."""
-    from segtool.execute.segment import _active_fit, _apply_transformers, _load_inputs, _restore, seg_table
+    from segtool.execute.segment import (
+        _active_fit,
+        _apply_transformers,
+        _load_inputs,
+        _restore,
+        seg_table,
+    )
 
     active = _active_fit(con, seg.name)
     if active is None:
@@ -169,7 +220,15 @@ def _map(project, con, seg, colors, n: int = 1500) -> str:
         X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
     except Exception:  # noqa: BLE001 - the map is optional decoration
         return ""
-    ids = next(iter(con.sql(f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord").fetchnumpy().values()))
+    ids = next(
+        iter(
+            con.sql(
+                f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"
+            )
+            .fetchnumpy()
+            .values()
+        )
+    )
     if len(X) < 3:
         return ""
     Xc = X - X.mean(axis=0)
@@ -178,7 +237,10 @@ def _map(project, con, seg, colors, n: int = 1500) -> str:
     lo, hi = P.min(axis=0), P.max(axis=0)
     span = np.where(hi - lo > 0, hi - lo, 1)
     P = 10 + (P - lo) / span * 380
-    pts = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colors.get(int(i), "#999")}" fill-opacity=".7"/>' for (x, y), i in zip(P, ids))
+    pts = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colors.get(int(i), "#999")}" fill-opacity=".7"/>'
+        for (x, y), i in zip(P, ids)
+    )
     return f'<svg width="400" height="400" style="background:#fcfcfc;border:1px solid #eee">{pts}</svg>'
 
 
@@ -187,22 +249,36 @@ def _over_time(con, project, name: str, colors) -> str:
 
     if not table_exists(con, RESULTS, name + "_history"):
         return ""
-    runs = [r[0] for r in con.execute(f"SELECT DISTINCT valid_from_run FROM {hist_table(name)} UNION SELECT DISTINCT valid_to_run FROM {hist_table(name)} WHERE valid_to_run IS NOT NULL ORDER BY 1").fetchall()]
+    runs = [
+        r[0]
+        for r in con.execute(
+            f"SELECT DISTINCT valid_from_run FROM {hist_table(name)} UNION SELECT DISTINCT valid_to_run FROM {hist_table(name)} WHERE valid_to_run IS NOT NULL ORDER BY 1"
+        ).fetchall()
+    ]
     if len(runs) < 2:
         return ""
     sizes: dict[int, list[int]] = {}
     for r in runs:
         for sid, n in con.execute(
-            f"SELECT segment_id, count(*) FROM {hist_table(name)} WHERE valid_from_run <= ? AND (valid_to_run IS NULL OR valid_to_run > ?) GROUP BY 1", [r, r]
+            f"SELECT segment_id, count(*) FROM {hist_table(name)} WHERE valid_from_run <= ? AND (valid_to_run IS NULL OR valid_to_run > ?) GROUP BY 1",
+            [r, r],
         ).fetchall():
             sizes.setdefault(sid, [0] * len(runs))[runs.index(r)] = n
     top = max(max(v) for v in sizes.values()) or 1
     W, H = 400, 220
     lines = []
     for sid, v in sizes.items():
-        pts = " ".join(f"{20 + i * (W - 40) / (len(runs) - 1):.1f},{H - 20 - n / top * (H - 40):.1f}" for i, n in enumerate(v))
-        lines.append(f'<polyline points="{pts}" fill="none" stroke="{colors.get(sid, "#999")}" stroke-width="2"><title>segment {sid}</title></polyline>')
-    labels = "".join(f'<text x="{20 + i * (W - 40) / (len(runs) - 1):.1f}" y="{H - 4}" font-size="10" text-anchor="middle">run {r}</text>' for i, r in enumerate(runs))
+        pts = " ".join(
+            f"{20 + i * (W - 40) / (len(runs) - 1):.1f},{H - 20 - n / top * (H - 40):.1f}"
+            for i, n in enumerate(v)
+        )
+        lines.append(
+            f'<polyline points="{pts}" fill="none" stroke="{colors.get(sid, "#999")}" stroke-width="2"><title>segment {sid}</title></polyline>'
+        )
+    labels = "".join(
+        f'<text x="{20 + i * (W - 40) / (len(runs) - 1):.1f}" y="{H - 4}" font-size="10" text-anchor="middle">run {r}</text>'
+        for i, r in enumerate(runs)
+    )
     return f'<svg width="{W}" height="{H}" style="background:#fcfcfc;border:1px solid #eee">{"".join(lines)}{labels}</svg>'
 
 
@@ -220,11 +296,14 @@ def _flows(con, project, name: str) -> str:
         ON n.{k} = o.{k} AND n.valid_from_run = o.valid_to_run WHERE o.valid_to_run = ? GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20""",
         [last],
     ).fetchall()
-    body = "".join(f"<tr><td>{a}</td><td>→ {b}</td><td class=num>{n:,}</td></tr>" for a, b, n in rows)
+    body = "".join(
+        f"<tr><td>{a}</td><td>→ {b}</td><td class=num>{n:,}</td></tr>" for a, b, n in rows
+    )
     return f"<h3>Flows in run {last}</h3><table><tr><th>from</th><th>to</th><th>users</th></tr>{body}</table>"
 
 
 def _runs(runs) -> str:
-    rows = "".join(f"<tr><td>{r}</td><td>{esc(t)}</td><td>{esc(s)}</td></tr>" for r, t, s in runs[-20:])
+    rows = "".join(
+        f"<tr><td>{r}</td><td>{esc(t)}</td><td>{esc(s)}</td></tr>" for r, t, s in runs[-20:]
+    )
     return f"<section><h2>Runs</h2><table><tr><th>run</th><th>started</th><th>status</th></tr>{rows}</table></section>"
-

@@ -18,13 +18,17 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
 
     proj = project.loaded
     if name not in proj.segmentations:
-        raise ProjectError(f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations))
+        raise ProjectError(
+            f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations)
+        )
     seg = proj.segmentations[name]
     k = quote_ident(proj.key)
     con = project.connect(read_only=True)
     try:
         if not table_exists(con, RESULTS, name):
-            raise ProjectError(f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}")
+            raise ProjectError(
+                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
+            )
         total = one(con.execute(f"SELECT count(*) FROM {seg_table(name)}"))[0]
         rows = con.execute(
             f"""SELECT s.segment_id, any_value(s.segment), count(*), c.keywords, c.features, c.born_run
@@ -42,14 +46,26 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
                 else f"SELECT s.{k}, NULL FROM {seg_table(name)} s WHERE s.segment_id = ? ORDER BY s.{k} LIMIT {int(examples)}"
             )
             ex = con.execute(ex_sql, [sid]).fetchall() if examples else []
-            segments.append({
-                "segment_id": sid, "segment": label, "users": n, "share": n / total if total else 0.0,
-                "keywords": json.loads(kws) if kws else [], "features": json.loads(feats) if feats else [],
-                "born_run": born, "examples": [{"key": e[0], "text": e[1]} for e in ex],
-            })
+            segments.append(
+                {
+                    "segment_id": sid,
+                    "segment": label,
+                    "users": n,
+                    "share": n / total if total else 0.0,
+                    "keywords": json.loads(kws) if kws else [],
+                    "features": json.loads(feats) if feats else [],
+                    "born_run": born,
+                    "examples": [{"key": e[0], "text": e[1]} for e in ex],
+                }
+            )
         last_run = one(con.execute(f"SELECT max(run_id) FROM {seg_table(name)}"))[0]
-        return {"segmentation": name, "kind": "rules" if seg.is_rules else "clusters", "users": total,
-                "last_run": last_run, "segments": segments}
+        return {
+            "segmentation": name,
+            "kind": "rules" if seg.is_rules else "clusters",
+            "users": total,
+            "last_run": last_run,
+            "segments": segments,
+        }
     finally:
         con.close()
 
@@ -62,7 +78,17 @@ def format_profile(prof: dict, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(prof, indent=2, default=str)
     headers = ["id", "segment", "users", "share", "keywords", "distinguishing features"]
-    rows = [[s["segment_id"], s["segment"], s["users"], f"{s['share']:.1%}", ", ".join(s["keywords"]), _features_str(s["features"])] for s in prof["segments"]]
+    rows = [
+        [
+            s["segment_id"],
+            s["segment"],
+            s["users"],
+            f"{s['share']:.1%}",
+            ", ".join(s["keywords"]),
+            _features_str(s["features"]),
+        ]
+        for s in prof["segments"]
+    ]
     title = f"{prof['segmentation']} ({prof['kind']}): {prof['users']:,} users, last run {prof['last_run']}"
     if fmt == "markdown":
         out = [f"### {title}", "", markdown_table(headers, rows)]
@@ -71,7 +97,9 @@ def format_profile(prof: dict, fmt: str) -> str:
     for s in prof["segments"]:
         if s["examples"]:
             out.append("")
-            out.append(f"{'#### ' if fmt == 'markdown' else ''}segment {s['segment_id']} · {s['segment']}: examples")
+            out.append(
+                f"{'#### ' if fmt == 'markdown' else ''}segment {s['segment_id']} · {s['segment']}: examples"
+            )
             for e in s["examples"]:
                 txt = (e["text"] or "")[:240]
                 out.append(f"  - {e['key']}: {txt}")

@@ -70,7 +70,9 @@ def _lock_error(exc: Exception, db: Path) -> LockError:
     )
 
 
-def connect(proj: LoadedProject, *, read_only: bool = False, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    proj: LoadedProject, *, read_only: bool = False, threads: int | None = None
+) -> duckdb.DuckDBPyConnection:
     db = proj.database_path
     if read_only and not db.exists():
         raise ProjectError(
@@ -91,14 +93,18 @@ def connect(proj: LoadedProject, *, read_only: bool = False, threads: int | None
     return con
 
 
-def setup_connection(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, threads: int | None = None) -> None:
+def setup_connection(
+    con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, threads: int | None = None
+) -> None:
     """Relative paths in SQL resolve against the project root; sources in other
     DuckDB files are attached read-only."""
     con.execute(f"SET file_search_path = {sql_literal(str(proj.root))}")
     con.execute(f"SET threads = {int(threads or proj.target.threads)}")
     if proj.target.memory_limit:
         con.execute(f"SET memory_limit = {sql_literal(proj.target.memory_limit)}")
-    attached = {r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    attached = {
+        r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
+    }
     for st in proj.sources.values():
         src = st.source
         if src.database and attach_alias(src.name) not in attached:
@@ -107,9 +113,12 @@ def setup_connection(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, thr
             if not path.exists():
                 raise ProjectError(
                     f"source '{src.name}': database file {src.database} does not exist",
-                    path=src.file, line=src.line,
+                    path=src.file,
+                    line=src.line,
                 )
-            con.execute(f"ATTACH {sql_literal(str(path))} AS {quote_ident(attach_alias(src.name))} (READ_ONLY)")
+            con.execute(
+                f"ATTACH {sql_literal(str(path))} AS {quote_ident(attach_alias(src.name))} (READ_ONLY)"
+            )
             attached.add(attach_alias(src.name))
 
 
@@ -126,7 +135,9 @@ def has_state(con: duckdb.DuckDBPyConnection) -> bool:
     return state_version(con) > 0
 
 
-def migrate(con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, in_transaction: bool = False) -> None:
+def migrate(
+    con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, in_transaction: bool = False
+) -> None:
     """Bring `_segtool` to STATE_VERSION in one transaction (or inside the
     caller's, so a failed first run leaves no trace)."""
     current = state_version(con)
@@ -172,10 +183,12 @@ def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    row = one(con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND database_name = current_database()",
-        [schema, name],
-    ))
+    row = one(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND database_name = current_database()",
+            [schema, name],
+        )
+    )
     return bool(row[0])
 
 
@@ -183,17 +196,21 @@ def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> s
     """'table', 'view' or None."""
     if table_exists(con, schema, name):
         return "table"
-    row = one(con.execute(
-        "SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND view_name = ? AND database_name = current_database()",
-        [schema, name],
-    ))
+    row = one(
+        con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND view_name = ? AND database_name = current_database()",
+            [schema, name],
+        )
+    )
     return "view" if row[0] else None
 
 
 # ----------------------------------------------------------------------------- runs
 
 
-def start_run(con: duckdb.DuckDBPyConnection, command: str, target: str, args: dict[str, Any]) -> int:
+def start_run(
+    con: duckdb.DuckDBPyConnection, command: str, target: str, args: dict[str, Any]
+) -> int:
     row = one(con.execute(f"SELECT coalesce(max(run_id), 0) + 1 FROM {STATE}.runs"))
     run_id = int(row[0])
     con.execute(
@@ -203,7 +220,9 @@ def start_run(con: duckdb.DuckDBPyConnection, command: str, target: str, args: d
     return run_id
 
 
-def finish_run(con: duckdb.DuckDBPyConnection, run_id: int, status: str, summary: dict[str, Any]) -> None:
+def finish_run(
+    con: duckdb.DuckDBPyConnection, run_id: int, status: str, summary: dict[str, Any]
+) -> None:
     con.execute(
         f"UPDATE {STATE}.runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
         [now(), status, json.dumps(summary, default=str), run_id],
@@ -215,12 +234,20 @@ def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int) -> No
         return
     con.executemany(
         f"INSERT OR REPLACE INTO {STATE}.nodes VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [[n.unique_id, n.kind, n.data_hash, n.own_hash, n.metadata_hash, run_id, now()] for n in nodes],
+        [
+            [n.unique_id, n.kind, n.data_hash, n.own_hash, n.metadata_hash, run_id, now()]
+            for n in nodes
+        ],
     )
 
 
 def node_states(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
     if not has_state(con):
         return {}
-    rows = con.execute(f"SELECT unique_id, data_hash, own_hash, metadata_hash, run_id FROM {STATE}.nodes").fetchall()
-    return {r[0]: {"data_hash": r[1], "own_hash": r[2], "metadata_hash": r[3], "run_id": r[4]} for r in rows}
+    rows = con.execute(
+        f"SELECT unique_id, data_hash, own_hash, metadata_hash, run_id FROM {STATE}.nodes"
+    ).fetchall()
+    return {
+        r[0]: {"data_hash": r[1], "own_hash": r[2], "metadata_hash": r[3], "run_id": r[4]}
+        for r in rows
+    }

@@ -54,7 +54,9 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self.read() or {}
-                stale = holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0) or 0))
+                stale = holder.get("host") == socket.gethostname() and not _alive(
+                    int(holder.get("pid", 0) or 0)
+                )
                 if stale or not holder:
                     self.path.unlink(missing_ok=True)  # the holder died without cleaning up
                     continue

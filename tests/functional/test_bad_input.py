@@ -28,20 +28,41 @@ def _fails(project, *args, code=1, contains=()):
 
 
 def test_malformed_yaml(built):
-    built.write("segments/segments.yml", built.read("segments/segments.yml").replace("  - name: rfm", "  - name: rfm\n   bad: [indent"))
+    built.write(
+        "segments/segments.yml",
+        built.read("segments/segments.yml").replace(
+            "  - name: rfm", "  - name: rfm\n   bad: [indent"
+        ),
+    )
     r = _fails(built, "run", contains=["segments/segments.yml:", "malformed YAML"])
     assert ">" in r.stderr  # the numbered context lines mark the fault
     _fails(built, "validate", contains=["malformed YAML"])
 
 
 def test_unknown_key_with_nearest(built):
-    built.edit("segments/segments.yml", "cluster: {method: kmeans, k: 3, seed: 7}", "cluster: {method: kmeans, k: 3, sed: 7}")
-    _fails(built, "run", contains=["segments/segments.yml:", "unknown key 'sed'", "did you mean 'seed'"])
+    built.edit(
+        "segments/segments.yml",
+        "cluster: {method: kmeans, k: 3, seed: 7}",
+        "cluster: {method: kmeans, k: 3, sed: 7}",
+    )
+    _fails(
+        built,
+        "run",
+        contains=["segments/segments.yml:", "unknown key 'sed'", "did you mean 'seed'"],
+    )
 
 
 def test_unknown_ref(built):
     built.edit("models/user_features.sql", "ref('stg_orders')", "ref('stg_order')")
-    _fails(built, "run", contains=["models/user_features.sql:", "no model named 'stg_order'", "did you mean 'stg_orders'"])
+    _fails(
+        built,
+        "run",
+        contains=[
+            "models/user_features.sql:",
+            "no model named 'stg_order'",
+            "did you mean 'stg_orders'",
+        ],
+    )
 
 
 def test_unknown_source(built):
@@ -53,11 +74,15 @@ def test_cycle(built):
     built.write("models/a.sql", "select * from {{ ref('b') }}")
     built.write("models/b.sql", "select * from {{ ref('a') }}")
     r = _fails(built, "run", contains=["dependency cycle", "model.a", "model.b"])
-    assert "model.a -> model.b -> model.a" in r.stderr or "model.b -> model.a -> model.b" in r.stderr
+    assert (
+        "model.a -> model.b -> model.a" in r.stderr or "model.b -> model.a -> model.b" in r.stderr
+    )
 
 
 def test_sql_error_names_compiled_file_and_line(built):
-    built.edit("models/user_features.sql", "count(o.order_id) as orders,", "count(o.order_idx) as orders,")
+    built.edit(
+        "models/user_features.sql", "count(o.order_id) as orders,", "count(o.order_idx) as orders,"
+    )
     r = _fails(built, "run", contains=["order_idx"])
     assert "models/user_features.sql:" in r.stderr
     assert ":6" in r.stderr or "LINE" in r.stderr or ":5" in r.stderr
@@ -81,9 +106,13 @@ def test_sql_runtime_error_rolls_back_every_model(built):
 def test_key_column_problems(built, change, message):
     sql = built.read("models/user_features.sql")
     if change == "group by all":
-        sql = sql.replace("group by all", "group by all\n union all select 1, 'DE', 1, 1, 1, 'none', []")
+        sql = sql.replace(
+            "group by all", "group by all\n union all select 1, 'DE', 1, 1, 1, 'none', []"
+        )
     elif change == "null_key":
-        sql = sql.replace("group by all", "group by all\n union all select null, 'DE', 1, 1, 1, 'none', []")
+        sql = sql.replace(
+            "group by all", "group by all\n union all select null, 'DE', 1, 1, 1, 'none', []"
+        )
     else:
         sql = sql.replace("u.user_id,", "u.user_id as uid,")
     built.write("models/user_features.sql", sql)
@@ -100,7 +129,9 @@ def test_template_syntax_error(built):
 
 def test_undefined_variable_in_template(built):
     built.write("templates/story.j2", "A shopper\nwith {{ ordres }} orders")
-    _fails(built, "validate", contains=["templates/story.j2:2", "'ordres'", "did you mean 'orders'"])
+    _fails(
+        built, "validate", contains=["templates/story.j2:2", "'ordres'", "did you mean 'orders'"]
+    )
 
 
 def test_undefined_attribute_names_user_and_line(built):
@@ -141,7 +172,11 @@ def test_database_locked_by_another_process(built, tmp_path):
 
 
 def test_empty_population(built):
-    built.edit("segments/segments.yml", "  - name: behaviour\n", "  - name: behaviour\n    population: \"orders > 1000\"\n")
+    built.edit(
+        "segments/segments.yml",
+        "  - name: behaviour\n",
+        '  - name: behaviour\n    population: "orders > 1000"\n',
+    )
     _fails(built, "run", contains=["population is empty", "orders > 1000"])
 
 
@@ -151,22 +186,40 @@ def test_k_larger_than_population(built):
 
 
 def test_nan_features(built):
-    built.edit("models/user_features.sql", "coalesce(sum(o.amount), 0) as revenue", "coalesce(sum(o.amount), 0) + case when any_value(u.user_id) = 7 then 'nan'::double else 0 end as revenue")
+    built.edit(
+        "models/user_features.sql",
+        "coalesce(sum(o.amount), 0) as revenue",
+        "coalesce(sum(o.amount), 0) + case when any_value(u.user_id) = 7 then 'nan'::double else 0 end as revenue",
+    )
     r = _fails(built, "run", contains=["column 'revenue'", "NaN", "impute"])
     assert "7" in r.stderr
 
 
 def test_bad_rule_predicates(built):
-    built.edit("segments/segments.yml", 'when: "revenue > 300"', 'when: "revenue > 300; drop table user_features"')
+    built.edit(
+        "segments/segments.yml",
+        'when: "revenue > 300"',
+        'when: "revenue > 300; drop table user_features"',
+    )
     _fails(built, "validate", contains=["not a single SQL expression"])
     _fails(built, "run", contains=["not a single SQL expression"])
-    built.edit("segments/segments.yml", 'when: "revenue > 300; drop table user_features"', 'when: "revenue >> > 300"')
+    built.edit(
+        "segments/segments.yml",
+        'when: "revenue > 300; drop table user_features"',
+        'when: "revenue >> > 300"',
+    )
     _fails(built, "validate", contains=["invalid predicate"])
 
 
 def test_inputs_with_different_user_sets(built):
-    built.write("models/other_features.sql", "select * from {{ ref('user_features') }} where user_id > 5")
-    built.edit("segments/segments.yml", "  - name: rfm\n    model: user_features", "  - name: rfm\n    model: other_features")
+    built.write(
+        "models/other_features.sql", "select * from {{ ref('user_features') }} where user_id > 5"
+    )
+    built.edit(
+        "segments/segments.yml",
+        "  - name: rfm\n    model: user_features",
+        "  - name: rfm\n    model: other_features",
+    )
     _fails(built, "run", contains=["different user sets"])
 
 
@@ -207,12 +260,17 @@ def test_overlong_text_is_truncated_counted_and_warned(project):
     project.edit("segments/segments.yml", "max_chars: 300", "max_chars: 40")
     r = project.cli("run")
     assert "cut to max_chars=40" in r.stdout
-    assert project.sql("select max(n_chars), count(*) filter (where truncated) from _segtool.texts__story") == [(40, 60)] or \
-        project.sql("select max(n_chars) <= 40 from _segtool.texts__story") == [(True,)]
+    assert project.sql(
+        "select max(n_chars), count(*) filter (where truncated) from _segtool.texts__story"
+    ) == [(40, 60)] or project.sql("select max(n_chars) <= 40 from _segtool.texts__story") == [
+        (True,)
+    ]
 
 
 def test_emoji_and_empty_texts(project):
-    project.write("templates/story.j2", "{% if user_id % 2 == 0 %}🛒 {{ country }} ✨ naïve{% endif %}")
+    project.write(
+        "templates/story.j2", "{% if user_id % 2 == 0 %}🛒 {{ country }} ✨ naïve{% endif %}"
+    )
     r = project.cli("run")
     assert "empty text(s)" in r.stdout
     texts = dict(project.sql("select user_id, text from _segtool.texts__story"))
@@ -235,12 +293,20 @@ def test_disk_full(project, tmp_path):
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     try:
         project.write("profiles.yml", f"targets:\n  dev: {{database: {mnt}/seg.duckdb}}\n")
         r = project.cli("run", expect=2)
-        assert "disk full" in r.stderr and "No space left" in r.stderr and "Traceback" not in r.stderr
+        assert (
+            "disk full" in r.stderr and "No space left" in r.stderr and "Traceback" not in r.stderr
+        )
         subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)
         project.cli("run")
         assert project.cli("show", "behaviour").stdout

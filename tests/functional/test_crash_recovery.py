@@ -51,7 +51,12 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     killed = ProjectDir(write_files(tmp_path / "killed", files))
     clean = ProjectDir(write_files(tmp_path / "clean", files))
 
-    p = subprocess.run([sys.executable, "-c", KILLER, str(killed.root)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", KILLER, str(killed.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == -9, p.stdout + p.stderr
     # the lock file of the dead run is still there; the next run takes it over
     assert (killed.root / "target/segtool.duckdb.lock").exists()
@@ -59,7 +64,9 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     assert killed.sql("select count(*) from _segtool.texts__story")[0][0] == 300
 
     killed.cli("run")
-    s = json.loads((killed.root / "target/run_results.json").read_text())["summary"]["embeddings"]["story.hash"]
+    s = json.loads((killed.root / "target/run_results.json").read_text())["summary"]["embeddings"][
+        "story.hash"
+    ]
     assert s["cached"] == 60
     assert s["embedded"] == s["distinct_texts"] - 60
 

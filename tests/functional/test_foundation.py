@@ -59,7 +59,9 @@ def test_run_materializes_models(project):
     r = project.cli("run")
     assert "model user_features" in r.stdout
     assert project.sql("select count(*) from user_features") == [(60,)]
-    kinds = dict(project.sql("select table_name, 'table' from duckdb_tables() where schema_name = 'main'"))
+    kinds = dict(
+        project.sql("select table_name, 'table' from duckdb_tables() where schema_name = 'main'")
+    )
     assert "user_features" in kinds and "stg_orders" not in kinds  # stg_orders is a view
     results = json.loads((project.root / "target/run_results.json").read_text())
     assert results["status"] == "success" and results["run_id"] == 1
@@ -71,7 +73,10 @@ def test_vars_override_and_target(project):
     project.cli("run", "-s", "user_features", "--vars", "{as_of: '2025-07-01'}")
     (r,) = project.sql("select min(recency_days) from user_features")
     assert r[0] > 300
-    project.write("profiles.yml", "targets:\n  dev: {database: target/dev.duckdb}\n  other: {database: target/other.duckdb}\n")
+    project.write(
+        "profiles.yml",
+        "targets:\n  dev: {database: target/dev.duckdb}\n  other: {database: target/other.duckdb}\n",
+    )
     project.cli("run", "-s", "+user_features", "--target", "other")
     assert (project.root / "target/other.duckdb").exists()
     r = project.cli("run", "--target", "nope", expect=1)
@@ -103,11 +108,28 @@ def test_ls_selection(project):
         return project.cli("ls", *args).stdout.split()
 
     up = ls("-s", "+user_features")
-    assert sorted(up) == ["model.stg_orders", "model.user_features", "source.shop.orders", "source.shop.users"]
-    assert up.index("source.shop.orders") < up.index("model.stg_orders") < up.index("model.user_features")
+    assert sorted(up) == [
+        "model.stg_orders",
+        "model.user_features",
+        "source.shop.orders",
+        "source.shop.users",
+    ]
+    assert (
+        up.index("source.shop.orders")
+        < up.index("model.stg_orders")
+        < up.index("model.user_features")
+    )
     down = ls("-s", "stg_orders+")
-    assert "model.user_features" in down and "segmentation.behaviour" in down and "source.shop.users" not in down
-    assert sorted(ls("-s", "1+user_features")) == ["model.stg_orders", "model.user_features", "source.shop.users"]
+    assert (
+        "model.user_features" in down
+        and "segmentation.behaviour" in down
+        and "source.shop.users" not in down
+    )
+    assert sorted(ls("-s", "1+user_features")) == [
+        "model.stg_orders",
+        "model.user_features",
+        "source.shop.users",
+    ]
     assert ls("-s", "path:segments/segments.yml", "--exclude", "kind:encoder")[0] == "features.rfm"
     assert ls("-s", "stg_* lifecycle") == ["model.stg_orders", "segmentation.lifecycle"]
     project.cli("compile")
@@ -130,7 +152,9 @@ def test_column_tests_pass_and_fail(project):
     project.cli("run")
     r = project.cli("test")
     assert "unique(user_features.user_id)" in r.stdout and " 0 failed" in r.stdout
-    project.edit("models/schema.yml", "values: [outdoor, baby, gaming, none]", "values: [outdoor, baby]")
+    project.edit(
+        "models/schema.yml", "values: [outdoor, baby, gaming, none]", "values: [outdoor, baby]"
+    )
     r = project.cli("test", expect=1)
     assert "FAIL  accepted_values(user_features.top_category)" in r.stdout
     assert "gaming" in r.stdout  # an offending value is shown
@@ -162,17 +186,30 @@ def test_validate_checks_column_tests_and_includes(project):
 
 
 def test_templates_may_read_vars_and_a_var_change_rerenders(project):
-    project.write("templates/story.j2", "As of {{ var('as_of') }}: {{ orders }} orders from {{ country }}")
+    project.write(
+        "templates/story.j2", "As of {{ var('as_of') }}: {{ orders }} orders from {{ country }}"
+    )
     project.cli("validate")
     project.cli("run")
-    assert project.sql("select text from _segtool.texts__story limit 1")[0][0].startswith("As of 2024-07-01")
+    assert project.sql("select text from _segtool.texts__story limit 1")[0][0].startswith(
+        "As of 2024-07-01"
+    )
     project.cli("run", "--vars", "{as_of: '2024-08-01'}")
-    assert project.sql("select count(*) from _segtool.texts__story where text like 'As of 2024-08-01%'")[0][0] == 60
+    assert (
+        project.sql(
+            "select count(*) from _segtool.texts__story where text like 'As of 2024-08-01%'"
+        )[0][0]
+        == 60
+    )
 
 
 def test_accepted_values_counts_rows_and_state_works_for_test(project):
     project.cli("run")
-    project.edit("models/schema.yml", "values: [outdoor, baby, gaming, none]", "values: [outdoor, baby, none]")
+    project.edit(
+        "models/schema.yml",
+        "values: [outdoor, baby, gaming, none]",
+        "values: [outdoor, baby, none]",
+    )
     r = project.cli("test", expect=1)
     assert "accepted_values(user_features.top_category): 20 offending row(s)" in r.stdout
     project.cli("compile")
@@ -184,9 +221,15 @@ def test_accepted_values_counts_rows_and_state_works_for_test(project):
 
 def test_rerender_counts_texts_that_changed(project):
     project.cli("run")
-    project.edit("templates/story.j2", "A shopper from {{ country }}", "A shopper from {{ 'Germany' if country == 'DE' else country }}")
+    project.edit(
+        "templates/story.j2",
+        "A shopper from {{ country }}",
+        "A shopper from {{ 'Germany' if country == 'DE' else country }}",
+    )
     project.cli("run")
-    t = json.loads((project.root / "target/run_results.json").read_text())["summary"]["texts"]["story"]
+    t = json.loads((project.root / "target/run_results.json").read_text())["summary"]["texts"][
+        "story"
+    ]
     de = project.sql("select count(*) from user_features where country = 'DE'")[0][0]
     assert (t["rendered"], t["new"], t["changed"], t["unchanged"]) == (60, 0, de, 60 - de)
 
@@ -196,10 +239,17 @@ def test_sources_attached_database_json_and_reader_options(project):
 
     other = project.root / "crm.duckdb"
     con = duckdb.connect(str(other))
-    con.execute("create schema sales; create table sales.accounts as select range as user_id, 'tier' || (range % 2) as tier from range(1, 61)")
+    con.execute(
+        "create schema sales; create table sales.accounts as select range as user_id, 'tier' || (range % 2) as tier from range(1, 61)"
+    )
     con.close()
-    project.write("data/notes.json", "\n".join(f'{{"user_id": {i}, "note": "n{i}"}}' for i in range(1, 61)) + "\n")
-    project.write("data/semi.csv", "user_id;flag\n" + "\n".join(f"{i};{i % 2}" for i in range(1, 61)) + "\n")
+    project.write(
+        "data/notes.json",
+        "\n".join(f'{{"user_id": {i}, "note": "n{i}"}}' for i in range(1, 61)) + "\n",
+    )
+    project.write(
+        "data/semi.csv", "user_id;flag\n" + "\n".join(f"{i};{i % 2}" for i in range(1, 61)) + "\n"
+    )
     project.write(
         "models/more_sources.yml",
         """
@@ -230,11 +280,17 @@ def test_sources_attached_database_json_and_reader_options(project):
     )
     project.cli("validate")
     project.cli("run", "-s", "+enriched")
-    assert project.sql("select count(*), count(distinct tier), sum(flag) from enriched") == [(60, 2, 30)]
+    assert project.sql("select count(*), count(distinct tier), sum(flag) from enriched") == [
+        (60, 2, 30)
+    ]
 
 
 def test_min_silhouette_test(project):
-    project.edit("segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", "tests: {min_share: 0.05, max_share: 0.9, min_silhouette: 0.99}")
+    project.edit(
+        "segments/segments.yml",
+        "tests: {min_share: 0.05, max_share: 0.9}",
+        "tests: {min_share: 0.05, max_share: 0.9, min_silhouette: 0.99}",
+    )
     project.cli("run")
     r = project.cli("test", "-s", "behaviour", expect=1)
     assert "FAIL  min_silhouette(behaviour): silhouette" in r.stdout

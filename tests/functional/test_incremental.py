@@ -48,23 +48,34 @@ def test_removed_users_leave_the_table(project):
     project.cli("run")
     files = data_files()
     lines = files["data/users.csv"].splitlines()
-    project.write("data/users.csv", "\n".join(line for line in lines if not line.startswith(("7,", "8,"))) + "\n")
+    project.write(
+        "data/users.csv",
+        "\n".join(line for line in lines if not line.startswith(("7,", "8,"))) + "\n",
+    )
     project.cli("run")
     s = summary(project)
     assert s["texts"]["story"]["removed"] == 2
     keys = {r[0] for r in project.sql("select user_id from segments.behaviour")}
     assert 7 not in keys and 8 not in keys and len(keys) == 58
-    closed = project.sql("select user_id from segments.behaviour_history where valid_to_run = 2 order by 1")
+    closed = project.sql(
+        "select user_id from segments.behaviour_history where valid_to_run = 2 order by 1"
+    )
     assert [r[0] for r in closed] == [7, 8]
 
 
 def test_template_change_rerenders_all_but_reembeds_only_changed_texts(project):
     project.cli("run")
-    project.edit("templates/story.j2", "A shopper from {{ country }}", "A shopper from {{ 'Germany' if country == 'DE' else country }}")
+    project.edit(
+        "templates/story.j2",
+        "A shopper from {{ country }}",
+        "A shopper from {{ 'Germany' if country == 'DE' else country }}",
+    )
     project.cli("run")
     s = summary(project)
     assert s["texts"]["story"]["rendered"] == 60
-    de_texts = project.sql("select count(distinct text_hash) from _segtool.texts__story where text like '%Germany%'")[0][0]
+    de_texts = project.sql(
+        "select count(distinct text_hash) from _segtool.texts__story where text like '%Germany%'"
+    )[0][0]
     assert s["embeddings"]["story.hash"]["embedded"] == de_texts > 0
     # the template is not part of the fitted model: reassign, not refit
     assert s["segmentations"]["behaviour"]["action"] == "assign"
@@ -75,7 +86,9 @@ def test_encoder_change_reembeds_and_refits(project):
     project.edit("segments/segments.yml", "dim: 256", "dim: 128")
     project.cli("run")
     s = summary(project)
-    assert s["embeddings"]["story.hash"]["embedded"] == s["embeddings"]["story.hash"]["distinct_texts"]
+    assert (
+        s["embeddings"]["story.hash"]["embedded"] == s["embeddings"]["story.hash"]["distinct_texts"]
+    )
     assert s["segmentations"]["behaviour"]["action"] == "refit"
     assert s["segmentations"]["behaviour"]["reason"] == "definition changed"
 
@@ -83,16 +96,36 @@ def test_encoder_change_reembeds_and_refits(project):
 def test_refit_keeps_ids_and_history_shows_exactly_the_movers(project):
     project.cli("run")
     before = dict(project.sql("select user_id, segment_id from segments.behaviour"))
-    labels_before = dict(project.sql("select segment_id, label from _segtool.segment_catalog where segmentation = 'behaviour'"))
-    project.edit("segments/segments.yml", "cluster: {method: kmeans, k: 3, seed: 7}", "cluster: {method: kmeans, k: 3, seed: 11}")
+    labels_before = dict(
+        project.sql(
+            "select segment_id, label from _segtool.segment_catalog where segmentation = 'behaviour'"
+        )
+    )
+    project.edit(
+        "segments/segments.yml",
+        "cluster: {method: kmeans, k: 3, seed: 7}",
+        "cluster: {method: kmeans, k: 3, seed: 11}",
+    )
     project.cli("run")
     after = dict(project.sql("select user_id, segment_id from segments.behaviour"))
     same = np.mean([after[u] == before[u] for u in before])
     assert same >= 0.9
     moved = {u for u in before if after[u] != before[u]}
-    hist = {r[0] for r in project.sql("select user_id from segments.behaviour_history where valid_to_run = 2")}
+    hist = {
+        r[0]
+        for r in project.sql(
+            "select user_id from segments.behaviour_history where valid_to_run = 2"
+        )
+    }
     assert hist == moved
-    assert dict(project.sql("select segment_id, label from _segtool.segment_catalog where segmentation = 'behaviour'")).keys() == labels_before.keys()
+    assert (
+        dict(
+            project.sql(
+                "select segment_id, label from _segtool.segment_catalog where segmentation = 'behaviour'"
+            )
+        ).keys()
+        == labels_before.keys()
+    )
 
 
 def test_forced_refit_and_policy(project):
@@ -100,7 +133,9 @@ def test_forced_refit_and_policy(project):
     project.cli("run", "--refit")
     g = summary(project)["segmentations"]["behaviour"]
     assert g["action"] == "refit" and g["reason"] == "--refit" and g["moved"] == 0
-    fits = project.sql("select count(*), count(*) filter (where active) from _segtool.fitted where segmentation = 'behaviour'")
+    fits = project.sql(
+        "select count(*), count(*) filter (where active) from _segtool.fitted where segmentation = 'behaviour'"
+    )
     assert fits == [(2, 1)]
 
 
@@ -111,7 +146,9 @@ def test_rules_segments_and_history(project):
     project.edit("segments/segments.yml", 'when: "revenue > 300"', 'when: "revenue > 200"')
     project.cli("run")
     g = summary(project)["segmentations"]["lifecycle"]
-    moved = project.sql("select count(*) from segments.lifecycle_history where valid_to_run = 2")[0][0]
+    moved = project.sql("select count(*) from segments.lifecycle_history where valid_to_run = 2")[
+        0
+    ][0]
     assert g["moved"] == moved
 
 
@@ -120,7 +157,15 @@ def test_python_api_and_export(project):
 
     project.cli("run")
     df = Project.load(project.root).segments("behaviour")
-    assert df.height == 60 and {"user_id", "segment_id", "segment", "distance", "confidence", "run_id", "updated_at"} <= set(df.columns)
+    assert df.height == 60 and {
+        "user_id",
+        "segment_id",
+        "segment",
+        "distance",
+        "confidence",
+        "run_id",
+        "updated_at",
+    } <= set(df.columns)
     project.cli("export", "behaviour", "--format", "csv", "-o", str(project.root / "b.csv"))
     assert (project.root / "b.csv").read_text().count("\n") == 61
 
@@ -128,8 +173,15 @@ def test_python_api_and_export(project):
 def test_segmentation_tests(project):
     project.cli("run")
     r = project.cli("test", "-s", "kind:segmentation")
-    assert "PASS  one_segment_per_user(behaviour)" in r.stdout and "PASS  min_share(behaviour)" in r.stdout
-    project.edit("segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", "tests: {min_share: 0.05, max_share: 0.2}")
+    assert (
+        "PASS  one_segment_per_user(behaviour)" in r.stdout
+        and "PASS  min_share(behaviour)" in r.stdout
+    )
+    project.edit(
+        "segments/segments.yml",
+        "tests: {min_share: 0.05, max_share: 0.9}",
+        "tests: {min_share: 0.05, max_share: 0.2}",
+    )
     r = project.cli("test", "-s", "behaviour", expect=1)
     assert "FAIL  max_share(behaviour)" in r.stdout
 
@@ -140,7 +192,15 @@ def test_show_and_unknown_segmentation(project):
     assert "segment" in r.stdout and "examples" in r.stdout
     r = project.cli("show", "behaviur", expect=1)
     assert "did you mean 'behaviour'" in r.stderr
-    r = project.cli("assign", "behaviur", "--input", str(project.root / "data/users.csv"), "--output", "x.csv", expect=1)
+    r = project.cli(
+        "assign",
+        "behaviur",
+        "--input",
+        str(project.root / "data/users.csv"),
+        "--output",
+        "x.csv",
+        expect=1,
+    )
     assert "did you mean 'behaviour'" in r.stderr
 
 
@@ -151,17 +211,37 @@ def test_assign_one_at_a_time_equals_batch(project):
     import polars as pl
 
     con = duckdb.connect(str(project.db), read_only=True)
-    con.execute(f"COPY (SELECT * FROM user_features WHERE user_id <= 12 ORDER BY user_id) TO '{project.root / 'in.parquet'}'")
+    con.execute(
+        f"COPY (SELECT * FROM user_features WHERE user_id <= 12 ORDER BY user_id) TO '{project.root / 'in.parquet'}'"
+    )
     for i in (3, 7):
-        con.execute(f"COPY (SELECT * FROM user_features WHERE user_id = {i}) TO '{project.root / f'one{i}.parquet'}'")
+        con.execute(
+            f"COPY (SELECT * FROM user_features WHERE user_id = {i}) TO '{project.root / f'one{i}.parquet'}'"
+        )
     con.close()
     before = project.snapshot()
-    project.cli("assign", "behaviour", "--input", str(project.root / "in.parquet"), "--output", str(project.root / "out.csv"))
+    project.cli(
+        "assign",
+        "behaviour",
+        "--input",
+        str(project.root / "in.parquet"),
+        "--output",
+        str(project.root / "out.csv"),
+    )
     batch = pl.read_csv(project.root / "out.csv")
-    stored = dict(project.sql("select user_id, segment_id from segments.behaviour where user_id <= 12"))
+    stored = dict(
+        project.sql("select user_id, segment_id from segments.behaviour where user_id <= 12")
+    )
     assert dict(zip(batch["user_id"], batch["segment_id"])) == stored
     for i in (3, 7):
-        project.cli("assign", "behaviour", "--input", str(project.root / f"one{i}.parquet"), "--output", str(project.root / "one.csv"))
+        project.cli(
+            "assign",
+            "behaviour",
+            "--input",
+            str(project.root / f"one{i}.parquet"),
+            "--output",
+            str(project.root / "one.csv"),
+        )
         one = pl.read_csv(project.root / "one.csv")
         row = batch.filter(pl.col("user_id") == i)
         assert one["segment_id"][0] == row["segment_id"][0]
@@ -177,7 +257,11 @@ def test_docs_report_is_self_contained(project):
     page = (project.root / "target/report/index.html").read_text()
     assert "Lineage" in page and "behaviour" in page and "lifecycle" in page
     assert "<circle" in page and "Sizes over runs" in page and "Flows in run 2" in page
-    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page and "<script" not in page
+    assert (
+        "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        and "https://" not in page
+        and "<script" not in page
+    )
     assert "wrote" in r.stdout
 
 
@@ -186,7 +270,9 @@ def test_drift_policy_refits_when_the_population_moves(project):
     # every user's behaviour changes a lot: far from the fitted centroids
     files = data_files(changed=tuple(range(1, 61)))
     for rel, content in files.items():
-        project.write(rel, content.replace(",outdoor,", ",gaming,").replace("tent", "graphics card"))
+        project.write(
+            rel, content.replace(",outdoor,", ",gaming,").replace("tent", "graphics card")
+        )
     project.cli("run")
     g = summary(project)["segmentations"]["behaviour"]
     assert g["action"] == "refit" and g["reason"].startswith("drift"), g

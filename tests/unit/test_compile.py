@@ -29,15 +29,26 @@ from tests.fixtures import tiny_project_files
 
 
 def make_proj(root: Path = Path("/nonexistent"), vars=None, sources=None) -> LoadedProject:
-    p = LoadedProject(root=root, spec=ProjectSpec(name="p"), target_name="dev", target=TargetSpec(),
-                      vars=vars if vars is not None else {"as_of": "2024-01-01", "n": 3})
+    p = LoadedProject(
+        root=root,
+        spec=ProjectSpec(name="p"),
+        target_name="dev",
+        target=TargetSpec(),
+        vars=vars if vars is not None else {"as_of": "2024-01-01", "n": 3},
+    )
     for key, st in (sources or {}).items():
         p.sources[key] = st
     return p
 
 
-def add_model(p: LoadedProject, name: str, sql: str, config: dict | None = None, **props) -> ModelFile:
-    mp = ModelPropsSpec(name=name, config=config or {}, **props) if config is not None or props else None
+def add_model(
+    p: LoadedProject, name: str, sql: str, config: dict | None = None, **props
+) -> ModelFile:
+    mp = (
+        ModelPropsSpec(name=name, config=config or {}, **props)
+        if config is not None or props
+        else None
+    )
     m = ModelFile(name=name, path=f"models/{name}.sql", sql=sql, props=mp)
     p.models[name] = m
     return m
@@ -94,8 +105,16 @@ def test_sql_literals_are_valid_duckdb():
 
 
 def test_source_reader_with_options_sorted_and_formatted():
-    st = src(options={"header": False, "delim": ";", "names": ["a", "b"], "columns": {"a": "INT"},
-                      "nullstr": "n'a", "skip": 2})
+    st = src(
+        options={
+            "header": False,
+            "delim": ";",
+            "names": ["a", "b"],
+            "columns": {"a": "INT"},
+            "nullstr": "n'a",
+            "skip": 2,
+        }
+    )
     assert source_sql(st) == (
         "read_csv('data/orders.csv', columns = {'a': 'INT'}, delim = ';', header = false, "
         "names = ['a', 'b'], nullstr = 'n''a', skip = 2)"
@@ -104,8 +123,14 @@ def test_source_reader_with_options_sorted_and_formatted():
 
 @pytest.mark.parametrize(
     ("path", "reader"),
-    [("data/x.csv", "read_csv"), ("data/x.tsv", "read_csv"), ("data/x.csv.gz", "read_csv"),
-     ("data/*.parquet", "read_parquet"), ("x.jsonl", "read_json"), ("X.JSON", "read_json")],
+    [
+        ("data/x.csv", "read_csv"),
+        ("data/x.tsv", "read_csv"),
+        ("data/x.csv.gz", "read_csv"),
+        ("data/*.parquet", "read_parquet"),
+        ("x.jsonl", "read_json"),
+        ("X.JSON", "read_json"),
+    ],
 )
 def test_source_format_inferred(path, reader):
     assert source_sql(src(path=path)) == f"{reader}('{path}')"
@@ -138,7 +163,10 @@ def test_relative_source_path_reads_from_project_root(tmp_path, monkeypatch):
     assert "'data/x.csv'" in sql  # kept relative: fingerprints do not depend on the checkout
     con = duckdb.connect()
     setup_connection(con, p, threads=1)
-    assert con.execute(f"SELECT id, name FROM {sql} ORDER BY id").fetchall() == [(1, "a"), (2, "it's")]
+    assert con.execute(f"SELECT id, name FROM {sql} ORDER BY id").fetchall() == [
+        (1, "a"),
+        (2, "it's"),
+    ]
 
 
 # ----------------------------------------------------------------- compile_model
@@ -148,9 +176,16 @@ def test_ref_is_quoted_and_recorded():
     p = make_proj()
     add_model(p, "a", "select 1 as x")
     add_model(p, "b", "select 2 as x")
-    add_model(p, "c", "select * from {{ ref('a') }} join {{ ref('b') }} using (x) union all select * from {{ ref('a') }}")
+    add_model(
+        p,
+        "c",
+        "select * from {{ ref('a') }} join {{ ref('b') }} using (x) union all select * from {{ ref('a') }}",
+    )
     cm = comp(p, "c")
-    assert cm.sql == 'select * from "main"."a" join "main"."b" using (x) union all select * from "main"."a"'
+    assert (
+        cm.sql
+        == 'select * from "main"."a" join "main"."b" using (x) union all select * from "main"."a"'
+    )
     assert cm.refs == ["a", "b"]
     assert cm.relation == '"main"."c"'
 
@@ -195,7 +230,9 @@ def test_unknown_source_hint():
 
 def test_var_project_value_default_and_missing():
     p = make_proj(vars={"as_of": "2024-01-01", "zero": 0})
-    add_model(p, "v", "select DATE '{{ var('as_of') }}', {{ var('lookback', 90) }}, {{ var('zero', 5) }}")
+    add_model(
+        p, "v", "select DATE '{{ var('as_of') }}', {{ var('lookback', 90) }}, {{ var('zero', 5) }}"
+    )
     cm = comp(p, "v")
     assert cm.sql == "select DATE '2024-01-01', 90, 0"
     assert cm.vars_used == {"as_of": "2024-01-01", "lookback": 90, "zero": 0}
@@ -217,14 +254,21 @@ def test_env_var(monkeypatch):
     p = make_proj()
     monkeypatch.setenv("SEGTOOL_TEST_SCHEMA", "raw")
     monkeypatch.delenv("SEGTOOL_TEST_MISSING", raising=False)
-    add_model(p, "e", "select '{{ env_var('SEGTOOL_TEST_SCHEMA') }}', '{{ env_var('SEGTOOL_TEST_MISSING', 'dflt') }}'")
+    add_model(
+        p,
+        "e",
+        "select '{{ env_var('SEGTOOL_TEST_SCHEMA') }}', '{{ env_var('SEGTOOL_TEST_MISSING', 'dflt') }}'",
+    )
     assert comp(p, "e").sql == "select 'raw', 'dflt'"
     add_model(p, "f", "select\n'{{ env_var('SEGTOOL_TEST_MISSING') }}'")
     with pytest.raises(ProjectError) as ei:
         comp(p, "f")
     e = ei.value
     assert e.message == "environment variable 'SEGTOOL_TEST_MISSING' is not set"
-    assert e.hint == "export SEGTOOL_TEST_MISSING=... or give a default: env_var('SEGTOOL_TEST_MISSING', 'value')"
+    assert (
+        e.hint
+        == "export SEGTOOL_TEST_MISSING=... or give a default: env_var('SEGTOOL_TEST_MISSING', 'value')"
+    )
     assert (e.path, e.line) == ("models/f.sql", 2)
 
 
@@ -232,8 +276,15 @@ def test_config_defaults_from_sql_and_from_yaml():
     p = make_proj()
     add_model(p, "plain", "select 1")
     add_model(p, "in_sql", "{{ config(materialized='table', tags=['daily']) }}\nselect 1")
-    add_model(p, "in_yaml", "select 1", config={"materialized": "incremental", "unique_key": "user_id"})
-    add_model(p, "both", "{{ config(materialized='table') }} select 1", config={"materialized": "view", "tags": ["x"]})
+    add_model(
+        p, "in_yaml", "select 1", config={"materialized": "incremental", "unique_key": "user_id"}
+    )
+    add_model(
+        p,
+        "both",
+        "{{ config(materialized='table') }} select 1",
+        config={"materialized": "view", "tags": ["x"]},
+    )
     assert comp(p, "plain").config.materialized == "view"
     c = comp(p, "in_sql")
     assert (c.config.materialized, c.config.tags, c.sql) == ("table", ["daily"], "select 1")
@@ -248,7 +299,9 @@ def test_config_errors():
     add_model(p, "bad", "{{ config(materialized='tabel') }}select 1")
     with pytest.raises(ProjectError) as ei:
         comp(p, "bad")
-    assert ei.value.message.startswith("model 'bad' config: materialized: Input should be 'view', 'table' or 'incremental'")
+    assert ei.value.message.startswith(
+        "model 'bad' config: materialized: Input should be 'view', 'table' or 'incremental'"
+    )
     assert ei.value.path == "models/bad.sql"
     add_model(p, "typo", "{{ config(materialised='table') }}select 1")
     with pytest.raises(ProjectError) as ei:
@@ -259,13 +312,20 @@ def test_config_errors():
 
 def test_is_incremental_and_this():
     p = make_proj()
-    add_model(p, "inc", (
-        "{{ config(materialized='incremental', unique_key='user_id') }}\n"
-        "select * from src\n"
-        "{% if is_incremental() %}where ts > (select max(ts) from {{ this }}){% endif %}\n"
-    ))
+    add_model(
+        p,
+        "inc",
+        (
+            "{{ config(materialized='incremental', unique_key='user_id') }}\n"
+            "select * from src\n"
+            "{% if is_incremental() %}where ts > (select max(ts) from {{ this }}){% endif %}\n"
+        ),
+    )
     assert comp(p, "inc").sql == "select * from src"
-    assert comp(p, "inc", incremental=True).sql == 'select * from src\nwhere ts > (select max(ts) from "main"."inc")'
+    assert (
+        comp(p, "inc", incremental=True).sql
+        == 'select * from src\nwhere ts > (select max(ts) from "main"."inc")'
+    )
 
 
 def test_target_in_context_and_trailing_semicolon_stripped():
@@ -290,7 +350,9 @@ def test_sandbox_blocks_dunder_access():
     with pytest.raises(ProjectError) as ei:
         render_string("ok\n{{ ''.__class__.__mro__ }}\n", {}, name="t.j2")
     e = ei.value
-    assert e.message.startswith("unsafe operation in template: access to attribute '__class__' of 'str' object is unsafe")
+    assert e.message.startswith(
+        "unsafe operation in template: access to attribute '__class__' of 'str' object is unsafe"
+    )
     assert (e.path, e.line) == ("t.j2", 2)
 
 
@@ -301,7 +363,9 @@ def test_sandbox_is_immutable():
 
 def test_strict_undefined_has_line_and_hint():
     with pytest.raises(ProjectError) as ei:
-        render_string("line one\nline two\n{{ countryy }}\n", {"country": "DE"}, name="templates/story.j2")
+        render_string(
+            "line one\nline two\n{{ countryy }}\n", {"country": "DE"}, name="templates/story.j2"
+        )
     e = ei.value
     assert e.message == "undefined in template: 'countryy' is undefined"
     assert (e.path, e.line) == ("templates/story.j2", 3)
@@ -334,7 +398,10 @@ def test_rendering_keeps_trailing_newline_and_does_not_escape():
 
 def test_renderer_is_reusable_per_row():
     r = renderer(default_env(), "{{ name }} has {{ n }} orders", "t.j2")
-    assert [r({"name": "a", "n": 1}), r({"name": "b", "n": 2})] == ["a has 1 orders", "b has 2 orders"]
+    assert [r({"name": "a", "n": 1}), r({"name": "b", "n": 2})] == [
+        "a has 1 orders",
+        "b has 2 orders",
+    ]
     with pytest.raises(ProjectError, match="'n' is undefined"):
         r({"name": "c"})
 
@@ -345,15 +412,18 @@ def test_renderer_is_reusable_per_row():
 SPEC = SimpleNamespace(file="segments/s.yml", line=7)
 
 
-@pytest.mark.parametrize("pred", [
-    "a > 1; drop table x",
-    "1) union select (1",
-    "(revenue > 1",
-    "name = 'unterminated",
-    "revenue > 1) or (1 = 1",
-    "x in (select 1); delete from t",
-    "insert > 0",
-])
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "a > 1; drop table x",
+        "1) union select (1",
+        "(revenue > 1",
+        "name = 'unterminated",
+        "revenue > 1) or (1 = 1",
+        "x in (select 1); delete from t",
+        "insert > 0",
+    ],
+)
 def test_predicate_checker_rejects(pred):
     with pytest.raises(ProjectError) as ei:
         _expression_only(pred, "rule 'vip'", SPEC)
@@ -363,15 +433,18 @@ def test_predicate_checker_rejects(pred):
     assert "no semicolons" in e.hint
 
 
-@pytest.mark.parametrize("pred", [
-    "revenue > 1000",
-    "name = 'x; y'",
-    "note = 'a (b'",
-    "note = 'it''s (fine)'",
-    "label = 'drop'",
-    "coalesce(a, 0) > (1 + 2)",
-    "updated_at > DATE '2024-01-01'",
-])
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "revenue > 1000",
+        "name = 'x; y'",
+        "note = 'a (b'",
+        "note = 'it''s (fine)'",
+        "label = 'drop'",
+        "coalesce(a, 0) > (1 + 2)",
+        "updated_at > DATE '2024-01-01'",
+    ],
+)
 def test_predicate_checker_accepts(pred):
     _expression_only(pred, "rule", SPEC)
 
@@ -382,23 +455,34 @@ def test_predicate_checker_checks_every_keyword():
 
 
 def test_predicate_checker_allows_keyword_in_quoted_identifier():
-    _expression_only('"last update" > DATE \'2024-01-01\'', "rule", SPEC)
+    _expression_only("\"last update\" > DATE '2024-01-01'", "rule", SPEC)
 
 
 @pytest.fixture
 def bound_con():
     con = duckdb.connect()
-    con.execute("CREATE TABLE main.uf (user_id BIGINT, revenue DOUBLE, name VARCHAR, first_at DATE)")
+    con.execute(
+        "CREATE TABLE main.uf (user_id BIGINT, revenue DOUBLE, name VARCHAR, first_at DATE)"
+    )
     yield con
     con.close()
 
 
 def test_check_predicate_renders_vars_and_binds(bound_con):
     p = make_proj(vars={"as_of": "2024-07-01"})
-    got = check_predicate(bound_con, p, "uf", "first_at >= DATE '{{ var(\"as_of\") }}' - INTERVAL 30 DAY",
-                          where="rule 'new'", spec=SPEC)
+    got = check_predicate(
+        bound_con,
+        p,
+        "uf",
+        "first_at >= DATE '{{ var(\"as_of\") }}' - INTERVAL 30 DAY",
+        where="rule 'new'",
+        spec=SPEC,
+    )
     assert got == "first_at >= DATE '2024-07-01' - INTERVAL 30 DAY"
-    assert check_predicate(bound_con, p, "uf", "name = 'x; y'", where="r", spec=SPEC) == "name = 'x; y'"
+    assert (
+        check_predicate(bound_con, p, "uf", "name = 'x; y'", where="r", spec=SPEC)
+        == "name = 'x; y'"
+    )
 
 
 def test_check_predicate_errors(bound_con):
@@ -428,50 +512,84 @@ def test_bind_tiny_project_resolves_column_types(tiny):
     bound = bind_models(proj, build_graph(proj))
     assert bound.errors == []
     assert bound.columns["user_features"] == {
-        "user_id": "BIGINT", "country": "VARCHAR", "orders": "BIGINT", "revenue": "DOUBLE",
-        "recency_days": "BIGINT", "top_category": "VARCHAR", "products": "VARCHAR[]",
+        "user_id": "BIGINT",
+        "country": "VARCHAR",
+        "orders": "BIGINT",
+        "revenue": "DOUBLE",
+        "recency_days": "BIGINT",
+        "top_category": "VARCHAR",
+        "products": "VARCHAR[]",
     }
-    assert list(bound.columns["stg_orders"]) == ["order_id", "user_id", "product", "category", "amount", "ordered_at"]
+    assert list(bound.columns["stg_orders"]) == [
+        "order_id",
+        "user_id",
+        "product",
+        "category",
+        "amount",
+        "ordered_at",
+    ]
     assert not (tiny / "target").exists()  # binding writes nothing
 
 
 def test_bind_reports_sql_error_with_compiled_line(tiny):
-    write_files(tiny, {"models/broken.sql": "select\n  user_id,\n  nope_col\nfrom {{ ref('stg_orders') }}\n"})
+    write_files(
+        tiny,
+        {"models/broken.sql": "select\n  user_id,\n  nope_col\nfrom {{ ref('stg_orders') }}\n"},
+    )
     proj = load_project(tiny)
     (e,) = bind_models(proj, build_graph(proj)).errors
-    assert e.message.startswith("model 'broken': Binder Error: Referenced column \"nope_col\" not found")
+    assert e.message.startswith(
+        "model 'broken': Binder Error: Referenced column \"nope_col\" not found"
+    )
     assert (e.path, e.line) == ("models/broken.sql", 3)
     assert "target/compiled/models/broken.sql" in e.hint
 
 
 def test_bind_checks_features_templates_and_rules(tiny):
-    write_files(tiny, {
-        "templates/story.j2": "A shopper from {{ contry }}.\n",
-        "segments/extra.yml": (
-            "features:\n"
-            "  - name: f2\n"
-            "    model: user_features\n"
-            "    columns: {revenu: , country: }\n"
-            "segmentations:\n"
-            "  - name: r2\n"
-            "    model: user_features\n"
-            "    rules:\n"
-            "      - {segment: a, when: \"revenue > 1; drop table x\"}\n"
-            "      - {segment: b, when: \"country = 'x; y'\"}\n"
-        ),
-    })
+    write_files(
+        tiny,
+        {
+            "templates/story.j2": "A shopper from {{ contry }}.\n",
+            "segments/extra.yml": (
+                "features:\n"
+                "  - name: f2\n"
+                "    model: user_features\n"
+                "    columns: {revenu: , country: }\n"
+                "segmentations:\n"
+                "  - name: r2\n"
+                "    model: user_features\n"
+                "    rules:\n"
+                '      - {segment: a, when: "revenue > 1; drop table x"}\n'
+                "      - {segment: b, when: \"country = 'x; y'\"}\n"
+            ),
+        },
+    )
     proj = load_project(tiny)
     errs = bind_models(proj, build_graph(proj)).errors
     got = sorted((e.path, e.line, e.message) for e in errs)
     assert got == [
         ("segments/extra.yml", 2, "features 'f2': column 'country' is VARCHAR, not numeric"),
         ("segments/extra.yml", 2, "features 'f2': model 'user_features' has no column 'revenu'"),
-        ("segments/extra.yml", 9, "segmentation 'r2' rule 'a': `revenue > 1; drop table x` is not a single SQL expression"),
-        ("templates/story.j2", 1, "template 'story.j2' uses 'contry', which is not a column of model 'user_features'"),
+        (
+            "segments/extra.yml",
+            9,
+            "segmentation 'r2' rule 'a': `revenue > 1; drop table x` is not a single SQL expression",
+        ),
+        (
+            "templates/story.j2",
+            1,
+            "template 'story.j2' uses 'contry', which is not a column of model 'user_features'",
+        ),
     ]
     hints = {e.message: e.hint for e in errs}
-    assert hints["features 'f2': model 'user_features' has no column 'revenu'"] == "did you mean 'revenue'?"
-    assert hints["template 'story.j2' uses 'contry', which is not a column of model 'user_features'"] == "did you mean 'country'?"
+    assert (
+        hints["features 'f2': model 'user_features' has no column 'revenu'"]
+        == "did you mean 'revenue'?"
+    )
+    assert (
+        hints["template 'story.j2' uses 'contry', which is not a column of model 'user_features'"]
+        == "did you mean 'country'?"
+    )
 
 
 def test_bind_reports_unreadable_source(tiny):

@@ -15,20 +15,29 @@ from tests.fixtures import tiny_project_files
 
 def node(uid: str, *deps: str, data=None, **kw) -> Node:
     kind, _, name = uid.partition(".")
-    return Node(unique_id=uid, kind=kind, name=name, path=kw.pop("path", f"models/{name}.sql"),
-                depends_on=list(deps), data=data if data is not None else {"sql": name}, **kw)
+    return Node(
+        unique_id=uid,
+        kind=kind,
+        name=name,
+        path=kw.pop("path", f"models/{name}.sql"),
+        depends_on=list(deps),
+        data=data if data is not None else {"sql": name},
+        **kw,
+    )
 
 
 def diamond() -> Graph:
     #   a -> b -> d
     #   a -> c -> d,  e alone
-    return Graph([
-        node("model.d", "model.b", "model.c"),
-        node("model.c", "model.a"),
-        node("model.b", "model.a"),
-        node("model.a"),
-        node("model.e"),
-    ])
+    return Graph(
+        [
+            node("model.d", "model.b", "model.c"),
+            node("model.c", "model.a"),
+            node("model.b", "model.a"),
+            node("model.a"),
+            node("model.e"),
+        ]
+    )
 
 
 # ----------------------------------------------------------------- order
@@ -40,7 +49,12 @@ def test_order_is_topological_and_ties_break_by_id():
 
 
 def test_order_is_stable_regardless_of_insertion_order():
-    nodes = [node("model.z"), node("model.y", "model.z"), node("model.x"), node("model.w", "model.x", "model.y")]
+    nodes = [
+        node("model.z"),
+        node("model.y", "model.z"),
+        node("model.x"),
+        node("model.w", "model.x", "model.y"),
+    ]
     a = Graph(nodes).order()
     b = Graph(list(reversed(nodes))).order()
     assert a == b == ["model.x", "model.z", "model.y", "model.w"]
@@ -74,12 +88,14 @@ def test_by_kind_and_get():
 
 def test_three_node_cycle_is_named_in_order():
     # a refs b, b refs c, c refs a: data flows c -> b -> a -> c
-    g = Graph([
-        node("model.a", "model.b", path="models/a.sql", line=1),
-        node("model.b", "model.c", path="models/b.sql", line=1),
-        node("model.c", "model.a", path="models/c.sql", line=1),
-        node("model.ok"),
-    ])
+    g = Graph(
+        [
+            node("model.a", "model.b", path="models/a.sql", line=1),
+            node("model.b", "model.c", path="models/b.sql", line=1),
+            node("model.c", "model.a", path="models/c.sql", line=1),
+            node("model.ok"),
+        ]
+    )
     with pytest.raises(ProjectError) as ei:
         g.order()
     e = ei.value
@@ -89,11 +105,13 @@ def test_three_node_cycle_is_named_in_order():
 
 
 def test_cycle_message_leaves_out_nodes_below_the_cycle():
-    g = Graph([
-        node("model.a", "model.b"),
-        node("model.b", "model.a"),
-        node("model.aa_below", "model.a"),  # sorts first, depends on the cycle
-    ])
+    g = Graph(
+        [
+            node("model.a", "model.b"),
+            node("model.b", "model.a"),
+            node("model.aa_below", "model.a"),  # sorts first, depends on the cycle
+        ]
+    )
     with pytest.raises(ProjectError) as ei:
         g.order()
     assert ei.value.message == "dependency cycle: model.b -> model.a -> model.b"
@@ -123,7 +141,9 @@ def test_ancestors_and_descendants():
 
 def test_fingerprint_values():
     def build(kind_b="model"):
-        g = Graph([node("model.a", data={"sql": "x"}), node(f"{kind_b}.b", "model.a", data={"sql": "x"})])
+        g = Graph(
+            [node("model.a", data={"sql": "x"}), node(f"{kind_b}.b", "model.a", data={"sql": "x"})]
+        )
         g.fingerprint()
         return g
 
@@ -132,7 +152,10 @@ def test_fingerprint_values():
     # deterministic sha256 hex digests
     assert all(len(h) == 64 for h in (a.own_hash, a.data_hash, a.metadata_hash))
     assert (a.own_hash, a.data_hash, b.data_hash) == (
-        again["model.a"].own_hash, again["model.a"].data_hash, again["model.b"].data_hash)
+        again["model.a"].own_hash,
+        again["model.a"].data_hash,
+        again["model.b"].data_hash,
+    )
     # own_hash: kind + data only; same data and kind, same own_hash whatever the parents
     assert a.own_hash == b.own_hash
     assert a.data_hash != b.data_hash  # b folds in a's data hash
@@ -142,11 +165,13 @@ def test_fingerprint_values():
 
 def test_fingerprint_propagation_by_hand():
     def build(a_sql="x", a_desc=""):
-        g = Graph([
-            node("model.a", data={"sql": a_sql}, description=a_desc),
-            node("model.b", "model.a", data={"sql": "y"}),
-            node("model.c", "model.b", data={"sql": "z"}),
-        ])
+        g = Graph(
+            [
+                node("model.a", data={"sql": a_sql}, description=a_desc),
+                node("model.b", "model.a", data={"sql": "y"}),
+                node("model.c", "model.b", data={"sql": "z"}),
+            ]
+        )
         g.fingerprint()
         return {u: (n.own_hash, n.data_hash, n.metadata_hash) for u, n in g.nodes.items()}
 
@@ -164,8 +189,20 @@ def test_fingerprint_propagation_by_hand():
 
 
 def test_fingerprint_does_not_depend_on_parent_listing_order():
-    g1 = Graph([node("model.a", data={"sql": "1"}), node("model.b", data={"sql": "2"}), node("model.c", "model.a", "model.b")])
-    g2 = Graph([node("model.a", data={"sql": "1"}), node("model.b", data={"sql": "2"}), node("model.c", "model.b", "model.a")])
+    g1 = Graph(
+        [
+            node("model.a", data={"sql": "1"}),
+            node("model.b", data={"sql": "2"}),
+            node("model.c", "model.a", "model.b"),
+        ]
+    )
+    g2 = Graph(
+        [
+            node("model.a", data={"sql": "1"}),
+            node("model.b", data={"sql": "2"}),
+            node("model.c", "model.b", "model.a"),
+        ]
+    )
     g1.fingerprint()
     g2.fingerprint()
     assert g1["model.c"].data_hash == g2["model.c"].data_hash
@@ -176,8 +213,19 @@ def test_to_manifest_keys():
     g.fingerprint()
     m = g["model.d"].to_manifest()
     assert m["unique_id"] == "model.d" and m["depends_on"] == ["model.b", "model.c"]
-    assert {"unique_id", "kind", "name", "path", "line", "tags", "description",
-            "depends_on", "data_hash", "own_hash", "metadata_hash"} <= set(m)
+    assert {
+        "unique_id",
+        "kind",
+        "name",
+        "path",
+        "line",
+        "tags",
+        "description",
+        "depends_on",
+        "data_hash",
+        "own_hash",
+        "metadata_hash",
+    } <= set(m)
     assert m["data_hash"] == g["model.d"].data_hash
 
 
@@ -198,15 +246,25 @@ def test_built_graph_nodes_and_edges(tiny):
     built = build_graph(load_project(tiny))
     g = built.graph
     assert g.order() == [
-        "encoder.hash", "source.shop.orders", "model.stg_orders", "source.shop.users",
-        "model.user_features", "features.rfm", "segmentation.lifecycle", "text.story",
-        "embedding.story.hash", "segmentation.behaviour",
+        "encoder.hash",
+        "source.shop.orders",
+        "model.stg_orders",
+        "source.shop.users",
+        "model.user_features",
+        "features.rfm",
+        "segmentation.lifecycle",
+        "text.story",
+        "embedding.story.hash",
+        "segmentation.behaviour",
     ]
     assert g["model.user_features"].depends_on == ["model.stg_orders", "source.shop.users"]
     assert g["embedding.story.hash"].depends_on == ["text.story", "encoder.hash"]
     assert g["segmentation.behaviour"].depends_on == ["embedding.story.hash", "features.rfm"]
     assert g["segmentation.lifecycle"].depends_on == ["model.user_features"]
-    assert g["segmentation.lifecycle"].line == 25 and g["segmentation.lifecycle"].path == "segments/segments.yml"
+    assert (
+        g["segmentation.lifecycle"].line == 25
+        and g["segmentation.lifecycle"].path == "segments/segments.yml"
+    )
     assert g["model.user_features"].description == "One row per user."
     assert set(built.compiled) == {"stg_orders", "user_features"}
     assert built.errors == []
@@ -215,7 +273,9 @@ def test_built_graph_nodes_and_edges(tiny):
 def test_editing_a_description_changes_only_metadata_hash(tiny):
     before = hashes(tiny)
     text = (tiny / "models/schema.yml").read_text()
-    (tiny / "models/schema.yml").write_text(text.replace("One row per user.", "One row per customer."))
+    (tiny / "models/schema.yml").write_text(
+        text.replace("One row per user.", "One row per customer.")
+    )
     after = hashes(tiny)
     changed = {u for u in before if before[u] != after[u]}
     assert changed == {"model.user_features"}
@@ -233,8 +293,13 @@ def test_editing_sql_changes_own_hash_there_and_data_hash_below(tiny):
     meta_changed = {u for u in before if before[u][2] != after[u][2]}
     assert own_changed == {"model.stg_orders"}
     assert data_changed == {
-        "model.stg_orders", "model.user_features", "features.rfm", "text.story",
-        "embedding.story.hash", "segmentation.behaviour", "segmentation.lifecycle",
+        "model.stg_orders",
+        "model.user_features",
+        "features.rfm",
+        "text.story",
+        "embedding.story.hash",
+        "segmentation.behaviour",
+        "segmentation.lifecycle",
     }
     assert meta_changed == set()
 
@@ -245,7 +310,10 @@ def test_editing_a_template_changes_text_and_below_only(tiny):
     after = hashes(tiny)
     assert {u for u in before if before[u][0] != after[u][0]} == {"text.story"}
     assert {u for u in before if before[u][1] != after[u][1]} == {
-        "text.story", "embedding.story.hash", "segmentation.behaviour"}
+        "text.story",
+        "embedding.story.hash",
+        "segmentation.behaviour",
+    }
 
 
 def test_segmentation_tests_are_metadata(tiny):
@@ -265,11 +333,14 @@ def test_encoder_batch_size_does_not_change_fingerprint(tiny):
 
 
 def test_cycle_through_ref_is_reported(tiny):
-    write_files(tiny, {
-        "models/a.sql": "select * from {{ ref('b') }}",
-        "models/b.sql": "select * from {{ ref('c') }}",
-        "models/c.sql": "select * from {{ ref('a') }}",
-    })
+    write_files(
+        tiny,
+        {
+            "models/a.sql": "select * from {{ ref('b') }}",
+            "models/b.sql": "select * from {{ ref('c') }}",
+            "models/c.sql": "select * from {{ ref('a') }}",
+        },
+    )
     with pytest.raises(ProjectErrors) as ei:
         build_graph(load_project(tiny))
     (e,) = ei.value.errors
@@ -279,7 +350,11 @@ def test_cycle_through_ref_is_reported(tiny):
 
 def test_unknown_model_reference_with_hint(tiny):
     p = tiny / "segments/segments.yml"
-    p.write_text(p.read_text().replace("model: user_features\n    template", "model: user_featurs\n    template"))
+    p.write_text(
+        p.read_text().replace(
+            "model: user_features\n    template", "model: user_featurs\n    template"
+        )
+    )
     built = build_graph(load_project(tiny), strict=False)
     (e,) = built.errors
     assert e.message == "text 'story': unknown model 'user_featurs'"
@@ -288,12 +363,15 @@ def test_unknown_model_reference_with_hint(tiny):
 
 
 def test_template_dependencies_follow_includes(tiny):
-    write_files(tiny, {
-        "templates/story.j2": "{% include 'part.j2' %}{% import 'macros.j2' as m %}",
-        "templates/part.j2": "{% include 'leaf.j2' %}",
-        "templates/leaf.j2": "leaf",
-        "templates/macros.j2": "{% macro x() %}{% endmacro %}",
-    })
+    write_files(
+        tiny,
+        {
+            "templates/story.j2": "{% include 'part.j2' %}{% import 'macros.j2' as m %}",
+            "templates/part.j2": "{% include 'leaf.j2' %}",
+            "templates/leaf.j2": "leaf",
+            "templates/macros.j2": "{% macro x() %}{% endmacro %}",
+        },
+    )
     deps = template_dependencies(load_project(tiny), "story.j2")
     assert sorted(deps) == ["leaf.j2", "macros.j2", "part.j2", "story.j2"]
     assert deps[0] == "story.j2"

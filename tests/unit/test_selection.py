@@ -13,8 +13,16 @@ from segtool.graph.selection import select
 
 def n(uid: str, path: str, *deps: str, tags=(), data=None, description="") -> Node:
     kind, _, name = uid.partition(".")
-    return Node(unique_id=uid, kind=kind, name=name, path=path, depends_on=list(deps), tags=list(tags),
-                data=data if data is not None else {"x": uid}, description=description)
+    return Node(
+        unique_id=uid,
+        kind=kind,
+        name=name,
+        path=path,
+        depends_on=list(deps),
+        tags=list(tags),
+        data=data if data is not None else {"x": uid},
+        description=description,
+    )
 
 
 def make_nodes() -> list[Node]:
@@ -22,9 +30,20 @@ def make_nodes() -> list[Node]:
         n("source.shop.orders", "models/sources.yml", tags=["raw"]),
         n("source.shop.users", "models/sources.yml", tags=["raw"]),
         n("source.crm.contacts", "models/crm.yml", tags=["raw"]),
-        n("model.stg_orders", "models/staging/stg_orders.sql", "source.shop.orders", tags=["staging"]),
+        n(
+            "model.stg_orders",
+            "models/staging/stg_orders.sql",
+            "source.shop.orders",
+            tags=["staging"],
+        ),
         n("model.stg_users", "models/staging/stg_users.sql", "source.shop.users", tags=["staging"]),
-        n("model.user_features", "models/user_features.sql", "model.stg_orders", "model.stg_users", tags=["daily"]),
+        n(
+            "model.user_features",
+            "models/user_features.sql",
+            "model.stg_orders",
+            "model.stg_users",
+            tags=["daily"],
+        ),
         n("features.rfm", "segments/seg.yml", "model.user_features", tags=["daily"]),
         n("segmentation.lifecycle", "segments/seg.yml", "model.user_features"),
         n("segmentation.behaviour", "segments/seg.yml", "features.rfm"),
@@ -55,23 +74,45 @@ def test_by_name_and_unique_id(g):
 
 def test_plus_prefix_selects_all_ancestors(g):
     assert sel(g, "+user_features") == {
-        "model.user_features", "model.stg_orders", "model.stg_users", "source.shop.orders", "source.shop.users"}
+        "model.user_features",
+        "model.stg_orders",
+        "model.stg_users",
+        "source.shop.orders",
+        "source.shop.users",
+    }
 
 
 def test_plus_suffix_selects_all_descendants(g):
     assert sel(g, "user_features+") == {
-        "model.user_features", "features.rfm", "segmentation.lifecycle", "segmentation.behaviour"}
+        "model.user_features",
+        "features.rfm",
+        "segmentation.lifecycle",
+        "segmentation.behaviour",
+    }
 
 
 def test_depth_limited_ancestors(g):
-    assert sel(g, "1+user_features") == {"model.user_features", "model.stg_orders", "model.stg_users"}
+    assert sel(g, "1+user_features") == {
+        "model.user_features",
+        "model.stg_orders",
+        "model.stg_users",
+    }
     assert sel(g, "2+user_features") == sel(g, "+user_features")
     assert sel(g, "1+behaviour") == {"segmentation.behaviour", "features.rfm"}
 
 
 def test_depth_limited_descendants(g):
-    assert sel(g, "user_features+1") == {"model.user_features", "features.rfm", "segmentation.lifecycle"}
-    assert sel(g, "stg_orders+2") == {"model.stg_orders", "model.user_features", "features.rfm", "segmentation.lifecycle"}
+    assert sel(g, "user_features+1") == {
+        "model.user_features",
+        "features.rfm",
+        "segmentation.lifecycle",
+    }
+    assert sel(g, "stg_orders+2") == {
+        "model.stg_orders",
+        "model.user_features",
+        "features.rfm",
+        "segmentation.lifecycle",
+    }
 
 
 def test_both_directions(g):
@@ -93,7 +134,11 @@ def test_tag(g):
 def test_path_folder_and_file(g):
     assert sel(g, "path:models/staging") == {"model.stg_orders", "model.stg_users"}
     assert sel(g, "path:models/staging/") == {"model.stg_orders", "model.stg_users"}
-    assert sel(g, "path:segments/seg.yml") == {"features.rfm", "segmentation.lifecycle", "segmentation.behaviour"}
+    assert sel(g, "path:segments/seg.yml") == {
+        "features.rfm",
+        "segmentation.lifecycle",
+        "segmentation.behaviour",
+    }
     assert sel(g, "path:models/staging/stg_users.sql") == {"model.stg_users"}
 
 
@@ -113,8 +158,13 @@ def test_source(g):
     assert sel(g, "source:shop") == {"source.shop.orders", "source.shop.users"}
     assert sel(g, "source:shop.users") == {"source.shop.users"}
     assert sel(g, "source:shop+") == sel(g, "source:shop") | {
-        "model.stg_orders", "model.stg_users", "model.user_features", "features.rfm",
-        "segmentation.lifecycle", "segmentation.behaviour"}
+        "model.stg_orders",
+        "model.stg_users",
+        "model.user_features",
+        "features.rfm",
+        "segmentation.lifecycle",
+        "segmentation.behaviour",
+    }
 
 
 def test_space_is_union(g):
@@ -131,11 +181,20 @@ def test_comma_is_intersection(g):
 
 def test_exclude(g):
     assert sel(g, "+user_features", exclude=["kind:source"]) == {
-        "model.stg_orders", "model.stg_users", "model.user_features"}
-    assert sel(g, "user_features+", exclude=["rfm+"]) == {"model.user_features", "segmentation.lifecycle"}
+        "model.stg_orders",
+        "model.stg_users",
+        "model.user_features",
+    }
+    assert sel(g, "user_features+", exclude=["rfm+"]) == {
+        "model.user_features",
+        "segmentation.lifecycle",
+    }
     # exclude alone removes from everything
     assert sel(g, exclude=["kind:source", "kind:model"]) == {
-        "features.rfm", "segmentation.lifecycle", "segmentation.behaviour"}
+        "features.rfm",
+        "segmentation.lifecycle",
+        "segmentation.behaviour",
+    }
 
 
 def test_result_is_in_topological_order(g):
@@ -201,13 +260,26 @@ def test_state_modified_and_new():
     assert sel(new, "state:new", state=state) == {"model.brand_new"}
     # modified: own definition or metadata; downstream data_hash changes do not count
     assert sel(new, "state:modified", state=state) == {
-        "model.stg_users", "segmentation.lifecycle", "model.brand_new"}
+        "model.stg_users",
+        "segmentation.lifecycle",
+        "model.brand_new",
+    }
     assert sel(new, "state:modified+", state=state) == {
-        "model.stg_users", "segmentation.lifecycle", "model.brand_new",
-        "model.user_features", "features.rfm", "segmentation.behaviour"}
-    assert sel(new, "state:modified,kind:model", state=state) == {"model.stg_users", "model.brand_new"}
+        "model.stg_users",
+        "segmentation.lifecycle",
+        "model.brand_new",
+        "model.user_features",
+        "features.rfm",
+        "segmentation.behaviour",
+    }
+    assert sel(new, "state:modified,kind:model", state=state) == {
+        "model.stg_users",
+        "model.brand_new",
+    }
     assert sel(new, "state:modified", exclude=["state:new"], state=state) == {
-        "model.stg_users", "segmentation.lifecycle"}
+        "model.stg_users",
+        "segmentation.lifecycle",
+    }
 
 
 def test_state_unknown_value(g):

@@ -52,7 +52,9 @@ def test_clustering_segmentation_gets_default_cluster():
 
 
 def test_rule_segmentation_keeps_no_cluster():
-    seg = SegmentationSpec(name="r", model="m", rules=[{"segment": "vip", "when": "x > 1"}], default="rest")
+    seg = SegmentationSpec(
+        name="r", model="m", rules=[{"segment": "vip", "when": "x > 1"}], default="rest"
+    )
     assert seg.is_rules
     assert seg.cluster is None
 
@@ -66,7 +68,13 @@ def test_encoder_defaults():
     enc = EncoderSpec(name="h", kind="hashing")
     assert enc.model is None
     assert (enc.pooling, enc.normalize, enc.max_length, enc.batch_size) == ("mean", True, 256, 64)
-    assert (enc.device, enc.dtype, enc.backend, enc.quantize, enc.dim) == ("auto", "auto", "torch", "none", 512)
+    assert (enc.device, enc.dtype, enc.backend, enc.quantize, enc.dim) == (
+        "auto",
+        "auto",
+        "torch",
+        "none",
+        512,
+    )
 
 
 def test_feature_columns_none_filled_with_defaults():
@@ -85,7 +93,11 @@ def test_feature_set_needs_a_column():
 def test_project_spec_defaults():
     p = ProjectSpec(name="shop")
     assert (p.entity.name, p.entity.key) == ("user", "user_id")
-    assert (p.paths.models, p.paths.templates, p.paths.segments) == ("models", "templates", "segments")
+    assert (p.paths.models, p.paths.templates, p.paths.segments) == (
+        "models",
+        "templates",
+        "segments",
+    )
     assert p.vars == {} and p.target is None
 
 
@@ -138,9 +150,13 @@ def test_rules_need_model():
 
 def test_rules_and_inputs_are_exclusive():
     with pytest.raises(ValidationError, match="either `rules` or `inputs` \\+ `cluster`, not both"):
-        SegmentationSpec(name="r", model="m", rules=[{"segment": "a", "when": "x"}], inputs=[{"features": "f"}])
+        SegmentationSpec(
+            name="r", model="m", rules=[{"segment": "a", "when": "x"}], inputs=[{"features": "f"}]
+        )
     with pytest.raises(ValidationError, match="not both"):
-        SegmentationSpec(name="r", model="m", rules=[{"segment": "a", "when": "x"}], cluster={"k": 3})
+        SegmentationSpec(
+            name="r", model="m", rules=[{"segment": "a", "when": "x"}], cluster={"k": 3}
+        )
 
 
 def test_segmentation_needs_inputs_or_rules():
@@ -235,7 +251,9 @@ def test_unknown_key_far_from_everything_lists_valid_keys():
 
 
 def test_unknown_key_in_feature_column_did_you_mean():
-    text = "features:\n  - name: rfm\n    model: m\n    columns:\n      orders: {transfrom: log1p}\n"
+    text = (
+        "features:\n  - name: rfm\n    model: m\n    columns:\n      orders: {transfrom: log1p}\n"
+    )
     (e,) = errors_of(SegmentsFile, text)
     assert (e.message, e.line, e.col) == ("unknown key 'transfrom'", 5, 16)
     assert e.hint == "did you mean 'transform'?"
@@ -248,9 +266,13 @@ def test_unknown_key_in_profile_target_did_you_mean():
 
 
 def test_literal_error_names_the_field_and_line():
-    text = "segmentations:\n  - name: b\n    inputs: [{features: f}]\n    cluster: {method: dbscan}\n"
+    text = (
+        "segmentations:\n  - name: b\n    inputs: [{features: f}]\n    cluster: {method: dbscan}\n"
+    )
     (e,) = errors_of(SegmentsFile, text)
-    assert e.message.startswith("segmentations.0.cluster.method: Input should be 'kmeans', 'minibatch_kmeans'")
+    assert e.message.startswith(
+        "segmentations.0.cluster.method: Input should be 'kmeans', 'minibatch_kmeans'"
+    )
     assert "'hdbscan'" in e.message
     assert (e.line, e.col) == (4, 15)
 
@@ -258,7 +280,9 @@ def test_literal_error_names_the_field_and_line():
 def test_literal_error_in_feature_transform():
     text = "features:\n  - name: rfm\n    model: m\n    columns:\n      orders: {transform: log2}\n"
     (e,) = errors_of(SegmentsFile, text)
-    assert e.message.startswith("features.0.columns.orders.transform: Input should be 'none', 'log1p', 'clip' or 'rank'")
+    assert e.message.startswith(
+        "features.0.columns.orders.transform: Input should be 'none', 'log1p', 'clip' or 'rank'"
+    )
     assert e.line == 5
 
 
@@ -278,7 +302,10 @@ def test_missing_required_key_points_at_parent():
 def test_model_validator_error_points_at_item():
     text = "encoders:\n  - name: ok\n    kind: hashing\n  - name: t\n    kind: transformers\n"
     (e,) = errors_of(SegmentsFile, text)
-    assert e.message == "encoders.1: encoder kind 'transformers' needs `model` (a hub id or a local path)"
+    assert (
+        e.message
+        == "encoders.1: encoder kind 'transformers' needs `model` (a hub id or a local path)"
+    )
     assert e.line == 4
 
 
@@ -292,7 +319,10 @@ def test_several_errors_reported_together():
         "    device: gpu\n"
     )
     errs = errors_of(SegmentsFile, text)
-    assert [(e.line, e.message.split(":")[0]) for e in errs] == [(2, "encoders.0.name"), (6, "encoders.1.device")]
+    assert [(e.line, e.message.split(":")[0]) for e in errs] == [
+        (2, "encoders.0.name"),
+        (6, "encoders.1.device"),
+    ]
 
 
 def test_require_mapping():
@@ -408,7 +438,10 @@ def test_unknown_target_without_profiles(tiny):
 
 def test_profiles_missing_env_var_is_reported_against_profiles(tiny, monkeypatch):
     monkeypatch.delenv("SEGTOOL_TEST_NOPE", raising=False)
-    write_files(tiny, {"profiles.yml": "targets:\n  dev: {database: \"{{ env_var('SEGTOOL_TEST_NOPE') }}\"}\n"})
+    write_files(
+        tiny,
+        {"profiles.yml": "targets:\n  dev: {database: \"{{ env_var('SEGTOOL_TEST_NOPE') }}\"}\n"},
+    )
     with pytest.raises(ProjectErrors) as ei:
         load_project(tiny)
     (e,) = ei.value.errors
@@ -429,7 +462,10 @@ def test_loader_collects_errors_from_several_files(tiny):
         load_project(tiny)
     msgs = {(e.path, e.line): e for e in ei.value.errors}
     dup = msgs[("models/sub/stg_orders.sql", None)]
-    assert dup.message == "two models are named 'stg_orders': models/stg_orders.sql and models/sub/stg_orders.sql"
+    assert (
+        dup.message
+        == "two models are named 'stg_orders': models/stg_orders.sql and models/sub/stg_orders.sql"
+    )
     props = msgs[("models/bad.yml", 2)]
     assert props.message.startswith("properties for model 'user_featurs'")
     assert props.hint == "did you mean 'user_features'?"
@@ -441,7 +477,9 @@ def test_loader_collects_errors_from_several_files(tiny):
 
 
 def test_source_without_path_or_database(tiny):
-    write_files(tiny, {"models/extra.yml": "sources:\n  - name: ext\n    tables:\n      - name: t\n"})
+    write_files(
+        tiny, {"models/extra.yml": "sources:\n  - name: ext\n    tables:\n      - name: t\n"}
+    )
     with pytest.raises(ProjectErrors) as ei:
         load_project(tiny)
     (e,) = ei.value.errors
