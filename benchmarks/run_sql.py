@@ -73,7 +73,7 @@ def main() -> None:
         t = sh(sys.executable, str(EXAMPLE / "generate.py"), "--users", str(args.users), "--out", str(data), "--seed", "42")
         print(f"generated {args.users:,} users in {t:.1f}s")
 
-    segtool = [sys.executable, "-m", "segtool.cli"]
+    segtool = [sys.executable, "-m", "segtool"]
     val = min(sh(*segtool, "validate", "--project-dir", str(project)) for _ in range(args.repeat))
     comp = min(sh(*segtool, "compile", "--samples", "0", "--project-dir", str(project)) for _ in range(args.repeat))
     runs, plains = [], []

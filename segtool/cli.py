@@ -326,6 +326,3 @@ def _register_optional():
 
 _register_optional()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,5 @@
+"""`python -m segtool ...` runs the CLI."""
+
+from segtool.cli import main
+
+main()
