@@ -56,9 +56,13 @@ def plain_duckdb(project: Path, db: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--users", type=int, default=1_000_000)
-    ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temp dir)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="keep data here (default: a temp dir)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
@@ -70,12 +74,24 @@ def main() -> None:
         shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("data", "target"))
     data = project / "data"
     if not (data / "users.parquet").exists():
-        t = sh(sys.executable, str(EXAMPLE / "generate.py"), "--users", str(args.users), "--out", str(data), "--seed", "42")
+        t = sh(
+            sys.executable,
+            str(EXAMPLE / "generate.py"),
+            "--users",
+            str(args.users),
+            "--out",
+            str(data),
+            "--seed",
+            "42",
+        )
         print(f"generated {args.users:,} users in {t:.1f}s")
 
     segtool = [sys.executable, "-m", "segtool"]
     val = min(sh(*segtool, "validate", "--project-dir", str(project)) for _ in range(args.repeat))
-    comp = min(sh(*segtool, "compile", "--samples", "0", "--project-dir", str(project)) for _ in range(args.repeat))
+    comp = min(
+        sh(*segtool, "compile", "--samples", "0", "--project-dir", str(project))
+        for _ in range(args.repeat)
+    )
     runs, plains = [], []
     for i in range(args.repeat):
         shutil.rmtree(project / "target", ignore_errors=True)
@@ -88,6 +104,7 @@ def main() -> None:
     import duckdb
 
     con = duckdb.connect(str(project / "target/segtool.duckdb"), read_only=True)
+    con.execute(f"SET file_search_path = '{project}'")  # views read data/ relative to the project
     users = con.execute("select count(*) from user_features").fetchall()[0][0]
     events = con.execute("select count(*) from stg_events").fetchall()[0][0]
     con.close()
@@ -98,7 +115,9 @@ def main() -> None:
     print(f"{'segtool run -s kind:model':<34}{run:>10.2f}")
     print(f"{'same SQL, plain DuckDB':<34}{plain:>10.2f}")
     print(f"{'ratio run / plain':<34}{run / plain:>10.3f}")
-    print("\n(segtool run includes interpreter start, state, one transaction, key checks; plain is in-process)")
+    print(
+        "\n(segtool run includes interpreter start, state, one transaction, key checks; plain is in-process)"
+    )
 
 
 if __name__ == "__main__":

@@ -325,4 +325,3 @@ def _register_optional():
 
 
 _register_optional()
-

@@ -19,14 +19,16 @@ order_stats as (
         min(ordered_at)          as first_order_at,
         max(ordered_at)          as last_order_at,
         count(*)                 as orders,
-        sum(amount)              as revenue,
+        -- exact decimal sums: a DOUBLE sum's last bits depend on the order of the
+        -- parallel aggregation, which would make reruns see 'changed' users
+        sum(cast(amount as decimal(18, 2))) as revenue,
         count(distinct category) as n_categories
     from orders
     group by user_id
 ),
 
 per_category as (
-    select user_id, category, count(*) as n, sum(amount) as amount
+    select user_id, category, count(*) as n, sum(cast(amount as decimal(18, 2))) as amount
     from orders
     group by user_id, category
 ),
@@ -89,8 +91,8 @@ select
     coalesce(date_diff('day', cast(s.last_order_at as date), DATE '{{ var("as_of") }}'), 3650)
                                                           as recency_days,
     coalesce(s.orders, 0)                                 as orders,
-    round(coalesce(s.revenue, 0), 2)                      as revenue,
-    round(coalesce(s.revenue / nullif(s.orders, 0), 0), 2) as avg_order_value,
+    cast(coalesce(s.revenue, 0) as double)                as revenue,
+    cast(round(coalesce(s.revenue / nullif(s.orders, 0), 0), 2) as double) as avg_order_value,
     coalesce(c.category_counts[1].category, 'none')       as top_category,
     coalesce(s.n_categories, 0)                           as n_categories,
     coalesce(a.views_lookback, 0)                         as views_lookback,

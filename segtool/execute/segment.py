@@ -404,7 +404,14 @@ def population_drift(con, proj, name: str, model, params: dict) -> dict:
         int(sid): int(lab) for lab, sid in params["label_to_id"].items() if int(lab) >= 0
     }
     p95 = np.asarray(model.cluster_p95_distance_, dtype=np.float64)
-    labels = np.array([id_to_label.get(int(s), -1) for s in seg_ids])
+    # segment id -> cluster label, vectorised (a Python loop costs ~0.5 s at 1M users)
+    lut = np.full(max(id_to_label, default=0) + 1, -1, dtype=np.int64)
+    for sid, lab in id_to_label.items():
+        lut[sid] = lab
+    seg_ids = seg_ids.astype(np.int64)
+    known = (seg_ids >= 0) & (seg_ids < len(lut))
+    labels = np.full(len(seg_ids), -1, dtype=np.int64)
+    labels[known] = lut[seg_ids[known]]
     ok = labels >= 0
     far_share = float((dist[ok] > p95[labels[ok]]).mean()) if ok.any() else 0.0
     base = float(model.mean_distance_)

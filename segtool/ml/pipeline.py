@@ -15,7 +15,7 @@ Fitting
    in memory. Component signs are fixed (largest loading positive) so refits
    are reproducible.
 3. The clusterer runs in that final space:
-   - kmeans: sklearn KMeans (n_init="auto", random_state=seed) on all rows.
+   - kmeans: sklearn KMeans (n_init=3, random_state=seed) on all rows.
    - minibatch_kmeans: sklearn MiniBatchKMeans on all rows (batch 4096, best
      of 3 initialisations).
    - gmm: sklearn GaussianMixture (diagonal covariances) on at most 200,000
@@ -227,10 +227,14 @@ class SegmentModel:
         return Z
 
     def _fit_factors(self, blocks: list[np.ndarray], n: int, weights, keys) -> None:
-        """sqrt(weight / mean squared row norm) per block; also the NaN/inf check."""
+        """sqrt(weight / mean squared distance to the block's mean) per block;
+        also the NaN/inf check. Centred spread, not raw norm: unit-length
+        embeddings have norm 1 but spread far less around their mean, so
+        scaling by the raw norm would let feature blocks swamp them."""
         factors = []
         for bi, (b, w) in enumerate(zip(blocks, weights, strict=True)):
             total = 0.0
+            colsum = np.zeros(b.shape[1], dtype=np.float64)
             for s, e in chunks(n):
                 c = b[s:e]
                 rows = np.einsum("ij,ij->i", c, c)
@@ -241,8 +245,10 @@ class SegmentModel:
                     rows = rows.astype(np.float64)
                     rows[bad] = np.einsum("ij,ij->i", c64, c64)
                 total += float(rows.sum(dtype=np.float64))
-            msn = total / n
-            factors.append(np.sqrt(w / msn) if msn > 0 else np.sqrt(w))
+                colsum += c.sum(axis=0, dtype=np.float64)
+            mean = colsum / n
+            spread = total / n - float(mean @ mean)  # E||x||^2 - ||E x||^2 = E||x - mean||^2
+            factors.append(np.sqrt(w / spread) if spread > 1e-12 else np.sqrt(w))
         self.block_factors_ = np.asarray(factors, dtype=np.float64)
 
     def _fit_pca(self, blocks: list[np.ndarray], n: int, seed: int) -> None:
@@ -623,7 +629,8 @@ def _fit_kmeans(Z: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
                 n_clusters=k, random_state=seed, n_init=3, batch_size=min(4096, Z.shape[0])
             )
         else:
-            est = KMeans(n_clusters=k, n_init="auto", random_state=seed)
+            # several starts: the best of 3 is far more stable from one refit to the next
+            est = KMeans(n_clusters=k, n_init=3, random_state=seed)
         est.fit(Z)
     return np.asarray(est.cluster_centers_, dtype=np.float32)
 

@@ -77,8 +77,10 @@ def test_template_change_rerenders_all_but_reembeds_only_changed_texts(project):
         "select count(distinct text_hash) from _segtool.texts__story where text like '%Germany%'"
     )[0][0]
     assert s["embeddings"]["story.hash"]["embedded"] == de_texts > 0
-    # the template is not part of the fitted model: reassign, not refit
-    assert s["segmentations"]["behaviour"]["action"] == "assign"
+    # the template is not part of the fitted model: no "definition changed" refit
+    # (a third of the vectors moved, so the drift policy may still refit)
+    g = s["segmentations"]["behaviour"]
+    assert g["action"] == "assign" or g["reason"].startswith("drift"), g
 
 
 def test_encoder_change_reembeds_and_refits(project):

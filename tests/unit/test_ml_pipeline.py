@@ -158,14 +158,29 @@ def test_predict_rejects_wrong_dimensions(data):
 
 def test_block_weights_balance_dimensions():
     """A 2-D feature block is not drowned by a 300-D block of the same scale:
-    each block's mean squared row norm becomes its weight."""
+    each block's mean squared distance to its mean becomes its weight."""
     rng = np.random.default_rng(1)
     big = rng.normal(size=(200, 300))
     small = rng.normal(size=(200, 2))
     m = SegmentModel([1.0, 0.5], None, ClusterSpec(k=2)).fit([big, small])
     Z = m.transform([big, small]).astype(np.float64)
-    np.testing.assert_allclose((Z[:, :300] ** 2).sum(1).mean(), 1.0, rtol=1e-5)
-    np.testing.assert_allclose((Z[:, 300:] ** 2).sum(1).mean(), 0.5, rtol=1e-5)
+    spread = lambda X: ((X - X.mean(0)) ** 2).sum(1).mean()  # noqa: E731
+    np.testing.assert_allclose(spread(Z[:, :300]), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(spread(Z[:, 300:]), 0.5, rtol=1e-5)
+
+
+def test_block_weights_use_centred_spread():
+    """Unit-length vectors clustered around one direction have norm 1 but a
+    small spread; they must still count as much as a standardised feature block."""
+    rng = np.random.default_rng(2)
+    direction = np.ones(50) / np.sqrt(50)
+    emb = direction + 0.05 * rng.normal(size=(300, 50))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    feats = rng.normal(size=(300, 3))
+    m = SegmentModel([1.0, 1.0], None, ClusterSpec(k=2)).fit([emb, feats])
+    Z = m.transform([emb, feats]).astype(np.float64)
+    spread = lambda X: ((X - X.mean(0)) ** 2).sum(1).mean()  # noqa: E731
+    np.testing.assert_allclose(spread(Z[:, :50]), spread(Z[:, 50:]), rtol=1e-4)
 
 
 def test_pca_components_capped_by_samples():

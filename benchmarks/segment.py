@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Whole-run timings of examples/ecommerce: full, incremental, --refit, and a
+hand-written scikit-learn script for the same clustering.
+
+For each --users size, a copy of examples/ecommerce is made under --workdir
+with the `behaviour` segmentation switched to the `hashing` encoder (so the
+CPU time measured is SQL, rendering and clustering, not a transformer), and:
+
+  full        period-1 data, empty target/: `segtool run`
+  incremental period-2 data (`generate.py --period 2` into the same folder:
+              ~5% new users, ~1% changed, ~0.2% deleted), from the state the
+              full run left: `segtool run`
+  --refit     `segtool run --refit` on the period-2 data
+  no-op       `segtool run` again, nothing changed
+  hand-written  what a user would write instead of the `behaviour` node:
+              read user_features (rfm columns) and the cached hashing vectors
+              from the DuckDB file, log1p + StandardScaler, block weights as
+              segtool's (sqrt(w / mean squared row norm)), PCA(16), KMeans(6,
+              seed 7, n_init="auto"), write a (user_id, segment_id) table back
+
+Wall time is the `segtool run` process (interpreter start included); stage
+seconds come from target/run_results.json: models (all SQL models), texts
+(rendering), embeddings (hashing encoder), one column per segmentation. The
+segmentation stage of an incremental run is compared with the full run's
+(goal: < 10%); the whole run is reported too (SQL models are rebuilt on every
+run by design, so the whole-run fraction is higher).
+
+Every cell is the best of --repeat runs (the incremental run restarts from a
+copy of the full run's state each time). Before each timed step the script
+waits (up to --max-wait s, 60 s at a time) until the 1-minute load average is
+under --max-load: the numbers are only meaningful on a quiet machine.
+
+    python benchmarks/segment.py --users 100000,1000000 --repeat 2
+    python benchmarks/segment.py --users 20000 --repeat 1 --max-load 99   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ecommerce"
+GENERATE = EXAMPLE / "generate.py"
+# the console script, bound to this interpreter (`python -m segtool.cli` is not used:
+# cli.py registers optional commands at import time, which breaks under -m)
+SEGTOOL = [sys.executable, "-c", "import sys; from segtool.cli import main; sys.exit(main())"]
+RFM = {  # column -> transform, as features `rfm` in segments.yml
+    "recency_days": "log1p",
+    "orders": "log1p",
+    "revenue": "log1p",
+    "avg_order_value": "log1p",
+    "n_categories": "none",
+    "views_lookback": "log1p",
+}
+LOADS: list[float] = []  # 1-minute load average at the start of each timed step
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def wait_quiet(max_load: float, max_wait: float) -> float:
+    waited = 0.0
+    while True:
+        load = os.getloadavg()[0]
+        if load < max_load or waited >= max_wait:
+            if load >= max_load:
+                print(
+                    f"  ! load {load:.2f} still >= {max_load} after {waited:.0f}s: timing anyway",
+                    flush=True,
+                )
+            LOADS.append(load)
+            return load
+        print(f"  (load {load:.2f} >= {max_load}: waiting 60s)", flush=True)
+        time.sleep(60)
+        waited += 60
+
+
+def sh(args: list[str], cwd: Path | None = None) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(
+            f"{' '.join(map(str, args))} failed (exit {p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
+        )
+    return time.perf_counter() - t0
+
+
+def generate(data: Path, users: int, period: int) -> float:
+    return sh(
+        [
+            sys.executable,
+            str(GENERATE),
+            "--users",
+            str(users),
+            "--out",
+            str(data),
+            "--seed",
+            "42",
+            "--period",
+            str(period),
+        ]
+    )
+
+
+def make_project(dest: Path) -> None:
+    """Copy the example (no data, no target) with behaviour on the hashing encoder."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("data", "target", "__pycache__"))
+    path = dest / "segments" / "segments.yml"
+    doc = yaml.safe_load(path.read_text())
+    for seg in doc["segmentations"]:
+        if seg["name"] == "behaviour":
+            for inp in seg["inputs"]:
+                if "embedding" in inp:
+                    inp["embedding"]["encoder"] = "hashing"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def segtool_run(project: Path, *extra: str) -> dict:
+    wall = sh([*SEGTOOL, "run", "-q", "--project-dir", str(project), *extra])
+    res = json.loads((project / "target" / "run_results.json").read_text())
+    if res["status"] != "success":
+        sys.exit(f"run failed: {res}")
+    stages: dict[str, float] = {"models": 0.0, "texts": 0.0, "embeddings": 0.0}
+    for r in res["results"]:
+        kind = r["kind"]
+        if kind == "model":
+            stages["models"] += r["seconds"]
+        elif kind == "text":
+            stages["texts"] += r["seconds"]
+        elif kind == "embedding":
+            stages["embeddings"] += r["seconds"]
+        elif kind == "segmentation":
+            stages["seg:" + r["unique_id"].split(".", 1)[1]] = r["seconds"]
+    segs = res["summary"].get("segmentations", {})
+    return {
+        "wall": wall,
+        "elapsed": res["elapsed_seconds"],
+        "stages": stages,
+        "segs": segs,
+        "summary": res["summary"],
+    }
+
+
+def best(runs: list[dict]) -> dict:
+    """Fastest run by wall time; each stage is the fastest over the runs too."""
+    b = dict(min(runs, key=lambda r: r["wall"]))
+    b["stages"] = {k: min(r["stages"][k] for r in runs) for k in runs[0]["stages"]}
+    return b
+
+
+# ----------------------------------------------------------------------------- the hand-written script
+
+
+def hand_written(db: Path, out_table: str = "hand_behaviour") -> dict:
+    """The `behaviour` clustering as a user would write it without segtool."""
+    import duckdb
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    con = duckdb.connect(str(db))
+    cols = ", ".join(f"f.{c}" for c in RFM)
+    tbl = con.sql(
+        f"""SELECT f.user_id, {cols}, e.vector
+        FROM user_features f
+        JOIN _segtool.texts__shopper_story t USING (user_id)
+        JOIN _segtool.embeddings e ON e.text_hash = t.text_hash
+             AND e.encoder_fp = (SELECT encoder_fp FROM _segtool.embeddings LIMIT 1)
+        ORDER BY f.user_id"""
+    ).to_arrow_table()
+    keys = tbl.column("user_id").to_numpy()
+    feats = np.column_stack([tbl.column(c).to_numpy().astype(np.float64) for c in RFM])
+    vec = tbl.column("vector").combine_chunks()
+    emb = vec.flatten().to_numpy().astype(np.float32).reshape(len(vec), -1)
+    t_load = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    for j, tr in enumerate(RFM.values()):
+        if tr == "log1p":
+            feats[:, j] = np.log1p(feats[:, j])
+    f = StandardScaler().fit_transform(feats)
+    # block weights as segtool: each block contributes `weight` to the squared distance
+    wf = np.sqrt(0.5 / np.mean(np.sum(f**2, axis=1)))
+    we = np.sqrt(1.0 / np.mean(np.sum(emb.astype(np.float64) ** 2, axis=1)))
+    X = np.hstack([we * emb, (wf * f).astype(np.float32)])
+    Z = PCA(n_components=16, random_state=7).fit_transform(X)
+    labels = KMeans(n_clusters=6, random_state=7, n_init="auto").fit_predict(Z)
+    t_fit = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    import pyarrow as pa
+
+    con.register("__hand", pa.table({"user_id": keys, "segment_id": labels.astype(np.int32)}))
+    con.execute(f"CREATE OR REPLACE TABLE {out_table} AS SELECT * FROM __hand")
+    con.close()
+    t_write = time.perf_counter() - t2
+    return {
+        "load": t_load,
+        "fit": t_fit,
+        "write": t_write,
+        "total": t_load + t_fit + t_write,
+        "keys": keys,
+        "labels": labels,
+    }
+
+
+def agreement(db: Path, keys, labels) -> float:
+    import duckdb
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    con = duckdb.connect(str(db), read_only=True)
+    seg = dict(con.execute("SELECT user_id, segment_id FROM segments.behaviour").fetchall())
+    con.close()
+    pairs = [(seg[k], int(lab)) for k, lab in zip(keys.tolist(), labels.tolist()) if k in seg]
+    a = np.array(pairs)
+    return float(adjusted_rand_score(a[:, 0], a[:, 1]))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def bench_size(
+    n: int, work: Path, repeat: int, repeat_full: int, max_load: float, max_wait: float
+) -> dict:
+    base = work / f"users_{n}"
+    proj = base / "project"
+    snap = base / "target_after_full"
+    make_project(proj)
+    data = proj / "data"
+    print(f"\n== {n:,} users  (work dir {base})", flush=True)
+    t = generate(data, n, 1)
+    print(f"  generated period 1 in {t:.1f}s", flush=True)
+
+    # 1. full runs
+    fulls = []
+    for i in range(repeat_full):
+        shutil.rmtree(proj / "target", ignore_errors=True)
+        wait_quiet(max_load, max_wait)
+        fulls.append(segtool_run(proj))
+        print(f"  full run {i + 1}/{repeat_full}: {fulls[-1]['wall']:.1f}s", flush=True)
+    if snap.exists():
+        shutil.rmtree(snap)
+    shutil.copytree(proj / "target", snap)
+
+    # 2. period 2, incremental runs from the full run's state
+    t = generate(data, n, 2)
+    print(f"  generated period 2 in {t:.1f}s", flush=True)
+    incs = []
+    for i in range(repeat):
+        shutil.rmtree(proj / "target")
+        shutil.copytree(snap, proj / "target")
+        wait_quiet(max_load, max_wait)
+        incs.append(segtool_run(proj))
+        print(f"  incremental run {i + 1}/{repeat}: {incs[-1]['wall']:.1f}s", flush=True)
+
+    # 3. --refit on period 2
+    refits = []
+    for i in range(repeat):
+        wait_quiet(max_load, max_wait)
+        refits.append(segtool_run(proj, "--refit"))
+        print(f"  --refit run {i + 1}/{repeat}: {refits[-1]['wall']:.1f}s", flush=True)
+
+    # no-op: nothing changed since the last run
+    noops = []
+    for _ in range(repeat):
+        wait_quiet(max_load, max_wait)
+        noops.append(segtool_run(proj))
+    # 4. the hand-written script, on the same database (warm imports first)
+    db = proj / "target" / "segtool.duckdb"
+    hand_written(db)
+    hands = []
+    for _ in range(repeat):
+        wait_quiet(max_load, max_wait)
+        hands.append(hand_written(db))
+    hand = min(hands, key=lambda h: h["total"])
+    ari = agreement(db, hand["keys"], hand["labels"])
+    return {
+        "n": n,
+        "full": best(fulls),
+        "inc": best(incs),
+        "refit": best(refits),
+        "noop": best(noops),
+        "hand": hand,
+        "ari_hand": ari,
+        "repeat": repeat,
+        "repeat_full": repeat_full,
+    }
+
+
+def fmt_table(results: list[dict]) -> str:
+    stage_keys: list[str] = []
+    for r in results:
+        for run in ("full", "inc", "refit", "noop"):
+            for k in r[run]["stages"]:
+                if k not in stage_keys:
+                    stage_keys.append(k)
+    short = {k: k.replace("seg:", "") for k in stage_keys}
+    head = (
+        "| users | run | wall s | in-run s | "
+        + " | ".join(short[k] for k in stage_keys)
+        + " | behaviour action | assigned |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        for run, label in (
+            ("full", "full"),
+            ("inc", "incremental (period 2)"),
+            ("refit", "--refit (period 2)"),
+            ("noop", "no-op rerun"),
+        ):
+            x = r[run]
+            b = x["segs"].get("behaviour", {})
+            cells = " | ".join(f"{x['stages'].get(k, 0):.2f}" for k in stage_keys)
+            assigned = f"{b.get('assigned', 0):,} / {b.get('users', 0):,} ({b.get('assigned', 0) / max(1, b.get('users', 1)):.1%})"
+            lines.append(
+                f"| {r['n']:,} | {label} | {x['wall']:.1f} | {x['elapsed']:.1f} | {cells} | {b.get('action', '')} | {assigned} |"
+            )
+    return "\n".join(lines)
+
+
+def fmt_fractions(results: list[dict]) -> str:
+    head = "| users | incremental / full: whole run (wall) | models | texts | embeddings | segmentations (all) | behaviour |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        f, i = r["full"], r["inc"]
+
+        def seg_sum(x):
+            return sum(v for k, v in x["stages"].items() if k.startswith("seg:"))
+
+        def frac(a, b):
+            return f"{a / b:.1%}" if b > 0 else "-"
+
+        lines.append(
+            f"| {r['n']:,} | {frac(i['wall'], f['wall'])} | {frac(i['stages']['models'], f['stages']['models'])} | "
+            f"{frac(i['stages']['texts'], f['stages']['texts'])} | {frac(i['stages']['embeddings'], f['stages']['embeddings'])} | "
+            f"{frac(seg_sum(i), seg_sum(f))} | {frac(i['stages'].get('seg:behaviour', 0), f['stages'].get('seg:behaviour', 0))} |"
+        )
+    return "\n".join(lines)
+
+
+def fmt_hand(results: list[dict]) -> str:
+    head = (
+        "| users | segtool `behaviour` refit s | hand-written s (load + fit + write) | ratio segtool / hand | "
+        "`segtool run --refit` wall s | ARI segtool vs hand |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        h = r["hand"]
+        s = r["refit"]["stages"].get("seg:behaviour", 0)
+        lines.append(
+            f"| {r['n']:,} | {s:.2f} | {h['total']:.2f} ({h['load']:.2f} + {h['fit']:.2f} + {h['write']:.2f}) | "
+            f"{s / h['total']:.2f} | {r['refit']['wall']:.1f} | {r['ari_hand']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--users", default="100000,1000000", help="comma-separated sizes (default 100000,1000000)"
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where projects and data go (default: a temp dir)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs per incremental/refit/no-op/hand cell; best shown",
+    )
+    ap.add_argument(
+        "--repeat-full",
+        type=int,
+        default=1,
+        help="full runs per size (each re-renders and re-embeds everything)",
+    )
+    ap.add_argument(
+        "--max-load",
+        type=float,
+        default=1.5,
+        help="wait for the 1-minute load average to drop below this",
+    )
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=900,
+        help="seconds to wait for a quiet machine before timing anyway",
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
+    args = ap.parse_args()
+
+    sizes = [int(s.replace("_", "")) for s in args.users.split(",") if s.strip()]
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="segtool-bench-seg-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = [
+        bench_size(n, work, args.repeat, args.repeat_full, args.max_load, args.max_wait)
+        for n in sizes
+    ]
+
+    print(
+        f"\nexamples/ecommerce, behaviour on the hashing encoder (256-d); {os.cpu_count()} CPU(s); "
+        f"best of {args.repeat} (full runs: best of {args.repeat_full}); "
+        f"1-min load at the start of the timed steps: {min(LOADS):.2f}-{max(LOADS):.2f}\n"
+    )
+    print("Stage seconds (from target/run_results.json; wall = the `segtool run` process)\n")
+    print(fmt_table(results))
+    print("\nIncremental run as a fraction of the full run\n")
+    print(fmt_fractions(results))
+    print(
+        "\n`behaviour` clustering: segtool vs a hand-written DuckDB + scikit-learn script (period-2 data)\n"
+    )
+    print(fmt_hand(results))
+    if args.json:
+        for r in results:
+            r["hand"] = {k: v for k, v in r["hand"].items() if k not in ("keys", "labels")}
+        args.json.write_text(
+            json.dumps(
+                {"results": results, "loads": LOADS, "cpus": os.cpu_count()}, indent=1, default=str
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
