@@ -475,13 +475,13 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
             transformers.append(None)
             blocks.append(b)
     names = [inp.features or f"{inp.embedding.text}/{inp.embedding.encoder}" for inp in seg.inputs]
+    # stable ids: start from the previous assignment, then match by member overlap
+    prev = _previous_ids(con, proj, name, loaded.keys)
     model = SegmentModel(
         [i.weight for i in seg.inputs], seg.reduce, seg.cluster, input_names=names
-    ).fit(blocks, loaded.keys)
+    ).fit(blocks, loaded.keys, init_labels=prev if (prev >= 0).any() else None)
     labels, dist, conf = model.predict(blocks, loaded.keys)
 
-    # stable ids: match to the previous assignment by member overlap
-    prev = _previous_ids(con, proj, name, loaded.keys)
     alive = [
         r[0]
         for r in con.execute(

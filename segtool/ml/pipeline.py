@@ -307,7 +307,16 @@ class SegmentModel:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None) -> SegmentModel:
+    def fit(
+        self,
+        blocks: Sequence[np.ndarray],
+        keys: np.ndarray | None = None,
+        init_labels: np.ndarray | None = None,
+    ) -> SegmentModel:
+        """Fit on the rows of `blocks`. `init_labels` (one per row, negative =
+        unknown) is a previous assignment: k-means then starts from its
+        segments' centroids in the new space (a warm start), so a refit on
+        slightly different data keeps most users where they were."""
         cl = self._cluster
         weights = [float(w) for w in self.weights]
         if not weights or any(not np.isfinite(w) or w <= 0 for w in weights):
@@ -352,7 +361,8 @@ class SegmentModel:
                 labels = _ward_labels(_ward_tree(Zs), k)
                 self.centers_ = _means(Zs, labels)
             else:
-                self.centers_ = _fit_kmeans(Z, k, method, cl.seed)
+                init = _warm_start(Z, init_labels, k, cl.seed) if init_labels is not None else None
+                self.centers_ = _fit_kmeans(Z, k, method, cl.seed, init=init)
         self.n_clusters_ = int(self.centers_.shape[0])
         if method == "hdbscan":
             self.k_ = self.n_clusters_
@@ -613,7 +623,31 @@ class SegmentModel:
 # ---------------------------------------------------------------------- clusterer helpers
 
 
-def _fit_kmeans(Z: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
+def _warm_start(Z: np.ndarray, prev: np.ndarray, k: int, seed: int) -> np.ndarray | None:
+    """k starting centres: the centroids (in Z's space) of the k largest previous
+    segments; when there were fewer than k, the remaining centres are the
+    sample points farthest from those (a k-means++-like completion)."""
+    prev = np.asarray(prev).ravel()
+    if prev.shape[0] != Z.shape[0]:
+        return None
+    ids, counts = np.unique(prev[prev >= 0], return_counts=True)
+    if ids.size == 0:
+        return None
+    order = np.argsort(-counts, kind="stable")[:k]
+    centres = [Z[prev == ids[i]].mean(axis=0, dtype=np.float64) for i in order]
+    if len(centres) < k:
+        idx = sample_indices(Z.shape[0], 20000, seed)
+        S = Z[idx].astype(np.float64)
+        while len(centres) < k:
+            C = np.asarray(centres)
+            d = ((S[:, None, :] - C[None, :, :]) ** 2).sum(-1).min(axis=1)
+            centres.append(S[int(np.argmax(d))])
+    return np.asarray(centres, dtype=np.float64)
+
+
+def _fit_kmeans(
+    Z: np.ndarray, k: int, method: str, seed: int, init: np.ndarray | None = None
+) -> np.ndarray:
     import warnings
 
     from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -622,7 +656,18 @@ def _fit_kmeans(Z: np.ndarray, k: int, method: str, seed: int) -> np.ndarray:
     with warnings.catch_warnings():
         # fewer distinct points than k: sklearn warns and duplicates centres; harmless here
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if method == "minibatch_kmeans":
+        if init is not None:  # warm start from the previous assignment: one run from there
+            if method == "minibatch_kmeans":
+                est = MiniBatchKMeans(
+                    n_clusters=k,
+                    init=init,
+                    n_init=1,
+                    random_state=seed,
+                    batch_size=min(4096, Z.shape[0]),
+                )
+            else:
+                est = KMeans(n_clusters=k, init=init, n_init=1, random_state=seed)
+        elif method == "minibatch_kmeans":
             # n_init=3: only the cheap initialisation is repeated (on init_size
             # rows); the minibatch run itself happens once
             est = MiniBatchKMeans(

@@ -264,3 +264,19 @@ def test_large_batch_path_matches_single_users():
         one = m.predict([b[i : i + 1] for b in blocks])
         for a, b in zip(full, one, strict=True):
             assert a[i] == b[0]
+
+
+def test_warm_start_keeps_a_previous_partition():
+    """Refit from a previous assignment: on the same data the partition is kept."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(loc=c, size=(100, 4)) for c in (0.0, 0.7, 1.4)])  # overlapping blobs
+    first = SegmentModel([1.0], None, ClusterSpec(k=3, seed=1)).fit([X])
+    prev, _, _ = first.predict([X])
+    again = SegmentModel([1.0], None, ClusterSpec(k=3, seed=99)).fit([X], init_labels=prev)
+    labels, _, _ = again.predict([X])
+    assert adjusted_rand_score(prev, labels) > 0.95
+    # more clusters than before: the extra centre is completed, not an error
+    more = SegmentModel([1.0], None, ClusterSpec(k=4, seed=1)).fit([X], init_labels=prev)
+    assert more.centers_.shape[0] == 4
