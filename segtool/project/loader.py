@@ -217,6 +217,22 @@ def _read_text(p: Path, rel: str) -> str:
         ) from exc
 
 
+def _read_spec_file(p: Path, rel: str, cls, errors: list[ProjectError]):
+    """One YAML file validated as `cls`, or None with its errors appended."""
+    try:
+        data, marks = load_yaml(p, rel)
+    except ProjectError as exc:
+        errors.append(exc)
+        return None
+    errs = require_mapping(data, rel)
+    if errs:
+        errors += errs
+        return None
+    spec, errs = validate_spec(cls, data or {}, marks=marks, rel=rel)
+    errors += errs
+    return spec
+
+
 def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
     root = proj.root
     mdir = proj.spec.paths.models
@@ -239,17 +255,7 @@ def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
 
     for p in _files(root, mdir, ("*.yml", "*.yaml")):
         rel = proj.relpath(p)
-        try:
-            data, marks = load_yaml(p, rel)
-        except ProjectError as exc:
-            errors.append(exc)
-            continue
-        errs = require_mapping(data, rel)
-        if errs:
-            errors += errs
-            continue
-        props, errs = validate_spec(PropertiesFile, data or {}, marks=marks, rel=rel)
-        errors += errs
+        props = _read_spec_file(p, rel, PropertiesFile, errors)
         if props is None:
             continue
         for src in props.sources:
@@ -315,17 +321,7 @@ def _load_segments(proj: LoadedProject, errors: list[ProjectError]) -> None:
     )
     for p in _files(proj.root, proj.spec.paths.segments, ("*.yml", "*.yaml")):
         rel = proj.relpath(p)
-        try:
-            data, marks = load_yaml(p, rel)
-        except ProjectError as exc:
-            errors.append(exc)
-            continue
-        errs = require_mapping(data, rel)
-        if errs:
-            errors += errs
-            continue
-        seg, errs = validate_spec(SegmentsFile, data or {}, marks=marks, rel=rel)
-        errors += errs
+        seg = _read_spec_file(p, rel, SegmentsFile, errors)
         if seg is None:
             continue
         for kind, registry in kinds:
