@@ -681,7 +681,7 @@ def _write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, f
         }
     )
     con.register("__segtool_assign", batch)
-    select = f"""SELECT a.k AS {k}, a.segment_id, coalesce(c.label, 'segment ' || a.segment_id) AS segment,
+    select = f"""SELECT a.k AS {k}, a.segment_id, CASE WHEN a.segment_id = -1 THEN 'outlier' ELSE coalesce(c.label, 'segment ' || a.segment_id) END AS segment,
         a.distance, a.confidence, {int(run_id)} AS run_id, now()::TIMESTAMP AS updated_at
         FROM __segtool_assign a LEFT JOIN {STATE}.segment_catalog c ON c.segmentation = '{name}' AND c.segment_id = a.segment_id"""
     if full or not table_exists(con, RESULTS, name):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from tests.fixtures import data_files
 
@@ -279,3 +280,39 @@ def test_drift_policy_refits_when_the_population_moves(project):
     g = summary(project)["segmentations"]["behaviour"]
     assert g["action"] == "refit" and g["reason"].startswith("drift"), g
     assert g["drift"]["score"] > 0.25
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [
+        "{method: minibatch_kmeans, k: 3, seed: 7}",
+        "{method: gmm, k: 3, seed: 7}",
+        "{method: agglomerative, k: 3, seed: 7}",
+        "{method: hdbscan, min_cluster_size: 5, seed: 7}",
+        "{method: kmeans, k: auto, k_range: [2, 5], seed: 7}",
+    ],
+)
+def test_every_clusterer_fits_stores_and_assigns(project, cluster):
+    project.edit(
+        "segments/segments.yml", "cluster: {method: kmeans, k: 3, seed: 7}", f"cluster: {cluster}"
+    )
+    project.edit("segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", "tests: {}")
+    project.cli("run")
+    first = dict(project.sql("select user_id, segment_id from segments.behaviour"))
+    assert len(first) == 60
+    for rel, content in data_files(changed=(4,), extra_users=2).items():
+        project.write(rel, content)
+    project.cli("run")
+    g = summary(project)["segmentations"]["behaviour"]
+    assert g["users"] == 62
+    if g["action"] == "assign":  # the stored model (restored from npz) scored the new users
+        assert g["assigned"] == 3
+        after = dict(project.sql("select user_id, segment_id from segments.behaviour"))
+        assert all(after[u] == first[u] for u in first if u != 4)
+    project.cli("test", "-s", "behaviour")
+    if "hdbscan" in cluster:
+        labels = {
+            r[0]
+            for r in project.sql("select segment from segments.behaviour where segment_id = -1")
+        }
+        assert labels <= {"outlier"}

@@ -271,7 +271,9 @@ def test_warm_start_keeps_a_previous_partition():
     from sklearn.metrics import adjusted_rand_score
 
     rng = np.random.default_rng(5)
-    X = np.concatenate([rng.normal(loc=c, size=(100, 4)) for c in (0.0, 0.7, 1.4)])  # overlapping blobs
+    X = np.concatenate(
+        [rng.normal(loc=c, size=(100, 4)) for c in (0.0, 0.7, 1.4)]
+    )  # overlapping blobs
     first = SegmentModel([1.0], None, ClusterSpec(k=3, seed=1)).fit([X])
     prev, _, _ = first.predict([X])
     again = SegmentModel([1.0], None, ClusterSpec(k=3, seed=99)).fit([X], init_labels=prev)
