@@ -32,7 +32,6 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -167,16 +166,6 @@ def _first_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- planner
 
 
-class _RunnerShim:
-    """The few runner attributes `segment.fit_hash` and `embed.encoder_for` read."""
-
-    def __init__(self, project, encoders: dict[str, Any]):
-        self.project = project
-        self.proj = project.loaded
-        self.opts = SimpleNamespace(device=None, refit=False, full_refresh=False)
-        self._encoders = dict(encoders)
-
-
 class _Planner:
     def __init__(self, project, uids: list[str], *, full_refresh: bool, refit: bool):
         self.project = project
@@ -193,7 +182,6 @@ class _Planner:
         self._model_rel: dict[str, str | None] = {}
         self._text_rel: dict[str, str | None] = {}
         self._fingerprints: dict[str, str | None] = {}
-        self._encoders: dict[str, Any] = {}
         self._tmp = 0
 
     # -------------------------------------------------------------- helpers
@@ -237,7 +225,6 @@ class _Planner:
                     allow_download=False,
                 )
                 fp = enc.fingerprint()
-                self._encoders[enc_name] = enc
             except SegtoolError as exc:
                 self.notes.append(
                     f"encoder '{enc_name}': cannot compute its fingerprint ({_first_line(exc)}); no embedding counts"
@@ -750,7 +737,7 @@ class _Planner:
         fh = None
         if all(self.fingerprint(e) for e in encoders):
             try:
-                fh = fit_hash(_RunnerShim(self.project, self._encoders), seg)
+                fh = fit_hash(self.proj, self.fingerprint, seg)
             except SegtoolError as exc:
                 self.notes.append(
                     f"segmentation '{seg.name}': cannot compute its fit hash ({_first_line(exc)})"
@@ -829,7 +816,7 @@ class _Planner:
 
     def _assign_counts(self, node, exists: bool) -> dict | None:
         """Users of the population and how many have new inputs since their last assignment."""
-        from segtool.execute.segment import inputs_table, seg_table
+        from segtool.execute.segment import input_hash_sql, inputs_table, seg_table
 
         seg = node.spec
         con = self.con
@@ -838,21 +825,17 @@ class _Planner:
             pop = self._population(seg)
             if pop is None:
                 return None
-            parts = []
-            for inp in seg.inputs:
+            for inp in seg.inputs:  # every input must be readable, built or planned
                 if inp.features is not None:
-                    fs = self.proj.features[inp.features]
-                    rel = self.model_rel(fs.model)
-                    if rel is None:
+                    if self.model_rel(self.proj.features[inp.features].model) is None:
                         return None
-                    cols = ", ".join(f"f.{quote_ident(c)}" for c in fs.columns)
-                    parts.append(f"(SELECT hash({cols}) FROM {rel} f WHERE f.{k} = u.{k})")
-                else:
-                    trel = self.text_rel(inp.embedding.text)
-                    if trel is None:
-                        return None
-                    parts.append(f"(SELECT hash(t.text_hash) FROM {trel} t WHERE t.{k} = u.{k})")
-            cur = f"SELECT u.{k}, hash({', '.join(parts)}) AS input_hash FROM ({pop}) u"
+                elif self.text_rel(inp.embedding.text) is None:
+                    return None
+            # the run's own hash of each user's inputs, over what the run will read
+            h = input_hash_sql(
+                self.proj, seg, "u", model_rel=self.model_rel, text_rel=self.text_rel
+            )
+            cur = f"SELECT u.{k}, {h} AS input_hash FROM ({pop}) u"
             users = _count(con, f"SELECT count(*) FROM ({pop})")
             counts: dict[str, int | None] = {"users": users}
             if exists and table_exists(con, STATE, "inputs__" + seg.name):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from segtool.compile.jinja import compile_template, default_env
-from segtool.compile.sql import compile_model, quote_ident, relation, source_sql
+from segtool.compile.sql import compile_model, make_var, quote_ident, relation, source_sql
 from segtool.errors import ProjectError, did_you_mean
 from segtool.graph.build import BuiltGraph
 from segtool.project.loader import LoadedProject, env_var
@@ -140,7 +140,7 @@ def check_predicate(
 
     rendered = render_string(
         predicate,
-        {"var": _var(proj), "env_var": env_var},
+        {"var": make_var(proj), "env_var": env_var},
         name=spec.file or "<segments>",
         what="predicate",
     )
@@ -162,17 +162,6 @@ def check_predicate(
             hint="compare something: e.g. `revenue > 1000`",
         )
     return rendered
-
-
-def _var(proj: LoadedProject):
-    def var(name: str, default=None):
-        if name in proj.vars:
-            return proj.vars[name]
-        if default is not None:
-            return default
-        raise ProjectError(f"var('{name}') is not defined", hint=did_you_mean(name, proj.vars))
-
-    return var
 
 
 _STATEMENT_WORDS = re.compile(

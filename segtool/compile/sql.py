@@ -40,6 +40,28 @@ def sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def make_var(proj: LoadedProject, used: dict[str, Any] | None = None):
+    """The Jinja `var(name, default)` of SQL models, text templates and
+    predicates: project vars merged with --vars; `used` records what was read."""
+
+    def var(name: str, default: Any = _MISSING) -> Any:
+        if name in proj.vars:
+            value = proj.vars[name]
+        elif default is not _MISSING:
+            value = default
+        else:
+            raise ProjectError(
+                f"var('{name}') is not defined",
+                hint=did_you_mean(name, proj.vars)
+                or "define it under `vars:` in segtool_project.yml or pass --vars",
+            )
+        if used is not None:
+            used[name] = value
+        return value
+
+    return var
+
+
 def relation(name: str, schema: str = MODEL_SCHEMA) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
@@ -146,18 +168,7 @@ def compile_model(
             return source_override[key]
         return source_sql(proj.sources[key])
 
-    def var(name: str, default: Any = _MISSING) -> Any:
-        if name in proj.vars:
-            vars_used[name] = proj.vars[name]
-            return proj.vars[name]
-        if default is not _MISSING:
-            vars_used[name] = default
-            return default
-        raise ProjectError(
-            f"var('{name}') is not defined",
-            hint=did_you_mean(name, proj.vars)
-            or "define it under `vars:` in segtool_project.yml or pass --vars",
-        )
+    var = make_var(proj, vars_used)
 
     def config(**kw: Any) -> str:
         config_kw.update(kw)

@@ -47,11 +47,11 @@ class _TemplateLoader(jinja2.BaseLoader):
 
 
 def text_renderer(proj, text_spec) -> Callable[[Mapping[str, Any]], str]:
-    from segtool.compile.checks import _var
+    from segtool.compile.sql import make_var
     from segtool.project.loader import env_var
 
     env = make_env(_TemplateLoader(proj.templates))
-    env.globals.update(var=_var(proj), env_var=env_var)
+    env.globals.update(var=make_var(proj), env_var=env_var)
     tf = proj.templates[text_spec.template]
     return renderer(env, tf.text, tf.path)
 

@@ -78,7 +78,7 @@ class Runner:
         st = self.project.state_manifest(self.opts.state_dir) if self.opts.state_dir else None
         return select_nodes(built.graph, self.opts.select, self.opts.exclude, st)
 
-    def key_models(self, uids: list[str]) -> dict[str, str]:
+    def key_models(self) -> dict[str, str]:
         """Models that feed features/texts/segments (their key must be unique)."""
         proj = self.proj
         out: dict[str, str] = {}
@@ -176,7 +176,7 @@ class Runner:
         from segtool.execute.sql import build_model, check_key
 
         built = self.project.graph()
-        keyed = self.key_models(uids)
+        keyed = self.key_models()
         done = []
         for u in uids:
             node = built.graph[u]

@@ -52,8 +52,8 @@ def base_model(proj, seg) -> str:
 
 def population_sql(proj, seg) -> str:
     """The population's keys (and ordering column __ord)."""
-    from segtool.compile.checks import _var
     from segtool.compile.jinja import render_string
+    from segtool.compile.sql import make_var
     from segtool.project.loader import env_var
 
     k = quote_ident(proj.key)
@@ -61,7 +61,7 @@ def population_sql(proj, seg) -> str:
     if seg.population:
         pred = render_string(
             seg.population,
-            {"var": _var(proj), "env_var": env_var},
+            {"var": make_var(proj), "env_var": env_var},
             name=seg.file or "segments",
             what="population",
         )
@@ -164,12 +164,10 @@ class Loaded:
     texts: list[str] | None
 
 
-def fit_hash(runner, seg) -> str:
+def fit_hash(proj, fingerprint, seg) -> str:
     """What a fitted model depends on: the definition and the spaces of its
-    inputs (feature definitions, encoder fingerprints), not templates or SQL."""
-    from segtool.execute.embed import encoder_for
-
-    proj = runner.proj
+    inputs (feature definitions, encoder fingerprints), not templates or SQL.
+    `fingerprint(encoder_name)` gives each encoder's fingerprint."""
     parts: list[Any] = [
         seg.model_dump(exclude={"description", "tags", "tests", "update", "labels"})
     ]
@@ -177,7 +175,7 @@ def fit_hash(runner, seg) -> str:
         if inp.features:
             parts.append(proj.features[inp.features].model_dump(exclude={"description", "tags"}))
         else:
-            parts.append(encoder_for(runner, inp.embedding.encoder).fingerprint())
+            parts.append(fingerprint(inp.embedding.encoder))
     return sha(dumps(parts))
 
 
@@ -273,6 +271,21 @@ def _fingerprints(runner):
     return lambda name: encoder_for(runner, name).fingerprint()
 
 
+def project_fingerprints(project):
+    """Encoder fingerprints outside a run (tests, report); models are not loaded."""
+    from segtool.encoders import build_encoder
+
+    cache: dict[str, str] = {}
+
+    def fingerprint(name: str) -> str:
+        if name not in cache:
+            enc = build_encoder(project.loaded.encoders[name], project.root)
+            cache[name] = enc.fingerprint()
+        return cache[name]
+
+    return fingerprint
+
+
 def _active_fit(con, name: str) -> tuple | None:
     return one(
         con.execute(
@@ -318,8 +331,8 @@ def _run_clusters(runner, con, seg) -> dict:
     name = seg.name
     k = quote_ident(proj.key)
     pop = population_sql(proj, seg)
-    fhash = fit_hash(runner, seg)
-    hash_expr = _input_hash_sql(runner, seg, "u")
+    fhash = fit_hash(proj, _fingerprints(runner), seg)
+    hash_expr = input_hash_sql(proj, seg, "u")
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE __segtool_cur AS SELECT u.{k}, u.__ord, {hash_expr} AS input_hash FROM ({pop}) u"
     )
@@ -425,11 +438,13 @@ def population_drift(con, proj, name: str, model, params: dict) -> dict:
     }
 
 
-def _input_hash_sql(runner, seg, alias: str) -> str:
-    """A SQL expression hashing everything a user's assignment depends on."""
+def input_hash_sql(proj, seg, alias: str, model_rel=relation, text_rel=None) -> str:
+    """A SQL expression hashing everything a user's assignment depends on:
+    their feature values and text hashes. `model_rel(model)` / `text_rel(text)`
+    give the relations to read (the plan passes ones not built yet)."""
     from segtool.execute.render import text_table
 
-    proj = runner.proj
+    text_rel = text_rel or text_table
     k = quote_ident(proj.key)
     parts = []
     for inp in seg.inputs:
@@ -437,11 +452,11 @@ def _input_hash_sql(runner, seg, alias: str) -> str:
             fs = proj.features[inp.features]
             cols = ", ".join(f"f.{quote_ident(c)}" for c in fs.columns)
             parts.append(
-                f"(SELECT hash({cols}) FROM {relation(fs.model)} f WHERE f.{k} = {alias}.{k})"
+                f"(SELECT hash({cols}) FROM {model_rel(fs.model)} f WHERE f.{k} = {alias}.{k})"
             )
         else:
             parts.append(
-                f"(SELECT hash(t.text_hash) FROM {text_table(inp.embedding.text)} t WHERE t.{k} = {alias}.{k})"
+                f"(SELECT hash(t.text_hash) FROM {text_rel(inp.embedding.text)} t WHERE t.{k} = {alias}.{k})"
             )
     return f"hash({', '.join(parts)})"
 
@@ -972,11 +987,7 @@ def segmentation_tests(project, con, node) -> list:
 
 def _silhouette(project, con, seg) -> float:
     """Silhouette of the current assignment in the fitted space, on a sample."""
-    from segtool.encoders import build_encoder
     from segtool.ml.metrics import silhouette
-
-    def fingerprint(name: str) -> str:
-        return build_encoder(project.loaded.encoders[name], project.root).fingerprint()
 
     active = _active_fit(con, seg.name)
     if active is None:
@@ -985,7 +996,9 @@ def _silhouette(project, con, seg) -> float:
     k = quote_ident(project.loaded.key)
     users = f"SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {seg_table(seg.name)} s WHERE s.segment_id >= 0"
     sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
-    loaded = _load_inputs(project.loaded, fingerprint, con, seg, sample, need_texts=False)
+    loaded = _load_inputs(
+        project.loaded, project_fingerprints(project), con, seg, sample, need_texts=False
+    )
     X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
     ids = con.sql(
         f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"

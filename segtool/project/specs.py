@@ -8,9 +8,17 @@ carries `file` and `line` (set by the loader) so later stages can point at it.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -21,6 +29,10 @@ def _check_name(v: str) -> str:
             f"'{v}' is not a valid name: use letters, digits and underscores, not starting with a digit"
         )
     return v
+
+
+# a node name: referenced from other files and used in table names
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 class Spec(BaseModel):
@@ -56,14 +68,12 @@ class PathsSpec(Spec):
 
 
 class ProjectSpec(Spec):
-    name: str
+    name: Name
     version: int | str | None = None
     entity: EntitySpec = EntitySpec()
     target: str | None = None
     vars: dict[str, Any] = {}
     paths: PathsSpec = PathsSpec()
-
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
 
 
 class TargetSpec(Spec):
@@ -95,7 +105,7 @@ class ColumnSpec(Spec):
 
 
 class SourceTableSpec(Spec):
-    name: str
+    name: Name
     description: str = ""
     path: str | None = None
     format: Literal["csv", "parquet", "json"] | None = None
@@ -104,18 +114,14 @@ class SourceTableSpec(Spec):
     columns: list[ColumnSpec] = []
     tags: list[str] = []
 
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
-
 
 class SourceSpec(Spec):
-    name: str
+    name: Name
     description: str = ""
     database: str | None = None  # path of a DuckDB file to attach read-only
     schema_: str | None = Field(default=None, alias="schema")
     tables: list[SourceTableSpec] = []
     tags: list[str] = []
-
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
 
 
 class ModelConfig(Spec):
@@ -150,14 +156,12 @@ class FeatureColumnSpec(Spec):
 
 
 class FeatureSetSpec(Spec):
-    name: str
+    name: Name
     model: str
     columns: dict[str, FeatureColumnSpec | None]
     scale: Literal["standard", "robust", "minmax", "none"] = "standard"
     description: str = ""
     tags: list[str] = []
-
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
 
     @field_validator("columns")
     @classmethod
@@ -168,18 +172,16 @@ class FeatureSetSpec(Spec):
 
 
 class TextSpec(Spec):
-    name: str
+    name: Name
     model: str
     template: str
     max_chars: int = Field(default=2000, ge=1)
     description: str = ""
     tags: list[str] = []
 
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
-
 
 class EncoderSpec(Spec):
-    name: str
+    name: Name
     kind: Literal["transformers", "sentence-transformers", "hashing"]
     model: str | None = None
     revision: str | None = None
@@ -195,8 +197,6 @@ class EncoderSpec(Spec):
     dim: int = Field(default=512, ge=8, le=1 << 20)  # hashing only
     description: str = ""
     tags: list[str] = []
-
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
 
     @field_validator("device")
     @classmethod
@@ -277,7 +277,7 @@ class RuleSpec(Spec):
 
 
 class SegmentationSpec(Spec):
-    name: str
+    name: Name
     description: str = ""
     tags: list[str] = []
     model: str | None = None  # rule segments: the model the predicates read
@@ -290,8 +290,6 @@ class SegmentationSpec(Spec):
     tests: SegmentTestsSpec = SegmentTestsSpec()
     rules: list[RuleSpec] = []
     default: str | None = None
-
-    _check = field_validator("name")(lambda cls, v: _check_name(v))
 
     @property
     def is_rules(self) -> bool:

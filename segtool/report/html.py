@@ -201,22 +201,20 @@ def _map(project, con, seg, colors, n: int = 1500) -> str:
         _apply_transformers,
         _load_inputs,
         _restore,
+        project_fingerprints,
         seg_table,
     )
 
     active = _active_fit(con, seg.name)
     if active is None:
         return ""
-    from segtool.encoders import build_encoder
-
-    def fingerprint(enc: str) -> str:
-        return build_encoder(project.loaded.encoders[enc], project.root).fingerprint()
-
     k = quote_ident(project.loaded.key)
     sample = f"SELECT * FROM (SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {seg_table(seg.name)} s) WHERE __ord <= {n}"
     try:
         transformers, model, _ = _restore(active)
-        loaded = _load_inputs(project.loaded, fingerprint, con, seg, sample, need_texts=False)
+        loaded = _load_inputs(
+            project.loaded, project_fingerprints(project), con, seg, sample, need_texts=False
+        )
         X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
     except Exception:  # noqa: BLE001 - the map is optional decoration
         return ""
