@@ -105,6 +105,22 @@ def project(tmp_path) -> ProjectDir:
     return ProjectDir(root)
 
 
+@pytest.fixture(scope="session")
+def _built_tiny(tmp_path_factory) -> Path:
+    """The tiny project after one `segtool run`, built once per session."""
+    pd = ProjectDir(write_files(tmp_path_factory.mktemp("built") / "proj", tiny_project_files()))
+    pd.cli("run")
+    return pd.root
+
+
+@pytest.fixture
+def built(_built_tiny, tmp_path) -> ProjectDir:
+    """A private copy of the built tiny project (database included)."""
+    import shutil
+
+    return ProjectDir(shutil.copytree(_built_tiny, tmp_path / "proj"))
+
+
 @pytest.fixture
 def make_project(tmp_path):
     def make(files: dict[str, str], name: str = "p") -> ProjectDir:

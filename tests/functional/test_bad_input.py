@@ -11,12 +11,6 @@ import pytest
 from tests.fixtures import data_files
 
 
-@pytest.fixture
-def built(project):
-    project.cli("run")
-    return project
-
-
 def _fails(project, *args, code=1, contains=()):
     before = project.snapshot()
     r = project.cli(*args, expect=code)

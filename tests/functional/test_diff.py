@@ -52,19 +52,6 @@ def impact(result: dict, uid: str) -> dict | None:
     return next((i for i in result["impact"] if i["unique_id"] == uid), None)
 
 
-@pytest.fixture(scope="module")
-def _built(tmp_path_factory):
-    """The tiny project after one run (built once per module)."""
-    pd = ProjectDir(write_files(tmp_path_factory.mktemp("built") / "proj", tiny_project_files()))
-    pd.cli("run")
-    return pd.root
-
-
-@pytest.fixture
-def built(_built, tmp_path) -> ProjectDir:
-    return ProjectDir(shutil.copytree(_built, tmp_path / "proj"))
-
-
 @pytest.fixture
 def twins(tmp_path):
     """Two folders with the tiny project: (base, head). Edit head, then diff."""
@@ -76,9 +63,9 @@ def twins(tmp_path):
 # ----------------------------------------------------------------------------- git refs
 
 
-def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built, tmp_path):
+def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_path):
     repo = tmp_path / "repo"
-    pd = ProjectDir(shutil.copytree(_built, repo / "segs"))  # database = the state of commit A
+    pd = ProjectDir(shutil.copytree(_built_tiny, repo / "segs"))  # database = the state of commit A
     (repo / ".gitignore").write_text("target/\n")
     git(repo, "init", "-q")
     git(repo, "add", "-A")

@@ -4,28 +4,9 @@ run then does, and no writes."""
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from segtool.api import Project
 from segtool.plan import format_plan, make_plan
-from tests.conftest import ProjectDir, write_files
-from tests.fixtures import tiny_project_files
-
-
-@pytest.fixture(scope="module")
-def _built(tmp_path_factory):
-    """The tiny project after one `segtool run` (built once per module)."""
-    pd = ProjectDir(write_files(tmp_path_factory.mktemp("built") / "proj", tiny_project_files()))
-    pd.cli("run")
-    return pd.root
-
-
-@pytest.fixture
-def built(_built, tmp_path) -> ProjectDir:
-    """A private copy of the built project (database included)."""
-    return ProjectDir(shutil.copytree(_built, tmp_path / "proj"))
 
 
 def _plan(project, **kw):
