@@ -161,7 +161,6 @@ class Loaded:
     keys: np.ndarray
     blocks: list[np.ndarray]
     raw: Any  # polars frame of raw feature columns (for profiles), or None
-    texts: list[str] | None
 
 
 def fit_hash(proj, fingerprint, seg) -> str:
@@ -217,11 +216,10 @@ def run_segmentations(runner, con, uids: list[str]) -> None:
         )
 
 
-def _load_inputs(proj, fingerprint, con, seg, users_sql: str, *, need_texts: bool) -> Loaded:
+def _load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
     """Blocks for the users of `users_sql` (key + __ord), in __ord order.
     `fingerprint(encoder_name)` gives the cache key of each encoder."""
     from segtool.execute.embed import load_vectors
-    from segtool.execute.render import text_table
 
     k = quote_ident(proj.key)
     keys = np.asarray(
@@ -232,7 +230,6 @@ def _load_inputs(proj, fingerprint, con, seg, users_sql: str, *, need_texts: boo
     )
     blocks: list[np.ndarray] = []
     raw = None
-    texts = None
     for inp in seg.inputs:
         if inp.features:
             fs = proj.features[inp.features]
@@ -253,16 +250,7 @@ def _load_inputs(proj, fingerprint, con, seg, users_sql: str, *, need_texts: boo
                     hint=f"run the embedding first: segtool run -s +{seg.name}",
                 )
             blocks.append(mat)
-            if need_texts and texts is None:
-                texts = (
-                    con.sql(
-                        f"SELECT t.text FROM ({users_sql}) u JOIN {text_table(e.text)} t ON t.{k} = u.{k} ORDER BY u.__ord"
-                    )
-                    .to_arrow_table()
-                    .column(0)
-                    .to_pylist()
-                )
-    return Loaded(keys, blocks, raw, texts)
+    return Loaded(keys, blocks, raw)
 
 
 def _fingerprints(runner):
@@ -461,6 +449,42 @@ def input_hash_sql(proj, seg, alias: str, model_rel=relation, text_rel=None) -> 
     return f"hash({', '.join(parts)})"
 
 
+def _label_sample(ids: np.ndarray, seed: int, per_segment: int = 2000) -> np.ndarray:
+    """Row indices: at most `per_segment` users of each segment, seeded."""
+    from segtool.ml.labels import MAX_TEXTS_PER_CLUSTER
+
+    per_segment = min(per_segment, MAX_TEXTS_PER_CLUSTER)
+    rng = np.random.default_rng(seed)
+    out = []
+    for sid in np.unique(ids):
+        rows = np.flatnonzero(ids == sid)
+        if rows.size > per_segment:
+            rows = np.sort(rng.choice(rows, size=per_segment, replace=False))
+        out.append(rows)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _texts_of(con, proj, text: str, keys: np.ndarray) -> list[str]:
+    """The rendered texts of these users, in this order."""
+    import pyarrow as pa
+
+    from segtool.execute.render import text_table
+
+    k = quote_ident(proj.key)
+    con.register("__segtool_label_keys", pa.table({"k": keys, "i": np.arange(len(keys))}))
+    try:
+        return (
+            con.sql(
+                f"SELECT t.text FROM __segtool_label_keys u JOIN {text_table(text)} t ON t.{k} = u.k ORDER BY u.i"
+            )
+            .to_arrow_table()
+            .column(0)
+            .to_pylist()
+        )
+    finally:
+        con.unregister("__segtool_label_keys")
+
+
 def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
     from segtool.ml.features import FeatureTransformer
     from segtool.ml.labels import feature_profile, keyword_labels, segment_name
@@ -470,14 +494,7 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
 
     proj = runner.proj
     name = seg.name
-    loaded = _load_inputs(
-        proj,
-        _fingerprints(runner),
-        con,
-        seg,
-        "SELECT * FROM __segtool_cur",
-        need_texts=seg.labels.keywords > 0,
-    )
+    loaded = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_cur")
     transformers = []
     blocks = []
     for inp, b in zip(seg.inputs, loaded.blocks):
@@ -514,11 +531,13 @@ def _fit(runner, con, seg, fhash: str, reason: str) -> dict:
     ids = match.apply(labels)
 
     # labels: keywords of member texts, distinguishing raw features
-    kw = (
-        keyword_labels(loaded.texts, ids, seg.labels.keywords, seed=seg.cluster.seed)
-        if loaded.texts and seg.labels.keywords
-        else {}
-    )
+    kw = {}
+    text_input = next((i.embedding.text for i in seg.inputs if i.embedding), None)
+    if text_input and seg.labels.keywords:
+        # keywords read a seeded sample of each segment's texts, not every user's
+        idx = _label_sample(ids, seg.cluster.seed)
+        texts = _texts_of(con, proj, text_input, loaded.keys[idx])
+        kw = keyword_labels(texts, ids[idx], seg.labels.keywords, seed=seg.cluster.seed)
     prof = {}
     if loaded.raw is not None and seg.labels.features:
         num = [
@@ -606,14 +625,7 @@ def _assign(runner, con, seg, transformers, model, params, n_changed: int) -> di
     )[0]
     con.execute(f"DELETE FROM {seg_table(name)} WHERE {k} NOT IN (SELECT {k} FROM __segtool_cur)")
     if n_changed:
-        ch = _load_inputs(
-            proj,
-            _fingerprints(runner),
-            con,
-            seg,
-            "SELECT * FROM __segtool_changed",
-            need_texts=False,
-        )
+        ch = _load_inputs(proj, _fingerprints(runner), con, seg, "SELECT * FROM __segtool_changed")
         labels, dist, conf = model.predict(_apply_transformers(transformers, ch), ch.keys)
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
@@ -996,9 +1008,7 @@ def _silhouette(project, con, seg) -> float:
     k = quote_ident(project.loaded.key)
     users = f"SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {seg_table(seg.name)} s WHERE s.segment_id >= 0"
     sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
-    loaded = _load_inputs(
-        project.loaded, project_fingerprints(project), con, seg, sample, need_texts=False
-    )
+    loaded = _load_inputs(project.loaded, project_fingerprints(project), con, seg, sample)
     X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
     ids = con.sql(
         f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"

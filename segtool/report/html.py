@@ -212,9 +212,7 @@ def _map(project, con, seg, colors, n: int = 1500) -> str:
     sample = f"SELECT * FROM (SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {seg_table(seg.name)} s) WHERE __ord <= {n}"
     try:
         transformers, model, _ = _restore(active)
-        loaded = _load_inputs(
-            project.loaded, project_fingerprints(project), con, seg, sample, need_texts=False
-        )
+        loaded = _load_inputs(project.loaded, project_fingerprints(project), con, seg, sample)
         X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
     except Exception:  # noqa: BLE001 - the map is optional decoration
         return ""
