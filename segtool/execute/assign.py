@@ -155,9 +155,7 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
     proj = project.loaded
     spec = proj.texts[inp.embedding.text]
     rows = (
-        mem.sql("SELECT * EXCLUDE (__ord), 0 AS __row_hash FROM input ORDER BY __ord")
-        .to_arrow_table()
-        .to_pylist()
+        mem.sql("SELECT * EXCLUDE (__ord) FROM input ORDER BY __ord").to_arrow_table().to_pylist()
     )
     rendered, _, _ = render_rows(proj, spec, rows, text_renderer(proj, spec))
     enc = build_encoder(

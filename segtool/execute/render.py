@@ -72,7 +72,7 @@ def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int,
     out = []
     n_trunc = n_empty = 0
     for row in rows:
-        rh = row.pop("__row_hash")
+        rh = row.pop("__row_hash", None)  # present when rendering for the texts table
         ctx = dict(row)
         ctx["key"] = row[key]
         try:
@@ -280,7 +280,7 @@ def write_samples(project, text_nodes, n: int) -> list[Path]:
             try:
                 rows = (
                     con.sql(
-                        f"SELECT *, 0 AS __row_hash FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}"
+                        f"SELECT * FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}"
                     )
                     .to_arrow_table()
                     .to_pylist()
@@ -317,7 +317,7 @@ def render_one(project, text_name: str, user: str) -> str:
         key = quote_ident(proj.key)
         rows = (
             con.sql(
-                f"SELECT *, 0 AS __row_hash FROM {relation(spec.model)} WHERE CAST({key} AS VARCHAR) = ?",
+                f"SELECT * FROM {relation(spec.model)} WHERE CAST({key} AS VARCHAR) = ?",
                 params=[str(user)],
             )
             .to_arrow_table()
