@@ -62,6 +62,8 @@ class Project:
         errors = list(self.loaded.errors)
         built = build_graph(self.loaded, strict=False)
         errors += built.errors
+        if not built.errors:
+            self._built = built  # reused by graph(): compile every model once
         if not any("cycle" in e.message for e in built.errors):
             from segtool.compile.checks import bind_models
 

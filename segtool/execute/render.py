@@ -127,6 +127,8 @@ def run_texts(runner, con, uids: list[str]) -> None:
 
 
 def render_text(runner, con, node, prev_state: dict | None) -> dict:
+    import pyarrow as pa
+
     proj = runner.proj
     spec = node.spec
     key = quote_ident(proj.key)
@@ -193,8 +195,6 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
             out, t, e = render_rows(proj, spec, rows, render)
             n_trunc += t
             n_empty += e
-            import pyarrow as pa
-
             batch = pa.table(
                 {
                     "k": [r[0] for r in out],
