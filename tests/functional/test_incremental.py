@@ -316,3 +316,25 @@ def test_every_clusterer_fits_stores_and_assigns(project, cluster):
             for r in project.sql("select segment from segments.behaviour where segment_id = -1")
         }
         assert labels <= {"outlier"}
+
+
+def test_render_one_user_and_clean_cache(built):
+    r = built.cli("render", "story", "--user", "3")
+    assert (
+        r.stdout.strip()
+        == built.sql("select text from _segtool.texts__story where user_id = 3")[0][0]
+    )
+    r = built.cli("render", "story", "--user", "9999", expect=1)
+    assert "no user_id = '9999'" in r.stderr
+    old = built.sql("select count(*) from _segtool.embeddings")[0][0]
+    built.edit("templates/story.j2", "A shopper", "One shopper")
+    built.cli("run")
+    assert built.sql("select count(*) from _segtool.embeddings")[0][0] == 2 * old
+    r = built.cli("clean", "--cache")
+    assert f"removed {old:,} unused vectors" in r.stdout
+    live = built.sql(
+        "select count(*) from _segtool.embeddings e join (select distinct text_hash from _segtool.texts__story) t using (text_hash)"
+    )[0][0]
+    assert built.sql("select count(*) from _segtool.embeddings")[0][0] == live == old
+    built.cli("run")  # nothing to re-embed: the live vectors were kept
+    assert summary(built)["embeddings"]["story.hash"]["embedded"] == 0
