@@ -3,6 +3,7 @@ notebooks and tests use the same code as the command line."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -106,14 +107,21 @@ class Project:
         compiled_dir = self.target_dir / "compiled"
         for n in nodes:
             if n.kind == "model":
-                write_sql(self.target_dir, "compiled", n.path, built.compiled[n.name].sql)
+                write_sql(
+                    self.target_dir,
+                    "compiled",
+                    n.path,
+                    self.loaded.secrets.mask(built.compiled[n.name].portable_sql),
+                )
+        notes: list[str] = []
         if samples:
             from segtool.execute.render import write_samples
 
-            write_samples(self, [n for n in nodes if n.kind == "text"], samples)
+            _, notes = write_samples(self, [n for n in nodes if n.kind == "text"], samples)
         man = manifest(self.loaded, built.graph)
-        write_json(self.target_dir / "manifest.json", man)
+        write_json(self.target_dir / "manifest.json", man, self.loaded.secrets)
         man["_compiled_dir"] = str(compiled_dir)
+        man["_notes"] = notes
         return man
 
     def run(self, reporter=None, **opts) -> Any:
@@ -122,13 +130,17 @@ class Project:
 
         self.check()
         result = Runner(self, RunOptions(**opts), reporter).run()
-        write_json(self.target_dir / "manifest.json", manifest(self.loaded, self.graph().graph))
+        write_json(
+            self.target_dir / "manifest.json",
+            manifest(self.loaded, self.graph().graph),
+            self.loaded.secrets,
+        )
         return result
 
     def write_run_results(self, result) -> None:
         from segtool.compile.artifacts import write_json
 
-        write_json(self.target_dir / "run_results.json", result.to_dict())
+        write_json(self.target_dir / "run_results.json", result.to_dict(), self.loaded.secrets)
 
     def test(self, select=(), exclude=(), reporter=None, state_dir: str | None = None):
         from segtool.execute.tests import run_tests
@@ -171,17 +183,65 @@ def template_dir() -> Path:
     )
 
 
-def init_project(dest: str | Path, *, force: bool = False) -> Path:
+def init_project(dest: str | Path, *, force: int = 0) -> Path:
+    """Copy the template into `dest`.
+
+    A folder that is not empty needs `force`; even then, a file the user has
+    changed (it differs from the template's) is only overwritten with force=2
+    (`--force --force`): the refusal lists them, and nothing is written."""
+    import filecmp
+
     dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()) and not force:
-        raise ProjectError(
-            f"{dest} exists and is not empty", hint="choose a new folder, or pass --force"
-        )
     src = template_dir()
-    shutil.copytree(
-        src,
-        dest,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("target", "*.duckdb*", "__pycache__", "*.lock"),
-    )
+    ignore = shutil.ignore_patterns("target", "*.duckdb*", "__pycache__", "*.lock")
+    if dest.exists() and not dest.is_dir():
+        raise ProjectError(f"{dest} exists and is not a folder")
+    if dest.exists() and any(dest.iterdir()):
+        if not force:
+            raise ProjectError(
+                f"{dest} exists and is not empty",
+                hint="choose a new folder, or pass --force to add the template's missing files",
+            )
+        changed = sorted(
+            rel
+            for rel in _template_files(src, ignore)
+            if (dest / rel).exists() and not filecmp.cmp(src / rel, dest / rel, shallow=False)
+        )
+        if changed and force < 2:
+            shown = ", ".join(changed[:8]) + (
+                f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            )
+            raise ProjectError(
+                f"{dest}: {len(changed)} file(s) differ from the template and would be overwritten: {shown}",
+                hint="nothing was written; pass --force twice to overwrite them, or init into a new folder",
+            )
+    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore)
     return dest
+
+
+def _template_files(src: Path, ignore) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        skip = ignore(dirpath, dirnames + filenames)
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for f in filenames:
+            if f not in skip:
+                out.append((Path(dirpath) / f).relative_to(src).as_posix())
+    return out
+
+
+def check_output(project: Project, path: str | Path, *, force: bool) -> Path:
+    """Where `export` / `assign` may write: never over the project database
+    (or its WAL), and over an existing file only with --force."""
+    out = Path(path).resolve()
+    db = project.loaded.database_path.resolve()
+    if out in (db, Path(str(db) + ".wal")):
+        raise ProjectError(
+            f"refusing to write over the project database {project.relpath(db)}",
+            hint="write the output somewhere else (the default is under target/export/)",
+        )
+    if out.exists() and not force:
+        raise ProjectError(
+            f"{path} exists", hint="pass --force to overwrite it, or choose another file"
+        )
+    return out

@@ -110,9 +110,15 @@ def main():
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
+@click.option(
+    "--force",
+    "-f",
+    count=True,
+    help="Add the template's files to a folder that is not empty; files you changed are "
+    "only overwritten with --force twice.",
+)
 @handle_errors
-def init(directory: Path, force: bool):
+def init(directory: Path, force: int):
     """Create a new project in DIRECTORY from the template (with sample data).
 
     \b
@@ -175,6 +181,8 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
     click.echo(
         f"compiled {len(man['nodes'])} nodes -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)"
     )
+    for note in man["_notes"]:
+        click.echo(f"note: {note}")
 
 
 @main.command()
@@ -184,7 +192,9 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
     "--full-refresh", is_flag=True, help="Rebuild incremental models and re-render every text."
 )
 @click.option("--refit", is_flag=True, help="Refit every selected segmentation on all users.")
-@click.option("--threads", type=int, help="DuckDB threads (default: the target's).")
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="DuckDB threads (default: the target's)."
+)
 @click.option("--device", help="Encoder device override: cpu, cuda, cuda:1, mps.")
 @click.option(
     "--dry-run", is_flag=True, help="Show the plan (what would rerun and why) and write nothing."
@@ -308,8 +318,10 @@ def clean(project_dir, target, vars_, debug, cache):
     if cache:
         from segtool.execute.embed import clean_cache
 
-        n = clean_cache(project)
-        click.echo(f"removed {n:,} unused vectors from the embedding cache")
+        out = clean_cache(project)
+        click.echo(f"removed {out['removed']:,} unused vectors from the embedding cache")
+        for name, n, why in out["kept"]:
+            click.echo(f"kept {n:,} vectors of encoder '{name}': it cannot be built now ({why})")
         return
     for sub in ("compiled", "run", "samples", "report"):
         shutil.rmtree(project.target_dir / sub, ignore_errors=True)

@@ -34,9 +34,12 @@ def docs(project_dir, target, vars_, debug, output):
     Example:
       segtool docs && open target/report/index.html
     """
+    from segtool.api import check_output
     from segtool.report.html import build_report
 
     project = load(project_dir, target, vars_)
+    if output is not None:
+        check_output(project, output, force=True)  # a report may be replaced, the database not
     out = build_report(project, output)
     click.echo(f"wrote {out}")
 
@@ -80,17 +83,22 @@ def show(project_dir, target, vars_, debug, name, examples, fmt):
     help="Default: target/export/NAME.FORMAT",
 )
 @click.option("--history", is_flag=True, help="Export the history table instead.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @handle_errors
-def export(project_dir, target, vars_, debug, name, fmt, output, history):
+def export(project_dir, target, vars_, debug, name, fmt, output, history, force):
     """Write a segment table (or its history) to Parquet or CSV.
 
     \b
     Example:
       segtool export behaviour --format csv -o behaviour.csv
     """
+    from segtool.api import check_output
+
     project = load(project_dir, target, vars_)
-    df = project.history(name) if history else project.segments(name)
     out = output or project.target_dir / "export" / f"{name}{'_history' if history else ''}.{fmt}"
+    # the default file under target/export is segtool's own: refreshed without --force
+    check_output(project, out, force=force or output is None)
+    df = project.history(name) if history else project.segments(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         df.write_parquet(out)
@@ -116,8 +124,9 @@ def export(project_dir, target, vars_, debug, name, fmt, output, history):
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV or Parquet, by extension.",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @handle_errors
-def assign(project_dir, target, vars_, debug, name, input_, output):
+def assign(project_dir, target, vars_, debug, name, input_, output, force):
     """Put users from a file into existing segments, without changing any state.
 
     The file has one row per user with the columns of the model(s) the
@@ -127,9 +136,11 @@ def assign(project_dir, target, vars_, debug, name, input_, output):
     Example:
       segtool assign behaviour --input new_users.parquet --output assigned.csv
     """
+    from segtool.api import check_output
     from segtool.execute.assign import assign_file
 
     project = load(project_dir, target, vars_)
+    check_output(project, output, force=force)
     df = assign_file(project, name, input_)
     if output.suffix == ".parquet":
         df.write_parquet(output)

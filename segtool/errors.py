@@ -121,6 +121,13 @@ class ExecutionError(SegtoolError):
     exit_code = 2
 
 
+class DiskFullError(SegtoolError):
+    """The disk filled up. The stage that hit it was rolled back: exit 1, as
+    for a locked database, since the fix is on the user's side."""
+
+    exit_code = 1
+
+
 class SqlError(ProjectError):
     """SQL that does not compile or bind. Points at the compiled SQL file."""
 

@@ -29,7 +29,6 @@ are created; the database and target/ are left untouched.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,8 @@ from typing import Any
 import duckdb
 
 from segtool.compile.sql import quote_ident, relation
-from segtool.errors import ExecutionError, LockError, ProjectError, SegtoolError
-from segtool.state.db import STATE, get_meta, has_state, node_states, setup_connection, table_exists
+from segtool.errors import ProjectError, SegtoolError
+from segtool.state.db import STATE, get_meta, has_state, node_states, table_exists
 
 SCHEMA_VERSION = 1
 
@@ -117,35 +116,12 @@ class Plan:
 def connect_read_only(
     project, database: Path, search_paths: tuple[Path, ...] = ()
 ) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to `database`, set up like a run's (file search
-    path, attached source databases). Temporary objects live in memory and, if
-    they spill, in the system temp folder, never next to the database."""
-    try:
-        con = duckdb.connect(str(database), read_only=True)
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise LockError(
-                f"database {database} is locked by another process",
-                hint="wait for the running `segtool run` to finish, or point --target at another database",
-            ) from None
-        raise ExecutionError(
-            f"cannot open database {database}: {str(exc).splitlines()[0]}"
-        ) from exc
-    except duckdb.Error as exc:
-        raise ExecutionError(
-            f"cannot open database {database}: {str(exc).splitlines()[0]}"
-        ) from exc
-    try:
-        setup_connection(con, project.loaded)
-        paths = [str(project.root)] + [str(p) for p in search_paths if str(p) != str(project.root)]
-        if len(paths) > 1:
-            con.execute("SET file_search_path = ?", [",".join(paths)])
-        tmp = Path(tempfile.gettempdir()) / "segtool-plan"
-        con.execute("SET temp_directory = ?", [str(tmp)])
-    except BaseException:
-        con.close()
-        raise
-    return con
+    """A read-only connection to `database`, set up and fenced like a run's.
+    Temporary objects live in memory and, if they spill, in the system temp
+    folder, never next to the database."""
+    from segtool.state.db import connect
+
+    return connect(project.loaded, read_only=True, database=database, search_paths=search_paths)
 
 
 def _one(con, sql: str, params=None):
@@ -263,7 +239,10 @@ class _Planner:
             and exists
             and not self.full_refresh
         )
-        if cm is not None and (stale or not exists) and not incremental:
+        # views are re-created (as temporary views) every time: a view stored by an
+        # earlier run may point at files of a folder the project has moved from
+        is_view = cm is not None and cm.config.materialized == "view"
+        if cm is not None and (stale or not exists or is_view) and not incremental:
             sql = cm.sql
             for parent in node.depends_on if node else []:
                 if parent.startswith("model."):
@@ -273,7 +252,8 @@ class _Planner:
                         sql = sql.replace(relation(pname), prel)
             tmp = self._tmpname("model_" + name)
             try:
-                con.execute(f"CREATE TEMP TABLE {tmp} AS SELECT * FROM (\n{sql}\n)")
+                kind = "VIEW" if is_view else "TABLE"
+                con.execute(f"CREATE TEMP {kind} {tmp} AS SELECT * FROM (\n{sql}\n)")
                 rel = tmp
             except duckdb.Error as exc:
                 self.notes.append(
@@ -587,14 +567,17 @@ class _Planner:
         texts = self.text_rel(text_name)
         if fp is not None and texts is not None:
             try:
-                has_cache = table_exists(self.con, STATE, "embeddings")
+                from segtool.state import vectors
+
+                found = None
+                if table_exists(self.con, STATE, "encoders"):
+                    found = vectors.lookup(self.con, fp)
                 distinct = _count(self.con, f"SELECT count(DISTINCT text_hash) FROM {texts}")
-                if has_cache:
+                if found:
                     todo = _count(
                         self.con,
                         f"""SELECT count(DISTINCT t.text_hash) FROM {texts} t WHERE NOT EXISTS (
-                        SELECT 1 FROM {STATE}.embeddings e WHERE e.encoder_fp = ? AND e.text_hash = t.text_hash)""",
-                        [fp],
+                        SELECT 1 FROM {found[0]} e WHERE e.text_hash = t.text_hash)""",
                     )
                 else:
                     todo = distinct
@@ -653,9 +636,7 @@ class _Planner:
         return pop.replace(f"FROM {relation(bm)} m", f"FROM {rel} m", 1)
 
     def _rules(self, node, item: PlanItem, st: str, exists: bool) -> None:
-        from segtool.compile.checks import check_predicate
-        from segtool.compile.sql import sql_literal
-        from segtool.execute.segment import seg_table
+        from segtool.execute.segment import rules_case, seg_table
 
         seg = node.spec
         con = self.con
@@ -665,20 +646,8 @@ class _Planner:
             rel = self.model_rel(seg.model)
             pop = self._population(seg)
             if rel is not None and pop is not None:
-                whens = []
-                for rule in seg.rules:
-                    pred = check_predicate(
-                        con,
-                        self.proj,
-                        seg.model,
-                        rule.when,
-                        where=f"segmentation '{seg.name}' rule '{rule.segment}'",
-                        spec=rule,
-                    )
-                    whens.append(f"WHEN ({pred}) THEN {sql_literal(rule.segment)}")
-                default = sql_literal(seg.default) if seg.default else "NULL"
                 new = (
-                    f"SELECT * FROM (SELECT m.{k}, CASE {' '.join(whens)} ELSE {default} END AS segment FROM {rel} m "
+                    f"SELECT * FROM (SELECT m.{k}, {rules_case(self.proj, seg)} AS segment FROM {rel} m "
                     f"WHERE m.{k} IN (SELECT {k} FROM ({pop}))) WHERE segment IS NOT NULL"
                 )
                 users = _count(con, f"SELECT count(*) FROM ({new})")

@@ -69,6 +69,26 @@ class ProjectDir:
         finally:
             con.close()
 
+    def vector_tables(self) -> list[str]:
+        return [
+            f'_segtool."{t}"'
+            for (t,) in self.sql("select table_name from _segtool.encoders order by first_run")
+        ]
+
+    def n_vectors(self) -> int:
+        """Cached vectors over every encoder's table."""
+        return sum(self.sql(f"select count(*) from {t}")[0][0] for t in self.vector_tables())
+
+    def vectors(self) -> dict:
+        """text_hash -> vector, over every encoder's table."""
+        import numpy as np
+
+        out = {}
+        for t in self.vector_tables():
+            for h, v in self.sql(f"select text_hash, vector from {t}"):
+                out[h] = np.asarray(v, dtype=np.float32)
+        return out
+
     def snapshot(self) -> dict[str, str]:
         """A digest of every table and view in the database (contents, sorted)."""
         import duckdb

@@ -4,6 +4,7 @@ in what they buy (and so in their texts)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 GROUPS = {
     "outdoor": ["tent", "hiking boots", "trail map", "camping stove"],
@@ -129,3 +130,41 @@ def tiny_project_files(**kw) -> dict[str, str]:
     }
     files.update(data_files(**kw))
     return files
+
+
+# ----------------------------------------------------------------- a tiny local transformer
+
+WORDS = (
+    "the a shopper customer buys bought orders ordered shoes sneakers running kitchen "
+    "coffee beans garden tools baby clothes returns returned discount code mobile app "
+    "website email weekend monday friday often never premium price full basket euros "
+    "last days months first new lapsed vip loyal review star fast delivery late support "
+    "##s ##ed ##ing ##er ##ly"
+).split()
+
+
+def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?-"]
+    vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    # from_pretrained on a folder with only vocab.txt works across transformers 4 and 5
+    # (the constructor's argument was renamed vocab_file -> vocab).
+    tok = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True, model_max_length=512)
+    assert len(tok) > 50
+    tok.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).eval().save_pretrained(folder)
+    return folder

@@ -33,11 +33,18 @@ def manifest(proj: LoadedProject, graph: Graph) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, data: Any) -> Path:
+def write_json(path: Path, data: Any, secrets=None) -> Path:
+    """Atomically (tmp + rename); secret values masked; no .tmp left on failure."""
+    if secrets is not None:
+        data = secrets.mask_obj(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

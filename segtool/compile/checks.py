@@ -1,8 +1,9 @@
 """Static and bound checks for `segtool validate` (and before `run` writes).
 
-SQL is bound, not run: every model becomes a view in an in-memory DuckDB, in
-dependency order, so DuckDB resolves tables, columns and types against the
-real source files without computing anything. Nothing is written."""
+SQL is bound, not run: every model becomes an empty table of its described
+result schema in a fenced in-memory DuckDB, in dependency order, so DuckDB
+resolves tables, columns and types against the real source files without
+executing any model. Nothing is written."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field
 import duckdb
 
 from segtool.compile.jinja import compile_template, default_env
-from segtool.compile.sql import compile_model, make_var, quote_ident, relation, source_sql
+from segtool.compile.predicates import bind_predicate, compile_predicate
+from segtool.compile.sql import compile_model, quote_ident, relation, source_sql
 from segtool.errors import ProjectError, did_you_mean
 from segtool.graph.build import BuiltGraph
-from segtool.project.loader import LoadedProject, env_var
+from segtool.project.loader import LoadedProject
 from segtool.state.db import setup_connection
 
 # names a text template may use besides its model's columns (see execute/render.py)
@@ -23,7 +25,6 @@ TEMPLATE_GLOBALS = {
     "loop",
     "range",
     "dict",
-    "lipsum",
     "cycler",
     "joiner",
     "namespace",
@@ -44,27 +45,44 @@ def _line_of(msg: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def empty_relation(con: duckdb.DuckDBPyConnection, name: str, select_sql: str) -> dict[str, str]:
+    """Create `name` as an empty table with the result schema of `select_sql`.
+
+    The query is bound, never executed (DESCRIBE of a SELECT only binds it;
+    the guard has checked it is one SELECT), so a model's SQL does nothing here."""
+    cols = {r[0]: r[1] for r in con.execute(f"DESCRIBE {select_sql}").fetchall()}
+    # a column that is NULL everywhere has type "NULL", which a table cannot hold
+    null_type = '"NULL"'
+    defs = ", ".join(
+        f"{quote_ident(c)} {'INTEGER' if t == null_type else t}" for c, t in cols.items()
+    )
+    con.execute(f"CREATE TABLE {name} ({defs})")
+    return cols
+
+
 def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
     """Bind every model against schema-only copies of its sources and parents.
 
-    Each source file is read once (CREATE TABLE ... LIMIT 0 sniffs its schema);
-    each model then becomes an empty table of its result schema, so binding a
-    downstream model never recomputes or re-reads anything upstream."""
+    Each source is described once (its files are sniffed for a schema); each
+    model then becomes an empty table of its result schema, so binding a
+    downstream model never recomputes or re-reads anything upstream. No model
+    statement is executed, and the in-memory connection is fenced like a
+    run's (state/db.py), so a model cannot reach outside the project here."""
     out = BoundProject()
     con = duckdb.connect(":memory:")
     try:
+        con.execute("CREATE SCHEMA __src")
         try:
             setup_connection(con, proj, threads=1)
         except ProjectError as exc:
             out.errors.append(exc)
             return out
-        con.execute("CREATE SCHEMA __src")
         stubs: dict[tuple[str, str], str] = {}
         broken: set[str] = set()
         for (s, t), st in proj.sources.items():
             stub = f"__src.{quote_ident(s + '__' + t)}"
             try:
-                con.execute(f"CREATE TABLE {stub} AS SELECT * FROM {source_sql(st)} LIMIT 0")
+                empty_relation(con, stub, f"SELECT * FROM {source_sql(st, proj.root)}")
                 stubs[(s, t)] = stub
             except (duckdb.Error, ProjectError) as exc:
                 broken.add(f"source.{s}.{t}")
@@ -76,7 +94,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                         f"source '{s}.{t}' cannot be read: {first}",
                         path=st.table.file,
                         line=st.table.line,
-                        hint="check `path`, `format` and reader `options` (relative paths start at the project root)",
+                        hint=_source_hint(str(exc)),
                     )
                 )
         for uid in built.graph.order():
@@ -87,127 +105,61 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 broken.add(uid)
                 continue
             model = proj.models[node.name]
+            cm = None
             try:
                 cm = compile_model(proj, model, source_override=stubs)
-                con.execute(
-                    f"CREATE TABLE {relation(cm.name)} AS SELECT * FROM (\n{cm.sql}\n) LIMIT 0"
-                )
+                out.columns[cm.name] = empty_relation(con, relation(cm.name), cm.sql)
                 if cm.config.materialized == "incremental":
                     # bind the is_incremental() branch too, against the empty `this`
                     inc = compile_model(proj, model, incremental=True, source_override=stubs)
                     if inc.sql != cm.sql:
-                        con.execute(f"DESCRIBE SELECT * FROM (\n{inc.sql}\n)")
-                cols = con.execute(f"DESCRIBE {relation(cm.name)}").fetchall()
-                out.columns[cm.name] = {r[0]: r[1] for r in cols}
-            except duckdb.Error as exc:
-                msg = str(exc).strip()
+                        con.execute(f"DESCRIBE {inc.sql}").fetchall()
+            except ProjectError as exc:
                 broken.add(uid)
-                first, rest = (
-                    (msg.splitlines() or [msg])[0],
-                    "\n".join("    " + ln for ln in msg.splitlines()[1:5]),
-                )
-                line = _line_of(msg)
-                line = line - 1 if line and line > 1 else line  # we wrapped the SQL in one line
-                same_lines = len(cm.sql.splitlines()) == len(model.sql.strip().splitlines())
-                where = "" if same_lines or line is None else f" (compiled SQL line {line})"
-                out.errors.append(
-                    ProjectError(
-                        f"model '{node.name}'{where}: {first}" + (f"\n{rest}" if rest else ""),
-                        path=model.path,
-                        line=line if same_lines else None,
-                        hint=f"`segtool compile` writes the compiled SQL to target/compiled/{model.path}",
-                    )
-                )
+                out.errors.append(exc)
+            except duckdb.Error as exc:
+                broken.add(uid)
+                out.errors.append(_bind_error(exc, node.name, model, cm))
         _check_segments(proj, built, con, out)
         _check_column_tests(proj, out)
+        _check_pii(proj, built, out)
     finally:
         con.close()
     return out
 
 
-def check_predicate(
-    con: duckdb.DuckDBPyConnection,
-    proj: LoadedProject,
-    model: str,
-    predicate: str,
-    *,
-    where: str,
-    spec,
-) -> str | None:
-    """A rule or population predicate: one boolean SQL expression over the
-    model's columns. Returns the rendered predicate; raises ProjectError."""
-    from segtool.compile.jinja import render_string
+def _source_hint(msg: str) -> str:
+    if "Permission Error" in msg:
+        return (
+            "the path is outside what the SQL fence allows: add it to `allow_paths` "
+            "of the target in profiles.yml (docs/security.md)"
+        )
+    return "check `path`, `format` and reader `options` (relative paths start at the project root)"
 
-    rendered = render_string(
-        predicate,
-        {"var": make_var(proj), "env_var": env_var},
-        name=spec.file or "<segments>",
-        what="predicate",
+
+def _bind_error(exc: duckdb.Error, name: str, model, cm) -> ProjectError:
+    """A binding error at the line of the model file; the compiled line only
+    as context when Jinja moved lines around."""
+    msg = str(exc).strip()
+    lines = msg.splitlines() or [msg]
+    rest = "\n".join("    " + ln for ln in lines[1:5])
+    compiled_line = _line_of(msg)
+    line = cm.source_line(compiled_line) if cm is not None else compiled_line
+    where = ""
+    if compiled_line is not None and line != compiled_line:
+        where = f" (compiled SQL line {compiled_line})"
+    hint = f"`segtool compile` writes the compiled SQL to target/compiled/{model.path}"
+    if "Permission Error" in msg:
+        hint = (
+            "the SQL fence keeps models inside the project folder and the declared sources; "
+            "read files through source(), or widen the fence in profiles.yml (docs/security.md)"
+        )
+    return ProjectError(
+        f"model '{name}'{where}: {lines[0]}" + (f"\n{rest}" if rest else ""),
+        path=model.path,
+        line=line,
+        hint=hint,
     )
-    _expression_only(rendered, where, spec)
-    try:
-        rows = con.execute(f"DESCRIBE SELECT ({rendered}) AS p FROM {relation(model)}").fetchall()
-    except duckdb.Error as exc:
-        raise ProjectError(
-            f"{where}: invalid predicate `{rendered}`: {str(exc).splitlines()[0]}",
-            path=spec.file,
-            line=spec.line,
-            hint=f"a SQL boolean expression over the columns of '{model}'",
-        ) from None
-    if rows and rows[0][1] != "BOOLEAN":
-        raise ProjectError(
-            f"{where}: predicate `{rendered}` is {rows[0][1]}, not BOOLEAN",
-            path=spec.file,
-            line=spec.line,
-            hint="compare something: e.g. `revenue > 1000`",
-        )
-    return rendered
-
-
-_STATEMENT_WORDS = re.compile(
-    r"\b(insert|update|delete|drop|create|alter|attach|detach|copy|install|load|pragma|call|export|import|set|use)\b",
-    re.I,
-)
-
-
-def _unquoted(sql: str) -> tuple[str, bool]:
-    """`sql` with the inside of '...' and "..." blanked, and whether every quote closed."""
-    out = []
-    quote: str | None = None
-    for ch in sql:
-        if quote:
-            if ch == quote:
-                quote = None
-                out.append(ch)
-            else:
-                out.append(" ")
-            continue
-        if ch in ("'", '"'):
-            quote = ch
-        out.append(ch)
-    return "".join(out), quote is None
-
-
-def _expression_only(sql: str, where: str, spec) -> None:
-    """Reject statements and anything that escapes the surrounding parentheses:
-    no `;`, no statement keywords, parentheses balanced at every point (all
-    outside string literals and quoted identifiers)."""
-    bare, closed = _unquoted(sql)
-    depth = 0
-    balanced = closed and ";" not in bare
-    for ch in bare:
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth < 0:
-            balanced = False
-            break
-    if not balanced or depth != 0 or _STATEMENT_WORDS.search(bare):
-        raise ProjectError(
-            f"{where}: `{sql}` is not a single SQL expression",
-            path=spec.file,
-            line=spec.line,
-            hint="predicates are boolean expressions (no statements, no semicolons, balanced parentheses)",
-        )
 
 
 def _check_segments(
@@ -272,15 +224,7 @@ def _check_segments(
                     line=tx.line,
                 )
             )
-        import jinja2.meta
-        import jinja2.nodes
-
-        ast = env.parse(tf.text)
-        assigned = {n.name for n in ast.find_all(jinja2.nodes.Name) if n.ctx in ("store", "param")}
-        undeclared = (
-            jinja2.meta.find_undeclared_variables(ast) - set(have) - TEMPLATE_GLOBALS - assigned
-        )
-        for var in sorted(undeclared):
+        for var in sorted(template_names(env, tf.text) - set(have) - TEMPLATE_GLOBALS):
             out.errors.append(
                 ProjectError(
                     f"template '{tx.template}' uses '{var}', which is not a column of model '{tx.model}'",
@@ -293,36 +237,109 @@ def _check_segments(
     for name, seg in proj.segmentations.items():
         where = f"segmentation '{name}'"
         base = seg.model or _first_input_model(proj, seg)
-        if seg.population and base and model_ok(base):
-            try:
-                check_predicate(
-                    con, proj, base, seg.population, where=f"{where} population", spec=seg
+        if seg.is_rules and model_ok(seg.model) and key not in cols[seg.model]:
+            out.errors.append(
+                ProjectError(
+                    f"{where}: model '{seg.model}' has no key column '{key}'",
+                    path=seg.file,
+                    line=seg.line,
                 )
+            )
+        checks = []
+        if seg.population:
+            checks.append((base, seg.population, f"{where} population", seg))
+        for rule in seg.rules:
+            checks.append((seg.model, rule.when, f"{where} rule '{rule.segment}'", rule))
+        for model, text, what, spec in checks:
+            try:
+                pred = compile_predicate(proj, text, what=what, spec=spec)
+                if model and model_ok(model):
+                    bind_predicate(con, model, pred)
             except ProjectError as exc:
                 out.errors.append(exc)
-        if seg.is_rules:
-            if not model_ok(seg.model):
+
+
+def template_names(env, text: str) -> set[str]:
+    """The names a template reads from its context (columns, `key`, globals)."""
+    import jinja2.meta
+    import jinja2.nodes
+
+    ast = env.parse(text)
+    assigned = {n.name for n in ast.find_all(jinja2.nodes.Name) if n.ctx in ("store", "param")}
+    return jinja2.meta.find_undeclared_variables(ast) - assigned
+
+
+def pii_columns(proj: LoadedProject, built: BuiltGraph) -> dict[str, dict[str, str]]:
+    """model -> {column: where it is marked `pii: true`}.
+
+    A column is PII where its model's YAML marks it, and also where a column of
+    the same name is marked in any upstream source or model: a `select email`
+    does not launder it. (Renamed columns must be marked again.)"""
+    marked: dict[str, dict[str, str]] = {}
+    for (s, t), st in proj.sources.items():
+        marked[f"source.{s}.{t}"] = {
+            c.name: f"{c.file}:{c.line}" for c in st.table.columns if c.pii
+        }
+    for name, m in proj.models.items():
+        cols = m.props.columns if m.props is not None else []
+        marked[f"model.{name}"] = {c.name: f"{c.file}:{c.line}" for c in cols if c.pii}
+    out: dict[str, dict[str, str]] = {}
+    graph = built.graph
+    for name in proj.models:
+        uid = f"model.{name}"
+        if uid not in graph:
+            continue
+        found = dict(marked.get(uid, {}))
+        for anc in graph.ancestors(uid):
+            for col, where in marked.get(anc, {}).items():
+                found.setdefault(col, where)
+        out[name] = found
+    return out
+
+
+def _check_pii(proj: LoadedProject, built: BuiltGraph, out: BoundProject) -> None:
+    """PII columns reach a text (and so an embedding, a label, the report) or a
+    feature set of a segmentation (its profile, show, the report) only where
+    the text or segmentation declares them in `allow_pii`."""
+    pii = pii_columns(proj, built)
+    env = default_env()
+    for name, tx in proj.texts.items():
+        tf = proj.templates.get(tx.template)
+        marked = pii.get(tx.model, {})
+        if tf is None or not marked:
+            continue
+        try:
+            used = template_names(env, tf.text)
+        except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
+            continue
+        if "key" in used and proj.key in marked:
+            used.add(proj.key)
+        for col in sorted((used & set(marked)) - set(tx.allow_pii)):
+            out.errors.append(
+                ProjectError(
+                    f"template '{tx.template}' uses '{col}', a PII column of model '{tx.model}' "
+                    f"(pii: true at {marked[col]}); it would be embedded and could show in labels and reports",
+                    path=tf.path,
+                    line=_first_line(tf.text, col if col in tf.text else "key"),
+                    hint=f"leave it out, or declare `allow_pii: [{col}]` on text '{name}' ({tx.file}:{tx.line})",
+                )
+            )
+    for name, seg in proj.segmentations.items():
+        for inp in seg.inputs:
+            fs = proj.features.get(inp.features) if inp.features else None
+            if fs is None:
                 continue
-            if key not in cols[seg.model]:
+            marked = pii.get(fs.model, {})
+            for col in sorted((set(fs.columns) & set(marked)) - set(seg.allow_pii)):
                 out.errors.append(
                     ProjectError(
-                        f"{where}: model '{seg.model}' has no key column '{key}'",
+                        f"segmentation '{name}' uses feature set '{fs.name}', whose column '{col}' is PII "
+                        f"(pii: true at {marked[col]}); its values would show in profiles and reports",
                         path=seg.file,
                         line=seg.line,
+                        hint=f"drop it from the feature set, or declare `allow_pii: [{col}]` on segmentation '{name}'",
                     )
                 )
-            for rule in seg.rules:
-                try:
-                    check_predicate(
-                        con,
-                        proj,
-                        seg.model,
-                        rule.when,
-                        where=f"{where} rule '{rule.segment}'",
-                        spec=rule,
-                    )
-                except ProjectError as exc:
-                    out.errors.append(exc)
 
 
 def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:

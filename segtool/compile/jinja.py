@@ -1,12 +1,25 @@
-"""The one Jinja environment: sandboxed, StrictUndefined, no autoescape.
+"""The one Jinja environment: sandboxed, StrictUndefined, no autoescape, bounded.
 
 Used for SQL models, text templates, rule predicates and profiles.yml. Errors
-come back as ProjectError pointing at the template's file and line."""
+come back as ProjectError pointing at the template's file and line.
+
+Bounded: Jinja's sandbox stops attribute escapes but not resource exhaustion,
+so the operators and functions that can build a huge value in one step
+(`**`, `*` on sequences, `%` and `format` widths, str padding methods, and
+some filters) refuse results above MAX_SIZE, and each render has a time limit
+(RENDER_SECONDS, in the main thread) so a runaway loop names its template
+line instead of hanging the run."""
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -16,9 +29,86 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from segtool.errors import ProjectError
 
+# the largest string or sequence one operation may build (a text is at most
+# a few thousand characters; this leaves room for honest intermediate values)
+MAX_SIZE = 1_000_000
+# the largest integer a `**` may produce, in bits
+MAX_POW_BITS = 4096
+# seconds one render may take (per user for texts); SEGTOOL_RENDER_TIMEOUT overrides
+RENDER_SECONDS = 2.0
+
+_WIDTH = re.compile(r"(\d+)")
+_PADDING_METHODS = {"ljust", "rjust", "center", "zfill", "expandtabs"}
+
+
+class RenderTimeout(Exception):
+    """A render ran past RENDER_SECONDS."""
+
+
+def _too_big(what: str) -> SecurityError:
+    return SecurityError(f"{what} would exceed the sandbox limit of {MAX_SIZE:,} items")
+
+
+def _check_widths(fmt: str, what: str) -> None:
+    if any(int(n) > MAX_SIZE for n in _WIDTH.findall(fmt)):
+        raise _too_big(f"{what} width")
+
+
+def _size_of(x: Any) -> int | None:
+    return len(x) if isinstance(x, (str, bytes, list, tuple)) else None
+
 
 class _Env(ImmutableSandboxedEnvironment):
-    pass
+    intercepted_binops = frozenset(["*", "**", "%"])
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+                if right * math.log2(abs(left)) > MAX_POW_BITS:
+                    raise SecurityError(
+                        f"{left} ** {right} is too large for the sandbox (over {MAX_POW_BITS} bits)"
+                    )
+        elif operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                size = _size_of(seq)
+                if size is not None and isinstance(n, int) and size * n > MAX_SIZE:
+                    raise _too_big("repeating a sequence")
+        elif operator == "%" and isinstance(left, str):
+            _check_widths(left, "a % format")
+            args = right if isinstance(right, tuple) else (right,)
+            if "*" in left and any(isinstance(a, int) and a > MAX_SIZE for a in args):
+                raise _too_big("a % format")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
+        name = getattr(__obj, "__name__", "")
+        if isinstance(getattr(__obj, "__self__", None), str) and name in _PADDING_METHODS:
+            if any(isinstance(a, int) and a > MAX_SIZE for a in args):
+                raise _too_big(f"str.{name}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any):
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_widths(value.__self__, "a str.format")
+        return wrapped
+
+
+def _bounded_filter(fn: Callable, what: str, arg: int = 1) -> Callable:
+    """A filter whose size argument (positional `arg`, or `width`) is bounded."""
+
+    def checked(*args, **kwargs):
+        size = kwargs.get("width", args[arg] if len(args) > arg else None)
+        if isinstance(size, int) and size > MAX_SIZE:
+            raise _too_big(f"the {what} filter")
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def _checked_format(value, *args, **kwargs):
+    _check_widths(str(value), "the format filter")
+    return jinja2.filters.do_format(value, *args, **kwargs)
 
 
 def make_env(loader: jinja2.BaseLoader | None = None) -> _Env:
@@ -30,6 +120,11 @@ def make_env(loader: jinja2.BaseLoader | None = None) -> _Env:
         extensions=["jinja2.ext.loopcontrols"],
     )
     env.filters["round_to"] = lambda x, n=0: round(float(x), n)
+    for name in ("center", "indent", "wordwrap", "truncate"):
+        env.filters[name] = _bounded_filter(env.filters[name], name)
+    env.filters["format"] = _checked_format
+    # lipsum(n) builds n paragraphs: no use in a segment project, and unbounded
+    env.globals.pop("lipsum", None)
     return env
 
 
@@ -61,6 +156,39 @@ def template_line(exc: BaseException, name: str) -> int | None:
     return line
 
 
+def render_seconds() -> float:
+    try:
+        return float(os.environ.get("SEGTOOL_RENDER_TIMEOUT", RENDER_SECONDS))
+    except ValueError:
+        return RENDER_SECONDS
+
+
+@contextmanager
+def time_limit(seconds: float | None = None):
+    """Raise RenderTimeout in the block after `seconds`. Yields `rearm()`,
+    which restarts the clock: a batch installs the handler once and rearms it
+    per user (one setitimer call), so the limit costs little per text.
+    Main thread only: signals cannot interrupt other threads."""
+    seconds = render_seconds() if seconds is None else seconds
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def expire(signum, frame):
+        raise RenderTimeout(f"took longer than {seconds:g}s")
+
+    def rearm() -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    rearm()
+    try:
+        yield rearm
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def render_error(exc: BaseException, name: str, what: str = "template") -> ProjectError:
     if isinstance(exc, ProjectError):
         if exc.path is None:
@@ -78,6 +206,13 @@ def render_error(exc: BaseException, name: str, what: str = "template") -> Proje
         )
     if isinstance(exc, SecurityError):
         return ProjectError(f"unsafe operation in {what}: {exc}", path=name, line=line)
+    if isinstance(exc, RenderTimeout):
+        return ProjectError(
+            f"{what} {exc} to render",
+            path=name,
+            line=line,
+            hint="a loop or computation runs away; SEGTOOL_RENDER_TIMEOUT sets the limit in seconds",
+        )
     if isinstance(exc, jinja2.TemplateError):
         return ProjectError(f"{what} error: {exc}", path=name, line=line)
     return ProjectError(f"{what} error: {type(exc).__name__}: {exc}", path=name, line=line)
@@ -94,7 +229,8 @@ def render_string(
     env = env or default_env()
     tmpl = compile_template(env, text, name)
     try:
-        return tmpl.render(**context)
+        with time_limit():
+            return tmpl.render(**context)
     except Exception as exc:  # noqa: BLE001 - every render error becomes a ProjectError
         raise render_error(exc, name, what) from exc
 
@@ -102,7 +238,9 @@ def render_string(
 def renderer(
     env: _Env, text: str, name: str, what: str = "template"
 ) -> Callable[[Mapping[str, Any]], str]:
-    """A compiled template as a function of its context (for per-user rendering)."""
+    """A compiled template as a function of its context (for per-user
+    rendering). The caller bounds time: `with time_limit() as rearm:` around
+    a batch, `rearm()` before each call (see execute/render.py)."""
     tmpl = compile_template(env, text, name)
 
     def render(ctx: Mapping[str, Any]) -> str:

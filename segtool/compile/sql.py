@@ -3,12 +3,15 @@ is_incremental/this, and record what each model depends on."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from segtool.compile.guard import SelectShape, check_select
 from segtool.compile.jinja import render_string
 from segtool.errors import ProjectError, did_you_mean
-from segtool.project.loader import LoadedProject, ModelFile, SourceTable, env_var
+from segtool.project.loader import LoadedProject, ModelFile, SourceTable
 from segtool.project.specs import ModelConfig
 from segtool.project.validation import validate_spec
 
@@ -40,9 +43,12 @@ def sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def make_var(proj: LoadedProject, used: dict[str, Any] | None = None):
+def make_var(proj: LoadedProject, used: dict[str, Any] | None = None, *, quote: bool = False):
     """The Jinja `var(name, default)` of SQL models, text templates and
-    predicates: project vars merged with --vars; `used` records what was read."""
+    predicates: project vars merged with --vars; `used` records what was read.
+
+    quote=True (predicates): a string value comes back with its single quotes
+    doubled, so inside '...' it stays a value and cannot end the literal."""
 
     def var(name: str, default: Any = _MISSING) -> Any:
         if name in proj.vars:
@@ -57,6 +63,8 @@ def make_var(proj: LoadedProject, used: dict[str, Any] | None = None):
             )
         if used is not None:
             used[name] = value
+        if quote and isinstance(value, str):
+            return value.replace("'", "''")
         return value
 
     return var
@@ -70,11 +78,19 @@ def attach_alias(source_name: str) -> str:
     return f"src_{source_name}"
 
 
-def source_sql(st: SourceTable) -> str:
-    """What `{{ source('s', 't') }}` compiles to: a reader call over the file
-    (path kept relative; the connection's file_search_path is the project root,
-    so fingerprints do not depend on where the project is checked out), or a
-    table of an attached database."""
+def source_path(root: Path, path: str) -> str:
+    """A source path as the database reads it: absolute (relative ones start at
+    the project root), so views over files work from any folder."""
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return (Path(root) / path).as_posix()
+
+
+def source_sql(st: SourceTable, root: Path | None = None) -> str:
+    """What `{{ source('s', 't') }}` compiles to: a reader call over the file,
+    or a table of an attached database. With `root`, relative paths become
+    absolute (what runs); without, they stay as written (what is hashed and
+    shown, so fingerprints do not depend on where the project is checked out)."""
     src, tbl = st.source, st.table
     if tbl.path is not None:
         fmt = tbl.format or _infer_format(tbl.path)
@@ -85,7 +101,8 @@ def source_sql(st: SourceTable) -> str:
                 line=tbl.line,
                 hint="add `format: csv|parquet|json`",
             )
-        args = [sql_literal(tbl.path)] + [
+        path = source_path(root, tbl.path) if root is not None else tbl.path
+        args = [sql_literal(path)] + [
             f"{k} = {sql_literal(v)}" for k, v in sorted(tbl.options.items())
         ]
         return f"{SOURCE_READERS[fmt]}({', '.join(args)})"
@@ -111,15 +128,43 @@ def _infer_format(path: str) -> str | None:
     return None
 
 
+def line_map(source: str, compiled: str):
+    """compiled line -> source line. Jinja can add or drop lines; lines that
+    survive rendering unchanged are matched (difflib), and a generated line
+    maps to the nearest matched line before it."""
+    src = [ln.strip() for ln in source.splitlines()]
+    out = [ln.strip() for ln in compiled.splitlines()]
+    mapping: dict[int, int] = {}
+    for block in difflib.SequenceMatcher(None, src, out, autojunk=False).get_matching_blocks():
+        for i in range(block.size):
+            mapping[block.b + i + 1] = block.a + i + 1
+
+    def to_source(line: int) -> int | None:
+        for n in range(line, 0, -1):
+            if n in mapping:
+                return mapping[n]
+        return 1 if source else None
+
+    return to_source
+
+
 @dataclass
 class CompiledModel:
     name: str
     path: str
-    sql: str
+    sql: str  # what runs: source paths absolute
     config: ModelConfig
     refs: list[str] = field(default_factory=list)
     sources: list[tuple[str, str]] = field(default_factory=list)
     vars_used: dict[str, Any] = field(default_factory=dict)
+    portable_sql: str = ""  # source paths as written: hashed, diffed and shown
+    shape: SelectShape | None = None
+    source_text: str = ""  # the model file, for mapping compiled lines back
+
+    def source_line(self, compiled_line: int | None) -> int | None:
+        if compiled_line is None:
+            return None
+        return line_map(self.source_text, self.sql)(compiled_line)
 
     @property
     def relation(self) -> str:
@@ -133,8 +178,49 @@ def compile_model(
     incremental: bool = False,
     source_override: dict[tuple[str, str], str] | None = None,
 ) -> CompiledModel:
-    """Render one model. `source_override` maps sources to other relations
-    (validation binds against schema-only copies, so each file is sniffed once)."""
+    """Render one model and check it is exactly one SELECT. `source_override`
+    maps sources to other relations (validation binds against schema-only
+    copies, so each file is sniffed once)."""
+    sql, refs, sources, vars_used, config_kw = _render_model(
+        proj, model, incremental=incremental, source_override=source_override, root=proj.root
+    )
+    portable = sql
+    if sources and not source_override:
+        portable = _render_model(proj, model, incremental=incremental, root=None)[0]
+    cfg, errs = validate_spec(ModelConfig, config_kw, marks={}, rel=model.path)
+    if cfg is None:
+        e = errs[0]
+        raise ProjectError(
+            f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint
+        )
+    if not sql.strip():
+        raise ProjectError(f"model '{model.name}' is empty", path=model.path, line=1)
+    sql = _clean(sql)
+    shape = check_select(
+        sql,
+        what=f"model '{model.name}'",
+        path=model.path,
+        line_of=line_map(model.sql, sql),
+    )
+    return CompiledModel(
+        name=model.name,
+        path=model.path,
+        sql=sql,
+        config=cfg,
+        refs=refs,
+        sources=sources,
+        vars_used=vars_used,
+        portable_sql=_clean(portable),
+        shape=shape,
+        source_text=model.sql,
+    )
+
+
+def _clean(sql: str) -> str:
+    return sql.strip().rstrip(";").strip()
+
+
+def _render_model(proj, model, *, incremental, root, source_override=None):
     refs: list[str] = []
     sources: list[tuple[str, str]] = []
     vars_used: dict[str, Any] = {}
@@ -166,9 +252,7 @@ def compile_model(
             sources.append(key)
         if source_override and key in source_override:
             return source_override[key]
-        return source_sql(proj.sources[key])
-
-    var = make_var(proj, vars_used)
+        return source_sql(proj.sources[key], root)
 
     def config(**kw: Any) -> str:
         config_kw.update(kw)
@@ -177,30 +261,12 @@ def compile_model(
     ctx = {
         "ref": ref,
         "source": source,
-        "var": var,
-        "env_var": env_var,
+        "var": make_var(proj, vars_used),
+        "env_var": proj.env_var,
         "config": config,
         "is_incremental": lambda: incremental,
         "this": relation(model.name),
         "target": {"name": proj.target_name, "database": proj.target.database},
     }
     sql = render_string(model.sql, ctx, name=model.path, what="SQL model")
-    cfg, errs = validate_spec(ModelConfig, config_kw, marks={}, rel=model.path)
-    if cfg is None:
-        e = errs[0]
-        raise ProjectError(
-            f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint
-        )
-    if cfg.materialized == "incremental" and not cfg.unique_key:
-        pass  # append-only incremental is allowed
-    if not sql.strip():
-        raise ProjectError(f"model '{model.name}' is empty", path=model.path, line=1)
-    return CompiledModel(
-        name=model.name,
-        path=model.path,
-        sql=sql.strip().rstrip(";").strip(),
-        config=cfg,
-        refs=refs,
-        sources=sources,
-        vars_used=vars_used,
-    )
+    return sql, refs, sources, vars_used, config_kw

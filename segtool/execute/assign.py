@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segtool.compile.predicates import bind_predicate, segmentation_predicates
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError, did_you_mean
+from segtool.state import vectors
 from segtool.state.db import STATE, table_exists
 
 
@@ -62,19 +64,13 @@ def assign_file(project, name: str, path: Path):
 
     db = project.connect(read_only=True)
     try:
-        if seg.population:
-            from segtool.compile.checks import check_predicate
-
+        preds = segmentation_predicates(proj, seg)
+        if preds.population is not None:
             mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
-            pred = check_predicate(
-                mem,
-                proj,
-                _base(proj, seg),
-                seg.population,
-                where=f"segmentation '{name}' population",
-                spec=seg,
-            )
-            inside = mem.execute(f"SELECT ({pred}) FROM input ORDER BY __ord").fetchnumpy()
+            bind_predicate(mem, _base(proj, seg), preds.population)
+            inside = mem.execute(
+                f"SELECT {preds.population.wrapped} FROM input ORDER BY __ord"
+            ).fetchnumpy()
             inside = np.asarray(next(iter(inside.values())), dtype=bool)
         else:
             inside = None
@@ -164,13 +160,13 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
     fp = enc.fingerprint()
     hashes = [r[2] for r in rendered]
     cached = {}
-    if table_exists(db, STATE, "embeddings") and hashes:
+    found = vectors.lookup(db, fp) if table_exists(db, STATE, "encoders") else None
+    if found is not None and hashes:
         import pyarrow as pa
 
         db.register("__h", pa.table({"h": hashes}))
         for h, v in db.execute(
-            f"SELECT e.text_hash, e.vector FROM {STATE}.embeddings e JOIN __h ON e.text_hash = __h.h WHERE e.encoder_fp = ?",
-            [fp],
+            f"SELECT e.text_hash, e.vector FROM {found[0]} e JOIN __h ON e.text_hash = __h.h"
         ).fetchall():
             cached[h] = np.asarray(v, dtype=np.float32)
         db.unregister("__h")
@@ -185,19 +181,14 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
 def _assign_rules(project, seg, mem, db, inside):
     import polars as pl
 
-    from segtool.compile.checks import check_predicate
+    from segtool.execute.segment import rules_case
 
     proj = project.loaded
     mem.execute(f"CREATE OR REPLACE VIEW main.{quote_ident(seg.model)} AS SELECT * FROM input")
-    whens = []
-    for rule in seg.rules:
-        pred = check_predicate(
-            mem, proj, seg.model, rule.when, where=f"rule '{rule.segment}'", spec=rule
-        )
-        whens.append(f"WHEN ({pred}) THEN {sql_literal(rule.segment)}")
-    default = sql_literal(seg.default) if seg.default else "NULL"
+    for _, pred in segmentation_predicates(proj, seg).rules:
+        bind_predicate(mem, seg.model, pred)
     df = mem.sql(
-        f"SELECT {quote_ident(proj.key)}, CASE {' '.join(whens)} ELSE {default} END AS segment FROM input ORDER BY __ord"
+        f"SELECT {quote_ident(proj.key)}, {rules_case(proj, seg)} AS segment FROM input ORDER BY __ord"
     ).pl()
     ids = dict(
         db.execute(

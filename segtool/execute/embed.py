@@ -1,8 +1,8 @@
 """Embeddings: encode only texts with no cached vector for this encoder.
 
-Cache: `_segtool.embeddings(encoder_fp, text_hash, vector)`. Identical texts
-are embedded once. Work is committed chunk by chunk, so a killed run keeps
-what it did and the next run continues where it stopped."""
+Cache: one fixed-size vector table per encoder fingerprint (state/vectors.py).
+Identical texts are embedded once. Work is committed chunk by chunk, so a
+killed run keeps what it did and the next run continues where it stopped."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import time
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.errors import EncoderError
+from segtool.errors import EncoderError, SegtoolError
 from segtool.execute.render import text_table
+from segtool.state import vectors
 from segtool.state.db import STATE
 from segtool.state.result import one
 
@@ -22,7 +23,8 @@ CHUNK = int(os.environ.get("SEGTOOL_EMBED_CHUNK", "2048"))
 
 
 def preflight(runner, uids: list[str]) -> None:
-    """Missing models and unavailable packages fail before anything is written."""
+    """Missing models, unavailable packages and a device that is not there fail
+    before anything is written."""
     from segtool.encoders import check_encoder
 
     graph = runner.project.graph().graph
@@ -39,6 +41,16 @@ def preflight(runner, uids: list[str]) -> None:
                 f"{spec.file}:{spec.line}: encoder '{enc_name}': " + "; ".join(problems),
                 hint="see docs/encoders.md (offline use); the database was not changed",
             )
+        device = runner.opts.device or runner.proj.target.device or spec.device
+        if spec.kind != "hashing" and device not in ("auto", "cpu"):
+            from segtool.encoders._device import resolve_device
+
+            try:
+                resolve_device(device)  # imports torch: only when a device is asked for
+            except EncoderError as exc:
+                exc.message = f"encoder '{enc_name}': {exc.message}"
+                exc.hint = (exc.hint or "") + "; the database was not changed"
+                raise
 
 
 def encoder_for(runner, name: str):
@@ -57,16 +69,6 @@ def encoder_for(runner, name: str):
     return cache[name]
 
 
-def vectors_to_arrow(vecs: np.ndarray):
-    import pyarrow as pa
-
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    flat = pa.array(vecs.reshape(-1))
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(0, vecs.size + 1, vecs.shape[1], dtype=np.int32)), flat
-    )
-
-
 def run_embeddings(runner, con, uids: list[str]) -> None:
     from segtool.execute.run import NodeResult
     from segtool.state.db import record_nodes
@@ -79,14 +81,18 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
         enc = encoder_for(runner, enc_name)
         fp = enc.fingerprint()
         table = text_table(text_name)
+        found = vectors.lookup(con, fp)
+        cached = (
+            f"WHERE NOT EXISTS (SELECT 1 FROM {found[0]} e WHERE e.text_hash = t.text_hash)"
+            if found
+            else ""
+        )
         work = quote_ident(f"__segtool_embed_{text_name}_{enc_name}")
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {work} AS
             SELECT text_hash, any_value(text) AS text, row_number() OVER (ORDER BY text_hash) AS rn
-            FROM {table} t
-            WHERE NOT EXISTS (SELECT 1 FROM {STATE}.embeddings e WHERE e.encoder_fp = ? AND e.text_hash = t.text_hash)
-            GROUP BY text_hash""",
-            [fp],
+            FROM {table} t {cached}
+            GROUP BY text_hash"""
         )
         users, distinct = one(
             con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}")
@@ -96,6 +102,7 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
             enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
         embedded = 0
         t_enc = 0.0
+        store = found[0] if found else None
         with runner.rep.progress(f"embed {text_name} with {enc_name}", todo) as bar:
             for lo in range(1, todo + 1, CHUNK):
                 rows = con.execute(
@@ -105,24 +112,24 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
                 te = time.perf_counter()
                 vecs = enc.encode([r[1] for r in rows])
                 t_enc += time.perf_counter() - te
-                if vecs.shape[0] != len(rows) or not np.isfinite(vecs).all():
+                if vecs.ndim != 2 or vecs.shape[0] != len(rows) or not np.isfinite(vecs).all():
                     raise EncoderError(
                         f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(rows)} texts or non-finite values"
                     )
-                import pyarrow as pa
-
-                batch = pa.table(
-                    {"text_hash": [r[0] for r in rows], "vector": vectors_to_arrow(vecs)}
-                )
-                con.register("__segtool_vectors", batch)
-                # one statement = one committed chunk (autocommit)
-                con.execute(
-                    f"INSERT INTO {STATE}.embeddings SELECT ?, text_hash, CAST(vector AS FLOAT[]), ? FROM __segtool_vectors",
-                    [fp, runner.run_id],
-                )
-                con.unregister("__segtool_vectors")
+                if store is None:
+                    store = vectors.ensure(
+                        con,
+                        fp,
+                        encoder=enc_name,
+                        kind=enc.spec.kind,
+                        dim=vecs.shape[1],
+                        run_id=runner.run_id,
+                    )
+                vectors.insert(con, store, [r[0] for r in rows], vecs, runner.run_id)
                 embedded += len(rows)
                 bar.advance(len(rows))
+        if store is not None:
+            vectors.touch(con, fp, encoder=enc_name, run_id=runner.run_id)
         con.execute(f"DROP TABLE {work}")
         secs = time.perf_counter() - t0
         stats = {
@@ -155,50 +162,84 @@ def run_embeddings(runner, con, uids: list[str]) -> None:
 
 
 def load_vectors(con, text_name: str, encoder_fp: str, keys_sql: str, key: str):
-    """Vectors for the users in `keys_sql` (a query returning the key column),
-    in that query's order. Returns (keys, matrix)."""
+    """Vectors for the users in `keys_sql` (a query returning the key column and
+    __ord), in that order. Returns (keys, matrix)."""
     k = quote_ident(key)
+    found = vectors.lookup(con, encoder_fp)
+    if found is None:
+        return np.zeros(0, dtype=object), np.zeros((0, 0), dtype=np.float32)
+    table, dim = found
     tbl = con.sql(
         f"""SELECT u.{k} AS k, e.vector AS v
         FROM ({keys_sql}) u
         JOIN {text_table(text_name)} t ON t.{k} = u.{k}
-        JOIN {STATE}.embeddings e ON e.encoder_fp = '{encoder_fp}' AND e.text_hash = t.text_hash
+        JOIN {table} e ON e.text_hash = t.text_hash
         ORDER BY u.__ord"""
     ).to_arrow_table()
     keys = tbl.column("k").to_numpy(zero_copy_only=False)
-    col = tbl.column("v").combine_chunks()
-    n = len(col)
-    if n == 0:
-        return keys, np.zeros((0, 0), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return keys, flat.reshape(n, -1)
+    return keys, vectors.to_matrix(tbl.column("v"), dim)
 
 
-def clean_cache(project) -> int:
-    """Delete vectors no current text uses with a current encoder."""
+def clean_cache(project) -> dict:
+    """Delete vectors that no current text uses with a current encoder.
+
+    An encoder that cannot be built today (its model folder moved, a package is
+    missing) keeps every vector it wrote: the registry says which vectors are
+    its, and deleting them would make the next run re-embed everything once
+    the model is back. Returns {"removed": n, "kept": [(encoder, n, why)]}."""
+    from segtool.encoders import build_encoder
     from segtool.state.db import table_exists
 
+    proj = project.loaded
     con = project.connect(read_only=False)
     try:
-        texts = [t for t in project.loaded.texts if table_exists(con, STATE, "texts__" + t)]
-        if not texts:
-            n = one(con.execute(f"SELECT count(*) FROM {STATE}.embeddings"))[0]
-            con.execute(f"DELETE FROM {STATE}.embeddings")
-            return int(n)
-        used = " UNION ".join(f"SELECT text_hash FROM {text_table(t)}" for t in texts)
-        fps = []
-        for name in project.loaded.encoders:
+        if not table_exists(con, STATE, "encoders"):
+            return {"removed": 0, "kept": []}
+        current: dict[str, str] = {}  # fingerprint -> encoder name
+        unbuildable: dict[str, str] = {}  # encoder name -> why
+        for name, spec in proj.encoders.items():
             try:
-                from segtool.encoders import build_encoder
+                current[build_encoder(spec, proj.root).fingerprint()] = name
+            except SegtoolError as exc:
+                unbuildable[name] = exc.message
+        texts = [t for t in proj.texts if table_exists(con, STATE, "texts__" + t)]
+        used = " UNION ".join(f"SELECT text_hash FROM {text_table(t)}" for t in texts)
+        removed = 0
+        kept: list[tuple[str, int, str]] = []
+        con.execute("BEGIN")
+        try:
+            for entry in vectors.registered(con):
+                fp, name = entry["encoder_fp"], entry["encoder"]
+                table = vectors.relation(entry["table_name"])
+                n = one(con.execute(f"SELECT count(*) FROM {table}"))[0]
+                if name in unbuildable:
+                    kept.append((name, int(n), unbuildable[name]))
+                    continue
+                if name is None and unbuildable and fp not in current:
+                    # written before the registry named encoders: it may be theirs
+                    kept.append(("(unnamed)", int(n), "may belong to " + ", ".join(unbuildable)))
+                    continue
+                if fp not in current:  # an old version of an encoder, or a removed one
+                    con.execute(f"DROP TABLE {table}")
+                    con.execute(f"DELETE FROM {vectors.REGISTRY} WHERE encoder_fp = ?", [fp])
+                    removed += int(n)
+                    continue
+                if used:
+                    gone = one(
+                        con.execute(f"SELECT count(*) FROM {table} WHERE text_hash NOT IN ({used})")
+                    )[0]
+                    con.execute(f"DELETE FROM {table} WHERE text_hash NOT IN ({used})")
+                else:
+                    gone = n
+                    con.execute(f"DELETE FROM {table}")
+                removed += int(gone)
+            con.execute("COMMIT")
+        except BaseException:
+            from segtool.execute.run import rollback
 
-                fps.append(build_encoder(project.loaded.encoders[name], project.root).fingerprint())
-            except EncoderError:
-                continue
-        fp_list = ", ".join("'" + f + "'" for f in fps) or "''"
-        cond = f"encoder_fp NOT IN ({fp_list}) OR text_hash NOT IN ({used})"
-        n = one(con.execute(f"SELECT count(*) FROM {STATE}.embeddings WHERE {cond}"))[0]
-        con.execute(f"DELETE FROM {STATE}.embeddings WHERE {cond}")
+            rollback(con)
+            raise
         con.execute("CHECKPOINT")
-        return int(n)
+        return {"removed": removed, "kept": kept}
     finally:
         con.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from segtool.compile.jinja import make_env, renderer
+from segtool.compile.jinja import RenderTimeout, make_env, renderer, time_limit
 from segtool.compile.sql import quote_ident, relation
 from segtool.errors import ProjectError
 from segtool.state.db import STATE, node_states, table_exists
@@ -48,10 +48,9 @@ class _TemplateLoader(jinja2.BaseLoader):
 
 def text_renderer(proj, text_spec) -> Callable[[Mapping[str, Any]], str]:
     from segtool.compile.sql import make_var
-    from segtool.project.loader import env_var
 
     env = make_env(_TemplateLoader(proj.templates))
-    env.globals.update(var=make_var(proj), env_var=env_var)
+    env.globals.update(var=make_var(proj), env_var=proj.env_var)
     tf = proj.templates[text_spec.template]
     return renderer(env, tf.text, tf.path)
 
@@ -67,24 +66,31 @@ def truncate(text: str, max_chars: int) -> tuple[str, bool]:
 
 
 def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
-    """Render a batch: (key, row_hash, text_hash, text, n_chars, truncated)."""
+    """Render a batch: (key, row_hash, text_hash, text, n_chars, truncated).
+    Each user's render is bounded in time (compile/jinja.py)."""
     key = proj.key
     out = []
     n_trunc = n_empty = 0
-    for row in rows:
-        rh = row.pop("__row_hash", None)  # present when rendering for the texts table
-        ctx = dict(row)
-        ctx["key"] = row[key]
-        try:
-            text = render(ctx)
-        except ProjectError as exc:
-            exc.message = f"text '{spec.name}', {key} {row[key]!r}: {exc.message}"
-            raise
-        text = " ".join(text.split())  # templates are multi-line; the text is one line
-        text, cut = truncate(text, spec.max_chars)
-        n_trunc += cut
-        n_empty += not text
-        out.append((row[key], rh, text_hash(text), text, len(text), cut))
+    with time_limit() as rearm:
+        for row in rows:
+            rh = row.pop("__row_hash", None)  # present when rendering for the texts table
+            ctx = dict(row)
+            ctx["key"] = row[key]
+            rearm()
+            try:
+                text = render(ctx)
+            except ProjectError as exc:
+                exc.message = f"text '{spec.name}', {key} {row[key]!r}: {exc.message}"
+                raise
+            except RenderTimeout as exc:  # fired between two renders
+                raise ProjectError(
+                    f"text '{spec.name}', {key} {row[key]!r}: rendering {exc}"
+                ) from exc
+            text = " ".join(text.split())  # templates are multi-line; the text is one line
+            text, cut = truncate(text, spec.max_chars)
+            n_trunc += cut
+            n_empty += not text
+            out.append((row[key], rh, text_hash(text), text, len(text), cut))
     return out, n_trunc, n_empty
 
 
@@ -241,7 +247,8 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
 
 
 def _scratch_models(project):
-    """An in-memory DuckDB with every model as a view (for samples without a run)."""
+    """An in-memory DuckDB, fenced like a run's, with every model as a view:
+    `segtool render` runs the project's SQL, as `run` does."""
     import duckdb
 
     from segtool.state.db import setup_connection
@@ -268,27 +275,39 @@ def _model_connection(project):
     return _scratch_models(project)
 
 
-def write_samples(project, text_nodes, n: int) -> list[Path]:
+def write_samples(project, text_nodes, n: int) -> tuple[list[Path], list[str]]:
+    """Sample texts rendered from the models a run has built. `compile` runs no
+    model SQL of its own (it is safe on an untrusted pull request), so without
+    a built database there are no samples, and the notes say so."""
+    from segtool.errors import SegtoolError
+
     if not text_nodes:
-        return []
-    con = _model_connection(project)
-    out = []
+        return [], []
+    db = project.loaded.database_path
+    if not db.exists():
+        return [], [f"no sample texts: no database at {project.relpath(db)} (run first)"]
+    try:
+        con = project.connect(read_only=True)
+    except SegtoolError as exc:
+        return [], [f"no sample texts: {exc.message}"]
+    out: list[Path] = []
+    notes: list[str] = []
     try:
         for node in text_nodes:
             spec = node.spec
-            render = text_renderer(project.loaded, spec)
-            try:
-                rows = (
-                    con.sql(
-                        f"SELECT * FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}"
-                    )
-                    .to_arrow_table()
-                    .to_pylist()
+            if not table_exists(con, "main", spec.model) and not _view_exists(con, spec.model):
+                notes.append(
+                    f"no sample texts for '{spec.name}': model '{spec.model}' is not built yet"
                 )
-            except Exception as exc:  # noqa: BLE001 - the model may not exist in the db yet
-                raise ProjectError(
-                    f"cannot read model '{spec.model}' for text samples: {str(exc).splitlines()[0]}"
-                ) from exc
+                continue
+            render = text_renderer(project.loaded, spec)
+            rows = (
+                con.sql(
+                    f"SELECT * FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}"
+                )
+                .to_arrow_table()
+                .to_pylist()
+            )
             rendered, _, _ = render_rows(project.loaded, spec, rows, render)
             path = project.target_dir / "samples" / f"{spec.name}.md"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +321,13 @@ def write_samples(project, text_nodes, n: int) -> list[Path]:
             out.append(path)
     finally:
         con.close()
-    return out
+    return out, notes
+
+
+def _view_exists(con, name: str) -> bool:
+    from segtool.state.db import relation_exists
+
+    return relation_exists(con, "main", name) == "view"
 
 
 def render_one(project, text_name: str, user: str) -> str:

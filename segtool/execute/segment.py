@@ -52,21 +52,23 @@ def base_model(proj, seg) -> str:
 
 def population_sql(proj, seg) -> str:
     """The population's keys (and ordering column __ord)."""
-    from segtool.compile.jinja import render_string
-    from segtool.compile.sql import make_var
-    from segtool.project.loader import env_var
+    from segtool.compile.predicates import segmentation_predicates
 
     k = quote_ident(proj.key)
-    where = ""
-    if seg.population:
-        pred = render_string(
-            seg.population,
-            {"var": make_var(proj), "env_var": env_var},
-            name=seg.file or "segments",
-            what="population",
-        )
-        where = f"WHERE ({pred})"
+    pred = segmentation_predicates(proj, seg).population
+    where = f"WHERE {pred.wrapped}" if pred else ""
     return f"SELECT m.{k}, row_number() OVER (ORDER BY m.{k}) AS __ord FROM {relation(base_model(proj, seg))} m {where}"
+
+
+def rules_case(proj, seg) -> str:
+    """The CASE expression of a rule segmentation: first matching rule wins."""
+    from segtool.compile.predicates import segmentation_predicates
+    from segtool.compile.sql import sql_literal
+
+    rules = segmentation_predicates(proj, seg).rules
+    whens = " ".join(f"WHEN {p.wrapped} THEN {sql_literal(s)}" for s, p in rules)
+    default = sql_literal(seg.default) if seg.default else "NULL"
+    return f"CASE {whens} ELSE {default} END"
 
 
 # ----------------------------------------------------------------------------- checks in stage 1
@@ -108,6 +110,13 @@ def check_inputs(runner, con, uids: list[str]) -> None:
             raise DataError(
                 f"{seg.file}:{seg.line}: {where}: k={kk} is larger than the population ({n} users)",
                 hint=f"lower k to at most {n}, or use k: auto",
+            )
+        smallest = max(2, int(seg.cluster.k_range[0]))
+        if kk == "auto" and n <= smallest:
+            raise DataError(
+                f"{seg.file}:{seg.line}: {where}: k: auto needs more users than the smallest k tried "
+                f"({n} users, k_range {list(seg.cluster.k_range)})",
+                hint="set a fixed `k`, lower `k_range`, or widen the population",
             )
         models = []
         for inp in seg.inputs:
@@ -195,7 +204,9 @@ def run_segmentations(runner, con, uids: list[str]) -> None:
             record_nodes(con, [node], runner.run_id)
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            from segtool.execute.run import rollback
+
+            rollback(con)
             raise
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         runner.summary.setdefault("segmentations", {})[seg.name] = stats
@@ -755,22 +766,9 @@ def _update_history(con, proj, name: str, run_id: int) -> int:
 
 
 def _run_rules(runner, con, seg) -> dict:
-    from segtool.compile.checks import check_predicate
-
     proj = runner.proj
     name = seg.name
     k = quote_ident(proj.key)
-    cases = []
-    for rule in seg.rules:
-        pred = check_predicate(
-            con,
-            proj,
-            seg.model,
-            rule.when,
-            where=f"segmentation '{name}' rule '{rule.segment}'",
-            spec=rule,
-        )
-        cases.append((rule.segment, pred))
     # stable ids per segment name
     known = dict(
         con.execute(
@@ -789,15 +787,13 @@ def _run_rules(runner, con, seg) -> dict:
             )
     from segtool.compile.sql import sql_literal
 
-    whens = " ".join(f"WHEN ({p}) THEN {sql_literal(s)}" for s, p in cases)
-    default = sql_literal(seg.default) if seg.default else "NULL"
     pop = population_sql(proj, seg)
     id_case = " ".join(f"WHEN {sql_literal(s)} THEN {i}" for s, i in known.items())
     first = not table_exists(con, RESULTS, name)
     before = None if first else one(con.execute(f"SELECT count(*) FROM {seg_table(name)}"))[0]
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE __segtool_rules AS
-        SELECT m.{k}, CASE {whens} ELSE {default} END AS segment FROM {relation(seg.model)} m
+        SELECT m.{k}, {rules_case(proj, seg)} AS segment FROM {relation(seg.model)} m
         WHERE m.{k} IN (SELECT {k} FROM ({pop}))"""
     )
     con.execute("DELETE FROM __segtool_rules WHERE segment IS NULL")

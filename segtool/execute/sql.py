@@ -77,7 +77,7 @@ def build_model(
     existing = relation_exists(con, MODEL_SCHEMA, cm.name)
     incremental = mat == "incremental" and existing == "table" and not full_refresh
     run_cm = compile_model(proj, proj.models[cm.name], incremental=True) if incremental else cm
-    run_path = write_sql(target_dir, "run", cm.path, run_cm.sql)
+    run_path = write_sql(target_dir, "run", cm.path, proj.secrets.mask(run_cm.sql))
     shown = proj.relpath(run_path)
     rows = None
     try:

@@ -80,7 +80,7 @@ def _resolve_to(project, to: str) -> str:
         return relation(m.group(1))
     m = re.fullmatch(r"\s*source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)\s*", to)
     if m and (m.group(1), m.group(2)) in proj.sources:
-        return source_sql(proj.sources[(m.group(1), m.group(2))])
+        return source_sql(proj.sources[(m.group(1), m.group(2))], proj.root)
     raise ProjectError(
         f"relationships: cannot resolve to: {to!r}",
         hint="use to: \"ref('model')\" or \"source('src', 'table')\"",
@@ -134,7 +134,7 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                 rel = relation(node.name)
             elif node.kind == "source":
                 cols = node.spec.table.columns
-                rel = source_sql(node.spec)
+                rel = source_sql(node.spec, project.loaded.root)
             else:
                 continue
             for col in cols:

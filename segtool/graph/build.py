@@ -113,7 +113,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 + [f"source.{s}.{t}" for s, t in cm.sources],
                 spec=cm,
                 data={
-                    "sql": cm.sql,
+                    "sql": cm.portable_sql,
                     "materialized": cm.config.materialized,
                     "unique_key": cm.config.unique_key,
                 },

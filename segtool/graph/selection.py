@@ -96,9 +96,13 @@ def _atom(graph: Graph, atom: str, state: dict | None) -> set[str]:
         )
     body = m.group("body")
     found = _match_body(graph, body, state)
-    if not found and not body.startswith(
-        ("state:", "tag:")
-    ):  # an unused tag selects nothing, as in dbt
+    if not found and body.startswith("tag:"):
+        tags = sorted({t for n in graph.nodes.values() for t in n.tags})
+        raise SelectionError(
+            f"selector '{atom}' matched no node",
+            hint=did_you_mean(body[4:], tags) if tags else "no node has a tag",
+        )
+    if not found and not body.startswith("state:"):  # nothing modified is a valid answer
         names = [n.name for n in graph.nodes.values()]
         raise SelectionError(f"selector '{atom}' matched no node", hint=did_you_mean(body, names))
     result = set(found)
@@ -129,6 +133,12 @@ def select(
     state: dict | None = None,
 ) -> list[str]:
     """Selected unique ids in topological order."""
+    for s in (*(select or ()), *(exclude or ())):
+        if not s.strip():
+            raise SelectionError(
+                "empty selector: -s '' selects nothing",
+                hint="name a node (segtool ls lists them), or leave out -s to select everything",
+            )
     chosen = set(graph.nodes)
     if select:
         chosen = set()

@@ -4,12 +4,12 @@ pass (validate shows them all); `load_project(..., strict=True)` raises them."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
+from segtool.project.secrets import Secrets
 from segtool.project.specs import (
     EncoderSpec,
     FeatureSetSpec,
@@ -71,6 +71,11 @@ class LoadedProject:
     encoders: dict[str, EncoderSpec] = field(default_factory=dict)
     segmentations: dict[str, SegmentationSpec] = field(default_factory=dict)
     errors: list[ProjectError] = field(default_factory=list)
+    secrets: Secrets = field(default_factory=Secrets)
+
+    def env_var(self, name: str, default: Any = None) -> str:
+        """The Jinja `env_var()`: values read from the environment are secrets."""
+        return self.secrets.env_var(name, default)
 
     @property
     def name(self) -> str:
@@ -113,22 +118,11 @@ def parse_vars(text: str | None) -> dict[str, Any]:
     return data
 
 
-def _render_env(text: str, rel: str) -> str:
+def _render_env(text: str, rel: str, secrets: Secrets) -> str:
     """profiles.yml may use {{ env_var('X', 'default') }}."""
     from segtool.compile.jinja import render_string
 
-    return render_string(text, {"env_var": env_var}, name=rel)
-
-
-def env_var(name: str, default: Any = None) -> str:
-    if name in os.environ:
-        return os.environ[name]
-    if default is not None:
-        return default
-    raise ProjectError(
-        f"environment variable '{name}' is not set",
-        hint=f"export {name}=... or give a default: env_var('{name}', 'value')",
-    )
+    return render_string(text, {"env_var": secrets.env_var}, name=rel)
 
 
 def load_project(
@@ -148,11 +142,12 @@ def load_project(
         raise ProjectErrors(errs)
 
     # profiles and target
+    secrets = Secrets()
     targets: dict[str, TargetSpec] = {}
     prof_path = root / PROFILES_FILE
     if prof_path.is_file():
         try:
-            text = _render_env(prof_path.read_text(encoding="utf-8"), PROFILES_FILE)
+            text = _render_env(prof_path.read_text(encoding="utf-8"), PROFILES_FILE, secrets)
             pdata, pmarks = parse_yaml(text, PROFILES_FILE)
             errs = require_mapping(pdata, PROFILES_FILE)
             profiles, errs2 = validate_spec(
@@ -181,8 +176,16 @@ def load_project(
     tspec = targets.get(target_name, TargetSpec())
 
     merged_vars = {**spec.vars, **(vars or {})}
+    for name in spec.secret_vars:
+        if name in merged_vars:
+            secrets.add(merged_vars[name])
     proj = LoadedProject(
-        root=root, spec=spec, target_name=target_name, target=tspec, vars=merged_vars
+        root=root,
+        spec=spec,
+        target_name=target_name,
+        target=tspec,
+        vars=merged_vars,
+        secrets=secrets,
     )
 
     _load_models(proj, errors)

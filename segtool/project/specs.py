@@ -73,6 +73,7 @@ class ProjectSpec(Spec):
     entity: EntitySpec = EntitySpec()
     target: str | None = None
     vars: dict[str, Any] = {}
+    secret_vars: list[str] = []  # vars whose values are masked wherever segtool writes
     paths: PathsSpec = PathsSpec()
 
 
@@ -81,6 +82,10 @@ class TargetSpec(Spec):
     threads: int = Field(default=2, ge=1)
     device: str | None = None
     memory_limit: str | None = None
+    # the SQL fence (docs/security.md): extra files/folders the database may read,
+    # or no fence at all (remote sources, extensions)
+    allow_paths: list[str] = []
+    external_access: bool = False
 
 
 class ProfilesSpec(Spec):
@@ -99,6 +104,7 @@ class ColumnSpec(Spec):
     tests: list[Test] = []
     data_tests: list[Test] = []
     tags: list[str] = []
+    pii: bool = False  # personal data: kept out of texts and reports unless allowed
 
     def all_tests(self) -> list[Test]:
         return [*self.tests, *self.data_tests]
@@ -176,6 +182,7 @@ class TextSpec(Spec):
     model: str
     template: str
     max_chars: int = Field(default=2000, ge=1)
+    allow_pii: list[str] = []  # PII columns this template may tell
     description: str = ""
     tags: list[str] = []
 
@@ -290,6 +297,7 @@ class SegmentationSpec(Spec):
     tests: SegmentTestsSpec = SegmentTestsSpec()
     rules: list[RuleSpec] = []
     default: str | None = None
+    allow_pii: list[str] = []  # PII feature columns this segmentation may use and show
 
     @property
     def is_rules(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ import duckdb
 from segtool.compile.sql import attach_alias, quote_ident, sql_literal
 from segtool.errors import ExecutionError, LockError, ProjectError
 from segtool.project.loader import LoadedProject
+from segtool.project.secrets import Secrets
+from segtool.state import vectors
 from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one
 
 STATE = "_segtool"
 RESULTS = "segments"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -46,6 +49,8 @@ MIGRATIONS: dict[int, list[str]] = {
         f"""CREATE TABLE IF NOT EXISTS {STATE}.segment_events (
             segmentation VARCHAR, run_id INTEGER, event VARCHAR, detail JSON)""",
     ],
+    # v2: one fixed-size vector table per encoder fingerprint (state/vectors.py)
+    2: [vectors.migrate_lists],
 }
 
 
@@ -71,9 +76,16 @@ def _lock_error(exc: Exception, db: Path) -> LockError:
 
 
 def connect(
-    proj: LoadedProject, *, read_only: bool = False, threads: int | None = None
+    proj: LoadedProject,
+    *,
+    read_only: bool = False,
+    threads: int | None = None,
+    database: Path | None = None,
+    search_paths: tuple[Path, ...] = (),
+    extra_paths: tuple[Path, ...] = (),
 ) -> duckdb.DuckDBPyConnection:
-    db = proj.database_path
+    """The project database (or `database`), set up and fenced for project SQL."""
+    db = Path(database) if database is not None else proj.database_path
     if read_only and not db.exists():
         raise ProjectError(
             f"database {proj.relpath(db)} does not exist yet",
@@ -86,22 +98,52 @@ def connect(
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise _lock_error(exc, db) from None
-        raise ExecutionError(f"cannot open database {db}: {exc}") from exc
+        raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
     except duckdb.Error as exc:
-        raise ExecutionError(f"cannot open database {db}: {exc}") from exc
-    setup_connection(con, proj, threads=threads)
+        raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
+    try:
+        setup_connection(
+            con,
+            proj,
+            threads=threads,
+            search_paths=search_paths,
+            extra_paths=extra_paths,
+            # a read-only database cannot hold temporary files next to itself
+            temp_directory=Path(tempfile.gettempdir()) / "segtool-duckdb" if read_only else None,
+        )
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def setup_connection(
-    con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, threads: int | None = None
+    con: duckdb.DuckDBPyConnection,
+    proj: LoadedProject,
+    *,
+    threads: int | None = None,
+    search_paths: tuple[Path, ...] = (),
+    extra_paths: tuple[Path, ...] = (),
+    temp_directory: Path | None = None,
 ) -> None:
-    """Relative paths in SQL resolve against the project root; sources in other
-    DuckDB files are attached read-only."""
-    con.execute(f"SET file_search_path = {sql_literal(str(proj.root))}")
+    """Settings, attached source databases, then the fence (which locks the
+    configuration, so every setting comes before it)."""
+    if one(con.execute("SELECT current_setting('lock_configuration')"))[0]:
+        # a second connection to a database this process has open shares its
+        # instance, which is set up and fenced already
+        return
+    paths = [str(proj.root)] + [str(p) for p in search_paths if str(p) != str(proj.root)]
+    con.execute(f"SET file_search_path = {sql_literal(','.join(paths))}")
     con.execute(f"SET threads = {int(threads or proj.target.threads)}")
     if proj.target.memory_limit:
         con.execute(f"SET memory_limit = {sql_literal(proj.target.memory_limit)}")
+    if temp_directory is not None:
+        con.execute(f"SET temp_directory = {sql_literal(str(temp_directory))}")
     attached = {
         r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()
     }
@@ -120,6 +162,62 @@ def setup_connection(
                 f"ATTACH {sql_literal(str(path))} AS {quote_ident(attach_alias(src.name))} (READ_ONLY)"
             )
             attached.add(attach_alias(src.name))
+    fence(con, proj, (*search_paths, *extra_paths))
+
+
+def fence(
+    con: duckdb.DuckDBPyConnection, proj: LoadedProject, extra: tuple[Path, ...] = ()
+) -> None:
+    """What project SQL may reach (docs/security.md): the project folder, the
+    declared sources' files and the target's `allow_paths` (plus what a command
+    names, like `assign --input`); no other file, no network, no extension
+    install, and no change of these settings from SQL. The database itself and
+    its temporary files are DuckDB's own and stay usable.
+    `external_access: true` in the target turns the fence off."""
+    if proj.target.external_access:
+        return
+    dirs, files = allowed_locations(proj, extra)
+    con.execute(f"SET allowed_directories = {sql_literal(dirs)}")
+    con.execute(f"SET allowed_paths = {sql_literal(files)}")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+_GLOB = re.compile(r"[*?\[{]")
+
+
+def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tuple[list, list]:
+    """(directories, files) the fence lets project SQL read."""
+    dirs = {str(proj.root.resolve()) + "/"}
+    files: set[str] = set()
+
+    def add(path: str | Path) -> None:
+        text = str(path)
+        if "://" in text:
+            return  # remote: needs external_access
+        p = Path(text) if Path(text).is_absolute() else proj.root / text
+        if _GLOB.search(str(p)):
+            parts = []
+            for part in p.parts:
+                if _GLOB.search(part):
+                    break
+                parts.append(part)
+            dirs.add(str(Path(*parts)) + "/")
+        elif p.is_dir() or text.endswith("/"):
+            dirs.add(str(p.resolve()).rstrip("/") + "/")
+        else:
+            files.add(str(p.resolve()))
+            files.add(str(p))
+
+    for st in proj.sources.values():
+        if st.table.path:
+            add(st.table.path)
+    for p in proj.target.allow_paths:
+        add(p)
+    for p in extra:
+        add(p)
+    return sorted(dirs), sorted(files)
 
 
 def state_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -137,9 +235,10 @@ def has_state(con: duckdb.DuckDBPyConnection) -> bool:
 
 def migrate(
     con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, in_transaction: bool = False
-) -> None:
+) -> list[str]:
     """Bring `_segtool` to STATE_VERSION in one transaction (or inside the
-    caller's, so a failed first run leaves no trace)."""
+    caller's, so a failed first run leaves no trace). Returns notes for the user."""
+    notes: list[str] = []
     current = state_version(con)
     if current > STATE_VERSION:
         raise ExecutionError(
@@ -153,13 +252,16 @@ def migrate(
                 f"database {proj.relpath(proj.database_path)} belongs to project '{stored}', not '{proj.name}'",
                 hint="use another target/database for this project",
             )
-        return
+        return notes
     if not in_transaction:
         con.execute("BEGIN")
     try:
         for v in range(current + 1, STATE_VERSION + 1):
-            for stmt in MIGRATIONS[v]:
-                con.execute(stmt)
+            for step in MIGRATIONS[v]:
+                if callable(step):
+                    notes += step(con)
+                else:
+                    con.execute(step)
         set_meta(con, "state_version", str(STATE_VERSION))
         if not get_meta(con, "project"):
             set_meta(con, "project", proj.name)
@@ -169,6 +271,7 @@ def migrate(
         if not in_transaction:
             con.execute("ROLLBACK")
         raise
+    return notes
 
 
 def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
@@ -205,14 +308,31 @@ def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> s
     return "view" if row[0] else None
 
 
+def column_type(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> str | None:
+    """The type of a column of a table or view, or None when either is missing."""
+    row = one(
+        con.execute(
+            "SELECT data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+            "AND column_name = ? AND database_name = current_database()",
+            [schema, table, column],
+        )
+    )
+    return row[0] if row else None
+
+
 # ----------------------------------------------------------------------------- runs
 
 
 def start_run(
-    con: duckdb.DuckDBPyConnection, command: str, target: str, args: dict[str, Any]
+    con: duckdb.DuckDBPyConnection,
+    command: str,
+    target: str,
+    args: dict[str, Any],
+    secrets: Secrets | None = None,
 ) -> int:
     row = one(con.execute(f"SELECT coalesce(max(run_id), 0) + 1 FROM {STATE}.runs"))
     run_id = int(row[0])
+    args = secrets.mask_obj(args) if secrets else args
     con.execute(
         f"INSERT INTO {STATE}.runs VALUES (?, ?, NULL, 'running', ?, ?, ?, NULL)",
         [run_id, now(), command, target, json.dumps(args, default=str)],
@@ -221,12 +341,31 @@ def start_run(
 
 
 def finish_run(
-    con: duckdb.DuckDBPyConnection, run_id: int, status: str, summary: dict[str, Any]
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    status: str,
+    summary: dict[str, Any],
+    secrets: Secrets | None = None,
 ) -> None:
+    summary = secrets.mask_obj(summary) if secrets else summary
     con.execute(
         f"UPDATE {STATE}.runs SET finished_at = ?, status = ?, summary = ? WHERE run_id = ?",
         [now(), status, json.dumps(summary, default=str), run_id],
     )
+
+
+def mark_interrupted(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Runs still marked `running` when a new run holds the lock were killed
+    (SIGKILL, power loss): mark them `interrupted`. Returns their ids."""
+    ids = [
+        r[0]
+        for r in con.execute(
+            f"SELECT run_id FROM {STATE}.runs WHERE status = 'running' ORDER BY 1"
+        ).fetchall()
+    ]
+    if ids:
+        con.execute(f"UPDATE {STATE}.runs SET status = 'interrupted' WHERE status = 'running'")
+    return ids
 
 
 def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int) -> None:

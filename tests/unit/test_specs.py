@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from segtool.errors import ProjectError, ProjectErrors
-from segtool.project.loader import env_var, find_project_root, load_project, parse_vars
+from segtool.project.loader import find_project_root, load_project, parse_vars
+from segtool.project.secrets import Secrets
 from segtool.project.specs import (
     ClusterSpec,
     EncoderSpec,
@@ -391,6 +392,8 @@ def test_parse_vars_yaml_and_json():
 
 
 def test_env_var(monkeypatch):
+    secrets = Secrets()
+    env_var = secrets.env_var
     monkeypatch.setenv("SEGTOOL_TEST_X", "val")
     assert env_var("SEGTOOL_TEST_X") == "val"
     assert env_var("SEGTOOL_TEST_X", "d") == "val"

@@ -66,7 +66,7 @@ def test_migrate_creates_schemas_tables_and_version(con, tmp_path):
     db.migrate(con, make_proj(tmp_path))
     assert {"_segtool", "segments"} <= schemas(con)
     assert state_tables(con) == [
-        "embeddings",
+        "encoders",
         "fitted",
         "meta",
         "nodes",
@@ -74,12 +74,48 @@ def test_migrate_creates_schemas_tables_and_version(con, tmp_path):
         "segment_catalog",
         "segment_events",
     ]
-    assert db.state_version(con) == db.STATE_VERSION == 1
+    assert db.state_version(con) == db.STATE_VERSION == 2
     assert db.has_state(con)
     assert con.execute("SELECT * FROM _segtool.meta ORDER BY key").fetchall() == [
         ("project", "shop"),
-        ("state_version", "1"),
+        ("state_version", "2"),
     ]
+
+
+def test_v1_vector_lists_move_to_fixed_size_tables(con, tmp_path):
+    """State v1 kept vectors as FLOAT[] lists that a wrong length slipped
+    through (and was reshaped silently); v2 moves each encoder's vectors into a
+    FLOAT[dim] table and drops, with a note, vectors of another length."""
+    proj = make_proj(tmp_path)
+    v1 = dict(db.MIGRATIONS)
+    con.execute("BEGIN")
+    for stmt in v1[1]:
+        con.execute(stmt)
+    db.set_meta(con, "state_version", "1")
+    db.set_meta(con, "project", "shop")
+    con.execute("COMMIT")
+    rows = [
+        ("fpA", "h1", [1.0, 2.0, 3.0]),
+        ("fpA", "h2", [4.0, 5.0, 6.0]),
+        ("fpA", "bad", [1.0, 2.0]),
+    ]
+    rows += [("fpB", "h1", [0.5, 0.5])]
+    for fp, h, v in rows:
+        con.execute("INSERT INTO _segtool.embeddings VALUES (?, ?, ?, 1)", [fp, h, v])
+    notes = db.migrate(con, proj)
+    assert len(notes) == 1 and "dropped 1 cached vector(s) of length 2" in notes[0]
+    assert "embeddings" not in state_tables(con)
+    from segtool.state import vectors
+
+    table, dim = vectors.lookup(con, "fpA")
+    assert dim == 3
+    assert con.execute(f"SELECT text_hash, vector FROM {table} ORDER BY 1").fetchall() == [
+        ("h1", (1.0, 2.0, 3.0)),
+        ("h2", (4.0, 5.0, 6.0)),
+    ]
+    assert vectors.lookup(con, "fpB")[1] == 2
+    with pytest.raises(duckdb.Error):  # a fixed-size column refuses another length
+        con.execute(f"INSERT INTO {table} VALUES ('x', [1.0, 2.0], 2)")
 
 
 def test_remigrate_is_a_no_op(con, tmp_path):
@@ -107,7 +143,7 @@ def test_database_of_another_project_is_refused(con, tmp_path):
 def test_newer_state_version_is_refused(con, tmp_path):
     db.migrate(con, make_proj(tmp_path))
     db.set_meta(con, "state_version", "99")
-    with pytest.raises(ExecutionError, match=r"newer segtool \(state version 99 > 1\)"):
+    with pytest.raises(ExecutionError, match=r"newer segtool \(state version 99 > 2\)"):
         db.migrate(con, make_proj(tmp_path))
 
 
@@ -242,13 +278,7 @@ def test_connect_to_database_held_by_another_process_names_holder(tmp_path):
 # ----------------------------------------------------------------- RunLock
 
 
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def test_lock_file_contents_and_release(tmp_path):
+def test_lock_names_its_holder_and_release_frees_it(tmp_path):
     dbp = tmp_path / "x.duckdb"
     lock = RunLock(dbp, "segtool run").acquire()
     assert lock.held and lock.path == tmp_path / "x.duckdb.lock"
@@ -257,7 +287,8 @@ def test_lock_file_contents_and_release(tmp_path):
     assert info["host"] == socket.gethostname()
     assert info["command"] == "segtool run"
     lock.release()
-    assert not lock.path.exists() and not lock.held
+    assert not lock.held and not lock.info_path.exists()
+    RunLock(dbp, "segtool test").acquire().release()
 
 
 def test_second_acquire_fails_with_holder_pid(tmp_path):
@@ -269,47 +300,83 @@ def test_second_acquire_fails_with_holder_pid(tmp_path):
         assert e.message.startswith(
             f"database {dbp} is locked by `segtool run` (pid {os.getpid()} on "
         )
-        assert str(dbp) + ".lock" in e.hint
-    assert not (tmp_path / "x.duckdb.lock").exists()
+        assert "released when its process ends" in e.hint
     # free again once released
     RunLock(dbp, "segtool test").acquire().release()
 
 
-def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
-    dbp = tmp_path / "x.duckdb"
-    lockfile = tmp_path / "x.duckdb.lock"
-    pid = dead_pid()
-    lockfile.write_text(
-        json.dumps({"pid": pid, "host": socket.gethostname(), "command": "segtool run"})
-    )
-    lock = RunLock(dbp, "segtool run").acquire()
-    assert lock.held
-    assert lock.read()["pid"] == os.getpid()
-    lock.release()
+_HOLD_AND_DIE = """
+import sys, time
+from pathlib import Path
+from segtool.state.lock import RunLock
+lock = RunLock(Path(sys.argv[1]), "segtool run").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
 
 
-def test_lock_of_dead_pid_on_another_host_is_not_stale(tmp_path):
+def test_a_killed_holder_releases_the_lock(tmp_path):
+    """No stale lock to take over: the OS drops the lock with its process."""
     dbp = tmp_path / "x.duckdb"
-    (tmp_path / "x.duckdb.lock").write_text(
-        json.dumps(
-            {
-                "pid": dead_pid(),
-                "host": "some-other-host",
-                "command": "segtool run",
-                "started_at": "t0",
-            }
-        )
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AND_DIE, str(dbp)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
     )
-    with pytest.raises(LockError, match="on some-other-host, since t0"):
+    assert child.stdout.readline().strip() == "held"
+    with pytest.raises(LockError, match=f"pid {child.pid}"):
         RunLock(dbp, "segtool run").acquire()
-
-
-def test_unreadable_lock_file_is_taken_over(tmp_path):
-    dbp = tmp_path / "x.duckdb"
-    (tmp_path / "x.duckdb.lock").write_text("{not json")
-    lock = RunLock(dbp, "segtool run").acquire()
+    child.kill()
+    child.wait()
+    lock = RunLock(dbp, "segtool run").acquire()  # the holder's info file is left behind: no matter
     assert lock.read()["pid"] == os.getpid()
     lock.release()
+
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from segtool.errors import LockError
+from segtool.state.lock import RunLock
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    lock = RunLock(Path(sys.argv[1]), "segtool run").acquire()
+    print("won", flush=True)
+    time.sleep(2)
+except LockError:
+    print("lost", flush=True)
+"""
+
+
+def test_racing_runs_exactly_one_wins(tmp_path):
+    """The old pid-file lock let a second process that found the file empty
+    delete it and acquire too."""
+    import time
+
+    dbp = tmp_path / "x.duckdb"
+    start = time.time() + 2.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, str(dbp), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(6)
+    ]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == ["lost"] * 5 + ["won"]
+
+
+def test_unreadable_holder_info_still_refuses(tmp_path):
+    dbp = tmp_path / "x.duckdb"
+    with RunLock(dbp, "segtool run") as lock:
+        lock.info_path.write_text("{not json")
+        with pytest.raises(LockError, match="locked by another process"):
+            RunLock(dbp, "segtool run").acquire()
 
 
 def test_release_without_holding_keeps_other_lock(tmp_path):
@@ -317,7 +384,7 @@ def test_release_without_holding_keeps_other_lock(tmp_path):
     holder = RunLock(dbp, "segtool run").acquire()
     other = RunLock(dbp, "segtool test")
     other.release()
-    assert holder.path.exists()
+    assert holder.held and holder.info_path.exists()
     holder.release()
 
 

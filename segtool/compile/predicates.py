@@ -1,0 +1,85 @@
+"""Rule and population predicates: rendered once (var(), env_var()), checked
+to be one SQL expression, then embedded only through `Predicate.wrapped`.
+
+A var's string value is quoted for use inside '...' (see make_var), and the
+guard refuses anything that is more than one expression, so neither a
+project file nor `--vars` can turn a predicate into a statement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from segtool.compile.guard import check_expression
+from segtool.compile.jinja import render_string
+from segtool.compile.sql import make_var, relation
+from segtool.errors import ProjectError
+
+
+@dataclass(frozen=True)
+class Predicate:
+    source: str  # as written in the YAML
+    sql: str  # rendered and checked
+    what: str  # "segmentation 'x' rule 'vip'"
+    path: str | None
+    line: int | None
+
+    @property
+    def wrapped(self) -> str:
+        # the newline ends a trailing `--` comment before the parenthesis
+        return f"({self.sql}\n)"
+
+
+@dataclass(frozen=True)
+class SegmentationPredicates:
+    population: Predicate | None
+    rules: tuple[tuple[str, Predicate], ...]
+
+
+def compile_predicate(proj, text: str, *, what: str, spec) -> Predicate:
+    rendered = render_string(
+        text,
+        {"var": make_var(proj, quote=True), "env_var": proj.env_var},
+        name=spec.file or "<segments>",
+        what="predicate",
+    )
+    check_expression(rendered, what=what, path=spec.file, line=spec.line)
+    return Predicate(text, rendered, what, spec.file, spec.line)
+
+
+def segmentation_predicates(proj, seg) -> SegmentationPredicates:
+    where = f"segmentation '{seg.name}'"
+    population = (
+        compile_predicate(proj, seg.population, what=f"{where} population", spec=seg)
+        if seg.population
+        else None
+    )
+    rules = tuple(
+        (
+            rule.segment,
+            compile_predicate(proj, rule.when, what=f"{where} rule '{rule.segment}'", spec=rule),
+        )
+        for rule in seg.rules
+    )
+    return SegmentationPredicates(population, rules)
+
+
+def bind_predicate(con: duckdb.DuckDBPyConnection, model: str, pred: Predicate) -> None:
+    """The predicate binds against the model's columns and is BOOLEAN."""
+    try:
+        rows = con.execute(f"DESCRIBE SELECT {pred.wrapped} AS p FROM {relation(model)}").fetchall()
+    except duckdb.Error as exc:
+        raise ProjectError(
+            f"{pred.what}: invalid predicate `{pred.sql}`: {str(exc).splitlines()[0]}",
+            path=pred.path,
+            line=pred.line,
+            hint=f"a SQL boolean expression over the columns of '{model}'",
+        ) from None
+    if rows and rows[0][1] != "BOOLEAN":
+        raise ProjectError(
+            f"{pred.what}: predicate `{pred.sql}` is {rows[0][1]}, not BOOLEAN",
+            path=pred.path,
+            line=pred.line,
+            hint="compare something: e.g. `revenue > 1000`",
+        )

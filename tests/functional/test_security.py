@@ -1,0 +1,458 @@
+"""Safety by default (docs/security.md), tried the way an attacker or a careless
+user would: each case checks the exit code, the message (file:line where there
+is one), and that the database and the file system are unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.fixtures import save_tiny_bert
+
+
+def _tree(root) -> dict[str, str]:
+    """Every file under root (the project, or a folder an attack writes to)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.endswith((".wal", ".tmp")):
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _refused(project, *args, code=1, contains=(), outside=None):
+    """Run a command that must fail, and prove it changed nothing."""
+    before_db = project.snapshot()
+    before_files = {k: v for k, v in _tree(project.root).items() if not k.startswith("target/")}
+    before_outside = _tree(outside) if outside else None
+    r = project.cli(*args, expect=code)
+    for c in contains:
+        assert c in r.stderr, f"{c!r} not in:\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    assert project.snapshot() == before_db, "the database changed"
+    after_files = {k: v for k, v in _tree(project.root).items() if not k.startswith("target/")}
+    assert after_files == before_files, "project files changed"
+    if outside is not None:
+        assert _tree(outside) == before_outside, "a file appeared outside the project"
+    return r
+
+
+# ----------------------------------------------------------------- smuggled statements
+
+
+SMUGGLED = """select 1 as user_id;
+ATTACH '{db}' AS prod;
+DROP TABLE prod.segments.behaviour;
+COPY (select 'x') TO '{out}/anything.csv';
+select 1 as user_id
+"""
+
+
+def test_validate_compile_and_run_refuse_smuggled_statements(built, tmp_path):
+    """The old binding check wrapped a model in `(...) LIMIT 0`: closing the
+    parenthesis ran anything, and validate printed "ok"."""
+    out = tmp_path / "outside"
+    out.mkdir()
+    built.write("models/evil.sql", SMUGGLED.format(db=built.db, out=out))
+    for cmd in ("validate", "compile", "run"):
+        r = _refused(built, cmd, outside=out, contains=["models/evil.sql:2:"])
+        assert "more than one statement: an ATTACH statement follows the SELECT" in r.stderr
+    assert built.sql("select count(*) from segments.behaviour")[0][0] == 60
+
+
+def test_the_parenthesis_trick_is_a_parse_error(built, tmp_path):
+    built.write(
+        "models/evil.sql",
+        "select 1 as user_id) t;\nDROP TABLE segments.behaviour;\nselect * from (select 1\n",
+    )
+    _refused(built, "validate", contains=["models/evil.sql:1:", "Parser Error"])
+    _refused(built, "run", contains=["models/evil.sql:1:"])
+
+
+def test_validate_and_compile_bind_without_executing(built):
+    """A model that fails whenever it runs passes validate and compile: they
+    bind (DESCRIBE) and never execute a model."""
+    built.write(
+        "models/boom.sql",
+        "{{ config(materialized='table') }}\nselect error('executed!') as boom, 1 as user_id",
+    )
+    before = built.snapshot()
+    built.cli("validate")
+    built.cli("compile")
+    assert built.snapshot() == before
+    r = built.cli("run", "-s", "boom", expect=1)  # run does execute it
+    assert "executed!" in r.stderr
+
+
+def test_a_jinja_branch_cannot_hide_a_statement_from_validate(built, tmp_path):
+    """validate once compiled sources to stubs, so `source() == ...` chose
+    another branch than run did. Every rendering is checked now."""
+    out = tmp_path / "outside"
+    out.mkdir()
+    built.write(
+        "models/sneaky.sql",
+        "{% if 'read_csv' in source('shop', 'users') %}\n"
+        "select 1 as user_id;\n"
+        f"COPY (select 1) TO '{out}/x.csv'\n"
+        "{% else %}\nselect 1 as user_id\n{% endif %}\n",
+    )
+    _refused(built, "validate", outside=out, contains=["models/sneaky.sql:", "COPY statement"])
+    _refused(built, "run", outside=out, contains=["models/sneaky.sql:"])
+
+
+# ----------------------------------------------------------------- predicates
+
+
+DOLLAR = (
+    "orders = 0 AND $$'$$ <> $$x$$ ) FROM main.user_features ; DROP TABLE segments.lifecycle ; "
+    "SELECT ( $$'$$ = $$x$$"
+)
+
+
+def test_dollar_quoted_predicate_cannot_escape(built):
+    built.edit("segments/segments.yml", 'when: "revenue > 300"', f'when: "{DOLLAR}"')
+    for cmd in ("validate", "run"):
+        _refused(
+            built,
+            cmd,
+            contains=["segments/segments.yml:", "rule 'big'", "not a single SQL expression"],
+        )
+    assert built.sql("select count(*) from segments.lifecycle")[0][0] == 60
+
+
+@pytest.mark.parametrize("where", ["rule", "population"])
+def test_vars_reach_a_predicate_only_as_values(built, where):
+    if where == "rule":
+        built.edit(
+            "segments/segments.yml",
+            'when: "revenue > 300"',
+            "when: \"country = '{{ var('home') }}'\"",
+        )
+    else:
+        built.edit(
+            "segments/segments.yml",
+            "  - name: lifecycle\n",
+            "  - name: lifecycle\n    population: \"country <> '{{ var('home') }}'\"\n",
+        )
+    built.edit(
+        "segtool_project.yml",
+        'vars: {as_of: "2024-07-01"}',
+        'vars: {as_of: "2024-07-01", home: DE}',
+    )
+    built.cli("validate")
+    # a quote in the value stays inside the literal: a harmless comparison, no statement
+    evil = '{home: "x\' ) ; DROP TABLE segments.lifecycle ; --"}'
+    built.cli("run", "--vars", evil)
+    assert built.sql("select count(*) from segments.lifecycle")[0][0] > 0
+    # and DuckDB's dollar quoting through --vars is refused before anything runs
+    built.edit("segments/segments.yml", "'{{ var('home') }}'", "{{ var('home') }}")
+    _refused(
+        built,
+        "run",
+        "--vars",
+        json.dumps({"home": DOLLAR}),
+        contains=["not a single SQL expression"],
+    )
+
+
+# ----------------------------------------------------------------- the fence
+
+
+def test_models_cannot_read_outside_the_project(built):
+    built.write("models/leak.sql", "select 1 as user_id, content from read_text('/etc/passwd')")
+    r = _refused(built, "validate", contains=["models/leak.sql:1:", "Permission Error"])
+    assert "profiles.yml" in r.stderr  # the hint says how to widen the fence
+    _refused(built, "run", "-s", "leak", contains=["Permission Error"])
+    assert "leak" not in {t for (t,) in built.sql("select table_name from duckdb_tables()")}
+
+
+def test_the_fence_widens_explicitly(built, tmp_path):
+    elsewhere = tmp_path / "shared_data"
+    elsewhere.mkdir()
+    (elsewhere / "extra.csv").write_text("user_id,note\n1,hello\n")
+    built.write("models/extra.sql", f"select * from read_csv('{elsewhere}/extra.csv')")
+    _refused(built, "run", "-s", "extra", contains=["Permission Error"])
+    built.write("profiles.yml", f"targets:\n  dev: {{allow_paths: ['{elsewhere}/']}}\n")
+    built.cli("run", "-s", "extra")
+    assert built.sql("select note from main.extra") == [("hello",)]
+    built.write("models/leak.sql", "select content from read_text('/etc/hostname')")
+    _refused(built, "run", "-s", "leak", contains=["Permission Error"])
+    built.write("profiles.yml", "targets:\n  dev: {external_access: true}\n")
+    built.cli("run", "-s", "leak")
+
+
+def test_views_over_sources_work_from_another_folder(built, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import duckdb
+
+    con = duckdb.connect(str(built.db), read_only=True)
+    try:
+        assert con.execute("select count(*) from main.stg_orders").fetchall()[0][0] > 0
+    finally:
+        con.close()
+
+
+# ----------------------------------------------------------------- privacy
+
+
+PII_SCHEMA = """\
+  - name: user_features
+    description: One row per user.
+    columns:
+      - name: user_id
+        tests: [unique, not_null]
+      - name: country
+        pii: true
+"""
+
+
+def test_pii_columns_stay_out_of_texts_unless_allowed(built):
+    built.edit(
+        "models/schema.yml",
+        "  - name: user_features\n    description: One row per user.\n"
+        "    columns:\n      - name: user_id\n        tests: [unique, not_null]\n",
+        PII_SCHEMA,
+    )
+    r = _refused(
+        built,
+        "validate",
+        contains=["templates/story.j2:1:", "'country', a PII column", "allow_pii"],
+    )
+    assert "models/schema.yml:" in r.stderr  # where it is marked
+    _refused(built, "run", contains=["PII column"])
+    built.edit(
+        "segments/segments.yml",
+        "    max_chars: 300",
+        "    max_chars: 300\n    allow_pii: [country]",
+    )
+    built.cli("validate")
+
+
+def test_pii_travels_downstream_by_name(built):
+    built.edit(
+        "models/sources.yml",
+        "          - name: user_id\n            tests: [unique, not_null]",
+        "          - name: user_id\n            tests: [unique, not_null]\n"
+        "          - name: country\n            pii: true",
+    )
+    _refused(built, "validate", contains=["'country', a PII column", "models/sources.yml:"])
+
+
+def test_pii_feature_columns_need_the_segmentation_to_allow_them(built):
+    built.edit(
+        "models/schema.yml",
+        "      - name: top_category\n",
+        "      - name: revenue\n        pii: true\n      - name: top_category\n",
+    )
+    _refused(built, "validate", contains=["segmentation 'behaviour'", "'revenue' is PII"])
+    built.edit(
+        "segments/segments.yml",
+        "    cluster: {method: kmeans, k: 3, seed: 7}",
+        "    cluster: {method: kmeans, k: 3, seed: 7}\n    allow_pii: [revenue]",
+    )
+    built.cli("validate")
+
+
+def test_secrets_are_never_written(built, monkeypatch):
+    secret_env = "s3cr3t-from-env"
+    secret_var = "tok-9f8e7d6c"
+    monkeypatch.setenv("SEGTOOL_TEST_SECRET", secret_env)
+    built.edit(
+        "models/stg_orders.sql",
+        "from {{ source('shop', 'orders') }}",
+        "from {{ source('shop', 'orders') }}\nwhere '{{ env_var(\"SEGTOOL_TEST_SECRET\") }}' <> '{{ var(\"api_token\") }}'",
+    )
+    built.edit(
+        "segtool_project.yml",
+        'vars: {as_of: "2024-07-01"}',
+        'vars: {as_of: "2024-07-01", api_token: placeholder}\nsecret_vars: [api_token]',
+    )
+    built.cli("run", "--vars", json.dumps({"api_token": secret_var}))
+    built.cli("compile")
+    written = [
+        built.root / "target/manifest.json",
+        built.root / "target/run_results.json",
+        built.root / "target/run/models/stg_orders.sql",
+        built.root / "target/compiled/models/stg_orders.sql",
+    ]
+    for p in written:
+        text = p.read_text()
+        assert secret_env not in text and secret_var not in text, p
+    assert "***" in (built.root / "target/run/models/stg_orders.sql").read_text()
+    runs = json.dumps(built.sql("select args, summary from _segtool.runs"))
+    assert secret_var not in runs and secret_env not in runs
+
+
+# ----------------------------------------------------------------- what a user keeps
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
+
+
+def _use_bert(project, folder):
+    shutil.copytree(folder, project.root / "local_model")
+    project.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: transformers\n    model: ./local_model",
+    )
+
+
+def test_clean_cache_keeps_the_vectors_of_an_encoder_it_cannot_build(built, tiny_bert_dir):
+    _use_bert(built, tiny_bert_dir)
+    built.cli("run")
+    n = built.n_vectors()
+    assert n > 0
+    (built.root / "local_model").rename(built.root / "moved_model")
+    r = built.cli("clean", "--cache")
+    assert "removed 0 unused vectors" in r.stdout
+    assert "kept" in r.stdout and "encoder 'hash'" in r.stdout and "cannot be built" in r.stdout
+    assert built.n_vectors() == n
+    (built.root / "moved_model").rename(built.root / "local_model")
+    built.cli("run")
+    s = json.loads((built.root / "target/run_results.json").read_text())["summary"]
+    assert s["embeddings"]["story.hash"]["embedded"] == 0
+
+
+def test_device_that_is_not_there_fails_before_any_write(built, tiny_bert_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _use_bert(built, tiny_bert_dir)
+    _refused(built, "run", "--device", "cuda", contains=["CUDA is not available", "not changed"])
+
+
+def test_export_and_assign_never_overwrite_the_database(built):
+    _refused(built, "export", "behaviour", "-o", str(built.db), contains=["project database"])
+    built.cli("export", "behaviour", "--format", "csv", "-o", str(built.root / "b.csv"))
+    r = built.cli(
+        "export", "behaviour", "--format", "csv", "-o", str(built.root / "b.csv"), expect=1
+    )
+    assert "exists" in r.stderr and "--force" in r.stderr
+    built.cli("export", "behaviour", "--format", "csv", "-o", str(built.root / "b.csv"), "--force")
+    built.cli(
+        "export", "behaviour", "--format", "csv", "-o", str(built.root / "data/users.csv"), expect=1
+    )
+    _refused(
+        built,
+        "assign",
+        "behaviour",
+        "--input",
+        str(built.root / "b.csv"),
+        "--output",
+        str(built.db),
+        contains=["project database"],
+    )
+    assert built.sql("select count(*) from segments.behaviour")[0][0] == 60
+
+
+def test_init_force_does_not_replace_edited_files(tmp_path):
+    from tests.conftest import ProjectDir
+
+    p = ProjectDir(tmp_path / "shop")
+    p.cli("init", str(p.root))
+    p.edit(
+        "models/user_features.sql",
+        "select",
+        "select -- my edit\n",
+    )
+    (p.root / "data/orders.csv").write_text("order_id\n1\n")
+    (p.root / "models/stg_users.sql").unlink()
+    before = _tree(p.root)
+    r = p.cli("init", str(p.root), "--force", expect=1)
+    assert "2 file(s) differ from the template" in r.stderr
+    assert "models/user_features.sql" in r.stderr and "data/orders.csv" in r.stderr
+    assert "--force twice" in r.stderr
+    assert _tree(p.root) == before  # nothing written, not even the missing file
+    p.cli("init", str(p.root), "--force", "--force")
+    assert "-- my edit" not in p.read("models/user_features.sql")
+    assert (p.root / "models/stg_users.sql").is_file()
+
+
+def test_key_type_change_is_explained_and_full_refresh_keeps_history(built):
+    built.edit(
+        "models/user_features.sql", "    u.user_id,", "    cast(u.user_id as varchar) as user_id,"
+    )
+    built.edit(
+        "models/stg_orders.sql",
+        "select order_id, user_id,",
+        "select order_id, cast(user_id as varchar) as user_id,",
+    )
+    r = _refused(built, "run", contains=["is now VARCHAR", "holds it as BIGINT", "--full-refresh"])
+    assert "Binder Error" not in r.stderr
+    history = built.sql("select count(*) from segments.behaviour_history")[0][0]
+    r = built.cli("run", "--full-refresh")
+    assert 'converted segments."behaviour_history".user_id from BIGINT to VARCHAR' in r.output
+    assert built.sql(
+        "select typeof(user_id), count(*) from segments.behaviour_history group by 1"
+    ) == [("VARCHAR", history)]
+    built.cli("run")
+
+
+def test_k_auto_on_a_tiny_population_fails_before_any_write(built):
+    built.edit(
+        "segments/segments.yml",
+        "    cluster: {method: kmeans, k: 3, seed: 7}",
+        '    population: "user_id <= 2"\n    cluster: {method: kmeans, k: auto, seed: 7}',
+    )
+    _refused(built, "run", contains=["k: auto needs more users", "(2 users"])
+
+
+def test_flags_that_would_do_nothing_are_refused(built):
+    _refused(built, "run", "-s", "", contains=["empty selector"])
+    _refused(built, "run", "-s", "tag:nothing", contains=["matched no node"])
+    _refused(built, "run", "--threads", "0", code=2, contains=["--threads"])
+
+
+@pytest.mark.parametrize(
+    "template, what",
+    [
+        ("A shopper\n{{ (orders + 8) ** (10 ** 8) }}", "too large for the sandbox"),
+        ("A shopper\n{{ 'x' * 10 ** 10 }}", "exceed the sandbox limit"),
+        ("A shopper\n{{ '%1000000000d' % 1 }}", "exceed the sandbox limit"),
+        ("A shopper\n{{ 'x' | center(10 ** 9) }}", "exceed the sandbox limit"),
+        ("A shopper\n{{ 'x'.ljust(10 ** 9) }}", "exceed the sandbox limit"),
+    ],
+)
+def test_templates_cannot_exhaust_memory_or_time(built, template, what):
+    built.write("templates/story.j2", template)
+    t0 = time.perf_counter()
+    _refused(built, "run", contains=["templates/story.j2:2:", what])
+    assert time.perf_counter() - t0 < 20
+
+
+def test_a_runaway_loop_is_stopped_at_its_line(built, monkeypatch):
+    monkeypatch.setenv("SEGTOOL_RENDER_TIMEOUT", "0.5")
+    built.write(
+        "templates/story.j2",
+        "A shopper\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    )
+    t0 = time.perf_counter()
+    _refused(built, "run", contains=["templates/story.j2:2:", "took longer than 0.5s"])
+    assert time.perf_counter() - t0 < 30
+
+
+def test_killed_runs_are_marked_interrupted(built):
+    import duckdb
+
+    con = duckdb.connect(str(built.db))
+    con.execute("UPDATE _segtool.runs SET status = 'running'")  # as a SIGKILL leaves it
+    con.close()
+    built.cli("run")
+    assert built.sql("select run_id, status from _segtool.runs order by 1") == [
+        (1, "interrupted"),
+        (2, "success"),
+    ]
+
+
+def test_no_temporary_files_are_left_behind(built):
+    built.cli("run")
+    assert not [p for p in (built.root / "target").rglob("*.tmp")]
+    assert os.path.exists(built.root / "target/run_results.json")
