@@ -7,7 +7,6 @@ import os
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from segtool.errors import ProjectError, ProjectErrors
 from segtool.graph.build import BuiltGraph, build_graph
@@ -15,9 +14,10 @@ from segtool.project.loader import LoadedProject, load_project
 
 
 class Project:
-    def __init__(self, loaded: LoadedProject):
+    def __init__(self, loaded: LoadedProject, cli_vars: dict | None = None):
         self.loaded = loaded
         self._built: BuiltGraph | None = None
+        self._cli_vars = cli_vars or {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -26,10 +26,10 @@ class Project:
         path: str | Path | None = None,
         *,
         target: str | None = None,
-        vars: dict[str, Any] | None = None,
+        vars: dict | None = None,
         strict: bool = True,
     ) -> Project:
-        return cls(load_project(path, target=target, vars=vars, strict=strict))
+        return cls(load_project(path, target=target, vars=vars, strict=strict), vars)
 
     @property
     def root(self) -> Path:
@@ -124,9 +124,26 @@ class Project:
         man["_notes"] = notes
         return man
 
-    def run(self, reporter=None, **opts) -> Any:
+    def encoders(self, device: str | None = None):
+        """The encoders of this project: one builder, one fingerprint per encoder
+        for every command (encoders/builder.py)."""
+        from segtool.encoders.builder import Encoders
+
+        return Encoders(self.loaded, device=device)
+
+    def plan(self, **opts):
+        """What `run(**opts)` would do, step by step (a frozen Plan); writes nothing."""
+        from segtool.execute.context import RunOptions
+        from segtool.execute.runner import Runner
+
+        self.check()
+        return Runner(self, RunOptions(**opts)).plan()
+
+    def run(self, reporter=None, **opts):
+        """Run the plan; returns a RunResult (also target/run_results.json)."""
         from segtool.compile.artifacts import manifest, write_json
-        from segtool.execute.run import Runner, RunOptions
+        from segtool.execute.context import RunOptions
+        from segtool.execute.runner import Runner
 
         self.check()
         result = Runner(self, RunOptions(**opts), reporter).run()
@@ -147,22 +164,116 @@ class Project:
 
         return run_tests(self, select, exclude, reporter, state_dir)
 
-    def connect(self, read_only: bool = True):
+    def connect(self, read_only: bool = True, **kw):
         from segtool.state.db import connect
 
-        return connect(self.loaded, read_only=read_only)
+        return connect(self.loaded, read_only=read_only, **kw)
 
     # ------------------------------------------------------------------ results
     def segments(self, name: str):
         """The current segment table of a segmentation, as a polars DataFrame."""
-        from segtool.execute.segment import read_segments
+        from segtool.execute.segment.store import read_segments
 
         return read_segments(self, name)
 
     def history(self, name: str):
-        from segtool.execute.segment import read_history
+        from segtool.execute.segment.store import read_history
 
         return read_history(self, name)
+
+    def render(self, text: str, user: str) -> str:
+        """One user's text, rendered with the current template."""
+        from segtool.execute.render import render_one
+
+        return render_one(self, text, user)
+
+    def clean_cache(self) -> dict:
+        """Drop cached vectors no current text and encoder use."""
+        from segtool.execute.embed import clean_cache
+
+        return clean_cache(self)
+
+    def clean_target(self) -> list[str]:
+        removed = []
+        for sub in ("compiled", "run", "samples", "report"):
+            if (self.target_dir / sub).exists():
+                shutil.rmtree(self.target_dir / sub, ignore_errors=True)
+                removed.append(sub)
+        return removed
+
+    def profile(self, name: str, examples: int = 3) -> dict:
+        """What `segtool show NAME` prints."""
+        from segtool.report.profile import segmentation_profile
+
+        return segmentation_profile(self, name, examples=examples)
+
+    def export(
+        self,
+        name: str,
+        *,
+        fmt: str = "parquet",
+        output: str | Path | None = None,
+        history: bool = False,
+        force: bool = False,
+    ) -> tuple[Path, int]:
+        """Write a segment table (or its history); returns (path, rows)."""
+        out = (
+            Path(output)
+            if output
+            else self.target_dir / "export" / (f"{name}{'_history' if history else ''}.{fmt}")
+        )
+        # the default file under target/export is segtool's own: refreshed without --force
+        check_output(self, out, force=force or output is None)
+        df = self.history(name) if history else self.segments(name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "parquet":
+            df.write_parquet(out)
+        else:
+            df.write_csv(out)
+        return out, df.height
+
+    def assign(self, name: str, input_path: str | Path, output: str | Path, *, force: bool = False):
+        """Score the users of a file with the stored model; writes `output`
+        (CSV or Parquet by extension), changes no state. Returns (path, rows)."""
+        from segtool.execute.assign import assign_file
+
+        out = check_output(self, output, force=force)
+        df = assign_file(self, name, Path(input_path))
+        if out.suffix == ".parquet":
+            df.write_parquet(out)
+        else:
+            df.write_csv(out)
+        return out, df.height
+
+    def report(self, output: str | Path | None = None) -> Path:
+        """The self-contained HTML report (segtool docs)."""
+        from segtool.report.html import build_report
+
+        if output is not None:
+            check_output(self, output, force=True)  # a report may be replaced, the database not
+        return build_report(self, Path(output) if output else None)
+
+    def diff(
+        self, base: str | None = "HEAD", head: str | None = None, *, counts: bool = True
+    ) -> dict:
+        """What changing the project from BASE to HEAD does (git refs or folders)."""
+        from segtool.diff.project import project_diff
+
+        return project_diff(
+            base,
+            head,
+            project_dir=self.root,
+            target=self.loaded.target_name,
+            vars=self._cli_vars,
+            counts=counts,
+            load=Project.load,
+        )
+
+    def data_diff(self, **kw) -> dict:
+        """How segment assignments moved between two runs or two databases."""
+        from segtool.diff.data import data_diff
+
+        return data_diff(self, **kw)
 
     @cached_property
     def version(self) -> str:

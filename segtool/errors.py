@@ -98,9 +98,11 @@ class ProjectErrors(ProjectError):
         return "\n".join(lines)
 
 
-class DataError(SegtoolError):
+class DataError(ProjectError):
     """The data does not satisfy what the project requires (duplicate keys,
-    NaN features, empty population...): exit 1."""
+    NaN features, empty population...): exit 1. Like a ProjectError it may
+    carry the `path`/`line` of the definition the data fails (a segmentation,
+    a feature set, a model), as fields, so `--format github` can annotate it."""
 
     exit_code = 1
 
@@ -132,8 +134,9 @@ class SqlError(ProjectError):
     """SQL that does not compile or bind. Points at the compiled SQL file."""
 
 
-class EncoderError(SegtoolError):
-    """The encoder cannot be loaded (missing model, no network for it)."""
+class EncoderError(ProjectError):
+    """The encoder cannot be loaded (missing model, no network for it): exit 1,
+    with the encoder's `path`/`line` when known."""
 
     exit_code = 1
 

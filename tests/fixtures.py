@@ -168,3 +168,30 @@ def save_tiny_bert(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     BertModel(config).eval().save_pretrained(folder)
     return folder
+
+
+# ----------------------------------------------------------------- the ecommerce example
+
+
+def generate_example(out: Path, period: int, users: int = 2000, seed: int = 42) -> None:
+    """examples/ecommerce/generate.py into OUT (data of one period)."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "ecommerce"
+    subprocess.run(
+        [
+            sys.executable,
+            str(example / "generate.py"),
+            "--users",
+            str(users),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            "--period",
+            str(period),
+        ],
+        check=True,
+        capture_output=True,
+    )

@@ -72,18 +72,21 @@ VOLATILE_FUNCTIONS = frozenset(
 )
 
 
+_FILE_READERS = ("read_", "parquet_", "sniff_", "glob")
+
+
 @dataclass(frozen=True)
 class SelectShape:
-    """What a checked SELECT reads besides ref()/source() relations."""
+    """What a checked SELECT calls: its table functions, and whether its result
+    can change without its inputs changing."""
 
     table_functions: frozenset[str]  # read_csv, range, ... called in FROM
     volatile: bool  # uses now()/random()/... or could not be inspected
+    file_reads: int = 0  # calls of file-reading table functions (source() makes some)
 
     @property
     def reads_files(self) -> bool:
-        return any(
-            f.startswith(("read_", "parquet_", "sniff_", "glob")) for f in self.table_functions
-        )
+        return self.file_reads > 0
 
 
 @lru_cache(maxsize=1)
@@ -122,15 +125,15 @@ def _walk(node: Any):
             yield from _walk(v)
 
 
-def _function_names(tree: dict) -> tuple[set[str], set[str]]:
-    """(table functions, scalar/aggregate functions) named anywhere in the tree."""
-    tables: set[str] = set()
+def _function_names(tree: dict) -> tuple[list[str], set[str]]:
+    """(table function calls, scalar/aggregate function names) anywhere in the tree."""
+    tables: list[str] = []
     scalars: set[str] = set()
     for n in _walk(tree):
         if n.get("type") == "TABLE_FUNCTION" and isinstance(n.get("function"), dict):
             name = n["function"].get("function_name")
             if name:
-                tables.add(str(name).lower())
+                tables.append(str(name).lower())
         elif n.get("class") == "FUNCTION" and n.get("function_name"):
             scalars.add(str(n["function_name"]).lower())
     return tables, scalars
@@ -183,7 +186,8 @@ def check_select(sql: str, *, what: str, path: str | None, line_of=None) -> Sele
         # DuckDB cannot serialise a few SELECT forms (SUMMARIZE, ...): accept
         # them, inside the fence, as volatile (rebuilt every run)
         return SelectShape(frozenset(), volatile=True)
-    tables, scalars = _function_names(tree)
+    calls, scalars = _function_names(tree)
+    tables = set(calls)
     bad = sorted(tables & FORBIDDEN_FUNCTIONS)
     if bad:
         i = sql.lower().find(bad[0] + "(")
@@ -194,7 +198,8 @@ def check_select(sql: str, *, what: str, path: str | None, line_of=None) -> Sele
             hint="models read data; they do not change the database or run SQL from strings",
         )
     volatile = bool((tables | scalars) & VOLATILE_FUNCTIONS)
-    return SelectShape(frozenset(tables), volatile=volatile)
+    reads = sum(1 for c in calls if c.startswith(_FILE_READERS))
+    return SelectShape(frozenset(tables), volatile=volatile, file_reads=reads)
 
 
 # ----------------------------------------------------------------------------- predicates

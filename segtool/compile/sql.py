@@ -160,6 +160,7 @@ class CompiledModel:
     portable_sql: str = ""  # source paths as written: hashed, diffed and shown
     shape: SelectShape | None = None
     source_text: str = ""  # the model file, for mapping compiled lines back
+    source_reads: int = 0  # source() calls that compile to a file reader
 
     def source_line(self, compiled_line: int | None) -> int | None:
         if compiled_line is None:
@@ -177,12 +178,19 @@ def compile_model(
     *,
     incremental: bool = False,
     source_override: dict[tuple[str, str], str] | None = None,
+    ref_override: dict[str, str] | None = None,
 ) -> CompiledModel:
     """Render one model and check it is exactly one SELECT. `source_override`
     maps sources to other relations (validation binds against schema-only
-    copies, so each file is sniffed once)."""
-    sql, refs, sources, vars_used, config_kw = _render_model(
-        proj, model, incremental=incremental, source_override=source_override, root=proj.root
+    copies, so each file is sniffed once); `ref_override` maps models to other
+    relations (a dry run reads its temporary stand-ins)."""
+    sql, refs, sources, vars_used, config_kw, source_reads = _render_model(
+        proj,
+        model,
+        incremental=incremental,
+        source_override=source_override,
+        ref_override=ref_override,
+        root=proj.root,
     )
     portable = sql
     if sources and not source_override:
@@ -213,6 +221,7 @@ def compile_model(
         portable_sql=_clean(portable),
         shape=shape,
         source_text=model.sql,
+        source_reads=source_reads,
     )
 
 
@@ -220,8 +229,9 @@ def _clean(sql: str) -> str:
     return sql.strip().rstrip(";").strip()
 
 
-def _render_model(proj, model, *, incremental, root, source_override=None):
+def _render_model(proj, model, *, incremental, root, source_override=None, ref_override=None):
     refs: list[str] = []
+    reads = [0]
     sources: list[tuple[str, str]] = []
     vars_used: dict[str, Any] = {}
     config_kw: dict[str, Any] = {}
@@ -237,6 +247,8 @@ def _render_model(proj, model, *, incremental, root, source_override=None):
             )
         if name not in refs:
             refs.append(name)
+        if ref_override and name in ref_override:
+            return ref_override[name]
         return relation(name)
 
     def source(src: str, table: str) -> str:
@@ -252,6 +264,8 @@ def _render_model(proj, model, *, incremental, root, source_override=None):
             sources.append(key)
         if source_override and key in source_override:
             return source_override[key]
+        if proj.sources[key].table.path is not None:
+            reads[0] += 1
         return source_sql(proj.sources[key], root)
 
     def config(**kw: Any) -> str:
@@ -269,4 +283,4 @@ def _render_model(proj, model, *, incremental, root, source_override=None):
         "target": {"name": proj.target_name, "database": proj.target.database},
     }
     sql = render_string(model.sql, ctx, name=model.path, what="SQL model")
-    return sql, refs, sources, vars_used, config_kw
+    return sql, refs, sources, vars_used, config_kw, reads[0]

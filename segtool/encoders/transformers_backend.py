@@ -109,7 +109,11 @@ class TransformersEncoder:
             "pooling": self.spec.pooling,
             "normalize": bool(self.spec.normalize),
             "max_length": int(self.spec.max_length),
-            "dtype": self.dtype,
+            # the dtype asked for, not the one resolved on this machine: `auto`
+            # computes in float16 on a GPU and float32 on a CPU, and those vectors
+            # agree to ~1e-3, so one cache serves both and --device cannot split
+            # it (and a fingerprint needs no torch import to find the device)
+            "dtype": self.spec.dtype,
             "backend": self.backend,
             "quantize": self.spec.quantize,
         }

@@ -12,7 +12,7 @@ import numpy as np
 from segtool.compile.predicates import bind_predicate, segmentation_predicates
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError, did_you_mean
-from segtool.state import vectors
+from segtool.state import tables, vectors
 from segtool.state.db import STATE, table_exists
 
 
@@ -44,7 +44,8 @@ def assign_file(project, name: str, path: Path):
     import polars as pl
 
     from segtool.execute.render import render_rows, text_renderer
-    from segtool.execute.segment import _active_fit, _restore
+    from segtool.execute.segment.store import active_fit as _active_fit
+    from segtool.execute.segment.store import restore as _restore
 
     proj = project.loaded
     if name not in proj.segmentations:
@@ -55,7 +56,11 @@ def assign_file(project, name: str, path: Path):
     key = proj.key
     k = quote_ident(key)
     mem = duckdb.connect(":memory:")
-    _read_input(mem, Path(path))
+    from segtool.state.db import setup_connection
+
+    # fenced like a run; the input file is the one path the command adds
+    setup_connection(mem, proj, threads=proj.target.threads, extra_paths=(Path(path).resolve(),))
+    _read_input(mem, Path(path).resolve())
     cols = {r[0] for r in mem.execute("DESCRIBE input").fetchall()}
     if key not in cols:
         raise DataError(
@@ -108,7 +113,7 @@ def assign_file(project, name: str, path: Path):
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
         names = dict(
             db.execute(
-                f"SELECT segment_id, label FROM {STATE}.segment_catalog WHERE segmentation = ?",
+                f"SELECT segment_id, label FROM {tables.CATALOG} WHERE segmentation = ?",
                 [name],
             ).fetchall()
         )
@@ -139,14 +144,13 @@ def assign_file(project, name: str, path: Path):
 
 
 def _base(proj, seg) -> str:
-    from segtool.execute.segment import base_model
+    from segtool.compile.segments import base_model
 
     return base_model(proj, seg)
 
 
 def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
     """Render each row's text, reuse cached vectors, encode the rest."""
-    from segtool.encoders import build_encoder
 
     proj = project.loaded
     spec = proj.texts[inp.embedding.text]
@@ -154,10 +158,9 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
         mem.sql("SELECT * EXCLUDE (__ord) FROM input ORDER BY __ord").to_arrow_table().to_pylist()
     )
     rendered, _, _ = render_rows(proj, spec, rows, text_renderer(proj, spec))
-    enc = build_encoder(
-        proj.encoders[inp.embedding.encoder], proj.root, cache_dir=project.target_dir / "onnx"
-    )
-    fp = enc.fingerprint()
+    encoders = project.encoders()
+    enc = encoders.get(inp.embedding.encoder)
+    fp = encoders.fingerprint(inp.embedding.encoder)
     hashes = [r[2] for r in rendered]
     cached = {}
     found = vectors.lookup(db, fp) if table_exists(db, STATE, "encoders") else None
@@ -181,7 +184,7 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
 def _assign_rules(project, seg, mem, db, inside):
     import polars as pl
 
-    from segtool.execute.segment import rules_case
+    from segtool.compile.segments import rules_case
 
     proj = project.loaded
     mem.execute(f"CREATE OR REPLACE VIEW main.{quote_ident(seg.model)} AS SELECT * FROM input")
@@ -192,7 +195,7 @@ def _assign_rules(project, seg, mem, db, inside):
     ).pl()
     ids = dict(
         db.execute(
-            f"SELECT label, segment_id FROM {STATE}.segment_catalog WHERE segmentation = ?",
+            f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ?",
             [seg.name],
         ).fetchall()
     )

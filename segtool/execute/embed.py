@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.errors import EncoderError, SegtoolError
-from segtool.execute.render import text_table
-from segtool.state import vectors
+from segtool.errors import EncoderError
+from segtool.execute.context import StepResult
+from segtool.state import tables, vectors
 from segtool.state.db import STATE
 from segtool.state.result import one
 
@@ -22,26 +22,27 @@ from segtool.state.result import one
 CHUNK = int(os.environ.get("SEGTOOL_EMBED_CHUNK", "2048"))
 
 
-def preflight(runner, uids: list[str]) -> None:
+def preflight(project, encoders, embedding_nodes) -> None:
     """Missing models, unavailable packages and a device that is not there fail
     before anything is written."""
     from segtool.encoders import check_encoder
 
-    graph = runner.project.graph().graph
     seen = set()
-    for uid in uids:
-        enc_name = graph[uid].data["encoder"]
+    for node in embedding_nodes:
+        enc_name = node.data["encoder"]
         if enc_name in seen:
             continue
         seen.add(enc_name)
-        spec = runner.proj.encoders[enc_name]
-        problems = check_encoder(spec, runner.proj.root)
+        spec = project.loaded.encoders[enc_name]
+        problems = check_encoder(spec, project.root)
         if problems:
             raise EncoderError(
-                f"{spec.file}:{spec.line}: encoder '{enc_name}': " + "; ".join(problems),
+                f"encoder '{enc_name}': " + "; ".join(problems),
                 hint="see docs/encoders.md (offline use); the database was not changed",
+                path=spec.file,
+                line=spec.line,
             )
-        device = runner.opts.device or runner.proj.target.device or spec.device
+        device = encoders.device_for(enc_name)
         if spec.kind != "hashing" and device not in ("auto", "cpu"):
             from segtool.encoders._device import resolve_device
 
@@ -53,112 +54,61 @@ def preflight(runner, uids: list[str]) -> None:
                 raise
 
 
-def encoder_for(runner, name: str):
-    cache = runner.__dict__.setdefault("_encoders", {})
-    if name not in cache:
-        from segtool.encoders import build_encoder
+def execute_embedding(ctx, step) -> StepResult:
+    """Embed the texts the plan put in work_table('embed', ...), one committed
+    chunk at a time: a killed run keeps what it did."""
+    from segtool.state.tables import work_table
 
-        spec = runner.proj.encoders[name]
-        device = runner.opts.device or runner.proj.target.device
-        cache[name] = build_encoder(
-            spec,
-            runner.proj.root,
-            device_override=device,
-            cache_dir=runner.project.target_dir / "onnx",
-        )
-    return cache[name]
-
-
-def run_embeddings(runner, con, uids: list[str]) -> None:
-    from segtool.execute.run import NodeResult
-    from segtool.state.db import record_nodes
-
-    graph = runner.project.graph().graph
-    for uid in uids:
-        node = graph[uid]
-        t0 = time.perf_counter()
-        text_name, enc_name = node.data["text"], node.data["encoder"]
-        enc = encoder_for(runner, enc_name)
-        fp = enc.fingerprint()
-        table = text_table(text_name)
-        found = vectors.lookup(con, fp)
-        cached = (
-            f"WHERE NOT EXISTS (SELECT 1 FROM {found[0]} e WHERE e.text_hash = t.text_hash)"
-            if found
-            else ""
-        )
-        work = quote_ident(f"__segtool_embed_{text_name}_{enc_name}")
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {work} AS
-            SELECT text_hash, any_value(text) AS text, row_number() OVER (ORDER BY text_hash) AS rn
-            FROM {table} t {cached}
-            GROUP BY text_hash"""
-        )
-        users, distinct = one(
-            con.execute(f"SELECT count(*), count(DISTINCT text_hash) FROM {table}")
-        )
-        todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
-        if todo:
-            enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
-        embedded = 0
-        t_enc = 0.0
-        store = found[0] if found else None
-        with runner.rep.progress(f"embed {text_name} with {enc_name}", todo) as bar:
-            for lo in range(1, todo + 1, CHUNK):
-                rows = con.execute(
-                    f"SELECT text_hash, text FROM {work} WHERE rn >= ? AND rn < ? ORDER BY rn",
-                    [lo, lo + CHUNK],
-                ).fetchall()
-                te = time.perf_counter()
-                vecs = enc.encode([r[1] for r in rows])
-                t_enc += time.perf_counter() - te
-                if vecs.ndim != 2 or vecs.shape[0] != len(rows) or not np.isfinite(vecs).all():
-                    raise EncoderError(
-                        f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(rows)} texts or non-finite values"
-                    )
-                if store is None:
-                    store = vectors.ensure(
-                        con,
-                        fp,
-                        encoder=enc_name,
-                        kind=enc.spec.kind,
-                        dim=vecs.shape[1],
-                        run_id=runner.run_id,
-                    )
-                vectors.insert(con, store, [r[0] for r in rows], vecs, runner.run_id)
-                embedded += len(rows)
-                bar.advance(len(rows))
-        if store is not None:
-            vectors.touch(con, fp, encoder=enc_name, run_id=runner.run_id)
-        con.execute(f"DROP TABLE {work}")
-        secs = time.perf_counter() - t0
-        stats = {
-            "users": int(users),
-            "distinct_texts": int(distinct),
-            "cached": int(distinct - todo),
-            "embedded": int(embedded),
-            "texts_per_s": round(embedded / t_enc, 1) if t_enc > 0 else None,
-            "device": enc.device if embedded else None,
-            "encoder_fp": fp[:12],
-            "seconds": round(secs, 3),
-        }
-        runner.results.append(
-            NodeResult(
-                uid,
-                "embedding",
-                "success",
-                "embedded" if embedded else "cached",
-                embedded,
-                round(secs, 3),
-                detail=stats,
-            )
-        )
-        runner.summary.setdefault("embeddings", {})[node.name] = stats
-        speed = f", {stats['texts_per_s']:,} texts/s on {stats['device']}" if embedded else ""
-        runner.rep.line(
-            f"  embed {node.name:<28} {users:,} users, {distinct:,} distinct texts: {distinct - todo:,} cached, {embedded:,} embedded{speed}"
-        )
-        record_nodes(con, [node], runner.run_id)
+    t0 = time.perf_counter()
+    node = ctx.graph[step.unique_id]
+    if step.action == "skip":
+        return StepResult.of(step)
+    con = ctx.con
+    text_name, enc_name = node.data["text"], node.data["encoder"]
+    enc = ctx.encoders.get(enc_name)
+    fp = ctx.encoders.fingerprint(enc_name)
+    work = work_table("embed", node.name.replace(".", "__"))
+    todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
+    found = vectors.lookup(con, fp)
+    store = found[0] if found else None
+    if todo:
+        enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
+    embedded = 0
+    t_enc = 0.0
+    with ctx.reporter.progress(f"embed {text_name} with {enc_name}", todo) as bar:
+        for lo in range(1, todo + 1, CHUNK):
+            rows = con.execute(
+                f"SELECT text_hash, text FROM {work} WHERE rn >= ? AND rn < ? ORDER BY rn",
+                [lo, lo + CHUNK],
+            ).fetchall()
+            te = time.perf_counter()
+            vecs = enc.encode([r[1] for r in rows])
+            t_enc += time.perf_counter() - te
+            if vecs.ndim != 2 or vecs.shape[0] != len(rows) or not np.isfinite(vecs).all():
+                raise EncoderError(
+                    f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(rows)} texts or non-finite values"
+                )
+            if store is None:
+                store = vectors.ensure(
+                    con,
+                    fp,
+                    encoder=enc_name,
+                    kind=enc.spec.kind,
+                    dim=vecs.shape[1],
+                    run_id=ctx.run_id,
+                )
+            vectors.insert(con, store, [r[0] for r in rows], vecs, ctx.run_id)
+            embedded += len(rows)
+            bar.advance(len(rows))
+    if store is not None:
+        vectors.touch(con, fp, encoder=enc_name, run_id=ctx.run_id)
+    return StepResult.of(
+        step,
+        time.perf_counter() - t0,
+        embedded=embedded,
+        texts_per_s=round(embedded / t_enc, 1) if t_enc > 0 else None,
+        device=enc.device if embedded else None,
+    )
 
 
 def load_vectors(con, text_name: str, encoder_fp: str, keys_sql: str, key: str):
@@ -172,7 +122,7 @@ def load_vectors(con, text_name: str, encoder_fp: str, keys_sql: str, key: str):
     tbl = con.sql(
         f"""SELECT u.{k} AS k, e.vector AS v
         FROM ({keys_sql}) u
-        JOIN {text_table(text_name)} t ON t.{k} = u.{k}
+        JOIN {tables.texts(text_name)} t ON t.{k} = u.{k}
         JOIN {table} e ON e.text_hash = t.text_hash
         ORDER BY u.__ord"""
     ).to_arrow_table()
@@ -187,23 +137,24 @@ def clean_cache(project) -> dict:
     missing) keeps every vector it wrote: the registry says which vectors are
     its, and deleting them would make the next run re-embed everything once
     the model is back. Returns {"removed": n, "kept": [(encoder, n, why)]}."""
-    from segtool.encoders import build_encoder
     from segtool.state.db import table_exists
 
     proj = project.loaded
+    encoders = project.encoders()
     con = project.connect(read_only=False)
     try:
         if not table_exists(con, STATE, "encoders"):
             return {"removed": 0, "kept": []}
         current: dict[str, str] = {}  # fingerprint -> encoder name
         unbuildable: dict[str, str] = {}  # encoder name -> why
-        for name, spec in proj.encoders.items():
-            try:
-                current[build_encoder(spec, proj.root).fingerprint()] = name
-            except SegtoolError as exc:
-                unbuildable[name] = exc.message
+        for name in proj.encoders:
+            fp, why = encoders.try_fingerprint(name)
+            if fp is None:
+                unbuildable[name] = why
+            else:
+                current[fp] = name
         texts = [t for t in proj.texts if table_exists(con, STATE, "texts__" + t)]
-        used = " UNION ".join(f"SELECT text_hash FROM {text_table(t)}" for t in texts)
+        used = " UNION ".join(f"SELECT text_hash FROM {tables.texts(t)}" for t in texts)
         removed = 0
         kept: list[tuple[str, int, str]] = []
         con.execute("BEGIN")
@@ -235,7 +186,7 @@ def clean_cache(project) -> dict:
                 removed += int(gone)
             con.execute("COMMIT")
         except BaseException:
-            from segtool.execute.run import rollback
+            from segtool.state.db import rollback
 
             rollback(con)
             raise

@@ -19,14 +19,11 @@ import jinja2
 from segtool.compile.jinja import RenderTimeout, make_env, renderer, time_limit
 from segtool.compile.sql import quote_ident, relation
 from segtool.errors import ProjectError
-from segtool.state.db import STATE, node_states, table_exists
+from segtool.execute.context import StepResult
+from segtool.state.db import table_exists
 from segtool.state.result import one
 
 BATCH = 20_000
-
-
-def text_table(name: str) -> str:
-    return f"{STATE}.{quote_ident('texts__' + name)}"
 
 
 def text_hash(text: str) -> str:
@@ -94,102 +91,33 @@ def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int,
     return out, n_trunc, n_empty
 
 
-def run_texts(runner, con, uids: list[str]) -> None:
-    from segtool.state.db import record_nodes
-
-    graph = runner.project.graph().graph
-    prev = node_states(con)
-    for uid in uids:
-        node = graph[uid]
-        t0 = time.perf_counter()
-        stats = render_text(runner, con, node, prev.get(uid))
-        stats["seconds"] = round(time.perf_counter() - t0, 3)
-        from segtool.execute.run import NodeResult
-
-        runner.results.append(
-            NodeResult(
-                uid,
-                "text",
-                "success",
-                stats["mode"],
-                stats["users"],
-                stats["seconds"],
-                detail=stats,
-            )
-        )
-        runner.summary.setdefault("texts", {})[node.name] = stats
-        msg = (
-            f"  text  {node.name:<28} {stats['users']:,} users: {stats['new']:,} new, {stats['changed']:,} changed, "
-            f"{stats['removed']:,} removed, {stats['unchanged']:,} unchanged in {stats['seconds']:.2f}s"
-        )
-        runner.rep.line(msg)
-        if stats["truncated"]:
-            runner.rep.warn(
-                f"text '{node.name}': {stats['truncated']:,} text(s) cut to max_chars={node.spec.max_chars}"
-            )
-        if stats["empty"]:
-            runner.rep.warn(f"text '{node.name}': {stats['empty']:,} empty text(s)")
-        record_nodes(con, [node], runner.run_id)
-
-
-def render_text(runner, con, node, prev_state: dict | None) -> dict:
+def execute_text(ctx, step) -> StepResult:
+    """Render the users the plan put in work_table('text', NAME) and write
+    their texts (through the workspace: the texts table, or a dry-run overlay)."""
     import pyarrow as pa
 
-    proj = runner.proj
-    spec = node.spec
-    key = quote_ident(proj.key)
-    model = relation(spec.model)
-    table = text_table(spec.name)
-    render = text_renderer(proj, spec)
-    exists = table_exists(con, STATE, "texts__" + spec.name)
-    incremental = (
-        exists
-        and prev_state is not None
-        and prev_state["data_hash"] == node.data_hash
-        and not runner.opts.full_refresh
-    )
+    from segtool.state.tables import work_table
 
-    key_type = one(con.execute(f"SELECT typeof({key}) FROM {model} LIMIT 1"))
-    key_type = key_type[0] if key_type else "VARCHAR"
-    total = one(con.execute(f"SELECT count(*) FROM {model}"))[0]
-    work = quote_ident(f"__segtool_render_{spec.name}")
-    if incremental:
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {work} AS
-            SELECT m.*, hash(m) AS __row_hash, row_number() OVER () AS __rn, t.{key} IS NULL AS __new
-            FROM {model} m LEFT JOIN {table} t ON m.{key} = t.{key}
-            WHERE t.{key} IS NULL OR t.row_hash <> hash(m)"""
-        )
-        removed = one(
-            con.execute(
-                f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"
-            )
-        )[0]
-        con.execute(f"DELETE FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})")
-        con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {work})")
-        mode = "incremental"
-    else:
-        removed = 0
-        if exists:  # keep the old hashes to report what the re-render changed
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE __segtool_old_texts AS SELECT {key}, text_hash FROM {table}"
-            )
-            removed = one(
-                con.execute(
-                    f"SELECT count(*) FROM {table} WHERE {key} NOT IN (SELECT {key} FROM {model})"
-                )
-            )[0]
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {work} AS SELECT m.*, hash(m) AS __row_hash, row_number() OVER () AS __rn, true AS __new FROM {model} m"
-        )
-        con.execute(
-            f"""CREATE OR REPLACE TABLE {table} ({key} {key_type}, row_hash UBIGINT, text_hash VARCHAR,
-            text VARCHAR, n_chars INTEGER, truncated BOOLEAN, run_id INTEGER)"""
-        )
-        mode = "full" if not exists else "rerender"
-    n_work, n_new = one(con.execute(f"SELECT count(*), count(*) FILTER (WHERE __new) FROM {work}"))
+    t0 = time.perf_counter()
+    if step.action == "skip":
+        return StepResult.of(step)
+    proj = ctx.loaded
+    spec = proj.texts[step.name]
+    con = ctx.con
+    ws = ctx.workspace
+    k = quote_ident(proj.key)
+    work = work_table("text", spec.name)
+    stored = ws.texts(spec.name)
+    key_type = con.execute(f"DESCRIBE SELECT {k} FROM {work}").fetchall()[0][1]
+    rendered = quote_ident(f"__segtool_rendered_{spec.name}")
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {rendered} ({k} {key_type}, row_hash UBIGINT,
+        text_hash VARCHAR, text VARCHAR, n_chars INTEGER, truncated BOOLEAN)"""
+    )
+    n_work = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
+    render = text_renderer(proj, spec)
     n_trunc = n_empty = 0
-    with runner.rep.progress(f"render {spec.name}", n_work) as bar:
+    with ctx.reporter.progress(f"render {spec.name}", n_work) as bar:
         for lo in range(1, n_work + 1, BATCH):
             rows = (
                 con.sql(
@@ -212,35 +140,32 @@ def render_text(runner, con, node, prev_state: dict | None) -> dict:
                 }
             )
             con.register("__segtool_batch", batch)
-            con.execute(
-                f"INSERT INTO {table} SELECT k, row_hash, text_hash, text, n_chars, truncated, {int(runner.run_id)} FROM __segtool_batch"
-            )
+            con.execute(f"INSERT INTO {rendered} SELECT * FROM __segtool_batch")
             con.unregister("__segtool_batch")
             bar.advance(len(out))
-    con.execute(f"DROP TABLE {work}")
-    n_changed = n_work - n_new
-    unchanged = total - n_work
-    if mode == "rerender":
-        # everyone was re-rendered; count against the texts of the previous run
-        n_new, n_changed = one(
+    texts_changed = 0
+    if stored is not None:
+        texts_changed = one(
             con.execute(
-                f"""SELECT count(*) FILTER (WHERE o.{key} IS NULL), count(*) FILTER (WHERE o.text_hash <> t.text_hash)
-            FROM {table} t LEFT JOIN __segtool_old_texts o ON o.{key} = t.{key}"""
+                f"SELECT count(*) FROM {rendered} r JOIN {stored} t ON t.{k} = r.{k} WHERE t.text_hash <> r.text_hash"
             )
+        )[0]
+    ws.write_texts(
+        spec.name, rendered, full=step.action in ("create", "rebuild"), run_id=ctx.run_id
+    )
+    if n_trunc:
+        ctx.reporter.warn(
+            f"text '{spec.name}': {n_trunc:,} text(s) cut to max_chars={spec.max_chars}"
         )
-        unchanged = total - n_new - n_changed
-        con.execute("DROP TABLE __segtool_old_texts")
-    return {
-        "mode": mode,
-        "users": int(total),
-        "rendered": int(n_work),
-        "new": int(n_new),
-        "changed": int(n_changed),
-        "removed": int(removed),
-        "unchanged": int(unchanged),
-        "truncated": n_trunc,
-        "empty": n_empty,
-    }
+    if n_empty:
+        ctx.reporter.warn(f"text '{spec.name}': {n_empty:,} empty text(s)")
+    return StepResult.of(
+        step,
+        time.perf_counter() - t0,
+        texts_changed=int(texts_changed),
+        truncated=n_trunc,
+        empty=n_empty,
+    )
 
 
 # ----------------------------------------------------------------------------- samples / one user

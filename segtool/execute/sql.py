@@ -1,13 +1,12 @@
 """Materialize SQL models: view, table, incremental (with unique_key).
 
 The caller wraps all models of a run in one transaction, so a failing model
-leaves every table as it was. Errors point at the SQL file actually run
-(target/run/...) and its line."""
+leaves every table as it was. Errors point at the line of the model file, with
+the SQL actually run (target/run/...) as context."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -19,21 +18,14 @@ from segtool.state.db import relation_exists
 from segtool.state.result import one
 
 
-@dataclass
-class ModelResult:
-    name: str
-    materialized: str
-    action: str  # created | replaced | incremental | full-refresh
-    rows: int | None
-    seconds: float
-
-
 def sql_error(
-    exc: duckdb.Error, compiled_path: str, sql: str, model: str
+    exc: duckdb.Error, compiled_path: str, cm: CompiledModel, model: str
 ) -> SqlError | ExecutionError:
+    """A model that failed at run time: the line of the model file, with the
+    compiled line (in target/run/) only as context."""
     msg = str(exc).strip()
     m = re.search(r"LINE (\d+):", msg)
-    line = int(m.group(1)) if m else None
+    compiled_line = int(m.group(1)) if m else None
     first = msg.splitlines()[0] if msg else type(exc).__name__
     if isinstance(exc, duckdb.IOException) and ("No space left" in msg or "disk" in msg.lower()):
         return ExecutionError(
@@ -45,12 +37,20 @@ def sql_error(
             f"model '{model}': out of memory: {first}",
             hint="set memory_limit in profiles.yml or lower threads",
         )
-    detail = "\n".join("    " + ln for ln in msg.splitlines()[1:6])
+    # the statement ran was `CREATE ... AS\n<sql>`: one line before the model's
+    line = cm.source_line(compiled_line - 1) if compiled_line and compiled_line > 1 else None
+    detail = "\n".join("    " + ln for ln in msg.splitlines()[1:6] if not ln.startswith("LINE "))
+    where = (
+        f" ({compiled_path}, line {compiled_line - 1})"
+        if compiled_line and compiled_line > 1
+        else f" ({compiled_path})"
+    )
     return SqlError(
-        f"model '{model}' failed: {first}" + (f"\n{detail}" if detail else ""),
-        path=compiled_path,
+        f"model '{model}' failed{where}: {first}"
+        + (f"\n{detail.rstrip()}" if detail.strip() else ""),
+        path=cm.path,
         line=line,
-        hint="the compiled SQL is in that file; fix the model under models/ and run again",
+        hint="fix the model and run again; the compiled SQL that ran is in " + compiled_path,
     )
 
 
@@ -66,16 +66,15 @@ def build_model(
     proj: LoadedProject,
     cm: CompiledModel,
     *,
-    full_refresh: bool,
+    action: str,
     target_dir: Path,
-) -> ModelResult:
-    import time
-
-    t0 = time.perf_counter()
+) -> int | None:
+    """Materialize a model as the plan decided (create | rebuild | incremental).
+    Returns the rows written (None for a view)."""
     rel = relation(cm.name)
     mat = cm.config.materialized
     existing = relation_exists(con, MODEL_SCHEMA, cm.name)
-    incremental = mat == "incremental" and existing == "table" and not full_refresh
+    incremental = action == "incremental"
     run_cm = compile_model(proj, proj.models[cm.name], incremental=True) if incremental else cm
     run_path = write_sql(target_dir, "run", cm.path, proj.secrets.mask(run_cm.sql))
     shown = proj.relpath(run_path)
@@ -83,63 +82,66 @@ def build_model(
     try:
         if existing and existing != ("view" if mat == "view" else "table"):
             con.execute(f"DROP {'VIEW' if existing == 'view' else 'TABLE'} {rel}")
-            existing = None
         if mat == "view":
             con.execute(f"CREATE OR REPLACE VIEW {rel} AS\n{run_cm.sql}")
-            action = "replaced" if existing else "created"
         elif not incremental:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS\n{run_cm.sql}")
             rows = one(con.execute(f"SELECT count(*) FROM {rel}"))[0]
-            action = (
-                "full-refresh"
-                if (mat == "incremental" and existing)
-                else ("replaced" if existing else "created")
-            )
         else:
             tmp = quote_ident(f"__segtool_new_{cm.name}")
             con.execute(f"CREATE OR REPLACE TEMP TABLE {tmp} AS\n{run_cm.sql}")
-            new_cols = [r[0] for r in con.execute(f"DESCRIBE {tmp}").fetchall()]
-            old_cols = [r[0] for r in con.execute(f"DESCRIBE {rel}").fetchall()]
-            if set(new_cols) != set(old_cols):
-                raise SqlError(
-                    f"incremental model '{cm.name}' changed its columns ({', '.join(sorted(set(new_cols) ^ set(old_cols)))})",
-                    path=cm.path,
-                    hint="run with --full-refresh to rebuild it",
-                )
-            keys = cm.config.unique_key
-            if keys:
-                keys = [keys] if isinstance(keys, str) else list(keys)
-                cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
-                con.execute(
-                    f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {tmp} AS n WHERE {cond})"
-                )
-            con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM {tmp}")
-            rows = one(con.execute(f"SELECT count(*) FROM {tmp}"))[0]
+            rows = merge_incremental(con, cm, tmp, rel)
             con.execute(f"DROP TABLE {tmp}")
-            action = "incremental"
     except duckdb.Error as exc:
-        raise sql_error(exc, shown, run_cm.sql, cm.name) from exc
-    return ModelResult(cm.name, mat, action, rows, time.perf_counter() - t0)
+        raise sql_error(exc, shown, run_cm, cm.name) from exc
+    return rows
 
 
-def check_key(con: duckdb.DuckDBPyConnection, proj: LoadedProject, model: str, users: str) -> None:
+def merge_incremental(con, cm: CompiledModel, new: str, rel: str) -> int:
+    """Delete the rows `new` replaces (by unique_key), insert `new`; returns its rows."""
+    new_cols = [r[0] for r in con.execute(f"DESCRIBE {new}").fetchall()]
+    old_cols = [r[0] for r in con.execute(f"DESCRIBE {rel}").fetchall()]
+    if set(new_cols) != set(old_cols):
+        raise SqlError(
+            f"incremental model '{cm.name}' changed its columns ({', '.join(sorted(set(new_cols) ^ set(old_cols)))})",
+            path=cm.path,
+            hint="run with --full-refresh to rebuild it",
+        )
+    keys = cm.config.unique_key
+    if keys:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
+        con.execute(f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {new} AS n WHERE {cond})")
+    con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM {new}")
+    return one(con.execute(f"SELECT count(*) FROM {new}"))[0]
+
+
+def check_key(
+    con: duckdb.DuckDBPyConnection,
+    proj: LoadedProject,
+    model: str,
+    users: str,
+    rel: str | None = None,
+) -> None:
     """The entity key must exist, be non-NULL and unique in models that feed
-    features, texts or segments."""
+    features, texts or segments. `rel`: where the model is read (default main)."""
     key = proj.key
-    rel = relation(model)
-    cols = [r[0] for r in con.execute(f"DESCRIBE {rel}").fetchall()]
+    rel = rel or relation(model)
+    cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {rel}").fetchall()]
     path = proj.models[model].path
     if key not in cols:
         raise DataError(
-            f"{path}: model '{model}' has no key column '{key}' (it feeds {users})",
+            f"model '{model}' has no key column '{key}' (it feeds {users})",
             hint=f"select the entity key as `{key}`, or change entity.key in segtool_project.yml (columns: {', '.join(cols[:12])})",
+            path=path,
         )
     k = quote_ident(key)
     nulls = one(con.execute(f"SELECT count(*) FROM {rel} WHERE {k} IS NULL"))[0]
     if nulls:
         raise DataError(
-            f"{path}: model '{model}' has {nulls} row(s) with NULL {key}",
+            f"model '{model}' has {nulls} row(s) with NULL {key}",
             hint=f"filter them out (`where {key} is not null`) or fix the upstream data",
+            path=path,
         )
     dups = con.execute(
         f"SELECT {k}, count(*) AS n FROM {rel} GROUP BY {k} HAVING count(*) > 1 ORDER BY n DESC, {k} LIMIT 5"
@@ -152,6 +154,7 @@ def check_key(con: duckdb.DuckDBPyConnection, proj: LoadedProject, model: str, u
         )[0]
         examples = ", ".join(f"{r[0]!r} ({r[1]} rows)" for r in dups)
         raise DataError(
-            f"{path}: model '{model}' must have one row per {proj.spec.entity.name}, but {total} {key} value(s) repeat: {examples}",
+            f"model '{model}' must have one row per {proj.spec.entity.name}, but {total} {key} value(s) repeat: {examples}",
             hint="aggregate to one row per key (GROUP BY) before it feeds features, texts or segments",
+            path=path,
         )

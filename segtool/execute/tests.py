@@ -9,9 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 
+from segtool.compile.segments import population_sql
 from segtool.compile.sql import quote_ident, relation, source_sql, sql_literal
+from segtool.encoders.builder import Encoders
 from segtool.errors import ProjectError, did_you_mean
+from segtool.execute.segment.inputs import apply_transformers, load_inputs
+from segtool.execute.segment.store import active_fit, restore
+from segtool.state import tables
+from segtool.state.db import table_exists
 from segtool.state.result import one
 
 COLUMN_TESTS = ("unique", "not_null", "accepted_values", "relationships")
@@ -157,7 +164,6 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                             tname, node.unique_id, status, int(n), msg, ex, col.file, col.line
                         )
                     )
-        from segtool.execute.segment import segmentation_tests
 
         for node in nodes:
             if node.kind == "segmentation":
@@ -179,3 +185,151 @@ def _report(rep, results: list[TestResult]) -> None:
     n_err = sum(r.status == "error" for r in results)
     n_pass = sum(r.status == "pass" for r in results)
     rep.line(f"{n_pass} passed, {n_fail} failed" + (f", {n_err} errors" if n_err else ""))
+
+
+# ----------------------------------------------------------------------------- segmentation tests
+
+
+def segmentation_tests(project, con, node) -> list:
+    seg = node.spec
+    name = seg.name
+    proj = project.loaded
+    k = quote_ident(proj.key)
+    out: list[TestResult] = []
+
+    def add(test: str, ok: bool, message: str = "", failures: int = 0, examples=None):
+        out.append(
+            TestResult(
+                f"{test}({name})",
+                node.unique_id,
+                "pass" if ok else "fail",
+                failures,
+                "" if ok else message,
+                examples or [],
+                seg.file,
+                seg.line,
+            )
+        )
+
+    if not table_exists(con, tables.RESULTS, name):
+        out.append(
+            TestResult(
+                f"exists({name})",
+                node.unique_id,
+                "fail",
+                0,
+                "segment table missing: run `segtool run` first",
+                [],
+                seg.file,
+                seg.line,
+            )
+        )
+        return out
+    table = tables.segments(name)
+    dups = con.execute(
+        f"SELECT {k}, count(*) FROM {table} GROUP BY 1 HAVING count(*) > 1 LIMIT 5"
+    ).fetchall()
+    add(
+        "one_segment_per_user",
+        not dups,
+        f"{len(dups)}+ user(s) in several segments",
+        len(dups),
+        dups,
+    )
+    pop = population_sql(proj, seg)
+    if not seg.is_rules or seg.default:
+        missing = con.execute(
+            f"SELECT p.{k} FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k} ORDER BY 1 LIMIT 5"
+        ).fetchall()
+        n_missing = (
+            one(
+                con.execute(f"SELECT count(*) FROM ({pop}) p ANTI JOIN {table} s ON s.{k} = p.{k}")
+            )[0]
+            if missing
+            else 0
+        )
+        add(
+            "every_user_assigned",
+            not missing,
+            f"{n_missing} user(s) of the population have no segment",
+            n_missing,
+            missing,
+        )
+    total = one(con.execute(f"SELECT count(*) FROM {table}"))[0] or 1
+    shares = con.execute(
+        f"SELECT segment_id, any_value(segment), count(*) / {total}::DOUBLE AS share FROM {table} GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    t = seg.tests
+    if t.min_share is not None:
+        small = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh < t.min_share and s >= 0]
+        add(
+            "min_share",
+            not small,
+            f"{len(small)} segment(s) below min_share {t.min_share}",
+            len(small),
+            small,
+        )
+    if t.max_share is not None:
+        big = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh > t.max_share]
+        add(
+            "max_share",
+            not big,
+            f"{len(big)} segment(s) above max_share {t.max_share}",
+            len(big),
+            big,
+        )
+    if t.max_moved_share is not None:
+        last = one(con.execute(f"SELECT max(valid_from_run) FROM {tables.history(name)}"))[0]
+        first = one(con.execute(f"SELECT min(valid_from_run) FROM {tables.history(name)}"))[0]
+        if last is None or last == first:
+            out.append(
+                TestResult(
+                    f"max_moved_share({name})",
+                    node.unique_id,
+                    "pass",
+                    0,
+                    "",
+                    [],
+                    seg.file,
+                    seg.line,
+                )
+            )
+        else:
+            moved = one(
+                con.execute(
+                    f"SELECT count(DISTINCT {k}) FROM {tables.history(name)} WHERE valid_to_run = ? AND {k} IN (SELECT {k} FROM {table})",
+                    [last],
+                )
+            )[0]
+            share = moved / total
+            add(
+                "max_moved_share",
+                share <= t.max_moved_share,
+                f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})",
+                moved,
+            )
+    if t.min_silhouette is not None and not seg.is_rules:
+        s = silhouette_of(project, con, seg)
+        add("min_silhouette", s >= t.min_silhouette, f"silhouette {s:.3f} < {t.min_silhouette}", 0)
+    return out
+
+
+def silhouette_of(project, con, seg) -> float:
+    """Silhouette of the current assignment in the fitted space, on a sample."""
+    from segtool.ml.metrics import silhouette
+
+    active = active_fit(con, seg.name)
+    if active is None:
+        return -1.0
+    transformers, model, _ = restore(active)
+    k = quote_ident(project.loaded.key)
+    users = f"SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {tables.segments(seg.name)} s WHERE s.segment_id >= 0"
+    sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
+    loaded = load_inputs(project.loaded, Encoders(project.loaded).fingerprint, con, seg, sample)
+    X = model.transform(apply_transformers(transformers, loaded), loaded.keys)
+    ids = con.sql(
+        f"SELECT s.segment_id FROM ({sample}) u JOIN {tables.segments(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"
+    ).fetchnumpy()["segment_id"]
+    if len(set(ids.tolist())) < 2:
+        return -1.0
+    return float(silhouette(X, np.asarray(ids), sample_size=5000, seed=0))

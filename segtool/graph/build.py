@@ -212,6 +212,9 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 data=enc.model_dump(
                     exclude={"description", "tags", "batch_size", "device", "name"}
                 ),
+                # where and how fast vectors are computed, not what they are:
+                # a change shows in a diff and reruns nothing
+                meta={"device": enc.device, "batch_size": enc.batch_size},
             )
         )
 

@@ -30,18 +30,21 @@ from .pipeline import SegmentModel
 EXPECTED_FAR_SHARE = 0.05
 
 
-def drift_score(
-    model: SegmentModel, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None
+def drift_from_distances(
+    labels: np.ndarray, dist: np.ndarray, p95: np.ndarray, mean_distance: float
 ) -> dict:
-    """{"score", "far_share", "distance_ratio", "n"} for the users in `blocks`."""
-    _, dist, _, ref = model.predict_detail(blocks, keys)
+    """{"score", "far_share", "distance_ratio", "n"} for users in clusters
+    `labels` (-1: none) at distances `dist` from their centroids, against the
+    fit-time per-cluster 95th percentiles `p95` and mean distance."""
+    dist = np.asarray(dist, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
     n = int(dist.shape[0])
     if n == 0:
         return {"score": 0.0, "far_share": 0.0, "distance_ratio": 1.0, "n": 0}
-    far = dist.astype(np.float64) > model.cluster_p95_distance_[ref]
-    far_share = float(far.mean())
-    base = float(model.mean_distance_)
-    mean = float(dist.astype(np.float64).mean())
+    ok = labels >= 0
+    far_share = float((dist[ok] > np.asarray(p95)[labels[ok]]).mean()) if ok.any() else 0.0
+    base = float(mean_distance)
+    mean = float(dist.mean())
     if base > 0:
         ratio = mean / base
     else:
@@ -49,3 +52,11 @@ def drift_score(
     far_excess = max(0.0, far_share - EXPECTED_FAR_SHARE) / (1.0 - EXPECTED_FAR_SHARE)
     score = max(0.0, far_excess, ratio - 1.0)
     return {"score": float(score), "far_share": far_share, "distance_ratio": ratio, "n": n}
+
+
+def drift_score(
+    model: SegmentModel, blocks: Sequence[np.ndarray], keys: np.ndarray | None = None
+) -> dict:
+    """Drift of the users in `blocks`, scored with the model."""
+    _, dist, _, ref = model.predict_detail(blocks, keys)
+    return drift_from_distances(ref, dist, model.cluster_p95_distance_, model.mean_distance_)

@@ -128,3 +128,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     for r in rows:
         out.append("| " + " | ".join(_fmt(c).replace("|", "\\|") for c in r) + " |")
     return "\n".join(out)
+
+
+def error_text(exc) -> str:
+    """A SegtoolError as the CLI prints it: `path:line:col: message` (or
+    `error: message` without a location) and an indented hint."""
+    return exc.format() if exc.location() else f"error: {exc.format()}"

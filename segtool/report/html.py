@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.state.db import RESULTS, STATE, has_state, table_exists
+from segtool.state import tables
+from segtool.state.db import RESULTS, has_state, table_exists
 from segtool.state.result import one
 
 KIND_COLORS = {
@@ -64,7 +65,7 @@ def build_report(project, out: Path | None = None) -> Path:
     try:
         if con is not None and has_state(con):
             runs = con.execute(
-                f"SELECT run_id, started_at, status FROM {STATE}.runs ORDER BY run_id"
+                f"SELECT run_id, started_at, status FROM {tables.RUNS} ORDER BY run_id"
             ).fetchall()
             for name, seg in proj.segmentations.items():
                 if table_exists(con, RESULTS, name):
@@ -196,30 +197,24 @@ def _segmentation(project, con, seg) -> str:
 
 def _map(project, con, seg, colors, n: int = 1500) -> str:
     """A sample of users in the fitted space, projected to 2-D with PCA."""
-    from segtool.execute.segment import (
-        _active_fit,
-        _apply_transformers,
-        _load_inputs,
-        _restore,
-        project_fingerprints,
-        seg_table,
-    )
+    from segtool.execute.segment.inputs import apply_transformers, load_inputs
+    from segtool.execute.segment.store import active_fit, restore
 
-    active = _active_fit(con, seg.name)
+    active = active_fit(con, seg.name)
     if active is None:
         return ""
     k = quote_ident(project.loaded.key)
-    sample = f"SELECT * FROM (SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {seg_table(seg.name)} s) WHERE __ord <= {n}"
+    sample = f"SELECT * FROM (SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {tables.segments(seg.name)} s) WHERE __ord <= {n}"
     try:
-        transformers, model, _ = _restore(active)
-        loaded = _load_inputs(project.loaded, project_fingerprints(project), con, seg, sample)
-        X = model.transform(_apply_transformers(transformers, loaded), loaded.keys)
+        transformers, model, _ = restore(active)
+        loaded = load_inputs(project.loaded, project.encoders().fingerprint, con, seg, sample)
+        X = model.transform(apply_transformers(transformers, loaded), loaded.keys)
     except Exception:  # noqa: BLE001 - the map is optional decoration
         return ""
     ids = next(
         iter(
             con.sql(
-                f"SELECT s.segment_id FROM ({sample}) u JOIN {seg_table(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"
+                f"SELECT s.segment_id FROM ({sample}) u JOIN {tables.segments(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"
             )
             .fetchnumpy()
             .values()
@@ -241,14 +236,13 @@ def _map(project, con, seg, colors, n: int = 1500) -> str:
 
 
 def _over_time(con, project, name: str, colors) -> str:
-    from segtool.execute.segment import hist_table
 
     if not table_exists(con, RESULTS, name + "_history"):
         return ""
     runs = [
         r[0]
         for r in con.execute(
-            f"SELECT DISTINCT valid_from_run FROM {hist_table(name)} UNION SELECT DISTINCT valid_to_run FROM {hist_table(name)} WHERE valid_to_run IS NOT NULL ORDER BY 1"
+            f"SELECT DISTINCT valid_from_run FROM {tables.history(name)} UNION SELECT DISTINCT valid_to_run FROM {tables.history(name)} WHERE valid_to_run IS NOT NULL ORDER BY 1"
         ).fetchall()
     ]
     if len(runs) < 2:
@@ -256,7 +250,7 @@ def _over_time(con, project, name: str, colors) -> str:
     sizes: dict[int, list[int]] = {}
     for r in runs:
         for sid, n in con.execute(
-            f"SELECT segment_id, count(*) FROM {hist_table(name)} WHERE valid_from_run <= ? AND (valid_to_run IS NULL OR valid_to_run > ?) GROUP BY 1",
+            f"SELECT segment_id, count(*) FROM {tables.history(name)} WHERE valid_from_run <= ? AND (valid_to_run IS NULL OR valid_to_run > ?) GROUP BY 1",
             [r, r],
         ).fetchall():
             sizes.setdefault(sid, [0] * len(runs))[runs.index(r)] = n
@@ -279,16 +273,15 @@ def _over_time(con, project, name: str, colors) -> str:
 
 
 def _flows(con, project, name: str) -> str:
-    from segtool.execute.segment import hist_table
 
     if not table_exists(con, RESULTS, name + "_history"):
         return ""
-    last = one(con.execute(f"SELECT max(valid_to_run) FROM {hist_table(name)}"))[0]
+    last = one(con.execute(f"SELECT max(valid_to_run) FROM {tables.history(name)}"))[0]
     if last is None:
         return "<h3>Flows since the previous run</h3><p class=muted>No user has changed segment yet.</p>"
     k = quote_ident(project.loaded.key)
     rows = con.execute(
-        f"""SELECT o.segment_id, n.segment_id, count(*) FROM {hist_table(name)} o JOIN {hist_table(name)} n
+        f"""SELECT o.segment_id, n.segment_id, count(*) FROM {tables.history(name)} o JOIN {tables.history(name)} n
         ON n.{k} = o.{k} AND n.valid_from_run = o.valid_to_run WHERE o.valid_to_run = ? GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20""",
         [last],
     ).fetchall()

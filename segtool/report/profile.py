@@ -8,13 +8,12 @@ from typing import Any
 from segtool.compile.sql import quote_ident
 from segtool.errors import ProjectError, did_you_mean
 from segtool.report.console import format_table, markdown_table
+from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, table_exists
 from segtool.state.result import one
 
 
 def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any]:
-    from segtool.execute.render import text_table
-    from segtool.execute.segment import seg_table
 
     proj = project.loaded
     if name not in proj.segmentations:
@@ -29,10 +28,10 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
             raise ProjectError(
                 f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
             )
-        total = one(con.execute(f"SELECT count(*) FROM {seg_table(name)}"))[0]
+        total = one(con.execute(f"SELECT count(*) FROM {tables.segments(name)}"))[0]
         rows = con.execute(
             f"""SELECT s.segment_id, any_value(s.segment), count(*), c.keywords, c.features, c.born_run
-            FROM {seg_table(name)} s LEFT JOIN {STATE}.segment_catalog c ON c.segmentation = ? AND c.segment_id = s.segment_id
+            FROM {tables.segments(name)} s LEFT JOIN {tables.CATALOG} c ON c.segmentation = ? AND c.segment_id = s.segment_id
             GROUP BY s.segment_id, c.keywords, c.features, c.born_run ORDER BY count(*) DESC""",
             [name],
         ).fetchall()
@@ -40,10 +39,10 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
         segments = []
         for sid, label, n, kws, feats, born in rows:
             ex_sql = (
-                f"SELECT s.{k}, t.text FROM {seg_table(name)} s JOIN {text_table(text)} t ON t.{k} = s.{k} "
+                f"SELECT s.{k}, t.text FROM {tables.segments(name)} s JOIN {tables.texts(text)} t ON t.{k} = s.{k} "
                 f"WHERE s.segment_id = ? ORDER BY s.distance NULLS LAST, s.{k} LIMIT {int(examples)}"
                 if text and table_exists(con, STATE, "texts__" + text)
-                else f"SELECT s.{k}, NULL FROM {seg_table(name)} s WHERE s.segment_id = ? ORDER BY s.{k} LIMIT {int(examples)}"
+                else f"SELECT s.{k}, NULL FROM {tables.segments(name)} s WHERE s.segment_id = ? ORDER BY s.{k} LIMIT {int(examples)}"
             )
             ex = con.execute(ex_sql, [sid]).fetchall() if examples else []
             segments.append(
@@ -58,7 +57,7 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
                     "examples": [{"key": e[0], "text": e[1]} for e in ex],
                 }
             )
-        last_run = one(con.execute(f"SELECT max(run_id) FROM {seg_table(name)}"))[0]
+        last_run = one(con.execute(f"SELECT max(run_id) FROM {tables.segments(name)}"))[0]
         return {
             "segmentation": name,
             "kind": "rules" if seg.is_rules else "clusters",

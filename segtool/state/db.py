@@ -22,9 +22,8 @@ from segtool.project.secrets import Secrets
 from segtool.state import vectors
 from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one
+from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
-STATE = "_segtool"
-RESULTS = "segments"
 STATE_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
@@ -49,8 +48,13 @@ MIGRATIONS: dict[int, list[str]] = {
         f"""CREATE TABLE IF NOT EXISTS {STATE}.segment_events (
             segmentation VARCHAR, run_id INTEGER, event VARCHAR, detail JSON)""",
     ],
-    # v2: one fixed-size vector table per encoder fingerprint (state/vectors.py)
-    2: [vectors.migrate_lists],
+    # v2: one fixed-size vector table per encoder fingerprint (state/vectors.py);
+    # nodes remember what their output was computed from (plan/decide.py)
+    2: [
+        vectors.migrate_lists,
+        f"ALTER TABLE {STATE}.nodes ADD COLUMN input_hash VARCHAR",
+        f"ALTER TABLE {STATE}.nodes ADD COLUMN exec_hash VARCHAR",
+    ],
 }
 
 
@@ -75,6 +79,21 @@ def _lock_error(exc: Exception, db: Path) -> LockError:
     )
 
 
+def open_database(db: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """The one place a database file is opened: a lock or a file that is not
+    a database becomes a clear error. Setup and fence are the caller's."""
+    if not read_only:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(db), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise _lock_error(exc, db) from None
+        raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
+    except duckdb.Error as exc:
+        raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
+
+
 def connect(
     proj: LoadedProject,
     *,
@@ -91,16 +110,7 @@ def connect(
             f"database {proj.relpath(db)} does not exist yet",
             hint="run `segtool run` first",
         )
-    if not read_only:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(db), read_only=read_only)
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise _lock_error(exc, db) from None
-        raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
-    except duckdb.Error as exc:
-        raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
+    con = open_database(db, read_only=read_only)
     try:
         setup_connection(
             con,
@@ -115,6 +125,15 @@ def connect(
         con.close()
         raise
     return con
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK if a transaction is open. After a failed COMMIT (a full disk)
+    DuckDB has already aborted it, and a second error would hide the first."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def first_line(exc: BaseException) -> str:
@@ -368,15 +387,31 @@ def mark_interrupted(con: duckdb.DuckDBPyConnection) -> list[int]:
     return ids
 
 
-def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int) -> None:
+def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int, hashes=None) -> None:
+    """Remember each node's hashes at the end of its step. `hashes(node)`
+    gives (input_hash, exec_hash) (plan/build.py)."""
     if not nodes:
         return
+    rows = []
+    for n in nodes:
+        input_hash, exec_hash = hashes(n) if hashes else (None, None)
+        rows.append(
+            [
+                n.unique_id,
+                n.kind,
+                n.data_hash,
+                n.own_hash,
+                n.metadata_hash,
+                run_id,
+                now(),
+                input_hash,
+                exec_hash,
+            ]
+        )
     con.executemany(
-        f"INSERT OR REPLACE INTO {STATE}.nodes VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            [n.unique_id, n.kind, n.data_hash, n.own_hash, n.metadata_hash, run_id, now()]
-            for n in nodes
-        ],
+        f"""INSERT OR REPLACE INTO {STATE}.nodes (unique_id, kind, data_hash, own_hash, metadata_hash,
+        run_id, updated_at, input_hash, exec_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        rows,
     )
 
 

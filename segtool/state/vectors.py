@@ -20,9 +20,8 @@ import numpy as np
 
 from segtool.compile.sql import quote_ident
 from segtool.state.result import one
-
-STATE = "_segtool"
-REGISTRY = f"{STATE}.encoders"
+from segtool.state.tables import ENCODERS as REGISTRY  # noqa: E402
+from segtool.state.tables import STATE  # noqa: E402
 
 REGISTRY_DDL = f"""CREATE TABLE IF NOT EXISTS {REGISTRY} (
     encoder_fp VARCHAR PRIMARY KEY, table_name VARCHAR, encoder VARCHAR, kind VARCHAR,

@@ -19,11 +19,12 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import segtool.execute.embed as E
+    from segtool.encoders.builder import Encoders
     E.CHUNK = 20
-    real_encoder_for = E.encoder_for
+    real_get = Encoders.get
     calls = {"n": 0}
-    def encoder_for(runner, name):
-        enc = real_encoder_for(runner, name)
+    def get(self, name):
+        enc = real_get(self, name)
         if not getattr(enc, "_patched", False):
             real = enc.encode
             def encode(texts):
@@ -34,7 +35,7 @@ KILLER = textwrap.dedent(
             enc.encode = encode
             enc._patched = True
         return enc
-    E.encoder_for = encoder_for
+    Encoders.get = get
     from segtool.cli import main
     main(["run", "--project-dir", sys.argv[1]])
     """
@@ -63,7 +64,7 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
         "story.hash"
     ]
     assert s["cached"] == 60
-    assert s["embedded"] == s["distinct_texts"] - 60
+    assert s["embedded"] == s["texts"] - 60
 
     clean.cli("run")
     assert killed.sql("select run_id, status from _segtool.runs order by 1") == [

@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from segtool import cli as _cli
-from segtool import cli_diff
 from tests.conftest import ProjectDir, write_files
 from tests.fixtures import tiny_project_files
-
-if "diff" not in _cli.main.commands:  # until cli.py registers it
-    cli_diff.register(_cli.main)
 
 GIT_ENV = {
     **os.environ,
@@ -48,8 +43,9 @@ def change(result: dict, uid: str) -> dict:
     return next(c for c in result["changes"] if c["unique_id"] == uid)
 
 
-def impact(result: dict, uid: str) -> dict | None:
-    return next((i for i in result["impact"] if i["unique_id"] == uid), None)
+def step(result: dict, uid: str) -> dict | None:
+    """The plan step of a node that does something (skip steps are left out)."""
+    return next((i for i in result["steps"] if i["unique_id"] == uid), None)
 
 
 @pytest.fixture
@@ -87,15 +83,15 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
     c = change(r, "text.story")
     assert c["change"] == "changed" and c["fields"] == ["template story.j2"]
     assert [(f["unique_id"], f["action"]) for f in c["forces"]] == [
-        ("text.story", "re-render"),
-        ("embedding.story.hash", "re-embed"),
-        ("segmentation.behaviour", "reassign"),
+        ("text.story", "rebuild"),
+        ("embedding.story.hash", "incremental"),
+        ("segmentation.behaviour", "assign"),
     ]
-    # user counts, estimated against the working tree's database (built at commit A)
+    # counted against the working tree's database (built at commit A)
     assert r["database"]["used"] and r["database"]["last_run"] == 1
-    assert impact(r, "text.story")["counts"]["texts_changed"] == 9
-    assert impact(r, "embedding.story.hash")["counts"]["to_embed"] == 9
-    assert impact(r, "segmentation.behaviour")["counts"]["changed_users"] == 9
+    assert step(r, "text.story")["detail"]["texts_changed"] == 9
+    assert step(r, "embedding.story.hash")["detail"]["embedded"] == 9
+    assert step(r, "segmentation.behaviour")["detail"]["assigned"] == 9
     assert r["summary"] == {
         **r["summary"],
         "nodes_changed": 1,
@@ -103,11 +99,10 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
         "re_render": 1,
         "re_embed": 1,
         "reassign": 1,
-        "texts_changed": 9,
         "texts_to_embed": 9,
         "users_to_reassign": 9,
     }
-    assert impact(r, "segmentation.lifecycle") is None
+    assert step(r, "segmentation.lifecycle") is None
 
     # the working tree against a branch name; a ref with the project elsewhere
     git(repo, "branch", "base-branch", "HEAD~1")
@@ -117,10 +112,10 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
         md.startswith("### segtool diff: `HEAD~1 (")
         and "| changed | `text.story` | template story.j2: +1 -1 lines |" in md
     )
-    assert "9 of 60 texts change" in md and "9 texts to embed" in md
+    assert "(9 texts differ)" in md and "9 texts to embed" in md
     text = pd.cli("diff", "HEAD~1").stdout
     assert (
-        "forces: re-render text.story, re-embed embedding.story.hash, reassign segmentation.behaviour"
+        "forces: rebuild text.story, incremental embedding.story.hash, assign segmentation.behaviour"
         in text
     )
 
@@ -156,9 +151,9 @@ def test_description_only_edit_is_metadata_only(twins):
         "model.user_features": ("metadata only", ["description"]),
         "segmentation.lifecycle": ("metadata only", ["description"]),
     }
-    assert {i["action"] for i in r["impact"]} == {"metadata only"}
+    assert r["steps"] == []
     assert r["summary"]["nodes_changed"] == 0 and r["summary"]["refits"] == 0
-    assert "impact: nothing reruns" in head.cli("diff", str(base.root), str(head.root)).stdout
+    assert "plan: nothing reruns" in head.cli("diff", str(base.root), str(head.root)).stdout
     head.cli("diff", str(base.root), str(head.root), "--fail-on", "nodes_changed>0")
 
 
@@ -173,11 +168,11 @@ def test_encoder_change_reembeds_and_refits_every_user(twins):
     head.edit("segments/segments.yml", "dim: 256", "dim: 128")
     r = diff_json(head, str(base.root), str(head.root))
     assert [(c["unique_id"], c["fields"]) for c in r["changes"]] == [("encoder.hash", ["dim"])]
-    assert impact(r, "embedding.story.hash")["action"] == "re-embed"
-    assert "every text is re-embedded" in impact(r, "embedding.story.hash")["reasons"][0]
+    assert step(r, "embedding.story.hash")["action"] == "create"  # a new fingerprint
     for seg in ("segmentation.behaviour", "segmentation.behaviour2"):
-        assert impact(r, seg)["action"] == "refit"
-    assert impact(r, "segmentation.lifecycle") is None and impact(r, "text.story") is None
+        assert step(r, seg)["action"] == "refit"
+        assert step(r, seg)["reason"].startswith("encoder 'hash' changed")
+    assert step(r, "segmentation.lifecycle") is None and step(r, "text.story") is None
     assert r["summary"]["refits"] == 2
     assert r["database"]["used"] is False and "no database" in r["database"]["note"]
     res = head.cli("diff", str(base.root), str(head.root), "--fail-on", "refits>0", expect=1)
@@ -197,8 +192,8 @@ def test_new_rule_segmentation_is_the_only_change(twins):
     assert [(c["unique_id"], c["change"]) for c in r["changes"]] == [
         ("segmentation.spenders", "added")
     ]
-    assert [(i["unique_id"], i["action"]) for i in r["impact"]] == [
-        ("segmentation.spenders", "new")
+    assert [(i["unique_id"], i["action"]) for i in r["steps"]] == [
+        ("segmentation.spenders", "create")
     ]
     assert r["summary"]["added"] == 1 and r["summary"]["nodes_changed"] == 1
 
@@ -241,12 +236,12 @@ def test_removed_source_and_sql_change(twins):
     assert change(r, "source.shop.returns")["change"] == "removed"
     c = change(r, "model.user_features")
     assert c["change"] == "changed" and c["fields"] == ["SQL"]
-    assert {i["unique_id"]: i["action"] for i in r["impact"]} == {
+    assert {i["unique_id"]: i["action"] for i in r["steps"]} == {
         "model.user_features": "rebuild",
-        "segmentation.lifecycle": "reassign",
-        "text.story": "re-render",
-        "embedding.story.hash": "re-embed",
-        "segmentation.behaviour": "reassign",
+        "segmentation.lifecycle": "assign",
+        "text.story": "incremental",
+        "embedding.story.hash": "incremental",
+        "segmentation.behaviour": "assign",
     }
 
 
@@ -254,7 +249,8 @@ def test_labels_and_cluster_changes(twins):
     base, head = twins
     head.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 4}")
     r = diff_json(head, str(base.root), str(head.root))
-    assert impact(r, "segmentation.behaviour")["action"] == "relabel"
+    s = step(r, "segmentation.behaviour")
+    assert s["action"] == "assign" and "they apply at the next refit" in s["reason"]
     head.edit("segments/segments.yml", "k: 3, seed: 7", "k: 4, seed: 7")
     r = diff_json(head, str(base.root), str(head.root))
     assert change(r, "segmentation.behaviour")["fields"] == ["cluster", "labels"]
@@ -262,7 +258,7 @@ def test_labels_and_cluster_changes(twins):
         "cluster.k: 3 -> 4",
         "labels.keywords: 3 -> 4",
     ]
-    assert impact(r, "segmentation.behaviour")["actions"] == ["refit"]
+    assert step(r, "segmentation.behaviour")["action"] == "refit"
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -467,3 +463,35 @@ def test_data_between_runs_reads_the_history(built):
     assert np.array(sb["transitions"]["counts"]).T.tolist() == s["transitions"]["counts"]
     res = pd.cli("diff", "--data", "--to-run", "5", expect=1)
     assert "run 5 does not exist" in res.stderr and "runs 1..2" in res.stderr
+
+
+def test_data_default_is_the_last_run_that_changed_each_segmentation(built):
+    """A later run that leaves a segmentation as it was must not hide its moves:
+    the default used to compare the last two runs that touched it (0 moved),
+    so --fail-on 'moved_share>...' passed while users had moved."""
+    from tests.fixtures import data_files
+
+    pd = built
+    for rel, content in data_files(changed=(3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36)).items():
+        (pd.root / rel).write_text(content)
+    pd.cli("run")  # run 2: lifecycle users move
+    pd.cli("run", "--refit", "-s", "behaviour")  # run 3: lifecycle untouched
+    r = json.loads(pd.cli("diff", "--data", "-s", "lifecycle", "--format", "json").stdout)
+    s = r["segmentations"][0]
+    assert (s["base_run"], s["head_run"]) == (1, 2)
+    assert s["users"]["moved"] > 0
+    assert "compared run 1 with run 2 (the last run that changed 'lifecycle')" in s["note"]
+    res = pd.cli("diff", "--data", "-s", "lifecycle", "--fail-on", "moved>0", expect=1)
+    assert "violates --fail-on 'moved>0'" in res.stderr
+
+
+def test_encoder_device_edit_shows_and_reruns_nothing(twins):
+    """`device:` decides where vectors are computed, not which: the cache
+    fingerprint leaves it out, so a diff shows it and the plan runs nothing."""
+    base, head = twins
+    head.edit("segments/segments.yml", "    dim: 256", "    dim: 256\n    device: cpu")
+    r = diff_json(head, str(base.root), str(head.root))
+    assert [(c["unique_id"], c["change"], c["fields"]) for c in r["changes"]] == [
+        ("encoder.hash", "metadata only", ["device"])
+    ]
+    assert r["steps"] == []

@@ -61,7 +61,7 @@ def test_compile_writes_sql_manifest_and_samples(project):
 
 def test_run_materializes_models(project):
     r = project.cli("run")
-    assert "model user_features" in r.stdout
+    assert "model.user_features" in r.stdout
     assert project.sql("select count(*) from user_features") == [(60,)]
     kinds = dict(
         project.sql("select table_name, 'table' from duckdb_tables() where schema_name = 'main'")
@@ -99,12 +99,17 @@ def test_incremental_model_and_full_refresh(project):
     project.cli("run", "-s", "+orders_inc")
     n = project.sql("select count(*) from orders_inc")[0][0]
     r = project.cli("run", "-s", "orders_inc")
-    assert "incremental" in r.stdout
+    assert "skip        model.orders_inc" in r.stdout  # nothing upstream changed
+    # new orders arrive: only they are merged
+    orders = project.read("data/orders.csv")
+    project.write("data/orders.csv", orders + "99999,1,tent,outdoor,10.0,2024-06-30 10:00:00\n")
+    r = project.cli("run", "-s", "orders_inc")
+    assert "incremental model.orders_inc" in r.stdout and "[1 rows]" in r.stdout
     assert "where ordered_at >" in (project.root / "target/run/models/orders_inc.sql").read_text()
-    assert project.sql("select count(*) from orders_inc")[0][0] == n
+    assert project.sql("select count(*) from orders_inc")[0][0] == n + 1
     r = project.cli("run", "-s", "orders_inc", "--full-refresh")
-    assert "full-refresh" in r.stdout
-    assert project.sql("select count(*) from orders_inc")[0][0] == n
+    assert "rebuild     model.orders_inc" in r.stdout and "--full-refresh" in r.stdout
+    assert project.sql("select count(*) from orders_inc")[0][0] == n + 1
 
 
 def test_ls_selection(project):
@@ -235,7 +240,9 @@ def test_rerender_counts_texts_that_changed(project):
         "story"
     ]
     de = project.sql("select count(*) from user_features where country = 'DE'")[0][0]
-    assert (t["rendered"], t["new"], t["changed"], t["unchanged"]) == (60, 0, de, 60 - de)
+    # every user is rendered again; only the German users' texts differ
+    assert t["action"] == "rebuild"
+    assert (t["new"], t["changed"], t["unchanged"], t["texts_changed"]) == (0, 60, 0, de)
 
 
 def test_sources_attached_database_json_and_reader_options(project):

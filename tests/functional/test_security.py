@@ -317,7 +317,7 @@ def test_clean_cache_keeps_the_vectors_of_an_encoder_it_cannot_build(built, tiny
     (built.root / "moved_model").rename(built.root / "local_model")
     built.cli("run")
     s = json.loads((built.root / "target/run_results.json").read_text())["summary"]
-    assert s["embeddings"]["story.hash"]["embedded"] == 0
+    assert s["embeddings"]["story.hash"]["action"] == "skip"
 
 
 def test_device_that_is_not_there_fails_before_any_write(built, tiny_bert_dir):

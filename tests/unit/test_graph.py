@@ -325,11 +325,16 @@ def test_segmentation_tests_are_metadata(tiny):
     assert after["segmentation.behaviour"][:2] == before["segmentation.behaviour"][:2]
 
 
-def test_encoder_batch_size_does_not_change_fingerprint(tiny):
+def test_encoder_batch_size_and_device_are_metadata(tiny):
+    """Where and how fast vectors are computed changes no vector: batch_size and
+    device move only the metadata hash (a diff shows them, nothing reruns)."""
     before = hashes(tiny)
     p = tiny / "segments/segments.yml"
-    p.write_text(p.read_text().replace("dim: 256", "dim: 256\n    batch_size: 7"))
-    assert hashes(tiny) == before
+    p.write_text(p.read_text().replace("dim: 256", "dim: 256\n    batch_size: 7\n    device: cpu"))
+    after = hashes(tiny)
+    for uid in before:
+        assert after[uid][:2] == before[uid][:2], uid  # own and data hashes
+    assert after["encoder.hash"][2] != before["encoder.hash"][2]
 
 
 def test_cycle_through_ref_is_reported(tiny):

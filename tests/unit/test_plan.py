@@ -1,20 +1,125 @@
-"""`segtool run --dry-run` / segtool.plan: categories, counts that match what the
-run then does, and no writes."""
+"""The plan: the pure decision rules (plan/decide.py), the frozen value
+(plan/model.py), and a dry run that writes nothing."""
 
 from __future__ import annotations
 
 import json
 
-from segtool.api import Project
-from segtool.plan import format_plan, make_plan
+import pytest
+
+from segtool.plan import decide
+from segtool.plan.decide import FitFacts, Stored
+from segtool.plan.model import Plan, Step
+
+S = Stored("own", "input", "exec", 1)
 
 
-def _plan(project, **kw):
-    return make_plan(Project.load(project.root), **kw)
+def model(**kw):
+    args = dict(
+        materialized="table",
+        exists_as="table",
+        stored=S,
+        own_hash="own",
+        input_hash="input",
+        exec_hash="exec",
+        volatile=False,
+        full_refresh=False,
+    )
+    args.update(kw)
+    return decide.model_action(**args)[0]
 
 
-def _run_summary(project) -> dict:
-    return json.loads((project.root / "target/run_results.json").read_text())["summary"]
+def test_model_rules():
+    assert model() == "skip"
+    assert model(exists_as=None) == "create"
+    assert model(exists_as="view") == "rebuild"  # materialization changed
+    assert model(own_hash="new") == "rebuild"
+    assert model(exec_hash="moved") == "rebuild"
+    assert model(input_hash="new data") == "rebuild"
+    assert model(volatile=True) == "rebuild"
+    assert model(full_refresh=True) == "rebuild"
+    assert model(stored=None) == "rebuild"
+    # a view reads its upstream at query time: only its own SQL rebuilds it
+    assert model(materialized="view", exists_as="view", input_hash="new data") == "skip"
+    assert model(materialized="view", exists_as="view", own_hash="new") == "rebuild"
+    assert model(materialized="view", exists_as="view", full_refresh=True) == "skip"
+    inc = dict(materialized="incremental")
+    assert model(**inc) == "skip"
+    assert model(**inc, input_hash="new data") == "incremental"
+    assert model(**inc, own_hash="new") == "incremental"
+    assert model(**inc, full_refresh=True) == "rebuild"
+
+
+def test_text_rules():
+    def text(**kw):
+        args = dict(exists=True, stored=S, own_hash="own", input_hash="input", full_refresh=False)
+        args.update(kw)
+        return decide.text_action(**args)[0]
+
+    assert text() == "skip"
+    assert text(exists=False) == "create"
+    assert text(full_refresh=True) == "rebuild"
+    assert text(own_hash="template changed") == "rebuild"
+    assert text(input_hash="model data changed") == "incremental"
+
+
+def test_embedding_rules():
+    assert not decide.embedding_needs_check(stored=S, input_hash="input", has_vectors=True)
+    assert decide.embedding_needs_check(stored=S, input_hash="input", has_vectors=False)
+    assert decide.embedding_needs_check(stored=None, input_hash="input", has_vectors=True)
+    assert decide.embedding_needs_check(stored=S, input_hash="changed", has_vectors=True)
+    assert decide.embedding_action(has_vectors=False, to_embed=3)[0] == "create"
+    assert decide.embedding_action(has_vectors=True, to_embed=3)[0] == "incremental"
+    assert decide.embedding_action(has_vectors=True, to_embed=0)[0] == "skip"
+
+
+def facts(**kw) -> FitFacts:
+    args = dict(
+        has_fit=True,
+        tables_present=True,
+        fit_changed=[],
+        refit_flag=False,
+        policy="on_drift",
+        drift_threshold=0.25,
+    )
+    args.update(kw)
+    return FitFacts(**args)
+
+
+def test_clustering_rules():
+    assert decide.clustering_refit(facts()) is None
+    assert decide.clustering_refit(facts(has_fit=False))[0] == "create"
+    # the dry run said "reassign" here while the run refit: one rule now
+    assert decide.clustering_refit(facts(tables_present=False))[0] == "refit"
+    action, reason = decide.clustering_refit(facts(fit_changed=["encoder 'e'"]))
+    assert action == "refit" and reason.startswith("encoder 'e' changed")
+    assert decide.clustering_refit(facts(refit_flag=True))[0] == "refit"
+    action, _, extra = decide.clustering_update(facts(), n_changed=5, n_removed=1)
+    assert action == "assign" and extra == {"policy": "refit if drift > 0.25"}
+    assert decide.clustering_update(facts(), n_changed=0, n_removed=0)[0] == "skip"
+    assert decide.clustering_update(facts(policy="always"), n_changed=1, n_removed=0)[0] == "refit"
+    assert decide.clustering_update(facts(policy="never"), n_changed=1, n_removed=0)[2] == {}
+
+
+def test_rules_rules():
+    assert decide.rules_action(exists=False, stored=None, input_hash="i")[0] == "create"
+    assert decide.rules_action(exists=True, stored=S, input_hash="input")[0] == "skip"
+    assert decide.rules_action(exists=True, stored=S, input_hash="changed")[0] == "assign"
+
+
+def test_plan_is_frozen_and_shares_the_run_results_schema():
+    step = Step("text.story", "text", "incremental", "data changed", {"users": 3})
+    with pytest.raises(AttributeError):
+        step.action = "skip"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        step.detail["users"] = 4  # type: ignore[index]
+    with pytest.raises(ValueError):
+        Step("text.story", "text", "re-render", "old words are gone")
+    plan = Plan("p", "dev", "db", None, {}, (step, Step("source.s.t", "source", "skip", "x")))
+    d = plan.to_dict()
+    assert set(d["steps"][0]) == {"unique_id", "kind", "action", "reason", "detail"}
+    assert d["summary"] == {"incremental": 1}  # declarations are not counted
+    assert json.loads(plan.to_json())["steps"][0]["detail"] == {"users": 3}
 
 
 def _files(root):
@@ -23,174 +128,21 @@ def _files(root):
     }
 
 
-def test_no_database_everything_new_and_nothing_written(project):
-    r = project.cli("run", "--dry-run")
-    assert "nothing is written" in r.stdout
-    assert "no database at target/segtool.duckdb" in r.stdout
-    plan = _plan(project)
-    assert {it.action for it in plan.items} == {"new"}
-    assert not plan.has_state and plan.last_run is None
+def test_dry_run_writes_nothing(built):
+    before_db = built.snapshot()
+    before_files = _files(built.root)
+    built.edit("templates/story.j2", "A shopper", "One shopper")
+    edited = _files(built.root)
+    r = built.cli("run", "--dry-run")
+    assert "nothing is written" in r.stdout and "rebuild     text.story" in r.stdout
+    assert built.snapshot() == before_db
+    assert _files(built.root) == edited and set(edited) == set(before_files)
+
+
+def test_dry_run_before_the_first_run_counts_in_memory(project):
+    r = project.cli("run", "--dry-run", "--format", "json")
+    plan = json.loads(r.stdout)
+    assert "no database" in plan["notes"][0]
+    story = next(s for s in plan["steps"] if s["unique_id"] == "text.story")
+    assert story["action"] == "create" and story["detail"]["users"] == 60
     assert not (project.root / "target").exists()
-
-
-def test_unchanged_after_run_and_dry_run_writes_nothing(built):
-    project = built
-    before_db = project.snapshot()
-    before_files = _files(project.root)
-    r = project.cli("run", "--dry-run")
-    assert project.snapshot() == before_db
-    assert _files(project.root) == before_files  # no run_results.json, manifest, samples...
-    assert "summary:" in r.stdout
-    plan = _plan(project)
-    acts = {it.unique_id: it.action for it in plan.items}
-    assert acts["model.stg_orders"] == "rebuild" and acts["model.user_features"] == "rebuild"
-    assert "SQL models rebuild on every run" in plan.item("model.user_features").reason
-    for uid in (
-        "text.story",
-        "embedding.story.hash",
-        "segmentation.behaviour",
-        "segmentation.lifecycle",
-        "encoder.hash",
-    ):
-        assert acts[uid] == "unchanged", (uid, plan.item(uid))
-    assert plan.item("text.story").counts["texts_changed"] == 0
-    assert plan.item("embedding.story.hash").counts["to_embed"] == 0
-    assert plan.item("segmentation.behaviour").counts["changed_users"] == 0
-    assert plan.last_run == 1
-
-
-def test_template_edit_counts_match_the_run(built):
-    project = built
-    project.edit(
-        "templates/story.j2", "orders.", "orders.{% if user_id < 10 %} A loyal customer.{% endif %}"
-    )
-    snap = project.snapshot()
-    plan = _plan(project)
-    assert project.snapshot() == snap
-    text = plan.item("text.story")
-    assert text.action == "re-render"
-    assert "template (story.j2)" in text.reason and "every user" in text.reason
-    assert text.counts["users"] == 60
-    assert text.counts["texts_changed"] == 9  # users 1..9
-    assert text.counts["new_users"] == 0 and text.counts["removed"] == 0
-    emb = plan.item("embedding.story.hash")
-    assert emb.action == "re-embed"
-    seg = plan.item("segmentation.behaviour")
-    assert seg.action == "reassign" and seg.counts["changed_users"] == 9
-    assert plan.item("segmentation.lifecycle").action == "unchanged"
-    # the run does exactly what the plan said
-    project.cli("run")
-    s = _run_summary(project)
-    assert s["embeddings"]["story.hash"]["embedded"] == emb.counts["to_embed"] > 0
-    assert s["segmentations"]["behaviour"]["changed_inputs"] == 9
-    assert s["segmentations"]["behaviour"]["action"] == "assign"
-
-
-def test_description_only_edit_is_metadata_only(built):
-    project = built
-    project.edit(
-        "segments/segments.yml",
-        "  - name: lifecycle\n",
-        "  - name: lifecycle\n    description: Where a shopper is.\n",
-    )
-    project.edit(
-        "segments/segments.yml",
-        "    tests: {min_share: 0.05, max_share: 0.9}",
-        "    tests: {min_share: 0.01, max_share: 0.9}",
-    )
-    plan = _plan(project)
-    assert plan.item("segmentation.lifecycle").action == "metadata only"
-    assert plan.item("segmentation.behaviour").action == "metadata only"
-    assert plan.summary().keys() <= {"metadata only", "rebuild", "unchanged"}
-
-
-def test_encoder_change_reembeds_everything_and_refits(built):
-    project = built
-    project.edit("segments/segments.yml", "dim: 256", "dim: 64")
-    plan = _plan(project)
-    emb = plan.item("embedding.story.hash")
-    assert emb.action == "re-embed" and "encoder 'hash' changed" in emb.reason
-    assert emb.counts["to_embed"] == emb.counts["distinct_texts"] > 0
-    seg = plan.item("segmentation.behaviour")
-    assert seg.action == "refit" and "encoder 'hash' changed" in seg.reason
-    assert plan.item("encoder.hash").action == "re-embed"
-    assert plan.item("text.story").action == "unchanged"
-    project.cli("run")
-    s = _run_summary(project)
-    assert s["embeddings"]["story.hash"]["embedded"] == emb.counts["to_embed"]
-    assert s["segmentations"]["behaviour"]["action"] == "refit"
-
-
-def test_rules_and_sql_changes_count_the_users_that_move(built):
-    project = built
-    project.edit("segments/segments.yml", "revenue > 300", "revenue > 200")
-    project.edit(
-        "models/user_features.sql",
-        "coalesce(sum(o.amount), 0) as revenue",
-        "coalesce(sum(o.amount), 0) * 1.5 as revenue",
-    )
-    plan = _plan(project)
-    assert plan.item("model.user_features").action == "rebuild"
-    rules = plan.item("segmentation.lifecycle")
-    assert rules.action == "reassign" and "rules changed" in rules.reason
-    feats = plan.item("segmentation.behaviour")
-    # the features feed it: every user's inputs changed, but no refit (SQL is not fit-relevant)
-    assert feats.action == "reassign"
-    assert feats.counts["changed_users"] == 60
-    assert plan.item("text.story").action == "re-render"  # upstream model changed
-    assert plan.item("text.story").counts["texts_changed"] == 0
-    # compare with the segment table the run then writes
-    old = dict(project.sql("select user_id, segment from segments.lifecycle"))
-    project.cli("run")
-    new = dict(project.sql("select user_id, segment from segments.lifecycle"))
-    assert sum(old[k] != new[k] for k in new) == rules.counts["changed_users"] > 0
-
-
-def test_options_and_selection(built):
-    project = built
-    plan = _plan(project, select=("behaviour",), refit=True)
-    assert [it.unique_id for it in plan.items] == ["segmentation.behaviour"]
-    assert plan.items[0].action == "refit" and "--refit" in plan.items[0].reason
-    plan = _plan(project, select=("+story",), full_refresh=True)
-    assert (
-        plan.item("text.story").action == "re-render"
-        and "--full-refresh" in plan.item("text.story").reason
-    )
-    assert plan.options == {
-        "select": ["+story"],
-        "exclude": [],
-        "full_refresh": True,
-        "refit": False,
-    }
-
-
-def test_formats(built):
-    built.edit("templates/story.j2", "orders.", "orders!")
-    plan = _plan(built)
-    data = json.loads(format_plan(plan, "json"))
-    assert data["schema_version"] == 1 and data["kind"] == "plan"
-    assert set(data) >= {
-        "project",
-        "target",
-        "database",
-        "has_state",
-        "last_run",
-        "options",
-        "summary",
-        "nodes",
-        "notes",
-    }
-    node = next(n for n in data["nodes"] if n["unique_id"] == "text.story")
-    assert set(node) == {"unique_id", "kind", "name", "action", "reason", "details", "counts"}
-    assert data["summary"]["re-render"] == 1
-    md = format_plan(plan, "markdown")
-    assert md.startswith("### segtool plan") and "| re-render | `text.story` |" in md
-    text = format_plan(plan, "text")
-    assert "re-render" in text and "text.story" in text and "60 users: 60 texts change" in text
-
-
-def test_dry_run_on_a_database_of_another_project_fails(built):
-    project = built
-    project.edit("segtool_project.yml", "name: tiny", "name: other")
-    r = project.cli("run", "--dry-run", expect=1)
-    assert "belongs to project 'tiny'" in r.stderr

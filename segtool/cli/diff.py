@@ -7,11 +7,7 @@ from pathlib import Path
 
 import click
 
-from segtool.cli import handle_errors, load, project_options
-
-
-def register(main: click.Group) -> None:
-    main.add_command(diff)
+from segtool.cli.common import format_option, handle_errors, load, project_options
 
 
 @click.command()
@@ -60,13 +56,7 @@ def register(main: click.Group) -> None:
     help="--data: example users who moved, per segmentation.",
 )
 @click.option("--no-counts", is_flag=True, help="Do not estimate user counts from the database.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
-    default="text",
-    show_default=True,
-)
+@format_option("text", "json", "markdown")
 @click.option(
     "--fail-on",
     multiple=True,
@@ -113,29 +103,31 @@ def diff(
       segtool diff --data                   # the last two runs of each segmentation
       segtool diff --data --base-db prod.duckdb --head-db target/segtool.duckdb --fail-on 'moved_share>0.2'
     """
-    from segtool import diff as d
+    from segtool.diff import thresholds as th
     from segtool.errors import ProjectError
-    from segtool.project.loader import parse_vars
+    from segtool.report.diff import format_diff
 
     data = (
         data
         or any(x is not None for x in (from_run, to_run, base_db, head_db))
         or bool(segmentations)
     )
-    thresholds = d.parse_fail_on(fail_on, data=data)
+    thresholds = th.parse_fail_on(fail_on, data=data)
     if data:
         if base or head:
             raise ProjectError(
                 "--data compares databases, not project versions: BASE/HEAD are not used",
                 hint="use --from-run/--to-run (one database) or --base-db/--head-db (two databases)",
             )
+        from segtool.diff.data import data_diff
+
         project = None
         try:
             project = load(project_dir, target, vars_)
         except ProjectError:
             if head_db is None:
                 raise
-        result = d.data_diff(
+        result = data_diff(
             project,
             from_run=from_run,
             to_run=to_run,
@@ -145,17 +137,22 @@ def diff(
             examples=examples,
         )
     else:
-        result = d.project_diff(
+        from segtool.api import Project
+        from segtool.diff.project import project_diff
+        from segtool.project.loader import parse_vars
+
+        result = project_diff(
             base or "HEAD",
             head,
             project_dir=project_dir,
             target=target,
             vars=parse_vars(vars_),
             counts=not no_counts,
+            load=Project.load,
         )
-    checks = d.check_thresholds(result, thresholds)
-    click.echo(d.format_diff(result, fmt))
-    msg = d.violation_message(checks)
+    checks = th.check_thresholds(result, thresholds)
+    click.echo(format_diff(result, fmt))
+    msg = th.violation_message(checks)
     if msg:
         click.echo(msg, err=True)
         sys.exit(1)

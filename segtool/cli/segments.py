@@ -1,4 +1,4 @@
-"""Commands over segment results: show, export, assign, history."""
+"""Commands over segment results: show, export, assign, docs."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ from pathlib import Path
 
 import click
 
-from segtool.cli import handle_errors, load, project_options
-
-
-def register(main: click.Group) -> None:
-    main.add_command(show)
-    main.add_command(export)
-    main.add_command(assign)
-    main.add_command(docs)
+from segtool.cli.common import format_option, handle_errors, load, project_options
 
 
 @click.command()
@@ -34,27 +27,15 @@ def docs(project_dir, target, vars_, debug, output):
     Example:
       segtool docs && open target/report/index.html
     """
-    from segtool.api import check_output
-    from segtool.report.html import build_report
-
     project = load(project_dir, target, vars_)
-    if output is not None:
-        check_output(project, output, force=True)  # a report may be replaced, the database not
-    out = build_report(project, output)
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {project.report(output)}")
 
 
 @click.command()
 @project_options
 @click.argument("name")
 @click.option("--examples", default=3, show_default=True, help="Example users per segment.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
-    default="text",
-    show_default=True,
-)
+@format_option("text", "json", "markdown")
 @handle_errors
 def show(project_dir, target, vars_, debug, name, examples, fmt):
     """A segmentation's profile: sizes, labels, distinguishing features, example users.
@@ -63,19 +44,16 @@ def show(project_dir, target, vars_, debug, name, examples, fmt):
     Example:
       segtool show behaviour --examples 2
     """
-    from segtool.report.profile import format_profile, segmentation_profile
+    from segtool.report.profile import format_profile
 
     project = load(project_dir, target, vars_)
-    prof = segmentation_profile(project, name, examples=examples)
-    click.echo(format_profile(prof, fmt))
+    click.echo(format_profile(project.profile(name, examples=examples), fmt))
 
 
 @click.command()
 @project_options
 @click.argument("name")
-@click.option(
-    "--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True
-)
+@format_option("parquet", "csv")
 @click.option(
     "--output",
     "-o",
@@ -92,19 +70,9 @@ def export(project_dir, target, vars_, debug, name, fmt, output, history, force)
     Example:
       segtool export behaviour --format csv -o behaviour.csv
     """
-    from segtool.api import check_output
-
     project = load(project_dir, target, vars_)
-    out = output or project.target_dir / "export" / f"{name}{'_history' if history else ''}.{fmt}"
-    # the default file under target/export is segtool's own: refreshed without --force
-    check_output(project, out, force=force or output is None)
-    df = project.history(name) if history else project.segments(name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        df.write_parquet(out)
-    else:
-        df.write_csv(out)
-    click.echo(f"wrote {df.height:,} rows to {out}")
+    out, rows = project.export(name, fmt=fmt, output=output, history=history, force=force)
+    click.echo(f"wrote {rows:,} rows to {out}")
 
 
 @click.command()
@@ -136,14 +104,9 @@ def assign(project_dir, target, vars_, debug, name, input_, output, force):
     Example:
       segtool assign behaviour --input new_users.parquet --output assigned.csv
     """
-    from segtool.api import check_output
-    from segtool.execute.assign import assign_file
-
     project = load(project_dir, target, vars_)
-    check_output(project, output, force=force)
-    df = assign_file(project, name, input_)
-    if output.suffix == ".parquet":
-        df.write_parquet(output)
-    else:
-        df.write_csv(output)
-    click.echo(f"assigned {df.height:,} users to segments of '{name}' -> {output}")
+    out, rows = project.assign(name, input_, output, force=force)
+    click.echo(f"assigned {rows:,} users to segments of '{name}' -> {out}")
+
+
+COMMANDS = (show, export, assign, docs)

@@ -1,0 +1,111 @@
+"""What every command shares: the error handler, the project and selection
+options, loading the project, and the reporter."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from segtool.errors import SegtoolError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _debug_requested() -> bool:
+    return "--debug" in sys.argv
+
+
+def handle_errors(fn):
+    """The one place errors become `path:line:col: message` and an exit code
+    (0 ok, 1 user error, 2 failure); tracebacks only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SegtoolError as exc:
+            if kwargs.get("debug") or _debug_requested():
+                traceback.print_exc()
+            from segtool.report.console import error_text
+
+            click.echo(error_text(exc), err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted: results written before the interrupt are kept; run again to continue",
+                err=True,
+            )
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are turned into exit 2
+            if kwargs.get("debug") or _debug_requested():
+                traceback.print_exc()
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)",
+                err=True,
+            )
+            sys.exit(2)
+
+    return wrapper
+
+
+def project_options(fn):
+    fn = click.option("--debug", is_flag=True, help="Show tracebacks.")(fn)
+    fn = click.option(
+        "--vars", "vars_", metavar="YAML", help="Override vars: '{as_of: \"2024-02-01\"}'."
+    )(fn)
+    fn = click.option("--target", "-t", metavar="NAME", help="Target from profiles.yml.")(fn)
+    fn = click.option(
+        "--project-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Project folder (default: the current folder or a parent).",
+    )(fn)
+    return fn
+
+
+def selection_options(fn):
+    fn = click.option(
+        "--state", "state_dir", metavar="DIR", help="target/ of an earlier run, for state:modified."
+    )(fn)
+    fn = click.option("--exclude", multiple=True, metavar="SELECTOR", help="Nodes to leave out.")(
+        fn
+    )
+    fn = click.option(
+        "-s",
+        "--select",
+        multiple=True,
+        metavar="SELECTOR",
+        help="Nodes to include: name, +name, name+, tag:x, path:p, state:modified.",
+    )(fn)
+    return fn
+
+
+def format_option(*choices: str, help: str | None = None):
+    """--format, as every command that prints something spells it."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
+def load(project_dir, target, vars_, strict=True):
+    from segtool.api import Project
+    from segtool.project.loader import parse_vars
+
+    return Project.load(project_dir, target=target, vars=parse_vars(vars_), strict=strict)
+
+
+def reporter(quiet: bool = False):
+    from segtool.report.console import Reporter
+
+    return Reporter(quiet=quiet)

@@ -1,0 +1,79 @@
+"""The SQL of a segmentation: who its population is, its rules as one CASE,
+what each user's inputs hash to, and what its fitted model depends on. Used
+by the planner (to count) and by the stages (to run): one definition each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segtool.compile.sql import quote_ident
+from segtool.graph.dag import sha
+from segtool.project.loader import dumps
+from segtool.state import tables
+
+
+def base_model(proj, seg) -> str:
+    if seg.model:
+        return seg.model
+    for inp in seg.inputs:
+        if inp.features:
+            return proj.features[inp.features].model
+        return proj.texts[inp.embedding.text].model
+    raise AssertionError("validated segmentations have inputs")
+
+
+def population_sql(proj, seg, model_rel=tables.model) -> str:
+    """The population's keys (and ordering column __ord), over `model_rel(name)`."""
+    from segtool.compile.predicates import segmentation_predicates
+
+    k = quote_ident(proj.key)
+    pred = segmentation_predicates(proj, seg).population
+    where = f"WHERE {pred.wrapped}" if pred else ""
+    return f"SELECT m.{k}, row_number() OVER (ORDER BY m.{k}) AS __ord FROM {model_rel(base_model(proj, seg))} m {where}"
+
+
+def rules_case(proj, seg) -> str:
+    """The CASE expression of a rule segmentation: first matching rule wins."""
+    from segtool.compile.predicates import segmentation_predicates
+    from segtool.compile.sql import sql_literal
+
+    rules = segmentation_predicates(proj, seg).rules
+    whens = " ".join(f"WHEN {p.wrapped} THEN {sql_literal(s)}" for s, p in rules)
+    default = sql_literal(seg.default) if seg.default else "NULL"
+    return f"CASE {whens} ELSE {default} END"
+
+
+def input_hash_sql(proj, seg, alias: str, model_rel=tables.model, text_rel=tables.texts) -> str:
+    """A SQL expression hashing everything a user's assignment depends on:
+    their feature values and text hashes, read from `model_rel(model)` and
+    `text_rel(text)` (what the run reads)."""
+    k = quote_ident(proj.key)
+    parts = []
+    for inp in seg.inputs:
+        if inp.features:
+            fs = proj.features[inp.features]
+            cols = ", ".join(f"f.{quote_ident(c)}" for c in fs.columns)
+            parts.append(
+                f"(SELECT hash({cols}) FROM {model_rel(fs.model)} f WHERE f.{k} = {alias}.{k})"
+            )
+        else:
+            parts.append(
+                f"(SELECT hash(t.text_hash) FROM {text_rel(inp.embedding.text)} t WHERE t.{k} = {alias}.{k})"
+            )
+    return f"hash({', '.join(parts)})"
+
+
+def fit_hash(proj, fingerprint, seg) -> str:
+    """What a fitted model depends on: the definition and the spaces of its
+    inputs (feature definitions, encoder fingerprints), not templates, SQL,
+    labels, tests or the update policy. `fingerprint(encoder)` gives each
+    encoder's fingerprint."""
+    parts: list[Any] = [
+        seg.model_dump(exclude={"description", "tags", "tests", "update", "labels", "allow_pii"})
+    ]
+    for inp in seg.inputs:
+        if inp.features:
+            parts.append(proj.features[inp.features].model_dump(exclude={"description", "tags"}))
+        else:
+            parts.append(fingerprint(inp.embedding.encoder))
+    return sha(dumps(parts))

@@ -1,0 +1,56 @@
+"""The one place every command gets its encoders and their fingerprints.
+
+`run`, `run --dry-run`, `diff`, `clean --cache`, `assign`, `test` and the
+report all ask an `Encoders` built from the project, so a vector cached by one
+command is found by every other. The device comes from `--device`, else the
+target's `device:`, else the encoder's own `device:`; it decides where vectors
+are computed, never which cache they land in (the fingerprint leaves it out,
+see encoders/_fingerprint.py), so `clean --cache` after `run --device cpu` on a
+GPU host keeps what that run embedded.
+"""
+
+from __future__ import annotations
+
+from segtool.errors import EncoderError, SegtoolError
+
+
+class Encoders:
+    def __init__(self, loaded, *, device: str | None = None, threads: int | None = None):
+        self.loaded = loaded
+        self.device = device or loaded.target.device
+        self.threads = threads
+        self._built: dict[str, object] = {}
+        self._fingerprints: dict[str, str] = {}
+
+    def spec(self, name: str):
+        return self.loaded.encoders[name]
+
+    def device_for(self, name: str) -> str:
+        return self.device or self.spec(name).device
+
+    def get(self, name: str):
+        """The encoder NAME: model files resolved now, weights loaded on first encode."""
+        if name not in self._built:
+            from segtool.encoders import build_encoder
+
+            self._built[name] = build_encoder(
+                self.spec(name),
+                self.loaded.root,
+                device_override=self.device,
+                cache_dir=self.loaded.root / "target" / "onnx",
+                threads=self.threads,
+            )
+        return self._built[name]
+
+    def fingerprint(self, name: str) -> str:
+        """What decides NAME's vectors (files and settings): no model load, no torch."""
+        if name not in self._fingerprints:
+            self._fingerprints[name] = self.get(name).fingerprint()
+        return self._fingerprints[name]
+
+    def try_fingerprint(self, name: str) -> tuple[str | None, str | None]:
+        """(fingerprint, None), or (None, why it cannot be computed)."""
+        try:
+            return self.fingerprint(name), None
+        except (EncoderError, SegtoolError) as exc:
+            return None, exc.message

@@ -1,0 +1,140 @@
+"""Fit a clustering on every user of its population, keep segment ids stable
+(warm start from the previous assignment, then Hungarian matching by member
+overlap), label the segments, and store the fitted model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segtool.compile.sql import quote_ident
+from segtool.execute.segment import store
+from segtool.execute.segment.inputs import load_inputs
+from segtool.state import tables
+from segtool.state.result import one
+
+
+def label_sample(ids: np.ndarray, seed: int, per_segment: int = 2000) -> np.ndarray:
+    """Row indices: at most `per_segment` users of each segment, seeded."""
+    from segtool.ml.labels import MAX_TEXTS_PER_CLUSTER
+
+    per_segment = min(per_segment, MAX_TEXTS_PER_CLUSTER)
+    rng = np.random.default_rng(seed)
+    out = []
+    for sid in np.unique(ids):
+        rows = np.flatnonzero(ids == sid)
+        if rows.size > per_segment:
+            rows = np.sort(rng.choice(rows, size=per_segment, replace=False))
+        out.append(rows)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def texts_of(con, proj, text: str, keys: np.ndarray) -> list[str]:
+    """The rendered texts of these users, in this order."""
+    import pyarrow as pa
+
+    k = quote_ident(proj.key)
+    con.register("__segtool_label_keys", pa.table({"k": keys, "i": np.arange(len(keys))}))
+    try:
+        return (
+            con.sql(
+                f"SELECT t.text FROM __segtool_label_keys u JOIN {tables.texts(text)} t ON t.{k} = u.k ORDER BY u.i"
+            )
+            .to_arrow_table()
+            .column(0)
+            .to_pylist()
+        )
+    finally:
+        con.unregister("__segtool_label_keys")
+
+
+def fit(ctx, seg, users: str, fhash: str) -> dict:
+    """Fit on the users of the table `users` (key, __ord); write the fitted
+    model, catalog, events and the assignment of every user."""
+    from segtool.ml.features import FeatureTransformer
+    from segtool.ml.labels import feature_profile, keyword_labels, segment_name
+    from segtool.ml.matching import match_clusters
+    from segtool.ml.pipeline import SegmentModel
+
+    proj = ctx.loaded
+    con = ctx.con
+    name = seg.name
+    loaded = load_inputs(proj, ctx.encoders.fingerprint, con, seg, f"SELECT * FROM {users}")
+    transformers = []
+    blocks = []
+    for inp, b in zip(seg.inputs, loaded.blocks):
+        if inp.features:
+            fs = proj.features[inp.features]
+            t = FeatureTransformer(fs.columns, fs.scale).fit(b, loaded.keys)
+            transformers.append(t)
+            blocks.append(t.transform(b, loaded.keys))
+        else:
+            transformers.append(None)
+            blocks.append(b)
+    names = [inp.features or f"{inp.embedding.text}/{inp.embedding.encoder}" for inp in seg.inputs]
+    # stable ids: start from the previous assignment, then match by member overlap
+    prev = store.previous_ids(con, proj, name, loaded.keys)
+    model = SegmentModel(
+        [i.weight for i in seg.inputs], seg.reduce, seg.cluster, input_names=names
+    ).fit(blocks, loaded.keys, init_labels=prev if (prev >= 0).any() else None)
+    labels, dist, conf = model.predict(blocks, loaded.keys)
+
+    alive = [
+        r[0]
+        for r in con.execute(
+            f"SELECT segment_id FROM {tables.CATALOG} WHERE segmentation = ? AND died_run IS NULL AND segment_id >= 0",
+            [name],
+        ).fetchall()
+    ]
+    next_id = one(
+        con.execute(
+            f"SELECT coalesce(max(segment_id) + 1, 0) FROM {tables.CATALOG} WHERE segmentation = ?",
+            [name],
+        )
+    )[0]
+    match = match_clusters(prev, labels, alive, int(next_id))
+    ids = match.apply(labels)
+
+    # labels: keywords of member texts, distinguishing raw features
+    kw = {}
+    text_input = next((i.embedding.text for i in seg.inputs if i.embedding), None)
+    if text_input and seg.labels.keywords:
+        # keywords read a seeded sample of each segment's texts, not every user's
+        idx = label_sample(ids, seg.cluster.seed)
+        texts = texts_of(con, proj, text_input, loaded.keys[idx])
+        kw = keyword_labels(texts, ids[idx], seg.labels.keywords, seed=seg.cluster.seed)
+    prof = {}
+    first_features = next((i.features for i in seg.inputs if i.features), None)
+    if loaded.raw is not None and seg.labels.features and first_features:
+        num = [
+            c for c, spec in proj.features[first_features].columns.items() if spec.type == "numeric"
+        ]
+        if num:
+            X = loaded.raw.select(num).to_numpy().astype(np.float64)
+            prof = feature_profile(X, num, ids, seg.labels.features)
+    catalog = {}
+    for sid in sorted(set(ids.tolist())):
+        if sid < 0:
+            catalog[sid] = ("outlier", [], [])
+            continue
+        catalog[sid] = (
+            segment_name(kw.get(sid, []), prof.get(sid, [])),
+            kw.get(sid, []),
+            prof.get(sid, []),
+        )
+
+    params = {"label_to_id": {str(k_): v for k_, v in match.mapping.items()}}
+    store.save_fit(con, name, fhash, ctx.run_id, transformers, model, params)
+    store.write_catalog(con, name, catalog, ctx.run_id, ids)
+    store.write_assignments(con, proj, name, loaded.keys, ids, dist, conf, ctx.run_id, full=True)
+    events = {
+        "births": match.births,
+        "deaths": match.deaths,
+        "splits": match.splits,
+        "merges": match.merges,
+    }
+    store.record_events(con, name, ctx.run_id, events)
+    return {
+        "segments": int(len([s for s in catalog if s >= 0])),
+        "k": int(getattr(model, "k_", len(catalog))),
+        "events": {k_: len(v) for k_, v in events.items()},
+    }

@@ -1,0 +1,64 @@
+"""The blocks a fit or an assignment works on: each input's features (as
+polars frames, transformed by the caller) or vectors (from the cache), for
+a set of users in a stable order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segtool.compile.sql import quote_ident
+from segtool.errors import DataError
+from segtool.state import tables
+
+
+@dataclass
+class Loaded:
+    keys: np.ndarray
+    blocks: list  # polars frames (features, transformed by the caller) or float32 matrices
+    raw: Any  # polars frame of the first feature set's raw columns (profiles), or None
+
+
+def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
+    """Blocks for the users of `users_sql` (key + __ord), in __ord order.
+    `fingerprint(encoder)` gives the cache key of each encoder."""
+    from segtool.execute.embed import load_vectors
+
+    k = quote_ident(proj.key)
+    keys = np.asarray(
+        con.sql(f"SELECT {k} FROM ({users_sql}) ORDER BY __ord")
+        .to_arrow_table()
+        .column(0)
+        .to_numpy(zero_copy_only=False)
+    )
+    blocks: list = []
+    raw = None
+    for inp in seg.inputs:
+        if inp.features:
+            fs = proj.features[inp.features]
+            cols = ", ".join(f"m.{quote_ident(c)}" for c in fs.columns)
+            df = con.sql(
+                f"SELECT {cols} FROM ({users_sql}) u JOIN {tables.model(fs.model)} m ON m.{k} = u.{k} ORDER BY u.__ord"
+            ).pl()
+            blocks.append(df)
+            if raw is None:
+                raw = df
+        else:
+            e = inp.embedding
+            vk, mat = load_vectors(con, e.text, fingerprint(e.encoder), users_sql, proj.key)
+            if len(vk) != len(keys):
+                raise DataError(
+                    f"segmentation '{seg.name}': {len(keys) - len(vk)} user(s) have no vector for text '{e.text}' / encoder '{e.encoder}'",
+                    hint=f"run the embedding first: segtool run -s +{seg.name}",
+                )
+            blocks.append(mat)
+    return Loaded(keys, blocks, raw)
+
+
+def apply_transformers(transformers, loaded: Loaded) -> list:
+    return [
+        t.transform(b, loaded.keys) if t is not None else b
+        for t, b in zip(transformers, loaded.blocks)
+    ]

@@ -1,0 +1,129 @@
+"""Where models and texts land while a run (or a dry run) is planned.
+
+A plan counts the users its texts, embeddings and segmentations will touch,
+and those counts need the models built and the texts rendered. So the planner
+has the model and text steps carried out as it goes, in a workspace:
+
+    run      the project database, inside stage 1's transaction: models are
+             created in `main`, texts written to `_segtool.texts__NAME`
+    dry run  a read-only connection (or an in-memory one before the first run):
+             models become temporary tables/views and texts a temporary
+             overlay of the stored ones; nothing persists
+
+Both run the same SQL and the same renderer; the workspace only decides where
+the result goes, and tells later steps where to read it (`Relations`).
+"""
+
+from __future__ import annotations
+
+from segtool.compile.sql import compile_model, quote_ident
+from segtool.execute.sql import build_model, merge_incremental, sql_error
+from segtool.state import tables
+from segtool.state.db import relation_exists, table_exists
+from segtool.state.result import one
+
+
+class Workspace:
+    def __init__(self, con, project, *, dry: bool):
+        self.con = con
+        self.project = project
+        self.loaded = project.loaded
+        self.dry = dry
+        self._models: dict[str, str] = {}
+        self._texts: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ Relations
+    def model(self, name: str) -> str:
+        return self._models.get(name, tables.model(name))
+
+    def texts(self, name: str) -> str | None:
+        if name in self._texts:
+            return self._texts[name]
+        if table_exists(self.con, tables.STATE, tables.texts_name(name)):
+            return tables.texts(name)
+        return None
+
+    # ------------------------------------------------------------------ models
+    def build_model(self, step) -> int | None:
+        """Carry out a model step; returns the rows written (None for views)."""
+        cm = self.project.graph().compiled[step.name]
+        if step.action == "skip":
+            if self.dry and any(r in self._models for r in cm.refs):
+                # a view the run leaves alone still reads what this plan rebuilds
+                return self._dry_model(cm, "rebuild")
+            return None
+        if not self.dry:
+            return build_model(
+                self.con,
+                self.loaded,
+                cm,
+                action=step.action,
+                target_dir=self.project.target_dir,
+            )
+        return self._dry_model(cm, step.action)
+
+    def _dry_model(self, cm, action: str) -> int | None:
+        import duckdb
+
+        model = self.loaded.models[cm.name]
+        refs = {r: self._models[r] for r in cm.refs if r in self._models}
+        temp = quote_ident(f"__segtool_model_{cm.name}")
+        mat = cm.config.materialized
+        try:
+            if action == "incremental":
+                inc = compile_model(self.loaded, model, incremental=True, ref_override=refs)
+                new = quote_ident(f"__segtool_model_{cm.name}_new")
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE {new} AS\n{inc.sql}")
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT * FROM {tables.model(cm.name)}"
+                )
+                rows = merge_incremental(self.con, cm, new, temp)
+            else:
+                sql = compile_model(self.loaded, model, ref_override=refs).sql if refs else cm.sql
+                kind = "VIEW" if mat == "view" else "TABLE"
+                self.con.execute(f"CREATE OR REPLACE TEMP {kind} {temp} AS\n{sql}")
+                rows = (
+                    None
+                    if mat == "view"
+                    else one(self.con.execute(f"SELECT count(*) FROM {temp}"))[0]
+                )
+        except duckdb.Error as exc:
+            raise sql_error(exc, f"target/compiled/{cm.path}", cm, cm.name) from exc
+        self._models[cm.name] = temp
+        return rows
+
+    def model_exists(self, name: str) -> bool:
+        return name in self._models or relation_exists(self.con, tables.MODELS, name) is not None
+
+    # ------------------------------------------------------------------ texts
+    def write_texts(self, text: str, rendered: str, *, full: bool, run_id: int | None) -> None:
+        """Make `rendered` (key, row_hash, text_hash, text, n_chars, truncated)
+        the texts of these users; drop users gone from the model. `full`: the
+        rendered rows are every user's text."""
+        k = quote_ident(self.loaded.key)
+        model = self.model(self.loaded.texts[text].model)
+        stored = self.texts(text)
+        cols = f"{k}, row_hash, text_hash, text, n_chars, truncated"
+        if self.dry:
+            view = quote_ident(f"__segtool_texts_{text}")
+            if full or stored is None:
+                body = f"SELECT {cols} FROM {rendered}"
+            else:
+                body = (
+                    f"SELECT {cols} FROM {rendered} UNION ALL SELECT t.{k}, t.row_hash, t.text_hash, t.text, "
+                    f"t.n_chars, t.truncated FROM {stored} t WHERE t.{k} IN (SELECT {k} FROM {model}) "
+                    f"AND t.{k} NOT IN (SELECT {k} FROM {rendered})"
+                )
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {body}")
+            self._texts[text] = view
+            return
+        table = tables.texts(text)
+        run = int(run_id) if run_id is not None else "NULL"
+        if full or stored is None:
+            self.con.execute(
+                f"CREATE OR REPLACE TABLE {table} AS SELECT {cols}, {run} AS run_id FROM {rendered}"
+            )
+        else:
+            self.con.execute(f"DELETE FROM {table} WHERE {k} NOT IN (SELECT {k} FROM {model})")
+            self.con.execute(f"DELETE FROM {table} WHERE {k} IN (SELECT {k} FROM {rendered})")
+            self.con.execute(f"INSERT INTO {table} SELECT {cols}, {run} FROM {rendered}")

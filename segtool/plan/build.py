@@ -1,0 +1,493 @@
+"""Build the steps of a plan: project + stored state + the data -> Step.
+
+One `Planner` serves `run`, `run --dry-run` and `diff`. It decides each step
+with the rules of plan/decide.py and counts what the step will touch with SQL
+over `Relations` (what the run reads: the built models and texts, or their
+dry-run stand-ins). Work sets are left in temporary tables named by
+`work_table()`, which the executing stage reads: the SQL that counts is the
+SQL that runs.
+
+Hashes (stored per node by each completed step, compared here):
+
+    own_hash    definition (graph/dag.py)
+    input_hash  own_hash + parents' input_hash + data: source files (size,
+                mtime), encoder weights, and for models that read the clock,
+                random numbers or files by themselves a per-run nonce
+    exec_hash   models: the SQL as run (absolute source paths)
+
+A diff plans with `data_aware=False`: data is assumed unchanged and encoders
+are known by their settings, since BASE may name model folders that are not
+checked out.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from segtool.compile.sql import quote_ident, source_path
+from segtool.errors import DataError, ProjectError
+from segtool.graph.dag import sha
+from segtool.plan import decide
+from segtool.plan.model import DECLARATIONS, Step
+from segtool.project.loader import dumps
+from segtool.state import tables
+from segtool.state.result import one
+from segtool.state.tables import work_table
+
+
+class Relations(Protocol):
+    """Where the run reads each model and text from (execute/workspace.py)."""
+
+    def model(self, name: str) -> str: ...
+
+    def texts(self, name: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    full_refresh: bool = False
+    refit: bool = False
+
+
+def source_fingerprint(st, root: Path) -> str | None:
+    """Size and modification time of every file a source reads, or None when
+    that cannot be known (remote paths): such a source counts as changed."""
+    tbl, src = st.table, st.source
+    if tbl.path is not None:
+        if "://" in tbl.path:
+            return None
+        pattern = source_path(root, tbl.path)
+        files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+    elif src.database:
+        p = Path(src.database)
+        files = [str(p if p.is_absolute() else root / p)]
+    else:
+        return None
+    parts = []
+    for f in files:
+        try:
+            s = os.stat(f)
+            parts.append((os.path.relpath(f, root), s.st_size, s.st_mtime_ns))
+        except OSError:
+            parts.append((os.path.relpath(f, root), None, None))
+    return sha(dumps(parts))
+
+
+class Planner:
+    def __init__(
+        self,
+        project,
+        *,
+        state,
+        encoders,
+        options: PlanOptions,
+        con=None,
+        relations: Relations | None = None,
+        data_aware: bool = True,
+        nonce: str = "",
+    ):
+        self.project = project
+        self.loaded = project.loaded
+        self.built = project.graph()
+        self.graph = self.built.graph
+        self.state = state
+        self.encoders = encoders
+        self.options = options
+        self.con = con
+        self.relations = relations
+        self.data_aware = data_aware
+        self.nonce = nonce
+        self.notes: list[str] = []
+        self._input: dict[str, str] = {}
+        self._exec: dict[str, str] = {}
+        self._fps: dict[str, str | None] = {}
+        self._hash_inputs()
+
+    # ------------------------------------------------------------------ hashes
+    def fingerprint(self, encoder: str) -> str | None:
+        """The encoder's cache key, from its files and settings (None: it cannot
+        be built here)."""
+        if encoder not in self._fps:
+            fp, why = self.encoders.try_fingerprint(encoder)
+            if fp is None and self.data_aware:
+                self.notes.append(f"encoder '{encoder}' cannot be built now: {why}")
+            self._fps[encoder] = fp
+        return self._fps[encoder]
+
+    def encoder_key(self, encoder: str) -> str | None:
+        """What identifies an encoder in the stored state: its fingerprint, or
+        for a diff its settings (BASE may name model folders not checked out)."""
+        if self.data_aware:
+            return self.fingerprint(encoder)
+        return self.graph[f"encoder.{encoder}"].own_hash
+
+    def _hash_inputs(self) -> None:
+        root = self.loaded.root
+        for uid in self.graph.order():
+            n = self.graph[uid]
+            if not self.data_aware:
+                # definitions only: what a diff against BASE's definitions compares
+                self._input[uid] = n.data_hash
+                if n.kind == "model":
+                    self._exec[uid] = n.own_hash
+                continue
+            parts: list[Any] = [
+                n.own_hash,
+                [self._input[p] for p in n.depends_on if p in self._input],
+            ]
+            if n.kind == "source":
+                parts.append(source_fingerprint(n.spec, root) or self.nonce)
+            elif n.kind == "encoder":
+                parts.append(self.fingerprint(n.name) or "unavailable")
+            elif n.kind == "model":
+                cm = self.built.compiled[n.name]
+                self._exec[uid] = sha(dumps([cm.sql, cm.config.materialized]))
+                if self.volatile(n.name):
+                    parts.append(self.nonce)
+            self._input[uid] = sha(dumps(parts))
+
+    def volatile(self, model: str) -> bool:
+        cm = self.built.compiled[model]
+        shape = cm.shape
+        return shape is None or shape.volatile or shape.file_reads > cm.source_reads
+
+    def input_hash(self, uid: str) -> str:
+        return self._input[uid]
+
+    def exec_hash(self, uid: str) -> str | None:
+        return self._exec.get(uid)
+
+    def hashes(self, node) -> tuple[str, str | None]:
+        return self._input[node.unique_id], self._exec.get(node.unique_id)
+
+    # ------------------------------------------------------------------ helpers
+    def _count(self, sql: str, params=None) -> int:
+        row = one(self.con.execute(sql, params or []))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    @property
+    def counting(self) -> bool:
+        return self.con is not None and self.relations is not None
+
+    def _step(self, node, action: str, reason: str, detail: dict | None = None) -> Step:
+        return Step(node.unique_id, node.kind, action, reason, detail or {})
+
+    # ------------------------------------------------------------------ declarations
+    def declaration_step(self, uid: str) -> Step:
+        node = self.graph[uid]
+        stored = self.state.node(uid)
+        if stored is None:
+            why = "declared"
+        elif stored.own_hash != node.own_hash:
+            why = "definition changed"
+        elif node.kind == "source" and stored.input_hash != self._input[uid]:
+            why = "its files changed"
+        elif node.kind == "encoder" and stored.input_hash != self._input[uid]:
+            why = "its model files changed"
+        else:
+            why = "unchanged"
+        return self._step(node, "skip", f"{node.kind} {why}: nothing to run")
+
+    # ------------------------------------------------------------------ models
+    def model_step(self, uid: str) -> Step:
+        node = self.graph[uid]
+        cm = self.built.compiled[node.name]
+        action, reason = decide.model_action(
+            materialized=cm.config.materialized,
+            exists_as=self.state.model_kind(node.name),
+            stored=self.state.node(uid),
+            own_hash=node.own_hash,
+            input_hash=self._input[uid],
+            exec_hash=self._exec[uid],
+            volatile=self.data_aware and self.volatile(node.name),
+            full_refresh=self.options.full_refresh,
+        )
+        return self._step(node, action, reason, {"materialized": cm.config.materialized})
+
+    # ------------------------------------------------------------------ texts
+    def text_step(self, uid: str) -> Step:
+        """Decide; with data, leave the users to render in work_table('text', NAME)
+        (model columns, __row_hash, __rn, __new) and count them."""
+        node = self.graph[uid]
+        spec = node.spec
+        exists = self.state.has_texts(spec.name)
+        action, reason = decide.text_action(
+            exists=exists,
+            stored=self.state.node(uid),
+            own_hash=node.own_hash,
+            input_hash=self._input[uid],
+            full_refresh=self.options.full_refresh,
+        )
+        if action == "skip" or not self.counting:
+            return self._step(node, action, reason)
+        con = self.con
+        k = quote_ident(self.loaded.key)
+        model = self.relations.model(spec.model)
+        stored = self.relations.texts(spec.name) if exists else None
+        work = work_table("text", spec.name)
+        if stored is None:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE {work} AS SELECT m.*, hash(m) AS __row_hash,
+                row_number() OVER () AS __rn, true AS __new FROM {model} m"""
+            )
+        else:
+            only_changed = (
+                "WHERE t.{k} IS NULL OR t.row_hash <> hash(m)" if action == "incremental" else ""
+            )
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE {work} AS SELECT m.*, hash(m) AS __row_hash,
+                row_number() OVER () AS __rn, t.{k} IS NULL AS __new
+                FROM {model} m LEFT JOIN {stored} t ON m.{k} = t.{k} {only_changed.format(k=k)}"""
+            )
+        users = self._count(f"SELECT count(*) FROM {model}")
+        new, changed = one(
+            con.execute(
+                f"SELECT count(*) FILTER (WHERE __new), count(*) FILTER (WHERE NOT __new) FROM {work}"
+            )
+        )
+        removed = 0
+        if stored is not None:
+            removed = self._count(
+                f"SELECT count(*) FROM {stored} t ANTI JOIN {model} m ON m.{k} = t.{k}"
+            )
+        detail = {
+            "users": users,
+            "new": int(new),
+            "changed": int(changed),
+            "removed": removed,
+            "unchanged": users - int(new) - int(changed),
+        }
+        if action == "incremental" and not new and not changed and not removed:
+            action, reason = "skip", "no user's model row changed"
+        return self._step(node, action, reason, detail)
+
+    # ------------------------------------------------------------------ embeddings
+    def embedding_step(self, uid: str) -> Step:
+        """Decide; with data, leave the distinct texts to embed in
+        work_table('embed', NAME) (text_hash, text, rn) and count them."""
+        node = self.graph[uid]
+        text, enc = node.data["text"], node.data["encoder"]
+        key = self.encoder_key(enc)
+        has_vectors = key is not None and self.state.has_vectors(key)
+        if not decide.embedding_needs_check(
+            stored=self.state.node(uid), input_hash=self._input[uid], has_vectors=has_vectors
+        ):
+            return self._step(node, "skip", "texts and encoder unchanged: every vector is cached")
+        fp = self.fingerprint(enc)
+        texts = self.relations.texts(text) if self.counting and fp is not None else None
+        if texts is None:
+            action = "create" if not has_vectors else "incremental"
+            why = (
+                ""
+                if fp is not None or not self.data_aware
+                else f" (encoder '{enc}' cannot be built here: no counts)"
+            )
+            return self._step(node, action, "texts without a cached vector are embedded" + why)
+        from segtool.state import vectors
+
+        cache = (
+            vectors.lookup(self.con, fp) if self._table_exists(tables.STATE, "encoders") else None
+        )
+        missing = (
+            f"WHERE NOT EXISTS (SELECT 1 FROM {cache[0]} e WHERE e.text_hash = t.text_hash)"
+            if cache
+            else ""
+        )
+        work = work_table("embed", node.name.replace(".", "__"))
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {work} AS
+            SELECT text_hash, any_value(text) AS text, row_number() OVER (ORDER BY text_hash) AS rn
+            FROM {texts} t {missing} GROUP BY text_hash"""
+        )
+        distinct = self._count(f"SELECT count(DISTINCT text_hash) FROM {texts}")
+        todo = self._count(f"SELECT count(*) FROM {work}")
+        action, reason = decide.embedding_action(has_vectors=cache is not None, to_embed=todo)
+        return self._step(
+            node,
+            action,
+            reason,
+            {"texts": distinct, "embedded": todo, "cached": distinct - todo, "encoder_fp": fp[:12]},
+        )
+
+    # ------------------------------------------------------------------ segmentations
+    def segmentation_step(self, uid: str) -> Step:
+        node = self.graph[uid]
+        if node.spec.is_rules:
+            return self._rules_step(node)
+        return self._clustering_step(node)
+
+    def _fit_changes(self, node) -> list[str]:
+        from segtool.compile.segments import fit_hash
+
+        seg = node.spec
+        stored = self.state.fit_hash(seg.name)
+        if stored is None:
+            return []
+        if any(self.encoder_key(i.embedding.encoder) is None for i in seg.inputs if i.embedding):
+            return []  # cannot tell: the run fails before this on a missing encoder
+        if fit_hash(self.loaded, self.encoder_key, seg) == stored:
+            return []
+        why = []
+        prev = self.state.node(node.unique_id)
+        if prev is None or prev.own_hash != node.own_hash:
+            why.append("definition")
+        for inp in seg.inputs:
+            dep = f"features.{inp.features}" if inp.features else f"encoder.{inp.embedding.encoder}"
+            p = self.state.node(dep)
+            if dep in self.graph and (p is None or p.input_hash != self._input[dep]):
+                kind = "feature set" if inp.features else "encoder"
+                why.append(f"{kind} '{dep.split('.', 1)[1]}'")
+        return list(dict.fromkeys(why)) or ["definition or inputs"]
+
+    def _clustering_step(self, node) -> Step:
+        from segtool.compile import segments as seg_inputs
+        from segtool.plan.checks import check_population
+
+        seg = node.spec
+        facts = decide.FitFacts(
+            has_fit=self.state.fit_hash(seg.name) is not None,
+            tables_present=self.state.has_segments(seg.name),
+            fit_changed=self._fit_changes(node),
+            refit_flag=self.options.refit,
+            policy=seg.update.refit,
+            drift_threshold=seg.update.drift_threshold,
+        )
+        full = decide.clustering_refit(facts)
+        stored = self.state.node(node.unique_id)
+        if full is None and stored is not None and stored.input_hash == self._input[node.unique_id]:
+            return self._step(node, "skip", "inputs unchanged for every user")
+        # a changed definition that leaves the fitted space alone: labels
+        relabel = full is None and stored is not None and stored.own_hash != node.own_hash
+        prefix = (
+            f"labels changed: they apply at the next refit (segtool run --refit -s {seg.name} "
+            "relabels now); "
+            if relabel
+            else ""
+        )
+        if not self.counting:
+            if full is not None:
+                return self._step(node, *full)
+            return self._step(
+                node, "assign", prefix + "new and changed users are assigned with the stored model"
+            )
+        con = self.con
+        k = quote_ident(self.loaded.key)
+        pop = seg_inputs.population_sql(self.loaded, seg, self.relations.model)
+        cur = work_table("seg", seg.name, "users")
+        h = seg_inputs.input_hash_sql(
+            self.loaded, seg, "u", self.relations.model, self.relations.texts
+        )
+        try:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {cur} AS SELECT u.{k}, u.__ord, {h} AS input_hash FROM ({pop}) u"
+            )
+        except Exception as exc:  # noqa: BLE001 - a predicate that fails at run time
+            raise ProjectError(
+                f"segmentation '{seg.name}': population predicate failed: {str(exc).splitlines()[0]}",
+                path=seg.file,
+                line=seg.line,
+            ) from exc
+        users = self._count(f"SELECT count(*) FROM {cur}")
+        check_population(self.loaded, seg, con, cur, users, self.relations.model)
+        changed = work_table("seg", seg.name, "changed")
+        if full is None and self.state.has_segments(seg.name):
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE {changed} AS
+                SELECT c.{k}, row_number() OVER (ORDER BY c.__ord) AS __ord FROM {cur} c
+                LEFT JOIN {tables.inputs(seg.name)} i ON i.{k} = c.{k}
+                WHERE i.{k} IS NULL OR i.input_hash <> c.input_hash"""
+            )
+            n_changed = self._count(f"SELECT count(*) FROM {changed}")
+            n_removed = self._count(
+                f"SELECT count(*) FROM {tables.segments(seg.name)} s ANTI JOIN {cur} c ON c.{k} = s.{k}"
+            )
+            action, reason, extra = decide.clustering_update(
+                facts, n_changed=n_changed, n_removed=n_removed
+            )
+            if action == "refit":
+                n_changed = users
+        else:
+            action, reason = full if full is not None else ("refit", "refit on every user")
+            extra, n_changed = {}, users
+            n_removed = (
+                self._count(
+                    f"SELECT count(*) FROM {tables.segments(seg.name)} s ANTI JOIN {cur} c ON c.{k} = s.{k}"
+                )
+                if self.state.has_segments(seg.name)
+                and self._table_exists(tables.RESULTS, seg.name)
+                else 0
+            )
+        detail = {"users": users, "assigned": n_changed, "removed": n_removed, **extra}
+        return self._step(node, action, prefix + reason, detail)
+
+    def _table_exists(self, schema: str, name: str) -> bool:
+        from segtool.state.db import table_exists
+
+        return table_exists(self.con, schema, name)
+
+    def _rules_step(self, node) -> Step:
+        from segtool.compile import segments as seg_inputs
+
+        seg = node.spec
+        exists = self.state.has_segments(seg.name) or (
+            self.counting and self._table_exists(tables.RESULTS, seg.name)
+        )
+        action, reason = decide.rules_action(
+            exists=exists,
+            stored=self.state.node(node.unique_id),
+            input_hash=self._input[node.unique_id],
+        )
+        if action == "skip" or not self.counting:
+            return self._step(node, action, reason)
+        con = self.con
+        k = quote_ident(self.loaded.key)
+        model = self.relations.model(seg.model)
+        pop = seg_inputs.population_sql(self.loaded, seg, self.relations.model)
+        work = work_table("rules", seg.name)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {work} AS SELECT * FROM (
+            SELECT m.{k}, {seg_inputs.rules_case(self.loaded, seg)} AS segment FROM {model} m
+            WHERE m.{k} IN (SELECT {k} FROM ({pop}))) WHERE segment IS NOT NULL"""
+        )
+        users = self._count(f"SELECT count(*) FROM {work}")
+        if users == 0 and self._count(f"SELECT count(*) FROM ({pop})") == 0:
+            raise DataError(
+                f"segmentation '{seg.name}': the population is empty (0 users"
+                + (f" match `{seg.population}`" if seg.population else f" in model '{seg.model}'")
+                + ")",
+                hint="check the population predicate and the upstream data",
+                path=seg.file,
+                line=seg.line,
+            )
+        assigned, removed = users, 0
+        if exists and self._table_exists(tables.RESULTS, seg.name):
+            old = tables.segments(seg.name)
+            assigned = self._count(
+                f"SELECT count(*) FROM {work} r LEFT JOIN {old} s ON s.{k} = r.{k} WHERE s.{k} IS NULL OR s.segment <> r.segment"
+            )
+            removed = self._count(
+                f"SELECT count(*) FROM {old} s ANTI JOIN {work} r ON r.{k} = s.{k}"
+            )
+        return self._step(
+            node, action, reason, {"users": users, "assigned": assigned, "removed": removed}
+        )
+
+
+def plan_steps(planner: Planner, uids: list[str]) -> list[Step]:
+    """Steps for `uids` in stage order, without carrying any out (segtool diff;
+    a run and a dry run walk the stages themselves, see execute/runner.py)."""
+    stage = ("source", "encoder", "features", "model", "text", "embedding", "segmentation")
+    out = []
+    for kind in stage:
+        for uid in uids:
+            if planner.graph[uid].kind != kind:
+                continue
+            if kind in DECLARATIONS:
+                out.append(planner.declaration_step(uid))
+            else:
+                out.append(getattr(planner, f"{kind}_step")(uid))
+    return out

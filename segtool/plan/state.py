@@ -1,0 +1,161 @@
+"""What is stored: the state a plan is computed against.
+
+    DbState    the `_segtool` schema of a database (run, run --dry-run)
+    EmptyState nothing built yet (no database, or one without segtool state)
+    BaseState  what a BASE version of the project would have left, had it been
+               run (segtool diff): every node of BASE built, with BASE's hashes
+
+All three answer the same questions, so one planner serves run, dry run and
+diff.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from segtool.plan.decide import Stored
+from segtool.state import tables
+from segtool.state.db import has_state, relation_exists, table_exists
+from segtool.state.result import one
+
+
+class StoredState(Protocol):
+    last_run: int | None
+
+    def node(self, uid: str) -> Stored | None: ...
+
+    def model_kind(self, name: str) -> str | None:
+        """'table', 'view' or None: how model NAME is stored."""
+
+    def has_texts(self, text: str) -> bool: ...
+
+    def has_segments(self, seg: str) -> bool:
+        """The segment table and the stored input hashes of segmentation SEG."""
+
+    def fit_hash(self, seg: str) -> str | None:
+        """The fit hash of SEG's active fitted model, or None."""
+
+    def has_vectors(self, encoder_fp: str) -> bool: ...
+
+
+class EmptyState:
+    last_run = None
+
+    def node(self, uid):
+        return None
+
+    def model_kind(self, name):
+        return None
+
+    def has_texts(self, text):
+        return False
+
+    def has_segments(self, seg):
+        return False
+
+    def fit_hash(self, seg):
+        return None
+
+    def has_vectors(self, encoder_fp):
+        return False
+
+
+class DbState:
+    def __init__(self, con):
+        self.con = con
+        self._nodes: dict[str, Stored] = {}
+        self.last_run = None
+        if not has_state(con):
+            return
+        for uid, own, inp, exe, run_id in con.execute(
+            f"SELECT unique_id, own_hash, input_hash, exec_hash, run_id FROM {tables.NODES}"
+        ).fetchall():
+            self._nodes[uid] = Stored(own, inp, exe, run_id)
+        row = one(con.execute(f"SELECT max(run_id) FROM {tables.RUNS} WHERE status = 'success'"))
+        self.last_run = int(row[0]) if row and row[0] is not None else None
+
+    def node(self, uid):
+        return self._nodes.get(uid)
+
+    def model_kind(self, name):
+        return relation_exists(self.con, tables.MODELS, name)
+
+    def has_texts(self, text):
+        return table_exists(self.con, tables.STATE, tables.texts_name(text))
+
+    def has_segments(self, seg):
+        return table_exists(self.con, tables.RESULTS, seg) and table_exists(
+            self.con, tables.STATE, tables.inputs_name(seg)
+        )
+
+    def fit_hash(self, seg):
+        if not table_exists(self.con, tables.STATE, "fitted"):
+            return None
+        row = one(
+            self.con.execute(
+                f"SELECT fit_hash FROM {tables.FITTED} WHERE segmentation = ? AND active ORDER BY fit_id DESC LIMIT 1",
+                [seg],
+            )
+        )
+        return row[0] if row else None
+
+    def has_vectors(self, encoder_fp):
+        from segtool.state import vectors
+
+        return table_exists(self.con, tables.STATE, "encoders") and (
+            vectors.lookup(self.con, encoder_fp) is not None
+        )
+
+
+class BaseState:
+    """The state a BASE version would have left: each of its nodes built, with
+    its hashes, fits and vectors. Hashes are definitions only (see
+    Planner(data_aware=False)): a diff is about project files."""
+
+    def __init__(self, base_project, base_fit_hashes: dict[str, str], base_encoder_fps: set[str]):
+        graph = base_project.graph().graph
+        self.last_run = None
+        self._nodes = {
+            # a diff compares definitions: input = data_hash, exec = own_hash
+            uid: Stored(n.own_hash, n.data_hash, n.own_hash, None)
+            for uid, n in graph.nodes.items()
+        }
+        self._models = {
+            n.name: ("view" if n.data.get("materialized") == "view" else "table")
+            for n in graph.nodes.values()
+            if n.kind == "model"
+        }
+        self._texts = {n.name for n in graph.nodes.values() if n.kind == "text"}
+        self._segs = {n.name for n in graph.nodes.values() if n.kind == "segmentation"}
+        self._fits = base_fit_hashes
+        self._fps = base_encoder_fps
+
+    def node(self, uid):
+        return self._nodes.get(uid)
+
+    def model_kind(self, name):
+        return self._models.get(name)
+
+    def has_texts(self, text):
+        return text in self._texts
+
+    def has_segments(self, seg):
+        return seg in self._segs
+
+    def fit_hash(self, seg):
+        return self._fits.get(seg)
+
+    def has_vectors(self, encoder_fp):
+        return encoder_fp in self._fps
+
+
+def stored_json(value) -> dict:
+    """A JSON column as a dict (DuckDB returns JSON as text)."""
+    if isinstance(value, dict):
+        return value
+    try:
+        out = json.loads(value) if value else {}
+    except (TypeError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}

@@ -1,0 +1,98 @@
+"""How a plan and a run read: one line per step, the same words for
+`run --dry-run` and `run`, and the plan as text, JSON or Markdown."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from segtool.errors import ProjectError
+
+
+def counts(kind: str, detail: dict[str, Any]) -> str:
+    """The counts of a step (or result) as a short phrase."""
+    d = detail
+    if kind == "model":
+        rows = d.get("rows")
+        return f"{rows:,} rows" if rows is not None else ""
+    if kind == "text" and "users" in d:
+        out = (
+            f"{d['users']:,} users: {d['new']:,} new, {d['changed']:,} changed, "
+            f"{d['removed']:,} removed, {d['unchanged']:,} unchanged"
+        )
+        if d.get("texts_changed") is not None:
+            out += f" ({d['texts_changed']:,} texts differ)"
+        return out
+    if kind == "embedding" and "texts" in d:
+        out = f"{d['texts']:,} distinct texts: {d['embedded']:,} to embed, {d['cached']:,} cached"
+        if d.get("texts_per_s"):
+            out = (
+                f"{d['texts']:,} distinct texts: {d['embedded']:,} embedded, {d['cached']:,} cached; "
+                f"{d['texts_per_s']:,.0f} texts/s on {d.get('device')}"
+            )
+        return out
+    if kind == "segmentation" and "users" in d:
+        out = f"{d['users']:,} users: {d['assigned']:,} assigned, {d['removed']:,} removed"
+        if d.get("moved") is not None:
+            out += f", {d['moved']:,} moved, {d.get('segments')} segments"
+        if d.get("policy"):
+            out += f"; {d['policy']}"
+        return out
+    return ""
+
+
+def step_line(step, width: int = 34) -> str:
+    """`  incremental  text.story  template and model data ... [counts]`."""
+    c = counts(step.kind, dict(step.detail))
+    secs = getattr(step, "seconds", None)
+    tail = f" in {secs:.2f}s" if secs and step.action != "skip" else ""
+    body = step.reason + (f" [{c}]" if c else "")
+    return f"  {step.action:<11} {step.unique_id:<{width}} {body}{tail}"
+
+
+def _md(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def format_plan(plan, fmt: str = "text", *, declarations: bool = False) -> str:
+    if fmt == "json":
+        return json.dumps(plan.to_dict(), indent=2, default=str)
+    steps = [
+        s for s in plan.steps if declarations or s.kind not in ("source", "encoder", "features")
+    ]
+    summary = ", ".join(f"{n} {a}" for a, n in plan.summary().items()) or "nothing selected"
+    where = plan.database + (f", last run {plan.last_run}" if plan.last_run else "")
+    if fmt == "markdown":
+        lines = [
+            f"### segtool plan: `{plan.project}` (target `{plan.target}`)",
+            "",
+            f"Compared with {_md(where)}. {summary}. Nothing was written.",
+            "",
+            "| action | node | why | counts |",
+            "|---|---|---|---|",
+        ]
+        for s in steps:
+            lines.append(
+                f"| {s.action} | `{s.unique_id}` | {_md(s.reason)} | {_md(counts(s.kind, dict(s.detail)))} |"
+            )
+        lines += [f"\n> note: {_md(n)}" for n in plan.notes]
+        return "\n".join(lines)
+    if fmt != "text":
+        raise ProjectError(f"unknown format '{fmt}'", hint="text, json or markdown")
+    width = max([len(s.unique_id) for s in steps] + [10])
+    lines = [
+        f"plan for {plan.project} (target {plan.target}, {where}); dry run: nothing is written"
+    ]
+    lines += [step_line(s, width) for s in steps]
+    lines += [f"note: {n}" for n in plan.notes]
+    lines.append(f"summary: {summary}")
+    return "\n".join(lines)
+
+
+def run_summary(result) -> str:
+    """The last line of `segtool run`."""
+    actions = result.summary.get("actions", {})  # declarations are not counted
+    parts = ", ".join(f"{n} {a}" for a, n in actions.items() if a != "skip")
+    skipped = actions.get("skip", 0)
+    tail = (parts or "nothing to do") + (f"; {skipped} up to date" if skipped else "")
+    return f"run {result.run_id}: {result.status} in {result.seconds:.1f}s ({tail})"
