@@ -1,5 +1,11 @@
 """Embedding throughput: segtool's encoders against SentenceTransformer.encode.
 
+Also: how much of the source model's meaning the fast encoders keep. The static encoder
+(model2vec, distilled from --model; dims 256 by default) and the hashing encoder live in
+other vector spaces than the transformer, so they are compared by structure, on the same
+texts: the correlation of all pairwise cosine similarities, the overlap of each text's 10
+nearest neighbours, and the agreement (ARI) of k-means (k=8) fitted in each space.
+
     python benchmarks/embed.py                      # 5,000 texts, all-MiniLM-L6-v2, batch 64
     python benchmarks/embed.py --n 1000 --rounds 2  # quicker
     python benchmarks/embed.py --model ./models/my-bert --batch-size 32
@@ -105,7 +111,75 @@ def int8_downstream(fp32: np.ndarray, int8: np.ndarray) -> dict:
     return {"knn10_overlap": float(overlap), "kmeans8_ari": float(ari)}
 
 
-def interleaved(backends: dict, texts: list[str], chunks: int, rounds: int) -> dict[str, dict]:
+def structure_agreement(ref: np.ndarray, other: np.ndarray, n: int = 3000) -> dict:
+    """How alike two vector spaces see the same texts (the spaces may differ in size)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    n = min(len(ref), n)
+
+    def unit(x):
+        x = x[:n].astype(np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    a, b = unit(ref), unit(other)
+    sa, sb = a @ a.T, b @ b.T
+    upper = np.triu_indices(n, 1)
+    pearson = float(np.corrcoef(sa[upper], sb[upper])[0, 1])
+    np.fill_diagonal(sa, -np.inf)
+    np.fill_diagonal(sb, -np.inf)
+    ka, kb = np.argsort(-sa, axis=1)[:, :10], np.argsort(-sb, axis=1)[:, :10]
+    overlap = float(np.mean([len(set(ka[i]) & set(kb[i])) / 10 for i in range(n)]))
+    la = KMeans(n_clusters=8, n_init=4, random_state=0).fit_predict(a)
+    lb = KMeans(n_clusters=8, n_init=4, random_state=0).fit_predict(b)
+    return {"similarity_pearson": pearson, "knn10_overlap": overlap,
+            "kmeans8_ari": float(adjusted_rand_score(la, lb))}  # fmt: skip
+
+
+class GpuBusy:
+    """Samples GPU utilisation (nvidia-smi, every 100 ms) in a thread, tagged with the
+    backend that is running, so each GPU row gets the share of its time the GPU was busy."""
+
+    def __init__(self):
+        import threading
+
+        self.current: str | None = None
+        self.samples: dict[str, list[float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        import subprocess
+
+        while not self._stop.is_set():
+            key = self.current
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                     "--id=0"], capture_output=True, text=True, timeout=2,
+                ).stdout.strip()  # fmt: skip
+                if key is not None and key == self.current and out:
+                    self.samples.setdefault(key, []).append(float(out.splitlines()[0]))
+            except (OSError, ValueError, subprocess.SubprocessError):
+                return
+            self._stop.wait(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self, key: str) -> float | None:
+        values = self.samples.get(key)
+        return float(np.mean(values)) if values else None
+
+
+def interleaved(
+    backends: dict, texts: list[str], chunks: int, rounds: int, busy: GpuBusy | None = None
+) -> dict[str, dict]:
     """Time each backend on the same chunks, taking turns; per-chunk best over rounds."""
     parts = np.array_split(np.arange(len(texts)), chunks)
     names = list(backends)
@@ -116,9 +190,13 @@ def interleaved(backends: dict, texts: list[str], chunks: int, rounds: int) -> d
             sub = [texts[i] for i in part]
             shift = (c + r) % len(names)
             for k in names[shift:] + names[:shift]:
+                if busy is not None:
+                    busy.current = k
                 t = time.perf_counter()
                 v = backends[k](sub)
                 best[k][c] = min(best[k][c], time.perf_counter() - t)
+                if busy is not None:
+                    busy.current = None
                 vectors[k][c] = v
             done = (r * len(parts) + c + 1) / (rounds * len(parts))
             print(f"\r  timing... {done:5.0%}", end="", file=sys.stderr, flush=True)
@@ -140,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="CPU threads (default: all available)"
     )
     ap.add_argument("--cache-dir", default=None, help="ONNX export cache (default: a temp dir)")
-    ap.add_argument("--skip", default="", help="comma list: st,torch,onnx,int8,hashing,gpu")
+    ap.add_argument("--skip", default="", help="comma list: st,torch,onnx,int8,static,hashing,gpu")
+    ap.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="cpu: CPU rows only; cuda: GPU rows only (with GPU utilisation); auto: both",
+    )  # fmt: skip
+    ap.add_argument("--static-dims", type=int, default=256, help="PCA dims of the static model")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -150,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: torch sees no CUDA GPU on this machine")
+        skip |= {"torch", "onnx", "int8", "static", "hashing"}
+    elif args.device == "cpu":
+        skip.add("gpu")
     root = Path.cwd()
     path = resolve_model_path(args.model, None, root)
     texts = shopper_stories(args.n)
@@ -213,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         add("onnx", "segtool transformers, onnx fp32", lambda: seg(backend="onnx", device="cpu"))
     if "int8" not in skip:
         add("int8", "segtool transformers, onnx int8", lambda: seg(backend="onnx", quantize="int8", device="cpu"))  # fmt: skip
+    if "static" not in skip:
+
+        def make_static():
+            spec = EncoderSpec(name="s", kind="static", model=args.model, dim=args.static_dims)
+            enc = build_encoder(spec, root)
+            # distils once per machine (minutes for MiniLM), then reuses the cache
+            enc.prepare(say=lambda m: print(f"  {m}", file=sys.stderr))
+            return enc.encode
+
+        add("static", f"segtool static (model2vec, dims {args.static_dims})", make_static)
     if "hashing" not in skip:
 
         def make_hashing():
@@ -231,7 +330,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"timing {len(backends)} backends x {len(texts)} texts, {args.rounds} round(s), "
           f"{torch.get_num_threads()} torch threads ...")  # fmt: skip
-    res = interleaved(backends, texts, args.chunks, args.rounds)
+    on_gpu = any(k.startswith(("cuda", "st_cuda")) for k in backends)
+    if on_gpu:
+        with GpuBusy() as busy:
+            res = interleaved(backends, texts, args.chunks, args.rounds, busy)
+    else:
+        busy = None
+        res = interleaved(backends, texts, args.chunks, args.rounds)
 
     rows = []
     for key in backends:
@@ -239,14 +344,20 @@ def main(argv: list[str] | None = None) -> int:
         ref = baseline_of[key]
         ratio = tps / (len(texts) / res[ref]["seconds"]) if ref in res else float("nan")
         rows.append({"key": key, "backend": labels[key], "texts_per_s": tps, "ratio": ratio,
-                     "setup_s": setup[key]})  # fmt: skip
+                     "setup_s": setup[key],
+                     "gpu_busy_pct": busy.mean(key) if busy else None})  # fmt: skip
 
     width = max(len(r["backend"]) for r in rows)
-    print(f"\n{'backend':<{width}}  {'texts/s':>8}  {'vs encode':>9}  {'setup s':>7}")
-    print(f"{'-' * width}  {'-' * 8}  {'-' * 9}  {'-' * 7}")
+    print(
+        f"\n{'backend':<{width}}  {'texts/s':>8}  {'vs encode':>9}  {'setup s':>7}  {'GPU busy':>8}"
+    )
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 9}  {'-' * 7}  {'-' * 8}")
     for r in rows:
         ratio = f"{r['ratio']:8.2f}x" if r["ratio"] == r["ratio"] else f"{'-':>9}"
-        print(f"{r['backend']:<{width}}  {r['texts_per_s']:8.1f}  {ratio}  {r['setup_s']:7.1f}")
+        gpu = f"{r['gpu_busy_pct']:7.0f}%" if r["gpu_busy_pct"] is not None else f"{'-':>8}"
+        print(
+            f"{r['backend']:<{width}}  {r['texts_per_s']:8.1f}  {ratio}  {r['setup_s']:7.1f}  {gpu}"
+        )
 
     agreement = {}
     pairs = [("torch", "st"), ("onnx", "torch"), ("int8", "onnx"), ("int8", "torch"),
@@ -270,11 +381,25 @@ def main(argv: list[str] | None = None) -> int:
             f"k-means (k=8) same-assignment ARI {downstream['kmeans8_ari']:.3f}"
         )
 
+    semantics = {}
+    source = next((k for k in ("torch", "st", "onnx") if k in res), None)
+    for key in ("static", "hashing"):
+        if source and key in res:
+            semantics[key] = structure_agreement(res[source]["vectors"], res[key]["vectors"])
+    if semantics:
+        print(f"\nagreement with the source model ({labels[source]}), same texts")
+        print(
+            f"  {'encoder':<8}  {'pairwise-cos r':>14}  {'10-NN overlap':>13}  {'k-means ARI':>11}"
+        )
+        for k, v in semantics.items():
+            print(f"  {k:<8}  {v['similarity_pearson']:14.3f}  {v['knn10_overlap']:13.3f}"
+                  f"  {v['kmeans8_ari']:11.3f}")  # fmt: skip
+
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "n": len(texts), "batch_size": args.batch_size,
             "threads": torch.get_num_threads(), "rows": rows, "agreement": agreement,
-            "int8_downstream": downstream,
+            "int8_downstream": downstream, "semantics_vs_source": semantics,
         }, indent=2) + "\n")  # fmt: skip
     return 0
 

@@ -1,7 +1,9 @@
 """Encoders: text -> float32 vectors, behind one small protocol.
 
-Three kinds: `transformers` (AutoModel + our pooling; backend torch or onnx),
-`sentence-transformers` (the model's own pipeline) and `hashing` (weight-free).
+Four kinds: `transformers` (AutoModel + our pooling; backend torch or onnx),
+`sentence-transformers` (the model's own pipeline), `static` (model2vec: a
+model2vec model, or one distilled once from a transformer) and `hashing`
+(weight-free).
 Importing this package never imports torch, transformers, sklearn or
 sentence_transformers: backends import them when they load.
 
@@ -113,6 +115,10 @@ def build_encoder(
     if not spec.model:
         raise EncoderError(f"encoder '{spec.name}' (kind {spec.kind}) needs `model`")
     resolved = resolve(spec.model, spec.revision, project_root, allow_download=allow_download)
+    if spec.kind == "static":
+        from segtool.encoders.static_backend import StaticEncoder
+
+        return StaticEncoder(spec, resolved)
     if spec.kind == "sentence-transformers":
         if spec.backend == "onnx":
             raise EncoderError(

@@ -7,7 +7,8 @@ Out: batch_size, device, thread counts, where the files live.
 The model's identity hashes the files that are actually loaded, wherever they came from
 (a local folder, the HF cache, a pip package): the same weights give the same fingerprint
 on every machine, and a retrained model with the same name does not reuse stale vectors.
-File hashes are cached per process by (path, mtime, size), so repeated calls are cheap.
+File hashes are cached per process by (path, mtime, size), and those of large files per
+machine too (_cache.py), so a run does not re-read the weights it hashed last time.
 """
 
 from __future__ import annotations
@@ -36,16 +37,26 @@ _file_hash_cache: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, cached by (path, mtime_ns, size)."""
+    """sha256 of a file's content, cached by (path, mtime_ns, size): in this
+    process, and on this machine for files of 1 MB and more."""
+    from segtool.encoders import _cache
+
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    resolved = str(path.resolve())
+    key = (resolved, st.st_mtime_ns, st.st_size)
     digest = _file_hash_cache.get(key)
     if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-        digest = h.hexdigest()
+        large = st.st_size >= _cache.PERSIST_MIN_BYTES
+        if large:
+            digest = _cache.remembered_hash(resolved, st.st_size, st.st_mtime_ns)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+            digest = h.hexdigest()
+            if large:
+                _cache.remember_hash(resolved, st.st_size, st.st_mtime_ns, digest)
         _file_hash_cache[key] = digest
     return digest
 

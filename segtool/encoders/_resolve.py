@@ -319,16 +319,24 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
     """
     problems: list[str] = []
     if spec.kind == "hashing":
-        if _missing_module("sklearn"):
-            problems.append("kind hashing needs scikit-learn: pip install scikit-learn")
         if spec.backend != "torch" or spec.quantize != "none":
             problems.append("backend and quantize do not apply to kind hashing; remove them")
         return problems
 
-    if _missing_module("torch"):
-        problems.append("torch is not installed: pip install torch")
-    if _missing_module("transformers"):
-        problems.append("transformers is not installed: pip install transformers")
+    if spec.kind == "static":
+        if _missing_module("model2vec"):
+            problems.append("kind static needs model2vec: pip install 'model2vec[distill]'")
+        if spec.backend != "torch" or spec.quantize != "none" or spec.pooling != "mean":
+            problems.append(
+                "backend, quantize and pooling do not apply to kind static; remove them"
+            )
+    else:
+        if _missing_module("torch"):
+            problems.append("torch is not installed: pip install torch")
+        if _missing_module("transformers"):
+            problems.append("transformers is not installed: pip install transformers")
+    if spec.dim is not None and spec.kind not in ("static", "hashing"):
+        problems.append("dim applies to kind static (PCA dims) and hashing only; remove it")
     if spec.kind == "sentence-transformers":
         if _missing_module("sentence_transformers"):
             problems.append(

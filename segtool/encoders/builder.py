@@ -48,6 +48,15 @@ class Encoders:
             self._fingerprints[name] = self.get(name).fingerprint()
         return self._fingerprints[name]
 
+    def prepare(self, name: str, say=None) -> None:
+        """One-time work before an encoder can fingerprint and encode (a static
+        encoder distils its model): the run does it before writing anything."""
+        enc = self.get(name)
+        prepare = getattr(enc, "prepare", None)
+        if prepare is not None:
+            prepare(say)
+            self._fingerprints.pop(name, None)
+
     def try_fingerprint(self, name: str) -> tuple[str | None, str | None]:
         """(fingerprint, None), or (None, why it cannot be computed)."""
         try:

@@ -43,6 +43,15 @@ def require_onnxruntime():
     return onnxruntime
 
 
+def _cuda_present() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
 class OnnxEncoder(TransformersEncoder):
     """float32 or dynamic-int8 ONNX Runtime inference on CPU (CUDA provider if installed)."""
 
@@ -81,7 +90,11 @@ class OnnxEncoder(TransformersEncoder):
             self._device = "cpu"
             if req.startswith("cuda") or req == "auto":
                 ort = require_onnxruntime()
-                if "CUDAExecutionProvider" in ort.get_available_providers():
+                # onnxruntime-gpu lists its CUDA provider on a machine without a GPU
+                # too: under `auto`, ask torch whether there is one
+                if "CUDAExecutionProvider" in ort.get_available_providers() and (
+                    req.startswith("cuda") or _cuda_present()
+                ):
                     self._device = "cuda:" + (req.split(":")[1] if ":" in req else "0")
                 elif req.startswith("cuda"):
                     raise EncoderError(

@@ -3,6 +3,8 @@
 Throughput on CPU comes from: tokenising the whole call once without padding, sorting
 by token count (not characters), padding each batch only to its own longest row, and
 running under torch.inference_mode. Results go to CPU per batch and back to input order.
+On a GPU, batches are sized by a token budget, tokenised ahead in a worker thread, and
+one batch stays in flight while the next is prepared (_encode_pipelined).
 The ONNX backend (onnx_backend.py) reuses the tokenising and batching.
 """
 
@@ -30,6 +32,19 @@ from segtool.errors import EncoderError
 from segtool.project.specs import EncoderSpec
 
 _DIM_KEYS = ("hidden_size", "d_model", "dim", "n_embd", "embed_dim")
+
+
+def _dtype_keyword() -> str:
+    """transformers 5 calls `torch_dtype` `dtype`."""
+    try:
+        from importlib.metadata import version
+
+        return "dtype" if int(version("transformers").split(".")[0]) >= 5 else "torch_dtype"
+    except Exception:  # noqa: BLE001
+        return "torch_dtype"
+
+
+_DTYPE_KW = _dtype_keyword()
 
 
 def config_dim(folder: Path) -> int | None:
@@ -156,15 +171,23 @@ class TransformersEncoder:
         warn_slow_cpu_dtype(dtype, device)
         try:
             with quiet_transformers():
+                # loaded in its compute dtype: a float16 model never sits in host
+                # memory as float32 first (twice the size)
                 model = AutoModel.from_pretrained(
                     str(self.path),
                     trust_remote_code=self.spec.trust_remote_code,
                     local_files_only=True,
+                    **{_DTYPE_KW: torch_dtype(dtype)},
                 )
         except Exception as exc:
             raise _load_error(self.spec, self.path, "model", exc) from None
-        model = model.to(device=torch.device(device), dtype=torch_dtype(dtype)).eval()
+        model = model.to(device=torch.device(device)).eval()
         self._model = model
+        if device.startswith("cuda"):
+            # a token budget per batch, halved on out-of-memory (see _batches)
+            self._token_budget = int(self.spec.batch_size) * 512
+            # tokenise ahead and keep a batch in flight (see _encode_pipelined)
+            self._pipelined = True
 
     # ------------------------------------------------------------------ encoding
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -184,6 +207,17 @@ class TransformersEncoder:
         pad_id = self._load_tokenizer().pad_token_id
         return 0 if pad_id is None else int(pad_id)
 
+    def _batch_rows(self, lens: np.ndarray, order: np.ndarray, start: int) -> int:
+        """How many rows (longest first from `start`) the next batch takes: at most
+        batch_size on CPU; on a GPU as many as fit the token budget, so short
+        texts go in big batches and long ones in small ones."""
+        bs = int(self.spec.batch_size)
+        budget = getattr(self, "_token_budget", None)
+        if budget is None:
+            return bs
+        width = max(1, int(lens[order[start]]))  # rows are sorted: the first is the widest
+        return max(1, min(budget // width, 16 * bs))
+
     def _batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(row indices, input_ids, attention_mask): longest first, each batch padded to
         its own longest row (right padding, so CLS stays at position 0)."""
@@ -191,9 +225,10 @@ class TransformersEncoder:
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lens, kind="stable")
         pad_id = self._pad_id()
-        bs = int(self.spec.batch_size)
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
+        start = 0
+        while start < len(order):
+            idx = order[start : start + self._batch_rows(lens, order, start)]
+            start += len(idx)
             width = max(1, int(lens[idx[0]]))
             input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -203,31 +238,49 @@ class TransformersEncoder:
                 mask[row, :n] = 1
             yield idx, input_ids, mask
 
-    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _launch(self, input_ids: np.ndarray, mask: np.ndarray):
+        """Start a batch on the device; returns the pooled vectors as a device
+        tensor (on a GPU the work may still be running)."""
         import torch
 
         dev = torch.device(self.device)
-        ids_t = torch.from_numpy(input_ids).to(dev)
-        mask_t = torch.from_numpy(mask).to(dev)
+        ids_t = torch.from_numpy(input_ids)
+        mask_t = torch.from_numpy(mask)
+        if dev.type == "cuda":  # page-locked host memory: the copy runs asynchronously
+            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+        ids_t = ids_t.to(dev, non_blocking=True)
+        mask_t = mask_t.to(dev, non_blocking=True)
         out = self._model(input_ids=ids_t, attention_mask=mask_t)
         hidden = out[0] if not hasattr(out, "last_hidden_state") else out.last_hidden_state
-        vec = pool(hidden, mask_t, self.spec.pooling, self.spec.normalize)
-        return vec.cpu().numpy()
+        return pool(hidden, mask_t, self.spec.pooling, self.spec.normalize)
+
+    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._launch(input_ids, mask).cpu().numpy()
 
     def _forward_safe(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Forward a batch; on GPU out-of-memory, split it in halves and retry."""
+        """Forward a batch; on GPU out-of-memory, halve the token budget (for every
+        later batch too) and run this one in halves. The retry happens outside
+        the `except` block, so the failed attempt's tensors (held by the
+        exception's traceback) are freed before it."""
         import torch
 
         oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        out_of_memory = False
         try:
             return self._forward(input_ids, mask)
         except oom:
+            out_of_memory = True
+        if out_of_memory:
             if len(input_ids) == 1:
                 raise EncoderError(
                     f"encoder '{self.spec.name}' ran out of GPU memory on a single text",
                     hint="lower max_length, or use dtype: float16",
-                ) from None
-            torch.cuda.empty_cache()
+                )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            budget = getattr(self, "_token_budget", None)
+            if budget is not None:
+                self._token_budget = max(input_ids.shape[1], budget // 2)
             half = len(input_ids) // 2
             return np.concatenate(
                 [
@@ -236,11 +289,103 @@ class TransformersEncoder:
                 ]
             )
 
+    def _encode_pipelined(self, texts: list[str]) -> np.ndarray:
+        """The GPU path: a worker thread tokenises and pads batches ahead (the
+        fast tokenizer releases the GIL) while the device runs; each batch's
+        vectors are copied back into page-locked memory asynchronously and
+        collected only after the next batch was launched, so the GPU never waits
+        for the host between batches. An out-of-memory batch falls back to
+        _forward_safe (halving the budget for every later batch)."""
+        import queue
+        import threading
+
+        import torch
+
+        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        ready: queue.Queue = queue.Queue(maxsize=4)
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                for item in self._batches(texts):
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                failure.append(exc)
+            finally:
+                ready.put(None)
+
+        worker = threading.Thread(target=produce, name="segtool-tokenize", daemon=True)
+        worker.start()
+        out: np.ndarray | None = None
+        in_flight = None  # (row indices, host tensor, event) of the last launched batch
+
+        def collect(entry) -> None:
+            nonlocal out
+            idx, host, event = entry
+            if event is not None:
+                event.synchronize()
+            vec = host.numpy()
+            if out is None:
+                out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
+            out[idx] = vec
+
+        try:
+            with torch.inference_mode():
+                while (item := ready.get()) is not None:
+                    idx, input_ids, mask = item
+                    launched = None
+                    try:
+                        vec = self._launch(input_ids, mask)
+                        if vec.is_cuda:
+                            host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
+                            host.copy_(vec, non_blocking=True)
+                            event = torch.cuda.Event()
+                            event.record()
+                        else:
+                            host, event = vec, None
+                        launched = (idx, host, event)
+                    except oom:
+                        pass
+                    if launched is None:  # outside the handler: its tensors are freed
+                        if in_flight is not None:
+                            collect(in_flight)
+                            in_flight = None
+                        launched = (
+                            idx,
+                            torch.from_numpy(self._forward_safe(input_ids, mask)),
+                            None,
+                        )
+                    if in_flight is not None:
+                        collect(in_flight)
+                    in_flight = launched
+                if in_flight is not None:
+                    collect(in_flight)
+        finally:
+            stop.set()
+            while worker.is_alive():  # let a blocked producer finish
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
+        if failure:
+            raise failure[0]
+        return out
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self._load()
+        if getattr(self, "_pipelined", False):
+            return self._encode_pipelined(texts)
         import torch
 
         out: np.ndarray | None = None

@@ -22,11 +22,15 @@ from segtool.state.result import one
 CHUNK = int(os.environ.get("SEGTOOL_EMBED_CHUNK", "2048"))
 
 
-def preflight(project, encoders, embedding_nodes) -> None:
+def preflight(project, encoders, embedding_nodes, say=None) -> None:
     """Missing models, unavailable packages and a device that is not there fail
-    before anything is written."""
+    before anything is written; a static encoder is distilled here (once per
+    machine), so the plan can fingerprint it."""
     from segtool.encoders import check_encoder
+    from segtool.execute.executors import check as check_executor
 
+    executor = project.loaded.target.executor
+    check_executor(executor)  # Ray installed, for a target that embeds on Ray
     seen = set()
     for node in embedding_nodes:
         enc_name = node.data["encoder"]
@@ -43,7 +47,8 @@ def preflight(project, encoders, embedding_nodes) -> None:
                 line=spec.line,
             )
         device = encoders.device_for(enc_name)
-        if spec.kind != "hashing" and device not in ("auto", "cpu"):
+        # on Ray the device is the workers': this process may have none
+        if spec.kind != "hashing" and device not in ("auto", "cpu") and executor.kind == "local":
             from segtool.encoders._device import resolve_device
 
             try:
@@ -52,11 +57,15 @@ def preflight(project, encoders, embedding_nodes) -> None:
                 exc.message = f"encoder '{enc_name}': {exc.message}"
                 exc.hint = (exc.hint or "") + "; the database was not changed"
                 raise
+        encoders.prepare(enc_name, say)
 
 
 def execute_embedding(ctx, step) -> StepResult:
-    """Embed the texts the plan put in work_table('embed', ...), one committed
-    chunk at a time: a killed run keeps what it did."""
+    """Embed the texts the plan put in work_table('embed', ...) on the
+    target's executor (execute/executors: this process, or Ray); every chunk
+    of vectors is committed here, in its own transaction: a killed run keeps
+    what it did."""
+    from segtool.execute.executors import EmbedWork, executor_for
     from segtool.state.tables import work_table
 
     t0 = time.perf_counter()
@@ -65,69 +74,121 @@ def execute_embedding(ctx, step) -> StepResult:
         return StepResult.of(step)
     con = ctx.con
     text_name, enc_name = node.data["text"], node.data["encoder"]
-    enc = ctx.encoders.get(enc_name)
+    spec = ctx.loaded.encoders[enc_name]
     fp = ctx.encoders.fingerprint(enc_name)
     work = work_table("embed", node.name.replace(".", "__"))
     todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
     found = vectors.lookup(con, fp)
     store = found[0] if found else None
-    if todo:
-        enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
-    embedded = 0
-    t_enc = 0.0
-    with ctx.reporter.progress(f"embed {text_name} with {enc_name}", todo) as bar:
-        for lo in range(1, todo + 1, CHUNK):
-            rows = con.execute(
-                f"SELECT text_hash, text FROM {work} WHERE rn >= ? AND rn < ? ORDER BY rn",
-                [lo, lo + CHUNK],
-            ).fetchall()
-            te = time.perf_counter()
-            vecs = enc.encode([r[1] for r in rows])
-            t_enc += time.perf_counter() - te
-            if vecs.ndim != 2 or vecs.shape[0] != len(rows) or not np.isfinite(vecs).all():
-                raise EncoderError(
-                    f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(rows)} texts or non-finite values"
-                )
-            if store is None:
-                store = vectors.ensure(
-                    con,
-                    fp,
-                    encoder=enc_name,
-                    kind=enc.spec.kind,
-                    dim=vecs.shape[1],
-                    run_id=ctx.run_id,
-                )
-            vectors.insert(con, store, [r[0] for r in rows], vecs, ctx.run_id)
-            embedded += len(rows)
-            bar.advance(len(rows))
+    executor = executor_for(ctx.loaded.target.executor)
+
+    def read(lo: int, hi: int) -> tuple[list[str], list[str]]:
+        rows = con.execute(
+            f"SELECT text_hash, text FROM {work} WHERE rn >= ? AND rn < ? ORDER BY rn", [lo, hi]
+        ).fetchall()
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    def stream(n: int):
+        """The work set in rn order, as pyarrow tables of exactly n rows (the
+        last one shorter): read once, to the end, before anything is written."""
+        import pyarrow as pa
+
+        reader = con.sql(f"SELECT rn, text_hash, text FROM {work} ORDER BY rn").fetch_record_batch(
+            65_536
+        )
+        held: list = []
+        have = 0
+        for batch in reader:
+            held.append(batch)
+            have += batch.num_rows
+            while have >= n:
+                table = pa.Table.from_batches(held)
+                yield table.slice(0, n)
+                held = table.slice(n).to_batches()
+                have -= n
+        if have:
+            yield pa.Table.from_batches(held)
+
+    def commit(hashes: list[str], vecs: np.ndarray) -> None:
+        nonlocal store
+        if vecs.ndim != 2 or vecs.shape[0] != len(hashes) or not np.isfinite(vecs).all():
+            raise EncoderError(
+                f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(hashes)} texts or non-finite values"
+            )
+        if store is None:
+            store = vectors.ensure(
+                con, fp, encoder=enc_name, kind=spec.kind, dim=vecs.shape[1], run_id=ctx.run_id
+            )
+        vectors.insert(con, store, hashes, vecs, ctx.run_id)
+
+    label = f"embed {text_name} with {enc_name}"
+    if executor.kind != "local":
+        label += f" on {executor.describe()}"
+    with ctx.reporter.progress(label, todo) as bar:
+        stats = executor.embed(
+            EmbedWork(
+                encoder=enc_name,
+                spec=spec,
+                fingerprint=fp,
+                todo=todo,
+                chunk=CHUNK,
+                root=ctx.loaded.root,
+                device=ctx.encoders.device,
+                threads=ctx.encoders.threads,
+                local_encoder=lambda: ctx.encoders.get(enc_name),
+                read=read,
+                stream=stream,
+                commit=commit,
+                progress=bar,
+            )
+        )
     if store is not None:
         vectors.touch(con, fp, encoder=enc_name, run_id=ctx.run_id)
+    for w in stats.extra.get("per_worker", []):
+        rate = f", {w['texts_per_s']:,.0f} texts/s" if w["texts_per_s"] else ""
+        ctx.reporter.line(
+            f"    {executor.kind} worker {w['worker']} on {w['device']}: {w['texts']:,} texts{rate}"
+        )
+    seconds = time.perf_counter() - t0
     return StepResult.of(
         step,
-        time.perf_counter() - t0,
-        embedded=embedded,
-        texts_per_s=round(embedded / t_enc, 1) if t_enc > 0 else None,
-        device=enc.device if embedded else None,
+        seconds,
+        embedded=stats.embedded,
+        texts_per_s=stats.texts_per_s,
+        device=stats.device if stats.embedded else None,
+        executor=executor.kind,
+        workers=executor.workers,
+        wall_texts_per_s=round(stats.embedded / seconds, 1)
+        if stats.embedded and seconds > 0
+        else None,
+        **stats.extra,
     )
 
 
-def load_vectors(con, text_name: str, encoder_fp: str, keys_sql: str, key: str):
-    """Vectors for the users in `keys_sql` (a query returning the key column and
-    __ord), in that order. Returns (keys, matrix)."""
+def load_vectors(con, text_name: str, encoder_fp: str, users_sql: str, key: str, n: int):
+    """Vectors of the users in `users_sql` (the key column and a dense __ord
+    1..n), row __ord-1 of an (n, dim) float32 matrix. Returns (matrix, rows
+    found). Streamed in record batches straight into the matrix: no sort of
+    the vectors, no intermediate copy (at 1M users a copy is a gigabyte)."""
     k = quote_ident(key)
     found = vectors.lookup(con, encoder_fp)
     if found is None:
-        return np.zeros(0, dtype=object), np.zeros((0, 0), dtype=np.float32)
+        return np.zeros((n, 0), dtype=np.float32), 0
     table, dim = found
-    tbl = con.sql(
-        f"""SELECT u.{k} AS k, e.vector AS v
-        FROM ({keys_sql}) u
+    out = np.zeros((n, dim), dtype=np.float32)
+    got = 0
+    reader = con.sql(
+        f"""SELECT u.__ord AS o, e.vector AS v
+        FROM ({users_sql}) u
         JOIN {tables.texts(text_name)} t ON t.{k} = u.{k}
-        JOIN {table} e ON e.text_hash = t.text_hash
-        ORDER BY u.__ord"""
-    ).to_arrow_table()
-    keys = tbl.column("k").to_numpy(zero_copy_only=False)
-    return keys, vectors.to_matrix(tbl.column("v"), dim)
+        JOIN {table} e ON e.text_hash = t.text_hash"""
+    ).fetch_record_batch(65_536)
+    for batch in reader:
+        rows = batch.column(0).to_numpy() - 1
+        flat = batch.column(1).flatten().to_numpy(zero_copy_only=False)
+        out[rows] = flat.reshape(len(rows), dim)
+        got += len(rows)
+    return out, got
 
 
 def clean_cache(project) -> dict:

@@ -91,11 +91,27 @@ def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int,
     return out, n_trunc, n_empty
 
 
-def execute_text(ctx, step) -> StepResult:
-    """Render the users the plan put in work_table('text', NAME) and write
-    their texts (through the workspace: the texts table, or a dry-run overlay)."""
+def rendered_batch(out: list[tuple]):
+    """render_rows' tuples as the Arrow table the texts tables are filled from."""
     import pyarrow as pa
 
+    return pa.table(
+        {
+            "k": [r[0] for r in out],
+            "row_hash": pa.array([r[1] for r in out], pa.uint64()),
+            "text_hash": [r[2] for r in out],
+            "text": [r[3] for r in out],
+            "n_chars": pa.array([r[4] for r in out], pa.int32()),
+            "truncated": [r[5] for r in out],
+        }
+    )
+
+
+def execute_text(ctx, step) -> StepResult:
+    """Render the users the plan put in work_table('text', NAME) and write
+    their texts (through the workspace: the texts table, or a dry-run overlay).
+    Large work sets render on every CPU (execute/render_pool.py)."""
+    from segtool.execute.render_pool import job_for, render_parallel, workers_for
     from segtool.state.tables import work_table
 
     t0 = time.perf_counter()
@@ -115,34 +131,31 @@ def execute_text(ctx, step) -> StepResult:
         text_hash VARCHAR, text VARCHAR, n_chars INTEGER, truncated BOOLEAN)"""
     )
     n_work = one(con.execute(f"SELECT count(*) FROM {work}"))[0]
-    render = text_renderer(proj, spec)
-    n_trunc = n_empty = 0
-    with ctx.reporter.progress(f"render {spec.name}", n_work) as bar:
+
+    def batches():
         for lo in range(1, n_work + 1, BATCH):
-            rows = (
-                con.sql(
-                    f"SELECT * EXCLUDE (__rn, __new) FROM {work} WHERE __rn >= {lo} AND __rn < {lo + BATCH}"
-                )
-                .to_arrow_table()
-                .to_pylist()
-            )
-            out, t, e = render_rows(proj, spec, rows, render)
+            yield con.sql(
+                f"SELECT * EXCLUDE (__rn, __new) FROM {work} WHERE __rn >= {lo} AND __rn < {lo + BATCH}"
+            ).to_arrow_table()
+
+    workers = workers_for(n_work)
+    if workers > 1:
+        results = render_parallel(job_for(proj, spec), batches(), workers)
+    else:
+        render = text_renderer(proj, spec)
+        results = (
+            (rendered_batch(out), t, e)
+            for out, t, e in (render_rows(proj, spec, b.to_pylist(), render) for b in batches())
+        )
+    n_trunc = n_empty = 0
+    with ctx.reporter.progress(f"render {spec.name}", n_work, "users") as bar:
+        for table, t, e in results:
             n_trunc += t
             n_empty += e
-            batch = pa.table(
-                {
-                    "k": [r[0] for r in out],
-                    "row_hash": pa.array([r[1] for r in out], pa.uint64()),
-                    "text_hash": [r[2] for r in out],
-                    "text": [r[3] for r in out],
-                    "n_chars": pa.array([r[4] for r in out], pa.int32()),
-                    "truncated": [r[5] for r in out],
-                }
-            )
-            con.register("__segtool_batch", batch)
+            con.register("__segtool_batch", table)
             con.execute(f"INSERT INTO {rendered} SELECT * FROM __segtool_batch")
             con.unregister("__segtool_batch")
-            bar.advance(len(out))
+            bar.advance(table.num_rows)
     texts_changed = 0
     if stored is not None:
         texts_changed = one(

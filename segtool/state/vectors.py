@@ -86,16 +86,6 @@ def insert(con, table: str, hashes: list[str], vectors: np.ndarray, run_id: int 
         con.unregister("__segtool_vectors")
 
 
-def to_matrix(column, dim: int) -> np.ndarray:
-    """An Arrow FLOAT[dim] column as an (n, dim) float32 matrix, without copies."""
-    col = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    n = len(col)
-    if n == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(n, dim)
-
-
 def registered(con) -> list[dict]:
     rows = con.execute(
         f"SELECT encoder_fp, table_name, encoder, kind, dim, first_run, last_run FROM {REGISTRY} ORDER BY first_run, encoder_fp"

@@ -436,3 +436,76 @@ def test_real_minilm_similar_sentences_are_closer(root, monkeypatch):
     assert enc.dim == 384
     assert a @ b > a @ c + 0.2
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_token_budget_batches_and_oom_back_off(tiny_bert, root, monkeypatch):
+    """The GPU batching, run on the CPU: batches sized by a token budget, and an
+    out-of-memory halves the budget (for later batches too) and retries the
+    batch in halves, outside the exception handler; the vectors do not change."""
+    import torch
+
+    enc = build_encoder(_spec(model=str(tiny_bert), batch_size=8), root)
+    expected = enc.encode(TEXTS * 6)
+    enc._token_budget = 8 * 512
+    real = enc._forward
+    calls = []
+
+    def forward(ids, mask):
+        calls.append(ids.shape)
+        if ids.shape[0] * ids.shape[1] > 600:  # "GPU memory" for 600 tokens a batch
+            raise torch.OutOfMemoryError("simulated")
+        return real(ids, mask)
+
+    monkeypatch.setattr(enc, "_forward", forward)
+    got = enc.encode(TEXTS * 6)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert enc._token_budget < 8 * 512  # backed off, and stays backed off
+    assert any(r * w > 600 for r, w in calls)  # it did hit the limit
+    assert all(r >= 1 for r, _ in calls)
+
+
+def test_gpu_pipeline_gives_the_same_vectors(tiny_bert, root, monkeypatch):
+    """The GPU path (tokenise ahead in a thread, one batch in flight), run on
+    the CPU: same vectors in input order, also when a batch runs out of memory
+    and when tokenising fails midway."""
+    import torch
+
+    enc = build_encoder(_spec(model=str(tiny_bert), batch_size=4), root)
+    texts = TEXTS * 9
+    expected = enc.encode(texts)
+    enc._token_budget = 4 * 512
+    enc._pipelined = True
+    assert np.allclose(enc.encode(texts), expected, atol=1e-5)
+
+    real = enc._launch
+
+    def launch(ids, mask):
+        if ids.shape[0] * ids.shape[1] > 300:
+            raise torch.OutOfMemoryError("simulated")
+        return real(ids, mask)
+
+    monkeypatch.setattr(enc, "_launch", launch)
+    assert np.allclose(enc.encode(texts), expected, atol=1e-5)
+    assert enc._token_budget < 4 * 512
+
+    def broken(texts):
+        yield from []
+        raise ValueError("tokenizer broke")
+
+    monkeypatch.setattr(enc, "_batches", broken)
+    with pytest.raises(ValueError, match="tokenizer broke"):
+        enc.encode(texts)
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_agrees_with_cpu(tiny_bert, root):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cpu = build_encoder(_spec(model=str(tiny_bert), device="cpu"), root).encode(TEXTS)
+    gpu_enc = build_encoder(_spec(model=str(tiny_bert), device="cuda", dtype="float16"), root)
+    gpu = gpu_enc.encode(TEXTS)
+    assert gpu_enc.device.startswith("cuda") and gpu.dtype == np.float32
+    cos = (cpu * gpu).sum(1) / (np.linalg.norm(cpu, axis=1) * np.linalg.norm(gpu, axis=1) + 1e-12)
+    assert cos[[0, 2, 3, 4, 5, 6]].min() > 0.99

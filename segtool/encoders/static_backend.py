@@ -1,0 +1,327 @@
+"""`kind: static`: static embeddings (model2vec), one vector per token, mean-pooled.
+
+A static model keeps most of a sentence transformer's semantics at the speed
+of a table lookup (thousands of texts per second on one CPU core, no torch at
+encode time). `model:` names either
+
+* a model2vec model (a folder, or a hub id in the local HF cache), used as is; or
+* a transformer (a folder, a hub id in the cache, or one a pip package ships):
+  it is distilled once per machine with model2vec, into the segtool cache
+  (`$SEGTOOL_CACHE`, default `~/.cache/segtool`) under a key made of the
+  source model's content hash and the distillation settings, and every
+  project on the machine reuses it.
+
+A distillation runs into a temporary folder that is renamed into place when
+it is complete and verified, under a file lock, so a killed distillation
+leaves no half-written model and two runs never distil the same model twice
+at once. A cached model whose files do not match its manifest is distilled
+again. The fingerprint covers the distilled weights themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segtool.encoders._cache import cache_root
+from segtool.encoders._common import check_texts
+from segtool.encoders._fingerprint import file_sha256, model_content_hash
+from segtool.encoders._fingerprint import fingerprint as _fingerprint
+from segtool.encoders._resolve import Resolved, read_json
+from segtool.errors import EncoderError
+
+MANIFEST = "segtool-static.json"
+STATIC_FILES = ("model.safetensors", "tokenizer.json", "config.json")
+SIF_COEFFICIENT = 1e-4
+DEFAULT_DIM = 256
+
+
+def is_model2vec(folder: Path) -> bool:
+    return read_json(folder / "config.json").get("model_type") == "model2vec"
+
+
+def _model2vec_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("model2vec")
+    except Exception:  # noqa: BLE001 - not installed: check_encoder says so
+        return "missing"
+
+
+def distill_key(source: Path, dim: int) -> str:
+    """What decides a distilled model: the source weights and the settings.
+    The model2vec release is part of it (its distillation changes between
+    releases); its major.minor only, so a patch release reuses the cache."""
+    release = ".".join(_model2vec_version().split(".")[:2])
+    return _fingerprint(
+        {
+            "source": model_content_hash(source, sentence_transformers=True),
+            "pca_dims": int(dim),
+            "sif": SIF_COEFFICIENT,
+            "model2vec": release,
+        }
+    )[:24]
+
+
+def _manifest_ok(folder: Path) -> bool:
+    """The folder holds a complete distilled model: every file its manifest
+    lists, with the recorded content hash."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        return all(
+            file_sha256(folder / name) == digest for name, digest in manifest["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+class StaticEncoder:
+    backend = "static"
+
+    def __init__(self, spec, resolved: Resolved, *, cache_dir: Path | None = None):
+        self.spec = spec
+        self.resolved = resolved
+        self.source = resolved.path
+        self.dim_setting = int(spec.dim or DEFAULT_DIM)
+        self.distilled = not is_model2vec(self.source)
+        if self.distilled:
+            root = Path(cache_dir) if cache_dir is not None else cache_root()
+            self.path = root / "static" / distill_key(self.source, self.dim_setting)
+        else:
+            self.path = self.source
+        self._model = None
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+    @property
+    def ready(self) -> bool:
+        """The model is there to load (a distilled one complete and verified)."""
+        if not self.distilled:
+            return True
+        return _manifest_ok(self.path)
+
+    @property
+    def dim(self) -> int:
+        cfg = read_json(self.path / "config.json") if self.ready else {}
+        return int(cfg.get("hidden_dim") or self.dim_setting)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            if not self.ready:
+                raise EncoderError(
+                    f"encoder '{self.spec.name}': not distilled yet (the next run distils it "
+                    f"from {self.source} once, in {self.path.parent})",
+                    hint="segtool run distils it first; it takes minutes on a CPU, once per machine",
+                )
+            files = {
+                n: file_sha256(self.path / n) for n in STATIC_FILES if (self.path / n).is_file()
+            }
+            self._fingerprint = _fingerprint(
+                {
+                    "kind": "static",
+                    "weights": files,
+                    "normalize": bool(self.spec.normalize),
+                    "max_length": int(self.spec.max_length),
+                    "pooling": "sparse-mean/v1",  # segtool's pooling (see _pool)
+                }
+            )
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ distillation
+    def prepare(self, say=None) -> None:
+        """Distil the source model into the cache unless it is there already."""
+        if self.ready:
+            return
+        import filelock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(self.path) + ".lock"):
+            if self.ready:  # another process finished it while we waited
+                return
+            if self.path.exists():  # an incomplete or corrupt copy: start again
+                shutil.rmtree(self.path, ignore_errors=True)
+            if say:
+                say(
+                    f"distilling static encoder '{self.spec.name}' from {self.source} "
+                    f"(dim {self.dim_setting}; once per machine, into {self.path})"
+                )
+            tmp = self.path.parent / f".tmp-{self.path.name}-{uuid.uuid4().hex[:8]}"
+            t0 = time.monotonic()
+            # model2vec draws a tqdm bar: on a terminal it shows the distillation
+            # moving; in a CI log its carriage returns are noise, so it is off there
+            quiet = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+            old = os.environ.get("TQDM_DISABLE")
+            if quiet:
+                os.environ["TQDM_DISABLE"] = "1"
+            try:
+                self._distill_into(tmp)
+                os.replace(tmp, self.path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if quiet:
+                    if old is None:
+                        os.environ.pop("TQDM_DISABLE", None)
+                    else:
+                        os.environ["TQDM_DISABLE"] = old
+            if say:
+                say(f"distilled '{self.spec.name}' in {time.monotonic() - t0:.0f}s")
+            self._fingerprint = None
+
+    def _distill_into(self, folder: Path) -> None:
+        try:
+            from model2vec.distill import distill
+        except ImportError as exc:
+            raise EncoderError(
+                f"encoder '{self.spec.name}' (kind static) needs model2vec with distillation: {exc}",
+                hint="pip install 'model2vec[distill]'",
+            ) from None
+        from segtool.encoders._common import quiet_transformers
+
+        try:
+            with quiet_transformers():
+                model = distill(
+                    model_name=str(self.source),
+                    pca_dims=self.dim_setting,
+                    sif_coefficient=SIF_COEFFICIENT,
+                    trust_remote_code=bool(self.spec.trust_remote_code),
+                )
+        except Exception as exc:  # noqa: BLE001 - any failure of the source model
+            raise EncoderError(
+                f"encoder '{self.spec.name}': cannot distil {self.source}: {type(exc).__name__}: {exc}",
+                hint="kind static distils a transformer (a sentence-transformers or BERT-like model) or loads a model2vec model",
+            ) from None
+        model.save_pretrained(str(folder))
+        files = {n: file_sha256(folder / n) for n in STATIC_FILES if (folder / n).is_file()}
+        (folder / MANIFEST).write_text(
+            json.dumps(
+                {
+                    "source": str(self.source),
+                    "pca_dims": self.dim_setting,
+                    "model2vec": _model2vec_version(),
+                    "files": files,
+                },
+                indent=2,
+            )
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def _load(self):
+        """The token table and tokenizer. A plain static model (the usual kind)
+        is read directly: tokenizer.json and the safetensors table, without
+        importing model2vec (~1 s); a vocabulary-quantised one through model2vec."""
+        if self._model is None:
+            if not self.ready:
+                self.prepare()
+            cfg = read_json(self.path / "config.json")
+            try:
+                from safetensors.numpy import load_file
+                from tokenizers import Tokenizer
+
+                tables = load_file(str(self.path / "model.safetensors"))
+                if set(tables) == {"embeddings"} and not cfg.get("vocabulary_quantization"):
+                    tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+                    tokenizer.no_padding()
+                    self._model = _PlainStatic(tables["embeddings"], tokenizer)
+                    return self._model
+            except Exception as exc:  # noqa: BLE001
+                raise EncoderError(
+                    f"encoder '{self.spec.name}': cannot load the static model in {self.path}: {exc}",
+                    hint="delete that folder; the next run distils it again",
+                ) from None
+            try:
+                from model2vec import StaticModel
+            except ImportError:
+                raise EncoderError(
+                    f"encoder '{self.spec.name}' (kind static) needs model2vec",
+                    hint="pip install model2vec",
+                ) from None
+            try:
+                self._model = StaticModel.from_pretrained(
+                    str(self.path), normalize=bool(self.spec.normalize), force_download=False
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise EncoderError(
+                    f"encoder '{self.spec.name}': cannot load the static model in {self.path}: {exc}",
+                    hint="delete that folder; the next run distils it again",
+                ) from None
+        return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = check_texts(texts)
+        model = self._load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if model.token_mapping is not None or model.weights is not None:
+            # vocabulary-quantised models: model2vec's own pooling
+            vecs = model.encode(
+                texts,
+                max_length=int(self.spec.max_length),
+                batch_size=max(1024, int(self.spec.batch_size)),
+                use_multiprocessing=False,  # segtool owns the process (DuckDB threads)
+            )
+            return np.ascontiguousarray(vecs, dtype=np.float32)
+        return self._pool(model, texts)
+
+    def _pool(self, model, texts: list[str]) -> np.ndarray:
+        """Mean of the token vectors, as one sparse (texts x vocabulary) count
+        matrix times the float32 table: no per-text Python loop (model2vec's own
+        path groups texts by length and averages in float16, ~1.7x slower
+        here); agrees with it to ~3e-4."""
+        import itertools
+
+        import scipy.sparse as sp
+
+        if getattr(self, "_table", None) is None:
+            self._table = np.asarray(model.embedding, dtype=np.float32)
+        table = self._table
+        encodings = model.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        limit = int(self.spec.max_length)
+        ids = [e.ids[:limit] for e in encodings]
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum())
+        )
+        rows = np.repeat(np.arange(len(ids), dtype=np.int64), lens)
+        if model.unk_token_id is not None:  # model2vec drops unknown tokens
+            keep = flat != model.unk_token_id
+            flat, rows = flat[keep], rows[keep]
+        counts = sp.csr_matrix(
+            (np.ones(len(flat), dtype=np.float32), (rows, flat)), shape=(len(ids), table.shape[0])
+        )
+        out = np.asarray(counts @ table, dtype=np.float32)
+        n = np.bincount(rows, minlength=len(ids)).astype(np.float32)
+        out /= np.maximum(n, 1.0)[:, None]
+        if self.spec.normalize:
+            norm = np.linalg.norm(out, axis=1, keepdims=True)
+            out = np.divide(out, norm, out=np.zeros_like(out), where=norm > 0)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class _PlainStatic:
+    """What _pool needs of a model2vec StaticModel, read without model2vec."""
+
+    token_mapping = None
+    weights = None
+
+    def __init__(self, embedding: np.ndarray, tokenizer):
+        self.embedding = embedding
+        self.tokenizer = tokenizer
+        unk = getattr(tokenizer.model, "unk_token", None)  # as model2vec: dropped when present
+        self.unk_token_id = tokenizer.token_to_id(unk) if unk is not None else None

@@ -1,0 +1,122 @@
+"""The executor setting of a target and the fit sample of a segmentation:
+what needs no Ray (tests/functional/test_ray.py runs on a local Ray)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import ProjectDir, write_files
+from tests.fixtures import tiny_project_files
+
+PROFILES = """
+targets:
+  dev: {database: target/segtool.duckdb}
+  cluster:
+    database: target/cluster.duckdb
+    executor:
+      kind: ray
+      workers: 4
+      gpus_per_worker: 1
+      batch_size: 256
+"""
+
+
+def test_executor_spec_defaults_and_values():
+    from segtool.project.specs import TargetSpec
+
+    assert TargetSpec().executor.kind == "local"
+    ex = TargetSpec(
+        executor={"kind": "ray", "address": "auto", "workers": 4, "gpus_per_worker": 1}
+    ).executor
+    assert (ex.kind, ex.address, ex.workers, ex.gpus_per_worker, ex.batch_size) == (
+        "ray",
+        "auto",
+        4,
+        1,
+        None,
+    )
+    assert ex.assign_min_users == 1_000_000
+
+
+def test_bad_executor_settings_point_at_the_line(make_project):
+    files = tiny_project_files()
+    files["profiles.yml"] = """
+        targets:
+          dev:
+            executor: {kind: ray, workers: 0}
+    """
+    pd = make_project(files)
+    r = pd.cli("validate", expect=1)
+    out = r.stdout + r.stderr
+    assert "profiles.yml:3" in out and "workers" in out
+
+
+def test_ray_target_without_ray_fails_validate_with_the_install_hint(make_project, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a, **k: None if name == "ray" else real(name, *a, **k),
+    )
+    files = tiny_project_files()
+    files["profiles.yml"] = PROFILES
+    pd = make_project(files)
+    pd.cli("validate")  # the dev target runs locally: Ray is not needed
+    r = pd.cli("validate", "--target", "cluster", expect=1)
+    out = r.stdout + r.stderr
+    assert "Ray is not installed" in out
+    assert "pip install 'segtool[ray]'" in out
+    assert "profiles.yml:6" in out  # the `kind: ray` line
+    r = pd.cli("run", "--target", "cluster", expect=1)
+    assert not (pd.root / "target" / "cluster.duckdb").exists()
+
+
+def test_unset_fit_sample_keeps_fit_hashes():
+    """fit_sample is new: unset, it is not part of the definition a fit
+    hash covers, so existing segmentations do not refit for it."""
+    from segtool.project.specs import ClusterSpec
+
+    assert "fit_sample" not in ClusterSpec().model_dump()
+    assert ClusterSpec(fit_sample=5000).model_dump()["fit_sample"] == 5000
+    assert ClusterSpec(fit_sample="all").model_dump()["fit_sample"] == "all"
+    with pytest.raises(ValueError):
+        ClusterSpec(fit_sample=10)
+
+
+def _with_fit_sample(n_users: int, sample) -> dict[str, str]:
+    files = tiny_project_files(n_users=n_users)
+    files["segments/segments.yml"] = files["segments/segments.yml"].replace(
+        "cluster: {method: kmeans, k: 3, seed: 7}",
+        f"cluster: {{method: kmeans, k: 3, seed: 7, fit_sample: {sample}}}",
+    )
+    return files
+
+
+def test_fit_on_a_sample_assigns_everyone(tmp_path):
+    pd = ProjectDir(write_files(tmp_path / "p", _with_fit_sample(300, 120)))
+    pd.cli("run")
+    res = json.loads((pd.root / "target/run_results.json").read_text())
+    beh = res["summary"]["segmentations"]["behaviour"]
+    assert beh["fit_sample"] == 120
+    assert beh["executor"] == "local"
+    assert pd.sql("select count(*), count(segment_id) from segments.behaviour") == [(300, 300)]
+    fitted = json.loads(pd.sql("select params from _segtool.fitted where active")[0][0])
+    assert fitted["model"]["n_samples_fit"] == 120
+    # the planted groups are still found from the sample
+    groups = pd.sql(
+        "select count(distinct segment_id) from segments.behaviour group by user_id % 3"
+    )
+    assert all(n == 1 for (n,) in groups)
+    # a refit reads the same sample: the same segments
+    first = pd.sql("select user_id, segment_id, distance from segments.behaviour order by 1")
+    pd.cli("run", "--refit", "-s", "behaviour")
+    again = pd.sql("select user_id, segment_id, distance from segments.behaviour order by 1")
+    assert again == first
+    # `all` fits on everyone (no sample: nothing in the result says so)
+    pd.edit("segments/segments.yml", "fit_sample: 120", "fit_sample: all")
+    pd.cli("run")
+    res = json.loads((pd.root / "target/run_results.json").read_text())
+    assert "fit_sample" not in res["summary"]["segmentations"]["behaviour"]

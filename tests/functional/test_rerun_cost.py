@@ -1,0 +1,64 @@
+"""A run whose inputs did not change does (almost) nothing: it skips every
+step, and it imports no torch, transformers, scikit-learn or model2vec, and
+loads no model: fingerprints come from files and settings only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import save_tiny_bert
+
+HEAVY = ("torch", "transformers", "sklearn", "model2vec", "sentence_transformers")
+
+PROBE = """
+import json, sys
+from segtool.cli import main
+try:
+    main(["run", "-q", "--project-dir", sys.argv[1]])
+except SystemExit as e:
+    assert not e.code, e.code
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def _rerun_modules(root: Path, env=None) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
+
+
+@pytest.mark.parametrize("kind", ["hashing", "transformers", "static"])
+def test_no_change_rerun_imports_no_model_library(project, bert, kind, tmp_path, monkeypatch):
+    import os
+
+    env = {**os.environ, "SEGTOOL_CACHE": str(tmp_path / "cache")}
+    monkeypatch.setenv("SEGTOOL_CACHE", env["SEGTOOL_CACHE"])
+    if kind != "hashing":
+        shutil.copytree(bert, project.root / "local_model")
+        project.edit(
+            "segments/segments.yml",
+            "  - name: hash\n    kind: hashing\n    dim: 256",
+            f"  - name: hash\n    kind: {kind}\n    model: ./local_model"
+            + ("\n    dim: 16" if kind == "static" else ""),
+        )
+    project.cli("run")
+    assert _rerun_modules(project.root, env) == []
+    results = json.loads((project.root / "target/run_results.json").read_text())
+    assert results["summary"]["actions"] == {"skip": 6}

@@ -1,0 +1,110 @@
+"""kind: static: a model2vec model, or one distilled once per machine from a
+transformer (a tiny random BERT built here), cached, verified, rebuilt when
+corrupt, never left half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segtool.encoders import build_encoder
+from segtool.encoders.static_backend import MANIFEST, StaticEncoder
+from segtool.errors import EncoderError
+from segtool.project.specs import EncoderSpec
+from tests.fixtures import save_tiny_bert
+
+pytest.importorskip("model2vec")
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("src") / "bert")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def spec(model, **kw) -> EncoderSpec:
+    return EncoderSpec(name="fast", kind="static", model=str(model), dim=16, **kw)
+
+
+TEXTS = ["a loyal shopper buys running shoes", "coffee beans every monday", "", "x"]
+
+
+def test_distilled_once_then_reused(bert, cache):
+    enc = build_encoder(spec(bert), bert.parent)
+    assert isinstance(enc, StaticEncoder) and enc.distilled and not enc.ready
+    with pytest.raises(EncoderError, match="not distilled yet"):
+        enc.fingerprint()
+    said = []
+    enc.prepare(said.append)
+    assert said and "distilling static encoder 'fast'" in said[0]
+    assert enc.ready and (enc.path / MANIFEST).is_file()
+    assert enc.path.parent == cache / "static"
+    v = enc.encode(TEXTS)
+    assert v.shape == (4, 16) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v[[0, 1, 3]], axis=1), 1, atol=1e-3)
+    fp = enc.fingerprint()
+    # a second encoder (another project) finds the cached model: no distillation
+    again = build_encoder(spec(bert), bert.parent)
+    assert again.ready and again.path == enc.path and again.fingerprint() == fp
+    assert np.array_equal(again.encode(TEXTS), v)
+    # other distillation settings: another cache entry
+    other = build_encoder(spec(bert).model_copy(update={"dim": 8}), bert.parent)
+    assert other.path != enc.path and not other.ready
+
+
+def test_fingerprint_covers_the_distilled_weights(bert, cache):
+    enc = build_encoder(spec(bert), bert.parent)
+    enc.prepare()
+    fp = enc.fingerprint()
+    weights = enc.path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = b"\x00" * 8  # the same file, other weights
+    weights.write_bytes(bytes(data))
+    changed = build_encoder(spec(bert), bert.parent)
+    assert not changed.ready  # the manifest no longer matches
+    changed.prepare()  # so it is distilled again
+    assert changed.ready and changed.fingerprint() == fp
+
+
+def test_a_missing_or_corrupt_cache_is_rebuilt(bert, cache):
+    enc = build_encoder(spec(bert), bert.parent)
+    enc.prepare()
+    (enc.path / "model.safetensors").unlink()
+    enc2 = build_encoder(spec(bert), bert.parent)
+    assert not enc2.ready
+    enc2.prepare()
+    assert enc2.ready and enc2.encode(TEXTS).shape == (4, 16)
+
+
+def test_a_killed_distillation_leaves_no_model(bert, cache, monkeypatch):
+    enc = build_encoder(spec(bert), bert.parent)
+
+    def killed(folder):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(enc, "_distill_into", killed)
+    with pytest.raises(KeyboardInterrupt):
+        enc.prepare()
+    assert not enc.path.exists()
+    assert not [p for p in enc.path.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_model2vec_folder_is_used_as_is(bert, cache):
+    enc = build_encoder(spec(bert), bert.parent)
+    enc.prepare()
+    direct = build_encoder(spec(enc.path), enc.path.parent)
+    assert not direct.distilled and direct.ready and direct.path == enc.path
+    assert direct.fingerprint() == enc.fingerprint()
+    assert not (cache / "static" / "nothing").exists()
+
+
+def test_missing_source_model_is_a_clear_error(tmp_path, cache):
+    with pytest.raises(EncoderError, match="does not exist"):
+        build_encoder(spec("./no_such_model"), tmp_path)
