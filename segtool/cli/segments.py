@@ -1,4 +1,4 @@
-"""Commands over segment results: show, export, assign, docs."""
+"""Commands over segment results: show, score, export, assign, docs."""
 
 from __future__ import annotations
 
@@ -33,21 +33,70 @@ def docs(project_dir, target, vars_, debug, output):
 
 @click.command()
 @project_options
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--examples", default=3, show_default=True, help="Example users per segment.")
+@click.option(
+    "--vs",
+    "vs",
+    metavar="COLUMN",
+    help="Cross-tab the segments against a column of the base model instead.",
+)
 @format_option("text", "json", "markdown")
 @handle_errors
-def show(project_dir, target, vars_, debug, name, examples, fmt):
-    """A segmentation's profile: sizes, labels, distinguishing features, example users.
+def show(project_dir, target, vars_, debug, name, examples, vs, fmt):
+    """A segmentation's profile: sizes, labels, what sets each segment apart,
+    the columns that drive it, example users. Without NAME: every segmentation.
 
     \b
-    Example:
+    Examples:
+      segtool show
       segtool show behaviour --examples 2
+      segtool show behaviour --vs channel
     """
-    from segtool.report.profile import format_profile
+    from segtool.report import profile
+    from segtool.report.console import terminal_width
 
     project = load(project_dir, target, vars_)
-    click.echo(format_profile(project.profile(name, examples=examples), fmt))
+    width = terminal_width()  # fit a terminal; a pipe gets full lines
+    if name is None:
+        if vs:
+            raise click.UsageError("--vs needs a segmentation NAME")
+        click.echo(profile.format_list(profile.list_segmentations(project), fmt, width))
+    elif vs:
+        ct = profile.segment_crosstab(project, name, vs)
+        click.echo(profile.format_crosstab(ct, fmt, width))
+    else:
+        prof = project.profile(name, examples=examples)
+        click.echo(profile.format_profile(prof, fmt, width))
+
+
+@click.command()
+@project_options
+@click.argument("name")
+@click.option(
+    "--truth",
+    required=True,
+    metavar="FILE_OR_COLUMN",
+    help="A CSV/Parquet/JSON-lines file (key + label column), or a column of the base model.",
+)
+@click.option("--label-column", help="The label column of a truth file with several columns.")
+@format_option("text", "json", "markdown")
+@handle_errors
+def score(project_dir, target, vars_, debug, name, truth, label_column, fmt):
+    """Agreement of a segmentation with labels you already have: adjusted
+    Rand index, normalised mutual information and the confusion table.
+
+    \b
+    Examples:
+      segtool score behaviour --truth data/_truth.csv
+      segtool score behaviour --truth persona --format json
+    """
+    from segtool.report.score import format_score, score_segmentation
+
+    project = load(project_dir, target, vars_)
+    click.echo(
+        format_score(score_segmentation(project, name, truth, label_column=label_column), fmt)
+    )
 
 
 @click.command()
@@ -109,4 +158,4 @@ def assign(project_dir, target, vars_, debug, name, input_, output, force):
     click.echo(f"assigned {rows:,} users to segments of '{name}' -> {out}")
 
 
-COMMANDS = (show, export, assign, docs)
+COMMANDS = (show, score, export, assign, docs)

@@ -147,6 +147,18 @@ def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:
     return env.template_class.from_code(env, code, env.make_globals(None))
 
 
+def literal_text(text: str) -> str:
+    """The words a template writes for every user: its text outside {{ }} and
+    {% %} tags (empty when it does not parse; validate reports that)."""
+    import jinja2.nodes
+
+    try:
+        ast = default_env().parse(text)
+    except jinja2.TemplateSyntaxError:
+        return ""
+    return " ".join(n.data for n in ast.find_all(jinja2.nodes.TemplateData))
+
+
 def template_line(exc: BaseException, name: str) -> int | None:
     """The template line where `exc` was raised (Jinja rewrites tracebacks)."""
     line = None

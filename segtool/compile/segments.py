@@ -8,6 +8,7 @@ from typing import Any
 
 from segtool.compile.sql import quote_ident
 from segtool.graph.dag import sha
+from segtool.ml import version
 from segtool.project.loader import dumps
 from segtool.state import tables
 
@@ -76,4 +77,5 @@ def fit_hash(proj, fingerprint, seg) -> str:
             parts.append(proj.features[inp.features].model_dump(exclude={"description", "tags"}))
         else:
             parts.append(fingerprint(inp.embedding.encoder))
+    parts.append({"algorithm": version.ALGORITHM_VERSION})
     return sha(dumps(parts))

@@ -159,6 +159,11 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                     except duckdb.Error as exc:
                         status, n, ex = "error", 0, []
                         msg = str(exc).splitlines()[0]
+                        if "Permission Error" in msg:
+                            msg += (
+                                " (a view reads a file outside the project: if the project "
+                                "folder moved since the last run, `segtool run` rebuilds its views)"
+                            )
                     results.append(
                         TestResult(
                             tname, node.unique_id, status, int(n), msg, ex, col.file, col.line
@@ -177,7 +182,7 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
 def _report(rep, results: list[TestResult]) -> None:
     for r in results:
         mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}[r.status]
-        rep.line(f"{mark:<5} {r.name}" + (f": {r.message}" if r.message else ""))
+        rep.mark(mark, r.name + (f": {r.message}" if r.message else ""))
         if r.status == "fail" and r.examples:
             for e in r.examples:
                 rep.line(f"        {e}")
@@ -197,10 +202,10 @@ def segmentation_tests(project, con, node) -> list:
     k = quote_ident(proj.key)
     out: list[TestResult] = []
 
-    def add(test: str, ok: bool, message: str = "", failures: int = 0, examples=None):
+    def add(test: str, ok: bool, message: str = "", failures: int = 0, examples=None, of=None):
         out.append(
             TestResult(
-                f"{test}({name})",
+                f"{test}({of or name})",
                 node.unique_id,
                 "pass" if ok else "fail",
                 failures,
@@ -308,10 +313,60 @@ def segmentation_tests(project, con, node) -> list:
                 f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})",
                 moved,
             )
+    if t.max_association or t.min_association:
+        _association_tests(project, con, seg, add)
     if t.min_silhouette is not None and not seg.is_rules:
         s = silhouette_of(project, con, seg)
         add("min_silhouette", s >= t.min_silhouette, f"silhouette {s:.3f} < {t.min_silhouette}", 0)
     return out
+
+
+def _association_tests(project, con, seg, add) -> None:
+    """max_association / min_association: how strongly a column goes with the
+    segments now (drivers' measures, on the current assignment)."""
+    from segtool.execute.segment import drivers
+    from segtool.execute.segment.fit import pii_columns_of
+
+    t = seg.tests
+    wanted = set(t.max_association) | set(t.min_association)
+    proj = project.loaded
+    pii = pii_columns_of(proj, project.graph())
+    profile = drivers.compute(con, proj, seg, tables.segments(seg.name), pii, only=wanted)
+    found: dict[str, dict] = {}
+    for d in profile.drivers:
+        found.setdefault(d["column"], d)
+        found[f"{d['model']}.{d['column']}"] = d
+    measurable = [c for c in drivers.candidate_columns(con, proj, seg, pii) if c.kind != "list"]
+    known = list(
+        dict.fromkeys([c.name for c in measurable] + [f"{c.model}.{c.name}" for c in measurable])
+    )
+    for test, bounds in (
+        ("max_association", t.max_association),
+        ("min_association", t.min_association),
+    ):
+        for col, bound in bounds.items():
+            d = found.get(col)
+            if d is None:
+                hint = did_you_mean(col, known)
+                add(
+                    test,
+                    False,
+                    f"'{col}' is not a column drivers can measure for '{seg.name}' "
+                    f"(numeric, date or categorical, not PII, in {', '.join(drivers.feeding_models(proj, seg))})"
+                    + (f"; {hint}" if hint else ""),
+                    of=f"{seg.name}, {col}",
+                )
+                continue
+            ok = d["value"] <= bound if test == "max_association" else d["value"] >= bound
+            word = "above" if test == "max_association" else "below"
+            add(
+                test,
+                ok,
+                f"{d['model']}.{d['column']}: {d['measure']} {d['value']:.3f} is {word} {bound}",
+                0,
+                [f"{d['model']}.{d['column']} {d['measure']} = {d['value']:.3f} (bound {bound})"],
+                of=f"{seg.name}, {col}",
+            )
 
 
 def silhouette_of(project, con, seg) -> float:

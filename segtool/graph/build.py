@@ -59,6 +59,10 @@ def _referenced(proj: LoadedProject, name: str) -> list[str]:
     return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
 
 
+def _predicate_text(seg) -> str:
+    return " ".join([seg.population or "", *(r.when for r in seg.rules)])
+
+
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
     nodes: list[Node] = []
     errors: list[ProjectError] = []
@@ -292,7 +296,11 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 description=seg.description,
                 depends_on=list(dict.fromkeys(deps)),
                 spec=seg,
-                data=seg.model_dump(exclude={"description", "tags", "tests", "update"}),
+                data={
+                    **seg.model_dump(exclude={"description", "tags", "tests", "update"}),
+                    # predicates may read vars (`--vars`): their values decide who is where
+                    "vars": proj.vars if "var(" in _predicate_text(seg) else None,
+                },
                 meta={"tests": seg.tests.model_dump(), "update": seg.update.model_dump()},
             )
         )

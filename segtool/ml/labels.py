@@ -3,7 +3,8 @@ features, and a short name made from them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -21,6 +22,9 @@ def keyword_labels(
     seed: int = 0,
     ngram_range: tuple[int, int] = (1, 2),
     max_df: float = 0.5,
+    exclude: Collection[str] = (),
+    min_doc_share: float = 0.0,
+    min_lift: float = 1.0,
 ) -> dict[int, list[str]]:
     """Top `top_n` keywords per cluster label by class-based TF-IDF (c-TF-IDF,
     as in BERTopic).
@@ -36,6 +40,15 @@ def keyword_labels(
     boilerplate ("ordered", "recently bought"), which would otherwise name
     every segment alike. Ties are broken alphabetically. Every label
     present (including -1) gets an entry; a cluster without terms gets [].
+
+    So that a keyword is true of the segment it names:
+    exclude        words the template writes for everyone (literal_words);
+                   a term containing one is dropped: from "Has not ordered"
+                   no segment is ever called "ordered"
+    min_doc_share  a term must appear in at least this share of the
+                   cluster's texts
+    min_lift       ... and be at least this many times as common there as
+                   in all texts
     """
     from scipy import sparse
     from sklearn.feature_extraction.text import CountVectorizer
@@ -85,8 +98,22 @@ def keyword_labels(
     score = tf * idf[None, :]
     vocab = np.asarray(cv.get_feature_names_out())
     alpha = np.argsort(np.argsort(vocab))  # alphabetical rank per term
+    allowed = np.ones(len(vocab), dtype=bool)
+    if exclude:
+        banned = {w.lower() for w in exclude}
+        allowed = np.array([not (set(t.split()) & banned) for t in vocab], dtype=bool)
+    doc_share = pop_share = None
+    if min_doc_share > 0 or min_lift > 1.0:
+        has = (X > 0).astype(np.float64)
+        docs_per_class = np.bincount(owner_arr, minlength=classes.size).astype(np.float64)
+        doc_share = np.asarray((indicator @ has).todense()) / docs_per_class[:, None]
+        pop_share = np.asarray(has.sum(axis=0)).ravel() / max(len(docs), 1)
     for ci, c in enumerate(classes):
-        present = np.flatnonzero(counts[ci] > 0)
+        ok = (counts[ci] > 0) & allowed
+        if doc_share is not None:
+            ok &= doc_share[ci] >= min_doc_share
+            ok &= doc_share[ci] >= min_lift * pop_share
+        present = np.flatnonzero(ok)
         if present.size == 0:
             continue
         best = present[np.lexsort((alpha[present], -score[ci, present]))][:top_n]
@@ -128,6 +155,64 @@ def feature_profile(
                     for j in order[: max(top_n, 0)]
                 ]
     return out
+
+
+def literal_words(texts: Sequence[str]) -> set[str]:
+    """The lower-cased words of some text, as keyword_labels tokenises it."""
+    out: set[str] = set()
+    for t in texts:
+        out.update(w.lower() for w in re.findall(TOKEN_PATTERN, t))
+    return out
+
+
+def _number(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.0f}" if x.is_integer() else f"{x:.4g}"
+    return str(x)
+
+
+def trait_text(trait: dict) -> str:
+    """How a trait reads in a label: "top category Books", "orders 0",
+    "high revenue", "recent products incl. Kindle", "not subscribed"."""
+    text = str(trait.get("text") or "")
+    if trait.get("kind") == "value" and isinstance(trait.get("value"), (int, float)):
+        if not isinstance(trait.get("value"), bool):
+            text = f"{trait['column'].replace('_', ' ')} {_number(trait['value'])}"
+    return text
+
+
+def segment_label(traits: Sequence[dict], keywords: Sequence[str] = (), max_parts: int = 3) -> str:
+    """A label made of what is true of the segment: its traits first (the
+    values that set it apart, strongest driver first), then keywords of its
+    texts (already filtered to be true of it), " · "-joined; "segment" when
+    nothing sets it apart. Parts repeating a word already shown are skipped."""
+    parts: list[str] = []
+    seen: set[str] = set()
+    budget_traits = max_parts - (1 if keywords else 0)
+    shown: set[str] = set()
+    for t in traits:
+        if len(parts) >= max(budget_traits, 1):
+            break
+        text = trait_text(t)
+        words = set(text.lower().split()) - {"high", "low", "not", "incl."}
+        value = str(t.get("value", "")).lower()
+        # one value once: "top category Books" and "top viewed category Books"
+        # say the same thing in a label
+        if not text or words <= seen or (value and value in shown):
+            continue
+        parts.append(text)
+        seen |= words
+        if value:
+            shown.add(value)
+    for kw in keywords:
+        if len(parts) >= max_parts:
+            break
+        words = set(kw.lower().split())
+        if words <= seen:
+            continue
+        parts.append(kw)
+        seen |= words
+    return " · ".join(parts) if parts else "segment"
 
 
 def segment_name(keywords: Sequence[str], features: Sequence[dict] = (), max_terms: int = 3) -> str:

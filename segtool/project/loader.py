@@ -77,6 +77,14 @@ class LoadedProject:
         """The Jinja `env_var()`: values read from the environment are secrets."""
         return self.secrets.env_var(name, default)
 
+    def segmentation(self, name: str) -> SegmentationSpec:
+        """The segmentation `name`, or a ProjectError that suggests the nearest."""
+        if name not in self.segmentations:
+            raise ProjectError(
+                f"no segmentation named '{name}'", hint=did_you_mean(name, self.segmentations)
+            )
+        return self.segmentations[name]
+
     @property
     def name(self) -> str:
         return self.spec.name
@@ -144,6 +152,7 @@ def load_project(
     # profiles and target
     secrets = Secrets()
     targets: dict[str, TargetSpec] = {}
+    pmarks: dict = {}
     prof_path = root / PROFILES_FILE
     if prof_path.is_file():
         try:
@@ -174,6 +183,7 @@ def load_project(
             f"target '{target}' is not defined", hint=f"add it under `targets:` in {PROFILES_FILE}"
         )
     tspec = targets.get(target_name, TargetSpec())
+    errors += _executor_errors(target_name, tspec, pmarks)
 
     merged_vars = {**spec.vars, **(vars or {})}
     for name in spec.secret_vars:
@@ -195,6 +205,28 @@ def load_project(
     if strict and errors:
         raise ProjectErrors(errors)
     return proj
+
+
+def _executor_errors(target_name: str, tspec: TargetSpec, marks: dict) -> list[ProjectError]:
+    """A target whose heavy stages run on Ray needs Ray installed (found
+    without importing it: validate stays light)."""
+    import importlib.util
+
+    if tspec.executor.kind != "ray" or importlib.util.find_spec("ray") is not None:
+        return []
+    at = marks.get(("targets", target_name, "executor", "kind")) or marks.get(
+        ("targets", target_name, "executor")
+    )
+    return [
+        ProjectError(
+            f"target '{target_name}' runs embedding and assignment on Ray (executor kind: ray), "
+            "but Ray is not installed",
+            path=PROFILES_FILE,
+            line=at[0] if at else None,
+            col=at[1] if at else None,
+            hint="pip install 'segtool[ray]' (Ray Data), or use kind: local",
+        )
+    ]
 
 
 def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -77,6 +78,25 @@ class ProjectSpec(Spec):
     paths: PathsSpec = PathsSpec()
 
 
+class ExecutorSpec(Spec):
+    """Where the heavy stages run (docs/scale.md): embedding, and the
+    assignment of segmentations with more than `assign_min_users` users. SQL
+    and fitting always run in the segtool process."""
+
+    kind: Literal["local", "ray"] = "local"
+    # a running Ray cluster (`auto`, `ray://host:10001`); unset: RAY_ADDRESS, else
+    # a Ray instance started on this machine for the run
+    address: str | None = None
+    workers: int = Field(default=1, ge=1)  # encoder actors (and assignment tasks in flight)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    cpus_per_worker: float = Field(default=1, gt=0)
+    # texts per batch sent to an actor, committed as one shard; unset: the local
+    # chunk (SEGTOOL_EMBED_CHUNK, 2048), which gives bit-identical vectors
+    batch_size: int | None = Field(default=None, ge=1)
+    # a segmentation assigning more users than this assigns them on the workers
+    assign_min_users: int = Field(default=1_000_000, ge=1)
+
+
 class TargetSpec(Spec):
     database: str = "target/segtool.duckdb"
     threads: int = Field(default=2, ge=1)
@@ -86,6 +106,7 @@ class TargetSpec(Spec):
     # or no fence at all (remote sources, extensions)
     allow_paths: list[str] = []
     external_access: bool = False
+    executor: ExecutorSpec = ExecutorSpec()
 
 
 class ProfilesSpec(Spec):
@@ -189,7 +210,7 @@ class TextSpec(Spec):
 
 class EncoderSpec(Spec):
     name: Name
-    kind: Literal["transformers", "sentence-transformers", "hashing"]
+    kind: Literal["transformers", "sentence-transformers", "static", "hashing"]
     model: str | None = None
     revision: str | None = None
     pooling: Literal["mean", "cls"] = "mean"
@@ -201,9 +222,21 @@ class EncoderSpec(Spec):
     backend: Literal["torch", "onnx"] = "torch"
     quantize: Literal["none", "int8"] = "none"
     trust_remote_code: bool = False
-    dim: int = Field(default=512, ge=8, le=1 << 20)  # hashing only
+    # output dimension: hashing buckets (default 512), or the PCA dims a static
+    # encoder is distilled to (default 256)
+    dim: int | None = Field(default=None, ge=8, le=1 << 20)
     description: str = ""
     tags: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dims_alias(cls, data):
+        # `dims` (model2vec's word for the PCA size) is accepted for `dim`
+        if isinstance(data, dict) and "dims" in data:
+            if "dim" in data:
+                raise ValueError("give `dim` or `dims`, not both")
+            data = {("dim" if k == "dims" else k): v for k, v in data.items()}
+        return data
 
     @field_validator("device")
     @classmethod
@@ -252,6 +285,20 @@ class ClusterSpec(Spec):
     seed: int = 0
     min_cluster_size: int = Field(default=15, ge=2)  # hdbscan
     sample_size: int = Field(default=20000, ge=100)  # silhouette / agglomerative fit sample
+    # users the model is fitted on (docs/scale.md): unset, every user up to
+    # FIT_SAMPLE_DEFAULT (1,000,000) and a seeded sample of that many beyond;
+    # a number, a seeded sample of at most that many; `all`, every user.
+    # Everyone is then assigned with the fitted model.
+    fit_sample: Annotated[int, Field(ge=100)] | Literal["all"] | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # unset, fit_sample stays out of the dump, so adding the key did not
+        # change the fit hash (and force a refit) of any existing segmentation
+        out = handler(self)
+        if self.fit_sample is None and isinstance(out, dict):
+            out.pop("fit_sample", None)
+        return out
 
     @field_validator("k")
     @classmethod
@@ -276,6 +323,18 @@ class SegmentTestsSpec(Spec):
     max_share: float | None = Field(default=None, ge=0, le=1)
     max_moved_share: float | None = Field(default=None, ge=0, le=1)
     min_silhouette: float | None = Field(default=None, ge=-1, le=1)
+    # column (or model.column) -> bound on its association with the segments
+    # (Cramér's V or rank η², as `segtool show` lists drivers)
+    max_association: dict[str, float] = {}
+    min_association: dict[str, float] = {}
+
+    @field_validator("max_association", "min_association")
+    @classmethod
+    def _bounds(cls, v: dict[str, float]) -> dict[str, float]:
+        for col, bound in v.items():
+            if not 0 <= bound <= 1:
+                raise ValueError(f"association bound for '{col}' must be between 0 and 1")
+        return v
 
 
 class RuleSpec(Spec):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from segtool.compile.sql import quote_ident
 from segtool.errors import ProjectError, did_you_mean
+from segtool.execute.segment import drivers
+from segtool.ml.association import MEASURES
 from segtool.report.console import format_table, markdown_table
 from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, table_exists
@@ -16,11 +20,7 @@ from segtool.state.result import one
 def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any]:
 
     proj = project.loaded
-    if name not in proj.segmentations:
-        raise ProjectError(
-            f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations)
-        )
-    seg = proj.segmentations[name]
+    seg = proj.segmentation(name)
     k = quote_ident(proj.key)
     con = project.connect(read_only=True)
     try:
@@ -58,48 +58,356 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
                 }
             )
         last_run = one(con.execute(f"SELECT max(run_id) FROM {tables.segments(name)}"))[0]
+        found, drivers_run = drivers.load(con, name)
+        traits = _traits(con, name)
+        for s in segments:
+            s["traits"] = traits.get(s["segment_id"], [])
         return {
             "segmentation": name,
             "kind": "rules" if seg.is_rules else "clusters",
             "users": total,
             "last_run": last_run,
+            "drivers": found,
+            "drivers_run": drivers_run,
+            "measures": MEASURES,
+            "input_shares": _input_shares(con, seg),
             "segments": segments,
         }
     finally:
         con.close()
 
 
+def _traits(con, name: str) -> dict[int, list[dict]]:
+    from segtool.state.db import column_type
+
+    if column_type(con, STATE, "segment_catalog", "traits") is None:
+        return {}
+    rows = con.execute(
+        f"SELECT segment_id, traits FROM {tables.CATALOG} WHERE segmentation = ? AND traits IS NOT NULL",
+        [name],
+    ).fetchall()
+    return {sid: json.loads(t) for sid, t in rows}
+
+
+def _input_shares(con, seg) -> list[dict]:
+    """Each input's declared weight share and its share of the squared
+    distances in the clustered space (after reduction), from the fitted model."""
+    if seg.is_rules:
+        return []
+    from segtool.execute.segment.store import active_fit, restore
+
+    row = active_fit(con, seg.name)
+    if row is None:
+        return []
+    _, model, _ = restore(row)
+    effective = getattr(model, "block_shares_", None)
+    total = sum(i.weight for i in seg.inputs) or 1.0
+    out = []
+    for j, inp in enumerate(seg.inputs):
+        name = inp.features or f"{inp.embedding.text}/{inp.embedding.encoder}"
+        out.append(
+            {
+                "input": name,
+                "weight": inp.weight,
+                "declared_share": inp.weight / total,
+                "effective_share": float(effective[j]) if effective is not None else None,
+            }
+        )
+    return out
+
+
+def list_segmentations(project) -> dict[str, Any]:
+    """`segtool show` without NAME: every segmentation, run or not."""
+    proj = project.loaded
+    con = project.connect(read_only=True) if proj.database_path.exists() else None
+    try:
+        rows = []
+        for name, seg in proj.segmentations.items():
+            item = {
+                "segmentation": name,
+                "kind": "rules" if seg.is_rules else "clusters",
+                "users": None,
+                "segments": None,
+                "last_run": None,
+                "description": seg.description,
+            }
+            if con is not None and table_exists(con, RESULTS, name):
+                users, n, last = one(
+                    con.execute(
+                        f"SELECT count(*), count(DISTINCT segment_id), max(run_id) FROM {tables.segments(name)}"
+                    )
+                )
+                item.update(users=users, segments=n, last_run=last)
+            rows.append(item)
+        return {"segmentations": rows}
+    finally:
+        if con is not None:
+            con.close()
+
+
+def format_list(listing: dict, fmt: str, width: int | None = None) -> str:
+    if fmt == "json":
+        return json.dumps(listing, indent=2, default=str)
+    headers = ["segmentation", "kind", "users", "segments", "last run", "description"]
+    rows = [
+        [
+            r["segmentation"],
+            r["kind"],
+            "not run" if r["users"] is None else f"{r['users']:,}",
+            "" if r["segments"] is None else r["segments"],
+            "" if r["last_run"] is None else r["last_run"],
+            r["description"],
+        ]
+        for r in listing["segmentations"]
+    ]
+    if fmt == "markdown":
+        return markdown_table(headers, rows)
+    hint = "\nsegtool show NAME: one segmentation's segments, drivers and examples"
+    return format_table(headers, rows, "segmentations", width) + hint
+
+
+# ----------------------------------------------------------------------------- --vs COLUMN
+
+
+def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: int = 5) -> dict:
+    """Segments against one column of the base model: counts per segment and
+    value (a categorical column's `top` commonest values, the rest pooled as
+    "(other)"; a numeric column in `bins` quantile bins), with the column's
+    association (drivers' measure)."""
+    from segtool.compile.checks import pii_columns
+    from segtool.compile.segments import base_model
+    from segtool.ml.association import CRAMERS_V, cramers_v
+
+    proj = project.loaded
+    seg = proj.segmentation(name)
+    model = base_model(proj, seg)
+    con = project.connect(read_only=True)
+    try:
+        if not table_exists(con, RESULTS, name):
+            raise ProjectError(
+                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
+            )
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
+                "AND table_name = ? AND database_name = current_database()",
+                [tables.MODELS, model],
+            ).fetchall()
+        )
+        if column not in types:
+            raise ProjectError(
+                f"model '{model}' (the base of segmentation '{name}') has no column '{column}'",
+                hint=did_you_mean(column, types) or f"columns: {', '.join(sorted(types))}",
+            )
+        pii = pii_columns(proj, project.graph()).get(model, {})
+        if column in pii and column not in seg.allow_pii:
+            raise ProjectError(
+                f"column '{column}' of model '{model}' is PII (pii: true at {pii[column]}); "
+                "its values are not shown",
+                hint=f"declare `allow_pii: [{column}]` on segmentation '{name}' to show them",
+            )
+        kind = drivers.column_kind(types[column])
+        if kind not in ("numeric", "categorical"):
+            raise ProjectError(
+                f"column '{column}' has type {types[column]}: --vs takes a numeric, date or categorical column"
+            )
+        k = quote_ident(proj.key)
+        c = f"m.{quote_ident(column)}"
+        joined = f"{tables.segments(name)} s JOIN {tables.model(model)} m ON m.{k} = s.{k}"
+        distinct = one(con.execute(f"SELECT count(DISTINCT {c}) FROM {joined}"))[0]
+        if kind == "numeric" and distinct > top:
+            qs = [i / bins for i in range(1, bins)]
+            cuts = one(con.execute(f"SELECT quantile_disc({c}, {qs}) FROM {joined}"))[0] or []
+            cuts = sorted(set(cuts))
+            case = " ".join(f"WHEN {c} <= ? THEN {i}" for i in range(len(cuts)))
+            values = [f"≤ {_fmt_num(cuts[0])}"] + [
+                f"{_fmt_num(a)} – {_fmt_num(b)}" for a, b in zip(cuts, cuts[1:])
+            ]
+            values.append(f"> {_fmt_num(cuts[-1])}")
+            rows = con.execute(
+                f"""SELECT s.segment_id, any_value(s.segment),
+                    CASE WHEN {c} IS NULL THEN -1 {case} ELSE {len(cuts)} END AS b, count(*)
+                    FROM {joined} GROUP BY s.segment_id, b""",
+                list(cuts),
+            ).fetchall()
+            index = {i: i for i in range(len(values))}
+            binned = True
+        else:
+            top_values = [
+                r[0]
+                for r in con.execute(
+                    f"SELECT CAST({c} AS VARCHAR) v FROM {joined} WHERE {c} IS NOT NULL "
+                    f"GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(top)}"
+                ).fetchall()
+            ]
+            rows = con.execute(
+                f"""SELECT s.segment_id, any_value(s.segment),
+                    CASE WHEN {c} IS NULL THEN '(null)'
+                         WHEN list_contains(?, CAST({c} AS VARCHAR)) THEN CAST({c} AS VARCHAR)
+                         ELSE '(other)' END AS v, count(*)
+                    FROM {joined} GROUP BY s.segment_id, v""",
+                [top_values],
+            ).fetchall()
+            values = list(top_values)
+            if any(r[2] == "(other)" for r in rows):
+                values.append("(other)")
+            index = {v: i for i, v in enumerate(values)}
+            binned = False
+        if any(r[2] in ("(null)", -1) for r in rows):
+            values.append("(null)")
+            index["(null)"] = index[-1] = len(values) - 1
+        labels: dict[int, str] = {}
+        counts: dict[int, list[int]] = {}
+        for sid, label, v, n in rows:
+            labels[sid] = label
+            counts.setdefault(sid, [0] * len(values))[index[v]] += int(n)
+        order = sorted(counts, key=lambda s: (-sum(counts[s]), s))
+        table = np.array([counts[s] for s in order], dtype=np.float64)
+        if kind == "numeric":
+            measure, value = _rank_eta2_of_column(con, joined, c)
+        else:
+            measure, value = CRAMERS_V, cramers_v(table)
+        return {
+            "segmentation": name,
+            "model": model,
+            "column": column,
+            "kind": "numeric (quantile bins)" if binned else kind,
+            "values": values,
+            "association": {"measure": measure, "value": round(float(value), 4)},
+            "rows": [
+                {
+                    "segment_id": sid,
+                    "segment": labels[sid],
+                    "users": int(sum(counts[sid])),
+                    "counts": counts[sid],
+                    "shares": [n / max(sum(counts[sid]), 1) for n in counts[sid]],
+                }
+                for sid in order
+            ],
+        }
+    finally:
+        con.close()
+
+
+def _rank_eta2_of_column(con, joined: str, c: str) -> tuple[str, float]:
+    from segtool.ml.association import RANK_ETA2, rank_eta_squared
+
+    rows = con.execute(
+        f"""WITH r AS (SELECT s.segment_id,
+                rank() OVER (ORDER BY {c}) + (count(*) OVER (PARTITION BY {c}) - 1) / 2.0 AS r
+            FROM {joined} WHERE {c} IS NOT NULL)
+        SELECT count(*), sum(r), sum(r * r) FROM r GROUP BY segment_id"""
+    ).fetchall()
+    a = np.array(rows, dtype=np.float64) if rows else np.zeros((0, 3))
+    return RANK_ETA2, (rank_eta_squared(a[:, 0], a[:, 1], a[:, 2]) if len(a) else 0.0)
+
+
+def _fmt_num(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.0f}" if x.is_integer() else f"{x:.3g}"
+    return str(x)
+
+
+def format_crosstab(ct: dict, fmt: str, width: int | None = None) -> str:
+    if fmt == "json":
+        return json.dumps(ct, indent=2, default=str)
+    headers = ["id", "segment", "users", *ct["values"]]
+    rows = [
+        [r["segment_id"], r["segment"], f"{r['users']:,}"]
+        + [f"{n:,} ({sh:.0%})" if n else "·" for n, sh in zip(r["counts"], r["shares"])]
+        for r in ct["rows"]
+    ]
+    a = ct["association"]
+    title = (
+        f"{ct['segmentation']} vs {ct['model']}.{ct['column']} ({ct['kind']}): "
+        f"{MEASURES[a['measure']]} {a['value']:.2f}; each cell: users (share of the segment)"
+    )
+    if fmt == "markdown":
+        return f"### {title}\n\n" + markdown_table(headers, rows)
+    return format_table(headers, rows, title, width)
+
+
 def _features_str(feats: list[dict]) -> str:
     return ", ".join(f"{f['name']} {'+' if f['z'] >= 0 else ''}{f['z']:.1f}σ" for f in feats)
 
 
-def format_profile(prof: dict, fmt: str) -> str:
+def _trait_str(t: dict) -> str:
+    """`top category: Books (82% vs 14%)`, `high revenue (median 420 vs 95)`."""
+    col = t["column"].replace("_", " ")
+    if "share" in t:
+        value = _fmt_num(t["value"])
+        rel = " incl." if t.get("kind") == "contains" else ":"
+        return f"{col}{rel} {value} ({t['share']:.0%} vs {t['base_share']:.0%})"
+    return f"{t['kind']} {col} (median {_fmt_num(t['median'])} vs {_fmt_num(t['base_median'])})"
+
+
+TOP_DRIVERS = 6
+SHORT = {"cramers_v": "Cramér's V", "rank_eta2": "rank η²"}  # MEASURES says more (json, docs)
+
+
+def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
     if fmt == "json":
         return json.dumps(prof, indent=2, default=str)
-    headers = ["id", "segment", "users", "share", "keywords", "distinguishing features"]
+    headers = ["id", "segment", "users", "share", "what sets it apart", "keywords"]
     rows = [
         [
             s["segment_id"],
             s["segment"],
-            s["users"],
+            f"{s['users']:,}",
             f"{s['share']:.1%}",
+            "; ".join(_trait_str(t) for t in s.get("traits", [])[:3])
+            or _features_str(s["features"]),
             ", ".join(s["keywords"]),
-            _features_str(s["features"]),
         ]
         for s in prof["segments"]
     ]
     title = f"{prof['segmentation']} ({prof['kind']}): {prof['users']:,} users, last run {prof['last_run']}"
-    if fmt == "markdown":
+    md = fmt == "markdown"
+    if md:
         out = [f"### {title}", "", markdown_table(headers, rows)]
     else:
-        out = [format_table(headers, rows, title)]
-    for s in prof["segments"]:
-        if s["examples"]:
-            out.append("")
-            out.append(
-                f"{'#### ' if fmt == 'markdown' else ''}segment {s['segment_id']} · {s['segment']}: examples"
+        out = [format_table(headers, rows, title, width)]
+    if prof.get("drivers"):
+        out += [
+            "",
+            f"{'#### ' if md else ''}drivers (run {prof['drivers_run']}; 0 = unrelated, 1 = the column decides the segment)",
+        ]
+        for d in prof["drivers"][:TOP_DRIVERS]:
+            col = f"{d['model']}.{d['column']}"
+            out.append(f"  {'- ' if md else ''}{col:<36} {d['value']:.2f}  {SHORT[d['measure']]}")
+    if prof.get("input_shares"):
+        out += [
+            "",
+            f"{'#### ' if md else ''}inputs (declared weight share → share of the clustered space)",
+        ]
+        for i in prof["input_shares"]:
+            eff = (
+                "n/a (fitted before segtool measured it; refit)"
+                if i["effective_share"] is None
+                else f"{i['effective_share']:.0%}"
             )
-            for e in s["examples"]:
-                txt = (e["text"] or "")[:240]
-                out.append(f"  - {e['key']}: {txt}")
+            out.append(f"  {'- ' if md else ''}{i['input']:<32} {i['declared_share']:.0%} → {eff}")
+    room = max(60, (width or 250) - 12)
+    with_text = [s for s in prof["segments"] if any(e["text"] for e in s["examples"])]
+    for s in with_text:
+        out.append("")
+        out.append(f"{'#### ' if md else ''}segment {s['segment_id']} · {s['segment']}: examples")
+        for e in s["examples"]:
+            out.append(f"  - {e['key']}: {_cut(e['text'] or '', min(240, room))}")
+    if not with_text and any(s["examples"] for s in prof["segments"]):
+        # no text to show (rule segments): the example users' keys, one line each
+        out += ["", f"{'#### ' if md else ''}example users"]
+        for s in prof["segments"]:
+            keys = ", ".join(str(e["key"]) for e in s["examples"])
+            out.append(f"  {'- ' if md else ''}{s['segment_id']} · {s['segment']}: {keys}")
     return "\n".join(out)
+
+
+def _cut(text: str, n: int) -> str:
+    """At most n characters, ending on a word boundary."""
+    text = " ".join(text.split())
+    if len(text) <= n:
+        return text
+    cut = text[: n - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > n * 0.6 else cut).rstrip(" ,;.") + "…"

@@ -24,7 +24,7 @@ from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -54,6 +54,14 @@ MIGRATIONS: dict[int, list[str]] = {
         vectors.migrate_lists,
         f"ALTER TABLE {STATE}.nodes ADD COLUMN input_hash VARCHAR",
         f"ALTER TABLE {STATE}.nodes ADD COLUMN exec_hash VARCHAR",
+    ],
+    # v3: what drives each segmentation, and what sets each segment apart
+    # (execute/segment/drivers.py)
+    3: [
+        f"""CREATE TABLE IF NOT EXISTS {STATE}.drivers (
+            segmentation VARCHAR, run_id INTEGER, model VARCHAR, column_name VARCHAR,
+            measure VARCHAR, value DOUBLE, n_rows BIGINT)""",
+        f"ALTER TABLE {STATE}.segment_catalog ADD COLUMN traits JSON",
     ],
 }
 

@@ -98,3 +98,51 @@ def test_npz_helpers_roundtrip_and_refuse_objects():
     np.testing.assert_array_equal(back["b"], arrays["b"])
     with pytest.raises(TypeError):
         to_npz_bytes({"x": np.array([{"a": 1}], dtype=object)})
+
+
+def test_template_words_and_negations_never_name_a_segment():
+    """From "Has not ordered yet", no segment is labelled "ordered": words the
+    template writes for everyone are excluded."""
+    from segtool.compile.jinja import literal_text
+    from segtool.ml.labels import literal_words
+
+    template = (
+        "{% if orders == 0 %}Has not ordered yet.{% else %}Ordered {{ top }} items.{% endif %}"
+    )
+    words = literal_words([literal_text(template)])
+    assert {"has", "ordered", "yet", "items"} <= words and "top" not in words
+    texts = ["Has not ordered yet."] * 20 + ["Ordered books items."] * 20
+    labels = np.array([0] * 20 + [1] * 20)
+    plain = keyword_labels(texts, labels, 3, max_df=1.0)
+    assert "ordered" in plain[0]  # the old behaviour: a negated phrase named a segment
+    kw = keyword_labels(texts, labels, 3, max_df=1.0, exclude=words)
+    assert kw[0] == [] and kw[1] == ["books"]
+
+
+def test_keywords_must_be_true_of_most_members():
+    texts = ["tent trail"] * 3 + ["tent"] * 7 + ["sofa"] * 10
+    labels = np.array([0] * 10 + [1] * 10)
+    kw = keyword_labels(texts, labels, 5, max_df=1.0, min_doc_share=0.5, min_lift=1.5)
+    assert kw[0] == ["tent"]  # "trail" is in 30% of segment 0 only
+    assert kw[1] == ["sofa"]
+
+
+def test_segment_label_prefers_traits_and_reads_well():
+    from segtool.ml.labels import segment_label, trait_text
+
+    traits = [
+        {"column": "top_category", "kind": "value", "value": "Books", "text": "top category Books"},
+        {"column": "orders", "kind": "value", "value": 0.0, "text": "orders 0.0"},
+        {"column": "revenue", "kind": "high", "text": "high revenue"},
+    ]
+    assert trait_text(traits[1]) == "orders 0"
+    assert segment_label(traits) == "top category Books · orders 0 · high revenue"
+    # one keyword of support when there is one; traits first
+    assert (
+        segment_label(traits, ["mystery novels"])
+        == "top category Books · orders 0 · mystery novels"
+    )
+    # a keyword repeating a shown word adds nothing
+    assert segment_label(traits[:1], ["books"]) == "top category Books"
+    assert segment_label([], ["tent", "trail"]) == "tent · trail"
+    assert segment_label([], []) == "segment"

@@ -36,7 +36,9 @@ def execute_segmentation(ctx, step) -> StepResult:
     con.execute("BEGIN")
     try:
         if seg.is_rules:
-            extra = rules.write_rules(ctx, seg, work_table("rules", name))
+            extra = rules.write_rules(
+                ctx, seg, work_table("rules", name), refresh=action != "assign"
+            )
         else:
             users = work_table("seg", name, "users")
             fhash = fit_hash(ctx.loaded, ctx.encoders.fingerprint, seg)
@@ -72,7 +74,14 @@ def execute_segmentation(ctx, step) -> StepResult:
                     f"INSERT INTO {tables.inputs(name)} SELECT u.{k}, u.input_hash, {int(ctx.run_id)} FROM {users} u "
                     f"WHERE u.{k} IN (SELECT {k} FROM {changed})"
                 )
-        extra["moved"] = store.update_history(con, ctx.loaded, name, ctx.run_id)
+        # after an assignment only the changed users and those who left can move
+        touched = extra.pop("touched", None)
+        if not seg.is_rules and not full:
+            touched = (
+                f"SELECT {k} FROM {changed} UNION ALL SELECT h.{k} FROM {tables.history(name)} h "
+                f"WHERE h.valid_to_run IS NULL AND h.{k} NOT IN (SELECT {k} FROM {users})"
+            )
+        extra["moved"] = store.update_history(con, ctx.loaded, name, ctx.run_id, touched)
         store.refresh_sizes(con, name)
         extra["segments"] = store.segment_count(con, name)
         record_nodes(con, [node], ctx.run_id, ctx.planner.hashes)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.execute.segment import store
+from segtool.execute.segment import drivers, store
 from segtool.execute.segment.inputs import load_inputs
 from segtool.state import tables
 from segtool.state.result import one
@@ -47,18 +47,71 @@ def texts_of(con, proj, text: str, keys: np.ndarray) -> list[str]:
         con.unregister("__segtool_label_keys")
 
 
+def pii_columns_of(proj, built) -> dict[str, set[str]]:
+    """model -> its PII columns (marked there or upstream)."""
+    from segtool.compile.checks import pii_columns
+
+    return {m: set(cols) for m, cols in pii_columns(proj, built).items()}
+
+
+def pii_of(ctx) -> dict[str, set[str]]:
+    return pii_columns_of(ctx.loaded, ctx.project.graph())
+
+
+# a fit reads every user up to this many, a seeded sample of this many beyond
+# (`cluster.fit_sample` sets another size, or `all`); see docs/scale.md
+FIT_SAMPLE_DEFAULT = 1_000_000
+
+
+def fit_population(con, seg, users: str) -> tuple[str, str | None, int]:
+    """(the table of the users the fit reads, the table of the others or
+    None, how many others); both are (key, ..., __ord 1..n). The sample is
+    seeded (`cluster.seed`) over the population's order, so a refit of the
+    same population reads the same users."""
+    import pyarrow as pa
+
+    from segtool.state.tables import work_table
+
+    n = int(one(con.execute(f"SELECT count(*) FROM {users}"))[0])
+    setting = seg.cluster.fit_sample
+    m = n if setting == "all" else min(n, setting or FIT_SAMPLE_DEFAULT)
+    if m >= n:
+        return users, None, 0
+    rng = np.random.default_rng(seg.cluster.seed)
+    picked = np.sort(rng.choice(n, size=m, replace=False)) + 1  # their __ord
+    sample = work_table("seg", seg.name, "fit_sample")
+    rest = work_table("seg", seg.name, "fit_rest")
+    con.register("__segtool_fit_sample", pa.table({"o": picked, "i": np.arange(1, m + 1)}))
+    try:
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {sample} AS SELECT u.* EXCLUDE (__ord), s.i AS __ord
+            FROM {users} u JOIN __segtool_fit_sample s ON s.o = u.__ord"""
+        )
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {rest} AS SELECT u.* EXCLUDE (__ord),
+            row_number() OVER (ORDER BY u.__ord) AS __ord
+            FROM {users} u ANTI JOIN __segtool_fit_sample s ON s.o = u.__ord"""
+        )
+    finally:
+        con.unregister("__segtool_fit_sample")
+    return sample, rest, n - m
+
+
 def fit(ctx, seg, users: str, fhash: str) -> dict:
-    """Fit on the users of the table `users` (key, __ord); write the fitted
-    model, catalog, events and the assignment of every user."""
+    """Fit on the users of the table `users` (key, __ord), or a seeded sample
+    of them (`cluster.fit_sample`); write the fitted model, catalog, events and
+    the assignment of every user."""
+    from segtool.compile.jinja import literal_text
     from segtool.ml.features import FeatureTransformer
-    from segtool.ml.labels import feature_profile, keyword_labels, segment_name
+    from segtool.ml.labels import feature_profile, keyword_labels, literal_words, segment_label
     from segtool.ml.matching import match_clusters
     from segtool.ml.pipeline import SegmentModel
 
     proj = ctx.loaded
     con = ctx.con
     name = seg.name
-    loaded = load_inputs(proj, ctx.encoders.fingerprint, con, seg, f"SELECT * FROM {users}")
+    sample, rest, n_rest = fit_population(con, seg, users)
+    loaded = load_inputs(proj, ctx.encoders.fingerprint, con, seg, f"SELECT * FROM {sample}")
     transformers = []
     blocks = []
     for inp, b in zip(seg.inputs, loaded.blocks):
@@ -94,14 +147,32 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
     match = match_clusters(prev, labels, alive, int(next_id))
     ids = match.apply(labels)
 
-    # labels: keywords of member texts, distinguishing raw features
+    # what drives the segmentation and sets each segment apart (its traits),
+    # read from the models that feed it; labels say only what is true of members
+    import pyarrow as pa
+
+    con.register("__segtool_fit_ids", pa.table({proj.key: loaded.keys, "segment_id": ids}))
+    try:
+        profile = drivers.compute(con, proj, seg, "__segtool_fit_ids", pii_of(ctx))
+    finally:
+        con.unregister("__segtool_fit_ids")
     kw = {}
     text_input = next((i.embedding.text for i in seg.inputs if i.embedding), None)
     if text_input and seg.labels.keywords:
-        # keywords read a seeded sample of each segment's texts, not every user's
+        # keywords read a seeded sample of each segment's texts, not every user's;
+        # words the template writes for everyone never name a segment
         idx = label_sample(ids, seg.cluster.seed)
         texts = texts_of(con, proj, text_input, loaded.keys[idx])
-        kw = keyword_labels(texts, ids[idx], seg.labels.keywords, seed=seg.cluster.seed)
+        template = proj.templates[proj.texts[text_input].template].text
+        kw = keyword_labels(
+            texts,
+            ids[idx],
+            seg.labels.keywords,
+            seed=seg.cluster.seed,
+            exclude=literal_words([literal_text(template)]),
+            min_doc_share=drivers.MIN_SHARE,
+            min_lift=drivers.MIN_LIFT,
+        )
     prof = {}
     first_features = next((i.features for i in seg.inputs if i.features), None)
     if loaded.raw is not None and seg.labels.features and first_features:
@@ -113,19 +184,28 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
             prof = feature_profile(X, num, ids, seg.labels.features)
     catalog = {}
     for sid in sorted(set(ids.tolist())):
+        traits = profile.traits.get(sid, [])
         if sid < 0:
-            catalog[sid] = ("outlier", [], [])
+            catalog[sid] = ("outlier", [], [], traits)
             continue
         catalog[sid] = (
-            segment_name(kw.get(sid, []), prof.get(sid, [])),
+            segment_label(traits, kw.get(sid, [])),
             kw.get(sid, []),
             prof.get(sid, []),
+            traits,
         )
+    drivers.save(con, name, ctx.run_id, profile.drivers)
 
     params = {"label_to_id": {str(k_): v for k_, v in match.mapping.items()}}
     store.save_fit(con, name, fhash, ctx.run_id, transformers, model, params)
     store.write_catalog(con, name, catalog, ctx.run_id, ids)
     store.write_assignments(con, proj, name, loaded.keys, ids, dist, conf, ctx.run_id, full=True)
+    scaled = {"executor": "local", "workers": 1}  # the fit itself runs here
+    if n_rest:  # the users outside the fit sample, with the model just stored
+        from segtool.execute.executors import assign_users
+
+        scaled["fit_sample"] = len(loaded.keys)
+        scaled.update(assign_users(ctx, seg, rest, n_rest, store.active_fit(con, name)))
     events = {
         "births": match.births,
         "deaths": match.deaths,
@@ -137,4 +217,5 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
         "segments": int(len([s for s in catalog if s >= 0])),
         "k": int(getattr(model, "k_", len(catalog))),
         "events": {k_: len(v) for k_, v in events.items()},
+        **scaled,
     }

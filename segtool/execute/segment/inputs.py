@@ -47,10 +47,12 @@ def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
                 raw = df
         else:
             e = inp.embedding
-            vk, mat = load_vectors(con, e.text, fingerprint(e.encoder), users_sql, proj.key)
-            if len(vk) != len(keys):
+            mat, got = load_vectors(
+                con, e.text, fingerprint(e.encoder), users_sql, proj.key, len(keys)
+            )
+            if got != len(keys):
                 raise DataError(
-                    f"segmentation '{seg.name}': {len(keys) - len(vk)} user(s) have no vector for text '{e.text}' / encoder '{e.encoder}'",
+                    f"segmentation '{seg.name}': {len(keys) - got} user(s) have no vector for text '{e.text}' / encoder '{e.encoder}'",
                     hint=f"run the embedding first: segtool run -s +{seg.name}",
                 )
             blocks.append(mat)

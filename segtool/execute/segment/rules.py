@@ -3,11 +3,14 @@ into a work table; this writes it, with stable ids per segment name."""
 
 from __future__ import annotations
 
+import json
+
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.state import tables
+from segtool.state.db import table_exists
 
 
-def write_rules(ctx, seg, work: str) -> dict:
+def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> dict:
     con = ctx.con
     name = seg.name
     k = quote_ident(ctx.loaded.key)
@@ -24,14 +27,42 @@ def write_rules(ctx, seg, work: str) -> dict:
             known[s] = next_id
             next_id += 1
             con.execute(
-                f"INSERT INTO {tables.CATALOG} VALUES (?, ?, ?, '[]', '[]', 0, ?, NULL)",
+                f"INSERT INTO {tables.CATALOG} (segmentation, segment_id, label, keywords, features, size, born_run) "
+                "VALUES (?, ?, ?, '[]', '[]', 0, ?)",
                 [name, known[s], s, ctx.run_id],
             )
     id_case = " ".join(f"WHEN {sql_literal(s)} THEN {i}" for s, i in known.items())
+    # the users whose spell can change: a new segment, new users, users who left
+    touched = quote_ident(f"__segtool_rules_touched_{name}")
+    if table_exists(con, tables.RESULTS, name):
+        old = tables.segments(name)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE {touched} AS
+            SELECT r.{k} FROM {work} r LEFT JOIN {old} s ON s.{k} = r.{k}
+            WHERE s.{k} IS NULL OR s.segment <> r.segment
+            UNION ALL SELECT s.{k} FROM {old} s ANTI JOIN {work} r ON r.{k} = s.{k}"""
+        )
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS SELECT {k} FROM {work}")
     con.execute(
         f"""CREATE OR REPLACE TABLE {tables.segments(name)} AS
         SELECT r.{k}, CAST(CASE r.segment {id_case} END AS INTEGER) AS segment_id, r.segment,
         CAST(NULL AS DOUBLE) AS distance, CAST(1.0 AS DOUBLE) AS confidence, {int(ctx.run_id)} AS run_id, now()::TIMESTAMP AS updated_at
         FROM {work} r ORDER BY 1"""
     )
-    return {}
+    # what goes with each rule segment (the predicates' columns, and others):
+    # when the rules are new or changed, like a fit; an assignment of the
+    # week's new users keeps them (as a clustering's assignments do)
+    from segtool.execute.segment import drivers
+    from segtool.execute.segment.fit import pii_of
+
+    if not refresh and drivers.load(con, name)[1] is not None:
+        return {"touched": f"SELECT {k} FROM {touched}"}
+    profile = drivers.compute(con, ctx.loaded, seg, tables.segments(name), pii_of(ctx))
+    drivers.save(con, name, ctx.run_id, profile.drivers)
+    for sid in known.values():
+        con.execute(
+            f"UPDATE {tables.CATALOG} SET traits = ? WHERE segmentation = ? AND segment_id = ?",
+            [json.dumps(profile.traits.get(sid, []), default=str), name, sid],
+        )
+    return {"touched": f"SELECT {k} FROM {touched}"}

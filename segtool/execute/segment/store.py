@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.errors import ProjectError, did_you_mean
+from segtool.errors import ProjectError
 from segtool.state import tables
 from segtool.state.db import now, table_exists
 from segtool.state.result import one
@@ -133,12 +133,16 @@ def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, fu
         con.unregister("__segtool_assign")
 
 
-def update_history(con, proj, name: str, run_id: int) -> int:
+def update_history(con, proj, name: str, run_id: int, touched: str | None = None) -> int:
     """Close spells that ended, open new ones. Returns how many users moved
-    (had an open spell in another segment)."""
+    (had an open spell in another segment). `touched`: a query of the only
+    keys whose segment can have changed (an assignment of new and changed
+    users); None after a fit, which may move anyone."""
     k = quote_ident(proj.key)
     hist = tables.history(name)
     seg = tables.segments(name)
+    only = f" AND h.{k} IN ({touched})" if touched else ""
+    only_s = f" AND s.{k} IN ({touched})" if touched else ""
     if not table_exists(con, tables.RESULTS, tables.history_name(name)):
         key_type = one(con.execute(f"SELECT typeof({k}) FROM {seg} LIMIT 1"))
         con.execute(
@@ -149,18 +153,18 @@ def update_history(con, proj, name: str, run_id: int) -> int:
     moved = one(
         con.execute(
             f"""SELECT count(*) FROM {hist} h JOIN {seg} s ON s.{k} = h.{k}
-        WHERE h.valid_to_run IS NULL AND h.segment_id <> s.segment_id"""
+        WHERE h.valid_to_run IS NULL AND h.segment_id <> s.segment_id{only}"""
         )
     )[0]
     con.execute(
         f"""UPDATE {hist} h SET valid_to_run = ?, valid_to = ?
-        WHERE h.valid_to_run IS NULL AND NOT EXISTS (
+        WHERE h.valid_to_run IS NULL{only} AND NOT EXISTS (
             SELECT 1 FROM {seg} s WHERE s.{k} = h.{k} AND s.segment_id = h.segment_id)""",
         [run_id, ts],
     )
     con.execute(
         f"""INSERT INTO {hist} SELECT s.{k}, s.segment_id, s.segment, ?, NULL, ?, NULL FROM {seg} s
-        WHERE NOT EXISTS (SELECT 1 FROM {hist} h WHERE h.{k} = s.{k} AND h.valid_to_run IS NULL)""",
+        WHERE NOT EXISTS (SELECT 1 FROM {hist} h WHERE h.{k} = s.{k} AND h.valid_to_run IS NULL){only_s}""",
         [run_id, ts],
     )
     return int(moved)
@@ -170,7 +174,7 @@ def update_history(con, proj, name: str, run_id: int) -> int:
 
 
 def write_catalog(con, name: str, catalog: dict, run_id: int, ids: np.ndarray) -> None:
-    """catalog: segment id -> (label, keywords, features)."""
+    """catalog: segment id -> (label, keywords, features, traits)."""
     sizes = dict(zip(*np.unique(ids, return_counts=True)))
     existing = {
         r[0]
@@ -178,17 +182,20 @@ def write_catalog(con, name: str, catalog: dict, run_id: int, ids: np.ndarray) -
             f"SELECT segment_id FROM {tables.CATALOG} WHERE segmentation = ?", [name]
         ).fetchall()
     }
-    for sid, (label, kws, feats) in catalog.items():
+    for sid, (label, kws, feats, traits) in catalog.items():
         size = int(sizes.get(sid, 0))
+        values = [label, json.dumps(kws), json.dumps(feats), json.dumps(traits, default=str), size]
         if sid in existing:
             con.execute(
-                f"UPDATE {tables.CATALOG} SET label = ?, keywords = ?, features = ?, size = ?, died_run = NULL WHERE segmentation = ? AND segment_id = ?",
-                [label, json.dumps(kws), json.dumps(feats), size, name, int(sid)],
+                f"UPDATE {tables.CATALOG} SET label = ?, keywords = ?, features = ?, traits = ?, "
+                "size = ?, died_run = NULL WHERE segmentation = ? AND segment_id = ?",
+                [*values, name, int(sid)],
             )
         else:
             con.execute(
-                f"INSERT INTO {tables.CATALOG} VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                [name, int(sid), label, json.dumps(kws), json.dumps(feats), size, run_id],
+                f"INSERT INTO {tables.CATALOG} (label, keywords, features, traits, size, "
+                "segmentation, segment_id, born_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [*values, name, int(sid), run_id],
             )
     live = [int(s) for s in catalog]
     con.execute(
@@ -228,10 +235,7 @@ def segment_count(con, name: str) -> int:
 
 
 def require(project, name: str) -> None:
-    if name not in project.loaded.segmentations:
-        raise ProjectError(
-            f"no segmentation named '{name}'", hint=did_you_mean(name, project.loaded.segmentations)
-        )
+    project.loaded.segmentation(name)
 
 
 def read_segments(project, name: str):

@@ -42,11 +42,13 @@ def assign_changed(ctx, seg, users: str, changed: str, fit_row) -> dict:
 
 def population_drift(con, name: str, model, params: dict) -> dict:
     """Drift of the whole current population against the fit-time baseline,
-    from the stored distances (no model evaluation; ml/drift.py defines the
-    score). Measured over everyone, not just this run's changed users, so a
+    from the stored assignments (no model evaluation; ml/drift.py defines the
+    score): the distance part over users in a segment, and the PSI of the
+    segment shares (outliers, -1, in their own bucket) against the fit-time
+    shares. Measured over everyone, not just this run's changed users, so a
     stream of small updates adds up and a handful of odd users cannot force a
     refit."""
-    from segtool.ml.drift import drift_from_distances
+    from segtool.ml.drift import combine, drift_from_distances, fit_counts, psi
 
     seg_ids, dist = (
         np.asarray(a)
@@ -63,9 +65,26 @@ def population_drift(con, name: str, model, params: dict) -> dict:
     lut = np.full(max(id_to_label, default=0) + 1, -1, dtype=np.int64)
     for sid, lab in id_to_label.items():
         lut[sid] = lab
-    seg_ids = seg_ids.astype(np.int64)
-    known = (seg_ids >= 0) & (seg_ids < len(lut))
-    labels = np.full(len(seg_ids), -1, dtype=np.int64)
-    labels[known] = lut[seg_ids[known]]
-    d = drift_from_distances(labels, dist, model.cluster_p95_distance_, model.mean_distance_)
+
+    def to_labels(ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        known = (ids >= 0) & (ids < len(lut))
+        out = np.full(len(ids), -1, dtype=np.int64)
+        out[known] = lut[ids[known]]
+        return out
+
+    part = drift_from_distances(
+        to_labels(seg_ids), dist, model.cluster_p95_distance_, model.mean_distance_
+    )
+    # the segment shares of everyone: users per cluster, then outliers (-1)
+    rows = con.execute(
+        f"SELECT segment_id, count(*) FROM {tables.segments(name)} GROUP BY segment_id"
+    ).fetchall()
+    k = int(model.n_clusters_)
+    now = np.zeros(k + 1, dtype=np.int64)
+    if rows:
+        labels = to_labels([r[0] for r in rows])
+        counts = np.asarray([r[1] for r in rows], dtype=np.int64)
+        np.add.at(now, np.where(labels >= 0, labels, k), counts)
+    d = combine(part, psi(fit_counts(model), now))
     return {k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in d.items()}

@@ -1,0 +1,168 @@
+"""`segtool score`: how a segmentation agrees with labels a team already has.
+
+The truth is a file (CSV, Parquet or JSON lines; the key column and one label
+column) or a column of the segmentation's base model. Only users present in
+both are scored; how many matched is part of the answer. Agreement does not
+depend on segment ids or label names: adjusted Rand index (0 = chance, 1 =
+the same grouping) and normalised mutual information (0 = independent,
+1 = the same), with the confusion table (segments x truth labels).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segtool.compile.sql import quote_ident
+from segtool.errors import DataError, ProjectError, did_you_mean
+from segtool.report.console import format_table, markdown_table
+from segtool.state import tables
+from segtool.state.db import RESULTS, table_exists
+
+
+def _read_truth_file(path: Path, key: str, label_column: str | None):
+    import polars as pl
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            df = pl.read_parquet(path)
+        elif suffix in (".json", ".jsonl", ".ndjson"):
+            df = pl.read_ndjson(path)
+        else:
+            df = pl.read_csv(path, infer_schema_length=10_000)
+    except Exception as exc:  # noqa: BLE001 - any reader error, said plainly
+        raise DataError(f"cannot read {path}: {exc}".splitlines()[0]) from None
+    if key not in df.columns:
+        raise DataError(
+            f"{path} has no key column '{key}' (columns: {', '.join(df.columns)})",
+            hint="the truth file needs the entity key and one label column",
+        )
+    others = [c for c in df.columns if c != key]
+    if label_column is None:
+        if len(others) != 1:
+            raise DataError(
+                f"{path} has {len(others)} columns besides '{key}': say which holds the labels",
+                hint="--label-column NAME",
+            )
+        label_column = others[0]
+    if label_column not in df.columns:
+        raise DataError(
+            f"{path} has no column '{label_column}'",
+            hint=did_you_mean(label_column, others) or f"columns: {', '.join(others)}",
+        )
+    if df[key].n_unique() != df.height:
+        raise DataError(f"{path}: the key '{key}' is not unique")
+    return df.select(pl.col(key), pl.col(label_column).cast(pl.Utf8).alias("truth")), label_column
+
+
+def score_segmentation(
+    project, name: str, truth: str, *, label_column: str | None = None, top: int = 12
+) -> dict[str, Any]:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from segtool.compile.segments import base_model
+
+    proj = project.loaded
+    seg = proj.segmentation(name)
+    key = proj.key
+    k = quote_ident(key)
+    con = project.connect(read_only=True)
+    try:
+        if not table_exists(con, RESULTS, name):
+            raise ProjectError(
+                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
+            )
+        # a file: relative to where segtool runs, else to the project
+        path = Path(truth).expanduser()
+        if not path.is_file() and not path.is_absolute() and (proj.root / path).is_file():
+            path = proj.root / path
+        if path.is_file():
+            df, source_col = _read_truth_file(path, key, label_column)
+            con.register("__segtool_truth", df.to_arrow())
+            truth_rel, source = "__segtool_truth", f"{path} ({source_col})"
+        else:
+            model = base_model(proj, seg)
+            column = truth.split(".", 1)[1] if truth.startswith(model + ".") else truth
+            cols = [
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+                    "AND database_name = current_database()",
+                    [tables.MODELS, model],
+                ).fetchall()
+            ]
+            if column not in cols:
+                raise ProjectError(
+                    f"--truth {truth}: not a file, and model '{model}' (the base of '{name}') has no such column",
+                    hint=did_you_mean(column, cols) or "give a CSV/Parquet file or a column name",
+                )
+            truth_rel = f"(SELECT {k}, CAST({quote_ident(column)} AS VARCHAR) AS truth FROM {tables.model(model)})"
+            source = f"{model}.{column}"
+        rows = con.execute(
+            f"""SELECT s.segment_id, s.segment, t.truth FROM {tables.segments(name)} s
+            JOIN {truth_rel} t ON t.{k} = s.{k} WHERE t.truth IS NOT NULL"""
+        ).fetchall()
+        total = con.execute(f"SELECT count(*) FROM {tables.segments(name)}").fetchall()[0][0]
+    finally:
+        con.close()
+    if not rows:
+        raise DataError(
+            f"no user of '{name}' has a label in {source}",
+            hint=f"the truth must use the key '{key}' of the segment table",
+        )
+    seg_ids = np.array([r[0] for r in rows])
+    truth_labels = np.array([r[2] for r in rows], dtype=object)
+    seg_names = {}
+    for sid, label, _ in rows:
+        seg_names.setdefault(sid, label)
+    classes, counts = np.unique(truth_labels.astype(str), return_counts=True)
+    shown = [c for _, c in sorted(zip(-counts, classes))][:top]
+    confusion = []
+    for sid in sorted(seg_names, key=lambda s: (-(seg_ids == s).sum(), s)):
+        members = truth_labels[seg_ids == sid].astype(str)
+        row = [int((members == c).sum()) for c in shown]
+        if len(classes) > len(shown):
+            row.append(int(len(members) - sum(row)))
+        confusion.append(
+            {
+                "segment_id": int(sid),
+                "segment": seg_names[sid],
+                "users": int(len(members)),
+                "counts": row,
+            }
+        )
+    return {
+        "segmentation": name,
+        "truth": source,
+        "matched": len(rows),
+        "users": int(total),
+        "truth_labels": int(len(classes)),
+        "ari": round(float(adjusted_rand_score(truth_labels.astype(str), seg_ids)), 4),
+        "nmi": round(float(normalized_mutual_info_score(truth_labels.astype(str), seg_ids)), 4),
+        "columns": shown + (["(other)"] if len(classes) > len(shown) else []),
+        "confusion": confusion,
+    }
+
+
+def format_score(sc: dict, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(sc, indent=2, default=str)
+    head = (
+        f"{sc['segmentation']} vs {sc['truth']}: {sc['matched']:,} of {sc['users']:,} users labelled, "
+        f"{sc['truth_labels']} truth labels\n"
+        f"adjusted Rand index {sc['ari']:.3f} (0 = chance, 1 = same grouping); "
+        f"normalised mutual information {sc['nmi']:.3f}"
+    )
+    headers = ["id", "segment", "users", *sc["columns"]]
+    rows = [
+        [r["segment_id"], r["segment"], f"{r['users']:,}"]
+        + [f"{n:,}" if n else "·" for n in r["counts"]]
+        for r in sc["confusion"]
+    ]
+    if fmt == "markdown":
+        return head.replace("\n", "  \n") + "\n\n" + markdown_table(headers, rows)
+    return head + "\n\n" + format_table(headers, rows, "confusion: segments x truth labels")

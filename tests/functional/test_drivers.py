@@ -1,0 +1,176 @@
+"""What drives a segmentation, labels that are true, cross-tabs, scores
+against known labels, and association tests, as a user meets them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _show(project, *args):
+    return json.loads(project.cli("show", *args, "--format", "json").stdout)
+
+
+def test_show_lists_drivers_with_their_measure(built):
+    prof = _show(built, "behaviour")
+    drivers = {d["column"]: d for d in prof["drivers"]}
+    # the tiny project plants its groups in what users buy, and (as a nuisance)
+    # country goes with the group one to one
+    assert drivers["top_category"]["measure"] == "cramers_v"
+    assert drivers["top_category"]["value"] > 0.9
+    assert drivers["country"]["value"] > 0.9
+    assert drivers["orders"]["measure"] == "rank_eta2"
+    assert all(0 <= d["value"] <= 1 and d["model"] == "user_features" for d in prof["drivers"])
+    assert "user_id" not in drivers and "products" not in drivers  # the key, a list
+    values = [d["value"] for d in prof["drivers"]]
+    assert values == sorted(values, reverse=True)
+    assert prof["drivers_run"] == 1
+    assert prof["measures"]["rank_eta2"].startswith("rank η²")
+    text = built.cli("show", "behaviour").stdout
+    assert "drivers (run 1;" in text and "user_features.top_category" in text and "Cramér" in text
+    assert "inputs (declared weight share" in text
+    # rules segmentations have drivers too: the predicates' columns are among them
+    rules = {d["column"]: d["value"] for d in _show(built, "lifecycle")["drivers"]}
+    assert rules["revenue"] > 0.3 and rules["recency_days"] > 0.1
+
+
+def test_labels_agree_with_the_members(built):
+    """Every label part is true of the segment: a value it names is held by
+    at least half its members (and more often than elsewhere), a "high X" sits
+    above the population median."""
+    prof = _show(built, "behaviour")
+    rows = built.sql(
+        "select s.segment_id, f.top_category, f.country, f.orders, f.revenue, f.recency_days "
+        "from segments.behaviour s join user_features f using (user_id)"
+    )
+    cols = ["top_category", "country", "orders", "revenue", "recency_days"]
+    checked = 0
+    for seg in prof["segments"]:
+        members = [dict(zip(cols, r[1:])) for r in rows if r[0] == seg["segment_id"]]
+        everyone = [dict(zip(cols, r[1:])) for r in rows]
+        assert seg["traits"], seg
+        for t in seg["traits"]:
+            if t["column"] not in cols:
+                continue
+            if t["kind"] == "value":
+                share = sum(str(m[t["column"]]) == str(t["value"]) for m in members) / len(members)
+                base = sum(str(m[t["column"]]) == str(t["value"]) for m in everyone) / len(everyone)
+                assert share >= 0.5 and share >= 1.5 * base, (seg["segment"], t)
+            elif t["kind"] in ("high", "low"):
+                import statistics
+
+                med = statistics.median(m[t["column"]] for m in members)
+                pop = statistics.median(m[t["column"]] for m in everyone)
+                assert (med > pop) if t["kind"] == "high" else (med < pop), (seg["segment"], t)
+            checked += 1
+        # the label is made of those traits (and keywords true of the members)
+        first = seg["traits"][0]
+        assert seg["segment"].split(" · ")[0] in (first["text"], str(first.get("value")))
+    assert checked >= 3
+
+
+def test_show_vs_cross_tabs_a_column(built):
+    ct = json.loads(
+        built.cli("show", "behaviour", "--vs", "top_category", "--format", "json").stdout
+    )
+    assert ct["model"] == "user_features" and ct["association"]["measure"] == "cramers_v"
+    assert set(ct["values"]) == {"outdoor", "baby", "gaming"}
+    assert sum(r["users"] for r in ct["rows"]) == 60
+    for r in ct["rows"]:
+        assert sum(r["counts"]) == r["users"]
+        assert max(r["shares"]) > 0.9  # each segment is one planted group
+    num = json.loads(built.cli("show", "behaviour", "--vs", "revenue", "--format", "json").stdout)
+    assert num["kind"] == "numeric (quantile bins)" and num["values"][0].startswith("≤ ")
+    assert num["association"]["measure"] == "rank_eta2"
+    text = built.cli("show", "behaviour", "--vs", "country").stdout
+    assert "behaviour vs user_features.country" in text and "Cramér's V" in text
+
+    before = built.snapshot()
+    bad = built.cli("show", "behaviour", "--vs", "countri", expect=1)
+    assert "has no column 'countri'" in bad.stderr and "did you mean 'country'?" in bad.stderr
+    nested = built.cli("show", "behaviour", "--vs", "products", expect=1)
+    assert "--vs takes a numeric, date or categorical column" in nested.stderr
+    assert built.snapshot() == before
+
+
+def test_show_vs_refuses_pii_columns(built):
+    built.edit(
+        "models/schema.yml",
+        "      - name: top_category\n",
+        "      - name: country\n        pii: true\n      - name: top_category\n",
+    )
+    r = built.cli("show", "behaviour", "--vs", "country", expect=1)
+    assert "is PII" in r.stderr and "allow_pii" in r.stderr
+
+
+def test_show_without_a_name_lists_segmentations(project):
+    listing = json.loads(project.cli("show", "--format", "json").stdout)
+    assert [r["segmentation"] for r in listing["segmentations"]] == ["behaviour", "lifecycle"]
+    assert all(r["users"] is None for r in listing["segmentations"])  # not run yet
+    project.cli("run")
+    text = project.cli("show").stdout
+    assert "behaviour" in text and "lifecycle" in text and "segtool show NAME" in text
+
+
+def test_score_against_a_truth_file_and_a_column(built):
+    from tests.fixtures import GROUPS
+
+    groups = list(GROUPS)
+    built.write(
+        "truth.csv", "user_id,group\n" + "".join(f"{u},{groups[u % 3]}\n" for u in range(1, 61))
+    )
+    sc = json.loads(
+        built.cli("score", "behaviour", "--truth", "truth.csv", "--format", "json").stdout
+    )
+    assert sc["matched"] == 60 and sc["truth_labels"] == 3
+    assert sc["ari"] > 0.9 and sc["nmi"] > 0.9
+    assert sum(r["users"] for r in sc["confusion"]) == 60
+    text = built.cli("score", "behaviour", "--truth", str(built.root / "truth.csv")).stdout
+    assert "adjusted Rand index" in text and "confusion" in text
+    col = json.loads(
+        built.cli("score", "lifecycle", "--truth", "top_category", "--format", "json").stdout
+    )
+    assert col["truth"] == "user_features.top_category" and -1 <= col["ari"] <= 1
+
+    before = built.snapshot()
+    built.write("bad.csv", "id,group\n1,a\n")
+    r = built.cli("score", "behaviour", "--truth", "bad.csv", expect=1)
+    assert "has no key column 'user_id'" in r.stderr
+    built.write("two.csv", "user_id,a,b\n1,x,y\n")
+    r = built.cli("score", "behaviour", "--truth", "two.csv", expect=1)
+    assert "--label-column" in r.stderr
+    r = built.cli("score", "behaviour", "--truth", "nosuch", expect=1)
+    assert "not a file" in r.stderr
+    assert built.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "tests_yaml, expect_fail, message",
+    [
+        ("{max_association: {country: 0.3}}", True, "country: cramers_v 1.000 is above 0.3"),
+        ("{min_association: {top_category: 0.5}}", False, ""),
+        ("{min_association: {user_features.revenue: 0.99}}", True, "is below 0.99"),
+        ("{max_association: {countri: 0.3}}", True, "did you mean 'country'?"),
+    ],
+)
+def test_association_tests(built, tests_yaml, expect_fail, message):
+    built.edit(
+        "segments/segments.yml",
+        "tests: {min_share: 0.05, max_share: 0.9}",
+        f"tests: {tests_yaml}",
+    )
+    built.cli("run")  # the copied project's views point at the old folder until a run
+    r = built.cli("test", expect=1 if expect_fail else 0)
+    assert message in r.stdout + r.stderr
+    assert "association(behaviour, " in r.stdout
+
+
+def test_association_bounds_are_validated(project):
+    project.edit(
+        "segments/segments.yml",
+        "tests: {min_share: 0.05, max_share: 0.9}",
+        "tests: {max_association: {country: 1.5}}",
+    )
+    r = project.cli("validate", expect=1)
+    assert "must be between 0 and 1" in r.stdout + r.stderr
