@@ -1,0 +1,291 @@
+"""`segtool docs`: one self-contained HTML file, readable offline and free of
+scripts: the lineage graph and, per segmentation, its segments (labels, rules,
+traits, keywords), a heatmap of each segment's feature profile (z-scores),
+the columns that drive it, a 2-D map of its users, sizes over runs, a Sankey
+of the users' moves between the last two runs and example users; then the
+runs with their durations.
+
+Charts are Vega-Lite specs drawn to SVG in-process by vl-convert (svg.py);
+the page is a Jinja template with autoescape, so every string from the
+project or its data (labels, texts, column names) reaches the page escaped.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from segtool.report.html import charts, data
+from segtool.report.html.svg import render
+from segtool.state.db import RESULTS, has_state, table_exists
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "report.html"
+EXAMPLES = 2  # example users per segment
+TEXT_CHARS = 300  # of an example text
+TIP_CHARS = 160  # of the sample text in a map tooltip
+MOVES = 8  # the biggest moves listed under a Sankey
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def build_report(project, out: Path | None = None) -> Path:
+    proj = project.loaded
+    out = out or project.target_dir / "report" / "index.html"
+    ctx: dict[str, Any] = {
+        "project": proj.name,
+        "target": proj.target_name,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "kinds": charts.KIND_COLORS,
+        "segmentations": [],
+        "runs": [],
+        "has_state": False,
+    }
+    ctx["lineage"], ctx["lineage_error"] = _draw(charts.lineage, project.graph().graph)
+    con = project.connect(read_only=True) if proj.database_path.exists() else None
+    try:
+        if con is not None and has_state(con):
+            ctx["has_state"] = True
+            ctx["runs"] = _runs(data.runs(con))
+            when = {r["run_id"]: r["started"] for r in ctx["runs"]}
+            for i, (name, seg) in enumerate(proj.segmentations.items()):
+                if table_exists(con, RESULTS, name):
+                    ctx["segmentations"].append(_segmentation(project, con, seg, i, when))
+    finally:
+        if con is not None:
+            con.close()
+    page = _environment().from_string(TEMPLATE.read_text(encoding="utf-8")).render(**ctx)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["pct"] = lambda v: "" if v is None else f"{v:.1%}"
+    env.filters["num"] = lambda v: "" if v is None else f"{v:,}"
+    return env
+
+
+def _draw(make, *args) -> tuple[Markup | None, str | None]:
+    """(svg, None), or (None, why) when a chart cannot be drawn: the rest of
+    the report is still written."""
+    try:
+        spec = make(*args)
+        return (Markup(render(spec)), None) if spec else (None, None)
+    except Exception as exc:  # noqa: BLE001 - one chart must not cost the report
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def _runs(rows: list[dict]) -> list[dict]:
+    longest = max((r["seconds"] or 0 for r in rows), default=0) or 1
+    return [
+        {
+            **r,
+            "started": r["started_at"].strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else "",
+            "duration": _duration(r["seconds"]),
+            "bar": 0 if r["seconds"] is None else max(1, round(120 * r["seconds"] / longest)),
+            "what": ", ".join(f"{k} {v}" for k, v in r["segmentations"].items()),
+        }
+        for r in rows
+    ]
+
+
+def _trait(t: dict) -> str:
+    from segtool.ml.labels import trait_text
+
+    if "share" in t:
+        return f"{trait_text(t)} ({t['share']:.0%} vs {t['base_share']:.0%})"
+    if "median" in t:
+        return f"{trait_text(t)} (median {_num(t['median'])} vs {_num(t['base_median'])})"
+    return trait_text(t)
+
+
+def _num(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.0f}" if x.is_integer() else f"{x:.3g}"
+    x = str(x)
+    return x[:10] if _TIMESTAMP.match(x) else x  # a date is enough
+
+
+def _segmentation(project, con, seg, index: int, when: dict) -> dict:
+    from segtool.report.profile import segmentation_profile
+
+    name, key = seg.name, project.loaded.key
+    prof = segmentation_profile(project, name, examples=EXAMPLES)
+    live = [s["segment_id"] for s in prof["segments"]]  # biggest first
+    names, colors = _identities(prof, data.catalog(con, name))
+    out: dict[str, Any] = {
+        "anchor": f"seg-{index}",
+        "name": name,
+        "kind": prof["kind"],
+        "users": prof["users"],
+        "last_run": prof["last_run"],
+        "description": seg.description or "",
+        "rows": _rows(prof, seg, colors),
+        "show_rules": seg.is_rules,
+        "drivers_run": prof["drivers_run"],
+        "input_shares": prof.get("input_shares") or [],
+        "events": _events(data.events(con, name)),
+        "examples": [
+            {
+                "color": colors[s["segment_id"]],
+                "segment": names[s["segment_id"]],
+                "key": e["key"],
+                "text": charts.cut(e["text"], TEXT_CHARS),
+            }
+            for s in prof["segments"]
+            for e in s["examples"]
+            if e["text"]
+        ],
+        "errors": [],
+        **dict.fromkeys(("heatmap", "drivers", "map", "over_runs", "flows", "flow_runs")),
+        "map_points": 0,
+        "moved": 0,
+        "moves": [],
+    }
+    out["show_keywords"] = any(r["keywords"] for r in out["rows"])
+
+    def draw(part, make, *args):
+        out[part], err = _draw(make, *args)
+        if err:
+            out["errors"].append(f"the {part.replace('_', ' ')}: {err}")
+
+    profile = data.z_profile(con, key, name, prof["drivers"])
+    if profile["cells"]:
+        draw("heatmap", charts.heatmap, profile, names, live)
+    if prof["drivers"]:
+        draw("drivers", charts.drivers, prof["drivers"])
+    if not seg.is_rules:
+        try:
+            points = data.map_points(project, con, seg)
+        except Exception as exc:  # noqa: BLE001 - e.g. an encoder that is gone
+            points = None
+            out["errors"].append(f"the map: {type(exc).__name__}: {exc}")
+        if points is not None:
+            draw("map", charts.segment_map, points, names, colors, _tips(prof, names))
+            out["map_points"] = len(points["ids"])
+    sizes = data.sizes_over_runs(con, name, data.segment_runs(con, name))
+    if len({r["run"] for r in sizes}) >= 2:
+        draw("over_runs", charts.sizes_over_runs, sizes, names, colors, when)
+    flow = data.flows(con, key, name)
+    if flow is not None:
+        out["flow_runs"] = (flow["from_run"], flow["to_run"])
+        moves = [
+            f for f in flow["flows"] if f["from"] != f["to"] and None not in (f["from"], f["to"])
+        ]
+        out["moved"] = sum(f["users"] for f in moves)
+        out["moves"] = [
+            {
+                "from": names.get(f["from"], f"{f['from']}: {f['from_label']}"),
+                "to": names.get(f["to"], f"{f['to']}: {f['to_label']}"),
+                "from_color": colors.get(f["from"], charts.OUTLIER),
+                "to_color": colors.get(f["to"], charts.OUTLIER),
+                "users": f["users"],
+            }
+            for f in moves[:MOVES]
+        ]
+        draw("flows", charts.sankey, flow, names, colors)
+    return out
+
+
+def _identities(prof: dict, catalog: dict) -> tuple[dict[int, str], dict[int, str]]:
+    """Each segment's display name ("3: label") and colour, the same in every
+    table and chart: live segments first (biggest first), then the ones that
+    ended (they may still be in history); outliers grey."""
+    live = [s["segment_id"] for s in prof["segments"]]
+    everyone = live + [s for s in catalog if s not in live]
+    names = {s: f"{s}: {catalog[s]['label'] if s in catalog else ''}" for s in everyone}
+    for s in prof["segments"]:
+        names[s["segment_id"]] = f"{s['segment_id']}: {s['segment']}"
+    colors: dict[int, str] = {}
+    for s in everyone:
+        colors[s] = charts.OUTLIER if s < 0 else charts.PALETTE[len(colors) % len(charts.PALETTE)]
+    return names, colors
+
+
+def _rows(prof: dict, seg, colors: dict[int, str]) -> list[dict]:
+    rules: dict[str, list[str]] = {}
+    for r in seg.rules or []:
+        rules.setdefault(r.segment, []).append(r.when)
+    if seg.is_rules and seg.default:
+        rules.setdefault(seg.default, []).append("otherwise")
+    return [
+        {
+            "id": s["segment_id"],
+            "label": s["segment"],
+            "color": colors[s["segment_id"]],
+            "users": s["users"],
+            "share": s["share"],
+            "bar": max(1, round(120 * s["share"])),
+            "rule": " or ".join(rules.get(s["segment"], [])),
+            "traits": [_trait(t) for t in s.get("traits", [])[:3]],
+            "keywords": ", ".join(s["keywords"]),
+            "born_run": s["born_run"],
+        }
+        for s in prof["segments"]
+    ]
+
+
+def _tips(prof: dict, names: dict[int, str]) -> dict[int, str]:
+    """A map's hover text per segment: label, size, keywords, a sample text
+    (the example nearest the segment's centre)."""
+    tips = dict(names)
+    for s in prof["segments"]:
+        tip = f"{names[s['segment_id']]}\n{s['users']:,} users ({s['share']:.1%})"
+        if s["keywords"]:
+            tip += "\nkeywords: " + ", ".join(s["keywords"])
+        text = next((e["text"] for e in s["examples"] if e["text"]), None)
+        if text:
+            tip += f"\n“{charts.cut(text, TIP_CHARS)}”"
+        tips[s["segment_id"]] = tip
+    return tips
+
+
+def _events(rows: list[dict]) -> list[str]:
+    """Births, deaths, splits and merges of segments, by id, newest first;
+    the births (deaths) of one run on one line."""
+    out: list[str] = []
+    same: dict[tuple, list] = {}
+    for e in rows:
+        d, ev, run = e["detail"], e["event"], f"run {e['run_id']}"
+        if ev in ("birth", "death") and isinstance(d, int):
+            key = (run, ev)
+            if key not in same:
+                same[key] = []
+                out.append(key)  # filled in below
+            same[key].append(d)
+        elif ev == "split" and isinstance(d, dict):
+            out.append(f"{run}: segment {d.get('segment_id')} split into {_ids(d.get('into', []))}")
+        elif ev == "merge" and isinstance(d, dict):
+            out.append(
+                f"{run}: segments {_ids(d.get('from', []))} merged into {d.get('segment_id')}"
+            )
+        else:
+            out.append(f"{run}: {ev} {d}")
+    for i, line in enumerate(out):
+        if isinstance(line, tuple):
+            run, ev = line
+            ids = sorted(same[line])
+            noun = "segment" if len(ids) == 1 else "segments"
+            out[i] = f"{run}: {noun} {_ids(ids)} {'appeared' if ev == 'birth' else 'ended'}"
+    return out
+
+
+def _ids(xs) -> str:
+    return ", ".join(str(x) for x in xs)
