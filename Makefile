@@ -1,9 +1,10 @@
-PYTHON ?= python3
+# the project's virtual environment when there is one (scripts/setup.sh makes it)
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
-.PHONY: setup test test-fast lint format demo bench clean
+.PHONY: setup test test-fast lint format demo docs bench clean
 
-setup:            ## install segtool + test deps (CPU torch unless a GPU is present)
-	PYTHON=$(PYTHON) ./scripts/setup.sh
+setup:            ## install segtool + test deps into .venv (CPU torch unless a GPU is present)
+	./scripts/setup.sh
 
 test:             ## the full suite (what CI runs)
 	$(PYTHON) -m pytest -q
@@ -12,15 +13,18 @@ test-fast:        ## skip slow tests
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
-	$(PYTHON) -m ruff check segtool tests benchmarks examples
-	$(PYTHON) -m ruff format --check segtool tests benchmarks examples
+	$(PYTHON) -m ruff check segtool tests benchmarks examples scripts
+	$(PYTHON) -m ruff format --check segtool tests benchmarks examples scripts
 
 format:
-	$(PYTHON) -m ruff format segtool tests benchmarks examples
-	$(PYTHON) -m ruff check --fix segtool tests benchmarks examples
+	$(PYTHON) -m ruff format segtool tests benchmarks examples scripts
+	$(PYTHON) -m ruff check --fix segtool tests benchmarks examples scripts
 
 demo:             ## init a project from the template and run it end to end
-	rm -rf /tmp/segtool-demo && segtool init /tmp/segtool-demo && segtool run --project-dir /tmp/segtool-demo && segtool show behaviour --project-dir /tmp/segtool-demo
+	$(PYTHON) -m segtool init --force /tmp/segtool-demo && $(PYTHON) -m segtool run --project-dir /tmp/segtool-demo && $(PYTHON) -m segtool show behaviour --project-dir /tmp/segtool-demo
+
+docs:             ## regenerate the outputs shown in docs/quickstart.md (CI checks them)
+	$(PYTHON) scripts/docs_session.py docs/quickstart.md
 
 bench:
 	$(PYTHON) benchmarks/run_sql.py --users 100000

@@ -35,6 +35,10 @@ class SegtoolError(Exception):
     def __str__(self) -> str:
         return self.format()
 
+    def __reduce__(self):
+        # keep path/line/hint when an error crosses a process boundary (render workers)
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
 
 @dataclass
 class Location:
@@ -150,3 +154,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     if choices and len(choices) <= 12:
         return "valid: " + ", ".join(sorted(choices))
     return None
+
+
+def _rebuild(cls, state: dict) -> SegtoolError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err

@@ -3,7 +3,7 @@ and prints through report/.
 
     common.py    the error handler and shared options
     project.py   init, validate, compile, run, test, ls, render, clean
-    segments.py  show, export, assign, docs
+    segments.py  show, score, export, assign, docs
     diff.py      diff
 """
 

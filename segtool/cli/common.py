@@ -30,9 +30,13 @@ def handle_errors(fn):
         except SegtoolError as exc:
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()
-            from segtool.report.console import error_text
+            from segtool.report.console import error_text, paint
 
-            click.echo(error_text(exc), err=True)
+            text = error_text(exc)
+            first, _, rest = text.partition("\n")
+            click.echo(
+                paint(first, "bold red", sys.stderr) + (f"\n{rest}" if rest else ""), err=True
+            )
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo(

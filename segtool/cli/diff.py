@@ -23,13 +23,13 @@ from segtool.cli.common import format_option, handle_errors, load, project_optio
     "--from-run",
     type=int,
     metavar="N",
-    help="--data: the earlier run (default: the run before --to-run that touched each segmentation).",
+    help="--data: the earlier run (default: the run just before --to-run).",
 )
 @click.option(
     "--to-run",
     type=int,
     metavar="M",
-    help="--data: the later run (default: the last run that touched each segmentation).",
+    help="--data: the later run (default: the last run that changed each segmentation).",
 )
 @click.option(
     "--base-db",
@@ -87,12 +87,14 @@ def diff(
 
     BASE and HEAD are git refs or project folders. Defaults: BASE=HEAD (the
     last commit), HEAD=the working tree. Shows the nodes added, removed and
-    changed, what each change forces (re-render, re-embed, reassign, refit) and,
-    when the database exists, how many users that touches.
+    changed, and the plan of HEAD against the state BASE would have left: each
+    step's action (create, rebuild, incremental, refit, assign) and, when the
+    database exists, how many users and texts it touches.
 
     With --data: sizes before/after, transition matrix, users entering and
-    leaving, share moved, ARI/NMI and example users, between the last two runs
-    (or --from-run/--to-run) or between two databases (--base-db/--head-db).
+    leaving, share moved, ARI/NMI and example users, per segmentation before and
+    after the last run that changed it (or --from-run/--to-run), or between two
+    databases (--base-db/--head-db).
 
     \b
     Examples:
@@ -100,7 +102,7 @@ def diff(
       segtool diff main                     # working tree vs branch main
       segtool diff main HEAD --format markdown >> "$GITHUB_STEP_SUMMARY"
       segtool diff ../old_project .         # two folders
-      segtool diff --data                   # the last two runs of each segmentation
+      segtool diff --data                   # each segmentation's last change
       segtool diff --data --base-db prod.duckdb --head-db target/segtool.duckdb --fail-on 'moved_share>0.2'
     """
     from segtool.diff import thresholds as th

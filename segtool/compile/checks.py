@@ -40,6 +40,25 @@ class BoundProject:
     errors: list[ProjectError] = field(default_factory=list)
 
 
+def _relabel_line(msg: str, compiled: int, source: int) -> str:
+    """DuckDB's `LINE 23: <sql>` and its caret line, as `line 25: <sql>` (the
+    model file's line), the caret moved by the difference in width."""
+    old, new = f"LINE {compiled}: ", f"line {source}: "
+    out = []
+    shift = len(new) - len(old)
+    after = False
+    for ln in msg.splitlines():
+        if ln.startswith(old):
+            out.append(new + ln[len(old) :])
+            after = True
+            continue
+        if after and ln.strip().startswith("^"):
+            ln = (" " * shift + ln) if shift >= 0 else ln[-shift:]
+        after = False
+        out.append(ln)
+    return "\n".join(out)
+
+
 def _line_of(msg: str) -> int | None:
     m = re.search(r"LINE (\d+):", msg)
     return int(m.group(1)) if m else None
@@ -141,21 +160,23 @@ def _bind_error(exc: duckdb.Error, name: str, model, cm) -> ProjectError:
     """A binding error at the line of the model file; the compiled line only
     as context when Jinja moved lines around."""
     msg = str(exc).strip()
-    lines = msg.splitlines() or [msg]
-    rest = "\n".join("    " + ln for ln in lines[1:5])
     compiled_line = _line_of(msg)
     line = cm.source_line(compiled_line) if cm is not None else compiled_line
-    where = ""
-    if compiled_line is not None and line != compiled_line:
-        where = f" (compiled SQL line {compiled_line})"
+    if compiled_line is not None and line is not None:
+        msg = _relabel_line(msg, compiled_line, line)
+    lines = msg.splitlines() or [msg]
+    rest = "\n".join("    " + ln for ln in lines[1:5] if ln.strip())
     hint = f"`segtool compile` writes the compiled SQL to target/compiled/{model.path}"
+    if compiled_line is not None and line != compiled_line:
+        # one line number in the message (the file's); the compiled one as context
+        hint = f"that is line {compiled_line} of the compiled SQL; " + hint
     if "Permission Error" in msg:
         hint = (
             "the SQL fence keeps models inside the project folder and the declared sources; "
             "read files through source(), or widen the fence in profiles.yml (docs/security.md)"
         )
     return ProjectError(
-        f"model '{name}'{where}: {lines[0]}" + (f"\n{rest}" if rest else ""),
+        f"model '{name}': {lines[0]}" + (f"\n{rest}" if rest else ""),
         path=model.path,
         line=line,
         hint=hint,

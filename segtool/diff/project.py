@@ -92,14 +92,18 @@ def plan_head(base, head, worktree: Path, *, counts: bool):
 def _forces(change: dict, steps: list, graph) -> list[dict]:
     """The non-skip steps a change leads to: its own and its descendants'."""
     uid = change["unique_id"]
-    if uid not in graph:
-        return []
+    if uid not in graph or change["change"] == "metadata only":
+        return []  # a metadata edit forces nothing (other edits may force steps below it)
     reach = {uid} | graph.descendants(uid)
     return [
         {"unique_id": s.unique_id, "action": s.action}
         for s in steps
         if s.unique_id in reach and s.action != "skip"
     ]
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
 
 
 def _summary(changes: list[dict], steps: list, counted: bool) -> dict:
@@ -129,7 +133,7 @@ def _summary(changes: list[dict], steps: list, counted: bool) -> dict:
         "re_render": with_action("text", "create", "rebuild", "incremental"),
         "re_embed": with_action("embedding", "create", "incremental"),
         "reassign": with_action("segmentation", "assign"),
-        "texts_to_render": total("text", "new") if counted else None,
+        "texts_to_render": _add(total("text", "new"), total("text", "changed")),
         "texts_to_embed": total("embedding", "embedded"),
         "users_to_reassign": total("segmentation", "assigned"),
     }

@@ -11,7 +11,7 @@ import numpy as np
 
 from segtool.compile.predicates import bind_predicate, segmentation_predicates
 from segtool.compile.sql import quote_ident, sql_literal
-from segtool.errors import DataError, ProjectError, did_you_mean
+from segtool.errors import DataError, ProjectError
 from segtool.state import tables, vectors
 from segtool.state.db import STATE, table_exists
 
@@ -48,11 +48,7 @@ def assign_file(project, name: str, path: Path):
     from segtool.execute.segment.store import restore as _restore
 
     proj = project.loaded
-    if name not in proj.segmentations:
-        raise ProjectError(
-            f"no segmentation named '{name}'", hint=did_you_mean(name, proj.segmentations)
-        )
-    seg = proj.segmentations[name]
+    seg = proj.segmentation(name)
     key = proj.key
     k = quote_ident(key)
     mem = duckdb.connect(":memory:")
@@ -69,6 +65,7 @@ def assign_file(project, name: str, path: Path):
 
     db = project.connect(read_only=True)
     try:
+        _nested_columns(mem, db, proj, seg, Path(path))
         preds = segmentation_predicates(proj, seg)
         if preds.population is not None:
             mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
@@ -141,6 +138,51 @@ def assign_file(project, name: str, path: Path):
     finally:
         db.close()
         mem.close()
+
+
+def _nested_columns(mem, db, proj, seg, path: Path) -> None:
+    """Give input columns the nested types (LIST, STRUCT, MAP) they have in the
+    models the segmentation reads. Parquet and JSON carry them; a CSV holds
+    them as text, which is parsed when it is DuckDB's own notation
+    (`[a, b]`, `{'k': 1}`) and refused otherwise, naming the column, instead
+    of failing later inside a template."""
+    models = {_base(proj, seg)} | {
+        proj.texts[i.embedding.text].model if i.embedding else proj.features[i.features].model
+        for i in seg.inputs
+    }
+    wanted: dict[str, str] = {}
+    for m in sorted(models):
+        for col, typ in db.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
+            "AND table_name = ? AND database_name = current_database()",
+            [tables.MODELS, m],
+        ).fetchall():
+            if typ.endswith("]") or typ.startswith(("STRUCT", "MAP", "UNION")):
+                wanted.setdefault(col, typ)
+    have = dict(mem.execute("SELECT column_name, column_type FROM (DESCRIBE input)").fetchall())
+    for col, typ in wanted.items():
+        if col not in have or have[col] == typ:
+            continue
+        c = quote_ident(col)
+        if have[col] != "VARCHAR":
+            continue  # another nested type: binding or the template says what is wrong
+        import duckdb
+
+        try:
+            bad = mem.execute(
+                f"SELECT count(*) FROM input WHERE {c} IS NOT NULL AND TRY_CAST({c} AS {typ}) IS NULL"
+            ).fetchall()[0][0]
+        except duckdb.Error:
+            bad = -1
+        if bad:
+            raise DataError(
+                f"{path}: column '{col}' is {typ} in the project's models, but the file holds it "
+                f"as text that does not read as {typ}",
+                hint="a CSV cannot carry lists or structs: give the users as Parquet or JSON "
+                "(e.g. export them with DuckDB `COPY ... TO 'users.parquet'`), or write the "
+                "column in DuckDB's notation: [a, b]",
+            )
+        mem.execute(f"ALTER TABLE input ALTER {c} TYPE {typ} USING CAST({c} AS {typ})")
 
 
 def _base(proj, seg) -> str:

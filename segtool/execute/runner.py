@@ -182,7 +182,7 @@ class Runner:
             )
             steps = plan_steps(planner, uids)
         else:
-            ws = Workspace(con, self.project, dry=True)
+            ws = Workspace(con, self.project, dry=True, snapshot=self._fed_views())
             planner = self._planner(con, st, ws, data_aware=data_aware)
             steps, done = self._stage_one(self._context(con, None, ws, planner), uids)
             # what carrying out models and texts measured (rows, texts that differ)
@@ -232,7 +232,7 @@ class Runner:
                 run_id = state.start_run(
                     con, "run", self.loaded.target_name, self._args(), self.loaded.secrets
                 )
-                ws = Workspace(con, self.project, dry=False)
+                ws = Workspace(con, self.project, dry=False, snapshot=self._fed_views())
                 planner = self._planner(con, DbState(con), ws)
                 ctx = self._context(con, run_id, ws, planner)
                 steps, results = self._stage_one(ctx, uids)
@@ -288,6 +288,15 @@ class Runner:
         return result
 
     # ------------------------------------------------------------------ stages
+    def _fed_views(self) -> frozenset[str]:
+        """View models that feed texts, features or segmentations."""
+        compiled = self.project.graph().compiled
+        return frozenset(
+            m
+            for m in key_models(self.loaded)
+            if m in compiled and compiled[m].config.materialized == "view"
+        )
+
     def _context(self, con, run_id, ws, planner) -> RunContext:
         return RunContext(
             project=self.project,
@@ -314,9 +323,12 @@ class Runner:
         results: list[StepResult] = []
         dry = ws.dry
 
+        done: list = []  # nodes to record: stage one commits as one transaction,
+        # so they are written together at its end (one statement, not one per node)
+
         def record(uid: str) -> None:
             if not dry:
-                state.record_nodes(con, [graph[uid]], ctx.run_id, planner.hashes)
+                done.append(graph[uid])
 
         for kind in DECLARATIONS:
             for uid in by_kind.get(kind, []):
@@ -343,6 +355,7 @@ class Runner:
             result = execute_text(ctx, step)
             record(uid)
             self._done(results, result, dry)
+        state.record_nodes(con, done, ctx.run_id, planner.hashes)
         for kind in ("embedding", "segmentation"):
             for uid in by_kind.get(kind, []):
                 steps.append(getattr(planner, f"{kind}_step")(uid))

@@ -24,16 +24,25 @@ from segtool.state.result import one
 
 
 class Workspace:
-    def __init__(self, con, project, *, dry: bool):
+    def __init__(self, con, project, *, dry: bool, snapshot: frozenset[str] = frozenset()):
         self.con = con
         self.project = project
         self.loaded = project.loaded
         self.dry = dry
+        # views that feed texts, features or segmentations: read several times
+        # while a run is planned, so the first read keeps a snapshot
+        self.snapshot = snapshot
         self._models: dict[str, str] = {}
         self._texts: dict[str, str] = {}
 
     # ------------------------------------------------------------------ Relations
     def model(self, name: str) -> str:
+        if name not in self._models and name in self.snapshot and self.model_exists(name):
+            snap = quote_ident(f"__segtool_snapshot_{name}")
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {snap} AS SELECT * FROM {tables.model(name)}"
+            )
+            self._models[name] = snap
         return self._models.get(name, tables.model(name))
 
     def texts(self, name: str) -> str | None:

@@ -114,7 +114,9 @@ class Planner:
         if encoder not in self._fps:
             fp, why = self.encoders.try_fingerprint(encoder)
             if fp is None and self.data_aware:
-                self.notes.append(f"encoder '{encoder}' cannot be built now: {why}")
+                self.notes.append(
+                    why if why.startswith(f"encoder '{encoder}'") else f"encoder '{encoder}': {why}"
+                )
             self._fps[encoder] = fp
         return self._fps[encoder]
 
@@ -300,7 +302,9 @@ class Planner:
         work = work_table("embed", node.name.replace(".", "__"))
         self.con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {work} AS
-            SELECT text_hash, any_value(text) AS text, row_number() OVER (ORDER BY text_hash) AS rn
+            SELECT text_hash, any_value(text) AS text,
+            -- by length, across the whole work set: batches of similar lengths pad little
+            row_number() OVER (ORDER BY length(any_value(text)) DESC, text_hash) AS rn
             FROM {texts} t {missing} GROUP BY text_hash"""
         )
         distinct = self._count(f"SELECT count(DISTINCT text_hash) FROM {texts}")

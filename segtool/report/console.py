@@ -3,7 +3,9 @@ terminal, plain lines otherwise (CI logs, tests, pipes)."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +15,8 @@ class Reporter:
     def __init__(self, *, quiet: bool = False, stream=None, color: bool | None = None):
         self.quiet = quiet
         self.stream = stream or sys.stdout
+        # a terminal gets rich output (bars, tables); colour within it follows
+        # NO_COLOR (rich reads it)
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.rich = tty if color is None else color
         self._console = None
@@ -39,9 +43,24 @@ class Reporter:
 
     def warn(self, text: str) -> None:
         if self.rich:
-            self.console.print(f"[yellow]warning:[/yellow] {text}", markup=True)
+            from rich.text import Text
+
+            self.console.print(Text("warning: ", style="yellow") + Text(text))
         else:
             print(f"warning: {text}", file=self.stream)
+
+    def mark(self, mark: str, text: str) -> None:
+        """A test result line: `PASS  name`, the mark coloured on a terminal."""
+        if self.quiet:
+            return
+        if self.rich:
+            from rich.text import Text
+
+            self.console.print(
+                Text(f"{mark:<5}", style=MARK_STYLES.get(mark, "")) + Text(f" {text}")
+            )
+        else:
+            print(f"{mark:<5} {text}", file=self.stream)
 
     def table(
         self, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
@@ -61,23 +80,38 @@ class Reporter:
         self.line(format_table(headers, rows, title))
 
     @contextmanager
-    def progress(self, label: str, total: int | None) -> Iterator[Any]:
-        """A progress bar on a terminal; a start/end line elsewhere."""
-        if self.quiet or not self.rich:
+    def progress(self, label: str, total: int | None, unit: str = "items") -> Iterator[Any]:
+        """Progress of a long stage. On a terminal: a bar with done/total, rate
+        and time left, moving as each batch finishes. Elsewhere (CI logs,
+        pipes): a plain line every SEGTOOL_PROGRESS_INTERVAL seconds (default
+        5), also while nothing finishes (a model loading), so a log never goes
+        quiet. `advance` may be called from any thread."""
+        if self.quiet or not total:
             yield _NoProgress()
+            return
+        if not self.rich:
+            plain = _PlainProgress(self, label, total, unit)
+            try:
+                yield plain
+            finally:
+                plain.stop()
             return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
             TextColumn,
+            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
         with Progress(
-            TextColumn("{task.description}"),
+            TextColumn("  {task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            _RateColumn(unit),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
@@ -86,9 +120,63 @@ class Reporter:
             yield _RichProgress(p, task)
 
 
+def progress_interval() -> float:
+    try:
+        return max(0.01, float(os.environ.get("SEGTOOL_PROGRESS_INTERVAL", "5")))
+    except ValueError:
+        return 5.0
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 class _NoProgress:
     def advance(self, n: int = 1) -> None:
         pass
+
+
+class _PlainProgress:
+    """`  embed story with minilm: 4,096/19,353 (21%), 85 texts/s, 0:48 elapsed, eta 3:00`"""
+
+    def __init__(self, reporter: Reporter, label: str, total: int, unit: str):
+        import threading
+
+        self.reporter, self.label, self.total, self.unit = reporter, label, total, unit
+        self.done = 0
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="segtool-progress", daemon=True)
+        self._thread.start()
+
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self.done += n
+
+    def line(self) -> str:
+        with self._lock:
+            done = self.done
+        elapsed = time.monotonic() - self.t0
+        out = f"  {self.label}: {done:,}/{self.total:,} ({done / self.total:.0%})"
+        if done:
+            rate = done / elapsed
+            out += f", {rate:,.0f} {self.unit}/s, {_clock(elapsed)} elapsed, eta {_clock((self.total - done) / rate)}"
+        else:
+            out += f", {_clock(elapsed)} elapsed, starting"
+        return out
+
+    def _tick(self) -> None:
+        every = progress_interval()
+        while not self._stop.wait(every):
+            self.reporter.line(self.line())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _RichProgress:
@@ -97,6 +185,26 @@ class _RichProgress:
 
     def advance(self, n: int = 1) -> None:
         self.p.advance(self.task, n)
+
+
+def _rate_column_class():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def __init__(self, unit: str):
+            super().__init__()
+            self.unit = unit
+
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.0f} {self.unit}/s", style="cyan")
+
+    return RateColumn
+
+
+def _RateColumn(unit: str):  # noqa: N802 - a class made on first use (rich loads lazily)
+    return _rate_column_class()(unit)
 
 
 def _fmt(v: Any) -> str:
@@ -108,19 +216,48 @@ def _fmt(v: Any) -> str:
 
 
 def format_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    title: str | None = None,
+    width: int | None = None,
 ) -> str:
+    """A plain text table. With `width` (a terminal's), the widest columns are
+    narrowed until a line fits and their cells wrap at word boundaries."""
+    import textwrap
+
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [len(str(h)) for h in headers]
     for r in cells:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
+    if width:
+        floor = [max(len(str(h)), 8) for h in headers]
+        while sum(widths) + 2 * (len(widths) - 1) > width:
+            i = max(range(len(widths)), key=lambda j: widths[j] - floor[j])
+            if widths[i] <= floor[i]:
+                break
+            widths[i] -= 1
     out = [title] if title else []
     out.append("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip())
     out.append("  ".join("-" * w for w in widths))
     for r in cells:
-        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        wrapped = [textwrap.wrap(c, w) or [""] if len(c) > w else [c] for c, w in zip(r, widths)]
+        for k in range(max(len(x) for x in wrapped)):
+            parts = [(x[k] if k < len(x) else "").ljust(w) for x, w in zip(wrapped, widths)]
+            out.append("  ".join(parts).rstrip())
     return "\n".join(out)
+
+
+def terminal_width(stream=None) -> int | None:
+    """The width to fit output to: a terminal's, or COLUMNS when set; None
+    (full lines) when piped without COLUMNS."""
+    import shutil
+
+    stream = stream or sys.stdout
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        cols = os.environ.get("COLUMNS", "")
+        return int(cols) if cols.isdigit() and int(cols) > 20 else None
+    return shutil.get_terminal_size((120, 40)).columns
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -134,3 +271,27 @@ def error_text(exc) -> str:
     """A SegtoolError as the CLI prints it: `path:line:col: message` (or
     `error: message` without a location) and an indented hint."""
     return exc.format() if exc.location() else f"error: {exc.format()}"
+
+
+def use_color(stream) -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (no-color.org);
+    FORCE_COLOR forces it."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+MARK_STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "bold red", "SKIP": "dim", "WARN": "yellow"}
+
+
+def paint(text: str, style: str | None, stream=None) -> str:
+    """`text` in a colour (a MARK_STYLES value) when `stream` shows colour."""
+    import click
+
+    if not style or not use_color(stream or sys.stdout):
+        return text
+    if style == "dim":
+        return click.style(text, dim=True)
+    return click.style(text, fg=style.removeprefix("bold "), bold=style.startswith("bold "))

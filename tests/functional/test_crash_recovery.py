@@ -55,7 +55,10 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     )
     assert p.returncode == -9, p.stdout + p.stderr
     # the dead run's lock went with its process: the next run takes it at once
-    assert killed.n_vectors() == 60
+    kept = killed.n_vectors()
+    # whole committed chunks of 20 survive (the encoding of one chunk overlaps
+    # the write of the one before, so the kill lands after 2 or 3 of them)
+    assert kept in (40, 60)
     assert killed.sql("select status from _segtool.runs") == [("running",)]
     assert killed.sql("select count(*) from _segtool.texts__story")[0][0] == 300
 
@@ -63,8 +66,8 @@ def test_sigkill_during_embedding_then_resume(tmp_path):
     s = json.loads((killed.root / "target/run_results.json").read_text())["summary"]["embeddings"][
         "story.hash"
     ]
-    assert s["cached"] == 60
-    assert s["embedded"] == s["texts"] - 60
+    assert s["cached"] == kept
+    assert s["embedded"] == s["texts"] - kept
 
     clean.cli("run")
     assert killed.sql("select run_id, status from _segtool.runs order by 1") == [

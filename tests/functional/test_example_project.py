@@ -25,7 +25,9 @@ def example(tmp_path) -> ProjectDir:
     root = tmp_path / "ecommerce"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("data", "target"))
     seg = root / "segments/segments.yml"
-    seg.write_text(seg.read_text().replace("encoder: minilm}", "encoder: hashing}"))
+    text = seg.read_text()
+    assert "encoder: fast}" in text
+    seg.write_text(text.replace("encoder: fast}", "encoder: hashing}"))
     generate(root, 1)
     return ProjectDir(root)
 

@@ -335,3 +335,73 @@ def test_render_one_user_and_clean_cache(built):
     assert built.n_vectors() == live == old
     built.cli("run")  # nothing to re-embed: the live vectors were kept
     assert summary(built)["embeddings"]["story.hash"]["action"] == "skip"
+
+
+def test_parallel_rendering_gives_the_same_texts(project, tmp_path, monkeypatch):
+    """Large work sets render in worker processes: same texts, same errors."""
+    import shutil
+
+    from tests.conftest import ProjectDir
+
+    serial = ProjectDir(shutil.copytree(project.root, tmp_path / "serial"))
+    serial.cli("run")
+    monkeypatch.setattr("segtool.execute.render_pool.RENDER_POOL_MIN", 1)
+    monkeypatch.setattr("segtool.execute.render_pool.SUB_BATCH", 7)
+    project.cli("run")
+    q = "select user_id, row_hash, text_hash, text from _segtool.texts__story order by 1"
+    assert project.sql(q) == serial.sql(q)
+    # an error in a worker keeps its template line and user
+    project.write("templates/story.j2", "Story\n{{ (100 / (user_id - 7)) | round }}")
+    r = project.cli("run", expect=1)
+    assert "templates/story.j2:2" in r.stderr and "user_id 7" in r.stderr
+
+
+def test_assign_from_csv_reads_lists_or_says_why_not(built):
+    """A CSV holds a LIST column as text: DuckDB's own notation is read as the
+    list the template expects; anything else is refused naming the column."""
+    import duckdb
+    import polars as pl
+
+    built.cli("run")  # a copied project: rebuild its views
+    con = duckdb.connect(str(built.db), read_only=True)
+    con.execute(
+        f"COPY (SELECT * FROM user_features WHERE user_id <= 6 ORDER BY user_id) TO '{built.root / 'in.csv'}' (HEADER)"
+    )
+    con.execute(
+        f"COPY (SELECT * FROM user_features WHERE user_id <= 6 ORDER BY user_id) TO '{built.root / 'in.parquet'}'"
+    )
+    con.close()
+    r = built.root
+    built.cli("assign", "behaviour", "--input", str(r / "in.parquet"), "--output", str(r / "p.csv"))
+    built.cli("assign", "behaviour", "--input", str(r / "in.csv"), "--output", str(r / "c.csv"))
+    assert pl.read_csv(built.root / "c.csv").equals(pl.read_csv(built.root / "p.csv"))
+
+    text = (built.root / "in.csv").read_text().splitlines()
+    head = text[0].split(",")
+    assert "products" in head
+    bad = [text[0]] + [ln.replace("[", "").replace("]", "") for ln in text[1:]]
+    built.write("bad.csv", "\n".join(bad) + "\n")
+    before = built.snapshot()
+    res = built.cli(
+        "assign", "behaviour", "--input", str(r / "bad.csv"), "--output", str(r / "b.csv"), expect=1
+    )
+    assert "column 'products' is VARCHAR[]" in res.stderr and "Parquet or JSON" in res.stderr
+    assert built.snapshot() == before and not (built.root / "b.csv").exists()
+
+
+def test_a_var_in_a_rule_re_evaluates_the_rule_segments(project):
+    """`--vars` that change a predicate change who is where: the rules run
+    again (and a second run with the same vars has nothing to do)."""
+    project.edit(
+        "segments/segments.yml",
+        'when: "revenue > 300"',
+        "when: \"revenue > {{ var('big', 300) }}\"",
+    )
+    project.cli("run")
+    before = dict(project.sql("select user_id, segment from segments.lifecycle"))
+    out = project.cli("run", "-s", "lifecycle", "--vars", "{big: 100}").stdout
+    assert "assign      segmentation.lifecycle" in out
+    after = dict(project.sql("select user_id, segment from segments.lifecycle"))
+    assert sum(before[u] != after[u] for u in before) > 0
+    again = project.cli("run", "-s", "lifecycle", "--vars", "{big: 100}").stdout
+    assert "skip        segmentation.lifecycle" in again

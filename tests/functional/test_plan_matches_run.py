@@ -139,7 +139,7 @@ def test_example_project_period_two(tmp_path):
     root = tmp_path / "ecommerce"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("data", "target"))
     pd = ProjectDir(root)
-    pd.edit("segments/segments.yml", "encoder: minilm}", "encoder: hashing}")
+    pd.edit("segments/segments.yml", "encoder: fast}", "encoder: hashing}")
 
     generate_example(root / "data", 1)
     dry_then_run(pd)

@@ -651,3 +651,15 @@ def test_bind_reports_unreadable_source(tiny):
     assert e.message.startswith("source 'shop.orders' cannot be read:")
     assert (e.path, e.line) == ("models/sources.yml", 9)
     assert "relative paths start at the project root" in e.hint
+
+
+def test_duckdb_line_is_relabelled_with_the_files_line_and_the_caret_follows():
+    from segtool.compile.checks import _relabel_line
+
+    msg = 'Binder Error: no column "x"\n\nLINE 9: select x from t\n               ^'
+    out = _relabel_line(msg, 9, 12).splitlines()
+    assert out[2] == "line 12: select x from t"
+    assert out[3].index("^") == out[2].index("x from")
+    back = _relabel_line(msg.replace("LINE 9", "LINE 10").replace("    ^", "     ^"), 10, 7)
+    assert back.splitlines()[2] == "line 7: select x from t"
+    assert back.splitlines()[3].index("^") == back.splitlines()[2].index("x from")

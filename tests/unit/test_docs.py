@@ -21,6 +21,7 @@ SPEC_MODELS = [
     "PathsSpec",
     "ProfilesSpec",
     "TargetSpec",
+    "ExecutorSpec",
     "PropertiesFile",
     "SourceSpec",
     "SourceTableSpec",

@@ -74,7 +74,7 @@ def test_encoder_defaults():
         "auto",
         "torch",
         "none",
-        512,
+        None,  # the kind's own default: 512 buckets (hashing), 256 dims (static)
     )
 
 

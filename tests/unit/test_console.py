@@ -1,0 +1,52 @@
+"""Progress you can follow: a moving bar with rate and time left on a
+terminal, plain lines at a steady interval in a CI log, nothing with -q."""
+
+import io
+import threading
+import time
+
+from segtool.report.console import Reporter
+
+
+def test_plain_progress_prints_lines_while_work_runs(monkeypatch):
+    monkeypatch.setenv("SEGTOOL_PROGRESS_INTERVAL", "0.05")
+    out = io.StringIO()
+    rep = Reporter(stream=out, color=False)
+    with rep.progress("embed story with minilm", 400, "texts") as bar:
+        time.sleep(0.12)  # a model loading: lines appear before anything is done
+        for _ in range(4):
+            threading.Thread(target=bar.advance, args=(50,)).start()
+            time.sleep(0.06)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    assert lines[0].startswith("  embed story with minilm: 0/400 (0%)") and "starting" in lines[0]
+    moving = [ln for ln in lines if "texts/s" in ln]
+    assert moving and "eta " in moving[-1] and "elapsed" in moving[-1]
+    assert any(
+        "/400 (" in ln and not ln.startswith("  embed story with minilm: 0/") for ln in moving
+    )
+    n = len(lines)
+    time.sleep(0.15)
+    assert len(out.getvalue().splitlines()) == n  # the ticker stopped with the stage
+
+
+def test_quiet_and_empty_stages_print_nothing(monkeypatch):
+    monkeypatch.setenv("SEGTOOL_PROGRESS_INTERVAL", "0.01")
+    out = io.StringIO()
+    with Reporter(stream=out, quiet=True).progress("embed", 10) as bar:
+        bar.advance(10)
+        time.sleep(0.05)
+    with Reporter(stream=out, color=False).progress("embed", 0) as bar:
+        time.sleep(0.05)
+    assert out.getvalue() == ""
+
+
+def test_terminal_progress_shows_rate_and_eta():
+    out = io.StringIO()
+    rep = Reporter(stream=out, color=True)
+    with rep.progress("render story", 100, "users") as bar:
+        for _ in range(10):
+            bar.advance(10)
+            time.sleep(0.02)
+        rep.console.file.flush()
+    text = out.getvalue()
+    assert "render story" in text and "users/s" in text and "eta" in text
