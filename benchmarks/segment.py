@@ -261,17 +261,32 @@ def hand_written(db: Path, out_table: str = "hand_behaviour") -> dict:
     }
 
 
-def agreement(db: Path, keys, labels) -> float:
+def agreement(db: Path, keys, labels, truth: Path) -> dict:
+    """ARI of segtool's `behaviour` vs the hand-written labels, and of each
+    against the planted groups (data/_truth.csv): two k-means runs on weakly
+    separated groups can disagree with each other while finding the groups
+    equally well, so the truth says which one is better."""
+    import csv
+
     import duckdb
-    import numpy as np
     from sklearn.metrics import adjusted_rand_score
 
     con = duckdb.connect(str(db), read_only=True)
     seg = dict(con.execute("SELECT user_id, segment_id FROM segments.behaviour").fetchall())
     con.close()
-    pairs = [(seg[k], int(lab)) for k, lab in zip(keys.tolist(), labels.tolist()) if k in seg]
-    a = np.array(pairs)
-    return float(adjusted_rand_score(a[:, 0], a[:, 1]))
+    with open(truth, newline="") as fh:
+        planted = {int(r["user_id"]): r["planted_group"] for r in csv.DictReader(fh)}
+    rows = [
+        (seg[k], int(lab), planted.get(k))
+        for k, lab in zip(keys.tolist(), labels.tolist())
+        if k in seg
+    ]
+    known = [r for r in rows if r[2] is not None]
+    return {
+        "vs_hand": float(adjusted_rand_score([r[0] for r in rows], [r[1] for r in rows])),
+        "segtool_truth": float(adjusted_rand_score([r[2] for r in known], [r[0] for r in known])),
+        "hand_truth": float(adjusted_rand_score([r[2] for r in known], [r[1] for r in known])),
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -339,7 +354,7 @@ def bench_size(
         wait_quiet(max_load, max_wait)
         hands.append(hand_written(db))
     hand = min(hands, key=lambda h: h["total"])
-    ari = agreement(db, hand["keys"], hand["labels"])
+    ari = agreement(db, hand["keys"], hand["labels"], proj / "data" / "_truth.csv")
     return {
         "n": n,
         "full": best(fulls),
@@ -407,7 +422,7 @@ def fmt_fractions(results: list[dict]) -> str:
 def fmt_hand(results: list[dict]) -> str:
     head = (
         "| users | segtool `behaviour` refit s | hand-written s (load + fit + write) | ratio segtool / hand | "
-        "`segtool run --refit` wall s | ARI segtool vs hand |"
+        "`segtool run --refit` wall s | ARI segtool vs hand | ARI vs planted groups: segtool / hand |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -415,7 +430,8 @@ def fmt_hand(results: list[dict]) -> str:
         s = r["refit"]["stages"].get("seg:behaviour", 0)
         lines.append(
             f"| {r['n']:,} | {s:.2f} | {h['total']:.2f} ({h['load']:.2f} + {h['fit']:.2f} + {h['write']:.2f}) | "
-            f"{s / h['total']:.2f} | {r['refit']['wall']:.1f} | {r['ari_hand']:.3f} |"
+            f"{s / h['total']:.2f} | {r['refit']['wall']:.1f} | {r['ari_hand']['vs_hand']:.3f} | "
+            f"{r['ari_hand']['segtool_truth']:.3f} / {r['ari_hand']['hand_truth']:.3f} |"
         )
     return "\n".join(lines)
 

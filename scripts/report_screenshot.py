@@ -20,7 +20,7 @@ from pathlib import Path
 def launch(p):
     try:
         return p.chromium.launch()
-    except Exception:  # noqa: BLE001 - playwright's own browser is not installed
+    except Exception as exc:  # noqa: BLE001 - playwright's own browser is not installed
         for exe in (
             os.environ.get("SEGTOOL_CHROMIUM"),
             shutil.which("chromium"),
@@ -28,7 +28,9 @@ def launch(p):
         ):
             if exe:
                 return p.chromium.launch(executable_path=exe)
-        raise SystemExit("no Chromium: apt-get install chromium, or playwright install chromium")
+        raise SystemExit(
+            "no Chromium: apt-get install chromium, or playwright install chromium"
+        ) from exc
 
 
 def main() -> None:

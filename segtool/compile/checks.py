@@ -365,7 +365,7 @@ def _check_pii(proj: LoadedProject, built: BuiltGraph, out: BoundProject) -> Non
 
 def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:
     """Test names and arguments, and that each tested column exists."""
-    from segtool.execute.tests import parse_test
+    from segtool.compile.column_tests import parse_test
 
     for name, m in proj.models.items():
         if m.props is None:

@@ -43,9 +43,9 @@ def assign_file(project, name: str, path: Path):
     import duckdb
     import polars as pl
 
-    from segtool.execute.render import render_rows, text_renderer
     from segtool.execute.segment.store import active_fit as _active_fit
     from segtool.execute.segment.store import restore as _restore
+    from segtool.execute.texts import render_rows, text_renderer
 
     proj = project.loaded
     seg = proj.segmentation(name)

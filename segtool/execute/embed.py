@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 
-from segtool.compile.sql import quote_ident
 from segtool.errors import EncoderError
 from segtool.execute.context import StepResult
 from segtool.state import tables, vectors
@@ -124,7 +123,7 @@ def execute_embedding(ctx, step) -> StepResult:
     label = f"embed {text_name} with {enc_name}"
     if executor.kind != "local":
         label += f" on {executor.describe()}"
-    with ctx.reporter.progress(label, todo) as bar:
+    with ctx.reporter.progress(label, todo, "texts") as bar:
         stats = executor.embed(
             EmbedWork(
                 encoder=enc_name,
@@ -163,32 +162,6 @@ def execute_embedding(ctx, step) -> StepResult:
         else None,
         **stats.extra,
     )
-
-
-def load_vectors(con, text_name: str, encoder_fp: str, users_sql: str, key: str, n: int):
-    """Vectors of the users in `users_sql` (the key column and a dense __ord
-    1..n), row __ord-1 of an (n, dim) float32 matrix. Returns (matrix, rows
-    found). Streamed in record batches straight into the matrix: no sort of
-    the vectors, no intermediate copy (at 1M users a copy is a gigabyte)."""
-    k = quote_ident(key)
-    found = vectors.lookup(con, encoder_fp)
-    if found is None:
-        return np.zeros((n, 0), dtype=np.float32), 0
-    table, dim = found
-    out = np.zeros((n, dim), dtype=np.float32)
-    got = 0
-    reader = con.sql(
-        f"""SELECT u.__ord AS o, e.vector AS v
-        FROM ({users_sql}) u
-        JOIN {tables.texts(text_name)} t ON t.{k} = u.{k}
-        JOIN {table} e ON e.text_hash = t.text_hash"""
-    ).fetch_record_batch(65_536)
-    for batch in reader:
-        rows = batch.column(0).to_numpy() - 1
-        flat = batch.column(1).flatten().to_numpy(zero_copy_only=False)
-        out[rows] = flat.reshape(len(rows), dim)
-        got += len(rows)
-    return out, got
 
 
 def clean_cache(project) -> dict:

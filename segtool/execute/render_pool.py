@@ -50,7 +50,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init(job: RenderJob) -> None:
-    from segtool.execute.render import text_renderer
+    from segtool.execute.texts import text_renderer
     from segtool.project.secrets import Secrets
 
     templates = {
@@ -66,7 +66,7 @@ def _init(job: RenderJob) -> None:
 def _render(ipc: bytes) -> tuple[bytes, int, int]:
     import pyarrow as pa
 
-    from segtool.execute.render import render_rows, rendered_batch
+    from segtool.execute.texts import render_rows, rendered_batch
 
     rows = pa.ipc.open_stream(ipc).read_all().to_pylist()
     out, n_trunc, n_empty = render_rows(_WORKER["proj"], _WORKER["spec"], rows, _WORKER["render"])

@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from segtool.compile.column_tests import parse_test
 from segtool.compile.segments import population_sql
 from segtool.compile.sql import quote_ident, relation, source_sql, sql_literal
 from segtool.encoders.builder import Encoders
@@ -20,8 +21,6 @@ from segtool.execute.segment.store import active_fit, restore
 from segtool.state import tables
 from segtool.state.db import table_exists
 from segtool.state.result import one
-
-COLUMN_TESTS = ("unique", "not_null", "accepted_values", "relationships")
 
 
 @dataclass
@@ -34,45 +33,6 @@ class TestResult:
     examples: list[Any] = field(default_factory=list)
     path: str | None = None
     line: int | None = None
-
-
-def parse_test(test: Any, col) -> tuple[str, dict]:
-    """(test name, arguments) of one entry under a column's `tests:`."""
-    if isinstance(test, str):
-        name, args = test, {}
-    elif isinstance(test, dict) and len(test) == 1:
-        name, args = next(iter(test.items()))
-        args = args or {}
-    else:
-        raise ProjectError(
-            f"cannot read test {test!r} on column '{col.name}'",
-            path=col.file,
-            line=col.line,
-            hint="write `- unique` or `- accepted_values: {values: [...]}`",
-        )
-    if name not in COLUMN_TESTS:
-        raise ProjectError(
-            f"unknown test '{name}' on column '{col.name}'",
-            path=col.file,
-            line=col.line,
-            hint=did_you_mean(name, COLUMN_TESTS),
-        )
-    if not isinstance(args, dict):
-        raise ProjectError(
-            f"test '{name}' on column '{col.name}' takes a mapping of arguments",
-            path=col.file,
-            line=col.line,
-        )
-    needed = {"accepted_values": ("values",), "relationships": ("to", "field")}.get(name, ())
-    missing = [a for a in needed if a not in args]
-    if missing:
-        raise ProjectError(
-            f"test '{name}' on column '{col.name}' needs {', '.join(missing)}",
-            path=col.file,
-            line=col.line,
-            hint="e.g. accepted_values: {values: [a, b]} or relationships: {to: \"ref('m')\", field: id}",
-        )
-    return name, args
 
 
 def _resolve_to(project, to: str) -> str:
@@ -324,13 +284,13 @@ def segmentation_tests(project, con, node) -> list:
 def _association_tests(project, con, seg, add) -> None:
     """max_association / min_association: how strongly a column goes with the
     segments now (drivers' measures, on the current assignment)."""
+    from segtool.compile.checks import pii_columns
     from segtool.execute.segment import drivers
-    from segtool.execute.segment.fit import pii_columns_of
 
     t = seg.tests
     wanted = set(t.max_association) | set(t.min_association)
     proj = project.loaded
-    pii = pii_columns_of(proj, project.graph())
+    pii = {m: set(cols) for m, cols in pii_columns(proj, project.graph()).items()}
     profile = drivers.compute(con, proj, seg, tables.segments(seg.name), pii, only=wanted)
     found: dict[str, dict] = {}
     for d in profile.drivers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -302,10 +303,14 @@ def _rank_eta2_of_column(con, joined: str, c: str) -> tuple[str, float]:
     return RANK_ETA2, (rank_eta_squared(a[:, 0], a[:, 1], a[:, 2]) if len(a) else 0.0)
 
 
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
 def _fmt_num(x) -> str:
     if isinstance(x, float):
         return f"{x:.0f}" if x.is_integer() else f"{x:.3g}"
-    return str(x)
+    x = str(x)
+    return x[:10] if _TIMESTAMP.match(x) else x  # a date is enough next to a median
 
 
 def format_crosstab(ct: dict, fmt: str, width: int | None = None) -> str:
@@ -331,7 +336,7 @@ def _features_str(feats: list[dict]) -> str:
     return ", ".join(f"{f['name']} {'+' if f['z'] >= 0 else ''}{f['z']:.1f}σ" for f in feats)
 
 
-def _trait_str(t: dict) -> str:
+def trait_str(t: dict) -> str:
     """`top category: Books (82% vs 14%)`, `high revenue (median 420 vs 95)`."""
     col = t["column"].replace("_", " ")
     if "share" in t:
@@ -355,7 +360,7 @@ def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
             s["segment"],
             f"{s['users']:,}",
             f"{s['share']:.1%}",
-            "; ".join(_trait_str(t) for t in s.get("traits", [])[:3])
+            "; ".join(trait_str(t) for t in s.get("traits", [])[:3])
             or _features_str(s["features"]),
             ", ".join(s["keywords"]),
         ]

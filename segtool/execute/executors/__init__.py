@@ -29,6 +29,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# A transformer on a CPU encodes tens of texts a second: a 2,048-text chunk
+# would be a minute without a commit or a progress step. Chunks of this many
+# texts commit (and move the progress bar) every few seconds instead.
+CPU_MODEL_CHUNK = 256
+SLOW_ON_CPU = ("transformers", "sentence-transformers")
+
 # users per assignment chunk: a multiple of the ml package's row chunks
 # (16,384), so a chunk is predicted exactly as the whole would be
 ASSIGN_CHUNK = 262_144
@@ -75,6 +81,14 @@ class Fitted:
     def of(cls, name: str, fit_row) -> Fitted:
         fit_id, fhash, params, arrays = fit_row
         return cls(f"{name}/{fit_id}/{fhash}", params, bytes(arrays))
+
+
+def chunk_rows(work: EmbedWork, *, on_cpu: bool) -> int:
+    """Texts per encode call and per committed chunk (a Ray shard): the same
+    rule locally and on Ray workers, so both give bit-identical vectors."""
+    if on_cpu and work.spec.kind in SLOW_ON_CPU:
+        return min(work.chunk, CPU_MODEL_CHUNK)
+    return work.chunk
 
 
 class Executor(Protocol):

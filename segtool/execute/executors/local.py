@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.execute.executors import EmbedStats, EmbedWork, Fitted
+from segtool.execute.executors import EmbedStats, EmbedWork, Fitted, chunk_rows
 
 
 class LocalExecutor:
@@ -29,6 +29,7 @@ class LocalExecutor:
             return stats
         enc = work.local_encoder()
         enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
+        chunk = chunk_rows(work, on_cpu=enc.device == "cpu")
 
         def encode(texts: list[str]):
             t = time.perf_counter()
@@ -45,8 +46,8 @@ class LocalExecutor:
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-encode") as pool:
             pending = None
-            for lo in range(1, work.todo + 1, work.chunk):
-                hashes, texts = work.read(lo, lo + work.chunk)
+            for lo in range(1, work.todo + 1, chunk):
+                hashes, texts = work.read(lo, lo + chunk)
                 future = pool.submit(encode, texts)
                 if pending is not None:
                     commit(*pending)

@@ -5,8 +5,9 @@ Embedding, step by step (docs/scale.md):
 
 1. The plan's work set (distinct texts with no cached vector, rn 1..todo,
    longest first) is read from DuckDB once, in rn order, and cut into shards
-   of `batch_size` texts (default: the local chunk, so each shard holds the
-   texts one local encode call would get). Each shard is written as a Parquet
+   of `batch_size` texts (default: the local chunk, 2,048 texts, or 256 for a
+   transformer on CPU workers, so each shard holds the texts one local encode
+   call would get). Each shard is written as a Parquet
    file in memory (zstd: texts shrink 3-5x) and put in Ray's object store. The
    object store, not a folder: a remote cluster (`ray://`, KubeRay) cannot
    read the driver's disk, and objects the driver puts live on the cluster.
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import EncoderError, ExecutionError, SegtoolError
-from segtool.execute.executors import EmbedStats, EmbedWork, Fitted
+from segtool.execute.executors import EmbedStats, EmbedWork, Fitted, chunk_rows
 
 RAY_HINT = "pip install 'segtool[ray]' (Ray Data), or set the target's executor to kind: local"
 
@@ -234,7 +235,7 @@ class RayExecutor:
         from ray.data import ActorPoolStrategy
 
         spec = self.spec
-        shard_rows = spec.batch_size or work.chunk
+        shard_rows = spec.batch_size or chunk_rows(work, on_cpu=not spec.gpus_per_worker)
         refs = []
         staged = 0
         for i, table in enumerate(work.stream(shard_rows)):

@@ -24,7 +24,7 @@ class Loaded:
 def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
     """Blocks for the users of `users_sql` (key + __ord), in __ord order.
     `fingerprint(encoder)` gives the cache key of each encoder."""
-    from segtool.execute.embed import load_vectors
+    from segtool.state.vectors import load_vectors
 
     k = quote_ident(proj.key)
     keys = np.asarray(

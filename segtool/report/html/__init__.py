@@ -12,7 +12,6 @@ project or its data (labels, texts, column names) reaches the page escaped.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ EXAMPLES = 2  # example users per segment
 TEXT_CHARS = 300  # of an example text
 TIP_CHARS = 160  # of the sample text in a map tooltip
 MOVES = 8  # the biggest moves listed under a Sankey
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
 def build_report(project, out: Path | None = None) -> Path:
@@ -107,20 +105,14 @@ def _runs(rows: list[dict]) -> list[dict]:
 
 
 def _trait(t: dict) -> str:
+    """As `segtool show` says it: `top category: Books (82% vs 14%)`."""
+    from segtool.report.profile import trait_str
+
+    if "share" in t or "median" in t:
+        return trait_str(t)
     from segtool.ml.labels import trait_text
 
-    if "share" in t:
-        return f"{trait_text(t)} ({t['share']:.0%} vs {t['base_share']:.0%})"
-    if "median" in t:
-        return f"{trait_text(t)} (median {_num(t['median'])} vs {_num(t['base_median'])})"
     return trait_text(t)
-
-
-def _num(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.0f}" if x.is_integer() else f"{x:.3g}"
-    x = str(x)
-    return x[:10] if _TIMESTAMP.match(x) else x  # a date is enough
 
 
 def _segmentation(project, con, seg, index: int, when: dict) -> dict:

@@ -1,0 +1,96 @@
+"""One user's text: the template environment of a text, rendering a batch
+of model rows (each bounded in time) and the Arrow batch the texts tables are
+filled from. Used by the render stage (render.py), its worker processes
+(render_pool.py) and `segtool assign`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+
+from segtool.compile.jinja import RenderTimeout, make_env, renderer, time_limit
+from segtool.errors import ProjectError
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+class _TemplateLoader(jinja2.BaseLoader):
+    """Loads `{% include %}`d templates from the project's already-read templates."""
+
+    def __init__(self, templates: Mapping[str, Any]):
+        self.templates = templates
+
+    def get_source(self, environment, template):
+        tf = self.templates.get(template)
+        if tf is None:
+            raise jinja2.TemplateNotFound(template)
+        return tf.text, tf.path, lambda: True
+
+
+def text_renderer(proj, text_spec) -> Callable[[Mapping[str, Any]], str]:
+    from segtool.compile.sql import make_var
+
+    env = make_env(_TemplateLoader(proj.templates))
+    env.globals.update(var=make_var(proj), env_var=proj.env_var)
+    tf = proj.templates[text_spec.template]
+    return renderer(env, tf.text, tf.path)
+
+
+def truncate(text: str, max_chars: int) -> tuple[str, bool]:
+    if len(text) <= max_chars:
+        return text, False
+    cut = text[:max_chars]
+    space = cut.rfind(" ")
+    if space > max_chars * 0.8:  # end on a word boundary when one is near
+        cut = cut[:space]
+    return cut.rstrip(), True
+
+
+def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
+    """Render a batch: (key, row_hash, text_hash, text, n_chars, truncated).
+    Each user's render is bounded in time (compile/jinja.py)."""
+    key = proj.key
+    out = []
+    n_trunc = n_empty = 0
+    with time_limit() as rearm:
+        for row in rows:
+            rh = row.pop("__row_hash", None)  # present when rendering for the texts table
+            ctx = dict(row)
+            ctx["key"] = row[key]
+            rearm()
+            try:
+                text = render(ctx)
+            except ProjectError as exc:
+                exc.message = f"text '{spec.name}', {key} {row[key]!r}: {exc.message}"
+                raise
+            except RenderTimeout as exc:  # fired between two renders
+                raise ProjectError(
+                    f"text '{spec.name}', {key} {row[key]!r}: rendering {exc}"
+                ) from exc
+            text = " ".join(text.split())  # templates are multi-line; the text is one line
+            text, cut = truncate(text, spec.max_chars)
+            n_trunc += cut
+            n_empty += not text
+            out.append((row[key], rh, text_hash(text), text, len(text), cut))
+    return out, n_trunc, n_empty
+
+
+def rendered_batch(out: list[tuple]):
+    """render_rows' tuples as the Arrow table the texts tables are filled from."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "k": [r[0] for r in out],
+            "row_hash": pa.array([r[1] for r in out], pa.uint64()),
+            "text_hash": [r[2] for r in out],
+            "text": [r[3] for r in out],
+            "n_chars": pa.array([r[4] for r in out], pa.int32()),
+            "truncated": [r[5] for r in out],
+        }
+    )
