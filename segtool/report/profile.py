@@ -33,7 +33,7 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
         rows = con.execute(
             f"""SELECT s.segment_id, any_value(s.segment), count(*), c.keywords, c.features, c.born_run
             FROM {tables.segments(name)} s LEFT JOIN {tables.CATALOG} c ON c.segmentation = ? AND c.segment_id = s.segment_id
-            GROUP BY s.segment_id, c.keywords, c.features, c.born_run ORDER BY count(*) DESC""",
+            GROUP BY s.segment_id, c.keywords, c.features, c.born_run ORDER BY count(*) DESC, s.segment_id""",
             [name],
         ).fetchall()
         text = next((i.embedding.text for i in seg.inputs if i.embedding), None)

@@ -90,7 +90,7 @@ def flows(con, key: str, name: str) -> dict | None:
         b AS (SELECT {k}, segment_id, segment FROM {h} WHERE {_at("?")})
         SELECT a.segment_id, any_value(a.segment), b.segment_id, any_value(b.segment), count(*)
         FROM a FULL OUTER JOIN b ON a.{k} = b.{k} GROUP BY a.segment_id, b.segment_id
-        ORDER BY 5 DESC""",
+        ORDER BY 5 DESC, 1 NULLS LAST, 3 NULLS LAST""",
         [prev, prev, last, last],
     ).fetchall()
     return {
