@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The embedding stage on a local target and on a Ray target, same machine.
 
-Builds a project of --n users, each with a synthetic shopper story (the
-texts of benchmarks/embed.py), and for each encoder runs
+Builds a project of --n users, each with a synthetic shopper story (a
+shorter variant of the texts of benchmarks/embed.py), and for each encoder runs
 `segtool run -s +embedding.story.ENCODER` on an empty database twice: on the
 `dev` target (executor local) and on the `ray` target (executor ray,
 --workers actors of --cpus-per-worker CPUs each, the default batch size).
@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _quiet import wait_quiet  # benchmarks/_quiet.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -149,19 +151,6 @@ segmentations:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
-
-
-def wait_quiet(max_load: float, max_wait: float) -> float:
-    waited = 0.0
-    while True:
-        load = os.getloadavg()[0]
-        if load < max_load or waited >= max_wait:
-            if load >= max_load:
-                print(f"  ! load {load:.2f} still >= {max_load}: timing anyway", flush=True)
-            return load
-        print(f"  (load {load:.2f} >= {max_load}: waiting 60s)", flush=True)
-        time.sleep(60)
-        waited += 60
 
 
 def run_stage(root: Path, target: str, node: str) -> dict:

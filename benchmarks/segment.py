@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _quiet import LOADS, wait_quiet  # benchmarks/_quiet.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ecommerce"
@@ -63,37 +64,14 @@ RFM = {  # column -> transform, as features `rfm` in segments.yml
     "n_categories": "none",
     "views_lookback": "log1p",
 }
-LOADS: list[float] = []  # 1-minute load average at the start of each timed step
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def wait_quiet(max_load: float, max_wait: float) -> float:
-    waited = 0.0
-    while True:
-        load = os.getloadavg()[0]
-        if load < max_load or waited >= max_wait:
-            if load >= max_load:
-                print(
-                    f"  ! load {load:.2f} still >= {max_load} after {waited:.0f}s: timing anyway",
-                    flush=True,
-                )
-            LOADS.append(load)
-            return load
-        print(f"  (load {load:.2f} >= {max_load}: waiting 60s)", flush=True)
-        time.sleep(60)
-        waited += 60
-
-
-def sh(args: list[str], cwd: Path | None = None) -> float:
-    t0 = time.perf_counter()
-    p = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(
-            f"{' '.join(map(str, args))} failed (exit {p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
-        )
-    return time.perf_counter() - t0
+def sh(args: list[str]) -> float:
+    """Run a command (exit on failure); its wall seconds."""
+    return sh_rss(args)[0]
 
 
 def generate(data: Path, users: int, period: int) -> float:

@@ -17,6 +17,7 @@ class Project:
     def __init__(self, loaded: LoadedProject, cli_vars: dict | None = None):
         self.loaded = loaded
         self._built: BuiltGraph | None = None
+        self._pii: dict[str, set[str]] | None = None
         self._cli_vars = cli_vars or {}
 
     # ------------------------------------------------------------------ loading
@@ -50,6 +51,14 @@ class Project:
         if self._built is None:
             self._built = build_graph(self.loaded, strict=True)
         return self._built
+
+    def pii_columns(self) -> dict[str, set[str]]:
+        """model -> its PII columns (marked there or upstream), from the graph."""
+        if self._pii is None:
+            from segtool.compile.checks import pii_columns
+
+            self._pii = {m: set(c) for m, c in pii_columns(self.loaded, self.graph()).items()}
+        return self._pii
 
     def state_manifest(self, state_dir: str | Path) -> dict:
         from segtool.compile.artifacts import read_manifest

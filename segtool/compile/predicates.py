@@ -48,6 +48,27 @@ def compile_predicate(proj, text: str, *, what: str, spec) -> Predicate:
     return Predicate(text, rendered, what, spec.file, spec.line)
 
 
+def predicate_vars(proj, seg) -> dict | None:
+    """The vars a segmentation's predicates read, with their values (as a
+    model's `vars_used`): a --vars change to one of them moves users, a change
+    to any other var does not. None when they read none."""
+    texts = [t for t in (seg.population, *(r.when for r in seg.rules)) if t]
+    if not any("var(" in t for t in texts):
+        return None
+    used: dict = {}
+    try:
+        for t in texts:
+            render_string(
+                t,
+                {"var": make_var(proj, used, quote=True), "env_var": proj.env_var},
+                name=seg.file or "<segments>",
+                what="predicate",
+            )
+    except ProjectError:  # validate reports it; meanwhile every var counts
+        return dict(proj.vars)
+    return used or None
+
+
 def segmentation_predicates(proj, seg) -> SegmentationPredicates:
     where = f"segmentation '{seg.name}'"
     population = (

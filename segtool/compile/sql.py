@@ -14,14 +14,11 @@ from segtool.errors import ProjectError, did_you_mean
 from segtool.project.loader import LoadedProject, ModelFile, SourceTable
 from segtool.project.specs import ModelConfig
 from segtool.project.validation import validate_spec
+from segtool.state.tables import MODELS as MODEL_SCHEMA
+from segtool.state.tables import quote as quote_ident
 
-MODEL_SCHEMA = "main"
 _MISSING = object()  # var('x', none) is a valid default, so None cannot mean "no default"
 SOURCE_READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def sql_literal(value: Any) -> str:

@@ -31,11 +31,19 @@ def _short(v: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _line_delta(a: str, b: str) -> str:
+    """`+2 -1 lines`: the lines added and removed from text A to text B."""
+    import difflib
+
+    lines = list(difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm="", n=0))
+    plus = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
+    minus = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
+    return f"+{plus} -{minus} lines"
+
+
 def _field_details(old: Any, new: Any) -> list[str]:
     """Readable before -> after lines for a reviewer: `cluster.k: 6 -> 5`,
     `template story.j2: +2 -1 lines`."""
-    import difflib
-
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return []
     out = []
@@ -50,17 +58,9 @@ def _field_details(old: Any, new: Any) -> list[str]:
                 if t not in o or t not in n:
                     out.append(f"template {t}: {'added' if t in n else 'removed'}")
                     continue
-                lines = list(
-                    difflib.unified_diff(o[t].splitlines(), n[t].splitlines(), lineterm="", n=0)
-                )
-                plus = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
-                minus = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
-                out.append(f"template {t}: +{plus} -{minus} lines")
+                out.append(f"template {t}: {_line_delta(o[t], n[t])}")
         elif k == "sql" and isinstance(o, str) and isinstance(n, str):
-            lines = list(difflib.unified_diff(o.splitlines(), n.splitlines(), lineterm="", n=0))
-            plus = sum(1 for x in lines if x.startswith("+") and not x.startswith("+++"))
-            minus = sum(1 for x in lines if x.startswith("-") and not x.startswith("---"))
-            out.append(f"SQL: +{plus} -{minus} lines")
+            out.append(f"SQL: {_line_delta(o, n)}")
         elif isinstance(o, dict) and isinstance(n, dict):
             for sk in sorted(set(o) | set(n)):
                 if o.get(sk) != n.get(sk):

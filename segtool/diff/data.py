@@ -5,14 +5,14 @@ and example users who moved, with their texts. Read-only."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
 
-from segtool.compile.sql import quote_ident
+from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError, SegtoolError, did_you_mean
 from segtool.plan.model import SCHEMA_VERSION
+from segtool.state import tables
 
 
 def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
@@ -42,58 +42,60 @@ def _q(con, sql: str, params=None) -> list[tuple]:
 
 
 class _Db:
-    """A database seen through the (shared) connection: its catalog and runs."""
+    """A database seen through the (shared) connection: its catalog and runs.
+    The database is read-only for the whole diff, so its table lists are cached."""
 
     def __init__(self, con, catalog: str, path: Path):
         self.con = con
         self.catalog = catalog
         self.path = path
         self.cat = quote_ident(catalog)
+        self._tables: dict[str, frozenset[str]] = {}
 
-    def tables(self, schema: str) -> set[str]:
-        return {
-            r[0]
-            for r in _q(
-                self.con,
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
-                [self.catalog, schema],
+    def tables(self, schema: str) -> frozenset[str]:
+        if schema not in self._tables:
+            self._tables[schema] = frozenset(
+                r[0]
+                for r in _q(
+                    self.con,
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = ?",
+                    [self.catalog, schema],
+                )
             )
-        }
+        return self._tables[schema]
 
     def meta(self, key: str) -> str | None:
-        rows = _q(self.con, f"SELECT value FROM {self.cat}._segtool.meta WHERE key = ?", [key])
+        rows = _q(
+            self.con, f"SELECT value FROM {self.cat}.{tables.STATE}.meta WHERE key = ?", [key]
+        )
         return rows[0][0] if rows else None
 
-    def runs(self) -> list[tuple[int, str, dict]]:
-        if "runs" not in self.tables("_segtool"):
+    def run_ids(self) -> list[int]:
+        if "runs" not in self.tables(tables.STATE):
             return []
-        out = []
-        for run_id, status, summary in _q(
-            self.con,
-            f"SELECT run_id, status, summary FROM {self.cat}._segtool.runs ORDER BY run_id",
-        ):
-            try:
-                s = json.loads(summary) if isinstance(summary, str) else (summary or {})
-            except ValueError:
-                s = {}
-            out.append((int(run_id), status, s if isinstance(s, dict) else {}))
-        return out
+        return [
+            int(r[0])
+            for r in _q(self.con, f"SELECT run_id FROM {self.cat}.{tables.RUNS} ORDER BY 1")
+        ]
 
     def segmentations(self) -> list[str]:
-        t = self.tables("segments")
-        return sorted(n for n in t if not (n.endswith("_history") and n[: -len("_history")] in t))
+        t = self.tables(tables.RESULTS)
+        return sorted(t - {tables.history_name(n) for n in t})
+
+    def has_history(self, name: str) -> bool:
+        return tables.history_name(name) in self.tables(tables.RESULTS)
 
     def seg(self, name: str) -> str:
-        return f"{self.cat}.segments.{quote_ident(name)}"
+        return f"{self.cat}.{tables.segments(name)}"
 
     def hist(self, name: str) -> str:
-        return f"{self.cat}.segments.{quote_ident(name + '_history')}"
+        return f"{self.cat}.{tables.history(name)}"
 
 
 def _check_run(db: _Db, run: int | None, which: str) -> None:
     if run is None:
         return
-    ids = [r[0] for r in db.runs()]
+    ids = db.run_ids()
     if run not in ids:
         have = f"runs {ids[0]}..{ids[-1]}" if ids else "no runs"
         raise DataError(
@@ -106,7 +108,7 @@ def _changed_runs(db: _Db, name: str) -> list[int]:
     """Runs in which segmentation NAME's assignment changed: some user entered,
     left or moved (from its history table). A run that left it as it was is not
     one of them, whatever its summary says."""
-    if tables_history(name) not in db.tables("segments"):
+    if not db.has_history(name):
         return []
     rows = _q(
         db.con,
@@ -114,12 +116,6 @@ def _changed_runs(db: _Db, name: str) -> list[int]:
         f"SELECT valid_to_run FROM {db.hist(name)}) WHERE r IS NOT NULL ORDER BY r",
     )
     return [int(r[0]) for r in rows]
-
-
-def tables_history(name: str) -> str:
-    from segtool.state import tables
-
-    return tables.history_name(name)
 
 
 def _assignment_sql(db: _Db, name: str, key: str, run: int | None) -> str:
@@ -141,7 +137,8 @@ def _py(v):
 
 def _text_table_for(project, db: _Db, name: str) -> str | None:
     """The texts table whose texts describe segmentation NAME's users."""
-    texts = {t[len("texts__") :] for t in db.tables("_segtool") if t.startswith("texts__")}
+    prefix = tables.texts_name("")
+    texts = {t[len(prefix) :] for t in db.tables(tables.STATE) if t.startswith(prefix)}
     if project is not None and name in project.loaded.segmentations:
         seg = project.loaded.segmentations[name]
         cands = [i.embedding.text for i in seg.inputs if i.embedding is not None]
@@ -151,10 +148,10 @@ def _text_table_for(project, db: _Db, name: str) -> str | None:
         cands += [t for t, spec in project.loaded.texts.items() if spec.model == model]
         for t in cands:
             if t in texts:
-                return f"{db.cat}._segtool.{quote_ident('texts__' + t)}"
+                return f"{db.cat}.{tables.texts(t)}"
         return None
     if len(texts) == 1:
-        return f"{db.cat}._segtool.{quote_ident('texts__' + texts.pop())}"
+        return f"{db.cat}.{tables.texts(texts.pop())}"
     return None
 
 
@@ -317,7 +314,7 @@ def data_diff(
             if base_path != head_path:
                 bcon = _connect_db(base_path, "base")  # checks it exists and has state
                 bcon.close()
-                con.execute(f"ATTACH {_lit(str(base_path))} AS __segtool_base (READ_ONLY)")
+                con.execute(f"ATTACH {sql_literal(str(base_path))} AS __segtool_base (READ_ONLY)")
                 base = _Db(con, "__segtool_base", base_path)
             else:
                 base = _Db(con, head_cat, base_path)
@@ -363,10 +360,6 @@ def data_diff(
         con.close()
 
 
-def _lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def _key_of(db: _Db, name: str, default: str | None) -> str:
     if default:
         return default
@@ -402,7 +395,7 @@ def _diff_seg(
             k = _key_of(db, name, key)
             side = "after" if in_h else "before"
             run = to_run if in_h else from_run
-            if run is not None and name + "_history" not in db.tables("segments"):
+            if run is not None and not db.has_history(name):
                 run = None
             sql = _assignment_sql(db, name, k, run)
             n = _q(con, f"SELECT count(*) FROM ({sql})")[0][0]
@@ -426,7 +419,7 @@ def _diff_seg(
             }
         k = _key_of(head, name, key)
         for db, run in ((base, from_run), (head, to_run)):
-            if run is not None and name + "_history" not in db.tables("segments"):
+            if run is not None and not db.has_history(name):
                 raise DataError(
                     f"segmentation '{name}' has no history table in {db.path}",
                     hint="compare the current tables (drop --from-run/--to-run)",
@@ -447,14 +440,14 @@ def _diff_seg(
         return res
     # runs of one database
     k = _key_of(head, name, key)
-    if name + "_history" not in head.tables("segments"):
+    if not head.has_history(name):
         return {
             **empty,
             "name": name,
             "status": "no_history",
             "base_run": from_run,
             "head_run": to_run,
-            "note": f"segments.{name}_history does not exist",
+            "note": f"{tables.RESULTS}.{tables.history_name(name)} does not exist",
         }
     changed = _changed_runs(head, name)
     h_run = to_run if to_run is not None else (changed[-1] if changed else None)

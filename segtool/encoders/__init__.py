@@ -82,6 +82,10 @@ def default_cache_dir(project_root: Path) -> Path:
     return Path(project_root) / "target" / "onnx"
 
 
+# kinds that always encode on this process's CPU: a `device:` does not apply
+CPU_ONLY_KINDS = ("hashing", "static")
+
+
 def build_encoder(
     spec: EncoderSpec,
     project_root: Path,

@@ -37,7 +37,6 @@ class Encoders:
                 self.spec(name),
                 self.loaded.root,
                 device_override=self.device,
-                cache_dir=self.loaded.root / "target" / "onnx",
                 threads=self.threads,
             )
         return self._built[name]

@@ -115,14 +115,15 @@ class HashingEncoder:
         word's hash comes from prefix sums (see _segment_hashes)."""
         n = len(texts)
         dim = self.dim
-        joined = "\n".join(t.lower() for t in texts).encode("utf-8", "surrogatepass")
+        # lengths of the lower-cased bytes: lower-casing can change a text's
+        # UTF-8 length ("İ" is 2 bytes, its lower case 3)
+        parts = [t.lower().encode("utf-8", "surrogatepass") for t in texts]
+        joined = b"\n".join(parts)
         buf = np.frombuffer(joined, dtype=np.uint8)
         if buf.size == 0:
             return np.zeros((n, dim))
         # which text each byte belongs to (texts are separated by one b"\n")
-        text_len = np.fromiter(
-            (len(t.encode("utf-8", "surrogatepass")) for t in texts), dtype=np.int64, count=n
-        )
+        text_len = np.fromiter(map(len, parts), dtype=np.int64, count=n)
         text_start = np.concatenate([[0], np.cumsum(text_len + 1)[:-1]])
         # words: runs of word bytes
         word = _WORD_BYTE[buf]

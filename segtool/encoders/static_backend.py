@@ -87,15 +87,13 @@ def _manifest_ok(folder: Path) -> bool:
 class StaticEncoder:
     backend = "static"
 
-    def __init__(self, spec, resolved: Resolved, *, cache_dir: Path | None = None):
+    def __init__(self, spec, resolved: Resolved):
         self.spec = spec
-        self.resolved = resolved
         self.source = resolved.path
         self.dim_setting = int(spec.dim or DEFAULT_DIM)
         self.distilled = not is_model2vec(self.source)
         if self.distilled:
-            root = Path(cache_dir) if cache_dir is not None else cache_root()
-            self.path = root / "static" / distill_key(self.source, self.dim_setting)
+            self.path = cache_root() / "static" / distill_key(self.source, self.dim_setting)
         else:
             self.path = self.source
         self._model = None

@@ -85,6 +85,10 @@ class TransformersEncoder:
         self._fingerprint: str | None = None
         self._tokenizer = None
         self._model = None
+        # on CUDA (set at load): a token budget per batch, halved on
+        # out-of-memory (see _batches), and the tokenise-ahead pipeline
+        self._token_budget: int | None = None
+        self._pipelined = False
         limit = model_max_positions(self.path)
         self.max_length = spec.max_length
         if limit is not None and spec.max_length > limit:
@@ -184,9 +188,7 @@ class TransformersEncoder:
         model = model.to(device=torch.device(device)).eval()
         self._model = model
         if device.startswith("cuda"):
-            # a token budget per batch, halved on out-of-memory (see _batches)
             self._token_budget = int(self.spec.batch_size) * 512
-            # tokenise ahead and keep a batch in flight (see _encode_pipelined)
             self._pipelined = True
 
     # ------------------------------------------------------------------ encoding
@@ -212,7 +214,7 @@ class TransformersEncoder:
         batch_size on CPU; on a GPU as many as fit the token budget, so short
         texts go in big batches and long ones in small ones."""
         bs = int(self.spec.batch_size)
-        budget = getattr(self, "_token_budget", None)
+        budget = self._token_budget
         if budget is None:
             return bs
         width = max(1, int(lens[order[start]]))  # rows are sorted: the first is the widest
@@ -278,7 +280,7 @@ class TransformersEncoder:
                 )
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            budget = getattr(self, "_token_budget", None)
+            budget = self._token_budget
             if budget is not None:
                 self._token_budget = max(input_ids.shape[1], budget // 2)
             half = len(input_ids) // 2
@@ -384,7 +386,7 @@ class TransformersEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self._load()
-        if getattr(self, "_pipelined", False):
+        if self._pipelined:
             return self._encode_pipelined(texts)
         import torch
 

@@ -13,7 +13,6 @@ from segtool.compile.predicates import bind_predicate, segmentation_predicates
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError
 from segtool.state import tables, vectors
-from segtool.state.db import STATE, table_exists
 
 
 def _read_input(con, path: Path) -> None:
@@ -205,7 +204,7 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
     fp = encoders.fingerprint(inp.embedding.encoder)
     hashes = [r[2] for r in rendered]
     cached = {}
-    found = vectors.lookup(db, fp) if table_exists(db, STATE, "encoders") else None
+    found = vectors.lookup(db, fp)
     if found is not None and hashes:
         import pyarrow as pa
 

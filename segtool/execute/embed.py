@@ -25,7 +25,7 @@ def preflight(project, encoders, embedding_nodes, say=None) -> None:
     """Missing models, unavailable packages and a device that is not there fail
     before anything is written; a static encoder is distilled here (once per
     machine), so the plan can fingerprint it."""
-    from segtool.encoders import check_encoder
+    from segtool.encoders import CPU_ONLY_KINDS, check_encoder
     from segtool.execute.executors import check as check_executor
 
     executor = project.loaded.target.executor
@@ -47,7 +47,11 @@ def preflight(project, encoders, embedding_nodes, say=None) -> None:
             )
         device = encoders.device_for(enc_name)
         # on Ray the device is the workers': this process may have none
-        if spec.kind != "hashing" and device not in ("auto", "cpu") and executor.kind == "local":
+        if (
+            spec.kind not in CPU_ONLY_KINDS
+            and device not in ("auto", "cpu")
+            and executor.kind == "local"
+        ):
             from segtool.encoders._device import resolve_device
 
             try:
@@ -126,14 +130,12 @@ def execute_embedding(ctx, step) -> StepResult:
     with ctx.reporter.progress(label, todo, "texts") as bar:
         stats = executor.embed(
             EmbedWork(
-                encoder=enc_name,
                 spec=spec,
                 fingerprint=fp,
                 todo=todo,
                 chunk=CHUNK,
                 root=ctx.loaded.root,
                 device=ctx.encoders.device,
-                threads=ctx.encoders.threads,
                 local_encoder=lambda: ctx.encoders.get(enc_name),
                 read=read,
                 stream=stream,

@@ -1,4 +1,4 @@
-"""Render large work sets on every CPU.
+"""Render large work sets on up to 8 CPUs (MAX_WORKERS).
 
 Jinja rendering is pure Python: one core renders ~10,000 shopper stories a
 second. Above RENDER_POOL_MIN users, batches go to worker processes (a
@@ -21,6 +21,9 @@ from typing import Any
 # below this many users to render, one process is faster than starting workers
 RENDER_POOL_MIN = int(os.environ.get("SEGTOOL_RENDER_POOL_MIN", "20000"))
 SUB_BATCH = 5_000
+# a bound on memory and start-up (each worker is a fresh interpreter); not tuned
+# beyond the 2-core machines segtool is benchmarked on
+MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ def workers_for(n_work: int) -> int:
 
     if n_work < RENDER_POOL_MIN:
         return 1
-    return max(1, min(available_cpus(), 8))
+    return max(1, min(available_cpus(), MAX_WORKERS))
 
 
 def render_parallel(job: RenderJob, batches: Iterator, workers: int):

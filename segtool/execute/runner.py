@@ -67,9 +67,6 @@ class RunResult:
     results: list[StepResult]
     summary: dict[str, Any] = field(default_factory=dict)
 
-    def result(self, unique_id: str) -> StepResult | None:
-        return next((r for r in self.results if r.unique_id == unique_id), None)
-
     def to_dict(self) -> dict:
         return {
             "run_id": self.run_id,
@@ -127,6 +124,7 @@ class Runner:
         return PlanOptions(full_refresh=self.options.full_refresh, refit=self.options.refit)
 
     def _planner(self, con, st, ws, *, data_aware: bool = True) -> Planner:
+        """con and ws are None for a plan of decisions only (segtool diff without a database)."""
         return Planner(
             self.project,
             state=st,
@@ -135,7 +133,9 @@ class Runner:
             con=con,
             relations=ws,
             data_aware=data_aware,
-            nonce=uuid.uuid4().hex,
+            # a volatile source's stand-in data hash: fresh per run; a plan
+            # of decisions only compares definitions and needs none
+            nonce=uuid.uuid4().hex if con is not None else "",
         )
 
     # ------------------------------------------------------------------ dry run
@@ -173,13 +173,7 @@ class Runner:
 
         uids = self.selected()
         if con is None:
-            planner = Planner(
-                self.project,
-                state=st,
-                encoders=self.encoders,
-                options=self._plan_options(),
-                data_aware=data_aware,
-            )
+            planner = self._planner(None, st, None, data_aware=data_aware)
             steps = plan_steps(planner, uids)
         else:
             ws = Workspace(con, self.project, dry=True, snapshot=self._fed_views())

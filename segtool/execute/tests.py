@@ -14,7 +14,6 @@ import numpy as np
 from segtool.compile.column_tests import parse_test
 from segtool.compile.segments import population_sql
 from segtool.compile.sql import quote_ident, relation, source_sql, sql_literal
-from segtool.encoders.builder import Encoders
 from segtool.errors import ProjectError, did_you_mean
 from segtool.execute.segment.inputs import apply_transformers, load_inputs
 from segtool.execute.segment.store import active_fit, restore
@@ -284,13 +283,12 @@ def segmentation_tests(project, con, node) -> list:
 def _association_tests(project, con, seg, add) -> None:
     """max_association / min_association: how strongly a column goes with the
     segments now (drivers' measures, on the current assignment)."""
-    from segtool.compile.checks import pii_columns
     from segtool.execute.segment import drivers
 
     t = seg.tests
     wanted = set(t.max_association) | set(t.min_association)
     proj = project.loaded
-    pii = {m: set(cols) for m, cols in pii_columns(proj, project.graph()).items()}
+    pii = project.pii_columns()
     profile = drivers.compute(con, proj, seg, tables.segments(seg.name), pii, only=wanted)
     found: dict[str, dict] = {}
     for d in profile.drivers:
@@ -340,7 +338,7 @@ def silhouette_of(project, con, seg) -> float:
     k = quote_ident(project.loaded.key)
     users = f"SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {tables.segments(seg.name)} s WHERE s.segment_id >= 0"
     sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
-    loaded = load_inputs(project.loaded, Encoders(project.loaded).fingerprint, con, seg, sample)
+    loaded = load_inputs(project.loaded, project.encoders().fingerprint, con, seg, sample)
     X = model.transform(apply_transformers(transformers, loaded), loaded.keys)
     ids = con.sql(
         f"SELECT s.segment_id FROM ({sample}) u JOIN {tables.segments(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"

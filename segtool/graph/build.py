@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from segtool.compile.predicates import predicate_vars
 from segtool.compile.sql import CompiledModel, compile_model
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
 from segtool.graph.dag import Graph, Node
@@ -57,10 +58,6 @@ def _referenced(proj: LoadedProject, name: str) -> list[str]:
     except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
         return []
     return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
-
-
-def _predicate_text(seg) -> str:
-    return " ".join([seg.population or "", *(r.when for r in seg.rules)])
 
 
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
@@ -299,7 +296,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 data={
                     **seg.model_dump(exclude={"description", "tags", "tests", "update"}),
                     # predicates may read vars (`--vars`): their values decide who is where
-                    "vars": proj.vars if "var(" in _predicate_text(seg) else None,
+                    "vars": predicate_vars(proj, seg),
                 },
                 meta={"tests": seg.tests.model_dump(), "update": seg.update.model_dump()},
             )

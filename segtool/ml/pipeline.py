@@ -554,8 +554,7 @@ class SegmentModel:
         self.k_scores_ = None
         self.radius_ = self.gmm_weights_ = self.gmm_covariances_ = None
         if method == "hdbscan":
-            self._fit_hdbscan(Z, cl, version)
-            self._prepare()  # the k-NN tree
+            self._fit_hdbscan(Z, cl, version)  # builds the k-NN tree predict uses
         else:
             k = self._choose_k(Z, cl) if cl.k == "auto" else int(cl.k)
             self.k_ = k
@@ -616,7 +615,7 @@ class SegmentModel:
         kk = max(1, min(HDBSCAN_KNN, max(mcs, 2), m - 1))
         self.knn_k_ = kk
         core = np.empty(m)
-        tree = cKDTree(self.knn_points_.astype(np.float64))
+        tree = self._tree = cKDTree(self.knn_points_.astype(np.float64))
         for s, e in chunks(m):
             d, _ = tree.query(self.knn_points_[s:e].astype(np.float64), k=kk + 1, workers=-1)
             core[s:e] = d[:, kk]  # column 0 is the point itself (or a duplicate)

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from segtool.compile.sql import quote_ident, source_path
-from segtool.errors import DataError, ProjectError
+from segtool.errors import ProjectError
 from segtool.graph.dag import sha
 from segtool.plan import decide
 from segtool.plan.model import DECLARATIONS, Step
+from segtool.plan.state import StoredState
 from segtool.project.loader import dumps
 from segtool.state import tables
 from segtool.state.result import one
@@ -82,7 +83,7 @@ class Planner:
         self,
         project,
         *,
-        state,
+        state: StoredState,
         encoders,
         options: PlanOptions,
         con=None,
@@ -156,12 +157,6 @@ class Planner:
         cm = self.built.compiled[model]
         shape = cm.shape
         return shape is None or shape.volatile or shape.file_reads > cm.source_reads
-
-    def input_hash(self, uid: str) -> str:
-        return self._input[uid]
-
-    def exec_hash(self, uid: str) -> str | None:
-        return self._exec.get(uid)
 
     def hashes(self, node) -> tuple[str, str | None]:
         return self._input[node.unique_id], self._exec.get(node.unique_id)
@@ -291,9 +286,7 @@ class Planner:
             return self._step(node, action, "texts without a cached vector are embedded" + why)
         from segtool.state import vectors
 
-        cache = (
-            vectors.lookup(self.con, fp) if self._table_exists(tables.STATE, "encoders") else None
-        )
+        cache = vectors.lookup(self.con, fp)
         missing = (
             f"WHERE NOT EXISTS (SELECT 1 FROM {cache[0]} e WHERE e.text_hash = t.text_hash)"
             if cache
@@ -398,7 +391,20 @@ class Planner:
         users = self._count(f"SELECT count(*) FROM {cur}")
         check_population(self.loaded, seg, con, cur, users, self.relations.model)
         changed = work_table("seg", seg.name, "changed")
-        if full is None and self.state.has_segments(seg.name):
+        # what is stored (a diff's BASE may name a segmentation this database never ran)
+        stored = self.state.has_segments(seg.name) and self._table_exists(tables.RESULTS, seg.name)
+        n_removed = (
+            self._count(
+                f"SELECT count(*) FROM {tables.segments(seg.name)} s ANTI JOIN {cur} c ON c.{k} = s.{k}"
+            )
+            if stored
+            else 0
+        )
+        if (
+            full is None
+            and stored
+            and self._table_exists(tables.STATE, tables.inputs_name(seg.name))
+        ):
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE {changed} AS
                 SELECT c.{k}, row_number() OVER (ORDER BY c.__ord) AS __ord FROM {cur} c
@@ -406,9 +412,6 @@ class Planner:
                 WHERE i.{k} IS NULL OR i.input_hash <> c.input_hash"""
             )
             n_changed = self._count(f"SELECT count(*) FROM {changed}")
-            n_removed = self._count(
-                f"SELECT count(*) FROM {tables.segments(seg.name)} s ANTI JOIN {cur} c ON c.{k} = s.{k}"
-            )
             action, reason, extra = decide.clustering_update(
                 facts, n_changed=n_changed, n_removed=n_removed
             )
@@ -417,14 +420,6 @@ class Planner:
         else:
             action, reason = full if full is not None else ("refit", "refit on every user")
             extra, n_changed = {}, users
-            n_removed = (
-                self._count(
-                    f"SELECT count(*) FROM {tables.segments(seg.name)} s ANTI JOIN {cur} c ON c.{k} = s.{k}"
-                )
-                if self.state.has_segments(seg.name)
-                and self._table_exists(tables.RESULTS, seg.name)
-                else 0
-            )
         detail = {"users": users, "assigned": n_changed, "removed": n_removed, **extra}
         return self._step(node, action, prefix + reason, detail)
 
@@ -458,15 +453,10 @@ class Planner:
             WHERE m.{k} IN (SELECT {k} FROM ({pop}))) WHERE segment IS NOT NULL"""
         )
         users = self._count(f"SELECT count(*) FROM {work}")
-        if users == 0 and self._count(f"SELECT count(*) FROM ({pop})") == 0:
-            raise DataError(
-                f"segmentation '{seg.name}': the population is empty (0 users"
-                + (f" match `{seg.population}`" if seg.population else f" in model '{seg.model}'")
-                + ")",
-                hint="check the population predicate and the upstream data",
-                path=seg.file,
-                line=seg.line,
-            )
+        if users == 0:
+            from segtool.plan.checks import check_nonempty
+
+            check_nonempty(self.loaded, seg, self._count(f"SELECT count(*) FROM ({pop})"))
         assigned, removed = users, 0
         if exists and self._table_exists(tables.RESULTS, seg.name):
             old = tables.segments(seg.name)

@@ -10,15 +10,11 @@ from segtool.errors import DataError
 from segtool.state import tables
 
 
-def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model) -> None:
-    """Data checks that must fail before anything is written: empty population,
-    k larger than the population, k: auto on too few users, NULL/NaN/inf
-    features, inputs with different user sets. `users` holds the population."""
-    k = quote_ident(proj.key)
-    where = f"segmentation '{seg.name}'"
+def check_nonempty(proj, seg, n: int) -> None:
+    """A segmentation (clusters or rules) needs users to segment."""
     if n == 0:
         raise DataError(
-            f"{where}: the population is empty (0 users"
+            f"segmentation '{seg.name}': the population is empty (0 users"
             + (
                 f" match `{seg.population}`"
                 if seg.population
@@ -29,6 +25,15 @@ def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model)
             path=seg.file,
             line=seg.line,
         )
+
+
+def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model) -> None:
+    """Data checks that must fail before anything is written: empty population,
+    k larger than the population, k: auto on too few users, NULL/NaN/inf
+    features, inputs with different user sets. `users` holds the population."""
+    k = quote_ident(proj.key)
+    where = f"segmentation '{seg.name}'"
+    check_nonempty(proj, seg, n)
     kk = seg.cluster.k
     if isinstance(kk, int) and kk > n:
         raise DataError(

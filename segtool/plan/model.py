@@ -78,12 +78,6 @@ class Plan:
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
 
-    def step(self, unique_id: str) -> Step | None:
-        for s in self.steps:
-            if s.unique_id == unique_id:
-                return s
-        return None
-
     def summary(self) -> dict[str, int]:
         """Steps per action; declarations (sources, encoders, feature sets),
         which never run anything, are not counted."""

@@ -1,17 +1,16 @@
 """What is stored: the state a plan is computed against.
 
-    DbState    the `_segtool` schema of a database (run, run --dry-run)
-    EmptyState nothing built yet (no database, or one without segtool state)
+    DbState    the `_segtool` schema of a database (run, run --dry-run; an
+               in-memory one before the first run)
     BaseState  what a BASE version of the project would have left, had it been
                run (segtool diff): every node of BASE built, with BASE's hashes
 
-All three answer the same questions, so one planner serves run, dry run and
-diff.
+Both answer the questions of StoredState, so one planner serves run, dry run
+and diff.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Protocol
 
 from segtool.plan.decide import Stored
@@ -37,28 +36,6 @@ class StoredState(Protocol):
         """The fit hash of SEG's active fitted model, or None."""
 
     def has_vectors(self, encoder_fp: str) -> bool: ...
-
-
-class EmptyState:
-    last_run = None
-
-    def node(self, uid):
-        return None
-
-    def model_kind(self, name):
-        return None
-
-    def has_texts(self, text):
-        return False
-
-    def has_segments(self, seg):
-        return False
-
-    def fit_hash(self, seg):
-        return None
-
-    def has_vectors(self, encoder_fp):
-        return False
 
 
 class DbState:
@@ -103,9 +80,7 @@ class DbState:
     def has_vectors(self, encoder_fp):
         from segtool.state import vectors
 
-        return table_exists(self.con, tables.STATE, "encoders") and (
-            vectors.lookup(self.con, encoder_fp) is not None
-        )
+        return vectors.lookup(self.con, encoder_fp) is not None
 
 
 class BaseState:
@@ -148,14 +123,3 @@ class BaseState:
 
     def has_vectors(self, encoder_fp):
         return encoder_fp in self._fps
-
-
-def stored_json(value) -> dict:
-    """A JSON column as a dict (DuckDB returns JSON as text)."""
-    if isinstance(value, dict):
-        return value
-    try:
-        out = json.loads(value) if value else {}
-    except (TypeError, ValueError):
-        return {}
-    return out if isinstance(out, dict) else {}

@@ -16,7 +16,8 @@ class Reporter:
         self.quiet = quiet
         self.stream = stream or sys.stdout
         # a terminal gets rich output (bars, tables); colour within it follows
-        # NO_COLOR (rich reads it)
+        # NO_COLOR (rich reads it). Plain output colours marks and warnings by
+        # use_color (FORCE_COLOR when piped, never with NO_COLOR)
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.rich = tty if color is None else color
         self._console = None
@@ -47,10 +48,10 @@ class Reporter:
 
             self.console.print(Text("warning: ", style="yellow") + Text(text))
         else:
-            print(f"warning: {text}", file=self.stream)
+            print(paint("warning: ", "yellow", self.stream) + text, file=self.stream)
 
     def mark(self, mark: str, text: str) -> None:
-        """A test result line: `PASS  name`, the mark coloured on a terminal."""
+        """A test result line: `PASS  name`, the mark coloured as use_color says."""
         if self.quiet:
             return
         if self.rich:
@@ -60,7 +61,8 @@ class Reporter:
                 Text(f"{mark:<5}", style=MARK_STYLES.get(mark, "")) + Text(f" {text}")
             )
         else:
-            print(f"{mark:<5} {text}", file=self.stream)
+            prefix = paint(f"{mark:<5}", MARK_STYLES.get(mark), self.stream)
+            print(f"{prefix} {text}", file=self.stream)
 
     def table(
         self, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
@@ -261,9 +263,12 @@ def terminal_width(stream=None) -> int | None:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table. In a cell `|` is escaped and a newline becomes
+    a space; a row shorter than the headers ends in empty cells."""
     out = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        out.append("| " + " | ".join(_fmt(c).replace("|", "\\|") for c in r) + " |")
+        cells = (_fmt(c).replace("|", "\\|").replace("\n", " ") for c in r)
+        out.append("| " + " | ".join(cells) + " |" + " |" * (len(headers) - len(r)))
     return "\n".join(out)
 
 
@@ -283,7 +288,7 @@ def use_color(stream) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-MARK_STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "bold red", "SKIP": "dim", "WARN": "yellow"}
+MARK_STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "bold red", "SKIP": "dim"}
 
 
 def paint(text: str, style: str | None, stream=None) -> str:

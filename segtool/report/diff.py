@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
-
-def _md(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+from segtool.report.console import markdown_table
+from segtool.report.plan import md_escape as _md
+from segtool.report.plan import step_line, steps_markdown
 
 
 def _fmt_num(v: Any, pct: bool = False) -> str:
@@ -36,10 +37,9 @@ def format_diff(result: dict, fmt: str = "text") -> str:
     return _format_project_md(result) if fmt == "markdown" else _format_project_text(result)
 
 
-def _step_counts(step: dict) -> str:
-    from segtool.report.plan import counts
-
-    return counts(step["kind"], step.get("detail") or {})
+def _steps(r: dict) -> list[SimpleNamespace]:
+    """The result's steps (dicts), as step_line and steps_markdown read them."""
+    return [SimpleNamespace(**st) for st in r["steps"]]
 
 
 def _forces_text(e: dict, *, md: bool = False) -> str:
@@ -81,12 +81,7 @@ def _format_project_text(r: dict) -> str:
         )
         lines.append(f"plan of HEAD against the state BASE left{est}:")
         w = max(len(st["unique_id"]) for st in r["steps"])
-        for st in r["steps"]:
-            c = _step_counts(st)
-            lines.append(
-                f"  {st['action']:<11} {st['unique_id']:<{w}}  {st['reason']}"
-                + (f" [{c}]" if c else "")
-            )
+        lines += [step_line(st, w, gap="  ") for st in _steps(r)]
     else:
         lines.append("plan: nothing reruns")
     if db.get("note"):
@@ -112,7 +107,7 @@ def _format_project_md(r: dict) -> str:
         f"{s['metadata_only']} metadata only · **refits: {s['refits']}**"
         + (" · " + " · ".join(extras) if extras else "")
     )
-    lines += ["", "| change | node | what changed | forces |", "|---|---|---|---|"]
+    rows = []
     for e in r["changes"]:
         what = " ".join(
             x
@@ -122,9 +117,8 @@ def _format_project_md(r: dict) -> str:
             )
             if x
         )
-        lines.append(
-            f"| {e['change']} | `{e['unique_id']}` | {_md(what)} | {_md(_forces_text(e, md=True))} |"
-        )
+        rows.append([e["change"], f"`{e['unique_id']}`", what, _forces_text(e, md=True)])
+    lines += ["", markdown_table(["change", "node", "what changed", "forces"], rows)]
     db = r["database"]
     lines.append("")
     if r["steps"]:
@@ -133,16 +127,7 @@ def _format_project_md(r: dict) -> str:
             if db.get("used")
             else ""
         )
-        lines += [
-            f"#### What the next run does{est}",
-            "",
-            "| action | node | why | counts |",
-            "|---|---|---|---|",
-        ]
-        for st in r["steps"]:
-            lines.append(
-                f"| {st['action']} | `{st['unique_id']}` | {_md(st['reason'])} | {_md(_step_counts(st))} |"
-            )
+        lines += [f"#### What the next run does{est}", "", steps_markdown(_steps(r))]
     else:
         lines.append("Nothing reruns: metadata only.")
     if db.get("note"):
@@ -204,6 +189,13 @@ def _matrix_lines(t: dict, indent: str = "    ") -> list[str]:
     return out
 
 
+def _size_line(z: dict, *, delta: bool = True) -> str:
+    """One segment's size before and after (and the delta, its label cut to 30)."""
+    label = str(z["label"] or "")
+    line = f"    {z['segment_id']:>4} {label[:30] if delta else label:<30} {z['before']:>8,} {z['after']:>8,}"
+    return line + (f" {z['delta']:>+7,}" if delta else "")
+
+
 def _format_data_text(r: dict) -> str:
     where = (
         r["head"]["database"]
@@ -221,20 +213,14 @@ def _format_data_text(r: dict) -> str:
                 f"{s['name']}: {s['status'].replace('_', ' ')}"
                 + (f" ({s['note']})" if s.get("note") else "")
             )
-            for z in s["sizes"]:
-                lines.append(
-                    f"    {z['segment_id']:>4} {str(z['label'] or ''):<30} {z['before']:>8,} {z['after']:>8,}"
-                )
+            lines += [_size_line(z, delta=False) for z in s["sizes"]]
             continue
         lines.append(
             f"{s['name']} ({_runs_label(s, r['mode'])}): {u['before']:,} -> {u['after']:,} users; {u['entered']:,} entered, {u['left']:,} left, "
             f"{u['moved']:,} moved ({_fmt_num(s['moved_share'], pct=True)} of {u['both']:,}); ARI {_fmt_num(s['ari'])}, NMI {_fmt_num(s['nmi'])}"
         )
         lines.append(f"    {'id':>4} {'segment':<30} {'before':>8} {'after':>8} {'delta':>7}")
-        for z in s["sizes"]:
-            lines.append(
-                f"    {z['segment_id']:>4} {str(z['label'] or '')[:30]:<30} {z['before']:>8,} {z['after']:>8,} {z['delta']:>+7,}"
-            )
+        lines += [_size_line(z) for z in s["sizes"]]
         if s["transitions"]["from"]:
             lines.append("  transitions (users in both; rows: before, columns: after):")
             lines += _matrix_lines(s["transitions"])
@@ -262,22 +248,26 @@ def _format_data_md(r: dict) -> str:
     if not r["segmentations"]:
         lines.append("No segment tables to compare.")
     else:
-        lines += [
-            "| segmentation | compared | users before → after | entered | left | moved | ARI | NMI |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
+        rows = []
         for s in r["segmentations"]:
             u = s["users"] or {}
-            if s["status"] != "compared":
-                lines.append(
-                    f"| `{s['name']}` | {s['status'].replace('_', ' ')} | {u.get('before', 0):,} → {u.get('after', 0):,} | "
-                    f"{u.get('entered', 0):,} | {u.get('left', 0):,} | | | |"
-                )
-                continue
-            lines.append(
-                f"| `{s['name']}` | {_runs_label(s, r['mode'])} | {u['before']:,} → {u['after']:,} | {u['entered']:,} | {u['left']:,} | "
-                f"{u['moved']:,} ({_fmt_num(s['moved_share'], pct=True)}) | {_fmt_num(s['ari'])} | {_fmt_num(s['nmi'])} |"
-            )
+            row = [
+                f"`{s['name']}`",
+                s["status"].replace("_", " "),
+                f"{u.get('before', 0):,} → {u.get('after', 0):,}",
+                f"{u.get('entered', 0):,}",
+                f"{u.get('left', 0):,}",
+            ]
+            if s["status"] == "compared":  # otherwise moved, ARI and NMI stay empty
+                row[1] = _runs_label(s, r["mode"])
+                row += [
+                    f"{u['moved']:,} ({_fmt_num(s['moved_share'], pct=True)})",
+                    _fmt_num(s["ari"]),
+                    _fmt_num(s["nmi"]),
+                ]
+            rows.append(row)
+        headers = ["segmentation", "compared", "users before → after", "entered", "left"]
+        lines.append(markdown_table([*headers, "moved", "ARI", "NMI"], rows))
     for s in r["segmentations"]:
         u = s["users"] or {}
         if s["status"] != "compared" or not (u.get("moved") or u.get("entered") or u.get("left")):
@@ -286,24 +276,34 @@ def _format_data_md(r: dict) -> str:
             "",
             f"<details><summary><b>{_md(s['name'])}</b>: sizes, transitions, examples</summary>",
             "",
-            "| id | segment | before | after | delta |",
-            "|---|---|---|---|---|",
+            markdown_table(
+                ["id", "segment", "before", "after", "delta"],
+                [
+                    [
+                        str(z["segment_id"]),
+                        str(z["label"] or ""),
+                        f"{z['before']:,}",
+                        f"{z['after']:,}",
+                        f"{z['delta']:+,}",
+                    ]
+                    for z in s["sizes"]
+                ],
+            ),
         ]
-        for z in s["sizes"]:
-            lines.append(
-                f"| {z['segment_id']} | {_md(z['label'] or '')} | {z['before']:,} | {z['after']:,} | {z['delta']:+,} |"
-            )
         t = s["transitions"]
         if t["from"]:
             lines += [
                 "",
                 "Transitions (users in both; rows: before, columns: after)",
                 "",
-                "| from \\ to | " + " | ".join(str(c) for c in t["to"]) + " |",
-                "|---|" + "---|" * len(t["to"]),
+                markdown_table(
+                    ["from \\ to", *t["to"]],
+                    [
+                        [f"**{rid}**", *(str(v) for v in row)]
+                        for rid, row in zip(t["from"], t["counts"], strict=True)
+                    ],
+                ),
             ]
-            for rid, row in zip(t["from"], t["counts"], strict=True):
-                lines.append(f"| **{rid}** | " + " | ".join(str(v) for v in row) + " |")
         if s["examples"]:
             lines += ["", "Users who moved (examples):", ""]
             for e in s["examples"]:

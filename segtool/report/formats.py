@@ -1,4 +1,4 @@
-"""Output formats for validation results and run summaries."""
+"""Output formats for validation results."""
 
 from __future__ import annotations
 
@@ -31,22 +31,3 @@ def format_validation(errors: list[ProjectError], fmt: str, n_nodes: int | None)
     lines = [e.format() for e in errors]
     lines.append(f"{len(errors)} error(s)")
     return "\n".join(lines)
-
-
-def run_summary(result) -> str:
-    s = result.summary
-    parts = [f"run {result.run_id}: {result.status} in {result.seconds:.1f}s"]
-    if "models" in s:
-        parts.append(f"{s['models']} model(s)")
-    for name, t in s.get("texts", {}).items():
-        parts.append(
-            f"text {name}: {t['users']:,} users, {t['new']:,} new, {t['changed']:,} changed, {t['removed']:,} removed"
-        )
-    for name, e in s.get("embeddings", {}).items():
-        speed = f" at {e['texts_per_s']:,} texts/s on {e['device']}" if e["embedded"] else ""
-        parts.append(f"embed {name}: {e['cached']:,} cached, {e['embedded']:,} embedded{speed}")
-    for name, g in s.get("segmentations", {}).items():
-        parts.append(
-            f"segments {name}: {g.get('action')} ({g.get('reason')}), {g.get('assigned', 0):,} assigned, {g.get('moved', 0):,} moved"
-        )
-    return "\n".join(parts)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from segtool.errors import ProjectError
+from segtool.report.console import markdown_table
 
 
 def counts(kind: str, detail: dict[str, Any]) -> str:
@@ -41,16 +42,26 @@ def counts(kind: str, detail: dict[str, Any]) -> str:
     return ""
 
 
-def step_line(step, width: int = 34) -> str:
-    """`  incremental  text.story  template and model data ... [counts]`."""
+def step_line(step, width: int = 34, gap: str = " ") -> str:
+    """`  incremental  text.story  template and model data ... [counts]`;
+    `gap` goes between the node and the reason."""
     c = counts(step.kind, dict(step.detail))
     secs = getattr(step, "seconds", None)
     tail = f" in {secs:.2f}s" if secs and step.action != "skip" else ""
     body = step.reason + (f" [{c}]" if c else "")
-    return f"  {step.action:<11} {step.unique_id:<{width}} {body}{tail}"
+    return f"  {step.action:<11} {step.unique_id:<{width}}{gap}{body}{tail}"
 
 
-def _md(s: Any) -> str:
+def steps_markdown(steps) -> str:
+    """Steps as a Markdown table: action, node, why, counts."""
+    return markdown_table(
+        ["action", "node", "why", "counts"],
+        [[s.action, f"`{s.unique_id}`", s.reason, counts(s.kind, dict(s.detail))] for s in steps],
+    )
+
+
+def md_escape(s: Any) -> str:
+    """Text for one line of Markdown: `|` escaped, newlines as spaces."""
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
@@ -66,16 +77,11 @@ def format_plan(plan, fmt: str = "text", *, declarations: bool = False) -> str:
         lines = [
             f"### segtool plan: `{plan.project}` (target `{plan.target}`)",
             "",
-            f"Compared with {_md(where)}. {summary}. Nothing was written.",
+            f"Compared with {md_escape(where)}. {summary}. Nothing was written.",
             "",
-            "| action | node | why | counts |",
-            "|---|---|---|---|",
+            steps_markdown(steps),
         ]
-        for s in steps:
-            lines.append(
-                f"| {s.action} | `{s.unique_id}` | {_md(s.reason)} | {_md(counts(s.kind, dict(s.detail)))} |"
-            )
-        lines += [f"\n> note: {_md(n)}" for n in plan.notes]
+        lines += [f"\n> note: {md_escape(n)}" for n in plan.notes]
         return "\n".join(lines)
     if fmt != "text":
         raise ProjectError(f"unknown format '{fmt}'", hint="text, json or markdown")

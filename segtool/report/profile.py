@@ -18,12 +18,15 @@ from segtool.state.db import RESULTS, STATE, table_exists
 from segtool.state.result import one
 
 
-def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any]:
-
+def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dict[str, Any]:
+    """What a segmentation looks like now. `con`: an open connection to read
+    with (left open); without it one is opened read-only and closed."""
     proj = project.loaded
     seg = proj.segmentation(name)
     k = quote_ident(proj.key)
-    con = project.connect(read_only=True)
+    own = con is None
+    if own:
+        con = project.connect(read_only=True)
     try:
         if not table_exists(con, RESULTS, name):
             raise ProjectError(
@@ -75,7 +78,8 @@ def segmentation_profile(project, name: str, examples: int = 3) -> dict[str, Any
             "segments": segments,
         }
     finally:
-        con.close()
+        if own:
+            con.close()
 
 
 def _traits(con, name: str) -> dict[int, list[dict]]:
@@ -95,13 +99,13 @@ def _input_shares(con, seg) -> list[dict]:
     distances in the clustered space (after reduction), from the fitted model."""
     if seg.is_rules:
         return []
-    from segtool.execute.segment.store import active_fit, restore
+    from segtool.execute.segment.store import active_fit
 
     row = active_fit(con, seg.name)
     if row is None:
         return []
-    _, model, _ = restore(row)
-    effective = getattr(model, "block_shares_", None)
+    # stored with the fit's params (format 2): no need to restore the model
+    effective = json.loads(row[2])["model"].get("block_shares")
     total = sum(i.weight for i in seg.inputs) or 1.0
     out = []
     for j, inp in enumerate(seg.inputs):
@@ -170,12 +174,41 @@ def format_list(listing: dict, fmt: str, width: int | None = None) -> str:
 # ----------------------------------------------------------------------------- --vs COLUMN
 
 
+def base_column(
+    project, con, seg, model: str, column: str, what: str, missing: str = ""
+) -> dict[str, str]:
+    """The columns of `model` (name -> DuckDB type) after checking that
+    `column` is one of them and not PII the segmentation may not show (as
+    --vs and score --truth read a column's values)."""
+    from segtool.compile.checks import pii_columns
+
+    types = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
+            "AND table_name = ? AND database_name = current_database()",
+            [tables.MODELS, model],
+        ).fetchall()
+    )
+    if column not in types:
+        raise ProjectError(
+            f"{missing}model '{model}' (the base of {what}) has no column '{column}'",
+            hint=did_you_mean(column, types) or f"columns: {', '.join(sorted(types))}",
+        )
+    pii = pii_columns(project.loaded, project.graph()).get(model, {})
+    if column in pii and column not in seg.allow_pii:
+        raise ProjectError(
+            f"column '{column}' of model '{model}' is PII (pii: true at {pii[column]}); "
+            "its values are not shown",
+            hint=f"declare `allow_pii: [{column}]` on segmentation '{seg.name}' to show them",
+        )
+    return types
+
+
 def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: int = 5) -> dict:
     """Segments against one column of the base model: counts per segment and
     value (a categorical column's `top` commonest values, the rest pooled as
     "(other)"; a numeric column in `bins` quantile bins), with the column's
     association (drivers' measure)."""
-    from segtool.compile.checks import pii_columns
     from segtool.compile.segments import base_model
     from segtool.ml.association import CRAMERS_V, cramers_v
 
@@ -188,25 +221,7 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
             raise ProjectError(
                 f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
             )
-        types = dict(
-            con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
-                "AND table_name = ? AND database_name = current_database()",
-                [tables.MODELS, model],
-            ).fetchall()
-        )
-        if column not in types:
-            raise ProjectError(
-                f"model '{model}' (the base of segmentation '{name}') has no column '{column}'",
-                hint=did_you_mean(column, types) or f"columns: {', '.join(sorted(types))}",
-            )
-        pii = pii_columns(proj, project.graph()).get(model, {})
-        if column in pii and column not in seg.allow_pii:
-            raise ProjectError(
-                f"column '{column}' of model '{model}' is PII (pii: true at {pii[column]}); "
-                "its values are not shown",
-                hint=f"declare `allow_pii: [{column}]` on segmentation '{name}' to show them",
-            )
+        types = base_column(project, con, seg, model, column, f"segmentation '{name}'")
         kind = drivers.column_kind(types[column])
         if kind not in ("numeric", "categorical"):
             raise ProjectError(
@@ -398,7 +413,7 @@ def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
         out.append("")
         out.append(f"{'#### ' if md else ''}segment {s['segment_id']} · {s['segment']}: examples")
         for e in s["examples"]:
-            out.append(f"  - {e['key']}: {_cut(e['text'] or '', min(240, room))}")
+            out.append(f"  - {e['key']}: {cut(e['text'] or '', min(240, room))}")
     if not with_text and any(s["examples"] for s in prof["segments"]):
         # no text to show (rule segments): the example users' keys, one line each
         out += ["", f"{'#### ' if md else ''}example users"]
@@ -408,11 +423,11 @@ def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
     return "\n".join(out)
 
 
-def _cut(text: str, n: int) -> str:
+def cut(text: str, n: int) -> str:
     """At most n characters, ending on a word boundary."""
     text = " ".join(text.split())
     if len(text) <= n:
         return text
-    cut = text[: n - 1]
-    space = cut.rfind(" ")
-    return (cut[:space] if space > n * 0.6 else cut).rstrip(" ,;.") + "…"
+    head = text[: n - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > n * 0.6 else head).rstrip(" ,;.") + "…"

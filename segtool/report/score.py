@@ -19,6 +19,7 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import DataError, ProjectError, did_you_mean
 from segtool.report.console import format_table, markdown_table
+from segtool.report.profile import base_column
 from segtool.state import tables
 from segtool.state.db import RESULTS, table_exists
 
@@ -87,19 +88,9 @@ def score_segmentation(
         else:
             model = base_model(proj, seg)
             column = truth.split(".", 1)[1] if truth.startswith(model + ".") else truth
-            cols = [
-                r[0]
-                for r in con.execute(
-                    "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
-                    "AND database_name = current_database()",
-                    [tables.MODELS, model],
-                ).fetchall()
-            ]
-            if column not in cols:
-                raise ProjectError(
-                    f"--truth {truth}: not a file, and model '{model}' (the base of '{name}') has no such column",
-                    hint=did_you_mean(column, cols) or "give a CSV/Parquet file or a column name",
-                )
+            base_column(
+                project, con, seg, model, column, f"'{name}'", f"--truth {truth}: not a file, and "
+            )
             truth_rel = f"(SELECT {k}, CAST({quote_ident(column)} AS VARCHAR) AS truth FROM {tables.model(model)})"
             source = f"{model}.{column}"
         rows = con.execute(

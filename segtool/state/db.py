@@ -21,7 +21,7 @@ from segtool.project.loader import LoadedProject
 from segtool.project.secrets import Secrets
 from segtool.state import vectors
 from segtool.state.lock import RunLock, describe_holder
-from segtool.state.result import one
+from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
 STATE_VERSION = 3
@@ -310,16 +310,6 @@ def get_meta(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
 
 def set_meta(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
     con.execute(f"INSERT OR REPLACE INTO {STATE}.meta VALUES (?, ?)", [key, value])
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
-    row = one(
-        con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND database_name = current_database()",
-            [schema, name],
-        )
-    )
-    return bool(row[0])
 
 
 def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> str | None:

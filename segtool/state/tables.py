@@ -26,7 +26,6 @@ STATE = "_segtool"
 RESULTS = "segments"
 MODELS = "main"
 
-META = f"{STATE}.meta"
 RUNS = f"{STATE}.runs"
 NODES = f"{STATE}.nodes"
 FITTED = f"{STATE}.fitted"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.state.result import one
+from segtool.state.result import one, table_exists
 from segtool.state.tables import ENCODERS as REGISTRY  # noqa: E402
 from segtool.state.tables import (
     STATE,  # noqa: E402
@@ -40,7 +40,10 @@ def relation(table_name: str) -> str:
 
 
 def lookup(con, fp: str) -> tuple[str, int] | None:
-    """(relation, dim) of the vectors of fingerprint `fp`, or None."""
+    """(relation, dim) of the vectors of fingerprint `fp`, or None (also when
+    the database has no vector registry yet)."""
+    if not table_exists(con, STATE, "encoders"):
+        return None
     row = one(con.execute(f"SELECT table_name, dim FROM {REGISTRY} WHERE encoder_fp = ?", [fp]))
     return (relation(row[0]), int(row[1])) if row else None
 

@@ -201,6 +201,17 @@ def test_empty_population(built):
     _fails(built, "run", contains=["population is empty", "orders > 1000"])
 
 
+def test_empty_population_of_rules(built):
+    built.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        '  - name: lifecycle\n    population: "orders > 1000"\n',
+    )
+    _fails(
+        built, "run", contains=["segmentation 'lifecycle'", "population is empty", "orders > 1000"]
+    )
+
+
 def test_k_larger_than_population(built):
     built.edit("segments/segments.yml", "k: 3,", "k: 500,")
     _fails(built, "run", contains=["k=500 is larger than the population (60 users)"])

@@ -99,6 +99,7 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
         "re_render": 1,
         "re_embed": 1,
         "reassign": 1,
+        "texts_to_render": 60,  # a rebuild renders every user again: detail.new + detail.changed
         "texts_to_embed": 9,
         "users_to_reassign": 9,
     }

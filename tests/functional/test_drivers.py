@@ -35,6 +35,20 @@ def test_show_lists_drivers_with_their_measure(built):
     assert rules["revenue"] > 0.3 and rules["recency_days"] > 0.1
 
 
+def test_rule_drivers_are_measured_again_when_the_rules_change(built):
+    from tests.fixtures import data_files
+
+    # new users only: the rules are the same, their drivers are kept
+    for rel, content in data_files(extra_users=5).items():
+        built.write(rel, content)
+    built.cli("run")
+    assert _show(built, "lifecycle")["drivers_run"] == 1
+    # a rule changes: every user is evaluated again and the drivers measured anew
+    built.edit("segments/segments.yml", "revenue > 300", "revenue > 250")
+    built.cli("run")
+    assert _show(built, "lifecycle")["drivers_run"] == 3
+
+
 def test_labels_agree_with_the_members(built):
     """Every label part is true of the segment: a value it names is held by
     at least half its members (and more often than elsewhere), a "high X" sits
@@ -94,13 +108,16 @@ def test_show_vs_cross_tabs_a_column(built):
     assert built.snapshot() == before
 
 
-def test_show_vs_refuses_pii_columns(built):
+def test_show_vs_and_score_refuse_pii_columns(built):
     built.edit(
         "models/schema.yml",
         "      - name: top_category\n",
         "      - name: country\n        pii: true\n      - name: top_category\n",
     )
     r = built.cli("show", "behaviour", "--vs", "country", expect=1)
+    assert "is PII" in r.stderr and "allow_pii" in r.stderr
+    # score --truth COLUMN would print its values as the confusion table's header
+    r = built.cli("score", "behaviour", "--truth", "country", expect=1)
     assert "is PII" in r.stderr and "allow_pii" in r.stderr
 
 

@@ -40,6 +40,10 @@ def test_changed_and_new_users_only(project):
     assert e["embedded"] <= 5 and e["embedded"] + e["cached"] == e["texts"]
     g = s["segmentations"]["behaviour"]
     assert g["action"] == "assign" and g["assigned"] == 5, g
+    # assigned through the target's executor, as a sampled fit's other users are
+    results = json.loads((project.root / "target/run_results.json").read_text())["results"]
+    detail = next(r["detail"] for r in results if r["unique_id"] == "segmentation.behaviour")
+    assert detail["executor"] == "local" and detail["users_per_s"] > 0
     after = dict(project.sql("select user_id, segment_id from segments.behaviour"))
     assert len(after) == 63
     assert all(after[u] == before[u] for u in before if u not in (5, 9))
@@ -405,3 +409,6 @@ def test_a_var_in_a_rule_re_evaluates_the_rule_segments(project):
     assert sum(before[u] != after[u] for u in before) > 0
     again = project.cli("run", "-s", "lifecycle", "--vars", "{big: 100}").stdout
     assert "skip        segmentation.lifecycle" in again
+    # a var no predicate reads moves nobody: nothing to do
+    other = project.cli("run", "-s", "lifecycle", "--vars", "{big: 100, unrelated: 7}").stdout
+    assert "skip        segmentation.lifecycle" in other

@@ -5,6 +5,8 @@ import io
 import threading
 import time
 
+import click
+
 from segtool.report.console import Reporter
 
 
@@ -50,3 +52,32 @@ def test_terminal_progress_shows_rate_and_eta():
         rep.console.file.flush()
     text = out.getvalue()
     assert "render story" in text and "users/s" in text and "eta" in text
+
+
+def test_piped_marks_and_warnings_follow_force_color_and_no_color(monkeypatch):
+    """Piped (not a TTY): plain lines, coloured with FORCE_COLOR, never with NO_COLOR."""
+
+    def emit() -> str:
+        out = io.StringIO()
+        rep = Reporter(stream=out)
+        assert not rep.rich
+        rep.mark("PASS", "not_null_user_id")
+        rep.mark("FAIL", "unique_user_id")
+        rep.warn("careful")
+        return out.getvalue()
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    plain = "PASS  not_null_user_id\nFAIL  unique_user_id\nwarning: careful\n"
+    assert emit() == plain
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    forced = emit()
+    assert click.unstyle(forced) == plain
+    pass_, fail, warning = forced.splitlines()
+    assert pass_.startswith("\x1b[32m") and pass_.endswith("PASS \x1b[0m not_null_user_id")
+    assert fail.startswith("\x1b[31m") and fail.endswith("FAIL \x1b[0m unique_user_id")
+    assert warning.startswith("\x1b[33m") and warning.endswith("warning: \x1b[0mcareful")
+
+    monkeypatch.setenv("NO_COLOR", "1")  # NO_COLOR wins over FORCE_COLOR
+    assert emit() == plain

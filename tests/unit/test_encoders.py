@@ -186,6 +186,17 @@ def test_hashing_deterministic_normalized():
     )
 
 
+def test_hashing_a_text_gets_the_same_vector_alone_and_in_any_batch():
+    # "İ" lower-cases to 3 UTF-8 bytes from 2: the short words after it must stay
+    # in their own text, and the next text must not shift
+    enc = build_encoder(EncoderSpec(name="h", kind="hashing", dim=256), Path("."))
+    texts = ["İZMİR İSTANBUL İNCİ ve de", "runs trail shoes", "", "ÇA VA ÉTÉ déjà", "garden tools"]
+    batch = enc.encode(texts)
+    alone = np.vstack([enc.encode([t]) for t in texts])
+    assert np.allclose(batch, alone, atol=1e-6)
+    assert np.allclose(enc.encode(texts[::-1])[::-1], batch, atol=1e-6)
+
+
 def test_hashing_same_vector_in_fresh_process_without_torch():
     code = (
         "import sys, json, segtool.encoders as E\n"

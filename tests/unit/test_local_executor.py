@@ -37,14 +37,12 @@ def _work(kind: str, device: str, todo: int, chunk: int = 2048):
         return [f"h{i}" for i in range(lo, lo + len(part))], part
 
     work = EmbedWork(
-        encoder="e",
         spec=SimpleNamespace(kind=kind),
         fingerprint="fp",
         todo=todo,
         chunk=chunk,
         root=Path("."),
         device=None,
-        threads=None,
         local_encoder=lambda: enc,
         read=read,
         stream=lambda n: iter(()),
@@ -74,3 +72,14 @@ def test_a_smaller_configured_chunk_wins():
     work, _, committed, _ = _work("transformers", "cpu", todo=300, chunk=100)
     LocalExecutor().embed(work)
     assert committed == [100, 100, 100]
+
+
+def test_a_fit_is_known_by_its_content_not_its_ids():
+    """Predictions reuse a restored fit by key: two databases may store
+    different fits under the same segmentation name, fit id and fit hash."""
+    from segtool.execute.executors import Fitted
+
+    a = Fitted.of("behaviour", (1, "fhash", '{"model": 1}', b"arrays a"))
+    b = Fitted.of("behaviour", (1, "fhash", '{"model": 1}', b"arrays b"))
+    assert a.key != b.key
+    assert a.key == Fitted.of("behaviour", (2, "other", '{"model": 1}', b"arrays a")).key

@@ -65,6 +65,13 @@ def test_k_auto_and_none_accepted():
     assert ClusterSpec(k=None).k is None
 
 
+def test_encoder_dims_is_dim():
+    # `dims` is model2vec's word for the static encoder's PCA size
+    assert EncoderSpec(name="f", kind="static", model="m", dims=128).dim == 128
+    with pytest.raises(ValidationError, match="give `dim` or `dims`, not both"):
+        EncoderSpec(name="f", kind="static", model="m", dim=128, dims=128)
+
+
 def test_encoder_defaults():
     enc = EncoderSpec(name="h", kind="hashing")
     assert enc.model is None

@@ -44,14 +44,12 @@ ASSIGN_CHUNK = 262_144
 class EmbedWork:
     """One embedding step's work, as the embed stage hands it to an executor."""
 
-    encoder: str  # the encoder's name
     spec: Any  # its EncoderSpec
     fingerprint: str  # the cache its vectors land in
     todo: int  # texts in the work set: rn 1..todo, longest first
     chunk: int  # texts per local chunk (SEGTOOL_EMBED_CHUNK)
     root: Path  # the project root (relative model folders)
     device: str | None  # the run's device override (--device, the target's device)
-    threads: int | None  # CPU threads for the encoder (--threads)
     local_encoder: Callable[[], Any]  # this process's encoder (built on first call)
     read: Callable[[int, int], tuple[list[str], list[str]]]  # rn in [lo, hi) -> (hashes, texts)
     stream: Callable[[int], Iterator[Any]]  # pyarrow tables (rn, text_hash, text) of n rows
@@ -63,7 +61,6 @@ class EmbedWork:
 class EmbedStats:
     embedded: int = 0
     encode_seconds: float = 0.0  # local: time in encode(); ray: unused
-    wall_seconds: float = 0.0  # the whole stage, loading and commits included
     device: str | None = None
     texts_per_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # run_results detail
@@ -73,14 +70,20 @@ class EmbedStats:
 class Fitted:
     """A stored fit as it travels: the JSON params and the npz arrays."""
 
-    key: str  # segmentation/fit id: workers restore a fit once
+    key: str  # what the fit is: a process restores each fit once (predict.py)
     params: str
     arrays: bytes
 
     @classmethod
     def of(cls, name: str, fit_row) -> Fitted:
-        fit_id, fhash, params, arrays = fit_row
-        return cls(f"{name}/{fit_id}/{fhash}", params, bytes(arrays))
+        import hashlib
+
+        _, _, params, arrays = fit_row
+        arrays = bytes(arrays)
+        # by content: two databases (projects, tests in one process) can hold
+        # different fits under the same name, fit id and fit hash
+        digest = hashlib.blake2b(params.encode() + arrays, digest_size=16).hexdigest()
+        return cls(f"{name}/{digest}", params, arrays)
 
 
 def chunk_rows(work: EmbedWork, *, on_cpu: bool) -> int:
@@ -113,15 +116,6 @@ def executor_for(spec) -> Executor:
     from segtool.execute.executors.ray_executor import RayExecutor
 
     return RayExecutor(spec)
-
-
-def describe(spec) -> str:
-    """One phrase for plans and run lines: `local`, `Ray (4 workers x 1 GPU, address auto)`."""
-    if spec is None or spec.kind == "local":
-        return "local"
-    from segtool.execute.executors.ray_executor import describe_spec
-
-    return describe_spec(spec)
 
 
 def check(spec) -> None:

@@ -23,7 +23,6 @@ class LocalExecutor:
         """Chunk by chunk: one chunk is encoded (torch, tokenizers and
         model2vec release the GIL; a GPU works on its own) while the previous
         one is committed."""
-        t0 = time.perf_counter()
         stats = EmbedStats()
         if not work.todo:
             return stats
@@ -55,7 +54,6 @@ class LocalExecutor:
             if pending is not None:
                 commit(*pending)
         stats.device = enc.device
-        stats.wall_seconds = time.perf_counter() - t0
         if stats.encode_seconds > 0:
             stats.texts_per_s = round(stats.embedded / stats.encode_seconds, 1)
         return stats

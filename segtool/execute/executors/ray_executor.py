@@ -128,7 +128,6 @@ class _EncodeActor:
             spec,
             Path(root),
             device_override=device,
-            cache_dir=Path(root) / "target" / "onnx",
             threads=threads,
         )
         prepare = getattr(self.enc, "prepare", None)
@@ -292,7 +291,6 @@ class RayExecutor:
         devices = sorted({w["device"] for w in workers})
         n = len(workers)
         stats.device = f"ray ({n} worker{'s' if n != 1 else ''}, {', '.join(devices)})"
-        stats.wall_seconds = end - t0
         rates = [w["texts_per_s"] for w in workers if w["texts_per_s"]]
         stats.texts_per_s = round(sum(rates), 1) if rates else None
         stats.extra = {

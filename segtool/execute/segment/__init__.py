@@ -36,8 +36,14 @@ def execute_segmentation(ctx, step) -> StepResult:
     con.execute("BEGIN")
     try:
         if seg.is_rules:
+            # drivers and traits are measured again when the rules are new or
+            # changed (like a fit), not for an assignment of changed users
+            stored = ctx.planner.state.node(step.unique_id)
             extra = rules.write_rules(
-                ctx, seg, work_table("rules", name), refresh=action != "assign"
+                ctx,
+                seg,
+                work_table("rules", name),
+                refresh=stored is None or stored.own_hash != node.own_hash,
             )
         else:
             users = work_table("seg", name, "users")

@@ -47,17 +47,6 @@ def texts_of(con, proj, text: str, keys: np.ndarray) -> list[str]:
         con.unregister("__segtool_label_keys")
 
 
-def pii_columns_of(proj, built) -> dict[str, set[str]]:
-    """model -> its PII columns (marked there or upstream)."""
-    from segtool.compile.checks import pii_columns
-
-    return {m: set(cols) for m, cols in pii_columns(proj, built).items()}
-
-
-def pii_of(ctx) -> dict[str, set[str]]:
-    return pii_columns_of(ctx.loaded, ctx.project.graph())
-
-
 # a fit reads every user up to this many, a seeded sample of this many beyond
 # (`cluster.fit_sample` sets another size, or `all`); see docs/scale.md
 FIT_SAMPLE_DEFAULT = 1_000_000
@@ -153,7 +142,7 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
 
     con.register("__segtool_fit_ids", pa.table({proj.key: loaded.keys, "segment_id": ids}))
     try:
-        profile = drivers.compute(con, proj, seg, "__segtool_fit_ids", pii_of(ctx))
+        profile = drivers.compute(con, proj, seg, "__segtool_fit_ids", ctx.project.pii_columns())
     finally:
         con.unregister("__segtool_fit_ids")
     kw = {}

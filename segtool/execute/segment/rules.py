@@ -54,11 +54,12 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> dict:
     # when the rules are new or changed, like a fit; an assignment of the
     # week's new users keeps them (as a clustering's assignments do)
     from segtool.execute.segment import drivers
-    from segtool.execute.segment.fit import pii_of
 
     if not refresh and drivers.load(con, name)[1] is not None:
         return {"touched": f"SELECT {k} FROM {touched}"}
-    profile = drivers.compute(con, ctx.loaded, seg, tables.segments(name), pii_of(ctx))
+    profile = drivers.compute(
+        con, ctx.loaded, seg, tables.segments(name), ctx.project.pii_columns()
+    )
     drivers.save(con, name, ctx.run_id, profile.drivers)
     for sid in known.values():
         con.execute(

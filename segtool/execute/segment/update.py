@@ -8,34 +8,30 @@ import numpy as np
 
 from segtool.compile.sql import quote_ident
 from segtool.execute.segment import store
-from segtool.execute.segment.inputs import apply_transformers, load_inputs
 from segtool.state import tables
 from segtool.state.result import one
 
 
 def assign_changed(ctx, seg, users: str, changed: str, fit_row) -> dict:
-    """Assign the users of `changed` (key, __ord); remove users not in `users`."""
-    proj = ctx.loaded
+    """Assign the users of `changed` (key, __ord 1..n) with the stored fit,
+    through the target's executor as a sampled fit's other users are (Ray
+    above `assign_min_users`); remove users not in `users`."""
+    from segtool.execute.executors import assign_users
+
     con = ctx.con
     name = seg.name
-    k = quote_ident(proj.key)
-    transformers, model, params = store.restore(fit_row)
+    k = quote_ident(ctx.loaded.key)
     removed = one(
         con.execute(
-            f"SELECT count(*) FROM {tables.segments(name)} s WHERE s.{k} NOT IN (SELECT {k} FROM {users})"
+            f"DELETE FROM {tables.segments(name)} WHERE {k} NOT IN (SELECT {k} FROM {users})"
         )
     )[0]
-    con.execute(f"DELETE FROM {tables.segments(name)} WHERE {k} NOT IN (SELECT {k} FROM {users})")
     n = one(con.execute(f"SELECT count(*) FROM {changed}"))[0]
-    if n:
-        ch = load_inputs(proj, ctx.encoders.fingerprint, con, seg, f"SELECT * FROM {changed}")
-        labels, dist, conf = model.predict(apply_transformers(transformers, ch), ch.keys)
-        mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
-        ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
-        store.write_assignments(con, proj, name, ch.keys, ids, dist, conf, ctx.run_id, full=False)
-    store.refresh_sizes(con, name)
     out = {"assigned": int(n), "removed": int(removed)}
+    if n:
+        out.update(assign_users(ctx, seg, changed, n, fit_row))
     if seg.update.refit == "on_drift":
+        _, model, params = store.restore(fit_row)
         out["drift"] = population_drift(con, name, model, params)
     return out
 

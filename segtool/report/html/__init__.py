@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from segtool.report.html import charts, data
 from segtool.report.html.svg import render
+from segtool.report.profile import cut, segmentation_profile, trait_str
 from segtool.state.db import RESULTS, has_state, table_exists
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "report.html"
@@ -36,7 +37,6 @@ def build_report(project, out: Path | None = None) -> Path:
         "project": proj.name,
         "target": proj.target_name,
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "kinds": charts.KIND_COLORS,
         "segmentations": [],
         "runs": [],
         "has_state": False,
@@ -104,22 +104,9 @@ def _runs(rows: list[dict]) -> list[dict]:
     ]
 
 
-def _trait(t: dict) -> str:
-    """As `segtool show` says it: `top category: Books (82% vs 14%)`."""
-    from segtool.report.profile import trait_str
-
-    if "share" in t or "median" in t:
-        return trait_str(t)
-    from segtool.ml.labels import trait_text
-
-    return trait_text(t)
-
-
 def _segmentation(project, con, seg, index: int, when: dict) -> dict:
-    from segtool.report.profile import segmentation_profile
-
     name, key = seg.name, project.loaded.key
-    prof = segmentation_profile(project, name, examples=EXAMPLES)
+    prof = segmentation_profile(project, name, examples=EXAMPLES, con=con)
     live = [s["segment_id"] for s in prof["segments"]]  # biggest first
     names, colors = _identities(prof, data.catalog(con, name))
     out: dict[str, Any] = {
@@ -139,7 +126,7 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
                 "color": colors[s["segment_id"]],
                 "segment": names[s["segment_id"]],
                 "key": e["key"],
-                "text": charts.cut(e["text"], TEXT_CHARS),
+                "text": cut(e["text"], TEXT_CHARS),
             }
             for s in prof["segments"]
             for e in s["examples"]
@@ -172,10 +159,11 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
         if points is not None:
             draw("map", charts.segment_map, points, names, colors, _tips(prof, names))
             out["map_points"] = len(points["ids"])
-    sizes = data.sizes_over_runs(con, name, data.segment_runs(con, name))
+    marks = data.history_runs(con, name)
+    sizes = data.sizes_over_runs(con, name, data.segment_runs(con, marks))
     if len({r["run"] for r in sizes}) >= 2:
         draw("over_runs", charts.sizes_over_runs, sizes, names, colors, when)
-    flow = data.flows(con, key, name)
+    flow = data.flows(con, key, name, marks)
     if flow is not None:
         out["flow_runs"] = (flow["from_run"], flow["to_run"])
         moves = [
@@ -226,7 +214,7 @@ def _rows(prof: dict, seg, colors: dict[int, str]) -> list[dict]:
             "share": s["share"],
             "bar": max(1, round(120 * s["share"])),
             "rule": " or ".join(rules.get(s["segment"], [])),
-            "traits": [_trait(t) for t in s.get("traits", [])[:3]],
+            "traits": [trait_str(t) for t in s.get("traits", [])[:3]],  # as `show` says it
             "keywords": ", ".join(s["keywords"]),
             "born_run": s["born_run"],
         }
@@ -244,7 +232,7 @@ def _tips(prof: dict, names: dict[int, str]) -> dict[int, str]:
             tip += "\nkeywords: " + ", ".join(s["keywords"])
         text = next((e["text"] for e in s["examples"] if e["text"]), None)
         if text:
-            tip += f"\n“{charts.cut(text, TIP_CHARS)}”"
+            tip += f"\n“{cut(text, TIP_CHARS)}”"
         tips[s["segment_id"]] = tip
     return tips
 

@@ -29,12 +29,6 @@ PALETTE = [
 OUTLIER = "#c8c8c8"
 MEASURE_COLORS = {"cramers_v": "#3d5a80", "rank_eta2": "#98c1d9"}
 ABSENT = "#d9d9d9"
-CHAR_PX = 6.2  # a rough width of one 11px character, for label room
-
-
-def cut(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
 # ----------------------------------------------------------------------------- lineage

@@ -75,11 +75,11 @@ def _at(run: str) -> str:
     return f"valid_from_run <= {run} AND (valid_to_run IS NULL OR valid_to_run > {run})"
 
 
-def flows(con, key: str, name: str) -> dict | None:
+def flows(con, key: str, name: str, marks: list[int]) -> dict | None:
     """Users by (segment in the previous run, segment in the last run): the
-    last two runs at which the segmentation changed. None segment: not there
-    (a new user on the left, a user who left on the right)."""
-    marks = history_runs(con, name)
+    last two runs at which the segmentation changed (`marks`: history_runs).
+    None segment: not there (a new user on the left, a user who left on the
+    right)."""
     if len(marks) < 2:
         return None
     prev, last = marks[-2], marks[-1]
@@ -104,8 +104,9 @@ def flows(con, key: str, name: str) -> dict | None:
 
 
 def sizes_over_runs(con, name: str, run_ids: list[int]) -> list[dict]:
-    """Users per segment at each of `run_ids` (from the spells of history)."""
-    if not run_ids or not table_exists(con, RESULTS, tables.history_name(name)):
+    """Users per segment at each of `run_ids` (segment_runs: none without a
+    history table), from the spells of history."""
+    if not run_ids:
         return []
     rows = con.execute(
         f"""SELECT r.run_id, h.segment_id, count(*) FROM (SELECT unnest(?::INTEGER[]) AS run_id) r
@@ -117,10 +118,10 @@ def sizes_over_runs(con, name: str, run_ids: list[int]) -> list[dict]:
     return [{"run": r, "segment_id": s, "users": int(n)} for r, s, n in rows]
 
 
-def segment_runs(con, name: str) -> list[int]:
+def segment_runs(con, marks: list[int]) -> list[int]:
     """The runs to draw sizes for: the successful runs since the first that
-    wrote this segmentation (the last OVER_RUNS), plus the history's own."""
-    marks = history_runs(con, name)
+    wrote this segmentation (the last OVER_RUNS), plus the history's own
+    (`marks`: history_runs)."""
     if not marks:
         return []
     done = [
