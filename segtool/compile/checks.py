@@ -133,6 +133,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                     inc = compile_model(proj, model, incremental=True, source_override=stubs)
                     if inc.sql != cm.sql:
                         con.execute(f"DESCRIBE {inc.sql}").fetchall()
+                    _check_delete_not_in(cm, out.columns)
             except ProjectError as exc:
                 broken.add(uid)
                 out.errors.append(exc)
@@ -145,6 +146,24 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
     finally:
         con.close()
     return out
+
+
+def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:
+    """The unique_key columns must be in the delete_not_in model too."""
+    keep = cm.config.delete_not_in
+    if keep is None or keep not in columns:
+        return
+    keys = cm.config.unique_key
+    keys = [keys] if isinstance(keys, str) else list(keys or [])
+    missing = [k for k in keys if k not in columns[keep]]
+    if missing:
+        raise ProjectError(
+            f"model '{cm.name}' config: delete_not_in='{keep}' has no column "
+            + ", ".join(f"'{k}'" for k in missing)
+            + " of the unique_key",
+            path=cm.path,
+            hint=f"select the key in '{keep}' under the same name, or name another model",
+        )
 
 
 def _source_hint(msg: str) -> str:

@@ -198,6 +198,7 @@ def compile_model(
         raise ProjectError(
             f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint
         )
+    _check_incremental_config(model, cfg, refs)
     if not sql.strip():
         raise ProjectError(f"model '{model.name}' is empty", path=model.path, line=1)
     sql = _clean(sql)
@@ -222,12 +223,41 @@ def compile_model(
     )
 
 
+def _check_incremental_config(model: ModelFile, cfg: ModelConfig, refs: list[str]) -> None:
+    """delete_not_in names a model this one reads, and needs a unique_key to match on."""
+    keep = cfg.delete_not_in
+    if keep is None:
+        return
+    where = f"model '{model.name}' config: delete_not_in={keep!r}"
+    if cfg.materialized != "incremental":
+        raise ProjectError(
+            f"{where} applies to incremental models only (this one is a {cfg.materialized})",
+            path=model.path,
+            hint="drop delete_not_in, or make the model materialized='incremental'",
+        )
+    if not cfg.unique_key:
+        raise ProjectError(
+            f"{where} needs a unique_key: rows are matched on it",
+            path=model.path,
+            hint="add unique_key='...' (the column or columns that identify a row)",
+        )
+    if keep not in refs:
+        raise ProjectError(
+            f"{where}: the model does not read '{keep}'",
+            path=model.path,
+            hint=f"name a model this one reads with ref(), e.g. delete_not_in=ref('{refs[0]}')"
+            if refs
+            else "name a model this one reads with ref()",
+        )
+
+
 def _clean(sql: str) -> str:
     return sql.strip().rstrip(";").strip()
 
 
 def _render_model(proj, model, *, incremental, root, source_override=None, ref_override=None):
     refs: list[str] = []
+    ref_names: dict[str, str] = {}  # what ref() returned -> the model's name
     reads = [0]
     sources: list[tuple[str, str]] = []
     vars_used: dict[str, Any] = {}
@@ -244,9 +274,9 @@ def _render_model(proj, model, *, incremental, root, source_override=None, ref_o
             )
         if name not in refs:
             refs.append(name)
-        if ref_override and name in ref_override:
-            return ref_override[name]
-        return relation(name)
+        rel = ref_override[name] if ref_override and name in ref_override else relation(name)
+        ref_names[rel] = name
+        return rel
 
     def source(src: str, table: str) -> str:
         key = (src, table)
@@ -266,6 +296,8 @@ def _render_model(proj, model, *, incremental, root, source_override=None, ref_o
         return source_sql(proj.sources[key], root)
 
     def config(**kw: Any) -> str:
+        if isinstance(kw.get("delete_not_in"), str):  # ref('x') is kept as the name 'x'
+            kw["delete_not_in"] = ref_names.get(kw["delete_not_in"], kw["delete_not_in"])
         config_kw.update(kw)
         return ""
 

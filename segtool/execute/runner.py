@@ -335,13 +335,13 @@ class Runner:
             step = planner.model_step(uid)
             steps.append(step)
             t0 = time.perf_counter()
-            rows = ws.build_model(step)
+            wrote = ws.build_model(step)
             if step.name in keyed and step.action != "skip":
                 from segtool.execute.sql import check_key
 
                 check_key(con, ctx.loaded, step.name, keyed[step.name], ws.model(step.name))
             record(uid)
-            self._done(results, StepResult.of(step, time.perf_counter() - t0, rows=rows), dry)
+            self._done(results, StepResult.of(step, time.perf_counter() - t0, **wrote), dry)
         self._check_key_types(ctx)
         for uid in by_kind.get("text", []):
             step = planner.text_step(uid)

@@ -68,9 +68,10 @@ def build_model(
     *,
     action: str,
     target_dir: Path,
-) -> int | None:
+) -> dict[str, int | None]:
     """Materialize a model as the plan decided (create | rebuild | incremental).
-    Returns the rows written (None for a view)."""
+    Returns what it wrote: {"rows": None} for a view, {"rows": n} for a table, and
+    "deleted" when an incremental merge deleted rows (delete_not_in)."""
     rel = relation(cm.name)
     mat = cm.config.materialized
     existing = relation_exists(con, MODEL_SCHEMA, cm.name)
@@ -78,7 +79,7 @@ def build_model(
     run_cm = compile_model(proj, proj.models[cm.name], incremental=True) if incremental else cm
     run_path = write_sql(target_dir, "run", cm.path, proj.secrets.mask(run_cm.sql))
     shown = proj.relpath(run_path)
-    rows = None
+    out: dict[str, int | None] = {"rows": None}
     try:
         if existing and existing != ("view" if mat == "view" else "table"):
             con.execute(f"DROP {'VIEW' if existing == 'view' else 'TABLE'} {rel}")
@@ -86,19 +87,24 @@ def build_model(
             con.execute(f"CREATE OR REPLACE VIEW {rel} AS\n{run_cm.sql}")
         elif not incremental:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS\n{run_cm.sql}")
-            rows = one(con.execute(f"SELECT count(*) FROM {rel}"))[0]
+            out["rows"] = one(con.execute(f"SELECT count(*) FROM {rel}"))[0]
         else:
             tmp = quote_ident(f"__segtool_new_{cm.name}")
             con.execute(f"CREATE OR REPLACE TEMP TABLE {tmp} AS\n{run_cm.sql}")
-            rows = merge_incremental(con, cm, tmp, rel)
+            keep = cm.config.delete_not_in
+            out = merge_incremental(con, cm, tmp, rel, relation(keep) if keep else None)
             con.execute(f"DROP TABLE {tmp}")
     except duckdb.Error as exc:
         raise sql_error(exc, shown, run_cm, cm.name) from exc
-    return rows
+    return out
 
 
-def merge_incremental(con, cm: CompiledModel, new: str, rel: str) -> int:
-    """Delete the rows `new` replaces (by unique_key), insert `new`; returns its rows."""
+def merge_incremental(
+    con, cm: CompiledModel, new: str, rel: str, keep: str | None = None
+) -> dict[str, int]:
+    """Delete the rows `new` replaces (by unique_key), insert `new`; then,
+    with `keep` (the relation of delete_not_in), delete the rows whose key is
+    not in it. Returns {"rows": rows of `new`} (+ "deleted" with `keep`)."""
     new_cols = [r[0] for r in con.execute(f"DESCRIBE {new}").fetchall()]
     old_cols = [r[0] for r in con.execute(f"DESCRIBE {rel}").fetchall()]
     if set(new_cols) != set(old_cols):
@@ -108,12 +114,22 @@ def merge_incremental(con, cm: CompiledModel, new: str, rel: str) -> int:
             hint="run with --full-refresh to rebuild it",
         )
     keys = cm.config.unique_key
+    keys = [keys] if isinstance(keys, str) else list(keys or [])
     if keys:
-        keys = [keys] if isinstance(keys, str) else list(keys)
         cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
         con.execute(f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {new} AS n WHERE {cond})")
     con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM {new}")
-    return one(con.execute(f"SELECT count(*) FROM {new}"))[0]
+    out = {"rows": one(con.execute(f"SELECT count(*) FROM {new}"))[0]}
+    if keep is not None and keys:
+        # a NULL key matches nothing, so its row goes too
+        cond = " AND ".join(f"t.{quote_ident(k)} = d.{quote_ident(k)}" for k in keys)
+        gone = one(
+            con.execute(
+                f"DELETE FROM {rel} AS t WHERE NOT EXISTS (SELECT 1 FROM {keep} AS d WHERE {cond})"
+            )
+        )
+        out["deleted"] = int(gone[0]) if gone else 0
+    return out
 
 
 def check_key(

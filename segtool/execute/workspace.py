@@ -53,14 +53,14 @@ class Workspace:
         return None
 
     # ------------------------------------------------------------------ models
-    def build_model(self, step) -> int | None:
-        """Carry out a model step; returns the rows written (None for views)."""
+    def build_model(self, step) -> dict[str, int | None]:
+        """Carry out a model step; returns what it wrote (execute/sql.py build_model)."""
         cm = self.project.graph().compiled[step.name]
         if step.action == "skip":
             if self.dry and any(r in self._models for r in cm.refs):
                 # a view the run leaves alone still reads what this plan rebuilds
                 return self._dry_model(cm, "rebuild")
-            return None
+            return {"rows": None}
         if not self.dry:
             return build_model(
                 self.con,
@@ -71,7 +71,7 @@ class Workspace:
             )
         return self._dry_model(cm, step.action)
 
-    def _dry_model(self, cm, action: str) -> int | None:
+    def _dry_model(self, cm, action: str) -> dict[str, int | None]:
         import duckdb
 
         model = self.loaded.models[cm.name]
@@ -86,20 +86,21 @@ class Workspace:
                 self.con.execute(
                     f"CREATE OR REPLACE TEMP TABLE {temp} AS SELECT * FROM {tables.model(cm.name)}"
                 )
-                rows = merge_incremental(self.con, cm, new, temp)
+                keep = cm.config.delete_not_in
+                out = merge_incremental(self.con, cm, new, temp, self.model(keep) if keep else None)
             else:
                 sql = compile_model(self.loaded, model, ref_override=refs).sql if refs else cm.sql
                 kind = "VIEW" if mat == "view" else "TABLE"
                 self.con.execute(f"CREATE OR REPLACE TEMP {kind} {temp} AS\n{sql}")
-                rows = (
-                    None
+                out = (
+                    {"rows": None}
                     if mat == "view"
-                    else one(self.con.execute(f"SELECT count(*) FROM {temp}"))[0]
+                    else {"rows": one(self.con.execute(f"SELECT count(*) FROM {temp}"))[0]}
                 )
         except duckdb.Error as exc:
             raise sql_error(exc, f"target/compiled/{cm.path}", cm, cm.name) from exc
         self._models[cm.name] = temp
-        return rows
+        return out
 
     def model_exists(self, name: str) -> bool:
         return name in self._models or relation_exists(self.con, tables.MODELS, name) is not None

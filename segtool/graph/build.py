@@ -117,6 +117,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                     "sql": cm.portable_sql,
                     "materialized": cm.config.materialized,
                     "unique_key": cm.config.unique_key,
+                    "delete_not_in": cm.config.delete_not_in,
                 },
                 meta=_model_meta(m),
             )

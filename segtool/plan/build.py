@@ -202,6 +202,7 @@ class Planner:
             exec_hash=self._exec[uid],
             volatile=self.data_aware and self.volatile(node.name),
             full_refresh=self.options.full_refresh,
+            may_rebuild=cm.config.full_refresh is not False,
         )
         return self._step(node, action, reason, {"materialized": cm.config.materialized})
 

@@ -37,7 +37,10 @@ def model_action(
     exec_hash: str,
     volatile: bool,
     full_refresh: bool,
+    may_rebuild: bool = True,
 ) -> tuple[str, str]:
+    """`may_rebuild`: False for an incremental model configured
+    full_refresh=false: its rows are kept across SQL changes and --full-refresh."""
     want = "view" if materialized == "view" else "table"
     if exists_as is None:
         return "create", (
@@ -55,16 +58,22 @@ def model_action(
         if input_hash != stored.input_hash:
             return "skip", "view: reads its upstream at query time"
         return "skip", "SQL unchanged"
+    if materialized == "incremental" and not may_rebuild:
+        kept = " (full_refresh: false keeps its rows)"
+        if stored is not None and stored.own_hash != own_hash:
+            return "incremental", "SQL changed: new rows are merged with the new SQL" + kept
+        if full_refresh:
+            return "incremental", "--full-refresh: new rows are merged" + kept
+        if stored is None:
+            return "incremental", "not built by segtool before: new rows are merged" + kept
     if full_refresh:
         return "rebuild", "--full-refresh"
     if stored is None:
         return "rebuild", "not built by segtool before"
     if materialized == "incremental":
         if stored.own_hash != own_hash:
-            return (
-                "incremental",
-                "SQL changed: new rows are merged with the new SQL (--full-refresh rebuilds)",
-            )
+            # merging would leave the rows of the old SQL as they were
+            return "rebuild", "SQL changed: rebuilt in full, so no row keeps the old SQL's values"
         if volatile:
             return (
                 "incremental",

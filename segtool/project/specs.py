@@ -154,6 +154,12 @@ class SourceSpec(Spec):
 class ModelConfig(Spec):
     materialized: Literal["view", "table", "incremental"] = "view"
     unique_key: str | list[str] | None = None
+    # incremental: after each merge, rows whose unique_key is not in this
+    # model (a name, or ref('name')) are deleted: users gone upstream go here too
+    delete_not_in: str | None = None
+    # incremental: false keeps a model's rows across SQL changes and
+    # --full-refresh (a source that drops old rows cannot rebuild it)
+    full_refresh: bool | None = None
     tags: list[str] = []
     enabled: bool = True
 

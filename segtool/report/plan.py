@@ -15,7 +15,10 @@ def counts(kind: str, detail: dict[str, Any]) -> str:
     d = detail
     if kind == "model":
         rows = d.get("rows")
-        return f"{rows:,} rows" if rows is not None else ""
+        out = f"{rows:,} rows" if rows is not None else ""
+        if d.get("deleted") is not None:
+            out += f", {d['deleted']:,} deleted"
+        return out
     if kind == "text" and "users" in d:
         out = (
             f"{d['users']:,} users: {d['new']:,} new, {d['changed']:,} changed, "

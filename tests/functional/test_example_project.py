@@ -44,7 +44,12 @@ def test_period_two_update_and_refit(example):
     before = dict(example.sql("select user_id, segment_id from segments.behaviour"))
 
     generate(example.root, 2)
-    example.cli("run")
+    r = example.cli("run")
+    # user_features recomputes only the touched users and drops deleted ones
+    line = next(ln for ln in r.stdout.splitlines() if "model.user_features" in ln)
+    assert line.split()[0] == "incremental" and " deleted]" in line, line
+    features = "select * from user_features order by user_id"
+    merged = example.sql(features)
     s = summary(example)
     t = s["texts"]["shopper_story"]
     g = s["segmentations"]["behaviour"]
@@ -69,3 +74,6 @@ def test_period_two_update_and_refit(example):
     same = sum(refit[u] == after[u] for u in after) / len(after)
     assert same >= 0.9, f"only {same:.1%} kept their segment id over a refit"
     example.cli("test")
+    # the incremental merge left exactly what a full rebuild computes
+    example.cli("run", "-s", "user_features", "--full-refresh")
+    assert example.sql(features) == merged

@@ -112,6 +112,60 @@ def test_incremental_model_and_full_refresh(project):
     assert project.sql("select count(*) from orders_inc")[0][0] == n + 1
 
 
+def test_incremental_model_deletes_rows_gone_upstream(project):
+    """delete_not_in: an incremental model keeps rows only for keys still in
+    the named model; the dry run counts what the run deletes; a changed SQL
+    rebuilds it in full unless full_refresh=false keeps its rows."""
+    model = """
+        {{ config(materialized='incremental', unique_key='user_id', delete_not_in=ref('stg_users')) }}
+        select user_id, country, 'v1' as version from {{ ref('stg_users') }}
+        {% if is_incremental() %} where user_id not in (select user_id from {{ this }}) {% endif %}
+        """
+    project.write("models/stg_users.sql", "select * from {{ source('shop', 'users') }}")
+    project.write("models/users_inc.sql", model)
+    project.cli("run", "-s", "+users_inc")
+    n = project.sql("select count(*) from users_inc")[0][0]
+    lines = project.read("data/users.csv").splitlines()
+    project.write(
+        "data/users.csv",
+        "\n".join(ln for ln in lines if not ln.startswith(("7,", "8,"))) + "\n",
+    )
+    dry = project.cli("run", "-s", "users_inc", "--dry-run")
+    assert "[0 rows, 2 deleted]" in dry.stdout
+    r = project.cli("run", "-s", "users_inc")
+    assert "incremental model.users_inc" in r.stdout and "[0 rows, 2 deleted]" in r.stdout
+    assert project.sql("select count(*) from users_inc")[0][0] == n - 2
+    assert not project.sql("select * from users_inc where user_id in (7, 8)")
+
+    # a new SQL: every row is built again, none keeps 'v1'
+    project.write("models/users_inc.sql", model.replace("'v1'", "'v2'"))
+    r = project.cli("run", "-s", "users_inc")
+    assert "rebuild     model.users_inc" in r.stdout and "SQL changed" in r.stdout
+    assert project.sql("select distinct version from users_inc") == [("v2",)]
+    # full_refresh=false: the rows stay, new ones come from the new SQL
+    kept = model.replace("'v1'", "'v3'").replace(
+        "delete_not_in", "full_refresh=false, delete_not_in"
+    )
+    project.write("models/users_inc.sql", kept)
+    r = project.cli("run", "-s", "users_inc", "--full-refresh")
+    assert "incremental model.users_inc" in r.stdout and "full_refresh: false" in r.stdout
+    assert project.sql("select distinct version from users_inc") == [("v2",)]
+
+
+def test_delete_not_in_key_must_be_in_that_model(project):
+    project.write("models/stg_users.sql", "select * from {{ source('shop', 'users') }}")
+    project.write(
+        "models/orders_inc.sql",
+        """
+        {{ config(materialized='incremental', unique_key='order_id', delete_not_in=ref('stg_users')) }}
+        select order_id, user_id from {{ ref('stg_orders') }} join {{ ref('stg_users') }} using (user_id)
+        """,
+    )
+    r = project.cli("validate", expect=1)
+    assert "delete_not_in='stg_users' has no column 'order_id' of the unique_key" in r.stderr
+    assert "models/orders_inc.sql" in r.stderr
+
+
 def test_ls_selection(project):
     def ls(*args):
         return project.cli("ls", *args).stdout.split()

@@ -196,6 +196,42 @@ def test_ref_is_quoted_and_recorded():
     assert cm.relation == '"main"."c"'
 
 
+def test_delete_not_in_names_a_model_the_sql_reads():
+    p = make_proj()
+    add_model(p, "users", "select 1 as user_id")
+    inc = "{{ config(materialized='incremental', unique_key='user_id', delete_not_in=X) }}"
+    add_model(p, "f", inc.replace("X", "ref('users')") + " select * from {{ ref('users') }}")
+    assert comp(p, "f").config.delete_not_in == "users"  # ref() is kept as the name
+    add_model(p, "g", inc.replace("X", "'users'") + " select * from {{ ref('users') }}")
+    assert comp(p, "g").config.delete_not_in == "users"
+    # a dry run's stand-in relation still maps back to the name
+    cm = comp(p, "f", ref_override={"users": '"__segtool_model_users"'})
+    assert cm.config.delete_not_in == "users"
+
+
+@pytest.mark.parametrize(
+    "config, body, message",
+    [
+        ("materialized='table', unique_key='user_id'", "", "applies to incremental models only"),
+        ("materialized='incremental'", "", "needs a unique_key"),
+        ("materialized='incremental', unique_key='user_id'", "x", "does not read 'users'"),
+    ],
+)
+def test_delete_not_in_errors(config, body, message):
+    p = make_proj()
+    add_model(p, "users", "select 1 as user_id")
+    add_model(p, "x", "select 1 as user_id")
+    frm = "{{ ref('x') }}" if body == "x" else "{{ ref('users') }}"
+    add_model(
+        p,
+        "f",
+        f"{{{{ config({config}, delete_not_in='users') }}}} select * from {frm}",
+    )
+    with pytest.raises(ProjectError, match=message) as e:
+        comp(p, "f")
+    assert e.value.path == "models/f.sql"
+
+
 def test_two_argument_ref_uses_the_model_name():
     p = make_proj()
     add_model(p, "a", "select 1")

@@ -14,7 +14,7 @@ from segtool.plan.model import Plan, Step
 S = Stored("own", "input", "exec", 1)
 
 
-def model(**kw):
+def model_decision(**kw) -> tuple[str, str]:
     args = dict(
         materialized="table",
         exists_as="table",
@@ -26,7 +26,11 @@ def model(**kw):
         full_refresh=False,
     )
     args.update(kw)
-    return decide.model_action(**args)[0]
+    return decide.model_action(**args)
+
+
+def model(**kw) -> str:
+    return model_decision(**kw)[0]
 
 
 def test_model_rules():
@@ -46,8 +50,19 @@ def test_model_rules():
     inc = dict(materialized="incremental")
     assert model(**inc) == "skip"
     assert model(**inc, input_hash="new data") == "incremental"
-    assert model(**inc, own_hash="new") == "incremental"
+    # a changed SQL rebuilds: merging would keep the old SQL's rows
+    assert model(**inc, own_hash="new") == "rebuild"
     assert model(**inc, full_refresh=True) == "rebuild"
+    # full_refresh: false in the config keeps the rows (a source that forgets old rows)
+    kept = dict(inc, may_rebuild=False)
+    assert model(**kept, own_hash="new") == "incremental"
+    assert model(**kept, full_refresh=True) == "incremental"
+    assert model(**kept, stored=None) == "incremental"
+    assert model(**kept, input_hash="new data") == "incremental"
+    assert model(**kept) == "skip"
+    assert model(**kept, exists_as=None) == "create"
+    _, reason = model_decision(**kept, own_hash="new")
+    assert "full_refresh: false" in reason
 
 
 def test_text_rules():

@@ -1,16 +1,51 @@
-{{ config(materialized='table') }}
+{{ config(materialized='incremental', unique_key='user_id', delete_not_in=ref('stg_users')) }}
 
 -- Exactly one row per user, users without orders included.
 -- Numeric features are never NULL: users without orders get orders = 0,
 -- revenue = 0 and recency_days = 3650 (a large, finite "never").
-with users as (
+--
+-- Incremental: a run recomputes only the users whose row can differ from the
+-- stored one (new users, changed user records, users with orders or events
+-- newer than the newest already counted); rows of users no longer in
+-- stg_users are deleted (delete_not_in). A new as_of or lookback_days
+-- changes this SQL, and a model whose SQL changed is rebuilt in full.
+-- Edits to past orders or events, or to the product catalogue, are not
+-- seen by the incremental branch: run with --full-refresh after them.
+with
+{% if is_incremental() %}
+touched as (
+    select user_id from {{ ref('stg_users') }} as u
+    where not exists (
+        select 1 from {{ this }} as t
+        where t.user_id = u.user_id
+          and t.signup_at is not distinct from u.signup_at
+          and t.country is not distinct from u.country
+          and t.channel is not distinct from u.channel
+    )
+    union
+    select user_id from {{ ref('orders_enriched') }}
+    where ordered_at > (select coalesce(max(last_order_at), '-infinity'::timestamp) from {{ this }})
+    union
+    select user_id from {{ ref('stg_events') }}
+    where event_at > (select coalesce(max(last_event_at), '-infinity'::timestamp) from {{ this }})
+),
+{% endif %}
+
+users as (
     select * from {{ ref('stg_users') }}
+    {% if is_incremental() %}where user_id in (select user_id from touched){% endif %}
 ),
 
 orders as (
     select *
     from {{ ref('orders_enriched') }}
     where ordered_at < DATE '{{ var("as_of") }}' + INTERVAL 1 DAY
+    {% if is_incremental() %}and user_id in (select user_id from touched){% endif %}
+),
+
+events as (
+    select * from {{ ref('stg_events') }}
+    {% if is_incremental() %}where user_id in (select user_id from touched){% endif %}
 ),
 
 order_stats as (
@@ -59,14 +94,15 @@ recent as (
 
 activity as (
     select
-        e.user_id,
+        user_id,
+        max(event_at) as last_event_at,
         count(*) filter (
-            where e.event_type = 'view'
-              and e.event_at >= DATE '{{ var("as_of") }}' + INTERVAL 1 DAY
-                                - INTERVAL {{ var("lookback_days") }} DAY
+            where event_type = 'view'
+              and event_at >= DATE '{{ var("as_of") }}' + INTERVAL 1 DAY
+                              - INTERVAL {{ var("lookback_days") }} DAY
         ) as views_lookback
-    from {{ ref('stg_events') }} as e
-    group by e.user_id
+    from events
+    group by user_id
 ),
 
 browsed as (
@@ -74,7 +110,7 @@ browsed as (
     select user_id, first(category order by n desc, category) as top_viewed_category
     from (
         select e.user_id, p.category, count(*) as n
-        from {{ ref('stg_events') }} as e
+        from events as e
         join {{ ref('stg_products') }} as p using (product_id)
         group by e.user_id, p.category
     )
@@ -88,6 +124,7 @@ select
     u.channel,
     s.first_order_at,
     s.last_order_at,
+    a.last_event_at,
     coalesce(date_diff('day', cast(s.last_order_at as date), DATE '{{ var("as_of") }}'), 3650)
                                                           as recency_days,
     coalesce(s.orders, 0)                                 as orders,
