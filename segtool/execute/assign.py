@@ -13,6 +13,7 @@ from segtool.compile.predicates import bind_predicate, segmentation_predicates
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError
 from segtool.state import tables, vectors
+from segtool.state.frames import first_column, registered
 
 
 def _read_input(con, path: Path) -> None:
@@ -83,12 +84,7 @@ def assign_file(project, name: str, path: Path):
                 f"segmentation '{name}' has no fitted model yet", hint=f"segtool run -s +{name}"
             )
         transformers, model, params = _restore(active)
-        keys = np.asarray(
-            mem.sql(f"SELECT {k} FROM input ORDER BY __ord")
-            .to_arrow_table()
-            .column(0)
-            .to_numpy(zero_copy_only=False)
-        )
+        keys = first_column(mem, f"SELECT {k} FROM input ORDER BY __ord")
         blocks = []
         for inp, t in zip(seg.inputs, transformers):
             if inp.features:
@@ -206,14 +202,11 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
     cached = {}
     found = vectors.lookup(db, fp)
     if found is not None and hashes:
-        import pyarrow as pa
-
-        db.register("__h", pa.table({"h": hashes}))
-        for h, v in db.execute(
-            f"SELECT e.text_hash, e.vector FROM {found[0]} e JOIN __h ON e.text_hash = __h.h"
-        ).fetchall():
-            cached[h] = np.asarray(v, dtype=np.float32)
-        db.unregister("__h")
+        with registered(db, "__h", {"h": hashes}):
+            for h, v in db.execute(
+                f"SELECT e.text_hash, e.vector FROM {found[0]} e JOIN __h ON e.text_hash = __h.h"
+            ).fetchall():
+                cached[h] = np.asarray(v, dtype=np.float32)
     todo = [i for i, h in enumerate(hashes) if h not in cached]
     if todo:
         vecs = enc.encode([rendered[i][3] for i in todo])

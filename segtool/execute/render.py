@@ -69,7 +69,7 @@ def execute_text(ctx, step) -> StepResult:
             con.register("__segtool_batch", table)
             con.execute(f"INSERT INTO {rendered} SELECT * FROM __segtool_batch")
             con.unregister("__segtool_batch")
-            bar.advance(table.num_rows)
+            bar.advance(len(table))
     texts_changed = 0
     if stored is not None:
         texts_changed = one(

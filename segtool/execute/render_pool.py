@@ -74,7 +74,7 @@ def _render(ipc: bytes) -> tuple[bytes, int, int]:
     rows = pa.ipc.open_stream(ipc).read_all().to_pylist()
     out, n_trunc, n_empty = render_rows(_WORKER["proj"], _WORKER["spec"], rows, _WORKER["render"])
     sink = pa.BufferOutputStream()
-    table = rendered_batch(out)
+    table = rendered_batch(out).to_arrow()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes(), n_trunc, n_empty

@@ -81,16 +81,18 @@ def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int,
 
 
 def rendered_batch(out: list[tuple]):
-    """render_rows' tuples as the Arrow table the texts tables are filled from."""
-    import pyarrow as pa
+    """render_rows' tuples as the frame the texts tables are filled from."""
+    import numpy as np
 
-    return pa.table(
+    from segtool.state.frames import frame
+
+    return frame(
         {
             "k": [r[0] for r in out],
-            "row_hash": pa.array([r[1] for r in out], pa.uint64()),
+            "row_hash": np.fromiter((r[1] for r in out), dtype=np.uint64, count=len(out)),
             "text_hash": [r[2] for r in out],
             "text": [r[3] for r in out],
-            "n_chars": pa.array([r[4] for r in out], pa.int32()),
+            "n_chars": np.fromiter((r[4] for r in out), dtype=np.int32, count=len(out)),
             "truncated": [r[5] for r in out],
         }
     )

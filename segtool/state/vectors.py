@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.compile.sql import quote_ident
+from segtool.state.frames import arrow_matrix, arrow_numpy
 from segtool.state.result import one, table_exists
 from segtool.state.tables import ENCODERS as REGISTRY  # noqa: E402
 from segtool.state.tables import (
@@ -77,19 +78,14 @@ def touch(con, fp: str, *, encoder: str, run_id: int) -> None:
 
 def insert(con, table: str, hashes: list[str], vectors: np.ndarray, run_id: int | None) -> None:
     """One statement: in autocommit mode, one committed chunk."""
-    import pyarrow as pa
+    from segtool.state.frames import registered
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
-    arr = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-    con.register("__segtool_vectors", pa.table({"text_hash": hashes, "vector": arr}))
-    try:
+    with registered(con, "__segtool_vectors", {"text_hash": hashes, "vector": vectors}):
         con.execute(
             f"INSERT INTO {table} SELECT text_hash, vector, ? FROM __segtool_vectors",
             [run_id],
         )
-    finally:
-        con.unregister("__segtool_vectors")
 
 
 def registered(con) -> list[dict]:
@@ -157,14 +153,13 @@ def load_vectors(con, text_name: str, encoder_fp: str, users_sql: str, key: str,
     out = np.zeros((n, dim), dtype=np.float32)
     got = 0
     reader = con.sql(
-        f"""SELECT u.__ord AS o, e.vector AS v
+        f"""SELECT CAST(u.__ord AS BIGINT) AS o, e.vector AS v
         FROM ({users_sql}) u
         JOIN {texts(text_name)} t ON t.{k} = u.{k}
         JOIN {table} e ON e.text_hash = t.text_hash"""
     ).fetch_record_batch(65_536)
     for batch in reader:
-        rows = batch.column(0).to_numpy() - 1
-        flat = batch.column(1).flatten().to_numpy(zero_copy_only=False)
-        out[rows] = flat.reshape(len(rows), dim)
+        rows = arrow_numpy(batch.column(0), np.int64) - 1
+        out[rows] = arrow_matrix(batch.column(1), dim)
         got += len(rows)
     return out, got

@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures import save_tiny_bert
 
-HEAVY = ("torch", "transformers", "sklearn", "model2vec", "sentence_transformers")
+HEAVY = ("torch", "transformers", "sklearn", "model2vec", "sentence_transformers", "pandas")
 
 PROBE = """
 import json, sys
@@ -62,3 +62,18 @@ def test_no_change_rerun_imports_no_model_library(project, bert, kind, tmp_path,
     assert _rerun_modules(project.root, env) == []
     results = json.loads((project.root / "target/run_results.json").read_text())
     assert results["summary"]["actions"] == {"skip": 6}
+
+
+def test_incremental_run_imports_no_pandas_or_model_library(project):
+    """New and changed users are rendered, embedded and assigned with the
+    stored fit: no pandas (pyarrow's converters import it: 0.6 s, a tenth of
+    such a run at 200,000 users; state/frames.py), no scikit-learn, no torch."""
+    from tests.fixtures import data_files
+
+    project.cli("run")
+    for rel, content in data_files(changed=(5, 9), extra_users=3).items():
+        project.write(rel, content)
+    assert _rerun_modules(project.root) == []
+    results = json.loads((project.root / "target/run_results.json").read_text())
+    seg = results["summary"]["segmentations"]["behaviour"]
+    assert seg["action"] == "assign" and seg["assigned"] == 5

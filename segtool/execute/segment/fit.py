@@ -30,21 +30,16 @@ def label_sample(ids: np.ndarray, seed: int, per_segment: int = 2000) -> np.ndar
 
 def texts_of(con, proj, text: str, keys: np.ndarray) -> list[str]:
     """The rendered texts of these users, in this order."""
-    import pyarrow as pa
+    from segtool.state.frames import registered
 
     k = quote_ident(proj.key)
-    con.register("__segtool_label_keys", pa.table({"k": keys, "i": np.arange(len(keys))}))
-    try:
-        return (
-            con.sql(
+    with registered(con, "__segtool_label_keys", {"k": keys, "i": np.arange(len(keys))}):
+        return [
+            r[0]
+            for r in con.execute(
                 f"SELECT t.text FROM __segtool_label_keys u JOIN {tables.texts(text)} t ON t.{k} = u.k ORDER BY u.i"
-            )
-            .to_arrow_table()
-            .column(0)
-            .to_pylist()
-        )
-    finally:
-        con.unregister("__segtool_label_keys")
+            ).fetchall()
+        ]
 
 
 # a fit reads every user up to this many, a seeded sample of this many beyond
@@ -57,8 +52,7 @@ def fit_population(con, seg, users: str) -> tuple[str, str | None, int]:
     None, how many others); both are (key, ..., __ord 1..n). The sample is
     seeded (`cluster.seed`) over the population's order, so a refit of the
     same population reads the same users."""
-    import pyarrow as pa
-
+    from segtool.state.frames import registered
     from segtool.state.tables import work_table
 
     n = int(one(con.execute(f"SELECT count(*) FROM {users}"))[0])
@@ -70,8 +64,7 @@ def fit_population(con, seg, users: str) -> tuple[str, str | None, int]:
     picked = np.sort(rng.choice(n, size=m, replace=False)) + 1  # their __ord
     sample = work_table("seg", seg.name, "fit_sample")
     rest = work_table("seg", seg.name, "fit_rest")
-    con.register("__segtool_fit_sample", pa.table({"o": picked, "i": np.arange(1, m + 1)}))
-    try:
+    with registered(con, "__segtool_fit_sample", {"o": picked, "i": np.arange(1, m + 1)}):
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE {sample} AS SELECT u.* EXCLUDE (__ord), s.i AS __ord
             FROM {users} u JOIN __segtool_fit_sample s ON s.o = u.__ord"""
@@ -81,8 +74,6 @@ def fit_population(con, seg, users: str) -> tuple[str, str | None, int]:
             row_number() OVER (ORDER BY u.__ord) AS __ord
             FROM {users} u ANTI JOIN __segtool_fit_sample s ON s.o = u.__ord"""
         )
-    finally:
-        con.unregister("__segtool_fit_sample")
     return sample, rest, n - m
 
 
@@ -138,13 +129,10 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
 
     # what drives the segmentation and sets each segment apart (its traits),
     # read from the models that feed it; labels say only what is true of members
-    import pyarrow as pa
+    from segtool.state.frames import registered
 
-    con.register("__segtool_fit_ids", pa.table({proj.key: loaded.keys, "segment_id": ids}))
-    try:
+    with registered(con, "__segtool_fit_ids", {proj.key: loaded.keys, "segment_id": ids}):
         profile = drivers.compute(con, proj, seg, "__segtool_fit_ids", ctx.project.pii_columns())
-    finally:
-        con.unregister("__segtool_fit_ids")
     kw = {}
     text_input = next((i.embedding.text for i in seg.inputs if i.embedding), None)
     if text_input and seg.labels.keywords:

@@ -12,6 +12,7 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import DataError
 from segtool.state import tables
+from segtool.state.frames import first_column
 
 
 @dataclass
@@ -27,12 +28,7 @@ def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
     from segtool.state.vectors import load_vectors
 
     k = quote_ident(proj.key)
-    keys = np.asarray(
-        con.sql(f"SELECT {k} FROM ({users_sql}) ORDER BY __ord")
-        .to_arrow_table()
-        .column(0)
-        .to_numpy(zero_copy_only=False)
-    )
+    keys = first_column(con, f"SELECT {k} FROM ({users_sql}) ORDER BY __ord")
     blocks: list = []
     raw = None
     for inp in seg.inputs:

@@ -90,33 +90,27 @@ def previous_ids(con, proj, name: str, keys: np.ndarray) -> np.ndarray:
     """Each user's current segment id (-2: none)."""
     if not table_exists(con, tables.RESULTS, name):
         return np.full(len(keys), -2, dtype=np.int64)
-    import pyarrow as pa
+    from segtool.state.frames import registered
 
     k = quote_ident(proj.key)
-    con.register("__segtool_keys", pa.table({"k": keys, "i": np.arange(len(keys))}))
-    try:
+    with registered(con, "__segtool_keys", {"k": keys, "i": np.arange(len(keys))}):
         rows = con.sql(
             f"SELECT coalesce(s.segment_id, -2) FROM __segtool_keys u LEFT JOIN {tables.segments(name)} s ON s.{k} = u.k ORDER BY u.i"
         ).fetchnumpy()
-    finally:
-        con.unregister("__segtool_keys")
     return np.asarray(next(iter(rows.values())), dtype=np.int64)
 
 
 def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, full: bool) -> None:
-    import pyarrow as pa
+    from segtool.state.frames import registered
 
     k = quote_ident(proj.key)
-    batch = pa.table(
-        {
-            "k": keys,
-            "segment_id": pa.array(ids, pa.int32()),
-            "distance": pa.array(np.asarray(dist, dtype=np.float64)),
-            "confidence": pa.array(np.asarray(conf, dtype=np.float64)),
-        }
-    )
-    con.register("__segtool_assign", batch)
-    try:
+    batch = {
+        "k": keys,
+        "segment_id": np.asarray(ids, dtype=np.int32),
+        "distance": np.asarray(dist, dtype=np.float64),
+        "confidence": np.asarray(conf, dtype=np.float64),
+    }
+    with registered(con, "__segtool_assign", batch):
         select = f"""SELECT a.k AS {k}, a.segment_id, CASE WHEN a.segment_id = -1 THEN 'outlier' ELSE coalesce(c.label, 'segment ' || a.segment_id) END AS segment,
             a.distance, a.confidence, {int(run_id)} AS run_id, now()::TIMESTAMP AS updated_at
             FROM __segtool_assign a LEFT JOIN {tables.CATALOG} c ON c.segmentation = ? AND c.segment_id = a.segment_id"""
@@ -129,8 +123,6 @@ def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, fu
                 f"DELETE FROM {tables.segments(name)} WHERE {k} IN (SELECT k FROM __segtool_assign)"
             )
             con.execute(f"INSERT INTO {tables.segments(name)} {select}", [name])
-    finally:
-        con.unregister("__segtool_assign")
 
 
 def update_history(con, proj, name: str, run_id: int, touched: str | None = None) -> int:
