@@ -111,7 +111,9 @@ def merge_incremental(
         raise SqlError(
             f"incremental model '{cm.name}' changed its columns ({', '.join(sorted(set(new_cols) ^ set(old_cols)))})",
             path=cm.path,
-            hint="run with --full-refresh to rebuild it",
+            hint="run with --full-refresh to rebuild it"
+            if cm.config.full_refresh is not False
+            else "it has full_refresh=false, so --full-refresh keeps its rows: select the old columns, or remove full_refresh=false and run with --full-refresh to rebuild it",
         )
     keys = cm.config.unique_key
     keys = [keys] if isinstance(keys, str) else list(keys or [])

@@ -150,6 +150,13 @@ def test_incremental_model_deletes_rows_gone_upstream(project):
     r = project.cli("run", "-s", "users_inc", "--full-refresh")
     assert "incremental model.users_inc" in r.stdout and "full_refresh: false" in r.stdout
     assert project.sql("select distinct version from users_inc") == [("v2",)]
+    # new columns cannot be merged, and --full-refresh does not rebuild it
+    project.write(
+        "models/users_inc.sql", kept.replace("'v3' as version", "'v3' as version, 1 as n")
+    )
+    r = project.cli("run", "-s", "users_inc", "--full-refresh", expect=1)
+    assert "changed its columns (n)" in r.stderr
+    assert "remove full_refresh=false and run with --full-refresh" in r.stderr
 
 
 def test_delete_not_in_key_must_be_in_that_model(project):
