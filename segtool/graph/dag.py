@@ -29,6 +29,14 @@ class Node:
     data_hash: str = ""  # own data + parents' data hashes
     metadata_hash: str = ""
 
+    def part_hashes(self) -> dict[str, str]:
+        """A hash per top-level part of `data` (population, labels, ...)."""
+        from segtool.project.loader import dumps
+
+        if not isinstance(self.data, dict):
+            return {}
+        return {k: sha(dumps(v))[:16] for k, v in self.data.items()}
+
     def to_manifest(self) -> dict:
         return {
             "unique_id": self.unique_id,

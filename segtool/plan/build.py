@@ -358,12 +358,10 @@ class Planner:
         stored = self.state.node(node.unique_id)
         if full is None and stored is not None and stored.input_hash == self._input[node.unique_id]:
             return self._step(node, "skip", "inputs unchanged for every user")
-        # a changed definition that leaves the fitted space alone: labels
-        relabel = full is None and stored is not None and stored.own_hash != node.own_hash
+        # a changed definition that leaves the fitted space alone: say which part
         prefix = (
-            f"labels changed: they apply at the next refit (segtool run --refit -s {seg.name} "
-            "relabels now); "
-            if relabel
+            decide.kept_fit_note(seg.name, decide.changed_parts(stored, node.part_hashes()))
+            if full is None and stored is not None and stored.own_hash != node.own_hash
             else ""
         )
         if not self.counting:

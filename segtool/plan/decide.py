@@ -25,6 +25,15 @@ class Stored:
     input_hash: str | None
     exec_hash: str | None = None
     run_id: int | None = None
+    parts: dict | None = None  # a hash per part of the definition (None: not recorded)
+
+
+def changed_parts(stored: Stored | None, now: dict[str, str]) -> list[str] | None:
+    """The parts of a definition that differ from the stored ones, or None
+    when the state has no parts to compare (written by an older segtool)."""
+    if stored is None or stored.parts is None:
+        return None
+    return sorted(k for k in {*stored.parts, *now} if stored.parts.get(k) != now.get(k))
 
 
 def model_action(
@@ -148,6 +157,30 @@ def clustering_refit(f: FitFacts) -> tuple[str, str] | None:
     if f.refit_flag:
         return "refit", "--refit: refit on every user"
     return None
+
+
+def kept_fit_note(name: str, changed: list[str] | None) -> str:
+    """What a changed definition that leaves the fitted space alone means, as
+    a prefix of the step's reason. `changed`: the parts that differ (None:
+    the state did not record parts, so say what it may be)."""
+    relabel = f"labels apply at the next refit (segtool run --refit -s {name} relabels now)"
+    if changed is None:
+        return f"definition changed (population, labels or vars): the stored model is kept, {relabel}; "
+    notes = []
+    if {"population", "vars"} & set(changed):
+        # a var the population reads (--vars); an edited predicate refits
+        notes.append(
+            "population changed (a var it reads): users who leave it are removed, "
+            "users who join are assigned with the stored model"
+        )
+    if "labels" in changed:
+        notes.append(
+            f"labels changed: they apply at the next refit (segtool run --refit -s {name} relabels now)"
+        )
+    other = sorted(set(changed) - {"population", "vars", "labels"})
+    if other:
+        notes.append(", ".join(other) + " changed: the stored model is kept")
+    return "".join(n + "; " for n in notes)
 
 
 def clustering_update(f: FitFacts, *, n_changed: int, n_removed: int) -> tuple[str, str, dict]:

@@ -11,12 +11,13 @@ and diff.
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 from segtool.plan.decide import Stored
 from segtool.state import tables
 from segtool.state.db import has_state, relation_exists, table_exists
-from segtool.state.result import one
+from segtool.state.result import column_exists, one
 
 
 class StoredState(Protocol):
@@ -45,10 +46,12 @@ class DbState:
         self.last_run = None
         if not has_state(con):
             return
-        for uid, own, inp, exe, run_id in con.execute(
-            f"SELECT unique_id, own_hash, input_hash, exec_hash, run_id FROM {tables.NODES}"
+        # parts: state v4 (a dry run may read an older database it cannot migrate)
+        parts = "parts" if column_exists(con, tables.STATE, "nodes", "parts") else "NULL"
+        for uid, own, inp, exe, run_id, p in con.execute(
+            f"SELECT unique_id, own_hash, input_hash, exec_hash, run_id, {parts} FROM {tables.NODES}"
         ).fetchall():
-            self._nodes[uid] = Stored(own, inp, exe, run_id)
+            self._nodes[uid] = Stored(own, inp, exe, run_id, json.loads(p) if p else None)
         row = one(con.execute(f"SELECT max(run_id) FROM {tables.RUNS} WHERE status = 'success'"))
         self.last_run = int(row[0]) if row and row[0] is not None else None
 
@@ -93,7 +96,7 @@ class BaseState:
         self.last_run = None
         self._nodes = {
             # a diff compares definitions: input = data_hash, exec = own_hash
-            uid: Stored(n.own_hash, n.data_hash, n.own_hash, None)
+            uid: Stored(n.own_hash, n.data_hash, n.own_hash, None, n.part_hashes())
             for uid, n in graph.nodes.items()
         }
         self._models = {

@@ -24,7 +24,7 @@ from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -63,6 +63,9 @@ MIGRATIONS: dict[int, list[str]] = {
             measure VARCHAR, value DOUBLE, n_rows BIGINT)""",
         f"ALTER TABLE {STATE}.segment_catalog ADD COLUMN traits JSON",
     ],
+    # v4: a hash per part of each node's definition, so a plan can say which
+    # part changed (population, labels, ...), not only that one did
+    4: [f"ALTER TABLE {STATE}.nodes ADD COLUMN parts JSON"],
 }
 
 
@@ -404,11 +407,12 @@ def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int, hashe
                 now(),
                 input_hash,
                 exec_hash,
+                json.dumps(n.part_hashes()),
             ]
         )
     con.executemany(
         f"""INSERT OR REPLACE INTO {STATE}.nodes (unique_id, kind, data_hash, own_hash, metadata_hash,
-        run_id, updated_at, input_hash, exec_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        run_id, updated_at, input_hash, exec_hash, parts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         rows,
     )
 

@@ -412,3 +412,22 @@ def test_a_var_in_a_rule_re_evaluates_the_rule_segments(project):
     # a var no predicate reads moves nobody: nothing to do
     other = project.cli("run", "-s", "lifecycle", "--vars", "{big: 100, unrelated: 7}").stdout
     assert "skip        segmentation.lifecycle" in other
+
+
+def test_a_changed_population_says_so_not_labels(project):
+    """A var in the population moves users out of it; the plan names the
+    population, and a labels edit names the labels (both keep the fit)."""
+    project.edit(
+        "segments/segments.yml",
+        "cluster: {method: kmeans, k: 3, seed: 7}",
+        "cluster: {method: kmeans, k: 3, seed: 7}\n    population: \"orders >= {{ var('min_orders', 0) }}\"",
+    )
+    project.cli("run")
+    out = project.cli("run", "--dry-run", "-s", "behaviour", "--vars", "{min_orders: 3}").stdout
+    line = next(ln for ln in out.splitlines() if "segmentation.behaviour" in ln)
+    assert "population changed (a var it reads): users who leave it are removed" in line and "labels" not in line
+    assert line.split()[0] == "assign" and " leave [" in line
+    project.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 2}")
+    out = project.cli("run", "--dry-run", "-s", "behaviour").stdout
+    line = next(ln for ln in out.splitlines() if "segmentation.behaviour" in ln)
+    assert "labels changed: they apply at the next refit" in line and "population" not in line

@@ -161,3 +161,19 @@ def test_dry_run_before_the_first_run_counts_in_memory(project):
     story = next(s for s in plan["steps"] if s["unique_id"] == "text.story")
     assert story["action"] == "create" and story["detail"]["users"] == 60
     assert not (project.root / "target").exists()
+
+
+def test_kept_fit_note_names_the_part_that_changed():
+    stored = Stored("own", "input", parts={"population": "a", "labels": "b", "vars": "c"})
+    assert decide.changed_parts(stored, {"population": "a", "labels": "b", "vars": "X"}) == ["vars"]
+    assert decide.changed_parts(Stored("own", "input"), {"labels": "b"}) is None
+    pop = decide.kept_fit_note("seg", ["vars"])
+    assert pop.startswith("population changed (a var it reads)") and "labels" not in pop
+    labels = decide.kept_fit_note("seg", ["labels"])
+    assert labels.startswith("labels changed") and "--refit -s seg" in labels
+    both = decide.kept_fit_note("seg", ["labels", "population"])
+    assert "population changed" in both and "labels changed" in both
+    assert decide.kept_fit_note("seg", ["allow_pii"]).startswith("allow_pii changed")
+    # a state without parts (older segtool): say what it may be, claim nothing
+    assert "population, labels or vars" in decide.kept_fit_note("seg", None)
+    assert decide.kept_fit_note("seg", []) == ""

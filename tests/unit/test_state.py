@@ -75,11 +75,11 @@ def test_migrate_creates_schemas_tables_and_version(con, tmp_path):
         "segment_catalog",
         "segment_events",
     ]
-    assert db.state_version(con) == db.STATE_VERSION == 3
+    assert db.state_version(con) == db.STATE_VERSION == 4
     assert db.has_state(con)
     assert con.execute("SELECT * FROM _segtool.meta ORDER BY key").fetchall() == [
         ("project", "shop"),
-        ("state_version", "3"),
+        ("state_version", "4"),
     ]
 
 
@@ -117,6 +117,37 @@ def test_v1_vector_lists_move_to_fixed_size_tables(con, tmp_path):
     assert vectors.lookup(con, "fpB")[1] == 2
     with pytest.raises(duckdb.Error):  # a fixed-size column refuses another length
         con.execute(f"INSERT INTO {table} VALUES ('x', [1.0, 2.0], 2)")
+
+
+def test_v3_nodes_gain_parts_and_are_read_before_and_after(con, tmp_path):
+    """v4 records a hash per part of each node's definition; a v3 database
+    (a dry run cannot migrate it) is read with no parts."""
+    from segtool.plan.state import DbState
+
+    con.execute("BEGIN")
+    for v in (1, 2, 3):
+        for stmt in db.MIGRATIONS[v]:
+            stmt(con) if callable(stmt) else con.execute(stmt)
+    db.set_meta(con, "state_version", "3")
+    db.set_meta(con, "project", "shop")
+    con.execute("COMMIT")
+    con.execute(
+        "INSERT INTO _segtool.nodes (unique_id, kind, own_hash, input_hash) VALUES ('segmentation.s', 'segmentation', 'o', 'i')"
+    )
+    assert DbState(con).node("segmentation.s").parts is None
+    db.migrate(con, make_proj(tmp_path, "shop"))
+    assert DbState(con).node("segmentation.s").parts is None  # not recorded yet
+    node = type("N", (), {})()
+    node.unique_id, node.kind, node.data_hash, node.own_hash, node.metadata_hash = (
+        "segmentation.s",
+        "segmentation",
+        "d",
+        "o",
+        "m",
+    )
+    node.part_hashes = lambda: {"population": "p1", "labels": "l1"}
+    db.record_nodes(con, [node], 1)
+    assert DbState(con).node("segmentation.s").parts == {"population": "p1", "labels": "l1"}
 
 
 def test_remigrate_is_a_no_op(con, tmp_path):
