@@ -256,7 +256,9 @@ def bench_storage(n: int, dim: int, work: Path) -> list[tuple[str, int, float]]:
         con = duckdb.connect(str(path), read_only=True)
         t = time.perf_counter()
         got = 0
-        for batch in con.sql("SELECT vector FROM v").fetch_record_batch(65_536):
+        from segtool.state.frames import arrow_batches
+
+        for batch in arrow_batches(con.sql("SELECT vector FROM v"), 65_536):
             got += len(batch.column(0).flatten().to_numpy(zero_copy_only=False)) // dim
         read = time.perf_counter() - t
         con.close()

@@ -96,8 +96,10 @@ def execute_embedding(ctx, step) -> StepResult:
         last one shorter): read once, to the end, before anything is written."""
         import pyarrow as pa
 
-        reader = con.sql(f"SELECT rn, text_hash, text FROM {work} ORDER BY rn").fetch_record_batch(
-            65_536
+        from segtool.state.frames import arrow_batches
+
+        reader = arrow_batches(
+            con.sql(f"SELECT rn, text_hash, text FROM {work} ORDER BY rn"), 65_536
         )
         held: list = []
         have = 0

@@ -52,6 +52,14 @@ def first_column(con, sql: str) -> np.ndarray:
     return np.asarray(next(iter(result.values())))
 
 
+def arrow_batches(relation, rows: int):
+    """A DuckDB relation's result as Arrow record batches of up to `rows`
+    rows, streamed (to_arrow_reader since DuckDB 1.5; fetch_record_batch,
+    deprecated since, before)."""
+    reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+    return reader(rows)
+
+
 def arrow_numpy(arr, dtype) -> np.ndarray:
     """A null-free Arrow array of fixed-width numbers as NumPy, zero copy
     (pyarrow's to_numpy imports pandas)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.state.frames import arrow_matrix, arrow_numpy
+from segtool.state.frames import arrow_batches, arrow_matrix, arrow_numpy
 from segtool.state.result import one, table_exists
 from segtool.state.tables import ENCODERS as REGISTRY  # noqa: E402
 from segtool.state.tables import (
@@ -152,12 +152,15 @@ def load_vectors(con, text_name: str, encoder_fp: str, users_sql: str, key: str,
     table, dim = found
     out = np.zeros((n, dim), dtype=np.float32)
     got = 0
-    reader = con.sql(
-        f"""SELECT CAST(u.__ord AS BIGINT) AS o, e.vector AS v
-        FROM ({users_sql}) u
-        JOIN {texts(text_name)} t ON t.{k} = u.{k}
-        JOIN {table} e ON e.text_hash = t.text_hash"""
-    ).fetch_record_batch(65_536)
+    reader = arrow_batches(
+        con.sql(
+            f"""SELECT CAST(u.__ord AS BIGINT) AS o, e.vector AS v
+            FROM ({users_sql}) u
+            JOIN {texts(text_name)} t ON t.{k} = u.{k}
+            JOIN {table} e ON e.text_hash = t.text_hash"""
+        ),
+        65_536,
+    )
     for batch in reader:
         rows = arrow_numpy(batch.column(0), np.int64) - 1
         out[rows] = arrow_matrix(batch.column(1), dim)

@@ -425,7 +425,10 @@ def test_a_changed_population_says_so_not_labels(project):
     project.cli("run")
     out = project.cli("run", "--dry-run", "-s", "behaviour", "--vars", "{min_orders: 3}").stdout
     line = next(ln for ln in out.splitlines() if "segmentation.behaviour" in ln)
-    assert "population changed (a var it reads): users who leave it are removed" in line and "labels" not in line
+    assert (
+        "population changed (a var it reads): users who leave it are removed" in line
+        and "labels" not in line
+    )
     assert line.split()[0] == "assign" and " leave [" in line
     project.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 2}")
     out = project.cli("run", "--dry-run", "-s", "behaviour").stdout

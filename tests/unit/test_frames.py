@@ -63,10 +63,10 @@ def test_first_column_and_arrow_views_respect_offsets():
 def test_no_pandas_on_the_way():
     code = (
         "import sys, duckdb, numpy as np\n"
-        "from segtool.state.frames import registered, first_column, arrow_matrix\n"
+        "from segtool.state.frames import registered, first_column, arrow_matrix, arrow_batches\n"
         "con = duckdb.connect()\n"
         "with registered(con, 't', {'k': np.arange(3), 'v': np.ones((3, 4), np.float32)}):\n"
-        "    b = next(iter(con.sql('SELECT k, v FROM t').fetch_record_batch(10)))\n"
+        "    b = next(iter(arrow_batches(con.sql('SELECT k, v FROM t'), 10)))\n"
         "    arrow_matrix(b.column(1), 4); first_column(con, 'SELECT k FROM t')\n"
         "print('pandas' in sys.modules)\n"
     )
