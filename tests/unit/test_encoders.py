@@ -197,6 +197,26 @@ def test_hashing_a_text_gets_the_same_vector_alone_and_in_any_batch():
     assert np.allclose(enc.encode(texts[::-1])[::-1], batch, atol=1e-6)
 
 
+def test_hashing_vectors_are_pinned_to_the_scheme():
+    """Cached vectors are keyed by the fingerprint, and the fingerprint names
+    the scheme (hashing.SCHEME), not the code. If this fails, the code now
+    makes other vectors: bump SCHEME (and these numbers), so vectors of the
+    old code are never mixed with the new ones in one cache."""
+    from segtool.encoders.hashing import SCHEME
+
+    enc = build_encoder(EncoderSpec(name="h", kind="hashing", dim=16), Path("."))
+    v = enc.encode(["Buys running shoes (3) and İZMİR tea.", "garden"])
+    assert SCHEME == "words1-2+bytes_wb3-5/l2-each/sum/v2"
+    expected = [
+        [-0.11064, 0.0, 0.4192, -0.59376, 0.44257, -0.11064, 0.08728, -0.11064,
+         0.11064, 0.0, -0.11064, -0.19792, 0.02336, -0.30856, 0.11064, 0.24464],
+        [0.1543, 0.70711, -0.1543, -0.1543, 0.0, 0.0, 0.0, 0.1543,
+         -0.1543, -0.1543, 0.46291, 0.0, 0.30861, -0.1543, 0.1543, 0.0],
+    ]  # fmt: skip
+    assert np.allclose(v, expected, atol=1e-5)
+    assert enc.fingerprint() == "ce51c514f79b152d1491ddf313ae9e207f1e34a3ad98ecf068cd97e1ed0f0b00"
+
+
 def test_hashing_same_vector_in_fresh_process_without_torch():
     code = (
         "import sys, json, segtool.encoders as E\n"
