@@ -8,8 +8,10 @@ Polars frame directly; so every table segtool registers is built here.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -29,10 +31,33 @@ def frame(columns: dict[str, Any]):
             )
             series.append(pl.Series(name, values, dtype=dtype))
         elif isinstance(values, np.ndarray) and values.dtype == object:
-            series.append(pl.Series(name, values.tolist()))  # keys as str (or mixed)
+            series.append(pl.Series(name, _plain(values.tolist())))  # keys as str (or mixed)
+        elif isinstance(values, list):
+            series.append(pl.Series(name, _plain(values)))
         else:
             series.append(pl.Series(name, values))
     return pl.DataFrame(series)
+
+
+_PLAIN = (
+    str,
+    int,
+    float,
+    bool,
+    bytes,
+    datetime.date,
+    datetime.datetime,
+    datetime.timedelta,
+    decimal.Decimal,
+)
+
+
+def _plain(values: list) -> list:
+    """Values Polars can type; others (a UUID key) as text, which DuckDB
+    compares with and casts back to the column's type."""
+    if all(v is None or isinstance(v, _PLAIN) for v in values):
+        return values
+    return [v if v is None or isinstance(v, _PLAIN) else str(v) for v in values]
 
 
 @contextmanager
@@ -41,8 +66,12 @@ def registered(con, name: str, columns: dict[str, Any]) -> Iterator[str]:
     con.register(name, frame(columns))
     try:
         yield name
-    finally:
-        con.unregister(name)
+    except BaseException:
+        # an aborted transaction refuses even this: the first error is the one to see
+        with suppress(Exception):
+            con.unregister(name)
+        raise
+    con.unregister(name)
 
 
 def first_column(con, sql: str) -> np.ndarray:

@@ -434,3 +434,29 @@ def test_a_changed_population_says_so_not_labels(project):
     out = project.cli("run", "--dry-run", "-s", "behaviour").stdout
     line = next(ln for ln in out.splitlines() if "segmentation.behaviour" in ln)
     assert "labels changed: they apply at the next refit" in line and "population" not in line
+
+
+def test_uuid_keys_run_incrementally(project):
+    """A UUID entity key (Polars cannot hold one) reaches DuckDB as text and
+    is stored as a UUID, so the next run finds the key type unchanged."""
+    project.edit(
+        "models/user_features.sql",
+        "    u.user_id,\n",
+        "    md5(u.user_id::varchar)::uuid as user_id,\n",
+    )
+    project.edit("models/user_features.sql", "group by all", "group by u.user_id, u.country")
+    project.edit(
+        "models/schema.yml",
+        "relationships: {to: \"ref('user_features')\", field: user_id}",
+        "not_null",
+    )
+    project.cli("run")
+    for table in ("behaviour", "behaviour_history", "lifecycle"):
+        got = project.sql(f"select typeof(user_id) from segments.{table} limit 1")
+        assert got == [("UUID",)], table
+    for rel, content in data_files(changed=(5, 9), extra_users=3).items():
+        project.write(rel, content)
+    project.cli("run")
+    s = summary(project)
+    assert s["segmentations"]["behaviour"]["assigned"] == 5
+    assert project.sql("select count(*) from segments.behaviour")[0][0] == 63

@@ -72,3 +72,17 @@ def test_no_pandas_on_the_way():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_failing_statement_inside_keeps_its_own_error():
+    """After a failed statement DuckDB refuses even `unregister` until the
+    transaction is rolled back; the error raised is still the first one."""
+    import uuid
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE s (k UUID)")
+    con.execute("BEGIN")
+    with pytest.raises(duckdb.BinderException, match="Cannot compare values of type UUID"):
+        with registered(con, "t", {"k": [uuid.uuid4()]}):  # a UUID arrives as text
+            con.execute("DELETE FROM s WHERE k IN (SELECT k FROM t)")
+    con.execute("ROLLBACK")

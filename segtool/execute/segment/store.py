@@ -101,26 +101,33 @@ def previous_ids(con, proj, name: str, keys: np.ndarray) -> np.ndarray:
 
 
 def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, full: bool) -> None:
+    from segtool.compile.segments import base_model
     from segtool.state.frames import registered
 
     k = quote_ident(proj.key)
+    # keys travel as text when Polars cannot type them (a UUID): the table
+    # keeps the model's key type, as texts, inputs and history do
+    model = tables.model(base_model(proj, proj.segmentations[name]))
+    key_type = con.execute(f"DESCRIBE SELECT {k} FROM {model}").fetchall()[0][1]
     batch = {
         "k": keys,
         "segment_id": np.asarray(ids, dtype=np.int32),
         "distance": np.asarray(dist, dtype=np.float64),
         "confidence": np.asarray(conf, dtype=np.float64),
     }
-    with registered(con, "__segtool_assign", batch):
+    with registered(con, "__segtool_raw_assign", batch):
+        assigned = f"""(SELECT CAST(k AS {key_type}) AS k, segment_id, distance, confidence
+            FROM __segtool_raw_assign)"""
         select = f"""SELECT a.k AS {k}, a.segment_id, CASE WHEN a.segment_id = -1 THEN 'outlier' ELSE coalesce(c.label, 'segment ' || a.segment_id) END AS segment,
             a.distance, a.confidence, {int(run_id)} AS run_id, now()::TIMESTAMP AS updated_at
-            FROM __segtool_assign a LEFT JOIN {tables.CATALOG} c ON c.segmentation = ? AND c.segment_id = a.segment_id"""
+            FROM {assigned} a LEFT JOIN {tables.CATALOG} c ON c.segmentation = ? AND c.segment_id = a.segment_id"""
         if full or not table_exists(con, tables.RESULTS, name):
             con.execute(
                 f"CREATE OR REPLACE TABLE {tables.segments(name)} AS {select} ORDER BY 1", [name]
             )
         else:
             con.execute(
-                f"DELETE FROM {tables.segments(name)} WHERE {k} IN (SELECT k FROM __segtool_assign)"
+                f"DELETE FROM {tables.segments(name)} WHERE {k} IN (SELECT k FROM {assigned})"
             )
             con.execute(f"INSERT INTO {tables.segments(name)} {select}", [name])
 
