@@ -98,17 +98,20 @@ def int8_downstream(fp32: np.ndarray, int8: np.ndarray) -> dict:
 
     n = min(len(fp32), 3000)
     a, b = fp32[:n], int8[:n]
-
-    def knn(x):
-        sims = x @ x.T
-        np.fill_diagonal(sims, -np.inf)
-        return np.argsort(-sims, axis=1)[:, :10]
-
-    ka, kb = knn(a), knn(b)
-    overlap = np.mean([len(set(ka[i]) & set(kb[i])) / 10 for i in range(n)])
+    overlap = knn10_overlap(a @ a.T, b @ b.T)
     km = KMeans(n_clusters=8, n_init=4, random_state=0).fit(a)
     ari = adjusted_rand_score(km.labels_, km.predict(b))
     return {"knn10_overlap": float(overlap), "kmeans8_ari": float(ari)}
+
+
+def knn10_overlap(sa: np.ndarray, sb: np.ndarray) -> float:
+    """Mean share of each row's 10 nearest neighbours that two similarity
+    matrices (of the same texts) agree on."""
+    sa, sb = sa.copy(), sb.copy()
+    np.fill_diagonal(sa, -np.inf)
+    np.fill_diagonal(sb, -np.inf)
+    ka, kb = np.argsort(-sa, axis=1)[:, :10], np.argsort(-sb, axis=1)[:, :10]
+    return float(np.mean([len(set(ka[i]) & set(kb[i])) / 10 for i in range(len(sa))]))
 
 
 def structure_agreement(ref: np.ndarray, other: np.ndarray, n: int = 3000) -> dict:
@@ -126,10 +129,7 @@ def structure_agreement(ref: np.ndarray, other: np.ndarray, n: int = 3000) -> di
     sa, sb = a @ a.T, b @ b.T
     upper = np.triu_indices(n, 1)
     pearson = float(np.corrcoef(sa[upper], sb[upper])[0, 1])
-    np.fill_diagonal(sa, -np.inf)
-    np.fill_diagonal(sb, -np.inf)
-    ka, kb = np.argsort(-sa, axis=1)[:, :10], np.argsort(-sb, axis=1)[:, :10]
-    overlap = float(np.mean([len(set(ka[i]) & set(kb[i])) / 10 for i in range(n)]))
+    overlap = knn10_overlap(sa, sb)
     la = KMeans(n_clusters=8, n_init=4, random_state=0).fit_predict(a)
     lb = KMeans(n_clusters=8, n_init=4, random_state=0).fit_predict(b)
     return {"similarity_pearson": pearson, "knn10_overlap": overlap,

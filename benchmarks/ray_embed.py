@@ -179,9 +179,8 @@ def bench_assign(root: Path, workers: int, cpus: float) -> dict:
 
     from segtool.api import Project
     from segtool.encoders.builder import Encoders
-    from segtool.execute.executors import ASSIGN_CHUNK, Fitted, executor_for
+    from segtool.execute.executors import Fitted, executor_for, input_chunks
     from segtool.execute.segment import store
-    from segtool.execute.segment.inputs import load_inputs
     from segtool.project.loader import load_project
     from segtool.project.specs import ExecutorSpec
 
@@ -195,10 +194,7 @@ def bench_assign(root: Path, workers: int, cpus: float) -> dict:
     fitted = Fitted.of("clusters", store.active_fit(con, "clusters"))
 
     def chunks():
-        for lo in range(0, n, ASSIGN_CHUNK):
-            hi = min(n, lo + ASSIGN_CHUNK)
-            sql = f"SELECT user_id, __ord - {lo} AS __ord FROM {users} WHERE __ord > {lo} AND __ord <= {hi}"
-            got = load_inputs(loaded, encoders.fingerprint, con, seg, sql)
+        for lo, got in input_chunks(loaded, encoders.fingerprint, con, seg, users, n):
             yield lo, got.blocks, got.keys
 
     out = {"users": n}

@@ -30,12 +30,14 @@ def handle_errors(fn):
         except SegtoolError as exc:
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()
-            from segtool.report.console import error_text, paint
+            from segtool.report.console import error_text, paint, use_color
 
             text = error_text(exc)
             first, _, rest = text.partition("\n")
-            click.echo(
-                paint(first, "bold red", sys.stderr) + (f"\n{rest}" if rest else ""), err=True
+            click.echo(  # click strips colour off a pipe unless told, so tell it
+                paint(first, "bold red", sys.stderr) + (f"\n{rest}" if rest else ""),
+                err=True,
+                color=use_color(sys.stderr),
             )
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:

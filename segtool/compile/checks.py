@@ -153,9 +153,7 @@ def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:
     keep = cm.config.delete_not_in
     if keep is None or keep not in columns:
         return
-    keys = cm.config.unique_key
-    keys = [keys] if isinstance(keys, str) else list(keys or [])
-    missing = [k for k in keys if k not in columns[keep]]
+    missing = [k for k in cm.config.unique_keys if k not in columns[keep]]
     if missing:
         raise ProjectError(
             f"model '{cm.name}' config: delete_not_in='{keep}' has no column "

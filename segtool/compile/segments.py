@@ -44,6 +44,18 @@ def rules_case(proj, seg) -> str:
     return f"CASE {whens} ELSE {default} END"
 
 
+def rules_changes_sql(k: str, work: str, old: str) -> tuple[str, str]:
+    """(the users whose rule segment is new or another, the users who left):
+    `work` holds each user's segment now, `old` the stored table. The plan
+    counts them; the run closes and opens their history spells."""
+    changed = (
+        f"SELECT r.{k} FROM {work} r LEFT JOIN {old} s ON s.{k} = r.{k} "
+        f"WHERE s.{k} IS NULL OR s.segment <> r.segment"
+    )
+    removed = f"SELECT s.{k} FROM {old} s ANTI JOIN {work} r ON r.{k} = s.{k}"
+    return changed, removed
+
+
 def input_hash_sql(proj, seg, alias: str, model_rel=tables.model, text_rel=tables.texts) -> str:
     """A SQL expression hashing everything a user's assignment depends on:
     their feature values and text hashes, read from `model_rel(model)` and

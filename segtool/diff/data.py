@@ -13,6 +13,7 @@ from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError, SegtoolError, did_you_mean
 from segtool.plan.model import SCHEMA_VERSION
 from segtool.state import tables
+from segtool.state.history import changed_runs, open_at
 
 
 def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
@@ -110,12 +111,7 @@ def _changed_runs(db: _Db, name: str) -> list[int]:
     one of them, whatever its summary says."""
     if not db.has_history(name):
         return []
-    rows = _q(
-        db.con,
-        f"SELECT DISTINCT r FROM (SELECT valid_from_run AS r FROM {db.hist(name)} UNION "
-        f"SELECT valid_to_run FROM {db.hist(name)}) WHERE r IS NOT NULL ORDER BY r",
-    )
-    return [int(r[0]) for r in rows]
+    return changed_runs(db.con, db.hist(name))
 
 
 def _assignment_sql(db: _Db, name: str, key: str, run: int | None) -> str:
@@ -124,7 +120,7 @@ def _assignment_sql(db: _Db, name: str, key: str, run: int | None) -> str:
         return f"SELECT {k} AS k, segment_id, segment FROM {db.seg(name)}"
     return (
         f"SELECT {k} AS k, segment_id, segment FROM {db.hist(name)} "
-        f"WHERE valid_from_run <= {int(run)} AND (valid_to_run IS NULL OR valid_to_run > {int(run)}) "
+        f"WHERE {open_at(int(run))} "
         f"QUALIFY row_number() OVER (PARTITION BY {k} ORDER BY valid_from_run DESC) = 1"
     )
 

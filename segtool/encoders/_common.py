@@ -8,6 +8,27 @@ from collections.abc import Iterator, Sequence
 from segtool.errors import EncoderError
 
 
+class CpuFloat32:
+    """For encoders that compute on the CPU in float32 whatever the settings
+    (hashing, static): the Encoder protocol's device and dtype."""
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+
+def l2_rows(x):
+    """Each row of a float array scaled to unit length (zero rows stay zero)."""
+    import numpy as np
+
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
 def check_texts(texts: Sequence[str]) -> list[str]:
     """A list of str, or an EncoderError naming the first bad item."""
     if isinstance(texts, str):

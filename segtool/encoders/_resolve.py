@@ -335,7 +335,7 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
             problems.append("torch is not installed: pip install torch")
         if _missing_module("transformers"):
             problems.append("transformers is not installed: pip install transformers")
-    if spec.dim is not None and spec.kind not in ("static", "hashing"):  # the kinds with a dim
+    if spec.dim is not None and spec.kind != "static":  # hashing returned above
         problems.append("dim applies to kind static (PCA dims) and hashing only; remove it")
     if spec.kind == "sentence-transformers":
         if _missing_module("sentence_transformers"):

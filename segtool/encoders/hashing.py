@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segtool.encoders._common import check_texts
+from segtool.encoders._common import CpuFloat32, check_texts, l2_rows
 from segtool.encoders._fingerprint import fingerprint as _fingerprint
 from segtool.project.specs import EncoderSpec
 
@@ -77,26 +77,13 @@ def _segment_hashes(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.n
         return base_pow[end - 1] * (c[end - 1] - before) + (end - start).astype(np.uint64)
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
-
-
-class HashingEncoder:
+class HashingEncoder(CpuFloat32):
     def __init__(self, spec: EncoderSpec):
         self.spec = spec
 
     @property
     def dim(self) -> int:
         return int(self.spec.dim or DEFAULT_DIM)
-
-    @property
-    def device(self) -> str:
-        return "cpu"
-
-    @property
-    def dtype(self) -> str:
-        return "float32"
 
     def fingerprint(self) -> str:
         return _fingerprint(
@@ -171,7 +158,7 @@ class HashingEncoder:
             if char_rows
             else np.zeros((n, dim))
         )
-        return _l2(word_part) + _l2(char_part)
+        return l2_rows(word_part) + l2_rows(char_part)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = check_texts(texts)
@@ -180,6 +167,6 @@ class HashingEncoder:
             block = texts[start : start + _BLOCK]
             x = self._features(block)
             if self.spec.normalize:
-                x = _l2(x)
+                x = l2_rows(x)
             out[start : start + len(block)] = x
         return out

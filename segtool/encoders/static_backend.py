@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.encoders._cache import cache_root
-from segtool.encoders._common import check_texts
+from segtool.encoders._common import CpuFloat32, check_texts, l2_rows
 from segtool.encoders._fingerprint import file_sha256, model_content_hash
 from segtool.encoders._fingerprint import fingerprint as _fingerprint
 from segtool.encoders._resolve import Resolved, read_json
@@ -84,7 +84,7 @@ def _manifest_ok(folder: Path) -> bool:
         return False
 
 
-class StaticEncoder:
+class StaticEncoder(CpuFloat32):
     backend = "static"
 
     def __init__(self, spec, resolved: Resolved):
@@ -100,14 +100,6 @@ class StaticEncoder:
         self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> str:
-        return "cpu"
-
-    @property
-    def dtype(self) -> str:
-        return "float32"
-
     @property
     def ready(self) -> bool:
         """The model is there to load (a distilled one complete and verified)."""
@@ -307,8 +299,7 @@ class StaticEncoder:
         n = np.bincount(rows, minlength=len(ids)).astype(np.float32)
         out /= np.maximum(n, 1.0)[:, None]
         if self.spec.normalize:
-            norm = np.linalg.norm(out, axis=1, keepdims=True)
-            out = np.divide(out, norm, out=np.zeros_like(out), where=norm > 0)
+            out = l2_rows(out)
         return np.ascontiguousarray(out, dtype=np.float32)
 
 

@@ -13,6 +13,7 @@ from segtool.compile.predicates import bind_predicate, segmentation_predicates
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError
 from segtool.state import tables, vectors
+from segtool.state.db import column_types
 from segtool.state.frames import first_column, registered
 
 
@@ -70,10 +71,9 @@ def assign_file(project, name: str, path: Path):
         if preds.population is not None:
             mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
             bind_predicate(mem, _base(proj, seg), preds.population)
-            inside = mem.execute(
-                f"SELECT {preds.population.wrapped} FROM input ORDER BY __ord"
-            ).fetchnumpy()
-            inside = np.asarray(next(iter(inside.values())), dtype=bool)
+            inside = first_column(
+                mem, f"SELECT {preds.population.wrapped} FROM input ORDER BY __ord"
+            ).astype(bool)
         else:
             inside = None
         if seg.is_rules:
@@ -141,17 +141,11 @@ def _nested_columns(mem, db, proj, seg, path: Path) -> None:
     them as text, which is parsed when it is DuckDB's own notation
     (`[a, b]`, `{'k': 1}`) and refused otherwise, naming the column, instead
     of failing later inside a template."""
-    models = {_base(proj, seg)} | {
-        proj.texts[i.embedding.text].model if i.embedding else proj.features[i.features].model
-        for i in seg.inputs
-    }
+    from segtool.execute.segment.drivers import feeding_models
+
     wanted: dict[str, str] = {}
-    for m in sorted(models):
-        for col, typ in db.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
-            "AND table_name = ? AND database_name = current_database()",
-            [tables.MODELS, m],
-        ).fetchall():
+    for m in sorted(feeding_models(proj, seg)):
+        for col, typ in column_types(db, tables.MODELS, m).items():
             if typ.endswith("]") or typ.startswith(("STRUCT", "MAP", "UNION")):
                 wanted.setdefault(col, typ)
     have = dict(mem.execute("SELECT column_name, column_type FROM (DESCRIBE input)").fetchall())

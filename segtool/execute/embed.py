@@ -77,7 +77,7 @@ def execute_embedding(ctx, step) -> StepResult:
         return StepResult.of(step)
     con = ctx.con
     text_name, enc_name = node.data["text"], node.data["encoder"]
-    spec = ctx.loaded.encoders[enc_name]
+    spec = ctx.encoders.spec(enc_name)
     fp = ctx.encoders.fingerprint(enc_name)
     work = work_table("embed", node.name.replace(".", "__"))
     todo = one(con.execute(f"SELECT count(*) FROM {work}"))[0]

@@ -26,6 +26,7 @@ def execute_text(ctx, step) -> StepResult:
     their texts (through the workspace: the texts table, or a dry-run overlay).
     Large work sets render on every CPU (execute/render_pool.py)."""
     from segtool.execute.render_pool import job_for, render_parallel, workers_for
+    from segtool.state.frames import registered
     from segtool.state.tables import work_table
 
     t0 = time.perf_counter()
@@ -66,9 +67,8 @@ def execute_text(ctx, step) -> StepResult:
         for table, t, e in results:
             n_trunc += t
             n_empty += e
-            con.register("__segtool_batch", table)
-            con.execute(f"INSERT INTO {rendered} SELECT * FROM __segtool_batch")
-            con.unregister("__segtool_batch")
+            with registered(con, "__segtool_batch", table):
+                con.execute(f"INSERT INTO {rendered} SELECT * FROM __segtool_batch")
             bar.advance(len(table))
     texts_changed = 0
     if stored is not None:

@@ -66,18 +66,28 @@ def _init(job: RenderJob) -> None:
     _WORKER.update(proj=proj, spec=spec, render=text_renderer(proj, spec))
 
 
-def _render(ipc: bytes) -> tuple[bytes, int, int]:
+def _to_ipc(table) -> bytes:
+    """An Arrow table as one IPC stream (how rows cross processes)."""
     import pyarrow as pa
 
-    from segtool.execute.texts import render_rows, rendered_batch
-
-    rows = pa.ipc.open_stream(ipc).read_all().to_pylist()
-    out, n_trunc, n_empty = render_rows(_WORKER["proj"], _WORKER["spec"], rows, _WORKER["render"])
     sink = pa.BufferOutputStream()
-    table = rendered_batch(out).to_arrow()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes(), n_trunc, n_empty
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(buf: bytes):
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(buf).read_all()
+
+
+def _render(ipc: bytes) -> tuple[bytes, int, int]:
+    from segtool.execute.texts import render_rows, rendered_batch
+
+    rows = _from_ipc(ipc).to_pylist()
+    out, n_trunc, n_empty = render_rows(_WORKER["proj"], _WORKER["spec"], rows, _WORKER["render"])
+    return _to_ipc(rendered_batch(out).to_arrow()), n_trunc, n_empty
 
 
 def workers_for(n_work: int) -> int:
@@ -94,20 +104,12 @@ def render_parallel(job: RenderJob, batches: Iterator, workers: int):
     `batches` yields Arrow tables of model rows (with __row_hash)."""
     import multiprocessing
 
-    import pyarrow as pa
-
-    def to_ipc(table) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        return sink.getvalue().to_pybytes()
-
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(job,)) as pool:
         pending = []
         for table in batches:
             for lo in range(0, table.num_rows, SUB_BATCH):
-                pending.append(pool.submit(_render, to_ipc(table.slice(lo, SUB_BATCH))))
+                pending.append(pool.submit(_render, _to_ipc(table.slice(lo, SUB_BATCH))))
                 while len(pending) > 2 * workers:  # bounded: the main process keeps up
                     yield _result(pending.pop(0))
         for fut in pending:
@@ -115,7 +117,5 @@ def render_parallel(job: RenderJob, batches: Iterator, workers: int):
 
 
 def _result(fut):
-    import pyarrow as pa
-
     ipc, n_trunc, n_empty = fut.result()
-    return pa.ipc.open_stream(ipc).read_all(), n_trunc, n_empty
+    return _from_ipc(ipc), n_trunc, n_empty

@@ -115,8 +115,7 @@ def merge_incremental(
             if cm.config.full_refresh is not False
             else "it has full_refresh=false, so --full-refresh keeps its rows: select the old columns, or remove full_refresh=false and run with --full-refresh to rebuild it",
         )
-    keys = cm.config.unique_key
-    keys = [keys] if isinstance(keys, str) else list(keys or [])
+    keys = cm.config.unique_keys
     if keys:
         cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
         con.execute(f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {new} AS n WHERE {cond})")

@@ -117,7 +117,9 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                     "sql": cm.portable_sql,
                     "materialized": cm.config.materialized,
                     "unique_key": cm.config.unique_key,
-                    "delete_not_in": cm.config.delete_not_in,
+                    # only when set: a new key in every model's data would change
+                    # every own_hash, and rebuild every model after an upgrade
+                    **({"delete_not_in": keep} if (keep := cm.config.delete_not_in) else {}),
                 },
                 meta=_model_meta(m),
             )

@@ -87,11 +87,16 @@ def fit_counts(model: SegmentModel) -> np.ndarray:
     return np.append(np.asarray(model.assigned_size_, dtype=np.int64), int(model.n_outliers_))
 
 
-def label_counts(labels: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Users per cluster 0..n_clusters-1, then outliers and unknown labels."""
+def label_counts(labels: np.ndarray, n_clusters: int, counts=None) -> np.ndarray:
+    """Users per cluster 0..n_clusters-1, then outliers and unknown labels.
+    `counts`: users per entry of `labels` (default one each)."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
     ok = (labels >= 0) & (labels < n_clusters)
-    return np.append(np.bincount(labels[ok], minlength=n_clusters), int((~ok).sum()))
+    if counts is None:
+        return np.append(np.bincount(labels[ok], minlength=n_clusters), int((~ok).sum()))
+    w = np.asarray(counts, dtype=np.int64).ravel()
+    per = np.bincount(labels[ok], weights=w[ok], minlength=n_clusters).astype(np.int64)
+    return np.append(per, int(w[~ok].sum()))
 
 
 def combine(distance_part: dict, psi_value: float) -> dict:

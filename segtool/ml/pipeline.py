@@ -96,7 +96,6 @@ from segtool.errors import DataError
 from segtool.project.specs import ClusterSpec, ReduceSpec
 
 from ._util import CHUNK_ROWS, chunks, example_keys, sample_indices, sq_distances
-from .version import ALGORITHM_VERSION  # noqa: F401 - part of the fit hash (fit_hash)
 
 SILHOUETTE_MAX = 5000  # rows used to score each candidate k
 GMM_FIT_MAX = 200_000  # rows used to fit a Gaussian mixture

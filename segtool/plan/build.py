@@ -391,17 +391,19 @@ class Planner:
         check_population(self.loaded, seg, con, cur, users, self.relations.model)
         changed = work_table("seg", seg.name, "changed")
         # what is stored (a diff's BASE may name a segmentation this database never ran)
-        stored = self.state.has_segments(seg.name) and self._table_exists(tables.RESULTS, seg.name)
+        has_table = self.state.has_segments(seg.name) and self._table_exists(
+            tables.RESULTS, seg.name
+        )
         n_removed = (
             self._count(
                 f"SELECT count(*) FROM {tables.segments(seg.name)} s ANTI JOIN {cur} c ON c.{k} = s.{k}"
             )
-            if stored
+            if has_table
             else 0
         )
         if (
             full is None
-            and stored
+            and has_table
             and self._table_exists(tables.STATE, tables.inputs_name(seg.name))
         ):
             con.execute(
@@ -458,13 +460,9 @@ class Planner:
             check_nonempty(self.loaded, seg, self._count(f"SELECT count(*) FROM ({pop})"))
         assigned, removed = users, 0
         if exists and self._table_exists(tables.RESULTS, seg.name):
-            old = tables.segments(seg.name)
-            assigned = self._count(
-                f"SELECT count(*) FROM {work} r LEFT JOIN {old} s ON s.{k} = r.{k} WHERE s.{k} IS NULL OR s.segment <> r.segment"
-            )
-            removed = self._count(
-                f"SELECT count(*) FROM {old} s ANTI JOIN {work} r ON r.{k} = s.{k}"
-            )
+            changed, left = seg_inputs.rules_changes_sql(k, work, tables.segments(seg.name))
+            assigned = self._count(f"SELECT count(*) FROM ({changed})")
+            removed = self._count(f"SELECT count(*) FROM ({left})")
         return self._step(
             node, action, reason, {"users": users, "assigned": assigned, "removed": removed}
         )

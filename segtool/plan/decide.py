@@ -163,9 +163,9 @@ def kept_fit_note(name: str, changed: list[str] | None) -> str:
     """What a changed definition that leaves the fitted space alone means, as
     a prefix of the step's reason. `changed`: the parts that differ (None:
     the state did not record parts, so say what it may be)."""
-    relabel = f"labels apply at the next refit (segtool run --refit -s {name} relabels now)"
+    relabel = f"apply at the next refit (segtool run --refit -s {name} relabels now)"
     if changed is None:
-        return f"definition changed (population, labels or vars): the stored model is kept, {relabel}; "
+        return f"definition changed (population, labels or vars): the stored model is kept, labels {relabel}; "
     notes = []
     if {"population", "vars"} & set(changed):
         # a var the population reads (--vars); an edited predicate refits
@@ -174,9 +174,7 @@ def kept_fit_note(name: str, changed: list[str] | None) -> str:
             "users who join are assigned with the stored model"
         )
     if "labels" in changed:
-        notes.append(
-            f"labels changed: they apply at the next refit (segtool run --refit -s {name} relabels now)"
-        )
+        notes.append(f"labels changed: they {relabel}")
     other = sorted(set(changed) - {"population", "vars", "labels"})
     if other:
         notes.append(", ".join(other) + " changed: the stored model is kept")

@@ -16,8 +16,8 @@ from typing import Protocol
 
 from segtool.plan.decide import Stored
 from segtool.state import tables
-from segtool.state.db import has_state, relation_exists, table_exists
-from segtool.state.result import column_exists, one
+from segtool.state.db import column_type, has_state, relation_exists, table_exists
+from segtool.state.result import one
 
 
 class StoredState(Protocol):
@@ -47,7 +47,7 @@ class DbState:
         if not has_state(con):
             return
         # parts: state v4 (a dry run may read an older database it cannot migrate)
-        parts = "parts" if column_exists(con, tables.STATE, "nodes", "parts") else "NULL"
+        parts = "parts" if column_type(con, tables.STATE, "nodes", "parts") else "NULL"
         for uid, own, inp, exe, run_id, p in con.execute(
             f"SELECT unique_id, own_hash, input_hash, exec_hash, run_id, {parts} FROM {tables.NODES}"
         ).fetchall():

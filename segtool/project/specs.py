@@ -160,6 +160,13 @@ class ModelConfig(Spec):
     # incremental: false keeps a model's rows across SQL changes and
     # --full-refresh (a source that drops old rows cannot rebuild it)
     full_refresh: bool | None = None
+
+    @property
+    def unique_keys(self) -> list[str]:
+        """unique_key as a list (one column or several; [] when unset)."""
+        k = self.unique_key
+        return [k] if isinstance(k, str) else list(k or [])
+
     tags: list[str] = []
     enabled: bool = True
 

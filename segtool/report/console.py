@@ -262,12 +262,17 @@ def terminal_width(stream=None) -> int | None:
     return shutil.get_terminal_size((120, 40)).columns
 
 
+def md_escape(s) -> str:
+    """Text for one line of Markdown: `|` escaped, newlines as spaces."""
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table. In a cell `|` is escaped and a newline becomes
     a space; a row shorter than the headers ends in empty cells."""
     out = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        cells = (_fmt(c).replace("|", "\\|").replace("\n", " ") for c in r)
+        cells = (md_escape(_fmt(c)) for c in r)
         out.append("| " + " | ".join(cells) + " |" + " |" * (len(headers) - len(r)))
     return "\n".join(out)
 

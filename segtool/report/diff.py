@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
+from segtool.plan.model import Step
 from segtool.report.console import markdown_table
-from segtool.report.plan import md_escape as _md
+from segtool.report.console import md_escape as _md
 from segtool.report.plan import step_line, steps_markdown
 
 
@@ -37,9 +37,9 @@ def format_diff(result: dict, fmt: str = "text") -> str:
     return _format_project_md(result) if fmt == "markdown" else _format_project_text(result)
 
 
-def _steps(r: dict) -> list[SimpleNamespace]:
-    """The result's steps (dicts), as step_line and steps_markdown read them."""
-    return [SimpleNamespace(**st) for st in r["steps"]]
+def _steps(r: dict) -> list[Step]:
+    """The result's steps (Step.to_dict() dicts) as Steps again."""
+    return [Step(**st) for st in r["steps"]]
 
 
 def _forces_text(e: dict, *, md: bool = False) -> str:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from segtool.errors import ProjectError
-from segtool.report.console import markdown_table
+from segtool.report.console import markdown_table, md_escape
 
 
 def counts(kind: str, detail: dict[str, Any]) -> str:
@@ -61,11 +61,6 @@ def steps_markdown(steps) -> str:
         ["action", "node", "why", "counts"],
         [[s.action, f"`{s.unique_id}`", s.reason, counts(s.kind, dict(s.detail))] for s in steps],
     )
-
-
-def md_escape(s: Any) -> str:
-    """Text for one line of Markdown: `|` escaped, newlines as spaces."""
-    return str(s).replace("|", "\\|").replace("\n", " ")
 
 
 def format_plan(plan, fmt: str = "text", *, declarations: bool = False) -> str:

@@ -11,10 +11,11 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import ProjectError, did_you_mean
 from segtool.execute.segment import drivers
+from segtool.execute.segment.store import require_results
 from segtool.ml.association import MEASURES
 from segtool.report.console import format_table, markdown_table
 from segtool.state import tables
-from segtool.state.db import RESULTS, STATE, table_exists
+from segtool.state.db import RESULTS, STATE, column_types, table_exists
 from segtool.state.result import one
 
 
@@ -28,10 +29,7 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
     if own:
         con = project.connect(read_only=True)
     try:
-        if not table_exists(con, RESULTS, name):
-            raise ProjectError(
-                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
-            )
+        require_results(con, name)
         total = one(con.execute(f"SELECT count(*) FROM {tables.segments(name)}"))[0]
         rows = con.execute(
             f"""SELECT s.segment_id, any_value(s.segment), count(*), c.keywords, c.features, c.born_run
@@ -182,13 +180,7 @@ def base_column(
     --vs and score --truth read a column's values)."""
     from segtool.compile.checks import pii_columns
 
-    types = dict(
-        con.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
-            "AND table_name = ? AND database_name = current_database()",
-            [tables.MODELS, model],
-        ).fetchall()
-    )
+    types = column_types(con, tables.MODELS, model)
     if column not in types:
         raise ProjectError(
             f"{missing}model '{model}' (the base of {what}) has no column '{column}'",
@@ -217,10 +209,7 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
     model = base_model(proj, seg)
     con = project.connect(read_only=True)
     try:
-        if not table_exists(con, RESULTS, name):
-            raise ProjectError(
-                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
-            )
+        require_results(con, name)
         types = base_column(project, con, seg, model, column, f"segmentation '{name}'")
         kind = drivers.column_kind(types[column])
         if kind not in ("numeric", "categorical"):

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from segtool.compile.sql import quote_ident
-from segtool.errors import DataError, ProjectError, did_you_mean
+from segtool.errors import DataError, did_you_mean
+from segtool.execute.segment.store import require_results
 from segtool.report.console import format_table, markdown_table
 from segtool.report.profile import base_column
 from segtool.state import tables
-from segtool.state.db import RESULTS, table_exists
 
 
 def _read_truth_file(path: Path, key: str, label_column: str | None):
@@ -63,9 +63,8 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
 def score_segmentation(
     project, name: str, truth: str, *, label_column: str | None = None, top: int = 12
 ) -> dict[str, Any]:
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
     from segtool.compile.segments import base_model
+    from segtool.ml.metrics import adjusted_rand, nmi, transition_matrix
 
     proj = project.loaded
     seg = proj.segmentation(name)
@@ -73,10 +72,7 @@ def score_segmentation(
     k = quote_ident(key)
     con = project.connect(read_only=True)
     try:
-        if not table_exists(con, RESULTS, name):
-            raise ProjectError(
-                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
-            )
+        require_results(con, name)
         # a file: relative to where segtool runs, else to the project
         path = Path(truth).expanduser()
         if not path.is_file() and not path.is_absolute() and (proj.root / path).is_file():
@@ -106,23 +102,26 @@ def score_segmentation(
             hint=f"the truth must use the key '{key}' of the segment table",
         )
     seg_ids = np.array([r[0] for r in rows])
-    truth_labels = np.array([r[2] for r in rows], dtype=object)
+    truth_labels = np.array([r[2] for r in rows], dtype=object).astype(str)
     seg_names = {}
     for sid, label, _ in rows:
         seg_names.setdefault(sid, label)
-    classes, counts = np.unique(truth_labels.astype(str), return_counts=True)
-    shown = [c for _, c in sorted(zip(-counts, classes))][:top]
+    # the table: segments by size, the `top` commonest truth labels, the rest as (other)
+    ids, classes, counts = transition_matrix(seg_ids, truth_labels)
+    per_class, per_seg = counts.sum(axis=0), counts.sum(axis=1)
+    cols = sorted(range(len(classes)), key=lambda j: (-per_class[j], classes[j]))[:top]
+    shown = [str(classes[j]) for j in cols]
     confusion = []
-    for sid in sorted(seg_names, key=lambda s: (-(seg_ids == s).sum(), s)):
-        members = truth_labels[seg_ids == sid].astype(str)
-        row = [int((members == c).sum()) for c in shown]
+    for i in sorted(range(len(ids)), key=lambda i: (-per_seg[i], ids[i])):
+        row = [int(counts[i, j]) for j in cols]
         if len(classes) > len(shown):
-            row.append(int(len(members) - sum(row)))
+            row.append(int(per_seg[i] - sum(row)))
+        sid = ids[i].item()
         confusion.append(
             {
                 "segment_id": int(sid),
                 "segment": seg_names[sid],
-                "users": int(len(members)),
+                "users": int(per_seg[i]),
                 "counts": row,
             }
         )
@@ -132,8 +131,8 @@ def score_segmentation(
         "matched": len(rows),
         "users": int(total),
         "truth_labels": int(len(classes)),
-        "ari": round(float(adjusted_rand_score(truth_labels.astype(str), seg_ids)), 4),
-        "nmi": round(float(normalized_mutual_info_score(truth_labels.astype(str), seg_ids)), 4),
+        "ari": round(adjusted_rand(truth_labels, seg_ids), 4),
+        "nmi": round(nmi(truth_labels, seg_ids), 4),
         "columns": shown + (["(other)"] if len(classes) > len(shown) else []),
         "confusion": confusion,
     }

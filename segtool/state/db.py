@@ -340,6 +340,17 @@ def column_type(con: duckdb.DuckDBPyConnection, schema: str, table: str, column:
     return row[0] if row else None
 
 
+def column_types(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
+    """Column name -> type of a table or view, in column order ({} when missing)."""
+    return dict(
+        con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
+            "AND table_name = ? AND database_name = current_database() ORDER BY column_index",
+            [schema, table],
+        ).fetchall()
+    )
+
+
 # ----------------------------------------------------------------------------- runs
 
 

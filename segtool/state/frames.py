@@ -61,9 +61,10 @@ def _plain(values: list) -> list:
 
 
 @contextmanager
-def registered(con, name: str, columns: dict[str, Any]) -> Iterator[str]:
-    """`columns` scannable as `name` on `con` inside the block."""
-    con.register(name, frame(columns))
+def registered(con, name: str, columns) -> Iterator[str]:
+    """`columns` (a dict for frame(), or a ready frame or Arrow table)
+    scannable as `name` on `con` inside the block."""
+    con.register(name, frame(columns) if isinstance(columns, dict) else columns)
     try:
         yield name
     except BaseException:

@@ -20,13 +20,3 @@ def table_exists(con, schema: str, name: str) -> bool:
         )
     )
     return bool(row[0])
-
-
-def column_exists(con, schema: str, table: str, column: str) -> bool:
-    row = one(
-        con.execute(
-            "SELECT count(*) FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? AND column_name = ? AND database_name = current_database()",
-            [schema, table, column],
-        )
-    )
-    return bool(row[0])

@@ -460,3 +460,21 @@ def test_uuid_keys_run_incrementally(project):
     s = summary(project)
     assert s["segmentations"]["behaviour"]["assigned"] == 5
     assert project.sql("select count(*) from segments.behaviour")[0][0] == 63
+
+
+def test_a_dropped_history_is_started_again_for_every_user(project):
+    """An assignment of a few changed users writes history only for them,
+    unless the history table is gone: then every user gets an open spell."""
+    project.cli("run")
+    import duckdb
+
+    with duckdb.connect(str(project.db)) as con:
+        con.execute("DROP TABLE segments.behaviour_history")
+    for rel, content in data_files(changed=(5, 9)).items():
+        project.write(rel, content)
+    project.cli("run")
+    assert summary(project)["segmentations"]["behaviour"]["action"] == "assign"
+    open_spells = project.sql(
+        "select count(*) from segments.behaviour_history where valid_to_run is null"
+    )[0][0]
+    assert open_spells == project.sql("select count(*) from segments.behaviour")[0][0] == 60

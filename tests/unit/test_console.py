@@ -81,3 +81,21 @@ def test_piped_marks_and_warnings_follow_force_color_and_no_color(monkeypatch):
 
     monkeypatch.setenv("NO_COLOR", "1")  # NO_COLOR wins over FORCE_COLOR
     assert emit() == plain
+
+
+def test_piped_error_is_red_with_force_color_and_plain_without(tmp_path):
+    import subprocess
+    import sys
+
+    def run(**env):
+        import os
+
+        e = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+        e.update(env)
+        cmd = [sys.executable, "-m", "segtool", "run", "--project-dir", str(tmp_path)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=e).stderr
+
+    assert "\x1b[" in run(FORCE_COLOR="1") and "no segtool_project.yml" in run(FORCE_COLOR="1")
+    plain = run()
+    assert "\x1b[" not in plain and plain.startswith("error: no segtool_project.yml")
+    assert "\x1b[" not in run(FORCE_COLOR="1", NO_COLOR="1")

@@ -337,6 +337,15 @@ def test_encoder_batch_size_and_device_are_metadata(tiny):
     assert after["encoder.hash"][2] != before["encoder.hash"][2]
 
 
+def test_a_model_without_the_new_config_keeps_its_hash(tiny):
+    """delete_not_in enters a model's data only when set: databases built
+    before it existed see the same own_hash and rebuild nothing."""
+    g = build_graph(load_project(tiny)).graph
+    data = g["model.user_features"].data
+    assert "delete_not_in" not in data
+    assert set(data) == {"sql", "materialized", "unique_key"}
+
+
 def test_cycle_through_ref_is_reported(tiny):
     write_files(
         tiny,

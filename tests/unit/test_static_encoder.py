@@ -108,3 +108,36 @@ def test_a_model2vec_folder_is_used_as_is(bert, cache):
 def test_missing_source_model_is_a_clear_error(tmp_path, cache):
     with pytest.raises(EncoderError, match="does not exist"):
         build_encoder(spec("./no_such_model"), tmp_path)
+
+
+def test_own_pooling_agrees_with_model2vec_without_importing_it(bert, cache):
+    """segtool averages the token vectors itself (static_backend._pool); the
+    vectors are model2vec's own to ~3e-4, and encoding imports neither
+    model2vec nor torch (a fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    from model2vec import StaticModel
+
+    enc = build_encoder(spec(bert), bert.parent)
+    enc.prepare()
+    texts = [t for t in TEXTS if t] + ["shoes shoes running " * 20]
+    ours = enc.encode(texts)
+    theirs = StaticModel.from_pretrained(str(enc.path), normalize=True).encode(
+        texts, max_length=int(enc.spec.max_length)
+    )
+    assert np.allclose(ours, theirs, atol=1e-3)
+    code = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from segtool.encoders import build_encoder\n"
+        "from segtool.project.specs import EncoderSpec\n"
+        f"e = build_encoder(EncoderSpec(name='f', kind='static', model={str(enc.path)!r}), Path('.'))\n"
+        "v = e.encode(['coffee beans every monday'])\n"
+        "print(json.dumps({'v': v[0].tolist(), 'mods': [m for m in ('model2vec', 'torch') if m in sys.modules]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["mods"] == []
+    assert np.allclose(got["v"], ours[1], atol=1e-6)

@@ -131,6 +131,18 @@ def check(spec) -> None:
 # ----------------------------------------------------------------------------- assignment
 
 
+def input_chunks(proj, fingerprint, con, seg, users: str, n: int, chunk: int | None = None):
+    """(offset, loaded inputs) of the `n` users of `users` (key, __ord 1..n),
+    `chunk` users at a time, each chunk's __ord renumbered from 1."""
+    from segtool.execute.segment.inputs import load_inputs
+
+    chunk = chunk or ASSIGN_CHUNK
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        sql = f"SELECT * EXCLUDE (__ord), __ord - {lo} AS __ord FROM {users} WHERE __ord > {lo} AND __ord <= {hi}"
+        yield lo, load_inputs(proj, fingerprint, con, seg, sql)
+
+
 def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_CHUNK) -> dict:
     """Assign the `n` users of the work table `users` (key, __ord 1..n) with
     the stored fit `fit_row` ((fit_id, fit_hash, params, arrays), as
@@ -145,7 +157,6 @@ def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_C
     import time
 
     from segtool.execute.segment import store
-    from segtool.execute.segment.inputs import load_inputs
 
     t0 = time.perf_counter()
     spec = ctx.loaded.target.executor
@@ -161,10 +172,7 @@ def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_C
     con, proj = ctx.con, ctx.loaded
 
     def chunks():
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            sql = f"SELECT * EXCLUDE (__ord), __ord - {lo} AS __ord FROM {users} WHERE __ord > {lo} AND __ord <= {hi}"
-            loaded = load_inputs(proj, ctx.encoders.fingerprint, con, seg, sql)
+        for _, loaded in input_chunks(proj, ctx.encoders.fingerprint, con, seg, users, n, chunk):
             yield loaded.keys, loaded.blocks, loaded.keys
 
     done = 0

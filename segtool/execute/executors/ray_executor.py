@@ -42,6 +42,7 @@ import numpy as np
 
 from segtool.errors import EncoderError, ExecutionError, SegtoolError
 from segtool.execute.executors import EmbedStats, EmbedWork, Fitted, chunk_rows
+from segtool.state.frames import arrow_matrix, arrow_numpy
 
 RAY_HINT = "pip install 'segtool[ray]' (Ray Data), or set the target's executor to kind: local"
 
@@ -327,7 +328,7 @@ class RayExecutor:
                 raise _failed(exc, stats.embedded) from exc
             if first is None:
                 first = time.perf_counter()
-            rn = out.column("rn").to_numpy()
+            rn = arrow_numpy(out.column("rn").combine_chunks(), np.int64)
             fresh = ~done[rn]
             if not fresh.all():
                 out = out.filter(pa.array(fresh))
@@ -336,7 +337,7 @@ class RayExecutor:
                 continue
             vec = out.column("vector").combine_chunks()
             dim = vec.type.list_size
-            vecs = vec.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            vecs = arrow_matrix(vec, dim)
             work.commit(out.column("text_hash").to_pylist(), vecs)  # one transaction
             done[rn] = True
             stats.embedded += out.num_rows

@@ -39,7 +39,8 @@ def execute_segmentation(ctx, step) -> StepResult:
             # drivers and traits are measured again when the rules are new or
             # changed (like a fit), not for an assignment of changed users
             stored = ctx.planner.state.node(step.unique_id)
-            extra = rules.write_rules(
+            extra: dict = {}
+            touched = rules.write_rules(
                 ctx,
                 seg,
                 work_table("rules", name),
@@ -81,11 +82,14 @@ def execute_segmentation(ctx, step) -> StepResult:
                     f"WHERE u.{k} IN (SELECT {k} FROM {changed})"
                 )
         # after an assignment only the changed users and those who left can move
-        touched = extra.pop("touched", None)
-        if not seg.is_rules and not full:
+        if not seg.is_rules:
             touched = (
-                f"SELECT {k} FROM {changed} UNION ALL SELECT h.{k} FROM {tables.history(name)} h "
-                f"WHERE h.valid_to_run IS NULL AND h.{k} NOT IN (SELECT {k} FROM {users})"
+                None
+                if full
+                else (
+                    f"SELECT {k} FROM {changed} UNION ALL SELECT h.{k} FROM {tables.history(name)} h "
+                    f"WHERE h.valid_to_run IS NULL AND h.{k} NOT IN (SELECT {k} FROM {users})"
+                )
             )
         extra["moved"] = store.update_history(con, ctx.loaded, name, ctx.run_id, touched)
         store.refresh_sizes(con, name)

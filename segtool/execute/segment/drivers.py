@@ -28,6 +28,7 @@ from segtool.compile.segments import base_model
 from segtool.compile.sql import quote_ident
 from segtool.ml.association import CRAMERS_V, RANK_ETA2, cramers_v, rank_eta_squared
 from segtool.state import tables
+from segtool.state.db import column_types
 
 SAMPLE = 100_000  # users the measures read (seeded by key hash); plenty for effect sizes
 TOP_VALUES = 50
@@ -84,13 +85,8 @@ def candidate_columns(con, proj, seg, pii: dict[str, set[str]]) -> list[Column]:
     """The columns drivers and traits read, in model then column order."""
     cols: list[Column] = []
     for m in feeding_models(proj, seg):
-        rows = con.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
-            "AND table_name = ? AND database_name = current_database() ORDER BY column_index",
-            [tables.MODELS, m],
-        ).fetchall()
         hidden = pii.get(m, set()) - set(seg.allow_pii)
-        for name, typ in rows:
+        for name, typ in column_types(con, tables.MODELS, m).items():
             kind = column_kind(typ)
             if name == proj.key or name in hidden or kind is None:
                 continue
@@ -143,7 +139,7 @@ def compute(
         return Profile([], {})
     sample = sample_table(con, proj, seg, cols, segments_rel)
     try:
-        n_rows = con.execute(f"SELECT count(*) FROM {sample}").fetchall()[0][0]
+        sizes, n_rows = _segment_sizes(con, sample)  # read once, for every column
         drivers: list[dict] = []
         found: list[tuple[Column, dict[int, list[dict]]]] = []
         for i, c in enumerate(cols):
@@ -155,7 +151,7 @@ def compute(
                 value, n, traits = _categorical(con, sample, col, c, n_rows)
                 measure = CRAMERS_V
             else:  # lists: traits only (a user has several values)
-                value, n, traits = None, 0, _contains(con, sample, col, c)
+                value, n, traits = None, 0, _contains(con, sample, col, c, sizes, n_rows)
             if value is not None:
                 drivers.append(
                     {"model": c.model, "column": c.name, "measure": measure,
@@ -330,9 +326,11 @@ def _categorical(con, sample: str, col: str, c: Column, n_rows: int):
     return cramers_v(table), int(table.sum()), traits
 
 
-def _contains(con, sample: str, col: str, c: Column) -> dict[int, list[dict]]:
-    """Traits of a list column: a value at least half the members' lists hold."""
-    sizes, n_all = _segment_sizes(con, sample)
+def _contains(
+    con, sample: str, col: str, c: Column, sizes: dict[int, int], n_all: int
+) -> dict[int, list[dict]]:
+    """Traits of a list column: a value at least half the members' lists hold.
+    `sizes`, `n_all`: members per segment and in all (_segment_sizes)."""
     rows = con.execute(
         f"""WITH u AS (SELECT segment_id, row_number() OVER () AS row, {col} AS l FROM {sample}),
              e AS (SELECT DISTINCT segment_id, row, CAST(unnest(l) AS VARCHAR) AS v FROM u),

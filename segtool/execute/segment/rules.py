@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 
+from segtool.compile.segments import rules_changes_sql
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.state import tables
 from segtool.state.db import table_exists
+from segtool.state.tables import work_table
 
 
-def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> dict:
+def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
+    """Write the rule segments the plan left in `work`; returns a query of
+    the users whose history can change (new, moved, left)."""
     con = ctx.con
     name = seg.name
     k = quote_ident(ctx.loaded.key)
@@ -33,15 +37,10 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> dict:
             )
     id_case = " ".join(f"WHEN {sql_literal(s)} THEN {i}" for s, i in known.items())
     # the users whose spell can change: a new segment, new users, users who left
-    touched = quote_ident(f"__segtool_rules_touched_{name}")
+    touched = work_table("rules", name, "touched")
     if table_exists(con, tables.RESULTS, name):
-        old = tables.segments(name)
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {touched} AS
-            SELECT r.{k} FROM {work} r LEFT JOIN {old} s ON s.{k} = r.{k}
-            WHERE s.{k} IS NULL OR s.segment <> r.segment
-            UNION ALL SELECT s.{k} FROM {old} s ANTI JOIN {work} r ON r.{k} = s.{k}"""
-        )
+        changed, left = rules_changes_sql(k, work, tables.segments(name))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS {changed} UNION ALL {left}")
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS SELECT {k} FROM {work}")
     con.execute(
@@ -56,7 +55,7 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> dict:
     from segtool.execute.segment import drivers
 
     if not refresh and drivers.load(con, name)[1] is not None:
-        return {"touched": f"SELECT {k} FROM {touched}"}
+        return f"SELECT {k} FROM {touched}"
     profile = drivers.compute(
         con, ctx.loaded, seg, tables.segments(name), ctx.project.pii_columns()
     )
@@ -66,4 +65,4 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> dict:
             f"UPDATE {tables.CATALOG} SET traits = ? WHERE segmentation = ? AND segment_id = ?",
             [json.dumps(profile.traits.get(sid, []), default=str), name, sid],
         )
-    return {"touched": f"SELECT {k} FROM {touched}"}
+    return f"SELECT {k} FROM {touched}"

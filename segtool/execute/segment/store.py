@@ -12,7 +12,7 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import ProjectError
 from segtool.state import tables
-from segtool.state.db import now, table_exists
+from segtool.state.db import column_type, now, table_exists
 from segtool.state.result import one
 
 # ----------------------------------------------------------------------------- fitted models
@@ -90,14 +90,15 @@ def previous_ids(con, proj, name: str, keys: np.ndarray) -> np.ndarray:
     """Each user's current segment id (-2: none)."""
     if not table_exists(con, tables.RESULTS, name):
         return np.full(len(keys), -2, dtype=np.int64)
-    from segtool.state.frames import registered
+    from segtool.state.frames import first_column, registered
 
     k = quote_ident(proj.key)
     with registered(con, "__segtool_keys", {"k": keys, "i": np.arange(len(keys))}):
-        rows = con.sql(
-            f"SELECT coalesce(s.segment_id, -2) FROM __segtool_keys u LEFT JOIN {tables.segments(name)} s ON s.{k} = u.k ORDER BY u.i"
-        ).fetchnumpy()
-    return np.asarray(next(iter(rows.values())), dtype=np.int64)
+        ids = first_column(
+            con,
+            f"SELECT coalesce(s.segment_id, -2) FROM __segtool_keys u LEFT JOIN {tables.segments(name)} s ON s.{k} = u.k ORDER BY u.i",
+        )
+    return ids.astype(np.int64)
 
 
 def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, full: bool) -> None:
@@ -107,8 +108,7 @@ def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, fu
     k = quote_ident(proj.key)
     # keys travel as text when Polars cannot type them (a UUID): the table
     # keeps the model's key type, as texts, inputs and history do
-    model = tables.model(base_model(proj, proj.segmentations[name]))
-    key_type = con.execute(f"DESCRIBE SELECT {k} FROM {model}").fetchall()[0][1]
+    key_type = column_type(con, tables.MODELS, base_model(proj, proj.segmentations[name]), proj.key)
     batch = {
         "k": keys,
         "segment_id": np.asarray(ids, dtype=np.int32),
@@ -140,14 +140,15 @@ def update_history(con, proj, name: str, run_id: int, touched: str | None = None
     k = quote_ident(proj.key)
     hist = tables.history(name)
     seg = tables.segments(name)
-    only = f" AND h.{k} IN ({touched})" if touched else ""
-    only_s = f" AND s.{k} IN ({touched})" if touched else ""
     if not table_exists(con, tables.RESULTS, tables.history_name(name)):
-        key_type = one(con.execute(f"SELECT typeof({k}) FROM {seg} LIMIT 1"))
+        key_type = column_type(con, tables.RESULTS, name, proj.key) or "VARCHAR"
         con.execute(
-            f"""CREATE TABLE {hist} ({k} {key_type[0] if key_type else "VARCHAR"}, segment_id INTEGER, segment VARCHAR,
+            f"""CREATE TABLE {hist} ({k} {key_type}, segment_id INTEGER, segment VARCHAR,
             valid_from_run INTEGER, valid_to_run INTEGER, valid_from TIMESTAMP, valid_to TIMESTAMP)"""
         )
+        touched = None  # a new history opens a spell for every user, not only the touched
+    only = f" AND h.{k} IN ({touched})" if touched else ""
+    only_s = f" AND s.{k} IN ({touched})" if touched else ""
     ts = now()
     moved = one(
         con.execute(
@@ -237,14 +238,19 @@ def require(project, name: str) -> None:
     project.loaded.segmentation(name)
 
 
+def require_results(con, name: str) -> None:
+    """The segment table of `name` exists, or a ProjectError that says to run it."""
+    if not table_exists(con, tables.RESULTS, name):
+        raise ProjectError(
+            f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
+        )
+
+
 def read_segments(project, name: str):
     require(project, name)
     con = project.connect(read_only=True)
     try:
-        if not table_exists(con, tables.RESULTS, name):
-            raise ProjectError(
-                f"segmentation '{name}' has not been run yet", hint=f"segtool run -s +{name}"
-            )
+        require_results(con, name)
         return con.sql(f"SELECT * FROM {tables.segments(name)} ORDER BY 1").pl()
     finally:
         con.close()

@@ -44,7 +44,7 @@ def population_drift(con, name: str, model, params: dict) -> dict:
     shares. Measured over everyone, not just this run's changed users, so a
     stream of small updates adds up and a handful of odd users cannot force a
     refit."""
-    from segtool.ml.drift import combine, drift_from_distances, fit_counts, psi
+    from segtool.ml.drift import combine, drift_from_distances, fit_counts, label_counts, psi
 
     seg_ids, dist = (
         np.asarray(a)
@@ -76,11 +76,8 @@ def population_drift(con, name: str, model, params: dict) -> dict:
     rows = con.execute(
         f"SELECT segment_id, count(*) FROM {tables.segments(name)} GROUP BY segment_id"
     ).fetchall()
-    k = int(model.n_clusters_)
-    now = np.zeros(k + 1, dtype=np.int64)
-    if rows:
-        labels = to_labels([r[0] for r in rows])
-        counts = np.asarray([r[1] for r in rows], dtype=np.int64)
-        np.add.at(now, np.where(labels >= 0, labels, k), counts)
+    now = label_counts(
+        to_labels([r[0] for r in rows]), int(model.n_clusters_), [r[1] for r in rows]
+    )
     d = combine(part, psi(fit_counts(model), now))
     return {k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in d.items()}

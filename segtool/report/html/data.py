@@ -12,7 +12,8 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.ml.association import RANK_ETA2
 from segtool.state import tables
-from segtool.state.db import RESULTS, STATE, table_exists
+from segtool.state.db import RESULTS, STATE, column_types, table_exists
+from segtool.state.history import changed_runs, open_at
 
 MAP_POINTS = 3000  # users drawn on a 2-D map (a seeded sample by key hash)
 PROFILE_COLUMNS = 12  # numeric columns in a feature-profile heatmap
@@ -61,18 +62,7 @@ def history_runs(con, name: str) -> list[int]:
     """The runs at which some user's spell began or ended."""
     if not table_exists(con, RESULTS, tables.history_name(name)):
         return []
-    h = tables.history(name)
-    return [
-        r[0]
-        for r in con.execute(
-            f"SELECT valid_from_run FROM {h} UNION SELECT valid_to_run FROM {h} "
-            "WHERE valid_to_run IS NOT NULL ORDER BY 1"
-        ).fetchall()
-    ]
-
-
-def _at(run: str) -> str:
-    return f"valid_from_run <= {run} AND (valid_to_run IS NULL OR valid_to_run > {run})"
+    return changed_runs(con, tables.history(name))
 
 
 def flows(con, key: str, name: str, marks: list[int]) -> dict | None:
@@ -86,8 +76,8 @@ def flows(con, key: str, name: str, marks: list[int]) -> dict | None:
     k = quote_ident(key)
     h = tables.history(name)
     rows = con.execute(
-        f"""WITH a AS (SELECT {k}, segment_id, segment FROM {h} WHERE {_at("?")}),
-        b AS (SELECT {k}, segment_id, segment FROM {h} WHERE {_at("?")})
+        f"""WITH a AS (SELECT {k}, segment_id, segment FROM {h} WHERE {open_at("?")}),
+        b AS (SELECT {k}, segment_id, segment FROM {h} WHERE {open_at("?")})
         SELECT a.segment_id, any_value(a.segment), b.segment_id, any_value(b.segment), count(*)
         FROM a FULL OUTER JOIN b ON a.{k} = b.{k} GROUP BY a.segment_id, b.segment_id
         ORDER BY 5 DESC, 1 NULLS LAST, 3 NULLS LAST""",
@@ -110,8 +100,7 @@ def sizes_over_runs(con, name: str, run_ids: list[int]) -> list[dict]:
         return []
     rows = con.execute(
         f"""SELECT r.run_id, h.segment_id, count(*) FROM (SELECT unnest(?::INTEGER[]) AS run_id) r
-        JOIN {tables.history(name)} h ON h.valid_from_run <= r.run_id
-            AND (h.valid_to_run IS NULL OR h.valid_to_run > r.run_id)
+        JOIN {tables.history(name)} h ON {open_at("r.run_id")}
         GROUP BY 1, 2 ORDER BY 1, 2""",
         [list(run_ids)],
     ).fetchall()
@@ -167,15 +156,11 @@ def z_profile(con, key: str, name: str, drivers: list[dict]) -> dict:
     if not numeric:
         return {"columns": [], "cells": []}
     types: dict[tuple[str, str], str] = {}
-    for m in {d["model"] for d in numeric}:
-        for c, t in con.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? "
-            "AND table_name = ? AND database_name = current_database()",
-            [tables.MODELS, m],
-        ).fetchall():
+    models = list(dict.fromkeys(d["model"] for d in numeric))
+    for m in models:
+        for c, t in column_types(con, tables.MODELS, m).items():
             types[(m, c)] = t.upper()
     cols, exprs = [], []
-    models = list(dict.fromkeys(d["model"] for d in numeric))
     alias = {m: f"m{i}" for i, m in enumerate(models)}
     for d in numeric:
         t = types.get((d["model"], d["column"]))
