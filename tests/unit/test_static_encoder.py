@@ -141,3 +141,44 @@ def test_own_pooling_agrees_with_model2vec_without_importing_it(bert, cache):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["mods"] == []
     assert np.allclose(got["v"], ours[1], atol=1e-6)
+
+
+def _tokenizers(bert):
+    """The tiny BERT's tokenizer, and MiniLM's (a real 30k vocabulary) when
+    the package that ships it is installed."""
+    from tokenizers import Tokenizer
+
+    from segtool.encoders._resolve import find_in_package
+
+    found = [Tokenizer.from_file(str(bert / "tokenizer.json"))]
+    minilm = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
+    if minilm is not None:
+        found.append(Tokenizer.from_file(str(minilm.path / "tokenizer.json")))
+    return found
+
+
+def test_token_ids_skip_the_normaliser_only_where_it_changes_nothing(bert):
+    """TokenIds lowercases printable ASCII itself and tokenises it without
+    BERT's normaliser: the ids must be the full tokenizer's, byte for byte,
+    for every kind of text (added tokens, accents, CJK, controls)."""
+    from segtool.encoders.static_backend import TokenIds
+
+    texts = [
+        "Buys mostly Running (3), Coffee (2) and Books (1). Recently bought: Trail Shoes.",
+        "12 orders, $1,234 spent (about $103 per order), the last in May 2024.",
+        "UPPER lower MiXeD ##s don't stop-and-go 'quoted' \"double\" a/b c\\d",
+        "",
+        "   ",
+        "[MASK] and [mask] and [CLS]x[SEP] [PAD][UNK]",
+        "Café crème, naïve résumé",  # accents: stripped by the normaliser
+        "CJK 中文字 mixed",
+        "tab\there, line\nbreak, bell\x07, nul\x00, del\x7f",
+        "zero\u200bwidth and nbsp\u00a0here",
+    ]
+    for tok in _tokenizers(bert):
+        ids = TokenIds(tok)
+        assert ids.plain is not None  # BERT's normaliser: the fast path is on
+        assert ids._plain_ok(texts[0]) and not ids._plain_ok(texts[5])
+        expected = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+        assert ids(texts) == expected
+        assert ids(texts[:3]) == expected[:3] and ids([texts[6]]) == [expected[6]]
