@@ -134,9 +134,15 @@ def default_env() -> _Env:
 
 
 def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:
-    """Compile with `name` as the filename, so tracebacks carry template lines."""
+    """Compile with `name` as the filename, so tracebacks carry template lines.
+    The code is kept per environment: validate, plan and run compile each
+    model's SQL several times (with other sources, incremental or not: the
+    same template), and Jinja's compile was a tenth of a no-op run."""
+    codes = env.__dict__.setdefault("_segtool_codes", {})
     try:
-        code = env.compile(text, name=name, filename=name)
+        code = codes.get((text, name))
+        if code is None:
+            code = codes[(text, name)] = env.compile(text, name=name, filename=name)
     except jinja2.TemplateSyntaxError as exc:
         raise ProjectError(
             f"template syntax error: {exc.message}",

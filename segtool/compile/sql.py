@@ -224,7 +224,15 @@ def compile_model(
 
 
 def _check_incremental_config(model: ModelFile, cfg: ModelConfig, refs: list[str]) -> None:
-    """delete_not_in names a model this one reads, and needs a unique_key to match on."""
+    """full_refresh=false and delete_not_in are for incremental models;
+    delete_not_in names a model this one reads, and needs a unique_key to match on."""
+    if cfg.full_refresh is False and cfg.materialized != "incremental":
+        raise ProjectError(
+            f"model '{model.name}' config: full_refresh=false applies to incremental models only "
+            f"(this one is a {cfg.materialized}, rebuilt from its SQL whenever it changes)",
+            path=model.path,
+            hint="drop full_refresh=false, or make the model materialized='incremental'",
+        )
     keep = cfg.delete_not_in
     if keep is None:
         return

@@ -421,10 +421,13 @@ def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int, hashe
                 json.dumps(n.part_hashes()),
             ]
         )
-    con.executemany(
+    # one statement (executemany runs one per row), one row per node (the last)
+    rows = list({r[0]: r for r in rows}.values())
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    con.execute(
         f"""INSERT OR REPLACE INTO {STATE}.nodes (unique_id, kind, data_hash, own_hash, metadata_hash,
-        run_id, updated_at, input_hash, exec_hash, parts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        rows,
+        run_id, updated_at, input_hash, exec_hash, parts) VALUES {values}""",
+        [v for row in rows for v in row],
     )
 
 

@@ -145,6 +145,14 @@ def test_score_against_a_truth_file_and_a_column(built):
     assert sum(r["users"] for r in sc["confusion"]) == 60
     text = built.cli("score", "behaviour", "--truth", str(built.root / "truth.csv")).stdout
     assert "adjusted Rand index" in text and "confusion" in text
+    # a .tsv is tab-separated (as `assign` reads it), not one comma column
+    built.write(
+        "truth.tsv", "user_id\tgroup\n" + "".join(f"{u}\t{groups[u % 3]}\n" for u in range(1, 61))
+    )
+    tsv = json.loads(
+        built.cli("score", "behaviour", "--truth", "truth.tsv", "--format", "json").stdout
+    )
+    assert tsv["matched"] == 60 and tsv["ari"] == sc["ari"]
     col = json.loads(
         built.cli("score", "lifecycle", "--truth", "top_category", "--format", "json").stdout
     )

@@ -232,6 +232,22 @@ def test_delete_not_in_errors(config, body, message):
     assert e.value.path == "models/f.sql"
 
 
+@pytest.mark.parametrize("materialized", ["table", "view"])
+def test_full_refresh_false_is_for_incremental_models(materialized):
+    """full_refresh=false on a table or view would be silently ignored: an error."""
+    p = make_proj()
+    add_model(
+        p, "f", f"{{{{ config(materialized='{materialized}', full_refresh=false) }}}} select 1 as a"
+    )
+    with pytest.raises(ProjectError, match="full_refresh=false applies to incremental models only"):
+        comp(p, "f")
+    inc = (
+        "{{ config(materialized='incremental', unique_key='a', full_refresh=false) }} select 1 as a"
+    )
+    add_model(p, "g", inc)
+    assert comp(p, "g").config.full_refresh is False
+
+
 def test_two_argument_ref_uses_the_model_name():
     p = make_proj()
     add_model(p, "a", "select 1")
