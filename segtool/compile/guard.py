@@ -91,7 +91,9 @@ class SelectShape:
 
 @lru_cache(maxsize=1)
 def _parser() -> duckdb.DuckDBPyConnection:
-    # an in-memory connection only for json_serialize_sql (a pure function)
+    # an in-memory connection only for parsing (extract_statements and
+    # json_serialize_sql): the module-level functions would open DuckDB's
+    # default connection too (~0.04 s per process)
     return duckdb.connect(":memory:")
 
 
@@ -148,7 +150,7 @@ def check_select(sql: str, *, what: str, path: str | None, line_of=None) -> Sele
         return line_of(_line_at(sql, offset))
 
     try:
-        statements = duckdb.extract_statements(sql)
+        statements = _parser().extract_statements(sql)
     except duckdb.Error as exc:
         msg = str(exc).strip()
         m = re.search(r"LINE (\d+):", msg)
@@ -238,7 +240,7 @@ def check_expression(expr: str, *, what: str, path: str | None, line: int | None
 
     probe = f"SELECT 1 WHERE ({expr}\n)"
     try:
-        statements = duckdb.extract_statements(probe)
+        statements = _parser().extract_statements(probe)
     except duckdb.Error as exc:
         raise refuse(str(exc).strip().splitlines()[0]) from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
