@@ -6,8 +6,6 @@ import json
 import re
 from typing import Any
 
-import numpy as np
-
 from segtool.compile.sql import quote_ident
 from segtool.errors import ProjectError, did_you_mean
 from segtool.execute.segment import drivers
@@ -200,9 +198,11 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
     """Segments against one column of the base model: counts per segment and
     value (a categorical column's `top` commonest values, the rest pooled as
     "(other)"; a numeric column in `bins` quantile bins), with the column's
-    association (drivers' measure)."""
+    association measured as the profile's drivers and `max_association`
+    tests measure it (drivers.compute: the same sample, pooling and NULL
+    handling), so the three never print two values for one column."""
     from segtool.compile.segments import base_model
-    from segtool.ml.association import CRAMERS_V, cramers_v
+    from segtool.ml.association import CRAMERS_V, RANK_ETA2
 
     proj = project.loaded
     seg = proj.segmentation(name)
@@ -267,18 +267,25 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
             labels[sid] = label
             counts.setdefault(sid, [0] * len(values))[index[v]] += int(n)
         order = sorted(counts, key=lambda s: (-sum(counts[s]), s))
-        table = np.array([counts[s] for s in order], dtype=np.float64)
-        if kind == "numeric":
-            measure, value = _rank_eta2_of_column(con, joined, c)
-        else:
-            measure, value = CRAMERS_V, cramers_v(table)
+        measured = drivers.compute(
+            con, proj, seg, tables.segments(name), project.pii_columns(), only={f"{model}.{column}"}
+        ).drivers
+        found = next((d for d in measured if (d["model"], d["column"]) == (model, column)), None)
+        association = {
+            "measure": found["measure"]
+            if found
+            else (RANK_ETA2 if kind == "numeric" else CRAMERS_V),
+            # None: one value only, or nearly one value per user (drivers skip those)
+            "value": found["value"] if found else None,
+            "users": found["n"] if found else 0,
+        }
         return {
             "segmentation": name,
             "model": model,
             "column": column,
             "kind": "numeric (quantile bins)" if binned else kind,
             "values": values,
-            "association": {"measure": measure, "value": round(float(value), 4)},
+            "association": association,
             "rows": [
                 {
                     "segment_id": sid,
@@ -292,19 +299,6 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
         }
     finally:
         con.close()
-
-
-def _rank_eta2_of_column(con, joined: str, c: str) -> tuple[str, float]:
-    from segtool.ml.association import RANK_ETA2, rank_eta_squared
-
-    rows = con.execute(
-        f"""WITH r AS (SELECT s.segment_id,
-                rank() OVER (ORDER BY {c}) + (count(*) OVER (PARTITION BY {c}) - 1) / 2.0 AS r
-            FROM {joined} WHERE {c} IS NOT NULL)
-        SELECT count(*), sum(r), sum(r * r) FROM r GROUP BY segment_id"""
-    ).fetchall()
-    a = np.array(rows, dtype=np.float64) if rows else np.zeros((0, 3))
-    return RANK_ETA2, (rank_eta_squared(a[:, 0], a[:, 1], a[:, 2]) if len(a) else 0.0)
 
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
@@ -327,9 +321,14 @@ def format_crosstab(ct: dict, fmt: str, width: int | None = None) -> str:
         for r in ct["rows"]
     ]
     a = ct["association"]
+    strength = (
+        f"{a['value']:.2f}"
+        if a["value"] is not None
+        else "not measured (one value, or about one per user)"
+    )
     title = (
         f"{ct['segmentation']} vs {ct['model']}.{ct['column']} ({ct['kind']}): "
-        f"{MEASURES[a['measure']]} {a['value']:.2f}; each cell: users (share of the segment)"
+        f"{MEASURES[a['measure']]} {strength}; each cell: users (share of the segment)"
     )
     if fmt == "markdown":
         return f"### {title}\n\n" + markdown_table(headers, rows)

@@ -99,6 +99,12 @@ def test_show_vs_cross_tabs_a_column(built):
     assert num["association"]["measure"] == "rank_eta2"
     text = built.cli("show", "behaviour", "--vs", "country").stdout
     assert "behaviour vs user_features.country" in text and "Cramér's V" in text
+    # one column, one value: --vs measures as the drivers and max_association do
+    vs = json.loads(built.cli("show", "behaviour", "--vs", "country", "--format", "json").stdout)
+    prof = json.loads(built.cli("show", "behaviour", "--format", "json").stdout)
+    driver = next(d for d in prof["drivers"] if d["column"] == "country")
+    assert vs["association"]["value"] == driver["value"]
+    assert vs["association"]["users"] == driver["n"] == 60
 
     before = built.snapshot()
     bad = built.cli("show", "behaviour", "--vs", "countri", expect=1)
