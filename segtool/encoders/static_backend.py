@@ -311,16 +311,17 @@ class TokenIds:
     lowercase) was about 40% of tokenising a shopper story, and tokenising is
     most of a static encoder's time. On printable ASCII it does nothing but
     lowercase, so such texts are lowercased here and tokenised by a copy
-    without it: the same ids (tests/unit/test_static_encoder.py), ~1.6x the
+    without it: the same ids (tests/unit/test_static_encoder.py), ~1.5x the
     speed. Texts with other characters or an added token's text (`[MASK]`,
-    matched before normalising), and other normalisers, take the full path."""
+    matched before normalising), other normalisers and a padding tokenizer
+    (its batches would pad to other lengths) take the full path."""
 
     def __init__(self, tokenizer):
         self.full = tokenizer
         self.plain = None
         doc = json.loads(tokenizer.to_str())
         norm = doc.get("normalizer") or {}
-        if norm.get("type") == "BertNormalizer":
+        if norm.get("type") == "BertNormalizer" and doc.get("padding") is None:
             from tokenizers import Tokenizer
 
             self.plain = Tokenizer.from_str(tokenizer.to_str())

@@ -182,3 +182,7 @@ def test_token_ids_skip_the_normaliser_only_where_it_changes_nothing(bert):
         expected = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
         assert ids(texts) == expected
         assert ids(texts[:3]) == expected[:3] and ids([texts[6]]) == [expected[6]]
+        # a padding tokenizer pads each batch to its longest text: no split batches
+        padded = type(tok).from_str(tok.to_str())
+        padded.enable_padding()
+        assert TokenIds(padded).plain is None
