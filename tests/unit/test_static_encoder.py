@@ -150,10 +150,13 @@ def _tokenizers(bert):
 
     from segtool.encoders._resolve import find_in_package
 
-    found = [Tokenizer.from_file(str(bert / "tokenizer.json"))]
+    paths = [bert / "tokenizer.json"]
     minilm = find_in_package("sentence-transformers/all-MiniLM-L6-v2")
     if minilm is not None:
-        found.append(Tokenizer.from_file(str(minilm.path / "tokenizer.json")))
+        paths.append(minilm.path / "tokenizer.json")
+    found = [Tokenizer.from_file(str(p)) for p in paths]
+    for tok in found:
+        tok.no_padding()  # as StaticEncoder._load reads a plain static model
     return found
 
 
