@@ -51,6 +51,7 @@ def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model)
             path=seg.file,
             line=seg.line,
         )
+    covered: set[str] = set()  # models that hold every user of the population
     for inp in seg.inputs:
         if inp.features:
             fs = proj.features[inp.features]
@@ -59,6 +60,9 @@ def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model)
         else:
             tx = proj.texts[inp.embedding.text]
             model, what = tx.model, f"text '{tx.name}'"
+        if model in covered:
+            continue
+        covered.add(model)
         missing = con.execute(
             f"SELECT p.{k} FROM {users} p WHERE NOT EXISTS (SELECT 1 FROM {model_rel(model)} m WHERE m.{k} = p.{k}) ORDER BY 1 LIMIT 5"
         ).fetchall()
