@@ -142,6 +142,8 @@ def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:
     try:
         code = codes.get((text, name))
         if code is None:
+            if len(codes) >= 1024:  # a long-lived process (the Python API) edits models
+                codes.clear()
             code = codes[(text, name)] = env.compile(text, name=name, filename=name)
     except jinja2.TemplateSyntaxError as exc:
         raise ProjectError(

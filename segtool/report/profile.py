@@ -275,7 +275,8 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
             "measure": found["measure"]
             if found
             else (RANK_ETA2 if kind == "numeric" else CRAMERS_V),
-            # None: one value only, or nearly one value per user (drivers skip those)
+            # None where drivers skip the column: the key, all NULL, or a
+            # categorical column with one value or nearly one per user
             "value": found["value"] if found else None,
             "users": found["n"] if found else 0,
         }
@@ -324,7 +325,7 @@ def format_crosstab(ct: dict, fmt: str, width: int | None = None) -> str:
     strength = (
         f"{a['value']:.2f}"
         if a["value"] is not None
-        else "not measured (one value, or about one per user)"
+        else "not measured (the key, all NULL, or one value or about one per user)"
     )
     title = (
         f"{ct['segmentation']} vs {ct['model']}.{ct['column']} ({ct['kind']}): "

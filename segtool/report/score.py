@@ -33,9 +33,14 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
             df = pl.read_parquet(path)
         elif suffix in (".json", ".jsonl", ".ndjson"):
             df = pl.read_ndjson(path)
-        else:  # .tsv tab-separated, as `segtool assign` reads it; anything else CSV
-            sep = "\t" if suffix == ".tsv" else ","
-            df = pl.read_csv(path, separator=sep, infer_schema_length=10_000)
+        else:  # CSV or TSV, sniffed by DuckDB as `segtool assign` reads it
+            import duckdb
+
+            con = duckdb.connect(":memory:")
+            try:
+                df = con.sql("SELECT * FROM read_csv(?)", params=[str(path)]).pl()
+            finally:
+                con.close()
     except Exception as exc:  # noqa: BLE001 - any reader error, said plainly
         raise DataError(f"cannot read {path}: {exc}".splitlines()[0]) from None
     if key not in df.columns:

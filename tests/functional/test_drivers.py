@@ -159,6 +159,11 @@ def test_score_against_a_truth_file_and_a_column(built):
         built.cli("score", "behaviour", "--truth", "truth.tsv", "--format", "json").stdout
     )
     assert tsv["matched"] == 60 and tsv["ari"] == sc["ari"]
+    built.write("semi.csv", (built.root / "truth.csv").read_text().replace(",", ";"))
+    semi = json.loads(
+        built.cli("score", "behaviour", "--truth", "semi.csv", "--format", "json").stdout
+    )
+    assert semi["matched"] == 60 and semi["ari"] == sc["ari"]
     col = json.loads(
         built.cli("score", "lifecycle", "--truth", "top_category", "--format", "json").stdout
     )

@@ -189,3 +189,15 @@ def test_token_ids_skip_the_normaliser_only_where_it_changes_nothing(bert):
         padded = type(tok).from_str(tok.to_str())
         padded.enable_padding()
         assert TokenIds(padded).plain is None
+        # an added token matched on normalised text ("café" for "cafe") needs
+        # the normaliser: the full path, and the full path's ids
+        from tokenizers import AddedToken
+
+        accented = type(tok).from_str(tok.to_str())
+        accented.add_tokens([AddedToken("café", normalized=True)])
+        ids = TokenIds(accented)
+        assert ids.plain is None
+        cafe = ["I like cafe", "Café crème"]
+        assert ids(cafe) == [
+            e.ids for e in accented.encode_batch_fast(cafe, add_special_tokens=False)
+        ]
