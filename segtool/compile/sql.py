@@ -226,23 +226,22 @@ def compile_model(
 def _check_incremental_config(model: ModelFile, cfg: ModelConfig, refs: list[str]) -> None:
     """full_refresh=false and delete_not_in are for incremental models;
     delete_not_in names a model this one reads, and needs a unique_key to match on."""
-    if cfg.full_refresh is False and cfg.materialized != "incremental":
-        raise ProjectError(
-            f"model '{model.name}' config: full_refresh=false applies to incremental models only "
-            f"(this one is a {cfg.materialized}, rebuilt from its SQL whenever it changes)",
-            path=model.path,
-            hint="drop full_refresh=false, or make the model materialized='incremental'",
-        )
     keep = cfg.delete_not_in
+    incremental_only = {
+        "full_refresh=false": cfg.full_refresh is False,
+        f"delete_not_in={keep!r}": keep is not None,
+    }
+    for option, given in incremental_only.items():
+        if given and cfg.materialized != "incremental":
+            raise ProjectError(
+                f"model '{model.name}' config: {option} applies to incremental models only "
+                f"(this one is a {cfg.materialized}, rebuilt from its SQL whenever it changes)",
+                path=model.path,
+                hint=f"drop {option}, or make the model materialized='incremental'",
+            )
     if keep is None:
         return
     where = f"model '{model.name}' config: delete_not_in={keep!r}"
-    if cfg.materialized != "incremental":
-        raise ProjectError(
-            f"{where} applies to incremental models only (this one is a {cfg.materialized})",
-            path=model.path,
-            hint="drop delete_not_in, or make the model materialized='incremental'",
-        )
     if not cfg.unique_key:
         raise ProjectError(
             f"{where} needs a unique_key: rows are matched on it",

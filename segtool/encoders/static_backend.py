@@ -98,6 +98,8 @@ class StaticEncoder(CpuFloat32):
             self.path = self.source
         self._model = None
         self._fingerprint: str | None = None
+        self._table: np.ndarray | None = None  # float32 token vectors (_pool)
+        self._tokenize: TokenIds | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -278,11 +280,10 @@ class StaticEncoder(CpuFloat32):
 
         import scipy.sparse as sp
 
-        if getattr(self, "_table", None) is None:
+        if self._table is None:
             self._table = np.asarray(model.embedding, dtype=np.float32)
-        table = self._table
-        if getattr(self, "_tokenize", None) is None:
             self._tokenize = TokenIds(model.tokenizer)
+        table = self._table
         limit = int(self.spec.max_length)
         ids = [i[:limit] for i in self._tokenize(texts)]
         lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
@@ -320,7 +321,8 @@ class TokenIds:
     def __init__(self, tokenizer):
         self.full = tokenizer
         self.plain = None
-        doc = json.loads(tokenizer.to_str())
+        text = tokenizer.to_str()
+        doc = json.loads(text)
         norm = doc.get("normalizer") or {}
         added = doc.get("added_tokens") or []
         # an added token matched on normalised text ("café" matching "cafe")
@@ -333,7 +335,7 @@ class TokenIds:
         ):
             from tokenizers import Tokenizer
 
-            self.plain = Tokenizer.from_str(tokenizer.to_str())
+            self.plain = Tokenizer.from_str(text)
             self.plain.normalizer = None
             self.lowercase = bool(norm.get("lowercase"))
             self.added = [t["content"].lower() for t in added]

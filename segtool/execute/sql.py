@@ -116,17 +116,21 @@ def merge_incremental(
             else "it has full_refresh=false, so --full-refresh keeps its rows: select the old columns, or remove full_refresh=false and run with --full-refresh to rebuild it",
         )
     keys = cm.config.unique_keys
+
+    def same_key(other: str) -> str:
+        return " AND ".join(f"t.{quote_ident(k)} = {other}.{quote_ident(k)}" for k in keys)
+
     if keys:
-        cond = " AND ".join(f"t.{quote_ident(k)} = n.{quote_ident(k)}" for k in keys)
-        con.execute(f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {new} AS n WHERE {cond})")
+        con.execute(
+            f"DELETE FROM {rel} AS t WHERE EXISTS (SELECT 1 FROM {new} AS n WHERE {same_key('n')})"
+        )
     con.execute(f"INSERT INTO {rel} BY NAME SELECT * FROM {new}")
     out = {"rows": one(con.execute(f"SELECT count(*) FROM {new}"))[0]}
     if keep is not None and keys:
         # a NULL key matches nothing, so its row goes too
-        cond = " AND ".join(f"t.{quote_ident(k)} = d.{quote_ident(k)}" for k in keys)
         gone = one(
             con.execute(
-                f"DELETE FROM {rel} AS t WHERE NOT EXISTS (SELECT 1 FROM {keep} AS d WHERE {cond})"
+                f"DELETE FROM {rel} AS t WHERE NOT EXISTS (SELECT 1 FROM {keep} AS d WHERE {same_key('d')})"
             )
         )
         out["deleted"] = int(gone[0]) if gone else 0

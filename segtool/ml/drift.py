@@ -92,9 +92,7 @@ def label_counts(labels: np.ndarray, n_clusters: int, counts=None) -> np.ndarray
     `counts`: users per entry of `labels` (default one each)."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
     ok = (labels >= 0) & (labels < n_clusters)
-    if counts is None:
-        return np.append(np.bincount(labels[ok], minlength=n_clusters), int((~ok).sum()))
-    w = np.asarray(counts, dtype=np.int64).ravel()
+    w = np.ones(len(labels), np.int64) if counts is None else np.asarray(counts, np.int64).ravel()
     per = np.bincount(labels[ok], weights=w[ok], minlength=n_clusters).astype(np.int64)
     return np.append(per, int(w[~ok].sum()))
 

@@ -330,14 +330,7 @@ def relation_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> s
 
 def column_type(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> str | None:
     """The type of a column of a table or view, or None when either is missing."""
-    row = one(
-        con.execute(
-            "SELECT data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
-            "AND column_name = ? AND database_name = current_database()",
-            [schema, table, column],
-        )
-    )
-    return row[0] if row else None
+    return column_types(con, schema, table).get(column)
 
 
 def column_types(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:

@@ -105,6 +105,10 @@ def test_show_vs_cross_tabs_a_column(built):
     driver = next(d for d in prof["drivers"] if d["column"] == "country")
     assert vs["association"]["value"] == driver["value"]
     assert vs["association"]["users"] == driver["n"] == 60
+    # the key: cross-tabbed, but drivers do not measure it, and --vs says so
+    key = json.loads(built.cli("show", "behaviour", "--vs", "user_id", "--format", "json").stdout)
+    assert key["association"]["value"] is None and sum(r["users"] for r in key["rows"]) == 60
+    assert "not measured" in built.cli("show", "behaviour", "--vs", "user_id").stdout
 
     before = built.snapshot()
     bad = built.cli("show", "behaviour", "--vs", "countri", expect=1)

@@ -715,3 +715,17 @@ def test_duckdb_line_is_relabelled_with_the_files_line_and_the_caret_follows():
     back = _relabel_line(msg.replace("LINE 9", "LINE 10").replace("    ^", "     ^"), 10, 7)
     assert back.splitlines()[2] == "line 7: select x from t"
     assert back.splitlines()[3].index("^") == back.splitlines()[2].index("x from")
+
+
+def test_compiled_template_code_is_reused_per_environment():
+    """validate, plan and run compile each model several times: Jinja compiles
+    a (text, name) once per environment, and a new environment compiles again."""
+    from segtool.compile.jinja import compile_template, make_env
+
+    env = make_env()
+    first = compile_template(env, "select {{ 1 + 1 }}", "models/a.sql")
+    again = compile_template(env, "select {{ 1 + 1 }}", "models/a.sql")
+    assert again.root_render_func.__code__ is first.root_render_func.__code__
+    assert again.render() == "select 2"
+    other = compile_template(make_env(), "select {{ 1 + 1 }}", "models/a.sql")
+    assert other.root_render_func.__code__ is not first.root_render_func.__code__
