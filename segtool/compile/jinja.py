@@ -25,6 +25,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import StrictUndefined
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from segtool.errors import ProjectError
@@ -39,6 +40,13 @@ RENDER_SECONDS = 2.0
 
 _WIDTH = re.compile(r"(\d+)")
 _PADDING_METHODS = {"ljust", "rjust", "center", "zfill", "expandtabs"}
+# Attribute lookups the sandbox answers the same way every time, so they skip
+# its checks (`c.category` on a row's struct, `loop.last`): a dict's key that is
+# not a dict attribute (getattr() fails, then the sandbox reads obj[key]), and
+# a for-loop's public counters (never internal, never a mutating method). The
+# checks were a third of a shopper story's rendering time.
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_LOOP_ATTRIBUTES = frozenset(n for n in dir(LoopContext) if not n.startswith("_"))
 
 
 class RenderTimeout(Exception):
@@ -60,6 +68,17 @@ def _size_of(x: Any) -> int | None:
 
 class _Env(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["*", "**", "%"])
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        kind = type(obj)  # exact types: a subclass may define its own attributes
+        if kind is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        if kind is LoopContext and attribute in _LOOP_ATTRIBUTES:
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":

@@ -157,6 +157,36 @@ def test_rules_segments_and_history(project):
     assert g["moved"] == moved
 
 
+def test_rule_segments_rewrite_only_the_users_who_change(project):
+    """Same rules, new data: users who arrive or move get this run's row;
+    everyone else keeps theirs. The table equals the rules evaluated now."""
+    project.cli("run")
+    for rel, content in data_files(changed=(5, 9), extra_users=3).items():
+        project.write(rel, content)
+    project.cli("run")
+    g = summary(project)["segmentations"]["lifecycle"]
+    rows = {
+        u: (seg, run)
+        for u, seg, run in project.sql("select user_id, segment, run_id from segments.lifecycle")
+    }
+    expected = dict(
+        project.sql(
+            "select user_id, case when revenue > 300 then 'big' when recency_days > 120 "
+            "then 'lapsed' else 'active' end from main.user_features"
+        )
+    )
+    assert {u: seg for u, (seg, _) in rows.items()} == expected
+    rewritten = {u for u, (_, run) in rows.items() if run == 2}
+    opened = {
+        u
+        for (u,) in project.sql(
+            "select user_id from segments.lifecycle_history where valid_from_run = 2"
+        )
+    }
+    assert rewritten == opened
+    assert len(rewritten) == g["assigned"] and {61, 62, 63} <= rewritten
+
+
 def test_python_api_and_export(project):
     from segtool import Project
 

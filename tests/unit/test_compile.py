@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import duckdb
+import jinja2
 import pytest
 
 from segtool.compile.checks import bind_models
@@ -463,6 +464,45 @@ def test_renderer_is_reusable_per_row():
     ]
     with pytest.raises(ProjectError, match="'n' is undefined"):
         r({"name": "c"})
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ c.category }} {{ c.n }}",  # a struct column's fields
+        "{{ c.items }}",  # a dict method wins over a key of that name, as in Jinja
+        "{{ c.missing is defined }}",
+        "{{ c.missing }}",
+        "{% for x in xs %}{{ loop.index }}{{ loop.revindex }}{{ loop.last }}"
+        "{{ loop.cycle('a', 'b') }}{{ loop.previtem }}{% endfor %}",
+        "{{ c.__class__ }}",
+        "{{ c.update }}",
+        "{% for x in xs %}{{ loop._iterator }}{% endfor %}",
+        "{{ sub.category }}",  # a dict subclass takes the sandbox's own path
+    ],
+)
+def test_fast_attribute_lookups_answer_as_the_sandbox_does(template):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sub(dict):
+        category = "attr"
+
+    ctx = {
+        "c": {"category": "shoes", "n": 3, "items": "x"},
+        "xs": [1, 2],
+        "sub": Sub(category="key"),
+    }
+    plain = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
+
+    def outcome(render):
+        try:
+            return render()
+        except (jinja2.exceptions.SecurityError, jinja2.exceptions.UndefinedError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    want = outcome(lambda: plain.from_string(template).render(ctx))
+    got = outcome(lambda: default_env().from_string(template).render(ctx))
+    assert got == want
 
 
 # ----------------------------------------------------------------- predicates

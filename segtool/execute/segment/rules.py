@@ -38,17 +38,24 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
     id_case = " ".join(f"WHEN {sql_literal(s)} THEN {i}" for s, i in known.items())
     # the users whose spell can change: a new segment, new users, users who left
     touched = work_table("rules", name, "touched")
-    if table_exists(con, tables.RESULTS, name):
+    exists = table_exists(con, tables.RESULTS, name)
+    if exists:
         changed, left = rules_changes_sql(k, work, tables.segments(name))
         con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS {changed} UNION ALL {left}")
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS SELECT {k} FROM {work}")
-    con.execute(
-        f"""CREATE OR REPLACE TABLE {tables.segments(name)} AS
-        SELECT r.{k}, CAST(CASE r.segment {id_case} END AS INTEGER) AS segment_id, r.segment,
+    rows = f"""SELECT r.{k}, CAST(CASE r.segment {id_case} END AS INTEGER) AS segment_id, r.segment,
         CAST(NULL AS DOUBLE) AS distance, CAST(1.0 AS DOUBLE) AS confidence, {int(ctx.run_id)} AS run_id, now()::TIMESTAMP AS updated_at
-        FROM {work} r ORDER BY 1"""
-    )
+        FROM {work} r"""
+    if exists and not refresh:
+        # the same rules: only the users who moved, arrived or left change
+        # (rewriting every row was most of a small run's rule step)
+        con.execute(f"DELETE FROM {tables.segments(name)} WHERE {k} IN (SELECT {k} FROM {touched})")
+        con.execute(
+            f"INSERT INTO {tables.segments(name)} {rows} WHERE r.{k} IN (SELECT {k} FROM {touched})"
+        )
+    else:
+        con.execute(f"CREATE OR REPLACE TABLE {tables.segments(name)} AS {rows} ORDER BY 1")
     # what goes with each rule segment (the predicates' columns, and others):
     # when the rules are new or changed, like a fit; an assignment of the
     # week's new users keeps them (as a clustering's assignments do)
