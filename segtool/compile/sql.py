@@ -181,7 +181,7 @@ def compile_model(
     maps sources to other relations (validation binds against schema-only
     copies, so each file is sniffed once); `ref_override` maps models to other
     relations (a dry run reads its temporary stand-ins)."""
-    sql, refs, sources, vars_used, config_kw, source_reads = _render_model(
+    sql, refs, sources, vars_used, config_kw, source_reads, sql_config = _render_model(
         proj,
         model,
         incremental=incremental,
@@ -198,7 +198,7 @@ def compile_model(
         raise ProjectError(
             f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint
         )
-    _check_incremental_config(model, cfg, refs)
+    _check_incremental_config(model, cfg, refs, sql_config)
     if not sql.strip():
         raise ProjectError(f"model '{model.name}' is empty", path=model.path, line=1)
     sql = _clean(sql)
@@ -223,36 +223,47 @@ def compile_model(
     )
 
 
-def _check_incremental_config(model: ModelFile, cfg: ModelConfig, refs: list[str]) -> None:
+def _check_incremental_config(
+    model: ModelFile, cfg: ModelConfig, refs: list[str], sql_config: set[str]
+) -> None:
     """full_refresh=false and delete_not_in are for incremental models;
-    delete_not_in names a model this one reads, and needs a unique_key to match on."""
+    delete_not_in names a model this one reads, and needs a unique_key to match on.
+    Errors point where the option was set: the model's config() call, or its
+    entry in a models/*.yml (config() wins over YAML, as in dbt)."""
+
+    def error(message: str, option: str, hint: str) -> ProjectError:
+        props = model.props
+        if option not in sql_config and props is not None and option in props.config:
+            return ProjectError(message, path=props.file, line=props.line, hint=hint)
+        return ProjectError(message, path=model.path, hint=hint)
+
     keep = cfg.delete_not_in
     incremental_only = {
-        "full_refresh=false": cfg.full_refresh is False,
-        f"delete_not_in={keep!r}": keep is not None,
+        "full_refresh": ("full_refresh=false", cfg.full_refresh is False),
+        "delete_not_in": (f"delete_not_in={keep!r}", keep is not None),
     }
-    for option, given in incremental_only.items():
+    for key, (option, given) in incremental_only.items():
         if given and cfg.materialized != "incremental":
-            raise ProjectError(
+            raise error(
                 f"model '{model.name}' config: {option} applies to incremental models only "
                 f"(this one is a {cfg.materialized}, rebuilt from its SQL whenever it changes)",
-                path=model.path,
-                hint=f"drop {option}, or make the model materialized='incremental'",
+                key,
+                f"drop {option}, or make the model materialized='incremental'",
             )
     if keep is None:
         return
     where = f"model '{model.name}' config: delete_not_in={keep!r}"
     if not cfg.unique_key:
-        raise ProjectError(
+        raise error(
             f"{where} needs a unique_key: rows are matched on it",
-            path=model.path,
-            hint="add unique_key='...' (the column or columns that identify a row)",
+            "delete_not_in",
+            "add unique_key='...' (the column or columns that identify a row)",
         )
     if keep not in refs:
-        raise ProjectError(
+        raise error(
             f"{where}: the model does not read '{keep}'",
-            path=model.path,
-            hint=f"name a model this one reads with ref(), e.g. delete_not_in=ref('{refs[0]}')"
+            "delete_not_in",
+            f"name a model this one reads with ref(), e.g. delete_not_in=ref('{refs[0]}')"
             if refs
             else "name a model this one reads with ref()",
         )
@@ -269,6 +280,7 @@ def _render_model(proj, model, *, incremental, root, source_override=None, ref_o
     sources: list[tuple[str, str]] = []
     vars_used: dict[str, Any] = {}
     config_kw: dict[str, Any] = {}
+    sql_config: set[str] = set()  # the options the SQL's config() set
     if model.props is not None:
         config_kw.update(model.props.config)
 
@@ -306,6 +318,7 @@ def _render_model(proj, model, *, incremental, root, source_override=None, ref_o
         if isinstance(kw.get("delete_not_in"), str):  # ref('x') is kept as the name 'x'
             kw["delete_not_in"] = ref_names.get(kw["delete_not_in"], kw["delete_not_in"])
         config_kw.update(kw)
+        sql_config.update(kw)
         return ""
 
     ctx = {
@@ -319,4 +332,4 @@ def _render_model(proj, model, *, incremental, root, source_override=None, ref_o
         "target": {"name": proj.target_name, "database": proj.target.database},
     }
     sql = render_string(model.sql, ctx, name=model.path, what="SQL model")
-    return sql, refs, sources, vars_used, config_kw, reads[0]
+    return sql, refs, sources, vars_used, config_kw, reads[0], sql_config

@@ -46,6 +46,27 @@ def test_unknown_key_with_nearest(built):
     )
 
 
+def test_incremental_only_option_in_yaml_points_at_the_yaml(built):
+    """full_refresh=false on a table, set in models/schema.yml: the error names
+    the YAML entry it came from, not the model's .sql file."""
+    built.edit(
+        "models/schema.yml",
+        "  - name: stg_orders\n",
+        "  - name: stg_orders\n    config: {materialized: table, full_refresh: false}\n",
+    )
+    line = built.read("models/schema.yml").splitlines().index("  - name: stg_orders") + 1
+    r = _fails(
+        built,
+        "run",
+        contains=[
+            f"models/schema.yml:{line}",
+            "model 'stg_orders' config: full_refresh=false applies to incremental models only",
+        ],
+    )
+    assert "stg_orders.sql" not in r.stderr
+    _fails(built, "validate", contains=[f"models/schema.yml:{line}"])
+
+
 def test_unknown_ref(built):
     built.edit("models/user_features.sql", "ref('stg_orders')", "ref('stg_order')")
     _fails(

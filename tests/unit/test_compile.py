@@ -249,6 +249,26 @@ def test_full_refresh_false_is_for_incremental_models(materialized):
     assert comp(p, "g").config.full_refresh is False
 
 
+def test_incremental_option_errors_point_where_the_option_was_set():
+    """config() in the SQL wins over the YAML entry, and so does its location."""
+    p = make_proj()
+    add_model(p, "users", "select 1 as user_id")
+    m = add_model(
+        p,
+        "f",
+        "select * from {{ ref('users') }}",
+        config={"materialized": "incremental", "delete_not_in": "users"},
+    )
+    m.props.at("models/schema.yml", 4)
+    with pytest.raises(ProjectError, match="needs a unique_key") as e:
+        comp(p, "f")
+    assert (e.value.path, e.value.line) == ("models/schema.yml", 4)
+    m.sql = "{{ config(delete_not_in='users') }} " + m.sql
+    with pytest.raises(ProjectError, match="needs a unique_key") as e:
+        comp(p, "f")
+    assert (e.value.path, e.value.line) == ("models/f.sql", None)
+
+
 def test_two_argument_ref_uses_the_model_name():
     p = make_proj()
     add_model(p, "a", "select 1")
