@@ -194,9 +194,13 @@ def compile_model(
         portable = _render_model(proj, model, incremental=incremental, root=None)[0]
     cfg, errs = validate_spec(ModelConfig, config_kw, marks={}, rel=model.path)
     if cfg is None:
-        e = errs[0]
+        # the YAML entry when its own options are wrong, else the config() call
+        from_yaml = {k: v for k, v in config_kw.items() if k not in sql_config}
+        yaml_errs = validate_spec(ModelConfig, from_yaml, marks={}, rel=model.path)[1]
+        e = (yaml_errs or errs)[0]
+        path, line = _config_location(model, from_yaml if yaml_errs else {})
         raise ProjectError(
-            f"model '{model.name}' config: {e.message}", path=model.path, hint=e.hint
+            f"model '{model.name}' config: {e.message}", path=path, line=line, hint=e.hint
         )
     _check_incremental_config(model, cfg, refs, sql_config)
     if not sql.strip():
@@ -232,10 +236,9 @@ def _check_incremental_config(
     entry in a models/*.yml (config() wins over YAML, as in dbt)."""
 
     def error(message: str, option: str, hint: str) -> ProjectError:
-        props = model.props
-        if option not in sql_config and props is not None and option in props.config:
-            return ProjectError(message, path=props.file, line=props.line, hint=hint)
-        return ProjectError(message, path=model.path, hint=hint)
+        from_yaml = {} if option in sql_config else {option: True}
+        path, line = _config_location(model, from_yaml)
+        return ProjectError(message, path=path, line=line, hint=hint)
 
     keep = cfg.delete_not_in
     incremental_only = {
@@ -267,6 +270,16 @@ def _check_incremental_config(
             if refs
             else "name a model this one reads with ref()",
         )
+
+
+def _config_location(model: ModelFile, options: dict) -> tuple[str, int | None]:
+    """Where `options` were set: the model's models/*.yml entry when they
+    came from there (config() in the SQL wins over YAML, as in dbt), else
+    the .sql file."""
+    props = model.props
+    if options and props is not None and props.file and all(o in props.config for o in options):
+        return props.file, props.line
+    return model.path, None
 
 
 def _clean(sql: str) -> str:

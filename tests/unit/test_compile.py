@@ -388,6 +388,18 @@ def test_config_errors():
         comp(p, "typo")
     assert ei.value.message == "model 'typo' config: unknown key 'materialised'"
     assert ei.value.hint == "did you mean 'materialized'?"
+    # set in a models/*.yml entry: the error points there
+    add_model(p, "yml", "select 1", config={"materialised": "table"}).props.at("models/m.yml", 3)
+    with pytest.raises(ProjectError, match="unknown key 'materialised'") as ei:
+        comp(p, "yml")
+    assert (ei.value.path, ei.value.line) == ("models/m.yml", 3)
+    # ...unless the YAML is fine and config() in the SQL is not
+    add_model(
+        p, "both", "{{ config(materialized='tabel') }}select 1", config={"tags": ["x"]}
+    ).props.at("models/m.yml", 9)
+    with pytest.raises(ProjectError, match="materialized: Input should be") as ei:
+        comp(p, "both")
+    assert (ei.value.path, ei.value.line) == ("models/both.sql", None)
 
 
 def test_is_incremental_and_this():
