@@ -270,6 +270,18 @@ class OnnxEncoder(TransformersEncoder):
                 f"encoder '{self.spec.name}': ONNX Runtime could not load {path}: {exc}",
                 hint=f"delete {path.parent} to export again",
             ) from None
+        if self.device.startswith("cuda") and (
+            "CUDAExecutionProvider" not in self._session.get_providers()
+        ):
+            # the CUDA provider failed to load (CUDA/cuDNN libraries): ONNX
+            # Runtime fell back to the CPU and only printed it
+            if self._requested_device.startswith("cuda"):
+                raise EncoderError(
+                    f"encoder '{self.spec.name}': ONNX Runtime could not start its CUDA provider "
+                    f"on {self.device} (it would run on the CPU)",
+                    hint="check the CUDA and cuDNN libraries onnxruntime-gpu needs, or set backend: torch",
+                )
+            self._device = "cpu"  # device: auto: say where it really runs
         self._model = self._session
         self._input_names = {i.name for i in self._session.get_inputs()}
 

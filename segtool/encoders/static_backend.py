@@ -28,8 +28,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from segtool.encoders._cache import cache_root
 from segtool.encoders._common import CpuFloat32, check_texts, l2_rows
@@ -37,6 +36,9 @@ from segtool.encoders._fingerprint import file_sha256, model_content_hash
 from segtool.encoders._fingerprint import fingerprint as _fingerprint
 from segtool.encoders._resolve import Resolved, read_json
 from segtool.errors import EncoderError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MANIFEST = "segtool-static.json"
 STATIC_FILES = ("model.safetensors", "tokenizer.json", "config.json")
@@ -256,6 +258,8 @@ class StaticEncoder(CpuFloat32):
         return self._model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         texts = check_texts(texts)
         model = self._load()
         if not texts:
@@ -278,6 +282,7 @@ class StaticEncoder(CpuFloat32):
         here); agrees with it to ~3e-4."""
         import itertools
 
+        import numpy as np
         import scipy.sparse as sp
 
         if self._table is None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from segtool.encoders._common import check_texts, quiet_transformers
 from segtool.encoders._device import (
@@ -29,6 +28,9 @@ from segtool.encoders._fingerprint import fingerprint as _fingerprint
 from segtool.encoders._fingerprint import model_content_hash
 from segtool.encoders._resolve import Resolved, model_max_positions, read_json
 from segtool.errors import EncoderError
+
+if TYPE_CHECKING:
+    import numpy as np
 from segtool.project.specs import EncoderSpec
 
 _DIM_KEYS = ("hidden_size", "d_model", "dim", "n_embd", "embed_dim")
@@ -223,6 +225,8 @@ class TransformersEncoder:
     def _batches(self, texts: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(row indices, input_ids, attention_mask): longest first, each batch padded to
         its own longest row (right padding, so CLS stays at position 0)."""
+        import numpy as np
+
         ids = self._tokenize(texts)
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lens, kind="stable")
@@ -260,50 +264,61 @@ class TransformersEncoder:
         return self._launch(input_ids, mask).cpu().numpy()
 
     def _forward_safe(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Forward a batch; on GPU out-of-memory, halve the token budget (for every
-        later batch too) and run this one in halves. The retry happens outside
-        the `except` block, so the failed attempt's tensors (held by the
-        exception's traceback) are freed before it."""
-        import torch
-
-        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-        out_of_memory = False
+        """Forward a batch; on out-of-memory, run it in halves (_split). The
+        retry happens outside the `except` block, so the failed attempt's
+        tensors (held by the exception's traceback) are freed before it."""
+        failed = False
         try:
             return self._forward(input_ids, mask)
-        except oom:
-            out_of_memory = True
-        if out_of_memory:
-            if len(input_ids) == 1:
-                raise EncoderError(
-                    f"encoder '{self.spec.name}' ran out of GPU memory on a single text",
-                    hint="lower max_length, or use dtype: float16",
-                )
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            budget = self._token_budget
-            if budget is not None:
-                self._token_budget = max(input_ids.shape[1], budget // 2)
-            half = len(input_ids) // 2
-            return np.concatenate(
-                [
-                    self._forward_safe(input_ids[:half], mask[:half]),
-                    self._forward_safe(input_ids[half:], mask[half:]),
-                ]
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+            if not is_out_of_memory(exc):
+                raise
+            failed = True
+        assert failed
+        return self._split(input_ids, mask)
+
+    def _split(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """A batch that ran out of memory, in two halves. The token budget of
+        later batches drops to half of this batch's tokens (not half of the
+        budget: batches built before the error with the old budget fail too,
+        and must not halve it again each)."""
+        import numpy as np
+        import torch
+
+        rows, width = input_ids.shape
+        if rows == 1:
+            raise EncoderError(
+                f"encoder '{self.spec.name}' ran out of memory on {self.device} with a single "
+                f"text of {width} tokens",
+                hint="lower max_length (the longest texts need the most memory), or free memory on the device",
             )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self._token_budget is not None:
+            self._token_budget = min(self._token_budget, max(width, rows * width // 2))
+        half = rows // 2
+        return np.concatenate(
+            [
+                self._forward_safe(input_ids[:half], mask[:half]),
+                self._forward_safe(input_ids[half:], mask[half:]),
+            ]
+        )
 
     def _encode_pipelined(self, texts: list[str]) -> np.ndarray:
         """The GPU path: a worker thread tokenises and pads batches ahead (the
         fast tokenizer releases the GIL) while the device runs; each batch's
         vectors are copied back into page-locked memory asynchronously and
         collected only after the next batch was launched, so the GPU never waits
-        for the host between batches. An out-of-memory batch falls back to
-        _forward_safe (halving the budget for every later batch)."""
+        for the host between batches. An out-of-memory batch runs in halves
+        (_split, which lowers the budget of later batches)."""
         import queue
         import threading
+        from contextlib import nullcontext
 
+        import numpy as np
         import torch
 
-        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        dev = torch.device(self.device)
         ready: queue.Queue = queue.Queue(maxsize=4)
         stop = threading.Event()
         failure: list[BaseException] = []
@@ -339,8 +354,11 @@ class TransformersEncoder:
                 out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
             out[idx] = vec
 
+        # this thread's current device is the encoder's (cuda:1 too): streams,
+        # events and the caching allocator then all refer to it
+        on_device = torch.cuda.device(dev) if dev.type == "cuda" else nullcontext()
         try:
-            with torch.inference_mode():
+            with on_device, torch.inference_mode():
                 while (item := ready.get()) is not None:
                     idx, input_ids, mask = item
                     launched = None
@@ -349,22 +367,20 @@ class TransformersEncoder:
                         if vec.is_cuda:
                             host = torch.empty(vec.shape, dtype=vec.dtype, pin_memory=True)
                             host.copy_(vec, non_blocking=True)
-                            event = torch.cuda.Event()
-                            event.record()
+                            # recorded on the stream that runs the copy (vec's device)
+                            event = torch.cuda.Event(blocking=True)
+                            event.record(torch.cuda.current_stream(vec.device))
                         else:
                             host, event = vec, None
                         launched = (idx, host, event)
-                    except oom:
-                        pass
+                    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+                        if not is_out_of_memory(exc):
+                            raise
                     if launched is None:  # outside the handler: its tensors are freed
                         if in_flight is not None:
                             collect(in_flight)
                             in_flight = None
-                        launched = (
-                            idx,
-                            torch.from_numpy(self._forward_safe(input_ids, mask)),
-                            None,
-                        )
+                        launched = (idx, torch.from_numpy(self._split(input_ids, mask)), None)
                     if in_flight is not None:
                         collect(in_flight)
                     in_flight = launched
@@ -382,6 +398,8 @@ class TransformersEncoder:
         return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import numpy as np
+
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -400,14 +418,28 @@ class TransformersEncoder:
         return out
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's out-of-memory error, or one raised outside its caching allocator
+    (cuBLAS/cuDNN workspaces: a plain RuntimeError)."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(exc, oom):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text
+    )
+
+
 def pool(hidden, mask, pooling: str, normalize: bool):
     """Pool in float32 (fp16 sums over long inputs lose precision)."""
     import torch
 
-    hidden = hidden.float()
     if pooling == "cls":
-        vec = hidden[:, 0]
+        vec = hidden[:, 0].float()
     else:
+        hidden = hidden.float()
         m = mask.unsqueeze(-1).to(hidden.dtype)
         vec = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
     if normalize:

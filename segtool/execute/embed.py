@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import time
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from segtool.errors import EncoderError
 from segtool.execute.context import StepResult
 from segtool.state import tables, vectors
 from segtool.state.db import STATE
 from segtool.state.result import one
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # texts per committed chunk: a crash loses at most this much work
 CHUNK = int(os.environ.get("SEGTOOL_EMBED_CHUNK", "2048"))
@@ -47,8 +49,11 @@ def preflight(project, encoders, embedding_nodes, say=None) -> None:
             )
         device = encoders.device_for(enc_name)
         # on Ray the device is the workers': this process may have none
+        # (an ONNX encoder's CUDA comes from onnxruntime-gpu, not torch: it says
+        # itself when it cannot start)
         if (
             spec.kind not in CPU_ONLY_KINDS
+            and spec.backend != "onnx"
             and device not in ("auto", "cpu")
             and executor.kind == "local"
         ):
@@ -116,6 +121,8 @@ def execute_embedding(ctx, step) -> StepResult:
 
     def commit(hashes: list[str], vecs: np.ndarray) -> None:
         nonlocal store
+        import numpy as np
+
         if vecs.ndim != 2 or vecs.shape[0] != len(hashes) or not np.isfinite(vecs).all():
             raise EncoderError(
                 f"encoder '{enc_name}' returned {vecs.shape[0]} vectors for {len(hashes)} texts or non-finite values"

@@ -25,13 +25,13 @@ def execute_text(ctx, step) -> StepResult:
     """Render the users the plan put in work_table('text', NAME) and write
     their texts (through the workspace: the texts table, or a dry-run overlay).
     Large work sets render on every CPU (execute/render_pool.py)."""
+    t0 = time.perf_counter()
+    if step.action == "skip":
+        return StepResult.of(step)
     from segtool.execute.render_pool import job_for, render_parallel, workers_for
     from segtool.state.frames import registered
     from segtool.state.tables import work_table
 
-    t0 = time.perf_counter()
-    if step.action == "skip":
-        return StepResult.of(step)
     proj = ctx.loaded
     spec = proj.texts[step.name]
     con = ctx.con

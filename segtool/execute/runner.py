@@ -199,7 +199,6 @@ class Runner:
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
         from segtool.execute.embed import execute_embedding, preflight
-        from segtool.execute.segment import execute_segmentation
         from segtool.execute.workspace import Workspace
         from segtool.plan.state import DbState
 
@@ -243,7 +242,12 @@ class Runner:
                     self._done(results, result)
             for step in steps:
                 if step.kind == "segmentation":
-                    result = execute_segmentation(ctx, step)
+                    if step.action == "skip":
+                        result = StepResult.of(step)
+                    else:  # NumPy and scikit-learn: imported when there is work
+                        from segtool.execute.segment import execute_segmentation
+
+                        result = execute_segmentation(ctx, step)
                     if step.action == "skip":  # executed steps record in their transaction
                         state.record_nodes(con, [graph[step.unique_id]], run_id, planner.hashes)
                     self._done(results, result)

@@ -12,15 +12,17 @@ import datetime
 import decimal
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def frame(columns: dict[str, Any]):
     """A Polars frame of `columns`: 1-D NumPy arrays keep their dtype, 2-D
     float arrays become fixed-size arrays (DuckDB FLOAT[dim]), lists are
     typed from their values."""
+    import numpy as np
     import polars as pl
 
     series = []
@@ -78,6 +80,8 @@ def registered(con, name: str, columns) -> Iterator[str]:
 def first_column(con, sql: str) -> np.ndarray:
     """The first column of a query as a NumPy array (DuckDB's own converter;
     strings come as an object array)."""
+    import numpy as np
+
     result = con.sql(sql).fetchnumpy()
     return np.asarray(next(iter(result.values())))
 
@@ -93,6 +97,8 @@ def arrow_batches(relation, rows: int):
 def arrow_numpy(arr, dtype) -> np.ndarray:
     """A null-free Arrow array of fixed-width numbers as NumPy, zero copy
     (pyarrow's to_numpy imports pandas)."""
+    import numpy as np
+
     dtype = np.dtype(dtype)
     if arr.null_count or arr.type.bit_width != dtype.itemsize * 8:
         raise ValueError(f"cannot view {arr.type} (nulls: {arr.null_count}) as {dtype}")
@@ -104,5 +110,7 @@ def arrow_numpy(arr, dtype) -> np.ndarray:
 def arrow_matrix(arr, dim: int) -> np.ndarray:
     """A null-free Arrow fixed-size list of float32 (DuckDB FLOAT[dim]) as an
     (n, dim) NumPy array, zero copy (`flatten()` imports pyarrow.compute)."""
+    import numpy as np
+
     values = arr.values.slice(arr.offset * dim, len(arr) * dim)
     return arrow_numpy(values, np.float32).reshape(len(arr), dim)

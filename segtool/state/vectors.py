@@ -16,7 +16,7 @@ cannot build today (a model folder that moved) instead of deleting them.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from segtool.compile.sql import quote_ident
 from segtool.state.frames import arrow_batches, arrow_matrix, arrow_numpy
@@ -26,6 +26,9 @@ from segtool.state.tables import (
     STATE,  # noqa: E402
     texts,  # noqa: E402
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REGISTRY_DDL = f"""CREATE TABLE IF NOT EXISTS {REGISTRY} (
     encoder_fp VARCHAR PRIMARY KEY, table_name VARCHAR, encoder VARCHAR, kind VARCHAR,
@@ -77,6 +80,8 @@ def touch(con, fp: str, *, encoder: str, run_id: int) -> None:
 
 
 def insert(con, table: str, hashes: list[str], vectors: np.ndarray, run_id: int | None) -> None:
+    import numpy as np
+
     """One statement: in autocommit mode, one committed chunk."""
     from segtool.state.frames import registered
 
@@ -145,6 +150,8 @@ def load_vectors(con, text_name: str, encoder_fp: str, users_sql: str, key: str,
     1..n), row __ord-1 of an (n, dim) float32 matrix. Returns (matrix, rows
     found). Streamed in record batches straight into the matrix: no sort of
     the vectors, no intermediate copy (at 1M users a copy is a gigabyte)."""
+    import numpy as np
+
     k = quote_ident(key)
     found = lookup(con, encoder_fp)
     if found is None:

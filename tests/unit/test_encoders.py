@@ -382,6 +382,37 @@ def test_sentence_transformers_backend(tiny_bert, root):
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime/onnx not installed")
+def test_onnx_cuda_provider_that_does_not_start_is_not_reported_as_cuda(
+    tiny_bert, root, tmp_path, monkeypatch
+):
+    """ONNX Runtime falls back to the CPU (and only prints it) when its CUDA
+    provider cannot load: an explicit cuda device is an error, `auto` says cpu."""
+    import onnxruntime as ort
+
+    import segtool.encoders.onnx_backend as onnx_backend
+
+    real = ort.InferenceSession
+
+    def falls_back(path, sess_options=None, providers=None):  # what ORT does on a provider error
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(ort, "InferenceSession", falls_back)
+    monkeypatch.setattr(onnx_backend, "_cuda_present", lambda: True)
+    cache = tmp_path / "onnx-cache"
+    spec = _spec(model=str(tiny_bert), backend="onnx", device="cuda")
+    enc = build_encoder(spec, root, cache_dir=cache)
+    with pytest.raises(EncoderError, match="could not start its CUDA provider on cuda:0"):
+        enc.encode(TEXTS)
+    auto = build_encoder(_spec(model=str(tiny_bert), backend="onnx"), root, cache_dir=cache)
+    assert auto.device == "cuda:0"  # what the providers list promises...
+    assert auto.encode(TEXTS).shape[0] == len(TEXTS)
+    assert auto.device == "cpu"  # ...and where it ran
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime/onnx not installed")
 def test_onnx_agrees_with_torch_and_is_cached(tiny_bert, root, tmp_path):
     cache = tmp_path / "onnx-cache"
     ref = build_encoder(_spec(model=str(tiny_bert)), root).encode(TEXTS)
@@ -495,6 +526,38 @@ def test_token_budget_batches_and_oom_back_off(tiny_bert, root, monkeypatch):
     assert all(r >= 1 for r, _ in calls)
 
 
+def test_out_of_memory_outside_torchs_allocator_and_on_one_text(tiny_bert, root, monkeypatch):
+    """cuBLAS/cuDNN report out-of-memory as a plain RuntimeError: it backs off
+    too; any other error is the caller's; one text that does not fit is an
+    EncoderError naming the device."""
+    enc = build_encoder(_spec(model=str(tiny_bert), batch_size=8), root)
+    expected = enc.encode(TEXTS)
+    enc._token_budget = 8 * 512
+    real = enc._forward
+
+    def cublas(ids, mask):
+        if ids.shape[0] > 2:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")
+        return real(ids, mask)
+
+    monkeypatch.setattr(enc, "_forward", cublas)
+    assert np.allclose(enc.encode(TEXTS), expected, atol=1e-5)
+
+    def broken(ids, mask):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(enc, "_forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        enc.encode(TEXTS)
+
+    def full(ids, mask):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(enc, "_forward", full)
+    with pytest.raises(EncoderError, match="ran out of memory on cpu with a single text"):
+        enc.encode(TEXTS)
+
+
 def test_gpu_pipeline_gives_the_same_vectors(tiny_bert, root, monkeypatch):
     """The GPU path (tokenise ahead in a thread, one batch in flight), run on
     the CPU: same vectors in input order, also when a batch runs out of memory
@@ -517,7 +580,9 @@ def test_gpu_pipeline_gives_the_same_vectors(tiny_bert, root, monkeypatch):
 
     monkeypatch.setattr(enc, "_launch", launch)
     assert np.allclose(enc.encode(texts), expected, atol=1e-5)
-    assert enc._token_budget < 4 * 512
+    # batches built before the first failure fail too: the budget drops to
+    # half a failing batch once, not by half again for each of them
+    assert 150 <= enc._token_budget < 4 * 512
 
     def broken(texts):
         yield from []
@@ -540,3 +605,28 @@ def test_cuda_fp16_agrees_with_cpu(tiny_bert, root):
     assert gpu_enc.device.startswith("cuda") and gpu.dtype == np.float32
     cos = (cpu * gpu).sum(1) / (np.linalg.norm(cpu, axis=1) * np.linalg.norm(gpu, axis=1) + 1e-12)
     assert cos[[0, 2, 3, 4, 5, 6]].min() > 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("index", [0, 1])
+def test_cuda_pipeline_many_batches_in_a_thread(tiny_bert, root, index):
+    """Many batches in flight (a small token budget), encoded from a worker
+    thread as the local executor does, on cuda:0 and cuda:1: the same vectors,
+    in input order, as the CPU's (float32 on both)."""
+    import threading
+
+    import torch
+
+    if torch.cuda.device_count() <= index:
+        pytest.skip(f"no cuda:{index}")
+    texts = [t + " " + "word " * (i % 13) for i, t in enumerate(TEXTS * 40)]
+    cpu = build_encoder(_spec(model=str(tiny_bert), device="cpu"), root).encode(texts)
+    enc = build_encoder(_spec(model=str(tiny_bert), device=f"cuda:{index}", dtype="float32"), root)
+    enc.encode(["warm up"])
+    enc._token_budget = 64
+    got: list = []
+    worker = threading.Thread(target=lambda: got.append(enc.encode(texts)))
+    worker.start()
+    worker.join()
+    assert enc.device == f"cuda:{index}" and enc._pipelined
+    assert np.allclose(got[0], cpu, atol=1e-4)

@@ -25,9 +25,10 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # A transformer on a CPU encodes tens of texts a second: a 2,048-text chunk
 # would be a minute without a commit or a progress step. Chunks of this many
@@ -166,6 +167,8 @@ def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_C
         else executor_for(None)
     )
     fitted = Fitted.of(seg.name, fit_row)
+    import numpy as np
+
     mapping = {int(a): int(b) for a, b in json.loads(fitted.params)["label_to_id"].items()}
     lut_keys = np.array(sorted(mapping), dtype=np.int64)
     lut_vals = np.array([mapping[k] for k in lut_keys], dtype=np.int64)
@@ -194,6 +197,8 @@ def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_C
 
 def to_ids(labels: np.ndarray, lut_keys: np.ndarray, lut_vals: np.ndarray) -> np.ndarray:
     """Cluster labels -> stable segment ids (-1 for labels the fit does not map)."""
+    import numpy as np
+
     labels = np.asarray(labels, dtype=np.int64)
     if lut_keys.size == 0:
         return np.full(labels.shape, -1, dtype=np.int64)
