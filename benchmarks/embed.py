@@ -14,7 +14,12 @@ Texts are synthetic e-commerce shopper stories of 20-120 tokens (fixed seed). Ev
 backend encodes the same texts; they take turns chunk by chunk (rotating who goes first),
 so a noisy neighbour on a shared machine slows all of them alike. With --rounds > 1 each
 chunk's best time is kept. Model loading and ONNX export are timed separately ("setup").
-On a CUDA machine the GPU rows (fp16, bf16, and encode on cuda as their baseline) are added.
+On a CUDA machine the GPU rows (fp16, bf16, and encode on cuda as their baseline) are added;
+each is timed on its own, encoding the texts again and again for --gpu-seconds, while
+nvidia-smi samples the GPU's utilisation (its first second left out). `--device cuda`
+gives the GPU rows only:
+
+    python benchmarks/embed.py --device cuda --n 20000 --gpu-seconds 10
 
 Not a test: it takes minutes on a laptop CPU.
 """
@@ -137,49 +142,93 @@ def structure_agreement(ref: np.ndarray, other: np.ndarray, n: int = 3000) -> di
 
 
 class GpuBusy:
-    """Samples GPU utilisation (nvidia-smi, every 100 ms) in a thread, tagged with the
-    backend that is running, so each GPU row gets the share of its time the GPU was busy."""
+    """GPU utilisation while one GPU row runs. One `nvidia-smi -lms 100` process
+    streams a sample every 100 ms for the GPU torch uses, named by UUID (nvidia-smi's
+    own numbering ignores CUDA_VISIBLE_DEVICES). A sample covers the driver's last
+    1/6 to 1 s, so a row is timed as one phase of at least --gpu-seconds, on its
+    own (not interleaved with other rows), and the phase's first second is left out.
+    Where the GPU reports no utilisation (a MIG slice: "[N/A]") the figure is '-'
+    and `note` says why."""
 
-    def __init__(self):
-        import threading
+    def __init__(self, device_index: int = 0):
+        import torch
 
-        self.current: str | None = None
-        self.samples: dict[str, list[float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        uuid = getattr(torch.cuda.get_device_properties(device_index), "uuid", None)
+        uuid = str(uuid) if uuid is not None else None
+        if uuid is None:
+            self.gpu_id = str(device_index)
+        else:  # torch gives the bare UUID; nvidia-smi names a GPU "GPU-<uuid>"
+            self.gpu_id = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        self.note: str | None = None
+        self.pct: dict[str, float | None] = {}
 
-    def _poll(self):
+    def phase(self, key: str):
         import subprocess
+        import threading
+        from contextlib import contextmanager
 
-        while not self._stop.is_set():
-            key = self.current
+        @contextmanager
+        def sampling():
+            samples: list[tuple[float, str]] = []
             try:
-                out = subprocess.run(
+                proc = subprocess.Popen(
                     ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                     "--id=0"], capture_output=True, text=True, timeout=2,
-                ).stdout.strip()  # fmt: skip
-                if key is not None and key == self.current and out:
-                    self.samples.setdefault(key, []).append(float(out.splitlines()[0]))
-            except (OSError, ValueError, subprocess.SubprocessError):
+                     f"--id={self.gpu_id}", "-lms", "100"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )  # fmt: skip
+            except OSError as exc:
+                self.note = f"nvidia-smi: {exc}"
+                self.pct[key] = None
+                yield
                 return
-            self._stop.wait(0.1)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
+            def read():
+                for line in proc.stdout:
+                    samples.append((time.perf_counter(), line.strip()))
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                proc.terminate()
+                proc.wait(timeout=5)
+                reader.join(timeout=5)
+            values = []
+            for t, text in samples:
+                try:
+                    value = float(text)
+                except ValueError:
+                    self.note = f"nvidia-smi reports utilization {text!r} for {self.gpu_id}"
+                    continue
+                if t >= t0 + 1.0:
+                    values.append(value)
+            self.pct[key] = float(np.mean(values)) if values else None
+
+        return sampling()
 
     def mean(self, key: str) -> float | None:
-        values = self.samples.get(key)
-        return float(np.mean(values)) if values else None
+        return self.pct.get(key)
 
 
-def interleaved(
-    backends: dict, texts: list[str], chunks: int, rounds: int, busy: GpuBusy | None = None
-) -> dict[str, dict]:
+def gpu_phase(fn, texts: list[str], min_seconds: float, busy: GpuBusy, key: str) -> dict:
+    """One GPU row on its own: the whole text set, again and again, until at
+    least min_seconds have passed (texts/s over all passes; vectors of the first)."""
+    passes, first = 0, None
+    with busy.phase(key):
+        t = time.perf_counter()
+        while True:
+            v = fn(texts)
+            passes += 1
+            first = v if first is None else first
+            elapsed = time.perf_counter() - t
+            if elapsed >= min_seconds:
+                break
+    return {"seconds": elapsed / passes, "vectors": first, "passes": passes}
+
+
+def interleaved(backends: dict, texts: list[str], chunks: int, rounds: int) -> dict[str, dict]:
     """Time each backend on the same chunks, taking turns; per-chunk best over rounds."""
     parts = np.array_split(np.arange(len(texts)), chunks)
     names = list(backends)
@@ -190,13 +239,9 @@ def interleaved(
             sub = [texts[i] for i in part]
             shift = (c + r) % len(names)
             for k in names[shift:] + names[:shift]:
-                if busy is not None:
-                    busy.current = k
                 t = time.perf_counter()
                 v = backends[k](sub)
                 best[k][c] = min(best[k][c], time.perf_counter() - t)
-                if busy is not None:
-                    busy.current = None
                 vectors[k][c] = v
             done = (r * len(parts) + c + 1) / (rounds * len(parts))
             print(f"\r  timing... {done:5.0%}", end="", file=sys.stderr, flush=True)
@@ -223,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["auto", "cpu", "cuda"], default="auto",
         help="cpu: CPU rows only; cuda: GPU rows only (with GPU utilisation); auto: both",
     )  # fmt: skip
+    ap.add_argument(
+        "--gpu-seconds", type=float, default=10.0,
+        help="each GPU row encodes the texts again and again for at least this long",
+    )  # fmt: skip
     ap.add_argument("--static-dims", type=int, default=256, help="PCA dims of the static model")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -239,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         skip |= {"torch", "onnx", "int8", "static", "hashing"}
     elif args.device == "cpu":
         skip.add("gpu")
+    gpu_rows = torch.cuda.is_available() and "gpu" not in skip
     root = Path.cwd()
     path = resolve_model_path(args.model, None, root)
     texts = shopper_stories(args.n)
@@ -287,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                 t, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False
             )
 
-        add("st", "SentenceTransformer.encode (cpu fp32)", make_st)
+        if args.device != "cuda":  # minutes of CPU while the GPU idles
+            add("st", "SentenceTransformer.encode (cpu fp32)", make_st)
     if threads:
         torch.set_num_threads(threads)
 
@@ -319,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             return enc.encode
 
         add("hashing", "segtool hashing (dim 512)", make_hashing)
-    if torch.cuda.is_available() and "gpu" not in skip:
+    cpu_rows = set(backends)  # timed interleaved; the GPU rows one phase each
+    if gpu_rows:
         gpu = torch.cuda.get_device_name(0)
         if "st" not in skip:
             add("st_cuda", f"SentenceTransformer.encode ({gpu} fp16)", lambda: make_st("cuda", torch.float16), "st_cuda")  # fmt: skip
@@ -330,13 +382,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"timing {len(backends)} backends x {len(texts)} texts, {args.rounds} round(s), "
           f"{torch.get_num_threads()} torch threads ...")  # fmt: skip
-    on_gpu = any(k.startswith(("cuda", "st_cuda")) for k in backends)
-    if on_gpu:
-        with GpuBusy() as busy:
-            res = interleaved(backends, texts, args.chunks, args.rounds, busy)
-    else:
-        busy = None
-        res = interleaved(backends, texts, args.chunks, args.rounds)
+    res = interleaved({k: backends[k] for k in cpu_rows}, texts, args.chunks, args.rounds)
+    busy = GpuBusy() if gpu_rows else None
+    for key in backends:
+        if key not in cpu_rows:
+            res[key] = gpu_phase(backends[key], texts, args.gpu_seconds, busy, key)
+            print(f"  {labels[key]}: {res[key]['passes']} passes", file=sys.stderr)
 
     rows = []
     for key in backends:
@@ -361,12 +412,15 @@ def main(argv: list[str] | None = None) -> int:
 
     agreement = {}
     pairs = [("torch", "st"), ("onnx", "torch"), ("int8", "onnx"), ("int8", "torch"),
-             ("cuda_fp16", "torch"), ("cuda_bf16", "torch")]  # fmt: skip
+             ("cuda_fp16", "torch"), ("cuda_bf16", "torch"),
+             ("cuda_fp16", "st_cuda"), ("cuda_bf16", "st_cuda")]  # fmt: skip
     for a, b in pairs:
         if a in res and b in res:
             c = cosine_rows(res[a]["vectors"], res[b]["vectors"])
             agreement[f"{a}_vs_{b}"] = {"mean": float(c.mean()), "min": float(c.min()),
                                         "p01": float(np.quantile(c, 0.01))}  # fmt: skip
+    if busy is not None and busy.note:
+        print(f"\nGPU busy: {busy.note}")
     if agreement:
         print("\ncosine agreement (same text, two backends)")
         for k, v in agreement.items():
