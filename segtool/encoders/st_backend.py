@@ -50,24 +50,27 @@ class SentenceTransformersEncoder(TransformersEncoder):
         configure_torch_threads(self._threads)
         device, dtype = self.device, self.dtype
         warn_slow_cpu_dtype(dtype, device)
+        # a float16/bfloat16 model is loaded on the host and moved once, cast:
+        # loading it on the GPU in float32 first would need both copies there
+        load_on = "cpu" if dtype != "float32" else device
         try:
             with quiet_transformers():
                 if (self.path / "modules.json").is_file():
                     model = SentenceTransformer(
                         str(self.path),
-                        device=device,
+                        device=load_on,
                         trust_remote_code=self.spec.trust_remote_code,
                         local_files_only=True,
                     )
                 else:
-                    model = SentenceTransformer(modules=self._plain_modules(), device=device)
+                    model = SentenceTransformer(modules=self._plain_modules(), device=load_on)
         except Exception as exc:
             from segtool.encoders.transformers_backend import _load_error
 
             raise _load_error(self.spec, self.path, "model", exc) from None
         model.max_seq_length = self.max_length
         if dtype != "float32":
-            model = model.to(torch_dtype(dtype))
+            model = model.to(device=device, dtype=torch_dtype(dtype))
         self._model = model.eval()
 
     def _plain_modules(self):

@@ -376,6 +376,17 @@ def test_sentence_transformers_backend(tiny_bert, root):
         build_encoder(_spec(model=str(tiny_bert), pooling="cls"), root).encode(TEXTS),
         atol=1e-4,
     )
+    # a half-precision model is cast as it moves to its device; vectors stay float32
+    half = build_encoder(
+        _spec(kind="sentence-transformers", model=str(tiny_bert), device="cpu", dtype="bfloat16"),
+        root,
+    )
+    with pytest.warns(UserWarning):
+        hv = half.encode(TEXTS)
+    import torch
+
+    assert {p.dtype for p in half._model.parameters()} == {torch.bfloat16}
+    assert hv.dtype == np.float32 and float((hv * v).sum(1).min()) > 0.98
 
 
 # --------------------------------------------------------------------------- onnx
