@@ -28,10 +28,10 @@ from segtool.encoders._fingerprint import fingerprint as _fingerprint
 from segtool.encoders._fingerprint import model_content_hash
 from segtool.encoders._resolve import Resolved, model_max_positions, read_json
 from segtool.errors import EncoderError
+from segtool.project.specs import EncoderSpec
 
 if TYPE_CHECKING:
     import numpy as np
-from segtool.project.specs import EncoderSpec
 
 _DIM_KEYS = ("hidden_size", "d_model", "dim", "n_embd", "embed_dim")
 
@@ -267,14 +267,11 @@ class TransformersEncoder:
         """Forward a batch; on out-of-memory, run it in halves (_split). The
         retry happens outside the `except` block, so the failed attempt's
         tensors (held by the exception's traceback) are freed before it."""
-        failed = False
         try:
             return self._forward(input_ids, mask)
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
             if not is_out_of_memory(exc):
                 raise
-            failed = True
-        assert failed
         return self._split(input_ids, mask)
 
     def _split(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

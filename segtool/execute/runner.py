@@ -242,14 +242,13 @@ class Runner:
                     self._done(results, result)
             for step in steps:
                 if step.kind == "segmentation":
-                    if step.action == "skip":
+                    if step.action == "skip":  # executed steps record in their transaction
                         result = StepResult.of(step)
+                        state.record_nodes(con, [graph[step.unique_id]], run_id, planner.hashes)
                     else:  # NumPy and scikit-learn: imported when there is work
                         from segtool.execute.segment import execute_segmentation
 
                         result = execute_segmentation(ctx, step)
-                    if step.action == "skip":  # executed steps record in their transaction
-                        state.record_nodes(con, [graph[step.unique_id]], run_id, planner.hashes)
                     self._done(results, result)
             state.finish_run(con, run_id, "success", summarize(results), self.loaded.secrets)
         except BaseException as exc:

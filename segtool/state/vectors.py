@@ -80,9 +80,9 @@ def touch(con, fp: str, *, encoder: str, run_id: int) -> None:
 
 
 def insert(con, table: str, hashes: list[str], vectors: np.ndarray, run_id: int | None) -> None:
+    """One statement: in autocommit mode, one committed chunk."""
     import numpy as np
 
-    """One statement: in autocommit mode, one committed chunk."""
     from segtool.state.frames import registered
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)

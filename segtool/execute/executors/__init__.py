@@ -157,6 +157,8 @@ def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_C
     either way, bit for bit. Returns run_results detail."""
     import time
 
+    import numpy as np
+
     from segtool.execute.segment import store
 
     t0 = time.perf_counter()
@@ -167,8 +169,6 @@ def assign_users(ctx, seg, users: str, n: int, fit_row, *, chunk: int = ASSIGN_C
         else executor_for(None)
     )
     fitted = Fitted.of(seg.name, fit_row)
-    import numpy as np
-
     mapping = {int(a): int(b) for a, b in json.loads(fitted.params)["label_to_id"].items()}
     lut_keys = np.array(sorted(mapping), dtype=np.int64)
     lut_vals = np.array([mapping[k] for k in lut_keys], dtype=np.int64)
