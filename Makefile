@@ -6,11 +6,15 @@ PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 setup:            ## install segtool + test deps into .venv (CPU torch unless a GPU is present)
 	./scripts/setup.sh
 
-test:             ## the full suite (what CI runs)
-	$(PYTHON) -m pytest -q
+# one pytest worker per CPU (pytest-xdist); a test file stays on one worker, so
+# its module fixtures are built once. `pytest -p no:xdist` runs serially.
+PYTEST = $(PYTHON) -m pytest -q -n auto --dist loadfile
+
+test:             ## the full suite (what CI runs), on every CPU
+	$(PYTEST)
 
 test-fast:        ## skip slow tests
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check segtool tests benchmarks examples scripts
