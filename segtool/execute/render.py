@@ -28,7 +28,7 @@ def execute_text(ctx, step) -> StepResult:
     t0 = time.perf_counter()
     if step.action == "skip":
         return StepResult.of(step)
-    from segtool.execute.render_pool import job_for, render_parallel, workers_for
+    from segtool.execute.render_pool import job_for, render_batch, render_parallel, workers_for
     from segtool.state.frames import registered
     from segtool.state.tables import work_table
 
@@ -60,7 +60,7 @@ def execute_text(ctx, step) -> StepResult:
         render = text_renderer(proj, spec)
         results = (
             (rendered_batch(out), t, e)
-            for out, t, e in (render_rows(proj, spec, b.to_pylist(), render) for b in batches())
+            for out, t, e in (render_batch(proj, spec, b.to_pylist(), render) for b in batches())
         )
     n_trunc = n_empty = 0
     with ctx.reporter.progress(f"render {spec.name}", n_work, "users") as bar:

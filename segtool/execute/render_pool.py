@@ -1,17 +1,27 @@
-"""Render large work sets on up to 8 CPUs (MAX_WORKERS).
+"""Render work sets on more than one CPU.
 
-Jinja rendering is pure Python: one core renders ~10,000 shopper stories a
+Jinja rendering is pure Python: one core renders ~20,000 shopper stories a
 second. Above RENDER_POOL_MIN users, batches go to worker processes (a
 `forkserver` pool: clean processes, nothing inherited from DuckDB's or
 torch's threads), each of which compiles the template once. Rows travel as
 Arrow IPC buffers both ways (no per-row pickling); a worker renders with the
 same `render_rows` (and the same per-user time limit) as the main process, so
 the texts are byte for byte the same.
+
+Starting such a pool costs about as much as rendering 10,000 users on 2
+cores, so a smaller work set of at least RENDER_SPLIT_MIN users is split in
+two instead (render_split): a forked child, which already holds the compiled
+template and the rows, renders one half's texts while this process renders
+the other. The child only renders and writes its texts (length-prefixed
+UTF-8, no pickle) into a pipe, then leaves with os._exit (no atexit
+handlers, no flush of inherited buffers); it never touches DuckDB, whose
+threads are not in it. Linux only.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +30,8 @@ from typing import Any
 
 # below this many users to render, one process is faster than starting workers
 RENDER_POOL_MIN = int(os.environ.get("SEGTOOL_RENDER_POOL_MIN", "20000"))
+# from this many, a smaller work set renders in two halves (a fork and this process)
+RENDER_SPLIT_MIN = int(os.environ.get("SEGTOOL_RENDER_SPLIT_MIN", "2000"))
 SUB_BATCH = 5_000
 # a bound on memory and start-up (each worker is a fresh interpreter); not tuned
 # beyond the 2-core machines segtool is benchmarked on
@@ -119,3 +131,89 @@ def render_parallel(job: RenderJob, batches: Iterator, workers: int):
 def _result(fut):
     ipc, n_trunc, n_empty = fut.result()
     return _from_ipc(ipc), n_trunc, n_empty
+
+
+def render_batch(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
+    """render_rows, on two CPUs when there are enough rows and a fork is
+    available (render_split), else here."""
+    from segtool.encoders._device import available_cpus
+    from segtool.execute.texts import render_rows
+
+    if len(rows) >= RENDER_SPLIT_MIN and sys.platform == "linux" and available_cpus() > 1:
+        return render_split(proj, spec, rows, render)
+    return render_rows(proj, spec, rows, render)
+
+
+def render_split(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
+    """render_rows(rows) with the second half's texts rendered in a forked
+    child. If the child fails for any reason (a template error for one of its
+    users, a time limit, a kill), its half is rendered here, so errors read
+    exactly as in one process."""
+    import gc
+    import signal
+
+    from segtool.execute.texts import render_texts, text_rows
+
+    half = len(rows) // 2
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or process slot for a child: one process it is
+        os.close(read_fd)
+        os.close(write_fd)
+        return text_rows(proj, rows, render_texts(proj, spec, rows, render))
+    if pid == 0:  # the child: render, write, leave; never return into the caller
+        code = 1
+        try:
+            os.close(read_fd)
+            gc.disable()  # short-lived: collecting would copy the parent's pages
+            data = _pack(render_texts(proj, spec, rows[half:], render))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(data)
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported by the parent rendering this half
+            pass
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    reaped = False
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            texts = render_texts(proj, spec, rows[:half], render)
+            data = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            reaped = True
+        finally:
+            if not reaped:  # an error in this half, or Ctrl-C: the child's half is not needed
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+    if os.waitstatus_to_exitcode(status) == 0:
+        texts += _unpack(data)
+    else:
+        texts += render_texts(proj, spec, rows[half:], render)
+    return text_rows(proj, rows, texts)
+
+
+def _pack(texts: list[tuple[str, bool]]) -> bytes:
+    """Texts and their cut flags as bytes: count, byte lengths, flags, UTF-8."""
+    import struct
+
+    encoded = [t.encode("utf-8", "surrogatepass") for t, _ in texts]
+    head = struct.pack(f"<q{len(encoded)}q", len(encoded), *map(len, encoded))
+    return head + bytes(bool(cut) for _, cut in texts) + b"".join(encoded)
+
+
+def _unpack(data: bytes) -> list[tuple[str, bool]]:
+    import struct
+
+    (n,) = struct.unpack_from("<q", data)
+    lengths = struct.unpack_from(f"<{n}q", data, 8)
+    flags = data[8 + 8 * n : 8 + 9 * n]
+    pos, out = 8 + 9 * n, []
+    for length, cut in zip(lengths, flags, strict=True):
+        out.append((data[pos : pos + length].decode("utf-8", "surrogatepass"), bool(cut)))
+        pos += length
+    return out

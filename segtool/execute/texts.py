@@ -54,13 +54,17 @@ def truncate(text: str, max_chars: int) -> tuple[str, bool]:
 def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
     """Render a batch: (key, row_hash, text_hash, text, n_chars, truncated).
     Each user's render is bounded in time (compile/jinja.py)."""
+    return text_rows(proj, rows, render_texts(proj, spec, rows, render))
+
+
+def render_texts(proj, spec, rows: list[dict], render) -> list[tuple[str, bool]]:
+    """Each row's text (one line, cut to max_chars) and whether it was cut."""
     key = proj.key
     out = []
-    n_trunc = n_empty = 0
     with time_limit() as rearm:
         for row in rows:
-            rh = row.pop("__row_hash", None)  # present when rendering for the texts table
             ctx = dict(row)
+            ctx.pop("__row_hash", None)  # present when rendering for the texts table
             ctx["key"] = row[key]
             rearm()
             try:
@@ -73,11 +77,21 @@ def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int,
                     f"text '{spec.name}', {key} {row[key]!r}: rendering {exc}"
                 ) from exc
             text = " ".join(text.split())  # templates are multi-line; the text is one line
-            text, cut = truncate(text, spec.max_chars)
-            n_trunc += cut
-            n_empty += not text
-            out.append((row[key], rh, text_hash(text), text, len(text), cut))
-    return out, n_trunc, n_empty
+            out.append(truncate(text, spec.max_chars))
+    return out
+
+
+def text_rows(
+    proj, rows: list[dict], texts: list[tuple[str, bool]]
+) -> tuple[list[tuple], int, int]:
+    """render_texts' result as the texts table's rows, with the numbers of
+    cut and of empty texts."""
+    key = proj.key
+    out = [
+        (row[key], row.get("__row_hash"), text_hash(text), text, len(text), cut)
+        for row, (text, cut) in zip(rows, texts, strict=True)
+    ]
+    return out, sum(cut for _, cut in texts), sum(not text for text, _ in texts)
 
 
 def rendered_batch(out: list[tuple]):

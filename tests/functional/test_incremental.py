@@ -390,6 +390,65 @@ def test_parallel_rendering_gives_the_same_texts(project, tmp_path, monkeypatch)
     assert "templates/story.j2:2" in r.stderr and "user_id 7" in r.stderr
 
 
+def test_split_rendering_gives_the_same_texts_and_errors(project, tmp_path, monkeypatch):
+    """Work sets too small for the pool render in two halves, one in a forked
+    child: same texts; a template error in either half reads as in one process."""
+    import os
+    import shutil
+
+    from tests.conftest import ProjectDir
+
+    monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 10**9)
+    serial = ProjectDir(shutil.copytree(project.root, tmp_path / "serial"))
+    serial.cli("run")
+    monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 2)
+    monkeypatch.setattr("segtool.encoders._device.available_cpus", lambda: 2)
+    forks = []
+    real_fork = os.fork
+
+    def fork():
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    project.cli("run")
+    assert forks  # the split path ran
+    q = "select user_id, row_hash, text_hash, text, n_chars, truncated from _segtool.texts__story order by 1"
+    assert project.sql(q) == serial.sql(q)
+    # user 7 is in the first half (this process), user 50 in the second (the child)
+    for user in (7, 50):
+        project.write("templates/story.j2", f"Story\n{{{{ (100 / (user_id - {user})) | round }}}}")
+        serial.write("templates/story.j2", f"Story\n{{{{ (100 / (user_id - {user})) | round }}}}")
+        monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 2)
+        r = project.cli("run", expect=1)
+        monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 10**9)
+        one = serial.cli("run", expect=1)
+        assert f"user_id {user}" in r.stderr and "templates/story.j2:2" in r.stderr
+        assert r.stderr == one.stderr.replace(str(serial.root), str(project.root))
+
+
+def test_split_rendering_without_a_fork_renders_here(project, monkeypatch):
+    """No memory or process slot for a child: the texts are rendered in one process."""
+    import os
+
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 2)
+    monkeypatch.setattr("segtool.encoders._device.available_cpus", lambda: 2)
+    monkeypatch.setattr(os, "fork", no_fork)
+    project.cli("run")
+    assert project.sql("select count(*) from _segtool.texts__story")[0][0] == 60
+
+
+def test_split_rendering_packs_texts_exactly():
+    from segtool.execute.render_pool import _pack, _unpack
+
+    texts = [("", False), ("plain", True), ("münchen · 東京 🙂", False), ("\udcff lone", True)]
+    assert _unpack(_pack(texts)) == texts
+    assert _unpack(_pack([])) == []
+
+
 def test_assign_from_csv_reads_lists_or_says_why_not(built):
     """A CSV holds a LIST column as text: DuckDB's own notation is read as the
     list the template expects; anything else is refused naming the column."""
