@@ -60,7 +60,7 @@ def execute_text(ctx, step) -> StepResult:
         render = text_renderer(proj, spec)
         results = (
             (rendered_batch(out), t, e)
-            for out, t, e in (render_batch(proj, spec, b.to_pylist(), render) for b in batches())
+            for out, t, e in (render_batch(proj, spec, b, render) for b in batches())
         )
     n_trunc = n_empty = 0
     with ctx.reporter.progress(f"render {spec.name}", n_work, "users") as bar:

@@ -133,45 +133,49 @@ def _result(fut):
     return _from_ipc(ipc), n_trunc, n_empty
 
 
-def render_batch(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
-    """render_rows, on two CPUs when there are enough rows and a fork is
-    available (render_split), else here."""
+def render_batch(proj, spec, table, render) -> tuple[list[tuple], int, int]:
+    """render_rows over an Arrow table of model rows, on two CPUs when there
+    are enough rows and a fork is available (render_split), else here."""
     from segtool.encoders._device import available_cpus
-    from segtool.execute.texts import render_rows
 
-    if len(rows) >= RENDER_SPLIT_MIN and sys.platform == "linux" and available_cpus() > 1:
-        return render_split(proj, spec, rows, render)
-    return render_rows(proj, spec, rows, render)
+    if table.num_rows >= RENDER_SPLIT_MIN and sys.platform == "linux" and available_cpus() > 1:
+        return render_split(proj, spec, table, render)
+    return _render_here(proj, spec, table, render)
 
 
-def render_split(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
-    """render_rows(rows) with the second half's texts rendered in a forked
-    child. If the child fails for any reason (a template error for one of its
-    users, a time limit, a kill), its half is rendered here, so errors read
-    exactly as in one process."""
+def render_split(proj, spec, table, render) -> tuple[list[tuple], int, int]:
+    """render_rows over `table` with the second part's texts rendered in a
+    forked child: each side converts its own rows from Arrow and renders them.
+    This side also imports Polars meanwhile (the texts are written through a
+    Polars frame next: state/frames.py), so the child takes the larger part
+    when that import is still to come. If the child fails for any reason (a
+    template error for one of its users, a time limit, a kill), its part is
+    rendered here, so errors read exactly as in one process."""
     import gc
     import signal
 
     from segtool.execute.texts import render_texts, text_rows
 
-    half = len(rows) // 2
+    n = table.num_rows
+    cut = n // 2 if "polars" in sys.modules else n * 2 // 5
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()
     except OSError:  # no memory or process slot for a child: one process it is
         os.close(read_fd)
         os.close(write_fd)
-        return text_rows(proj, rows, render_texts(proj, spec, rows, render))
+        return _render_here(proj, spec, table, render)
     if pid == 0:  # the child: render, write, leave; never return into the caller
         code = 1
         try:
             os.close(read_fd)
             gc.disable()  # short-lived: collecting would copy the parent's pages
-            data = _pack(render_texts(proj, spec, rows[half:], render))
+            rows = table.slice(cut).to_pylist()
+            data = _pack(render_texts(proj, spec, rows, render))
             with os.fdopen(write_fd, "wb") as pipe:
                 pipe.write(data)
             code = 0
-        except BaseException:  # noqa: BLE001 - reported by the parent rendering this half
+        except BaseException:  # noqa: BLE001 - reported by the parent rendering this part
             pass
         finally:
             os._exit(code)
@@ -179,12 +183,14 @@ def render_split(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int
     reaped = False
     with os.fdopen(read_fd, "rb") as pipe:
         try:
-            texts = render_texts(proj, spec, rows[:half], render)
+            import polars  # noqa: F401 - see the docstring
+
+            texts = render_texts(proj, spec, table.slice(0, cut).to_pylist(), render)
             data = pipe.read()
             _, status = os.waitpid(pid, 0)
             reaped = True
         finally:
-            if not reaped:  # an error in this half, or Ctrl-C: the child's half is not needed
+            if not reaped:  # an error in this part, or Ctrl-C: the child's part is not needed
                 try:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
@@ -193,8 +199,21 @@ def render_split(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int
     if os.waitstatus_to_exitcode(status) == 0:
         texts += _unpack(data)
     else:
-        texts += render_texts(proj, spec, rows[half:], render)
-    return text_rows(proj, rows, texts)
+        texts += render_texts(proj, spec, table.slice(cut).to_pylist(), render)
+    return text_rows(*_keys_and_row_hashes(proj, table), texts)
+
+
+def _render_here(proj, spec, table, render) -> tuple[list[tuple], int, int]:
+    from segtool.execute.texts import render_rows
+
+    return render_rows(proj, spec, table.to_pylist(), render)
+
+
+def _keys_and_row_hashes(proj, table) -> tuple[list, list]:
+    keys = table.column(proj.key).to_pylist()
+    if "__row_hash" in table.column_names:
+        return keys, table.column("__row_hash").to_pylist()
+    return keys, [None] * len(keys)
 
 
 def _pack(texts: list[tuple[str, bool]]) -> bytes:

@@ -54,7 +54,9 @@ def truncate(text: str, max_chars: int) -> tuple[str, bool]:
 def render_rows(proj, spec, rows: list[dict], render) -> tuple[list[tuple], int, int]:
     """Render a batch: (key, row_hash, text_hash, text, n_chars, truncated).
     Each user's render is bounded in time (compile/jinja.py)."""
-    return text_rows(proj, rows, render_texts(proj, spec, rows, render))
+    keys = [row[proj.key] for row in rows]
+    row_hashes = [row.get("__row_hash") for row in rows]  # present for the texts table
+    return text_rows(keys, row_hashes, render_texts(proj, spec, rows, render))
 
 
 def render_texts(proj, spec, rows: list[dict], render) -> list[tuple[str, bool]]:
@@ -82,14 +84,13 @@ def render_texts(proj, spec, rows: list[dict], render) -> list[tuple[str, bool]]
 
 
 def text_rows(
-    proj, rows: list[dict], texts: list[tuple[str, bool]]
+    keys: list, row_hashes: list, texts: list[tuple[str, bool]]
 ) -> tuple[list[tuple], int, int]:
     """render_texts' result as the texts table's rows, with the numbers of
     cut and of empty texts."""
-    key = proj.key
     out = [
-        (row[key], row.get("__row_hash"), text_hash(text), text, len(text), cut)
-        for row, (text, cut) in zip(rows, texts, strict=True)
+        (k, rh, text_hash(text), text, len(text), cut)
+        for k, rh, (text, cut) in zip(keys, row_hashes, texts, strict=True)
     ]
     return out, sum(cut for _, cut in texts), sum(not text for text, _ in texts)
 

@@ -415,7 +415,7 @@ def test_split_rendering_gives_the_same_texts_and_errors(project, tmp_path, monk
     assert forks  # the split path ran
     q = "select user_id, row_hash, text_hash, text, n_chars, truncated from _segtool.texts__story order by 1"
     assert project.sql(q) == serial.sql(q)
-    # user 7 is in the first half (this process), user 50 in the second (the child)
+    # an error for a user in either part: 7 and 50, far apart in the work set
     for user in (7, 50):
         project.write("templates/story.j2", f"Story\n{{{{ (100 / (user_id - {user})) | round }}}}")
         serial.write("templates/story.j2", f"Story\n{{{{ (100 / (user_id - {user})) | round }}}}")
