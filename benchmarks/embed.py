@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -162,51 +163,47 @@ class GpuBusy:
         self.note: str | None = None
         self.pct: dict[str, float | None] = {}
 
+    @contextmanager
     def phase(self, key: str):
         import subprocess
         import threading
-        from contextlib import contextmanager
 
-        @contextmanager
-        def sampling():
-            samples: list[tuple[float, str]] = []
+        samples: list[tuple[float, str]] = []
+        try:
+            proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 f"--id={self.gpu_id}", "-lms", "100"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+        except OSError as exc:
+            self.note = f"nvidia-smi: {exc}"
+            self.pct[key] = None
+            yield
+            return
+
+        def read():
+            for line in proc.stdout:
+                samples.append((time.perf_counter(), line.strip()))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+            reader.join(timeout=5)
+        values = []
+        for t, text in samples:
             try:
-                proc = subprocess.Popen(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                     f"--id={self.gpu_id}", "-lms", "100"],
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                )  # fmt: skip
-            except OSError as exc:
-                self.note = f"nvidia-smi: {exc}"
-                self.pct[key] = None
-                yield
-                return
-
-            def read():
-                for line in proc.stdout:
-                    samples.append((time.perf_counter(), line.strip()))
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                proc.terminate()
-                proc.wait(timeout=5)
-                reader.join(timeout=5)
-            values = []
-            for t, text in samples:
-                try:
-                    value = float(text)
-                except ValueError:
-                    self.note = f"nvidia-smi reports utilization {text!r} for {self.gpu_id}"
-                    continue
-                if t >= t0 + 1.0:
-                    values.append(value)
-            self.pct[key] = float(np.mean(values)) if values else None
-
-        return sampling()
+                value = float(text)
+            except ValueError:
+                self.note = f"nvidia-smi reports utilization {text!r} for {self.gpu_id}"
+                continue
+            if t >= t0 + 1.0:
+                values.append(value)
+        self.pct[key] = float(np.mean(values)) if values else None
 
     def mean(self, key: str) -> float | None:
         return self.pct.get(key)

@@ -69,6 +69,10 @@ def _size_of(x: Any) -> int | None:
 class _Env(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["*", "**", "%"])
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.compiled_code: dict[tuple[str, str], Any] = {}  # see compile_template
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         kind = type(obj)  # exact types: a subclass may define its own attributes
         if kind is dict and attribute not in _DICT_ATTRIBUTES:
@@ -157,7 +161,7 @@ def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:
     The code is kept per environment: validate, plan and run compile each
     model's SQL several times (with other sources, incremental or not: the
     same template), and Jinja's compile was ~9% of a no-op run (profiled)."""
-    codes = env.__dict__.setdefault("_segtool_codes", {})
+    codes = env.compiled_code
     try:
         code = codes.get((text, name))
         if code is None:

@@ -199,6 +199,7 @@ class Runner:
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
         from segtool.execute.embed import execute_embedding, preflight
+        from segtool.execute.segment import execute_segmentation
         from segtool.execute.workspace import Workspace
         from segtool.plan.state import DbState
 
@@ -242,13 +243,9 @@ class Runner:
                     self._done(results, result)
             for step in steps:
                 if step.kind == "segmentation":
+                    result = execute_segmentation(ctx, step)
                     if step.action == "skip":  # executed steps record in their transaction
-                        result = StepResult.of(step)
                         state.record_nodes(con, [graph[step.unique_id]], run_id, planner.hashes)
-                    else:  # NumPy and scikit-learn: imported when there is work
-                        from segtool.execute.segment import execute_segmentation
-
-                        result = execute_segmentation(ctx, step)
                     self._done(results, result)
             state.finish_run(con, run_id, "success", summarize(results), self.loaded.secrets)
         except BaseException as exc:

@@ -16,7 +16,6 @@ import time
 from segtool.compile.segments import fit_hash
 from segtool.compile.sql import quote_ident
 from segtool.execute.context import StepResult
-from segtool.execute.segment import fit, rules, store, update
 from segtool.state import tables
 
 
@@ -29,6 +28,10 @@ def execute_segmentation(ctx, step) -> StepResult:
     seg = node.spec
     if step.action == "skip":
         return StepResult.of(step)
+    # NumPy and the fitting code: imported when a segmentation has work, so a
+    # run with nothing to do (and `import drivers`) goes without them
+    from segtool.execute.segment import fit, rules, store, update
+
     con = ctx.con
     name = seg.name
     k = quote_ident(ctx.loaded.key)
