@@ -280,8 +280,6 @@ class StaticEncoder(CpuFloat32):
         matrix times the float32 table: no per-text Python loop (model2vec's own
         path groups texts by length and averages in float16, ~1.7x slower
         here); agrees with it to ~3e-4."""
-        import itertools
-
         import numpy as np
         import scipy.sparse as sp
 
@@ -289,21 +287,18 @@ class StaticEncoder(CpuFloat32):
             self._table = np.asarray(model.embedding, dtype=np.float32)
             self._tokenize = TokenIds(model.tokenizer)
         table = self._table
-        limit = int(self.spec.max_length)
-        ids = [i[:limit] for i in self._tokenize(texts)]
-        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(
-            itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum())
-        )
-        rows = np.repeat(np.arange(len(ids), dtype=np.int64), lens)
+        flat, rows = self._tokenize.ids_and_rows(texts, int(self.spec.max_length))
         if model.unk_token_id is not None:  # model2vec drops unknown tokens
             keep = flat != model.unk_token_id
             flat, rows = flat[keep], rows[keep]
+        # COO -> CSR sums repeated (text, token) pairs and sorts each row's
+        # tokens, so the sums do not depend on the order of `flat`
         counts = sp.csr_matrix(
-            (np.ones(len(flat), dtype=np.float32), (rows, flat)), shape=(len(ids), table.shape[0])
+            (np.ones(len(flat), dtype=np.float32), (rows, flat)),
+            shape=(len(texts), table.shape[0]),
         )
         out = np.asarray(counts @ table, dtype=np.float32)
-        n = np.bincount(rows, minlength=len(ids)).astype(np.float32)
+        n = np.bincount(rows, minlength=len(texts)).astype(np.float32)
         out /= np.maximum(n, 1.0)[:, None]
         if self.spec.normalize:
             out = l2_rows(out)
@@ -317,15 +312,27 @@ class TokenIds:
     lowercase) was about 40% of tokenising a shopper story, and tokenising is
     most of a static encoder's time. On printable ASCII it does nothing but
     lowercase, so such texts are lowercased here and tokenised by a copy
-    without it: the same ids (tests/unit/test_static_encoder.py), ~1.5x the
-    speed. Texts with other characters or an added token's text (`[MASK]`,
-    matched before normalising), other normalisers, added tokens matched on
-    normalised text and a padding tokenizer (its batches would pad to other
-    lengths) take the full path."""
+    without it: the same ids (tests/unit/test_static_encoder.py). Texts with
+    other characters or an added token's text (`[MASK]`, matched before
+    normalising), other normalisers, added tokens matched on normalised text
+    and a padding tokenizer (its batches would pad to other lengths) take the
+    full path.
+
+    With BERT's pre-tokenizer (split at whitespace, then at punctuation, and
+    each piece tokenised on its own), a text's ids are the ids of its
+    space-separated words, one after another. Texts told from a template
+    repeat the same few thousand words, so each word is tokenised once and
+    its ids are looked up after that: ~4x the speed of tokenising every text
+    (benchmarks/README.md)."""
+
+    # words remembered per tokenizer: bounded memory on an open-ended vocabulary
+    MAX_WORDS = 500_000
 
     def __init__(self, tokenizer):
         self.full = tokenizer
         self.plain = None
+        self.by_word = False
+        self.truncate: int | None = None
         text = tokenizer.to_str()
         doc = json.loads(text)
         norm = doc.get("normalizer") or {}
@@ -344,6 +351,13 @@ class TokenIds:
             self.plain.normalizer = None
             self.lowercase = bool(norm.get("lowercase"))
             self.added = [t["content"].lower() for t in added]
+            trunc = doc.get("truncation")
+            self.by_word = (doc.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer" and (
+                trunc is None or (trunc.get("direction") == "Right" and not trunc.get("stride"))
+            )
+            self.truncate = int(trunc["max_length"]) if trunc else None
+        self._word_index: dict[str, int] = {}  # word -> its ids' slot in the arrays below
+        self._piece_ids = self._piece_start = self._piece_len = None
 
     def _plain_ok(self, text: str) -> bool:
         if not (text.isascii() and text.isprintable()):
@@ -351,16 +365,137 @@ class TokenIds:
         low = text.lower()
         return not any(a in low for a in self.added)
 
+    def _split(self, texts: list[str]) -> tuple[list[int], list[str], list[int]]:
+        """(positions of the plain texts, those texts lowercased as the
+        normaliser would, positions of the rest)."""
+        easy_at, easy, rest_at = [], [], []
+        lower = self.lowercase
+        added = self.added
+        for i, t in enumerate(texts):
+            if t.isascii() and t.isprintable():
+                low = t.lower()
+                if not any(a in low for a in added):
+                    easy_at.append(i)
+                    easy.append(low if lower else t)
+                    continue
+            rest_at.append(i)
+        return easy_at, easy, rest_at
+
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if self.plain is None:
             return [e.ids for e in self.full.encode_batch_fast(texts, add_special_tokens=False)]
-        fast = [self._plain_ok(t) for t in texts]
-        lower = str.lower if self.lowercase else str
-        easy = [lower(t) for t, ok in zip(texts, fast) if ok]
-        rest = [t for t, ok in zip(texts, fast) if not ok]
-        done = iter(self.plain.encode_batch_fast(easy, add_special_tokens=False))
-        other = iter(self.full.encode_batch_fast(rest, add_special_tokens=False) if rest else ())
-        return [next(done).ids if ok else next(other).ids for ok in fast]
+        easy_at, easy, rest_at = self._split(texts)
+        out: list[list[int]] = [[] for _ in texts]
+        for i, ids in zip(easy_at, self._easy_lists(easy), strict=True):
+            out[i] = ids
+        rest = [texts[i] for i in rest_at]
+        for i, e in zip(rest_at, self._full(rest), strict=True):
+            out[i] = e.ids
+        return out
+
+    def _full(self, texts: list[str]) -> list:
+        return self.full.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+
+    def _easy_lists(self, easy: list[str]) -> list[list[int]]:
+        if not self.by_word:
+            return [e.ids for e in self.plain.encode_batch_fast(easy, add_special_tokens=False)]
+        flat, lens = self._by_word(easy)
+        ids, out, pos = flat.tolist(), [], 0
+        for end in lens.cumsum().tolist():
+            out.append(ids[pos:end])
+            pos = end
+        return out
+
+    def ids_and_rows(self, texts: list[str], limit: int):
+        """Every text's first `limit` ids as one array, and the position of
+        the text each id belongs to (the order of ids across texts is not
+        kept; within a text it is)."""
+        import numpy as np
+
+        if self.plain is None or not self.by_word:
+            ids = [i[:limit] for i in self(texts)]
+            return _flatten(ids, np.arange(len(ids), dtype=np.int64))
+        easy_at, easy, rest_at = self._split(texts)
+        flat, lens = self._by_word(easy)
+        rows = np.repeat(np.asarray(easy_at, dtype=np.int64), lens)
+        if limit < int(lens.max(initial=0)):
+            start = np.cumsum(lens) - lens
+            keep = np.arange(len(flat), dtype=np.int64) - np.repeat(start, lens) < limit
+            flat, rows = flat[keep], rows[keep]
+        if not rest_at:
+            return flat, rows
+        other, other_rows = _flatten(
+            [e.ids[:limit] for e in self._full([texts[i] for i in rest_at])],
+            np.asarray(rest_at, dtype=np.int64),
+        )
+        return np.concatenate([flat, other]), np.concatenate([rows, other_rows])
+
+    def _by_word(self, easy: list[str]):
+        """(ids of the `easy` texts one after another, ids per text), as the
+        plain tokenizer gives them (its truncation included), from each
+        space-separated word's ids."""
+        import itertools
+
+        import numpy as np
+
+        words = [t.split() for t in easy]
+        every = list(itertools.chain.from_iterable(words))
+        if len(self._word_index) > self.MAX_WORDS:
+            self._word_index = {}
+        index = self._word_index
+        if not index:
+            self._piece_ids = np.zeros(0, np.int64)
+            self._piece_start = np.zeros(0, np.int64)
+            self._piece_len = np.zeros(0, np.int64)
+        at = np.fromiter(map(index.get, every, itertools.repeat(-1)), np.int64, len(every))
+        if (at < 0).any():
+            self._learn(dict.fromkeys(every[i] for i in np.flatnonzero(at < 0).tolist()))
+            at = np.fromiter(map(index.__getitem__, every), np.int64, len(every))
+        word_len = self._piece_len[at]
+        total = int(word_len.sum())
+        word_start = np.cumsum(word_len) - word_len  # where each word's ids land
+        src = np.repeat(self._piece_start[at] - word_start, word_len) + np.arange(total)
+        flat = self._piece_ids[src]
+        n_words = np.fromiter(map(len, words), np.int64, len(words))
+        token_ends = np.concatenate([[0], np.cumsum(word_len)])[np.cumsum(n_words)]
+        lens = np.diff(token_ends, prepend=0)
+        if self.truncate is not None and int(lens.max(initial=0)) > self.truncate:
+            keep = np.arange(total) - np.repeat(token_ends - lens, lens) < self.truncate
+            flat = flat[keep]
+            lens = np.minimum(lens, self.truncate)
+        return flat, lens
+
+    def _learn(self, new: dict[str, None]) -> None:
+        """Tokenise words not seen before and append their ids."""
+        import itertools
+
+        import numpy as np
+
+        words = list(new)
+        ids = [e.ids for e in self.plain.encode_batch_fast(words, add_special_tokens=False)]
+        lens = np.fromiter(map(len, ids), np.int64, len(ids))
+        base = len(self._piece_ids)
+        self._piece_ids = np.concatenate(
+            [
+                self._piece_ids,
+                np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lens.sum())),
+            ]
+        )
+        self._piece_start = np.concatenate([self._piece_start, base + np.cumsum(lens) - lens])
+        self._piece_len = np.concatenate([self._piece_len, lens])
+        n = len(self._word_index)
+        self._word_index.update(zip(words, range(n, n + len(words))))
+
+
+def _flatten(ids: list[list[int]], rows_of: np.ndarray):
+    """Lists of ids as one array, and rows_of[i] for each id of list i."""
+    import itertools
+
+    import numpy as np
+
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+    return flat, np.repeat(rows_of, lens)
 
 
 class _PlainStatic:

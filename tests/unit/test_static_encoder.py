@@ -201,3 +201,44 @@ def test_token_ids_skip_the_normaliser_only_where_it_changes_nothing(bert):
         assert ids(cafe) == [
             e.ids for e in accented.encode_batch_fast(cafe, add_special_tokens=False)
         ]
+
+
+def test_token_ids_by_word_are_the_tokenizers_ids(bert, monkeypatch):
+    """Plain texts are tokenised word by word, each word once (TokenIds._by_word):
+    every text's ids, cut to any limit, must be the tokenizer's own, in
+    batches that mix plain and other texts, with words it has seen and words
+    it has not, texts longer than the tokenizer's truncation, and a word
+    memory that is cleared when it fills up."""
+    from segtool.encoders.static_backend import TokenIds
+
+    words = ["running", "shoes", "(3),", "coffee", "$1,234", "x" * 150, "don't", "a/b", "##s"]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 30)))) for _ in range(200)]
+    texts += ["", "  leading  and   trailing  ", "Café crème", "[MASK] shoes", "word " * 600]
+    for tok in _tokenizers(bert):
+        tok = type(tok).from_str(tok.to_str())
+        tok.enable_truncation(512)
+        ids = TokenIds(tok)
+        assert ids.by_word and ids.truncate == 512
+        expected = [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+        assert max(map(len, expected)) == 512  # the long text was cut by the tokenizer
+        monkeypatch.setattr(TokenIds, "MAX_WORDS", 5)  # forgets its words between calls
+        for batch in (texts[:50], texts, texts[::-1]):
+            want = [e.ids for e in tok.encode_batch_fast(batch, add_special_tokens=False)]
+            assert ids(batch) == want
+            for limit in (512, 7, 1):
+                flat, rows = ids.ids_and_rows(batch, limit)
+                got = [flat[rows == i].tolist() for i in range(len(batch))]
+                assert got == [w[:limit] for w in want]
+        # a full word memory is cleared at the next call: then it holds that call's words
+        assert ids(["Brand new words"]) == [
+            tok.encode("brand new words", add_special_tokens=False).ids
+        ]
+        assert set(ids._word_index) == {"brand", "new", "words"}
+        # a tokenizer that truncates from the left keeps each text's end: not word by word
+        left = type(tok).from_str(tok.to_str())
+        left.enable_truncation(512, direction="left")
+        assert not TokenIds(left).by_word
+        assert TokenIds(left)(texts) == [
+            e.ids for e in left.encode_batch_fast(texts, add_special_tokens=False)
+        ]
