@@ -3,6 +3,8 @@ keys, malformed YAML with numbered context, merge keys, encoding errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from segtool.errors import ProjectError
@@ -188,3 +190,26 @@ def test_load_yaml_missing_file(tmp_path):
         load_yaml(tmp_path / "nope.yml", "nope.yml")
     assert ei.value.message.startswith("cannot read file")
     assert ei.value.path == "nope.yml"
+
+
+def test_libyaml_and_pure_python_parsers_give_the_same_data_and_marks():
+    """parse_yaml parses with libyaml when PyYAML has it (fast), and with
+    the pure-Python parser only when a file is rejected: both must read every
+    file a project has into the same data and the same line marks."""
+    import yaml
+
+    from segtool.project import yamlio
+
+    if not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml: only the pure-Python parser")
+    assert yamlio._Loader is yaml.CSafeLoader
+    root = Path(__file__).resolve().parents[2]
+    texts = [
+        p.read_text() for d in ("examples", "project_template") for p in (root / d).rglob("*.yml")
+    ]
+    texts.append("base: &b {k: 3, x: [1, 2]}\nuse:\n  <<: *b\n  k: 4\nwhen: 2024-01-01\nyes: on\n")
+    assert len(texts) > 5
+    for text in texts:
+        fast = yamlio._parse(yaml.CSafeLoader(text), text, "f.yml")
+        slow = yamlio._parse(yaml.SafeLoader(text), text, "f.yml")
+        assert fast == slow
