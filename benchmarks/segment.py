@@ -141,12 +141,13 @@ def sh_rss(args: list[str]) -> tuple[float, float]:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     out, err = p.communicate()
+    wall = time.perf_counter() - t0  # the process's; the sampler may still sleep up to 0.2 s
     t.join()
     if p.returncode != 0:
         sys.exit(
             f"{' '.join(map(str, args))} failed (exit {p.returncode}):\n{out[-4000:]}\n{err[-4000:]}"
         )
-    return time.perf_counter() - t0, peak[0] / 1024
+    return wall, peak[0] / 1024
 
 
 def segtool_run(project: Path, *extra: str) -> dict:
