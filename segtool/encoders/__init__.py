@@ -52,6 +52,9 @@ class Encoder(Protocol):
     """What the embed stage needs from an encoder."""
 
     spec: EncoderSpec
+    # modules encode() imports: a text step rendering on two CPUs imports
+    # them while the other CPU renders (execute/render.py)
+    imports: tuple[str, ...]
 
     @property
     def dim(self) -> int:

@@ -38,6 +38,8 @@ DEFAULT_DIM = 512
 
 
 class HashingEncoder(CpuFloat32):
+    imports = ("segtool.encoders._hashing_features",)  # what encode() imports (NumPy)
+
     def __init__(self, spec: EncoderSpec):
         self.spec = spec
 

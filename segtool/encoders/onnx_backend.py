@@ -56,6 +56,7 @@ class OnnxEncoder(TransformersEncoder):
     """float32 or dynamic-int8 ONNX Runtime inference on CPU (CUDA provider if installed)."""
 
     backend = "onnx"
+    imports = ("onnxruntime", "tokenizers")
 
     def __init__(
         self,

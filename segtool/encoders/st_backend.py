@@ -19,6 +19,7 @@ from segtool.errors import EncoderError
 
 class SentenceTransformersEncoder(TransformersEncoder):
     backend = "torch"
+    imports = ("torch", "sentence_transformers")
 
     @property
     def dim(self) -> int:

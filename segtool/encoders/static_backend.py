@@ -88,6 +88,8 @@ def _manifest_ok(folder: Path) -> bool:
 
 class StaticEncoder(CpuFloat32):
     backend = "static"
+    # what encode() imports (a two-CPU render imports them meanwhile: execute/render.py)
+    imports = ("numpy", "scipy.sparse", "safetensors.numpy", "tokenizers")
 
     def __init__(self, spec, resolved: Resolved):
         self.spec = spec

@@ -67,6 +67,7 @@ class TransformersEncoder:
     """Mean or CLS pooling over a Hugging Face encoder's last hidden state."""
 
     backend = "torch"
+    imports = ("torch", "transformers")  # what encode() imports (execute/render.py)
 
     def __init__(
         self,

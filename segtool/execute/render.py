@@ -58,9 +58,10 @@ def execute_text(ctx, step) -> StepResult:
         results = render_parallel(job_for(proj, spec), batches(), workers)
     else:
         render = text_renderer(proj, spec)
+        later = _later_imports(ctx, spec.name)
         results = (
             (rendered_batch(out), t, e)
-            for out, t, e in (render_batch(proj, spec, b, render) for b in batches())
+            for out, t, e in (render_batch(proj, spec, b, render, later) for b in batches())
         )
     n_trunc = n_empty = 0
     with ctx.reporter.progress(f"render {spec.name}", n_work, "users") as bar:
@@ -93,6 +94,17 @@ def execute_text(ctx, step) -> StepResult:
         truncated=n_trunc,
         empty=n_empty,
     )
+
+
+def _later_imports(ctx, text_name: str) -> tuple[str, ...]:
+    """Modules the run imports after rendering TEXT: Polars (the texts are
+    written through it) and the libraries of the encoders that embed TEXT.
+    Rendering on two CPUs imports them while the other CPU renders."""
+    mods = ["polars"]
+    for node in ctx.graph.by_kind("embedding"):
+        if node.data["text"] == text_name:
+            mods += getattr(ctx.encoders.get(node.data["encoder"]), "imports", ())
+    return tuple(dict.fromkeys(mods))
 
 
 # ----------------------------------------------------------------------------- samples / one user

@@ -21,6 +21,7 @@ threads are not in it. Linux only.
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -133,74 +134,168 @@ def _result(fut):
     return _from_ipc(ipc), n_trunc, n_empty
 
 
-def render_batch(proj, spec, table, render) -> tuple[list[tuple], int, int]:
+def render_batch(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], int, int]:
     """render_rows over an Arrow table of model rows, on two CPUs when there
     are enough rows and a fork is available (render_split), else here."""
     from segtool.encoders._device import available_cpus
 
     if table.num_rows >= RENDER_SPLIT_MIN and sys.platform == "linux" and available_cpus() > 1:
-        return render_split(proj, spec, table, render)
+        return render_split(proj, spec, table, render, prefetch)
     return _render_here(proj, spec, table, render)
 
 
-def render_split(proj, spec, table, render) -> tuple[list[tuple], int, int]:
-    """render_rows over `table` with the second part's texts rendered in a
-    forked child: each side converts its own rows from Arrow and renders them.
-    This side also imports Polars meanwhile (the texts are written through a
-    Polars frame next: state/frames.py), so the child takes the larger part
-    when that import is still to come. If the child fails for any reason (a
-    template error for one of its users, a time limit, a kill), its part is
-    rendered here, so errors read exactly as in one process."""
+def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], int, int]:
+    """render_rows over `table` on two CPUs: a forked child renders chunks of
+    SPLIT_CHUNK rows from the end while this process first imports `prefetch`
+    (modules the rest of the run needs: Polars, the encoder's libraries) and
+    then renders chunks from the start; they meet wherever the work left
+    them, so neither waits for the other however long the imports take.
+
+    The child reports each chunk it has done (its frontier) and, when told to
+    stop or at row 0, sends its texts. Where both rendered the same rows this
+    process's texts are kept. If the child fails for any reason (a template
+    error for one of its users, a time limit, a kill), the rows it did not
+    deliver are rendered here, in order, so errors read exactly as in one
+    process."""
     import gc
+    import importlib
     import signal
 
     from segtool.execute.texts import render_texts, text_rows
 
     n = table.num_rows
-    cut = n // 2 if "polars" in sys.modules else n * 2 // 5
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = os.pipe()  # child -> here: frontier reports, then the texts
+    stop_r, stop_w = os.pipe()  # here -> child: closed when this side is done
     try:
         pid = os.fork()
     except OSError:  # no memory or process slot for a child: one process it is
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (read_fd, write_fd, stop_r, stop_w):
+            os.close(fd)
         return _render_here(proj, spec, table, render)
     if pid == 0:  # the child: render, write, leave; never return into the caller
         code = 1
         try:
             os.close(read_fd)
+            os.close(stop_w)
             gc.disable()  # short-lived: collecting would copy the parent's pages
-            rows = table.slice(cut).to_pylist()
-            data = _pack(render_texts(proj, spec, rows, render))
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(data)
+            _render_from_the_end(proj, spec, table, render, write_fd, stop_r)
             code = 0
-        except BaseException:  # noqa: BLE001 - reported by the parent rendering this part
+        except BaseException:  # noqa: BLE001 - reported by the parent rendering its rows
             pass
         finally:
             os._exit(code)
     os.close(write_fd)
-    reaped = False
-    with os.fdopen(read_fd, "rb") as pipe:
-        try:
-            import polars  # noqa: F401 - see the docstring
-
-            texts = render_texts(proj, spec, table.slice(0, cut).to_pylist(), render)
-            data = pipe.read()
-            _, status = os.waitpid(pid, 0)
-            reaped = True
-        finally:
-            if not reaped:  # an error in this part, or Ctrl-C: the child's part is not needed
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
-    if os.waitstatus_to_exitcode(status) == 0:
-        texts += _unpack(data)
+    os.close(stop_r)
+    reports = _Reports(read_fd)
+    texts: list[tuple[str, bool]] = []
+    status = None
+    try:
+        for name in prefetch:
+            importlib.import_module(name)
+        done = 0
+        while done < reports.frontier(n):
+            hi = min(done + SPLIT_CHUNK, reports.frontier(n))
+            texts += render_texts(proj, spec, table.slice(done, hi - done).to_pylist(), render)
+            done = hi
+        os.close(stop_w)
+        stop_w = None
+        delivered = reports.read_to_end()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        if stop_w is not None:
+            os.close(stop_w)
+        reports.close()
+        if status is None:  # an error in this part, or Ctrl-C: the child's part is not needed
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    if os.waitstatus_to_exitcode(status) == 0 and delivered is not None:
+        lo, theirs = delivered
+        texts += theirs[done - lo :]
     else:
-        texts += render_texts(proj, spec, table.slice(cut).to_pylist(), render)
+        texts += render_texts(proj, spec, table.slice(done).to_pylist(), render)
     return text_rows(*_keys_and_row_hashes(proj, table), texts)
+
+
+# rows a side of render_split claims at a time: small enough that the two
+# sides meet within ~10 ms, large enough that reporting costs nothing
+SPLIT_CHUNK = 256
+_REPORT = struct.Struct("<cq")  # b"F" + frontier, or b"T" + texts' byte length
+
+
+def _render_from_the_end(proj, spec, table, render, out_fd: int, stop_fd: int) -> None:
+    """The child's part of render_split: chunks from the last row down, a
+    frontier report after each, until row 0 or the parent closes `stop_fd`;
+    then its texts (from its frontier to the end) in one message."""
+    import select
+
+    from segtool.execute.texts import render_texts
+
+    chunks = []
+    lo = table.num_rows
+    with os.fdopen(out_fd, "wb") as out:
+        while lo > 0 and not select.select([stop_fd], [], [], 0)[0]:
+            start = max(0, lo - SPLIT_CHUNK)
+            chunks.append(
+                render_texts(proj, spec, table.slice(start, lo - start).to_pylist(), render)
+            )
+            lo = start
+            out.write(_REPORT.pack(b"F", lo))
+            out.flush()
+        data = _pack([t for chunk in reversed(chunks) for t in chunk])
+        out.write(_REPORT.pack(b"T", len(data)))
+        out.write(data)
+
+
+class _Reports:
+    """The parent's end of render_split's pipe: the child's frontier, read
+    without waiting, and its texts, read at the end."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.lowest: int | None = None
+        self.buf = bytearray()
+        os.set_blocking(fd, False)
+
+    def frontier(self, n: int) -> int:
+        """The lowest row the child has rendered so far (n: none yet)."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.buf += chunk
+        self._parse_frontiers()
+        return n if self.lowest is None else self.lowest
+
+    def _parse_frontiers(self) -> None:
+        size = _REPORT.size
+        while len(self.buf) >= size and self.buf[:1] == b"F":
+            _, lo = _REPORT.unpack_from(self.buf)
+            self.lowest = lo
+            del self.buf[:size]
+
+    def read_to_end(self) -> tuple[int, list[tuple[str, bool]]] | None:
+        """(the child's frontier, its texts from there on), or None when it
+        stopped without sending them."""
+        os.set_blocking(self.fd, True)
+        while chunk := os.read(self.fd, 1 << 20):
+            self.buf += chunk
+        self._parse_frontiers()
+        size = _REPORT.size
+        if len(self.buf) < size or self.buf[:1] != b"T" or self.lowest is None:
+            return None
+        _, length = _REPORT.unpack_from(self.buf)
+        if len(self.buf) != size + length:
+            return None
+        return self.lowest, _unpack(bytes(self.buf[size:]))
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _render_here(proj, spec, table, render) -> tuple[list[tuple], int, int]:

@@ -391,17 +391,23 @@ def test_parallel_rendering_gives_the_same_texts(project, tmp_path, monkeypatch)
 
 
 def test_split_rendering_gives_the_same_texts_and_errors(project, tmp_path, monkeypatch):
-    """Work sets too small for the pool render in two halves, one in a forked
-    child: same texts; a template error in either half reads as in one process."""
+    """Work sets too small for the pool render on two CPUs, a forked child
+    taking chunks from the end and this process from the start: same texts
+    however the work falls between them (this process slow to start, as when
+    it imports torch meanwhile, or the child slow); a template error for a
+    user in either part reads as in one process."""
     import os
     import shutil
+    import time
 
+    import segtool.execute.texts as texts_module
     from tests.conftest import ProjectDir
 
     monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 10**9)
     serial = ProjectDir(shutil.copytree(project.root, tmp_path / "serial"))
     serial.cli("run")
     monkeypatch.setattr("segtool.execute.render_pool.RENDER_SPLIT_MIN", 2)
+    monkeypatch.setattr("segtool.execute.render_pool.SPLIT_CHUNK", 4)
     monkeypatch.setattr("segtool.encoders._device.available_cpus", lambda: 2)
     forks = []
     real_fork = os.fork
@@ -411,10 +417,26 @@ def test_split_rendering_gives_the_same_texts_and_errors(project, tmp_path, monk
         return real_fork()
 
     monkeypatch.setattr(os, "fork", fork)
-    project.cli("run")
-    assert forks  # the split path ran
     q = "select user_id, row_hash, text_hash, text, n_chars, truncated from _segtool.texts__story order by 1"
-    assert project.sql(q) == serial.sql(q)
+    real_render = texts_module.render_texts
+    here = os.getpid()
+
+    def slow(side):
+        def render_texts(*args):
+            if (os.getpid() == here) == (side == "here"):
+                time.sleep(0.05)
+            return real_render(*args)
+
+        return render_texts
+
+    for side in (None, "here", "child"):
+        if side is not None:
+            monkeypatch.setattr(texts_module, "render_texts", slow(side))
+        shutil.rmtree(project.root / "target", ignore_errors=True)
+        project.cli("run")
+        assert project.sql(q) == serial.sql(q), side
+    monkeypatch.setattr(texts_module, "render_texts", real_render)
+    assert len(forks) == 3  # the split path ran each time
     # an error for a user in either part: 7 and 50, far apart in the work set
     for user in (7, 50):
         project.write("templates/story.j2", f"Story\n{{{{ (100 / (user_id - {user})) | round }}}}")
@@ -425,6 +447,26 @@ def test_split_rendering_gives_the_same_texts_and_errors(project, tmp_path, monk
         one = serial.cli("run", expect=1)
         assert f"user_id {user}" in r.stderr and "templates/story.j2:2" in r.stderr
         assert r.stderr == one.stderr.replace(str(serial.root), str(project.root))
+
+
+def test_split_rendering_imports_what_the_embedding_needs_meanwhile(project, monkeypatch):
+    """While the child renders, this process imports Polars and the
+    libraries of the encoders that embed the text (here the hashing
+    encoder's NumPy featurisation), which the run needs next anyway."""
+    import segtool.execute.render_pool as pool
+
+    seen = []
+    real = pool.render_split
+
+    def render_split(proj, spec, table, render, prefetch=()):
+        seen.append(prefetch)
+        return real(proj, spec, table, render, prefetch)
+
+    monkeypatch.setattr(pool, "render_split", render_split)
+    monkeypatch.setattr(pool, "RENDER_SPLIT_MIN", 2)
+    monkeypatch.setattr("segtool.encoders._device.available_cpus", lambda: 2)
+    project.cli("run")
+    assert seen == [("polars", "segtool.encoders._hashing_features")]
 
 
 def test_split_rendering_without_a_fork_renders_here(project, monkeypatch):
