@@ -1,5 +1,5 @@
 """`python -m segtool ...` runs the CLI."""
 
-from segtool.cli import main
+from segtool.cli import entry
 
-main()
+entry()
