@@ -154,6 +154,7 @@ def execute_embedding(ctx, step) -> StepResult:
         )
     if store is not None:
         vectors.touch(con, fp, encoder=enc_name, run_id=ctx.run_id)
+    con.execute(f"DROP TABLE {work}")  # every text in it is embedded (see render.py)
     for w in stats.extra.get("per_worker", []):
         rate = f", {w['texts_per_s']:,.0f} texts/s" if w["texts_per_s"] else ""
         ctx.reporter.line(

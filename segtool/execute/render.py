@@ -81,6 +81,12 @@ def execute_text(ctx, step) -> StepResult:
     ws.write_texts(
         spec.name, rendered, full=step.action in ("create", "rebuild"), run_id=ctx.run_id
     )
+    # temporary tables live until the connection closes: at 1M users these two
+    # held ~1 GB through the embedding and segmentation stages (a dry run's
+    # texts are a view over `rendered`, which it keeps)
+    con.execute(f"DROP TABLE {work}")
+    if not ws.dry:
+        con.execute(f"DROP TABLE {rendered}")
     if n_trunc:
         ctx.reporter.warn(
             f"text '{spec.name}': {n_trunc:,} text(s) cut to max_chars={spec.max_chars}"

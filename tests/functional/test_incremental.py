@@ -469,6 +469,37 @@ def test_split_rendering_imports_what_the_embedding_needs_meanwhile(project, mon
     assert seen == [("polars", "segtool.encoders._hashing_features")]
 
 
+def test_work_tables_are_dropped_when_their_step_is_done(project, monkeypatch):
+    """Temporary tables last until the connection closes: the users to
+    render, their rendered texts and the texts to embed (at 1M users about a
+    gigabyte) must be gone before the segmentations run."""
+    import segtool.execute.segment as segment
+
+    seen = []
+    real = segment.execute_segmentation
+
+    def spy(ctx, step):
+        seen.append(
+            sorted(
+                r[0]
+                for r in ctx.con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE temporary"
+                ).fetchall()
+            )
+        )
+        return real(ctx, step)
+
+    monkeypatch.setattr(segment, "execute_segmentation", spy)
+    project.cli("run")
+    assert seen, "no segmentation ran"
+    left = {t for tables in seen for t in tables}
+    assert not {
+        t
+        for t in left
+        if t.startswith(("__segtool_text_", "__segtool_rendered_", "__segtool_embed_"))
+    }, left
+
+
 def test_split_rendering_without_a_fork_renders_here(project, monkeypatch):
     """No memory or process slot for a child: the texts are rendered in one process."""
     import os

@@ -110,6 +110,9 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
         [i.weight for i in seg.inputs], seg.reduce, seg.cluster, input_names=names
     ).fit(blocks, loaded.keys, init_labels=prev if (prev >= 0).any() else None)
     labels, dist, conf = model.predict(blocks, loaded.keys)
+    # the inputs are done with: at 1M users the vectors alone are a gigabyte,
+    # and the labels, drivers and writes below would otherwise hold them too
+    blocks = loaded.blocks = None
 
     alive = [
         r[0]
