@@ -152,6 +152,9 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+CHECKPOINT_THRESHOLD = "1GB"
+
+
 def setup_connection(
     con: duckdb.DuckDBPyConnection,
     proj: LoadedProject,
@@ -170,6 +173,12 @@ def setup_connection(
     paths = [str(proj.root)] + [str(p) for p in search_paths if str(p) != str(proj.root)]
     con.execute(f"SET file_search_path = {sql_literal(','.join(paths))}")
     con.execute(f"SET threads = {int(threads or proj.target.threads)}")
+    # DuckDB checkpoints whenever its write-ahead log passes 16 MB: a run that
+    # commits vectors 2,048 at a time checkpointed every few seconds, each one
+    # rewriting the tables' last blocks (160,000 vectors: 5.7 s to insert with
+    # those checkpoints, 3.1 s with one at the end). Commits stay durable in
+    # the log; closing the database checkpoints once.
+    con.execute(f"SET checkpoint_threshold = {sql_literal(CHECKPOINT_THRESHOLD)}")
     if proj.target.memory_limit:
         con.execute(f"SET memory_limit = {sql_literal(proj.target.memory_limit)}")
     if temp_directory is not None:
