@@ -67,8 +67,14 @@ class Project:
         return read_manifest(p if p.is_absolute() else Path.cwd() / p)
 
     # ------------------------------------------------------------------ commands
-    def validate(self, *, check_encoders: bool = True) -> list[ProjectError]:
-        """Every problem found, without writing anything or loading a model."""
+    def validate(
+        self, *, check_encoders: bool = True, reuse_bind: bool = False
+    ) -> list[ProjectError]:
+        """Every problem found, without writing anything or loading a model.
+        `reuse_bind`: skip binding when nothing it depends on changed since a
+        check that found no problem (compile/bind_cache.py)."""
+        from segtool.compile import bind_cache
+
         errors = list(self.loaded.errors)
         built = build_graph(self.loaded, strict=False)
         errors += built.errors
@@ -77,8 +83,13 @@ class Project:
         if not any("cycle" in e.message for e in built.errors):
             from segtool.compile.checks import bind_models
 
-            bound = bind_models(self.loaded, built)
-            errors += bound.errors
+            # `validate` itself writes nothing: only the commands that check first remember
+            key = bind_cache.bind_key(self.loaded, built) if reuse_bind and not errors else None
+            if not (key and bind_cache.already_bound(self.target_dir, key)):
+                bound = bind_models(self.loaded, built)
+                errors += bound.errors
+                if key and not errors:
+                    bind_cache.remember(self.target_dir, key)
         if check_encoders:
             from segtool.encoders import check_encoder
 
@@ -92,7 +103,8 @@ class Project:
         return errors
 
     def check(self) -> None:
-        errors = self.validate(check_encoders=False)
+        """validate() before a command reads or writes data."""
+        errors = self.validate(check_encoders=False, reuse_bind=True)
         if errors:
             raise ProjectErrors(errors)
 
