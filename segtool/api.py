@@ -68,11 +68,12 @@ class Project:
 
     # ------------------------------------------------------------------ commands
     def validate(
-        self, *, check_encoders: bool = True, reuse_bind: bool = False
+        self, *, check_encoders: bool = True, reuse_bind: bool = False, remember_bind: bool = False
     ) -> list[ProjectError]:
         """Every problem found, without writing anything or loading a model.
         `reuse_bind`: skip binding when nothing it depends on changed since a
-        check that found no problem (compile/bind_cache.py)."""
+        check that found no problem and was remembered (`remember_bind`: in
+        target/, compile/bind_cache.py)."""
         from segtool.compile import bind_cache
 
         errors = list(self.loaded.errors)
@@ -83,12 +84,12 @@ class Project:
         if not any("cycle" in e.message for e in built.errors):
             from segtool.compile.checks import bind_models
 
-            # `validate` itself writes nothing: only the commands that check first remember
-            key = bind_cache.bind_key(self.loaded, built) if reuse_bind and not errors else None
-            if not (key and bind_cache.already_bound(self.target_dir, key)):
+            cached = (reuse_bind or remember_bind) and not errors
+            key = bind_cache.bind_key(self.loaded, built) if cached else None
+            if not (key and reuse_bind and bind_cache.already_bound(self.target_dir, key)):
                 bound = bind_models(self.loaded, built)
                 errors += bound.errors
-                if key and not errors:
+                if key and remember_bind and not errors:
                     bind_cache.remember(self.target_dir, key)
         if check_encoders:
             from segtool.encoders import check_encoder
@@ -102,9 +103,10 @@ class Project:
                     )
         return errors
 
-    def check(self) -> None:
-        """validate() before a command reads or writes data."""
-        errors = self.validate(check_encoders=False, reuse_bind=True)
+    def check(self, *, remember: bool = True) -> None:
+        """validate() before a command reads or writes data; `remember=False`
+        for one that writes nothing (a dry run)."""
+        errors = self.validate(check_encoders=False, reuse_bind=True, remember_bind=remember)
         if errors:
             raise ProjectErrors(errors)
 
@@ -157,7 +159,7 @@ class Project:
         from segtool.execute.context import RunOptions
         from segtool.execute.runner import Runner
 
-        self.check()
+        self.check(remember=False)
         return Runner(self, RunOptions(**opts)).plan()
 
     def run(self, reporter=None, **opts):
