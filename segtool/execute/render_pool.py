@@ -9,10 +9,11 @@ same `render_rows` (and the same per-user time limit) as the main process, so
 the texts are byte for byte the same.
 
 Starting such a pool costs about as much as rendering 10,000 users on 2
-cores, so a smaller work set of at least RENDER_SPLIT_MIN users is split in
-two instead (render_split): a forked child, which already holds the compiled
-template and the rows, renders one half's texts while this process renders
-the other. The child only renders and writes its texts (length-prefixed
+cores, so a smaller work set of at least RENDER_SPLIT_MIN users renders on
+two CPUs instead (render_split): a forked child, which already holds the
+compiled template and the rows, renders chunks from the end while this
+process imports what the run needs next and renders chunks from the start.
+The child only renders and writes its frontier and texts (length-prefixed
 UTF-8, no pickle) into a pipe, then leaves with os._exit (no atexit
 handlers, no flush of inherited buffers); it never touches DuckDB, whose
 threads are not in it. Linux only.
