@@ -324,8 +324,8 @@ class TokenIds:
     each piece tokenised on its own), a text's ids are the ids of its
     space-separated words, one after another. Texts told from a template
     repeat the same few thousand words, so each word is tokenised once and
-    its ids are looked up after that: ~4x the speed of tokenising every text
-    (benchmarks/README.md)."""
+    its ids are looked up after that: 2-3x the speed of tokenising every
+    text (docs/encoders.md)."""
 
     # words remembered per tokenizer: bounded memory on an open-ended vocabulary
     MAX_WORDS = 500_000
@@ -360,12 +360,6 @@ class TokenIds:
             self.truncate = int(trunc["max_length"]) if trunc else None
         self._word_index: dict[str, int] = {}  # word -> its ids' slot in the arrays below
         self._piece_ids = self._piece_start = self._piece_len = None
-
-    def _plain_ok(self, text: str) -> bool:
-        if not (text.isascii() and text.isprintable()):
-            return False
-        low = text.lower()
-        return not any(a in low for a in self.added)
 
     def _split(self, texts: list[str]) -> tuple[list[int], list[str], list[int]]:
         """(positions of the plain texts, those texts lowercased as the

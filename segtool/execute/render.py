@@ -109,7 +109,10 @@ def _later_imports(ctx, text_name: str) -> tuple[str, ...]:
     mods = ["polars"]
     for node in ctx.graph.by_kind("embedding"):
         if node.data["text"] == text_name:
-            mods += getattr(ctx.encoders.get(node.data["encoder"]), "imports", ())
+            try:
+                mods += getattr(ctx.encoders.get(node.data["encoder"]), "imports", ())
+            except Exception:  # noqa: BLE001 - an encoder this run may not use: its step says why
+                pass
     return tuple(dict.fromkeys(mods))
 
 

@@ -192,7 +192,10 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     status = None
     try:
         for name in prefetch:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the step that needs it reports it, in its words
+                pass
         done = 0
         while done < reports.frontier(n):
             hi = min(done + SPLIT_CHUNK, reports.frontier(n))

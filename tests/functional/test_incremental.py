@@ -460,13 +460,15 @@ def test_split_rendering_imports_what_the_embedding_needs_meanwhile(project, mon
 
     def render_split(proj, spec, table, render, prefetch=()):
         seen.append(prefetch)
-        return real(proj, spec, table, render, prefetch)
+        # a module that cannot be imported is the business of the step needing it
+        return real(proj, spec, table, render, (*prefetch, "segtool_no_such_module"))
 
     monkeypatch.setattr(pool, "render_split", render_split)
     monkeypatch.setattr(pool, "RENDER_SPLIT_MIN", 2)
     monkeypatch.setattr("segtool.encoders._device.available_cpus", lambda: 2)
     project.cli("run")
     assert seen == [("polars", "segtool.encoders._hashing_features")]
+    assert project.sql("select count(*) from _segtool.texts__story")[0][0] == 60
 
 
 def test_work_tables_are_dropped_when_their_step_is_done(project, monkeypatch):
