@@ -47,6 +47,9 @@ def bind_key(loaded, built) -> str | None:
             if fp is None:
                 return None
             sources[uid] = fp
+    # node hashes already cover each model's SQL as written (portable_sql) and
+    # the specs; the compiled SQL (absolute source paths, env_var values) and
+    # vars are what the bind itself reads, so they are in the key as they are
     payload = {
         "segtool": __version__,
         "duckdb": duckdb.__version__,

@@ -358,8 +358,15 @@ class TokenIds:
                 trunc is None or (trunc.get("direction") == "Right" and not trunc.get("stride"))
             )
             self.truncate = int(trunc["max_length"]) if trunc else None
-        self._word_index: dict[str, int] = {}  # word -> its ids' slot in the arrays below
-        self._piece_ids = self._piece_start = self._piece_len = None
+        self._forget()
+
+    def _forget(self) -> None:
+        """An empty word memory: each word's slot, and by slot its ids' start
+        and length in one array of every remembered word's ids."""
+        import numpy as np
+
+        self._word_index: dict[str, int] = {}
+        self._piece_ids = self._piece_start = self._piece_len = np.zeros(0, np.int64)
 
     def _split(self, texts: list[str]) -> tuple[list[int], list[str], list[int]]:
         """(positions of the plain texts, those texts lowercased as the
@@ -395,7 +402,7 @@ class TokenIds:
     def _easy_lists(self, easy: list[str]) -> list[list[int]]:
         if not self.by_word:
             return [e.ids for e in self.plain.encode_batch_fast(easy, add_special_tokens=False)]
-        flat, lens = self._by_word(easy)
+        flat, lens = self._by_word(easy, self.truncate)
         ids, out, pos = flat.tolist(), [], 0
         for end in lens.cumsum().tolist():
             out.append(ids[pos:end])
@@ -412,12 +419,10 @@ class TokenIds:
             ids = [i[:limit] for i in self(texts)]
             return _flatten(ids, np.arange(len(ids), dtype=np.int64))
         easy_at, easy, rest_at = self._split(texts)
-        flat, lens = self._by_word(easy)
+        flat, lens = self._by_word(
+            easy, limit if self.truncate is None else min(limit, self.truncate)
+        )
         rows = np.repeat(np.asarray(easy_at, dtype=np.int64), lens)
-        if limit < int(lens.max(initial=0)):
-            start = np.cumsum(lens) - lens
-            keep = np.arange(len(flat), dtype=np.int64) - np.repeat(start, lens) < limit
-            flat, rows = flat[keep], rows[keep]
         if not rest_at:
             return flat, rows
         other, other_rows = _flatten(
@@ -426,10 +431,10 @@ class TokenIds:
         )
         return np.concatenate([flat, other]), np.concatenate([rows, other_rows])
 
-    def _by_word(self, easy: list[str]):
+    def _by_word(self, easy: list[str], cut: int | None):
         """(ids of the `easy` texts one after another, ids per text), as the
-        plain tokenizer gives them (its truncation included), from each
-        space-separated word's ids."""
+        plain tokenizer gives them, from each space-separated word's ids; each
+        text's ids cut to the first `cut` (None: all)."""
         import itertools
 
         import numpy as np
@@ -437,12 +442,8 @@ class TokenIds:
         words = [t.split() for t in easy]
         every = list(itertools.chain.from_iterable(words))
         if len(self._word_index) > self.MAX_WORDS:
-            self._word_index = {}
+            self._forget()
         index = self._word_index
-        if not index:
-            self._piece_ids = np.zeros(0, np.int64)
-            self._piece_start = np.zeros(0, np.int64)
-            self._piece_len = np.zeros(0, np.int64)
         at = np.fromiter(map(index.get, every, itertools.repeat(-1)), np.int64, len(every))
         if (at < 0).any():
             self._learn(dict.fromkeys(every[i] for i in np.flatnonzero(at < 0).tolist()))
@@ -455,42 +456,44 @@ class TokenIds:
         n_words = np.fromiter(map(len, words), np.int64, len(words))
         token_ends = np.concatenate([[0], np.cumsum(word_len)])[np.cumsum(n_words)]
         lens = np.diff(token_ends, prepend=0)
-        if self.truncate is not None and int(lens.max(initial=0)) > self.truncate:
-            keep = np.arange(total) - np.repeat(token_ends - lens, lens) < self.truncate
+        if cut is not None and int(lens.max(initial=0)) > cut:
+            keep = np.arange(total) - np.repeat(token_ends - lens, lens) < cut
             flat = flat[keep]
-            lens = np.minimum(lens, self.truncate)
+            lens = np.minimum(lens, cut)
         return flat, lens
 
     def _learn(self, new: dict[str, None]) -> None:
         """Tokenise words not seen before and append their ids."""
-        import itertools
-
         import numpy as np
 
         words = list(new)
-        ids = [e.ids for e in self.plain.encode_batch_fast(words, add_special_tokens=False)]
-        lens = np.fromiter(map(len, ids), np.int64, len(ids))
-        base = len(self._piece_ids)
-        self._piece_ids = np.concatenate(
-            [
-                self._piece_ids,
-                np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lens.sum())),
-            ]
+        ids, lens = _concat(
+            [e.ids for e in self.plain.encode_batch_fast(words, add_special_tokens=False)]
         )
+        base = len(self._piece_ids)
+        self._piece_ids = np.concatenate([self._piece_ids, ids])
         self._piece_start = np.concatenate([self._piece_start, base + np.cumsum(lens) - lens])
         self._piece_len = np.concatenate([self._piece_len, lens])
         n = len(self._word_index)
         self._word_index.update(zip(words, range(n, n + len(words))))
 
 
-def _flatten(ids: list[list[int]], rows_of: np.ndarray):
-    """Lists of ids as one array, and rows_of[i] for each id of list i."""
+def _concat(ids: list[list[int]]):
+    """Lists of ids as one array, and each list's length."""
     import itertools
 
     import numpy as np
 
     lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+    return flat, lens
+
+
+def _flatten(ids: list[list[int]], rows_of: np.ndarray):
+    """Lists of ids as one array, and rows_of[i] for each id of list i."""
+    import numpy as np
+
+    flat, lens = _concat(ids)
     return flat, np.repeat(rows_of, lens)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 # below this many users to render, one process is faster than starting workers
 RENDER_POOL_MIN = int(os.environ.get("SEGTOOL_RENDER_POOL_MIN", "20000"))
-# from this many, a smaller work set renders in two halves (a fork and this process)
+# from this many, a smaller work set renders on two CPUs (a fork and this process)
 RENDER_SPLIT_MIN = int(os.environ.get("SEGTOOL_RENDER_SPLIT_MIN", "2000"))
 SUB_BATCH = 5_000
 # a bound on memory and start-up (each worker is a fresh interpreter); not tuned

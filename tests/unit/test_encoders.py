@@ -228,6 +228,8 @@ def test_hashing_same_vector_in_fresh_process_without_torch():
         "v = e.encode(['a shopper who buys shoes'])\n"
         "bad = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
+        "# what a two-CPU render imports for it beforehand (Encoder.imports) is what it uses\n"
+        "assert all(m in sys.modules for m in e.imports), e.imports\n"
         "print(json.dumps({'fp': fp, 'v': v[0].tolist()}))\n"
     )
     out = subprocess.run(

@@ -258,6 +258,9 @@ def test_connect_creates_folder_and_sets_search_path(tmp_path):
             (str(tmp_path),)
         ]
         assert c.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+        # chunked commits do not checkpoint every 16 MB of log (state/db.py)
+        threshold = c.execute("SELECT current_setting('checkpoint_threshold')").fetchall()[0][0]
+        assert threshold.replace(" ", "").upper() in ("1GB", "1.0GB", "953.6MIB"), threshold
     finally:
         c.close()
 

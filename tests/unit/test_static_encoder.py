@@ -135,11 +135,15 @@ def test_own_pooling_agrees_with_model2vec_without_importing_it(bert, cache):
         "from segtool.project.specs import EncoderSpec\n"
         f"e = build_encoder(EncoderSpec(name='f', kind='static', model={str(enc.path)!r}), Path('.'))\n"
         "v = e.encode(['coffee beans every monday'])\n"
-        "print(json.dumps({'v': v[0].tolist(), 'mods': [m for m in ('model2vec', 'torch') if m in sys.modules]}))\n"
+        "print(json.dumps({'v': v[0].tolist(), 'mods': [m for m in ('model2vec', 'torch') if m in sys.modules],\n"
+        "                  'undeclared': [m for m in e.imports if m not in sys.modules]}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["mods"] == []
+    assert (
+        got["undeclared"] == []
+    )  # Encoder.imports (prefetched while rendering) is what encode uses
     assert np.allclose(got["v"], ours[1], atol=1e-6)
 
 
