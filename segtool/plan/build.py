@@ -182,9 +182,9 @@ class Planner:
         elif stored.own_hash != node.own_hash:
             why = "definition changed"
         elif node.kind == "source" and stored.input_hash != self._input[uid]:
-            why = "its files changed"
+            why = "files changed"
         elif node.kind == "encoder" and stored.input_hash != self._input[uid]:
-            why = "its model files changed"
+            why = "model files changed"
         else:
             why = "unchanged"
         return self._step(node, "skip", f"{node.kind} {why}: nothing to run")

@@ -44,6 +44,8 @@ def test_changed_and_new_users_only(project):
     results = json.loads((project.root / "target/run_results.json").read_text())["results"]
     detail = next(r["detail"] for r in results if r["unique_id"] == "segmentation.behaviour")
     assert detail["executor"] == "local" and detail["users_per_s"] > 0
+    reasons = {r["unique_id"]: r["reason"] for r in results}
+    assert reasons["source.shop.users"] == "source files changed: nothing to run"
     after = dict(project.sql("select user_id, segment_id from segments.behaviour"))
     assert len(after) == 63
     assert all(after[u] == before[u] for u in before if u not in (5, 9))
