@@ -51,7 +51,9 @@ def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model)
             path=seg.file,
             line=seg.line,
         )
-    covered: set[str] = set()  # models that hold every user of the population
+    # models that hold every user of the population: the population is drawn
+    # from its base model, so that one needs no check
+    covered: set[str] = {base_model(proj, seg)}
     for inp in seg.inputs:
         if inp.features:
             fs = proj.features[inp.features]
