@@ -341,13 +341,23 @@ def _features_str(feats: list[dict]) -> str:
 
 
 def trait_str(t: dict) -> str:
-    """`top category: Books (82% vs 14%)`, `high revenue (median 420 vs 95)`."""
+    """`top category: Books (82% vs 14%)`, `high revenue (median 420 vs 95)`,
+    `orders: 0 (100% vs 12%; same users: revenue 0)`."""
     col = t["column"].replace("_", " ")
     if "share" in t:
         value = _fmt_num(t["value"])
         rel = " incl." if t.get("kind") == "contains" else ":"
-        return f"{col}{rel} {value} ({t['share']:.0%} vs {t['base_share']:.0%})"
-    return f"{t['kind']} {col} (median {_fmt_num(t['median'])} vs {_fmt_num(t['base_median'])})"
+        same = [_value_str(o) for o in t.get("same_users", [])]
+        also = f"; same users: {', '.join(same)}" if same else ""
+        return f"{col}{rel} {value} ({t['share']:.0%} vs {t['base_share']:.0%}{also})"
+    said = t.get("text") or f"{t['kind']} {col}"  # "high revenue", "recent signup at"
+    return f"{said} (median {_fmt_num(t['median'])} vs {_fmt_num(t['base_median'])})"
+
+
+def _value_str(t: dict) -> str:
+    """A folded trait, short: `revenue 0`, `recent products incl. Kindle`."""
+    rel = " incl." if t.get("kind") == "contains" else ""
+    return f"{t['column'].replace('_', ' ')}{rel} {_fmt_num(t['value'])}"
 
 
 TOP_DRIVERS = 6

@@ -61,3 +61,67 @@ def test_categorical_measure_matches_the_raw_values_and_skips_near_unique_column
     table(con, labels, [f"id{i}" for i in range(600)], "VARCHAR")
     got = drivers._categorical(con, "t", '"c0"', drivers.Column("m", "c0", "categorical"), 600)
     assert got == (None, 0, {})
+
+
+def test_traits_of_the_same_users_fold_into_the_strongest():
+    """Users without orders have orders 0, revenue 0 and no top category: one
+    fact, one trait (the first), the others listed under same_users; a trait
+    of other users (most, not all, of them) stays its own."""
+    from decimal import Decimal
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE s (segment_id INTEGER, c0 VARCHAR, c1 BIGINT, c2 DECIMAL(18, 2),"
+        " c3 VARCHAR, c4 VARCHAR[])"
+    )
+    rows = []
+    for i in range(200):
+        buyer = i >= 40
+        # the first 40 users never ordered; 36 of them (and 2 buyers) are from DE
+        country = "DE" if (i < 36 or i in (50, 51)) else "US"
+        rows.append(
+            (0 if i < 50 else 1, "Books" if buyer else "none", 3 if buyer else 0,
+             Decimal("12.50") if buyer else Decimal("0.00"), country,
+             ["Kindle"] if buyer else [])
+        )  # fmt: skip
+    con.executemany("INSERT INTO s VALUES (?, ?, ?, ?, ?, ?)", rows)
+    col = {("m", n): f'"c{i}"' for i, n in enumerate(["top", "orders", "revenue", "country", "l"])}
+
+    def value(name, v, **extra):
+        return {"model": "m", "column": name, "kind": "value", "value": v, **extra}
+
+    traits = {
+        0: [
+            value("top", "none"),
+            value("orders", 0, _raw=0),
+            value("country", "DE"),
+            {"model": "m", "column": "orders", "kind": "low", "text": "low orders"},
+            value("revenue", 0.0, _raw=Decimal("0.00")),
+        ],
+        1: [
+            value("top", "Books"),
+            {"model": "m", "column": "l", "kind": "contains", "value": "Kindle"},
+        ],
+    }
+    out = drivers.fold_same_users(con, "s", traits, col)
+    kept = out[0]
+    assert [t["column"] for t in kept] == ["top", "country", "orders"]
+    assert [t["column"] for t in kept[0]["same_users"]] == ["orders", "revenue"]
+    assert "same_users" not in kept[1]  # DE: 38 users, 36 shared with the 40 non-buyers
+    assert [t["column"] for t in out[1]] == ["top"]  # Kindle owners are the Books buyers
+    assert out[1][0]["same_users"][0]["kind"] == "contains"
+    every = [*kept, *kept[0]["same_users"], *out[1], *out[1][0]["same_users"]]
+    assert all("_raw" not in t for t in every)  # JSON-bound: no raw values left
+
+
+def test_a_date_column_sits_recent_or_early():
+    from datetime import date, timedelta
+
+    con = duckdb.connect()
+    labels = [i % 2 for i in range(200)]
+    start = date(2023, 1, 1)
+    days = [start + timedelta(days=(i if lab else 400 + i)) for i, lab in enumerate(labels)]
+    table(con, labels, days, "DATE")
+    _, _, traits = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "signup_at", "numeric"))
+    assert traits[0][0]["kind"] == "high" and traits[0][0]["text"] == "recent signup at"
+    assert traits[1][0]["kind"] == "low" and traits[1][0]["text"] == "early signup at"

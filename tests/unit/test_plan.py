@@ -177,27 +177,3 @@ def test_kept_fit_note_names_the_part_that_changed():
     # a state without parts (older segtool): say what it may be, claim nothing
     assert "population, labels or vars" in decide.kept_fit_note("seg", None)
     assert decide.kept_fit_note("seg", []) == ""
-
-
-def test_step_counts_put_nouns_in_number():
-    from segtool.report.plan import counts
-
-    assert counts("model", {"rows": 1}) == "1 row"
-    assert counts("model", {"rows": 1553, "deleted": 2}) == "1,553 rows, 2 deleted"
-    one = counts(
-        "text",
-        {"users": 1, "new": 1, "changed": 0, "removed": 0, "unchanged": 0, "texts_changed": 1},
-    )
-    assert one == "1 user: 1 new, 0 changed, 0 removed, 0 unchanged (1 text differs)"
-    many = counts(
-        "text",
-        {"users": 9, "new": 0, "changed": 9, "removed": 0, "unchanged": 0, "texts_changed": 9},
-    )
-    assert many.endswith("(9 texts differ)")
-    assert counts("embedding", {"texts": 1, "embedded": 1, "cached": 0}) == (
-        "1 distinct text: 1 to embed, 0 cached"
-    )
-    seg = counts(
-        "segmentation", {"users": 5, "assigned": 1, "removed": 0, "moved": 0, "segments": 1}
-    )
-    assert seg == "5 users: 1 assigned, 0 removed, 0 moved, 1 segment"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 
 from segtool.compile.segments import base_model
@@ -169,9 +170,77 @@ def compute(
         for items in by_segment.values():
             # columns that drive the segmentation first, then the sharpest trait
             items.sort(key=lambda t: (-t["association"], -t.get("lift", 1.0), t["column"]))
-        return Profile(drivers, by_segment)
+        where = {(c.model, c.name): quote_ident(f"c{i}") for i, c in enumerate(cols)}
+        return Profile(drivers, fold_same_users(con, sample, by_segment, where))
     finally:
         con.execute(f"DROP TABLE IF EXISTS {sample}")
+
+
+SAME_USERS = 0.95  # two traits whose users overlap this much (Jaccard) say one thing
+
+
+def _membership(t: dict, col: str) -> tuple[str, object] | None:
+    """SQL (with one ?) true for the sampled users a value trait is about;
+    None for "high X" / "low X", which name no set of users."""
+    if t.get("kind") == "contains":
+        return f"list_contains(CAST({col} AS VARCHAR[]), ?)", str(t["value"])
+    if t.get("kind") != "value":
+        return None
+    if "_raw" in t:  # a numeric value, compared as stored (a DECIMAL, a DATE)
+        return f"{col} = ?", t["_raw"]
+    return f"CAST({col} AS VARCHAR) = ?", str(t["value"])  # as _categorical read it
+
+
+def fold_same_users(
+    con, sample: str, by_segment: dict[int, list[dict]], where: dict[tuple[str, str], str]
+) -> dict[int, list[dict]]:
+    """Traits that pick out (nearly) the same users say one thing: users
+    without orders have `orders 0`, `revenue 0` and `top category none`. Each
+    segment keeps the first of them (the strongest driver's) and lists the
+    others under `same_users`, so a label spends its words on different facts.
+    Measured on the whole sample (the population), not only the segment."""
+    tests: dict[tuple[str, str], int] = {}
+    keys: dict[int, tuple[str, str]] = {}
+    params: list = []
+    for items in by_segment.values():
+        for t in items:
+            m = _membership(t, where[(t["model"], t["column"])])
+            if m is None:
+                continue
+            key = (m[0], repr(m[1]))
+            if key not in tests:
+                tests[key] = len(tests)
+                params.append(m[1])
+            keys[id(t)] = key
+    masks = None
+    if len(tests) > 1:
+        select = ", ".join(f"coalesce({sql}, false)" for sql, _ in tests)
+        try:
+            rows = con.execute(f"SELECT {select} FROM {sample}", params).fetchnumpy()
+            masks = [np.asarray(v, dtype=bool) for v in rows.values()]
+        except duckdb.Error:
+            masks = None  # a value the cast cannot compare: traits stay as they are
+    out: dict[int, list[dict]] = {}
+    for sid, items in by_segment.items():
+        kept: list[dict] = []
+        for t in items:
+            home = None
+            if masks is not None and id(t) in keys:
+                mine = masks[tests[keys[id(t)]]]
+                for k in kept:
+                    if id(k) in keys:
+                        other = masks[tests[keys[id(k)]]]
+                        union = np.count_nonzero(mine | other)
+                        if union and np.count_nonzero(mine & other) / union >= SAME_USERS:
+                            home = k
+                            break
+            t.pop("_raw", None)
+            if home is None:
+                kept.append(t)
+            else:
+                home.setdefault("same_users", []).append(t)
+        out[sid] = kept
+    return out
 
 
 def _words(column: str) -> str:
@@ -259,7 +328,7 @@ def _numeric(con, sample: str, col: str, c: Column):
     for sid, x, n, pn in top:
         share, pop_share = n / sizes[sid], pn / n_all
         if share >= MIN_SHARE and pop_share > 0 and share / pop_share >= MIN_LIFT:
-            traits[sid] = [_value_trait(c, _plain(x), share, pop_share)]
+            traits[sid] = [{**_value_trait(c, _plain(x), share, pop_share), "_raw": x}]
     for sid, n, rsum, _, median in rows:
         if sid in traits:
             continue
@@ -271,12 +340,20 @@ def _numeric(con, sample: str, col: str, c: Column):
             kind = "low"
         else:
             continue
+        # a date or time sits late or early, not high or low: "recent signup at"
+        word = {"high": "recent", "low": "early"}[kind] if _is_time(median) else kind
         traits[sid] = [{
             "model": c.model, "column": c.name, "kind": kind, "median": med,
             "base_median": pop_med, "percentile": round(float(pct), 3),
-            "lift": round(abs(pct - 0.5) * 4, 3), "text": f"{kind} {_words(c.name)}",
+            "lift": round(abs(pct - 0.5) * 4, 3), "text": f"{word} {_words(c.name)}",
         }]  # fmt: skip
     return value, n_all, traits
+
+
+def _is_time(x) -> bool:
+    from datetime import date, time
+
+    return isinstance(x, (date, time))  # a datetime is a date
 
 
 def _gt(a, b) -> bool:

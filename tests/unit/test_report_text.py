@@ -1,0 +1,43 @@
+"""How segtool says things: plan lines (report/plan.py) and what `show`
+says sets a segment apart (report/profile.py)."""
+
+from __future__ import annotations
+
+
+def test_step_counts_put_nouns_in_number():
+    from segtool.report.plan import counts
+
+    assert counts("model", {"rows": 1}) == "1 row"
+    assert counts("model", {"rows": 1553, "deleted": 2}) == "1,553 rows, 2 deleted"
+    one = counts(
+        "text",
+        {"users": 1, "new": 1, "changed": 0, "removed": 0, "unchanged": 0, "texts_changed": 1},
+    )
+    assert one == "1 user: 1 new, 0 changed, 0 removed, 0 unchanged (1 text differs)"
+    many = counts(
+        "text",
+        {"users": 9, "new": 0, "changed": 9, "removed": 0, "unchanged": 0, "texts_changed": 9},
+    )
+    assert many.endswith("(9 texts differ)")
+    assert counts("embedding", {"texts": 1, "embedded": 1, "cached": 0}) == (
+        "1 distinct text: 1 to embed, 0 cached"
+    )
+    seg = counts(
+        "segmentation", {"users": 5, "assigned": 1, "removed": 0, "moved": 0, "segments": 1}
+    )
+    assert seg == "5 users: 1 assigned, 0 removed, 0 moved, 1 segment"
+
+
+def test_show_names_the_traits_folded_into_one():
+    from segtool.report.profile import trait_str
+
+    t = {"column": "top_category", "kind": "value", "value": "none", "share": 1.0,
+         "base_share": 0.125, "same_users": [
+             {"column": "orders", "kind": "value", "value": 0.0},
+             {"column": "recent_products", "kind": "contains", "value": "Kindle"}]}  # fmt: skip
+    assert trait_str(t) == (
+        "top category: none (100% vs 12%; same users: orders 0, recent products incl. Kindle)"
+    )
+    date = {"column": "signup_at", "kind": "high", "text": "recent signup at",
+            "median": "2023-12-15", "base_median": "2023-06-15"}  # fmt: skip
+    assert trait_str(date) == "recent signup at (median 2023-12-15 vs 2023-06-15)"
