@@ -104,7 +104,7 @@ def test_incremental_model_and_full_refresh(project):
     orders = project.read("data/orders.csv")
     project.write("data/orders.csv", orders + "99999,1,tent,outdoor,10.0,2024-06-30 10:00:00\n")
     r = project.cli("run", "-s", "orders_inc")
-    assert "incremental model.orders_inc" in r.stdout and "[1 rows]" in r.stdout
+    assert "incremental model.orders_inc" in r.stdout and "[1 row]" in r.stdout
     assert "where ordered_at >" in (project.root / "target/run/models/orders_inc.sql").read_text()
     assert project.sql("select count(*) from orders_inc")[0][0] == n + 1
     r = project.cli("run", "-s", "orders_inc", "--full-refresh")
