@@ -29,6 +29,10 @@ def _side(v: dict) -> str:
     return f"folder {v['label']}"
 
 
+def _nodes(n: int) -> str:
+    return f"{n} node" if n == 1 else f"{n} nodes"
+
+
 def format_diff(result: dict, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(result, indent=2, default=str)
@@ -57,7 +61,7 @@ def _format_project_text(r: dict) -> str:
         lines.append("no changes")
         return "\n".join(lines + _threshold_lines(r))
     lines.append(
-        f"{s['nodes_changed']} node(s) changed: {s['added']} added, {s['removed']} removed, {s['changed']} changed; "
+        f"{_nodes(s['nodes_changed'])} changed: {s['added']} added, {s['removed']} removed, {s['changed']} changed; "
         f"{s['metadata_only']} metadata only; refits: {s['refits']}"
     )
     width = max(len(e["unique_id"]) for e in r["changes"])
@@ -79,7 +83,8 @@ def _format_project_text(r: dict) -> str:
         est = (
             f" (counted against {db['path']}, last run {db['last_run']})" if db.get("used") else ""
         )
-        lines.append(f"plan of HEAD against the state BASE left{est}:")
+        # the sides by name: "HEAD" is git's last commit, the usual BASE
+        lines.append(f"plan of {_side(r['head'])} against the state {_side(r['base'])} left{est}:")
         w = max(len(st["unique_id"]) for st in r["steps"])
         lines += [step_line(st, w, gap="  ") for st in _steps(r)]
     else:
@@ -103,7 +108,7 @@ def _format_project_md(r: dict) -> str:
         if s.get(key):
             extras.append(f"{s[key]:,} {label}")
     lines.append(
-        f"**{s['nodes_changed']} node(s) changed** ({s['added']} added, {s['removed']} removed, {s['changed']} changed), "
+        f"**{_nodes(s['nodes_changed'])} changed** ({s['added']} added, {s['removed']} removed, {s['changed']} changed), "
         f"{s['metadata_only']} metadata only · **refits: {s['refits']}**"
         + (" · " + " · ".join(extras) if extras else "")
     )

@@ -119,6 +119,9 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
         "forces: rebuild text.story, incremental embedding.story.hash, assign segmentation.behaviour"
         in text
     )
+    # the sides by name, as the first line names them ("HEAD" alone would be ambiguous)
+    assert "1 node changed: 0 added" in text
+    assert "plan of working tree against the state HEAD~1 (" in text
 
     # bad refs
     r = pd.cli("diff", "no-such-ref", expect=1)
