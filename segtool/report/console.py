@@ -119,7 +119,7 @@ class Reporter:
             transient=True,
         ) as p:
             task = p.add_task(label, total=total)
-            yield _RichProgress(p, task)
+            yield _RichProgress(p, task, label)
 
 
 def progress_interval() -> float:
@@ -140,6 +140,12 @@ class _NoProgress:
     def advance(self, n: int = 1) -> None:
         pass
 
+    def note(self, status: str) -> None:
+        pass
+
+    def begin(self) -> None:
+        pass
+
 
 class _PlainProgress:
     """`  embed story with minilm: 4,096/19,353 (21%), 85 texts/s, 0:48 elapsed, eta 3:00`"""
@@ -149,7 +155,8 @@ class _PlainProgress:
 
         self.reporter, self.label, self.total, self.unit = reporter, label, total, unit
         self.done = 0
-        self.t0 = time.monotonic()
+        self.t0 = self.t_work = time.monotonic()
+        self.status = "starting"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name="segtool-progress", daemon=True)
@@ -159,16 +166,28 @@ class _PlainProgress:
         with self._lock:
             self.done += n
 
+    def note(self, status: str) -> None:
+        """What is happening before the first item is done ("loading the model")."""
+        with self._lock:
+            self.status = status
+
+    def begin(self) -> None:
+        """The work itself starts now: the rate (and eta) count from here, not
+        from a model's loading."""
+        with self._lock:
+            self.t_work = time.monotonic()
+
     def line(self) -> str:
         with self._lock:
-            done = self.done
-        elapsed = time.monotonic() - self.t0
+            done, status, t_work = self.done, self.status, self.t_work
+        now = time.monotonic()
+        elapsed = now - self.t0
         out = f"  {self.label}: {done:,}/{self.total:,} ({done / self.total:.0%})"
         if done:
-            rate = done / elapsed
+            rate = done / max(now - t_work, 1e-9)
             out += f", {rate:,.0f} {self.unit}/s, {_clock(elapsed)} elapsed, eta {_clock((self.total - done) / rate)}"
         else:
-            out += f", {_clock(elapsed)} elapsed, starting"
+            out += f", {_clock(elapsed)} elapsed, {status}"
         return out
 
     def _tick(self) -> None:
@@ -182,11 +201,22 @@ class _PlainProgress:
 
 
 class _RichProgress:
-    def __init__(self, p, task):
-        self.p, self.task = p, task
+    def __init__(self, p, task, label: str):
+        self.p, self.task, self.label = p, task, label
+        self.noted = False
 
     def advance(self, n: int = 1) -> None:
+        if self.noted:  # the bar moves: it says what it does again
+            self.noted = False
+            self.p.update(self.task, description=self.label)
         self.p.advance(self.task, n)
+
+    def note(self, status: str) -> None:
+        self.noted = True
+        self.p.update(self.task, description=f"{self.label} ({status})")
+
+    def begin(self) -> None:
+        pass  # rich's rate counts from the first advance already
 
 
 def _rate_column_class():

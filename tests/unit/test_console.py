@@ -31,6 +31,22 @@ def test_plain_progress_prints_lines_while_work_runs(monkeypatch):
     assert len(out.getvalue().splitlines()) == n  # the ticker stopped with the stage
 
 
+def test_plain_progress_says_what_it_waits_for_and_rates_only_the_work(monkeypatch):
+    """A transformer loads for seconds before its first chunk: the line says
+    so, and the rate counts from when encoding began, not from the loading."""
+    monkeypatch.setenv("SEGTOOL_PROGRESS_INTERVAL", "60")  # lines asked for, not ticked
+    rep = Reporter(stream=io.StringIO(), color=False)
+    with rep.progress("embed story with minilm", 400, "texts") as bar:
+        bar.note("loading the model")
+        assert bar.line().endswith("elapsed, loading the model")
+        bar.begin()
+        bar.t0 -= 110  # the model took 100 s to load,
+        bar.t_work -= 10  # then 200 texts took 10 s
+        bar.advance(200)
+        line = bar.line()
+    assert "200/400 (50%), 20 texts/s, 1:50 elapsed, eta 0:10" in line, line
+
+
 def test_quiet_and_empty_stages_print_nothing(monkeypatch):
     monkeypatch.setenv("SEGTOOL_PROGRESS_INTERVAL", "0.01")
     out = io.StringIO()

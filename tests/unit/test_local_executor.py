@@ -30,6 +30,7 @@ def _work(kind: str, device: str, todo: int, chunk: int = 2048):
     enc = _Encoder(device)
     committed: list[int] = []
     advanced: list[int] = []
+    notes: list[str] = []
     texts = [f"text {i}" for i in range(todo)]
 
     def read(lo, hi):  # rn is 1-based
@@ -47,7 +48,9 @@ def _work(kind: str, device: str, todo: int, chunk: int = 2048):
         read=read,
         stream=lambda n: iter(()),
         commit=lambda hashes, vecs: committed.append(len(hashes)),
-        progress=SimpleNamespace(advance=advanced.append),
+        progress=SimpleNamespace(
+            advance=advanced.append, note=notes.append, begin=lambda: None, notes=notes
+        ),
     )
     return work, enc, committed, advanced
 
@@ -59,6 +62,11 @@ def test_a_transformer_on_cpu_commits_small_chunks(kind):
     assert committed == [CPU_MODEL_CHUNK] * 3 + [1000 - 3 * CPU_MODEL_CHUNK]
     assert advanced == committed and stats.embedded == 1000
     assert enc.calls[0] == 1  # the warm-up, before the first chunk
+    # what the bar says before the first chunk is done
+    assert work.progress.notes == [
+        "loading the model",
+        f"encoding the first {CPU_MODEL_CHUNK} texts",
+    ]
 
 
 @pytest.mark.parametrize(("kind", "device"), [("transformers", "cuda"), ("static", "cpu")])

@@ -26,9 +26,15 @@ class LocalExecutor:
         stats = EmbedStats()
         if not work.todo:
             return stats
+        bar = work.progress
+        if bar is not None:
+            bar.note("loading the model")
         enc = work.local_encoder()
         enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
         chunk = chunk_rows(work, on_cpu=enc.device == "cpu")
+        if bar is not None:
+            bar.note(f"encoding the first {min(chunk, work.todo):,} texts")
+            bar.begin()
 
         def encode(texts: list[str]):
             t = time.perf_counter()
@@ -40,8 +46,8 @@ class LocalExecutor:
             stats.encode_seconds += seconds
             work.commit(hashes, vecs)
             stats.embedded += len(hashes)
-            if work.progress is not None:
-                work.progress.advance(len(hashes))
+            if bar is not None:
+                bar.advance(len(hashes))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-encode") as pool:
             pending = None
