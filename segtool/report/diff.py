@@ -9,6 +9,7 @@ from segtool.plan.model import Step
 from segtool.report.console import markdown_table
 from segtool.report.console import md_escape as _md
 from segtool.report.plan import step_line, steps_markdown
+from segtool.report.words import counted
 
 
 def _fmt_num(v: Any, pct: bool = False) -> str:
@@ -27,10 +28,6 @@ def _side(v: dict) -> str:
     if v["kind"] == "worktree" and v["label"] == "working tree":
         return "working tree"
     return f"folder {v['label']}"
-
-
-def _nodes(n: int) -> str:
-    return f"{n} node" if n == 1 else f"{n} nodes"
 
 
 def format_diff(result: dict, fmt: str = "text") -> str:
@@ -61,7 +58,7 @@ def _format_project_text(r: dict) -> str:
         lines.append("no changes")
         return "\n".join(lines + _threshold_lines(r))
     lines.append(
-        f"{_nodes(s['nodes_changed'])} changed: {s['added']} added, {s['removed']} removed, {s['changed']} changed; "
+        f"{counted(s['nodes_changed'], 'node')} changed: {s['added']} added, {s['removed']} removed, {s['changed']} changed; "
         f"{s['metadata_only']} metadata only; refits: {s['refits']}"
     )
     width = max(len(e["unique_id"]) for e in r["changes"])
@@ -108,7 +105,7 @@ def _format_project_md(r: dict) -> str:
         if s.get(key):
             extras.append(f"{s[key]:,} {label}")
     lines.append(
-        f"**{_nodes(s['nodes_changed'])} changed** ({s['added']} added, {s['removed']} removed, {s['changed']} changed), "
+        f"**{counted(s['nodes_changed'], 'node')} changed** ({s['added']} added, {s['removed']} removed, {s['changed']} changed), "
         f"{s['metadata_only']} metadata only · **refits: {s['refits']}**"
         + (" · " + " · ".join(extras) if extras else "")
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from segtool.errors import ProjectError
+from segtool.report.words import counted
 
 
 def _escape_github(s: str) -> str:
@@ -24,10 +25,10 @@ def format_validation(errors: list[ProjectError], fmt: str, n_nodes: int | None)
                 parts.append(f"col={e.col}")
             msg = e.message + (f" ({e.hint})" if e.hint else "")
             out.append(f"::error {','.join(parts)}::{_escape_github(msg)}")
-        out.append(f"{len(errors)} error(s)" if errors else "segtool validate: ok")
+        out.append(counted(len(errors), "error") if errors else "segtool validate: ok")
         return "\n".join(out)
     if not errors:
         return f"ok: {n_nodes} nodes, no errors"
     lines = [e.format() for e in errors]
-    lines.append(f"{len(errors)} error(s)")
+    lines.append(counted(len(errors), "error"))
     return "\n".join(lines)

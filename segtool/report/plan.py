@@ -8,11 +8,7 @@ from typing import Any
 
 from segtool.errors import ProjectError
 from segtool.report.console import markdown_table, md_escape
-
-
-def _n(count: int, noun: str) -> str:
-    """`1 row`, `2 rows`, `1,553 rows`: a count with its noun in number."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+from segtool.report.words import counted
 
 
 def counts(kind: str, detail: dict[str, Any]) -> str:
@@ -20,35 +16,33 @@ def counts(kind: str, detail: dict[str, Any]) -> str:
     d = detail
     if kind == "model":
         rows = d.get("rows")
-        out = _n(rows, "row") if rows is not None else ""
+        out = counted(rows, "row") if rows is not None else ""
         if d.get("deleted") is not None:
             out += f", {d['deleted']:,} deleted"
         return out
     if kind == "text" and "users" in d:
         out = (
-            f"{_n(d['users'], 'user')}: {d['new']:,} new, {d['changed']:,} changed, "
+            f"{counted(d['users'], 'user')}: {d['new']:,} new, {d['changed']:,} changed, "
             f"{d['removed']:,} removed, {d['unchanged']:,} unchanged"
         )
         if d.get("texts_changed") is not None:
             differ = "differs" if d["texts_changed"] == 1 else "differ"
-            out += f" ({_n(d['texts_changed'], 'text')} {differ})"
+            out += f" ({counted(d['texts_changed'], 'text')} {differ})"
         return out
     if kind == "embedding" and "texts" in d:
-        out = (
-            f"{_n(d['texts'], 'distinct text')}: {d['embedded']:,} to embed, {d['cached']:,} cached"
-        )
+        out = f"{counted(d['texts'], 'distinct text')}: {d['embedded']:,} to embed, {d['cached']:,} cached"
         if d.get("texts_per_s"):
             out = (
-                f"{_n(d['texts'], 'distinct text')}: {d['embedded']:,} embedded, {d['cached']:,} cached; "
+                f"{counted(d['texts'], 'distinct text')}: {d['embedded']:,} embedded, {d['cached']:,} cached; "
                 f"{d['texts_per_s']:,.0f} texts/s on {d.get('device')}"
             )
         return out
     if kind == "segmentation" and "users" in d:
-        out = f"{_n(d['users'], 'user')}: {d['assigned']:,} assigned, {d['removed']:,} removed"
+        out = f"{counted(d['users'], 'user')}: {d['assigned']:,} assigned, {d['removed']:,} removed"
         if d.get("moved") is not None:
             out += f", {d['moved']:,} moved"
             if d.get("segments") is not None:
-                out += f", {_n(d['segments'], 'segment')}"
+                out += f", {counted(d['segments'], 'segment')}"
         if d.get("policy"):
             out += f"; {d['policy']}"
         return out

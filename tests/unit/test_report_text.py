@@ -41,3 +41,12 @@ def test_show_names_the_traits_folded_into_one():
     date = {"column": "signup_at", "kind": "high", "text": "recent signup at",
             "median": "2023-12-15", "base_median": "2023-06-15"}  # fmt: skip
     assert trait_str(date) == "recent signup at (median 2023-12-15 vs 2023-06-15)"
+
+
+def test_validate_counts_its_errors_in_number():
+    from segtool.errors import ProjectError
+    from segtool.report.formats import format_validation
+
+    one = [ProjectError("bad model", path="models/a.sql", line=3)]
+    assert format_validation(one, "text", 5).splitlines()[-1] == "1 error"
+    assert format_validation(one * 2, "github", 5).splitlines()[-1] == "2 errors"
