@@ -194,7 +194,15 @@ def segment_label(traits: Sequence[dict], keywords: Sequence[str] = (), max_part
         if len(parts) >= max(budget_traits, 1):
             break
         text = trait_text(t)
-        words = set(text.lower().split()) - {"high", "low", "recent", "early", "not", "incl."}
+        words = set(text.lower().split()) - {
+            "high",
+            "low",
+            "recent",
+            "late",
+            "early",
+            "not",
+            "incl.",
+        }
         value = str(t.get("value", "")).lower()
         # one value once: "top category Books" and "top viewed category Books"
         # say the same thing in a label

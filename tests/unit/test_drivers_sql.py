@@ -115,7 +115,7 @@ def test_traits_of_the_same_users_fold_into_the_strongest():
 
 
 def test_a_date_column_sits_recent_or_early():
-    from datetime import date, timedelta
+    from datetime import date, time, timedelta
 
     con = duckdb.connect()
     labels = [i % 2 for i in range(200)]
@@ -125,3 +125,8 @@ def test_a_date_column_sits_recent_or_early():
     _, _, traits = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "signup_at", "numeric"))
     assert traits[0][0]["kind"] == "high" and traits[0][0]["text"] == "recent signup at"
     assert traits[1][0]["kind"] == "low" and traits[1][0]["text"] == "early signup at"
+    # a time of day sits late or early
+    hours = [time(9 + 8 * lab, i % 60) for i, lab in enumerate(labels)]
+    table(con, labels, hours, "TIME")
+    _, _, traits = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "checkout", "numeric"))
+    assert traits[1][0]["text"] == "late checkout" and traits[0][0]["text"] == "early checkout"

@@ -340,8 +340,9 @@ def _numeric(con, sample: str, col: str, c: Column):
             kind = "low"
         else:
             continue
-        # a date or time sits late or early, not high or low: "recent signup at"
-        word = {"high": "recent", "low": "early"}[kind] if _is_time(median) else kind
+        # a date sits recent or early, a time of day late or early, not high
+        # or low: "recent signup at", "late checkout time"
+        word = _time_word(median, kind)
         traits[sid] = [{
             "model": c.model, "column": c.name, "kind": kind, "median": med,
             "base_median": pop_med, "percentile": round(float(pct), 3),
@@ -350,10 +351,14 @@ def _numeric(con, sample: str, col: str, c: Column):
     return value, n_all, traits
 
 
-def _is_time(x) -> bool:
+def _time_word(x, kind: str) -> str:
     from datetime import date, time
 
-    return isinstance(x, (date, time))  # a datetime is a date
+    if isinstance(x, date):  # a datetime is a date
+        return {"high": "recent", "low": "early"}[kind]
+    if isinstance(x, time):
+        return {"high": "late", "low": "early"}[kind]
+    return kind
 
 
 def _gt(a, b) -> bool:
