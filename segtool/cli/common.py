@@ -19,9 +19,20 @@ def _debug_requested() -> bool:
     return "--debug" in sys.argv
 
 
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's buffer)
+        pass
+
+
 def handle_errors(fn):
     """The one place errors become `path:line:col: message` and an exit code
-    (0 ok, 1 user error, 2 failure); tracebacks only with --debug."""
+    (0 ok, 1 user error, 2 failure, 141 the output's reader left); tracebacks
+    only with --debug."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -48,6 +59,12 @@ def handle_errors(fn):
             sys.exit(130)
         except click.exceptions.Exit:
             raise
+        except BrokenPipeError:
+            # the reader left (`segtool ls | head -1`): stop quietly, as a tool
+            # killed by SIGPIPE does (exit 141); a run's open stage rolled back.
+            # Later writes (the final flush) go nowhere instead of failing again.
+            _silence_stdout()
+            sys.exit(141)
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are turned into exit 2
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()

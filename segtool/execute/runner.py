@@ -40,8 +40,8 @@ from segtool.state.lock import RunLock
 
 def translate_error(exc: BaseException) -> BaseException:
     """The error a user should see for an exception that ended a run."""
-    if isinstance(exc, SegtoolError) or not isinstance(exc, Exception):
-        return exc
+    if isinstance(exc, (SegtoolError, BrokenPipeError)) or not isinstance(exc, Exception):
+        return exc  # a closed output pipe is the CLI's to report (exit 141), not a disk's
     msg = str(exc)
     if "No space left" in msg or getattr(exc, "errno", None) == errno.ENOSPC:
         first = next((ln for ln in msg.splitlines() if "No space left" in ln), msg.splitlines()[0])

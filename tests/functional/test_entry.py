@@ -73,3 +73,21 @@ def test_output_exit_handlers_and_threads_survive_the_quick_exit():
     assert folder.name.startswith("segtool-entry-") and not folder.exists()
     threaded = _python(ENTRY, "spill", "--thread")
     assert threaded.returncode == 3 and "thread finished" in threaded.stderr
+
+
+def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path):
+    """`segtool ls | head -1`: the pipe closes under the command. It stops
+    as a tool killed by SIGPIPE does (exit 141), without an 'internal error'."""
+    init = _segtool("init", str(tmp_path / "p"))
+    assert init.returncode == 0, init.stderr
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # every line meets the closed pipe
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segtool", "ls"],
+        cwd=tmp_path / "p",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
