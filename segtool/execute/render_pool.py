@@ -1,16 +1,17 @@
 """Render work sets on more than one CPU.
 
 Jinja rendering is pure Python: one core renders ~20,000 shopper stories a
-second. Above RENDER_POOL_MIN users, batches go to worker processes (a
-`forkserver` pool: clean processes, nothing inherited from DuckDB's or
-torch's threads), each of which compiles the template once. Rows travel as
+second. From 20,000 users (100,000 on two CPUs: workers_for), batches go to
+worker processes (a `forkserver` pool: clean processes, nothing inherited
+from DuckDB's or torch's threads), each of which compiles the template once. Rows travel as
 Arrow IPC buffers both ways (no per-row pickling); a worker renders with the
 same `render_rows` (and the same per-user time limit) as the main process, so
 the texts are byte for byte the same.
 
 Starting such a pool costs about as much as rendering 10,000 users on 2
-cores, so a smaller work set of at least RENDER_SPLIT_MIN users renders on
-two CPUs instead (render_split): a forked child, which already holds the
+cores, so a smaller work set (on two CPUs, any below 100,000) of at least
+RENDER_SPLIT_MIN users renders on two CPUs instead, 20,000 rows at a time
+(render_split): a forked child, which already holds the
 compiled template and the rows, renders chunks from the end while this
 process imports what the run needs next and renders chunks from the start.
 The child only renders and writes its frontier and texts (length-prefixed
@@ -30,8 +31,16 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-# below this many users to render, one process is faster than starting workers
-RENDER_POOL_MIN = int(os.environ.get("SEGTOOL_RENDER_POOL_MIN", "20000"))
+# from this many users to render, a pool of workers (None: POOL_MIN_BY_CPUS)
+_pool_min = os.environ.get("SEGTOOL_RENDER_POOL_MIN")
+RENDER_POOL_MIN: int | None = int(_pool_min) if _pool_min else None
+# On two CPUs the split (render_split) renders on both as well, without the
+# pool's start-up and IPC: examples/ecommerce's 1M-user period-2 run (59,892
+# users) rendered in 3.2 s instead of 3.7 s, its embedding 1.2 instead of 1.8 s
+# (SciPy imported meanwhile); a 200k full run the same within noise; a 1M
+# full run 57 instead of 49 s (the pool's workers render while this process
+# reads and writes DuckDB). With more CPUs the pool has more workers.
+POOL_MIN_TWO_CPUS, POOL_MIN_MORE_CPUS = 100_000, 20_000
 # from this many, a smaller work set renders on two CPUs (a fork and this process)
 RENDER_SPLIT_MIN = int(os.environ.get("SEGTOOL_RENDER_SPLIT_MIN", "2000"))
 SUB_BATCH = 5_000
@@ -108,9 +117,13 @@ def workers_for(n_work: int) -> int:
     """How many processes to render `n_work` users with (1: no pool)."""
     from segtool.encoders._device import available_cpus
 
-    if n_work < RENDER_POOL_MIN:
+    cpus = available_cpus()
+    pool_min = RENDER_POOL_MIN
+    if pool_min is None:
+        pool_min = POOL_MIN_TWO_CPUS if cpus <= 2 else POOL_MIN_MORE_CPUS
+    if n_work < pool_min:
         return 1
-    return max(1, min(available_cpus(), MAX_WORKERS))
+    return max(1, min(cpus, MAX_WORKERS))
 
 
 def render_parallel(job: RenderJob, batches: Iterator, workers: int):
