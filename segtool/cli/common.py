@@ -7,6 +7,7 @@ import functools
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,6 +18,28 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def _debug_requested() -> bool:
     return "--debug" in sys.argv
+
+
+def _internal_error(exc: Exception, kwargs: dict) -> NoReturn:
+    if kwargs.get("debug") or _debug_requested():
+        traceback.print_exc()
+    click.echo(
+        f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)",
+        err=True,
+    )
+    sys.exit(2)
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says POLLERR)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test runner's buffer)
+        return False
 
 
 def _silence_stdout() -> None:
@@ -59,20 +82,16 @@ def handle_errors(fn):
             sys.exit(130)
         except click.exceptions.Exit:
             raise
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
+            if not _stdout_gone():  # another pipe (a worker's): a failure like any
+                _internal_error(exc, kwargs)
             # the reader left (`segtool ls | head -1`): stop quietly, as a tool
             # killed by SIGPIPE does (exit 141); a run's open stage rolled back.
             # Later writes (the final flush) go nowhere instead of failing again.
             _silence_stdout()
             sys.exit(141)
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are turned into exit 2
-            if kwargs.get("debug") or _debug_requested():
-                traceback.print_exc()
-            click.echo(
-                f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)",
-                err=True,
-            )
-            sys.exit(2)
+            _internal_error(exc, kwargs)
 
     return wrapper
 

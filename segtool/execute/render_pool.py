@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-# from this many users to render, a pool of workers (None: POOL_MIN_BY_CPUS)
+# from this many users to render, a pool of workers (None: by CPUs, below)
 _pool_min = os.environ.get("SEGTOOL_RENDER_POOL_MIN")
 RENDER_POOL_MIN: int | None = int(_pool_min) if _pool_min else None
 # On two CPUs the split (render_split) renders on both as well, without the

@@ -194,19 +194,15 @@ def segment_label(traits: Sequence[dict], keywords: Sequence[str] = (), max_part
         if len(parts) >= max(budget_traits, 1):
             break
         text = trait_text(t)
-        words = set(text.lower().split()) - {
-            "high",
-            "low",
-            "recent",
-            "late",
-            "early",
-            "not",
-            "incl.",
-        }
+        said = text.lower().split()
+        if t.get("kind") in ("high", "low"):  # "high revenue", "recent signup at"
+            said = said[1:]  # the qualifier is not what repeats
+        words = set(said) - {"not", "incl."}
         value = str(t.get("value", "")).lower()
         # one value once: "top category Books" and "top viewed category Books"
-        # say the same thing in a label
-        if not text or words <= seen or (value and value in shown):
+        # say the same thing in a label; a trait with no words of its own left
+        # (a value such as "Late" or "High") is never taken as said already
+        if not text or (words and words <= seen) or (value and value in shown):
             continue
         parts.append(text)
         seen |= words

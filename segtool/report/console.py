@@ -159,10 +159,13 @@ class _PlainProgress:
         self.status = "starting"
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._broken: OSError | None = None  # the ticker could not write (a closed pipe)
         self._thread = threading.Thread(target=self._tick, name="segtool-progress", daemon=True)
         self._thread.start()
 
     def advance(self, n: int = 1) -> None:
+        if self._broken is not None:  # the output is gone: stop the stage here,
+            raise self._broken  # not minutes later at its next line
         with self._lock:
             self.done += n
 
@@ -193,7 +196,11 @@ class _PlainProgress:
     def _tick(self) -> None:
         every = progress_interval()
         while not self._stop.wait(every):
-            self.reporter.line(self.line())
+            try:
+                self.reporter.line(self.line())
+            except OSError as exc:  # `segtool run | head`: the reader left
+                self._broken = exc
+                return
 
     def stop(self) -> None:
         self._stop.set()

@@ -355,9 +355,13 @@ def trait_str(t: dict) -> str:
 
 
 def _value_str(t: dict) -> str:
-    """A folded trait, short: `revenue 0`, `recent products incl. Kindle`."""
-    rel = " incl." if t.get("kind") == "contains" else ""
-    return f"{t['column'].replace('_', ' ')}{rel} {_fmt_num(t['value'])}"
+    """A folded trait as a label says it (`revenue 0`, `not subscribed`,
+    `recent products incl. Kindle`), with its column when the words lack it
+    (`top viewed category Video Games`)."""
+    from segtool.ml.labels import trait_text
+
+    said, col = trait_text(t), t["column"].replace("_", " ")
+    return said if col.lower() in said.lower() else f"{col} {said}"
 
 
 TOP_DRIVERS = 6

@@ -91,3 +91,24 @@ def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path):
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_a_failure():
+    """Only a closed stdout is the quiet exit 141; a pipe to a worker that
+    breaks is an error like any other (exit 2, said on stderr)."""
+    code = """
+import os
+from segtool.cli import entry, main
+from segtool.cli.common import handle_errors
+
+@main.command("pipe")
+@handle_errors
+def pipe():
+    r, w = os.pipe()
+    os.close(r)
+    os.write(w, b"to a worker that is gone")
+
+entry()
+"""
+    r = _python(code, "pipe")
+    assert r.returncode == 2 and "internal error: BrokenPipeError" in r.stderr, r.stderr

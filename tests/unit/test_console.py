@@ -34,17 +34,48 @@ def test_plain_progress_prints_lines_while_work_runs(monkeypatch):
 def test_plain_progress_says_what_it_waits_for_and_rates_only_the_work(monkeypatch):
     """A transformer loads for seconds before its first chunk: the line says
     so, and the rate counts from when encoding began, not from the loading."""
+    import segtool.report.console as console
+
     monkeypatch.setenv("SEGTOOL_PROGRESS_INTERVAL", "60")  # lines asked for, not ticked
+    clock = [0.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
     rep = Reporter(stream=io.StringIO(), color=False)
     with rep.progress("embed story with minilm", 400, "texts") as bar:
         bar.note("loading the model")
-        assert bar.line().endswith("elapsed, loading the model")
+        clock[0] = 5.0
+        assert bar.line().endswith("0:05 elapsed, loading the model")
+        clock[0] = 100.0  # the model took 100 s to load
         bar.begin()
-        bar.t0 -= 110  # the model took 100 s to load,
-        bar.t_work -= 10  # then 200 texts took 10 s
+        clock[0] = 110.0  # then 200 texts took 10 s
         bar.advance(200)
         line = bar.line()
     assert "200/400 (50%), 20 texts/s, 1:50 elapsed, eta 0:10" in line, line
+
+
+def test_plain_progress_stops_the_stage_when_its_output_is_gone(monkeypatch):
+    """`segtool run | head`: the ticker's line meets a closed pipe. It stops
+    ticking without a thread traceback, and the stage's next step raises the
+    error in the main thread (the CLI then exits 141)."""
+
+    class Gone(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setenv("SEGTOOL_PROGRESS_INTERVAL", "0.01")
+    crashed = []
+    monkeypatch.setattr(threading, "excepthook", crashed.append)
+    rep = Reporter(stream=Gone(), color=False)
+    with rep.progress("embed story", 10, "texts") as bar:
+        deadline = time.monotonic() + 5
+        while bar._broken is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            bar.advance(1)
+        except BrokenPipeError:
+            raised = True
+        else:
+            raised = False
+    assert raised and not crashed
 
 
 def test_quiet_and_empty_stages_print_nothing(monkeypatch):

@@ -93,10 +93,10 @@ def test_traits_of_the_same_users_fold_into_the_strongest():
     traits = {
         0: [
             value("top", "none"),
-            value("orders", 0, _raw=0),
+            value("orders", 0, _raw="0"),
             value("country", "DE"),
             {"model": "m", "column": "orders", "kind": "low", "text": "low orders"},
-            value("revenue", 0.0, _raw=Decimal("0.00")),
+            value("revenue", 0.0, _raw="0.00"),
         ],
         1: [
             value("top", "Books"),
@@ -130,3 +130,38 @@ def test_a_date_column_sits_recent_or_early():
     table(con, labels, hours, "TIME")
     _, _, traits = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "checkout", "numeric"))
     assert traits[1][0]["text"] == "late checkout" and traits[0][0]["text"] == "early checkout"
+
+
+def test_numeric_traits_fold_by_the_value_duckdb_stores():
+    """The traits _numeric finds fold with others through their value as
+    DuckDB writes it: a TIMESTAMP_NS keeps its nanoseconds (Python's value
+    would not, and would match no row)."""
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE s (segment_id INTEGER, c0 VARCHAR, c1 TIMESTAMP_NS, c2 DECIMAL(18, 2))"
+    )
+    rows = []
+    for i in range(300):
+        a = i < 100  # segment 0: the users of plan 'A', all signed at one instant
+        stamp = "2024-01-01 10:00:00.123456789" if a else f"2024-02-{1 + i % 27:02d} 10:00:00"
+        rows.append((0 if a else 1, "A" if a else "B", stamp, "0.00" if a else f"{i}.50"))
+    con.executemany(
+        "INSERT INTO s VALUES (?, ?, CAST(? AS TIMESTAMP_NS), CAST(? AS DECIMAL(18, 2)))", rows
+    )
+    cols = [
+        drivers.Column("m", "plan", "categorical"),
+        drivers.Column("m", "signed", "numeric"),
+        drivers.Column("m", "spent", "numeric"),
+    ]
+    traits: dict[int, list[dict]] = {}
+    _, _, t0 = drivers._categorical(con, "s", '"c0"', cols[0], 300)
+    _, _, t1 = drivers._numeric(con, "s", '"c1"', cols[1])
+    _, _, t2 = drivers._numeric(con, "s", '"c2"', cols[2])
+    for found in (t0, t1, t2):
+        for sid, items in found.items():
+            traits.setdefault(sid, []).extend(items)
+    where = {("m", c.name): f'"c{i}"' for i, c in enumerate(cols)}
+    out = drivers.fold_same_users(con, "s", traits, where)
+    kept = out[0]
+    assert [t["column"] for t in kept] == ["plan"], kept
+    assert [t["column"] for t in kept[0]["same_users"]] == ["signed", "spent"]

@@ -49,7 +49,10 @@ def _work(kind: str, device: str, todo: int, chunk: int = 2048):
         stream=lambda n: iter(()),
         commit=lambda hashes, vecs: committed.append(len(hashes)),
         progress=SimpleNamespace(
-            advance=advanced.append, note=notes.append, begin=lambda: None, notes=notes
+            advance=advanced.append,
+            note=notes.append,
+            begin=lambda: notes.append("begin"),
+            notes=notes,
         ),
     )
     return work, enc, committed, advanced
@@ -66,6 +69,7 @@ def test_a_transformer_on_cpu_commits_small_chunks(kind):
     assert work.progress.notes == [
         "loading the model",
         f"encoding the first {CPU_MODEL_CHUNK} texts",
+        "begin",  # the rate counts from here: after the load, before the first chunk
     ]
 
 

@@ -146,3 +146,18 @@ def test_segment_label_prefers_traits_and_reads_well():
     assert segment_label(traits[:1], ["books"]) == "top category Books"
     assert segment_label([], ["tent", "trail"]) == "tent · trail"
     assert segment_label([], []) == "segment"
+
+
+def test_a_label_keeps_values_that_are_also_qualifier_words():
+    """'Late' or 'High' as a column's value is a fact, not the qualifier of
+    'high revenue' or 'recent signup at': it stays in the label."""
+    from segtool.ml.labels import segment_label
+
+    late = {"column": "delivery_status", "kind": "value", "value": "Late", "text": "Late"}
+    assert segment_label([late]) == "Late"
+    high = {"column": "tier", "kind": "value", "value": "High", "text": "High"}
+    recent = {"column": "signup_at", "kind": "high", "text": "recent signup at"}
+    assert segment_label([high, recent]) == "High · recent signup at"
+    # the qualifier alone does not make a part new: the same column is said once
+    again = {"column": "signup_at", "kind": "low", "text": "early signup at"}
+    assert segment_label([recent, again]) == "recent signup at"

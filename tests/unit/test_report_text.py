@@ -33,10 +33,17 @@ def test_show_names_the_traits_folded_into_one():
 
     t = {"column": "top_category", "kind": "value", "value": "none", "share": 1.0,
          "base_share": 0.125, "same_users": [
-             {"column": "orders", "kind": "value", "value": 0.0},
-             {"column": "recent_products", "kind": "contains", "value": "Kindle"}]}  # fmt: skip
+             {"column": "orders", "kind": "value", "value": 0.0, "text": "orders 0.0"},
+             {"column": "subscribed", "kind": "value", "value": "false",
+              "text": "not subscribed"},
+             {"column": "top_viewed_category", "kind": "value", "value": "Video Games",
+              "text": "Video Games"},
+             {"column": "recent_products", "kind": "contains", "value": "Kindle",
+              "text": "recent products incl. Kindle"}]}  # fmt: skip
+    # folded traits read as a label says them, with their column where it is not said
     assert trait_str(t) == (
-        "top category: none (100% vs 12%; same users: orders 0, recent products incl. Kindle)"
+        "top category: none (100% vs 12%; same users: orders 0, not subscribed, "
+        "top viewed category Video Games, recent products incl. Kindle)"
     )
     date = {"column": "signup_at", "kind": "high", "text": "recent signup at",
             "median": "2023-12-15", "base_median": "2023-06-15"}  # fmt: skip

@@ -55,7 +55,7 @@ class EmbedWork:
     read: Callable[[int, int], tuple[list[str], list[str]]]  # rn in [lo, hi) -> (hashes, texts)
     stream: Callable[[int], Iterator[Any]]  # pyarrow tables (rn, text_hash, text) of n rows
     commit: Callable[[list[str], np.ndarray], None]  # one committed chunk
-    progress: Any = None  # .advance(n)
+    progress: Any = None  # .advance(n); .note(status), .begin() when it has them
 
 
 @dataclass

@@ -27,14 +27,15 @@ class LocalExecutor:
         if not work.todo:
             return stats
         bar = work.progress
-        if bar is not None:
-            bar.note("loading the model")
+        # what the bar says before its first chunk (a reporter passed to
+        # Project.run may have bars that only advance)
+        note = getattr(bar, "note", lambda status: None)
+        note("loading the model")
         enc = work.local_encoder()
         enc.encode(["warm up"])  # load the model now, so texts/s measures encoding only
         chunk = chunk_rows(work, on_cpu=enc.device == "cpu")
-        if bar is not None:
-            bar.note(f"encoding the first {min(chunk, work.todo):,} texts")
-            bar.begin()
+        note(f"encoding the first {min(chunk, work.todo):,} texts")
+        getattr(bar, "begin", lambda: None)()
 
         def encode(texts: list[str]):
             t = time.perf_counter()

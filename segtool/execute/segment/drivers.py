@@ -186,9 +186,9 @@ def _membership(t: dict, col: str) -> tuple[str, object] | None:
         return f"list_contains(CAST({col} AS VARCHAR[]), ?)", str(t["value"])
     if t.get("kind") != "value":
         return None
-    if "_raw" in t:  # a numeric value, compared as stored (a DECIMAL, a DATE)
-        return f"{col} = ?", t["_raw"]
-    return f"CAST({col} AS VARCHAR) = ?", str(t["value"])  # as _categorical read it
+    # as DuckDB writes the value: a categorical's (as _categorical read it), or
+    # a numeric one's (_raw, from _numeric: a DECIMAL, a TIMESTAMP_NS exactly)
+    return f"CAST({col} AS VARCHAR) = ?", t.get("_raw", str(t["value"]))
 
 
 def fold_same_users(
@@ -321,14 +321,16 @@ def _numeric(con, sample: str, col: str, c: Column):
         f"""WITH c AS (SELECT segment_id, {col} AS x, count(*) AS n FROM {sample}
                        WHERE {col} IS NOT NULL GROUP BY ALL),
              p AS (SELECT x, sum(n) AS pn FROM c GROUP BY x)
-        SELECT segment_id, x, n, pn FROM c JOIN p USING (x)
+        SELECT segment_id, x, n, pn, CAST(x AS VARCHAR) FROM c JOIN p USING (x)
         QUALIFY row_number() OVER (PARTITION BY segment_id ORDER BY n DESC, x) = 1"""
     ).fetchall()
     sizes = {r[0]: int(r[1]) for r in rows}
-    for sid, x, n, pn in top:
+    for sid, x, n, pn, as_text in top:
         share, pop_share = n / sizes[sid], pn / n_all
         if share >= MIN_SHARE and pop_share > 0 and share / pop_share >= MIN_LIFT:
-            traits[sid] = [{**_value_trait(c, _plain(x), share, pop_share), "_raw": x}]
+            # _raw: the value as DuckDB writes it (Python's value of a
+            # TIMESTAMP_NS has lost its nanoseconds), for fold_same_users
+            traits[sid] = [{**_value_trait(c, _plain(x), share, pop_share), "_raw": as_text}]
     for sid, n, rsum, _, median in rows:
         if sid in traits:
             continue
