@@ -3,17 +3,17 @@
 Jinja rendering is pure Python: one core renders ~20,000 shopper stories a
 second. From 20,000 users (100,000 on two CPUs: workers_for), batches go to
 worker processes (a `forkserver` pool: clean processes, nothing inherited
-from DuckDB's or torch's threads), each of which compiles the template once. Rows travel as
-Arrow IPC buffers both ways (no per-row pickling); a worker renders with the
-same `render_rows` (and the same per-user time limit) as the main process, so
-the texts are byte for byte the same.
+from DuckDB's or torch's threads), each of which compiles the template once.
+Rows travel as Arrow IPC buffers both ways (no per-row pickling); a worker
+renders with the same `render_rows` (and the same per-user time limit) as
+the main process, so the texts are byte for byte the same.
 
 Starting such a pool costs about as much as rendering 10,000 users on 2
 cores, so a smaller work set (on two CPUs, any below 100,000) of at least
 RENDER_SPLIT_MIN users renders on two CPUs instead, 20,000 rows at a time
-(render_split): a forked child, which already holds the
-compiled template and the rows, renders chunks from the end while this
-process imports what the run needs next and renders chunks from the start.
+(render_split): a forked child, which already holds the compiled template
+and the rows, renders chunks from the end while this process imports what
+the run needs next and renders chunks from the start.
 The child only renders and writes its frontier and texts (length-prefixed
 UTF-8, no pickle) into a pipe, then leaves with os._exit (no atexit
 handlers, no flush of inherited buffers); it never touches DuckDB, whose
