@@ -65,6 +65,6 @@ def entry() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (segtool ls | head): nothing to deliver
-            pass
+        except (OSError, ValueError):  # a stream closed under us: nothing left to deliver
+            pass  # (click flushes each line, so `segtool ls | head` ends in handle_errors: 141)
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)

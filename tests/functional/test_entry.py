@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -75,12 +77,16 @@ def test_output_exit_handlers_and_threads_survive_the_quick_exit():
     assert threaded.returncode == 3 and "thread finished" in threaded.stderr
 
 
-def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path):
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_a_reader_that_leaves_stops_the_command_quietly(tmp_path, unbuffered):
     """`segtool ls | head -1`: the pipe closes under the command. It stops
-    as a tool killed by SIGPIPE does (exit 141), without an 'internal error'."""
+    as a tool killed by SIGPIPE does (exit 141), without an 'internal error',
+    whether a line meets the closed pipe (unbuffered) or the last flush does."""
     init = _segtool("init", str(tmp_path / "p"))
     assert init.returncode == 0, init.stderr
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # every line meets the closed pipe
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "segtool", "ls"],
         cwd=tmp_path / "p",

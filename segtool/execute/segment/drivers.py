@@ -199,9 +199,9 @@ def fold_same_users(
     segment keeps the first of them (the strongest driver's) and lists the
     others under `same_users`, so a label spends its words on different facts.
     Measured on the whole sample (the population), not only the segment."""
-    tests: dict[tuple[str, str], int] = {}
-    keys: dict[int, tuple[str, str]] = {}
+    tests: dict[tuple[str, str], int] = {}  # (SQL, value) -> its column in the query
     params: list = []
+    slot: dict[int, int] = {}  # id(trait) -> the column of its users
     for items in by_segment.values():
         for t in items:
             m = _membership(t, where[(t["model"], t["column"])])
@@ -211,30 +211,29 @@ def fold_same_users(
             if key not in tests:
                 tests[key] = len(tests)
                 params.append(m[1])
-            keys[id(t)] = key
+            slot[id(t)] = tests[key]
     masks = None
     if len(tests) > 1:
-        select = ", ".join(f"coalesce({sql}, false)" for sql, _ in tests)
+        select = ", ".join(f"coalesce({sql}, false) AS m{i}" for i, (sql, _) in enumerate(tests))
         try:
             rows = con.execute(f"SELECT {select} FROM {sample}", params).fetchnumpy()
-            masks = [np.asarray(v, dtype=bool) for v in rows.values()]
+            masks = [np.asarray(rows[f"m{i}"], dtype=bool) for i in range(len(tests))]
         except duckdb.Error:
             masks = None  # a value the cast cannot compare: traits stay as they are
+
+    def same(a: dict, b: dict) -> bool:
+        if masks is None or id(a) not in slot or id(b) not in slot:
+            return False
+        x, y = masks[slot[id(a)]], masks[slot[id(b)]]
+        union = np.count_nonzero(x | y)
+        return bool(union) and np.count_nonzero(x & y) / union >= SAME_USERS
+
     out: dict[int, list[dict]] = {}
     for sid, items in by_segment.items():
         kept: list[dict] = []
         for t in items:
-            home = None
-            if masks is not None and id(t) in keys:
-                mine = masks[tests[keys[id(t)]]]
-                for k in kept:
-                    if id(k) in keys:
-                        other = masks[tests[keys[id(k)]]]
-                        union = np.count_nonzero(mine | other)
-                        if union and np.count_nonzero(mine & other) / union >= SAME_USERS:
-                            home = k
-                            break
             t.pop("_raw", None)
+            home = next((k for k in kept if same(k, t)), None)
             if home is None:
                 kept.append(t)
             else:
