@@ -201,7 +201,6 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     os.close(write_fd)
     os.close(stop_r)
     reports = _Reports(read_fd)
-    texts: list[tuple[str, bool]] = []
     status = None
     try:
         for name in prefetch:
@@ -209,11 +208,11 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the step that needs it reports it, in its words
                 pass
-        done = 0
-        while done < reports.frontier(n):
-            hi = min(done + SPLIT_CHUNK, reports.frontier(n))
-            texts += render_texts(proj, spec, table.slice(done, hi - done).to_pylist(), render)
-            done = hi
+        texts, done = _render_up_to_the_child(
+            reports,
+            n,
+            lambda lo, hi: render_texts(proj, spec, table.slice(lo, hi - lo).to_pylist(), render),
+        )
         os.close(stop_w)
         stop_w = None
         delivered = reports.read_to_end()
@@ -234,6 +233,23 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     else:
         texts += render_texts(proj, spec, table.slice(done).to_pylist(), render)
     return text_rows(*_keys_and_row_hashes(proj, table), texts)
+
+
+def _render_up_to_the_child(reports, n: int, render_rows) -> tuple[list, int]:
+    """render_split's part here: chunks from row 0 up while they lie below the
+    child's frontier. Returns the texts and the row they reach (`done`).
+
+    The frontier is read once per chunk: it falls while this side renders, and
+    a chunk's end taken from a second, lower reading could fall below `done`
+    (an empty slice, `done` moving back: rows rendered here and again by the
+    child, more texts than users)."""
+    texts: list = []
+    done = 0
+    while (frontier := reports.frontier(n)) > done:
+        hi = min(done + SPLIT_CHUNK, frontier)
+        texts += render_rows(done, hi)
+        done = hi
+    return texts, done
 
 
 # rows a side of render_split claims at a time: small enough that the two

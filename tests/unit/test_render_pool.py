@@ -30,3 +30,47 @@ def test_an_explicit_threshold_decides_on_any_machine(monkeypatch):
     monkeypatch.setattr("segtool.encoders._device.available_cpus", lambda: 2)
     monkeypatch.setattr(render_pool, "RENDER_POOL_MIN", 1_000)
     assert render_pool.workers_for(1_000) == 2 and render_pool.workers_for(999) == 1
+
+
+class _FallingFrontier:
+    """The child's frontier as render_split reads it: each reading one step
+    further down a script (the child renders while this side does)."""
+
+    def __init__(self, readings: list[int]):
+        self.readings = readings
+        self.calls = 0
+
+    def frontier(self, n: int) -> int:
+        value = self.readings[min(self.calls, len(self.readings) - 1)]
+        self.calls += 1
+        return value
+
+
+def test_this_side_stops_where_it_met_the_child_however_the_frontier_falls(monkeypatch):
+    """The race a loaded machine hit: the frontier read above `done` (render
+    on), then lower again while the chunk's end was taken. Reading it twice
+    made the chunk empty and `done` move back, so the child's texts from
+    there repeated rows rendered here: 'zip() argument 3 is longer'."""
+    monkeypatch.setattr(render_pool, "SPLIT_CHUNK", 4)
+    rendered: list[tuple[int, int]] = []
+
+    def render_rows(lo, hi):
+        rendered.append((lo, hi))
+        return [f"row {i}" for i in range(lo, hi)]
+
+    # read twice per chunk, the third chunk saw 12 (go on) and then 4 (end there)
+    reports = _FallingFrontier([60, 60, 60, 60, 12, 4])
+    texts, done = render_pool._render_up_to_the_child(reports, 60, render_rows)
+    assert rendered == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert texts == [f"row {i}" for i in range(16)] and done == 16
+    # the child's texts from its frontier (4) on, kept from `done` as render_split does
+    theirs = [f"row {i}" for i in range(4, 60)]
+    assert texts + theirs[done - 4 :] == [f"row {i}" for i in range(60)]
+
+
+def test_this_side_renders_everything_when_the_child_never_reports(monkeypatch):
+    monkeypatch.setattr(render_pool, "SPLIT_CHUNK", 4)
+    texts, done = render_pool._render_up_to_the_child(
+        _FallingFrontier([10]), 10, lambda lo, hi: list(range(lo, hi))
+    )
+    assert texts == list(range(10)) and done == 10
