@@ -11,6 +11,7 @@ from pathlib import Path
 from segtool.errors import ProjectError, ProjectErrors
 from segtool.graph.build import BuiltGraph, build_graph
 from segtool.project.loader import LoadedProject, load_project
+from segtool.words import counted
 
 
 class Project:
@@ -346,7 +347,7 @@ def init_project(dest: str | Path, *, force: int = 0) -> Path:
                 f" and {len(changed) - 8} more" if len(changed) > 8 else ""
             )
             raise ProjectError(
-                f"{dest}: {len(changed)} file(s) differ from the template and would be overwritten: {shown}",
+                f"{dest}: {counted(len(changed), 'file')} {'differs' if len(changed) == 1 else 'differ'} from the template and would be overwritten: {shown}",
                 hint="nothing was written; pass --force twice to overwrite them, or init into a new folder",
             )
     shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore)

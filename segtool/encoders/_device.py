@@ -7,6 +7,7 @@ import re
 import warnings
 
 from segtool.errors import EncoderError
+from segtool.words import counted
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -41,7 +42,7 @@ def resolve_device(requested: str) -> str:
         index = int(requested.split(":")[1]) if ":" in requested else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise EncoderError(
-                f"device '{requested}' does not exist: {torch.cuda.device_count()} GPU(s) visible",
+                f"device '{requested}' does not exist: {counted(torch.cuda.device_count(), 'GPU')} visible",
                 hint="pick cuda:0..cuda:N-1, or check CUDA_VISIBLE_DEVICES",
             )
         return f"cuda:{index}"

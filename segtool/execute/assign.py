@@ -92,7 +92,7 @@ def assign_file(project, name: str, path: Path):
                 missing = [c for c in fs.columns if c not in cols]
                 if missing:
                     raise DataError(
-                        f"{path} lacks column(s) {', '.join(missing)} of features '{fs.name}'"
+                        f"{path} lacks {'column' if len(missing) == 1 else 'columns'} {', '.join(missing)} of features '{fs.name}'"
                     )
                 df = mem.sql(
                     f"SELECT {', '.join(quote_ident(c) for c in fs.columns)} FROM input ORDER BY __ord"

@@ -17,6 +17,7 @@ from segtool.execute.context import StepResult
 from segtool.execute.texts import render_rows, rendered_batch, text_renderer
 from segtool.state.db import table_exists
 from segtool.state.result import one
+from segtool.words import counted
 
 BATCH = 20_000
 
@@ -89,10 +90,10 @@ def execute_text(ctx, step) -> StepResult:
         con.execute(f"DROP TABLE {rendered}")
     if n_trunc:
         ctx.reporter.warn(
-            f"text '{spec.name}': {n_trunc:,} text(s) cut to max_chars={spec.max_chars}"
+            f"text '{spec.name}': {counted(n_trunc, 'text')} cut to max_chars={spec.max_chars}"
         )
     if n_empty:
-        ctx.reporter.warn(f"text '{spec.name}': {n_empty:,} empty text(s)")
+        ctx.reporter.warn(f"text '{spec.name}': {counted(n_empty, 'empty text')}")
     return StepResult.of(
         step,
         time.perf_counter() - t0,
@@ -185,7 +186,7 @@ def write_samples(project, text_nodes, n: int) -> tuple[list[Path], list[str]]:
             path = project.target_dir / "samples" / f"{spec.name}.md"
             path.parent.mkdir(parents=True, exist_ok=True)
             lines = [
-                f"# {spec.name} — {len(rendered)} sample(s) from {spec.model} (template {spec.template})",
+                f"# {spec.name} — {counted(len(rendered), 'sample')} from {spec.model} (template {spec.template})",
                 "",
             ]
             for r in rendered:

@@ -16,6 +16,7 @@ from segtool.errors import DataError, ExecutionError, SqlError
 from segtool.project.loader import LoadedProject
 from segtool.state.db import relation_exists
 from segtool.state.result import one
+from segtool.words import counted
 
 
 def sql_error(
@@ -160,7 +161,7 @@ def check_key(
     nulls = one(con.execute(f"SELECT count(*) FROM {rel} WHERE {k} IS NULL"))[0]
     if nulls:
         raise DataError(
-            f"model '{model}' has {nulls} row(s) with NULL {key}",
+            f"model '{model}' has {counted(nulls, 'row')} with NULL {key}",
             hint=f"filter them out (`where {key} is not null`) or fix the upstream data",
             path=path,
         )
@@ -175,7 +176,7 @@ def check_key(
         )[0]
         examples = ", ".join(f"{r[0]!r} ({r[1]} rows)" for r in dups)
         raise DataError(
-            f"model '{model}' must have one row per {proj.spec.entity.name}, but {total} {key} value(s) repeat: {examples}",
+            f"model '{model}' must have one row per {proj.spec.entity.name}, but {counted(total, f'{key} value')} {'repeats' if total == 1 else 'repeat'}: {examples}",
             hint="aggregate to one row per key (GROUP BY) before it feeds features, texts or segments",
             path=path,
         )

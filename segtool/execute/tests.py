@@ -20,6 +20,7 @@ from segtool.execute.segment.store import active_fit, restore
 from segtool.state import tables
 from segtool.state.db import table_exists
 from segtool.state.result import one
+from segtool.words import counted
 
 
 @dataclass
@@ -114,7 +115,7 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                         n = one(con.execute(f"SELECT {count} FROM ({sql})"))[0]
                         ex = con.execute(f"SELECT * FROM ({sql}) LIMIT 5").fetchall() if n else []
                         status = "fail" if n else "pass"
-                        msg = f"{n} offending row(s)" if n else ""
+                        msg = counted(n, "offending row") if n else ""
                     except duckdb.Error as exc:
                         status, n, ex = "error", 0, []
                         msg = str(exc).splitlines()[0]
@@ -196,7 +197,8 @@ def segmentation_tests(project, con, node) -> list:
     add(
         "one_segment_per_user",
         not dups,
-        f"{len(dups)}+ user(s) in several segments",
+        # the query stops at 5
+        f"{counted(len(dups), 'user')}{' or more' if len(dups) == 5 else ''} in several segments",
         len(dups),
         dups,
     )
@@ -215,7 +217,7 @@ def segmentation_tests(project, con, node) -> list:
         add(
             "every_user_assigned",
             not missing,
-            f"{n_missing} user(s) of the population have no segment",
+            f"{counted(n_missing, 'user')} of the population {'has' if n_missing == 1 else 'have'} no segment",
             n_missing,
             missing,
         )
@@ -229,7 +231,7 @@ def segmentation_tests(project, con, node) -> list:
         add(
             "min_share",
             not small,
-            f"{len(small)} segment(s) below min_share {t.min_share}",
+            f"{counted(len(small), 'segment')} below min_share {t.min_share}",
             len(small),
             small,
         )
@@ -238,7 +240,7 @@ def segmentation_tests(project, con, node) -> list:
         add(
             "max_share",
             not big,
-            f"{len(big)} segment(s) above max_share {t.max_share}",
+            f"{counted(len(big), 'segment')} above max_share {t.max_share}",
             len(big),
             big,
         )

@@ -45,6 +45,7 @@ import polars as pl
 
 from segtool.errors import DataError
 from segtool.project.specs import FeatureColumnSpec
+from segtool.words import counted
 
 from ._util import example_keys
 
@@ -107,7 +108,7 @@ class FeatureTransformer:
     def _check_missing(self, name, spec, bad: np.ndarray, keys, what="NaN/inf/NULL"):
         if bad.any() and spec.impute == "error":
             raise DataError(
-                f"feature column '{name}' has {int(bad.sum())} {what} value(s) "
+                f"feature column '{name}' has {counted(int(bad.sum()), what + ' value')} "
                 f"({example_keys(keys, bad)})",
                 hint="fix the model, or set `impute: zero|mean|median` on the column",
             )

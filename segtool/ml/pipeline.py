@@ -94,6 +94,7 @@ import numpy as np
 
 from segtool.errors import DataError
 from segtool.project.specs import ClusterSpec, ReduceSpec
+from segtool.words import counted
 
 from ._util import CHUNK_ROWS, chunks, example_keys, sample_indices, sq_distances
 
@@ -217,7 +218,7 @@ class SegmentModel:
             bad[rows] = ~np.isfinite(b[rows]).all(axis=1)
             if bad.any():
                 raise DataError(
-                    f"{self._name(i)} has NaN/inf values for {int(bad.sum())} user(s) "
+                    f"{self._name(i)} has NaN/inf values for {counted(int(bad.sum()), 'user')} "
                     f"({example_keys(keys, bad)})",
                     hint="impute the feature (`impute:` on the column) or fix the upstream model",
                 )
@@ -323,7 +324,7 @@ class SegmentModel:
         if bad.any():
             self._raise_nonfinite(blocks, np.flatnonzero(bad), keys)
             raise DataError(
-                f"{int(bad.sum())} user(s) have values too large to combine "
+                f"{counted(int(bad.sum()), 'user')} {'has' if bad.sum() == 1 else 'have'} values too large to combine "
                 f"({example_keys(keys, bad)})",
                 hint="scale or clip the feature (e.g. `transform: log1p` or `clip`)",
             )

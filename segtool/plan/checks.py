@@ -8,6 +8,7 @@ from segtool.compile.segments import base_model
 from segtool.compile.sql import quote_ident
 from segtool.errors import DataError
 from segtool.state import tables
+from segtool.words import counted
 
 
 def check_nonempty(proj, seg, n: int) -> None:
@@ -99,7 +100,7 @@ def _check_finite(con, proj, fs, users: str, model_rel) -> None:
             )[0]
             ex = ", ".join(f"{r[0]!r} ({r[1] if r[1] is not None else 'NULL'})" for r in rows)
             raise DataError(
-                f"features '{fs.name}': column '{col}' of model '{fs.model}' has {total} NULL/NaN/inf value(s), e.g. {proj.key} {ex}",
+                f"features '{fs.name}': column '{col}' of model '{fs.model}' has {counted(total, 'NULL/NaN/inf value')}, e.g. {proj.key} {ex}",
                 hint=f"fix the model, or set `{col}: {{impute: median}}` (zero|mean|median) in the feature set",
                 path=fs.file,
                 line=fs.line,

@@ -9,7 +9,7 @@ from segtool.plan.model import Step
 from segtool.report.console import markdown_table
 from segtool.report.console import md_escape as _md
 from segtool.report.plan import step_line, steps_markdown
-from segtool.report.words import counted
+from segtool.words import counted
 
 
 def _fmt_num(v: Any, pct: bool = False) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from segtool.errors import ProjectError
-from segtool.report.words import counted
+from segtool.words import counted
 
 
 def _escape_github(s: str) -> str:

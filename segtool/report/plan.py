@@ -8,7 +8,7 @@ from typing import Any
 
 from segtool.errors import ProjectError
 from segtool.report.console import markdown_table, md_escape
-from segtool.report.words import counted
+from segtool.words import counted
 
 
 def counts(kind: str, detail: dict[str, Any]) -> str:

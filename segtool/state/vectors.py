@@ -26,6 +26,7 @@ from segtool.state.tables import (
     STATE,  # noqa: E402
     texts,  # noqa: E402
 )
+from segtool.words import counted
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,7 +130,7 @@ def migrate_lists(con) -> list[str]:
     for fp, dim, n, first, last in groups:
         if fp in seen:
             notes.append(
-                f"dropped {n:,} cached vector(s) of length {dim} for encoder fingerprint {fp[:12]} "
+                f"dropped {counted(n, 'cached vector')} of length {dim} for encoder fingerprint {fp[:12]} "
                 "(its other vectors are longer or shorter): those texts are embedded again"
             )
             continue

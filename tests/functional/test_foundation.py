@@ -281,7 +281,7 @@ def test_accepted_values_counts_rows_and_state_works_for_test(project):
         "values: [outdoor, baby, none]",
     )
     r = project.cli("test", expect=1)
-    assert "accepted_values(user_features.top_category): 20 offending row(s)" in r.stdout
+    assert "accepted_values(user_features.top_category): 20 offending rows" in r.stdout
     project.cli("compile")
     (project.root / "prev").mkdir()
     (project.root / "target/manifest.json").rename(project.root / "prev/manifest.json")

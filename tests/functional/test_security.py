@@ -367,12 +367,15 @@ def test_init_force_does_not_replace_edited_files(tmp_path):
     (p.root / "models/stg_users.sql").unlink()
     before = _tree(p.root)
     r = p.cli("init", str(p.root), "--force", expect=1)
-    assert "2 file(s) differ from the template" in r.stderr
+    assert "2 files differ from the template" in r.stderr
     assert "models/user_features.sql" in r.stderr and "data/orders.csv" in r.stderr
     assert "--force twice" in r.stderr
     assert _tree(p.root) == before  # nothing written, not even the missing file
     p.cli("init", str(p.root), "--force", "--force")
     assert "-- my edit" not in p.read("models/user_features.sql")
+    p.edit("models/user_features.sql", "select", "select -- again\n")
+    r = p.cli("init", str(p.root), "--force", expect=1)
+    assert "1 file differs from the template" in r.stderr
     assert (p.root / "models/stg_users.sql").is_file()
 
 

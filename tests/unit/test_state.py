@@ -104,7 +104,7 @@ def test_v1_vector_lists_move_to_fixed_size_tables(con, tmp_path):
     for fp, h, v in rows:
         con.execute("INSERT INTO _segtool.embeddings VALUES (?, ?, ?, 1)", [fp, h, v])
     notes = db.migrate(con, proj)
-    assert len(notes) == 1 and "dropped 1 cached vector(s) of length 2" in notes[0]
+    assert len(notes) == 1 and "dropped 1 cached vector of length 2" in notes[0]
     assert "embeddings" not in state_tables(con)
     from segtool.state import vectors
 

@@ -13,6 +13,7 @@ from segtool.compile.sql import quote_ident
 from segtool.errors import DataError
 from segtool.state import tables
 from segtool.state.frames import first_column
+from segtool.words import counted
 
 
 @dataclass
@@ -48,7 +49,7 @@ def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
             )
             if got != len(keys):
                 raise DataError(
-                    f"segmentation '{seg.name}': {len(keys) - got} user(s) have no vector for text '{e.text}' / encoder '{e.encoder}'",
+                    f"segmentation '{seg.name}': {counted(len(keys) - got, 'user')} {'has' if len(keys) - got == 1 else 'have'} no vector for text '{e.text}' / encoder '{e.encoder}'",
                     hint=f"run the embedding first: segtool run -s +{seg.name}",
                 )
             blocks.append(mat)
