@@ -105,9 +105,20 @@ def extract_ref(top: Path, commit: str, subdir: str, dest: Path, label: str) -> 
     except tarfile.TarError as exc:
         proc.kill()
         raise ProjectError(f"cannot extract git ref '{label}': {exc}") from None
+    except OSError as exc:  # a full disk, no permission: git must not wait on a full pipe
+        proc.kill()
+        raise ProjectError(
+            f"cannot extract git ref '{label}' into {dest}: {exc.strerror or exc}",
+            hint="free space (or fix permissions) in the temporary folder, e.g. set TMPDIR",
+        ) from None
+    except BaseException:  # Ctrl-C: nothing reads git's output any more
+        proc.kill()
+        raise
     finally:
         err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
         rc = proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
     if rc != 0:
         raise ProjectError(
             f"cannot extract git ref '{label}': {(err.strip().splitlines() or [''])[-1]}"

@@ -499,3 +499,41 @@ def test_encoder_device_edit_shows_and_reruns_nothing(twins):
         ("encoder.hash", "metadata only", ["device"])
     ]
     assert r["steps"] == []
+
+
+def test_a_full_disk_while_extracting_a_ref_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """git archive writes into a pipe; when extracting fails with an OSError
+    (a full disk), git is stopped instead of left blocked on the full pipe
+    while segtool waited for it to end (a `segtool diff` that never returned)."""
+    import tarfile
+    import threading
+
+    from segtool.diff.versions import extract_ref
+    from segtool.errors import ProjectError
+
+    repo = write_files(tmp_path / "repo", tiny_project_files())
+    (repo / "data" / "big.bin").write_bytes(os.urandom(2_000_000))  # far more than a pipe holds
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    commit = git(repo, "rev-parse", "HEAD")
+
+    def full_disk(self, *args, **kwargs):
+        next(iter(self))  # one member read: git has more to write
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full_disk)
+    outcome: list = []
+
+    def extract():
+        try:
+            extract_ref(repo, commit, ".", tmp_path / "out", "HEAD")
+        except ProjectError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=extract, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "extract_ref hung on git's full pipe"
+    assert outcome and "No space left on device" in str(outcome[0])
+    assert "cannot extract git ref 'HEAD'" in str(outcome[0])
