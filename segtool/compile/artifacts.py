@@ -6,6 +6,8 @@ reads an earlier one for `state:modified` selection and `segtool diff`."""
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,9 @@ def write_json(path: Path, data: Any, secrets=None) -> Path:
     if secrets is not None:
         data = secrets.mask_obj(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # a name of its own: two writers (runs on two targets, `compile` beside a
+    # run) must not truncate or rename each other's file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
         tmp.replace(path)

@@ -801,3 +801,32 @@ def test_compiled_template_code_is_reused_per_environment():
     assert again.render() == "select 2"
     other = compile_template(make_env(), "select {{ 1 + 1 }}", "models/a.sql")
     assert other.root_render_func.__code__ is not first.root_render_func.__code__
+
+
+def test_two_writers_of_one_json_artifact_do_not_trip_over_each_other(tmp_path):
+    """Runs on two targets share target/, and `compile` takes no lock: with
+    one fixed temp name, one writer renamed the other's file away from under
+    it (FileNotFoundError at the end of a successful run) or half-written."""
+    import json
+    import threading
+
+    from segtool.compile.artifacts import write_json
+
+    path = tmp_path / "target" / "manifest.json"
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        for i in range(300):
+            try:
+                write_json(path, {"writer": n, "i": i, "pad": "x" * 20_000})
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(path.read_text())["i"] == 299
+    assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]  # no temp file left
