@@ -63,23 +63,24 @@ def render_texts(proj, spec, rows: list[dict], render) -> list[tuple[str, bool]]
     """Each row's text (one line, cut to max_chars) and whether it was cut."""
     key = proj.key
     out = []
-    with time_limit() as rearm:
-        for row in rows:
-            ctx = dict(row)
-            ctx.pop("__row_hash", None)  # present when rendering for the texts table
-            ctx["key"] = row[key]
-            rearm()
-            try:
-                text = render(ctx)
-            except ProjectError as exc:
-                exc.message = f"text '{spec.name}', {key} {row[key]!r}: {exc.message}"
-                raise
-            except RenderTimeout as exc:  # fired between two renders
-                raise ProjectError(
-                    f"text '{spec.name}', {key} {row[key]!r}: rendering {exc}"
-                ) from exc
-            text = " ".join(text.split())  # templates are multi-line; the text is one line
-            out.append(truncate(text, spec.max_chars))
+    row = None
+    try:
+        with time_limit() as rearm:
+            for row in rows:
+                ctx = dict(row)
+                ctx.pop("__row_hash", None)  # present when rendering for the texts table
+                ctx["key"] = row[key]
+                rearm()
+                try:
+                    text = render(ctx)
+                except ProjectError as exc:
+                    exc.message = f"text '{spec.name}', {key} {row[key]!r}: {exc.message}"
+                    raise
+                text = " ".join(text.split())  # templates are multi-line; the text is one line
+                out.append(truncate(text, spec.max_chars))
+    except RenderTimeout as exc:  # the clock ran out outside render(): just after it returned
+        who = f", {key} {row[key]!r}" if row is not None else ""
+        raise ProjectError(f"text '{spec.name}'{who}: rendering {exc}") from exc
     return out
 
 
