@@ -180,15 +180,23 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     n = table.num_rows
     read_fd, write_fd = os.pipe()  # child -> here: frontier reports, then the texts
     stop_r, stop_w = os.pipe()  # here -> child: closed when this side is done
+    # Ctrl-C between the fork and the child's `try` would raise in the child and
+    # send it back into the caller (closing the parent's database, releasing its
+    # lock): SIGINT stays blocked until the child ignores it
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         pid = os.fork()
     except OSError:  # no memory or process slot for a child: one process it is
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fd in (read_fd, write_fd, stop_r, stop_w):
             os.close(fd)
         return _render_here(proj, spec, table, render)
     if pid == 0:  # the child: render, write, leave; never return into the caller
         code = 1
         try:
+            # Ctrl-C reaches the whole process group: the parent stops this child
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_fd)
             os.close(stop_w)
             gc.disable()  # short-lived: collecting would copy the parent's pages
@@ -198,6 +206,7 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
             pass
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_fd)
     os.close(stop_r)
     reports = _Reports(read_fd)

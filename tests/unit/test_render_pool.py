@@ -74,3 +74,29 @@ def test_this_side_renders_everything_when_the_child_never_reports(monkeypatch):
         _FallingFrontier([10]), 10, lambda lo, hi: list(range(lo, hi))
     )
     assert texts == list(range(10)) and done == 10
+
+
+def test_a_split_render_leaves_ctrl_c_as_it_found_it(monkeypatch):
+    """SIGINT is blocked across the fork (a Ctrl-C there must not raise in the
+    child before it ignores it): this process unblocks it again, whatever the
+    child does."""
+    import signal
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    monkeypatch.setattr(render_pool, "SPLIT_CHUNK", 4)
+    proj = SimpleNamespace(key="user_id")
+    spec = SimpleNamespace(name="story", max_chars=100)
+    table = pa.table({"user_id": list(range(50)), "__row_hash": list(range(50))})
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    rows, n_cut, n_empty = render_pool.render_split(
+        proj, spec, table, lambda ctx: f"user {ctx['key']}"
+    )
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    assert signal.SIGINT not in before
+    assert [r[0] for r in rows] == list(range(50)) and [r[3] for r in rows][:2] == [
+        "user 0",
+        "user 1",
+    ]
+    assert (n_cut, n_empty) == (0, 0)
