@@ -23,8 +23,12 @@ def _debug_requested() -> bool:
 def _internal_error(exc: Exception, kwargs: dict) -> NoReturn:
     if kwargs.get("debug") or _debug_requested():
         traceback.print_exc()
+    from segtool.project.secrets import mask_read
+
     click.echo(
-        f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)",
+        mask_read(
+            f"internal error: {type(exc).__name__}: {exc}\n  (run with --debug for the traceback)"
+        ),
         err=True,
     )
     sys.exit(2)
@@ -59,14 +63,18 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from segtool.project.secrets import forget_read
+
+        forget_read()  # mask what this command read, not an earlier one's values
         try:
             return fn(*args, **kwargs)
         except SegtoolError as exc:
             if kwargs.get("debug") or _debug_requested():
                 traceback.print_exc()
+            from segtool.project.secrets import masked
             from segtool.report.console import error_text, paint, use_color
 
-            text = error_text(exc)
+            text = error_text(masked(exc))
             first, _, rest = text.partition("\n")
             click.echo(  # click strips colour off a pipe unless told, so tell it
                 paint(first, "bold red", sys.stderr) + (f"\n{rest}" if rest else ""),

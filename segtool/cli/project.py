@@ -68,9 +68,11 @@ def validate(project_dir, target, vars_, debug, fmt):
     except ProjectError as exc:
         errors = [exc]
         n_nodes = None
+    from segtool.project.secrets import masked
     from segtool.report.formats import format_validation
 
     # text errors go to stderr like every other command's; json/github are the output itself
+    errors = [masked(e) for e in errors]
     click.echo(format_validation(errors, fmt, n_nodes), err=bool(errors) and fmt == "text")
     sys.exit(1 if errors else 0)
 

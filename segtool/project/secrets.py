@@ -3,7 +3,14 @@ values of vars listed under `secret_vars:`.
 
 segtool writes a lot for people to read (compiled SQL, target/run/*.sql, the
 manifest, run_results.json, `_segtool.runs`); every such writer passes its text
-through `Secrets.mask`, which replaces each secret value by `***`."""
+through `Secrets.mask`, which replaces each secret value by `***`. Error
+messages go through `mask_read` (the values read anywhere in this process).
+
+Which variables a project may read at all is decided outside the project:
+`SEGTOOL_*`, and the names listed in `SEGTOOL_ENV_VARS`. A pull request can
+change every file of the project, and CI runs `segtool validate` on it: with
+any name readable, `env_var('AWS_SECRET_ACCESS_KEY') | reverse` in a model
+would print a CI secret in a bind error, past any masking."""
 
 from __future__ import annotations
 
@@ -16,6 +23,45 @@ MASK = "***"
 # shorter values are not masked: "1" or "dev" are not secrets, and masking
 # them would garble every number in a compiled file
 MIN_LENGTH = 4
+PREFIX = "SEGTOOL_"
+ALLOW = "SEGTOOL_ENV_VARS"  # more readable names, comma-separated, set where segtool runs
+
+_READ: set[str] = set()  # every secret value of this process, for error messages
+
+
+def readable(name: str) -> bool:
+    """Whether a project may read environment variable `name`."""
+    if name.startswith(PREFIX):
+        return True
+    return name in {n.strip() for n in os.environ.get(ALLOW, "").split(",")}
+
+
+def forget_read() -> None:
+    """A new command starts (the CLI in one process runs one; tests run many)."""
+    _READ.clear()
+
+
+def mask_read(text: str) -> str:
+    """`text` with every secret value read in this process masked."""
+    return _mask(text, _READ)
+
+
+def masked(exc):
+    """A SegtoolError with the secrets in its message and hint masked, before
+    it is formatted (as text, JSON or GitHub annotations)."""
+    for e in [exc, *getattr(exc, "errors", ())]:  # ProjectErrors holds several
+        e.message = mask_read(e.message)
+        if e.hint:
+            e.hint = mask_read(e.hint)
+    return exc
+
+
+def _mask(text: str, values: set[str]) -> str:
+    # longest first, so a secret that contains another is masked whole
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
 
 
 class Secrets:
@@ -27,13 +73,10 @@ class Secrets:
             text = str(value)
             if len(text) >= MIN_LENGTH:
                 self.values.add(text)
+                _READ.add(text)
 
     def mask(self, text: str) -> str:
-        # longest first, so a secret that contains another is masked whole
-        for value in sorted(self.values, key=len, reverse=True):
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
+        return _mask(text, self.values)
 
     def mask_obj(self, obj: Any) -> Any:
         """A JSON-like value with every secret string masked."""
@@ -51,6 +94,12 @@ class Secrets:
 
     def env_var(self, name: str, default: Any = None) -> str:
         """The Jinja `env_var(name, default)`: the value is remembered as a secret."""
+        if not readable(name):
+            raise ProjectError(
+                f"env_var('{name}'): a project reads only {PREFIX}* variables and those listed in {ALLOW}",
+                hint=f"rename it {PREFIX}{name}, or `export {ALLOW}={name}` where segtool runs "
+                "(not in a project file: a pull request could change it)",
+            )
         if name in os.environ:
             value = os.environ[name]
         elif default is not None:

@@ -287,6 +287,52 @@ def test_secrets_are_never_written(built, monkeypatch):
     assert secret_var not in runs and secret_env not in runs
 
 
+def test_a_project_reads_only_segtool_variables_from_the_environment(built, monkeypatch):
+    """CI runs `validate` on pull requests, and a pull request can change every
+    file: a model reading AWS_SECRET_ACCESS_KEY could print it (reversed, past
+    any masking) in a bind error. Only SEGTOOL_* and the names the operator
+    lists in SEGTOOL_ENV_VARS are readable; the database is not touched."""
+    monkeypatch.setenv("CI_CLOUD_KEY", "kX9-cloud-secret")
+    monkeypatch.delenv("SEGTOOL_ENV_VARS", raising=False)
+    before = _tree(built.root / "target")
+    built.edit(
+        "models/stg_orders.sql",
+        "from {{ source('shop', 'orders') }}",
+        "from \"{{ env_var('CI_CLOUD_KEY') | reverse }}\"",
+    )
+    for command in ("validate", "run"):
+        r = built.cli(command, expect=1)
+        assert "kX9-cloud-secret" not in r.output and "terces-duolc-9Xk" not in r.output
+        assert (
+            "models/stg_orders.sql:2: env_var('CI_CLOUD_KEY'): a project reads only "
+            "SEGTOOL_* variables and those listed in SEGTOOL_ENV_VARS" in r.stderr
+        )
+        assert "export SEGTOOL_ENV_VARS=CI_CLOUD_KEY" in r.stderr
+    assert _tree(built.root / "target") == before
+    # the operator allows it, outside the project: it reads (and is masked in errors)
+    monkeypatch.setenv("SEGTOOL_ENV_VARS", "HOME, CI_CLOUD_KEY")
+    r = built.cli("validate", expect=1)
+    assert "Table with name terces-duolc-9Xk does not exist" in r.stderr
+
+
+def test_values_read_from_the_environment_are_masked_in_error_messages(built, monkeypatch):
+    monkeypatch.setenv("SEGTOOL_TEST_SECRET", "s3cr3t-from-env")
+    built.edit(
+        "models/stg_orders.sql",
+        "from {{ source('shop', 'orders') }}",
+        "from \"{{ env_var('SEGTOOL_TEST_SECRET') }}\"",
+    )
+    for args in (
+        ("validate",),
+        ("validate", "--format", "json"),
+        ("validate", "--format", "github"),
+        ("run",),
+    ):
+        r = built.cli(*args, expect=1)
+        assert "s3cr3t-from-env" not in r.output, args
+        assert "Table with name *** does not exist" in r.output, args
+
+
 # ----------------------------------------------------------------- what a user keeps
 
 
