@@ -19,7 +19,7 @@ from segtool.compile.sql import attach_alias, quote_ident, sql_literal
 from segtool.errors import ExecutionError, LockError, ProjectError
 from segtool.project.loader import LoadedProject
 from segtool.project.secrets import Secrets
-from segtool.state import vectors
+from segtool.state import reach, vectors
 from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
@@ -191,6 +191,9 @@ def setup_connection(
         if src.database and attach_alias(src.name) not in attached:
             path = Path(src.database)
             path = path if path.is_absolute() else proj.root / path
+            reach.check_reach(
+                proj.root, path, f"source '{src.name}': database", file=src.file, line=src.line
+            )
             if not path.exists():
                 raise ProjectError(
                     f"source '{src.name}': database file {src.database} does not exist",
@@ -214,6 +217,7 @@ def fence(
     its temporary files are DuckDB's own and stay usable.
     `external_access: true` in the target turns the fence off."""
     if proj.target.external_access:
+        reach.confirm_external_access(proj.target_name)
         return
     dirs, files = allowed_locations(proj, extra)
     con.execute(f"SET allowed_directories = {sql_literal(dirs)}")
@@ -227,33 +231,41 @@ _GLOB = re.compile(r"[*?\[{]")
 
 
 def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tuple[list, list]:
-    """(directories, files) the fence lets project SQL read."""
-    dirs = {str(proj.root.resolve()) + "/"}
-    files: set[str] = set()
+    """(directories, files) the fence lets project SQL read: the project
+    folder but its hidden entries, and what the project declares, each within
+    reach (state/reach.py); `extra` (what a command names) as given."""
+    top_dirs, top_files = reach.project_entries(proj.root)
+    dirs, files = set(top_dirs), set(top_files)
 
-    def add(path: str | Path) -> None:
+    def add(path: str | Path, what: str | None = None, file=None, line=None) -> None:
         text = str(path)
         if "://" in text:
             return  # remote: needs external_access
         p = Path(text) if Path(text).is_absolute() else proj.root / text
+
+        def checked(q: Path) -> Path:
+            if what is None:
+                return q.resolve()
+            return reach.check_reach(proj.root, q, what, file=file, line=line)
+
         if _GLOB.search(str(p)):
             parts = []
             for part in p.parts:
                 if _GLOB.search(part):
                     break
                 parts.append(part)
-            dirs.add(str(Path(*parts)) + "/")
+            dirs.add(str(checked(Path(*parts))).rstrip("/") + "/")
         elif p.is_dir() or text.endswith("/"):
-            dirs.add(str(p.resolve()).rstrip("/") + "/")
+            dirs.add(str(checked(p)).rstrip("/") + "/")
         else:
-            files.add(str(p.resolve()))
+            files.add(str(checked(p)))
             files.add(str(p))
 
-    for st in proj.sources.values():
+    for (s, t), st in proj.sources.items():
         if st.table.path:
-            add(st.table.path)
+            add(st.table.path, f"source '{s}.{t}':", st.table.file, st.table.line)
     for p in proj.target.allow_paths:
-        add(p)
+        add(p, f"allow_paths of target '{proj.target_name}':", "profiles.yml")
     for p in extra:
         add(p)
     return sorted(dirs), sorted(files)

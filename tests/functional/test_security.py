@@ -170,19 +170,87 @@ def test_models_cannot_read_outside_the_project(built):
     assert "leak" not in {t for (t,) in built.sql("select table_name from duckdb_tables()")}
 
 
-def test_the_fence_widens_explicitly(built, tmp_path):
+def test_the_fence_widens_only_as_far_as_the_environment_allows(built, tmp_path, monkeypatch):
+    """profiles.yml is a project file a pull request can change: its
+    allow_paths and external_access take effect within what the environment
+    (SEGTOOL_DATA_DIRS, SEGTOOL_EXTERNAL_ACCESS) allows, never beyond."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    monkeypatch.delenv("SEGTOOL_EXTERNAL_ACCESS", raising=False)
     elsewhere = tmp_path / "shared_data"
     elsewhere.mkdir()
     (elsewhere / "extra.csv").write_text("user_id,note\n1,hello\n")
     built.write("models/extra.sql", f"select * from read_csv('{elsewhere}/extra.csv')")
     _refused(built, "run", "-s", "extra", contains=["Permission Error"])
     built.write("profiles.yml", f"targets:\n  dev: {{allow_paths: ['{elsewhere}/']}}\n")
+    _refused(
+        built,
+        "run",
+        "-s",
+        "extra",
+        contains=[
+            f"profiles.yml: allow_paths of target 'dev': {elsewhere} lies outside the project folder",
+            f"export SEGTOOL_DATA_DIRS={elsewhere}",
+        ],
+    )
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(elsewhere))
     built.cli("run", "-s", "extra")
     assert built.sql("select note from main.extra") == [("hello",)]
     built.write("models/leak.sql", "select content from read_text('/etc/hostname')")
     _refused(built, "run", "-s", "leak", contains=["Permission Error"])
     built.write("profiles.yml", "targets:\n  dev: {external_access: true}\n")
+    _refused(
+        built,
+        "run",
+        "-s",
+        "leak",
+        contains=["target 'dev' sets external_access: true", "export SEGTOOL_EXTERNAL_ACCESS=1"],
+    )
+    monkeypatch.setenv("SEGTOOL_EXTERNAL_ACCESS", "1")
     built.cli("run", "-s", "leak")
+
+
+def test_a_source_is_read_only_within_reach(built, tmp_path, monkeypatch):
+    """A pull request declaring a source outside the project (or a symlink in
+    data/ that leads out, or a file under .git, whose config can hold CI's
+    token) gets an error from validate, which reads nothing of it."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "creds.csv").write_text("aws_key_AKIA1234,b\n1,2\n")
+    (built.root / "data" / "link.csv").symlink_to(outside / "creds.csv")
+    (built.root / ".git").mkdir()
+    (built.root / ".git" / "config.csv").write_text("token_ghp_5678,b\n1,2\n")
+    original = built.read("models/sources.yml")
+    cases = {
+        str(outside / "creds.csv"): f"{outside / 'creds.csv'} lies outside the project folder",
+        "data/link.csv": f"(it leads to {outside / 'creds.csv'}) lies outside the project folder",
+        ".git/config.csv": "config.csv lies in a hidden entry of the project folder",
+    }
+    for path, message in cases.items():
+        built.write("models/sources.yml", original.replace("data/orders.csv", path))
+        r = built.cli("validate", expect=1)
+        assert (
+            f"models/sources.yml:{_line_of(original, 'name: orders')}: source 'shop.orders': "
+            in r.stderr
+        )
+        assert message in r.stderr, r.stderr
+        assert "AKIA1234" not in r.output and "ghp_5678" not in r.output
+        _refused(built, "run", contains=[message])
+    # a model reading a hidden file directly: the fence refuses it
+    built.write("models/sources.yml", original)
+    built.write("models/leak.sql", "select * from read_csv('.git/config.csv')")
+    r = built.cli("validate", expect=1)
+    assert "Permission Error" in r.stderr and "ghp_5678" not in r.output
+    # the operator lets the project read that folder: then it is a source like any
+    built.write("models/leak.sql", "select 1 as x")
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(outside))
+    built.write("models/sources.yml", original.replace("data/orders.csv", "data/link.csv"))
+    r = built.cli("validate", expect=1)  # its columns are not the orders' columns
+    assert "lies outside" not in r.stderr
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, ln in enumerate(text.splitlines(), 1) if needle in ln)
 
 
 def test_views_over_sources_work_from_another_folder(built, tmp_path, monkeypatch):

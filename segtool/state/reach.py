@@ -1,0 +1,96 @@
+"""What project SQL may read, decided outside the project.
+
+A pull request can change every file of a project, and CI runs `segtool
+validate` on it; binding a model reads the files its sources name (the header
+row becomes column names, which bind errors quote). So the files a project
+declares (sources, attached databases, `allow_paths`) must lie in the project
+folder, outside its hidden entries (`.git`, whose config can hold a CI token;
+`.env`), or in a folder listed in `SEGTOOL_DATA_DIRS` where segtool runs; and
+`external_access: true` needs `SEGTOOL_EXTERNAL_ACCESS=1` there. Paths are
+compared after symlinks are resolved (a symlink in `data/` is where it leads).
+docs/security.md, "The fence"."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from segtool.errors import ProjectError
+
+DATA_DIRS = "SEGTOOL_DATA_DIRS"  # more folders project SQL may read (os.pathsep-separated)
+EXTERNAL_ACCESS = (
+    "SEGTOOL_EXTERNAL_ACCESS"  # "1": a target's external_access may turn the fence off
+)
+_OUTSIDE_THE_PROJECT = "not in a project file: a pull request could change it"
+
+
+def data_dirs() -> list[Path]:
+    """The folders the environment lets project SQL read besides the project."""
+    return [
+        Path(d).expanduser().resolve()
+        for d in os.environ.get(DATA_DIRS, "").split(os.pathsep)
+        if d.strip()
+    ]
+
+
+def within_reach(root: Path, path: Path, extra: list[Path]) -> bool:
+    """Whether resolved `path` lies in resolved project `root` (not under a
+    hidden entry) or in one of `extra`."""
+    if any(path == d or path.is_relative_to(d) for d in extra):
+        return True
+    if not path.is_relative_to(root):
+        return False
+    rel = path.relative_to(root).parts
+    return not (rel and rel[0].startswith("."))
+
+
+def check_reach(root: Path, path: Path, what: str, *, file=None, line=None) -> Path:
+    """`path` resolved, or a ProjectError saying why project SQL may not read it."""
+    resolved = path.resolve()
+    if within_reach(root.resolve(), resolved, data_dirs()):
+        return resolved
+    leads = f" (it leads to {resolved})" if resolved != path.absolute() else ""
+    if resolved.is_relative_to(root.resolve()):
+        where = "in a hidden entry of the project folder"
+        hint = "hidden entries (.git, .env) are never read: keep data in a visible folder"
+    else:
+        where = "outside the project folder"
+        folder = resolved if resolved.is_dir() else resolved.parent
+        hint = (
+            f"keep data in the project folder, or `export {DATA_DIRS}={folder}` where segtool "
+            f"runs ({_OUTSIDE_THE_PROJECT})"
+        )
+    raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
+
+
+def project_entries(root: Path) -> tuple[list[str], list[str]]:
+    """(folders, files) of the project folder that project SQL may read: its
+    top-level entries but the hidden ones, each as it resolves, when that is
+    still within reach (a symlinked `data/` that leads elsewhere is not)."""
+    root = root.resolve()
+    extra = data_dirs()
+    dirs: list[str] = []
+    files: list[str] = []
+    for entry in root.iterdir():
+        if entry.name.startswith("."):
+            continue
+        resolved = entry.resolve()
+        if not within_reach(root, resolved, extra):
+            continue
+        if resolved.is_dir():
+            dirs.append(str(resolved).rstrip("/") + "/")
+        else:
+            files.append(str(resolved))
+    return dirs, files
+
+
+def confirm_external_access(target_name: str) -> None:
+    """A target's `external_access: true` turns the fence off only when the
+    environment agrees."""
+    if os.environ.get(EXTERNAL_ACCESS) != "1":
+        raise ProjectError(
+            f"target '{target_name}' sets external_access: true (no SQL fence), which the "
+            f"environment must confirm",
+            hint=f"`export {EXTERNAL_ACCESS}=1` where segtool runs ({_OUTSIDE_THE_PROJECT})",
+            path="profiles.yml",
+        )
