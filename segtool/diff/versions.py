@@ -224,10 +224,8 @@ def open_version(
         ) from None
     dest = extract_ref(top, commit, subdir, tmp / role.lower(), arg)
     link_untracked(worktree, dest)
-    return Version(
-        arg,
-        "git",
-        dest,
-        commit,
-        _load(load, dest, target=target, vars=vars, role=role, label=arg, fallback_target=fallback),
+    project = _load(
+        load, dest, target=target, vars=vars, role=role, label=arg, fallback_target=fallback
     )
+    project.loaded.linked_root = worktree.resolve()
+    return Version(arg, "git", dest, commit, project)

@@ -72,6 +72,14 @@ class LoadedProject:
     segmentations: dict[str, SegmentationSpec] = field(default_factory=dict)
     errors: list[ProjectError] = field(default_factory=list)
     secrets: Secrets = field(default_factory=Secrets)
+    # `diff` extracts a git ref and links the entries git lacks (ignored data)
+    # to the working tree's: that project folder is within its SQL's reach too
+    linked_root: Path | None = None
+
+    @property
+    def roots(self) -> list[Path]:
+        """The project folders whose visible entries the project's SQL may read."""
+        return [self.root] + ([self.linked_root] if self.linked_root else [])
 
     def env_var(self, name: str, default: Any = None) -> str:
         """The Jinja `env_var()`: values read from the environment are secrets."""

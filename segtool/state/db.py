@@ -192,7 +192,7 @@ def setup_connection(
             path = Path(src.database)
             path = path if path.is_absolute() else proj.root / path
             reach.check_reach(
-                proj.root, path, f"source '{src.name}': database", file=src.file, line=src.line
+                proj.roots, path, f"source '{src.name}': database", file=src.file, line=src.line
             )
             if not path.exists():
                 raise ProjectError(
@@ -234,7 +234,7 @@ def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tupl
     """(directories, files) the fence lets project SQL read: the project
     folder but its hidden entries, and what the project declares, each within
     reach (state/reach.py); `extra` (what a command names) as given."""
-    top_dirs, top_files = reach.project_entries(proj.root)
+    top_dirs, top_files = reach.project_entries(proj.roots)
     dirs, files = set(top_dirs), set(top_files)
 
     def add(path: str | Path, what: str | None = None, file=None, line=None) -> None:
@@ -246,7 +246,7 @@ def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tupl
         def checked(q: Path) -> Path:
             if what is None:
                 return q.resolve()
-            return reach.check_reach(proj.root, q, what, file=file, line=line)
+            return reach.check_reach(proj.roots, q, what, file=file, line=line)
 
         if _GLOB.search(str(p)):
             parts = []

@@ -33,24 +33,27 @@ def data_dirs() -> list[Path]:
     ]
 
 
-def within_reach(root: Path, path: Path, extra: list[Path]) -> bool:
-    """Whether resolved `path` lies in resolved project `root` (not under a
-    hidden entry) or in one of `extra`."""
+def within_reach(roots: list[Path], path: Path, extra: list[Path]) -> bool:
+    """Whether resolved `path` lies in one of the resolved project `roots` (not
+    under a hidden entry) or in one of `extra`."""
     if any(path == d or path.is_relative_to(d) for d in extra):
         return True
-    if not path.is_relative_to(root):
-        return False
-    rel = path.relative_to(root).parts
-    return not (rel and rel[0].startswith("."))
+    for root in roots:
+        if path.is_relative_to(root):
+            rel = path.relative_to(root).parts
+            return not (rel and rel[0].startswith("."))
+    return False
 
 
-def check_reach(root: Path, path: Path, what: str, *, file=None, line=None) -> Path:
-    """`path` resolved, or a ProjectError saying why project SQL may not read it."""
+def check_reach(roots: list[Path], path: Path, what: str, *, file=None, line=None) -> Path:
+    """`path` resolved, or a ProjectError saying why project SQL may not read it.
+    `roots`: the project folder (and the one its entries link to, in `diff`)."""
     resolved = path.resolve()
-    if within_reach(root.resolve(), resolved, data_dirs()):
+    roots = [r.resolve() for r in roots]
+    if within_reach(roots, resolved, data_dirs()):
         return resolved
     leads = f" (it leads to {resolved})" if resolved != path.absolute() else ""
-    if resolved.is_relative_to(root.resolve()):
+    if any(resolved.is_relative_to(r) for r in roots):
         where = "in a hidden entry of the project folder"
         hint = "hidden entries (.git, .env) are never read: keep data in a visible folder"
     else:
@@ -63,19 +66,19 @@ def check_reach(root: Path, path: Path, what: str, *, file=None, line=None) -> P
     raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
 
 
-def project_entries(root: Path) -> tuple[list[str], list[str]]:
+def project_entries(roots: list[Path]) -> tuple[list[str], list[str]]:
     """(folders, files) of the project folder that project SQL may read: its
     top-level entries but the hidden ones, each as it resolves, when that is
     still within reach (a symlinked `data/` that leads elsewhere is not)."""
-    root = root.resolve()
+    roots = [r.resolve() for r in roots]
     extra = data_dirs()
     dirs: list[str] = []
     files: list[str] = []
-    for entry in root.iterdir():
+    for entry in roots[0].iterdir():
         if entry.name.startswith("."):
             continue
         resolved = entry.resolve()
-        if not within_reach(root, resolved, extra):
+        if not within_reach(roots, resolved, extra):
             continue
         if resolved.is_dir():
             dirs.append(str(resolved).rstrip("/") + "/")

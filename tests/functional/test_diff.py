@@ -132,6 +132,24 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
     assert "has no segtool project at moved/segtool_project.yml" in r.stderr
 
 
+def test_git_refs_count_users_from_data_git_does_not_keep(_built_tiny, tmp_path):
+    """data/ is ignored by git: each extracted ref links it to the working
+    tree's, and that folder is within its SQL's reach (state/reach.py), so
+    the plan between two refs still counts users."""
+    repo = tmp_path / "repo"
+    pd = ProjectDir(shutil.copytree(_built_tiny, repo))
+    (repo / ".gitignore").write_text("target/\ndata/\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "A")
+    pd.edit("templates/story.j2", "orders.", LOYAL)
+    git(repo, "commit", "-qam", "B: loyal customers")
+    r = diff_json(pd, "HEAD~1", "HEAD")
+    assert r["database"]["used"], r.get("notes")
+    assert step(r, "text.story")["detail"]["texts_changed"] == 9
+    assert not any("lies outside" in n for n in r.get("notes", []))
+
+
 def test_not_a_git_repo(project):
     r = project.cli("diff", expect=1)
     assert "not inside a git repository" in r.stderr and "OLD_DIR NEW_DIR" in r.stderr
