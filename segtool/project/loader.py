@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
+from segtool.project import reach
 from segtool.project.secrets import Secrets
 from segtool.project.specs import (
     EncoderSpec,
@@ -151,6 +152,7 @@ def load_project(
     root = find_project_root(Path(project_dir or "."))
     errors: list[ProjectError] = []
 
+    _within_the_project(root, root / PROJECT_FILE)
     data, marks = load_yaml(root / PROJECT_FILE, PROJECT_FILE)
     errors += require_mapping(data, PROJECT_FILE)
     spec, errs = validate_spec(ProjectSpec, data or {}, marks=marks, rel=PROJECT_FILE)
@@ -163,6 +165,7 @@ def load_project(
     pmarks: dict = {}
     prof_path = root / PROFILES_FILE
     if prof_path.is_file():
+        _within_the_project(root, prof_path)
         try:
             text = _render_env(prof_path.read_text(encoding="utf-8"), PROFILES_FILE, secrets)
             pdata, pmarks = parse_yaml(text, PROFILES_FILE)
@@ -241,6 +244,7 @@ def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:
     base = root / sub
     if not base.is_dir():
         return []
+    _within_the_project(root, base)
     out = []
     for pat in patterns:
         out += [
@@ -248,7 +252,16 @@ def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:
             for p in base.rglob(pat)
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
         ]
+    for p in out:
+        _within_the_project(root, p)
     return sorted(set(out))
+
+
+def _within_the_project(root: Path, path: Path) -> None:
+    """A project file that is a symlink out of the project (to a CI runner's
+    credentials) would be read, and parse errors quote what they read."""
+    rel = path.relative_to(root).as_posix()
+    reach.check_reach([root], path, "project file", file=rel, keep="the project's files")
 
 
 def _read_text(p: Path, rel: str) -> str:

@@ -17,9 +17,10 @@ import duckdb
 
 from segtool.compile.sql import attach_alias, quote_ident, sql_literal
 from segtool.errors import ExecutionError, LockError, ProjectError
+from segtool.project import reach
 from segtool.project.loader import LoadedProject
 from segtool.project.secrets import Secrets
-from segtool.state import reach, vectors
+from segtool.state import vectors
 from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
@@ -233,7 +234,7 @@ _GLOB = re.compile(r"[*?\[{]")
 def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tuple[list, list]:
     """(directories, files) the fence lets project SQL read: the project
     folder but its hidden entries, and what the project declares, each within
-    reach (state/reach.py); `extra` (what a command names) as given."""
+    reach (project/reach.py); `extra` (what a command names) as given."""
     top_dirs, top_files = reach.project_entries(proj.roots)
     dirs, files = set(top_dirs), set(top_files)
 

@@ -134,7 +134,7 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
 
 def test_git_refs_count_users_from_data_git_does_not_keep(_built_tiny, tmp_path):
     """data/ is ignored by git: each extracted ref links it to the working
-    tree's, and that folder is within its SQL's reach (state/reach.py), so
+    tree's, and that folder is within its SQL's reach (project/reach.py), so
     the plan between two refs still counts users."""
     repo = tmp_path / "repo"
     pd = ProjectDir(shutil.copytree(_built_tiny, repo))

@@ -574,3 +574,23 @@ def test_no_temporary_files_are_left_behind(built):
     built.cli("run")
     assert not [p for p in (built.root / "target").rglob("*.tmp")]
     assert os.path.exists(built.root / "target/run_results.json")
+
+
+def test_a_project_file_that_leads_out_of_the_project_is_not_read(built, tmp_path):
+    """A symlinked model, template or YAML file would be read and its parse
+    error would quote what it read (`syntax error at or near "root"` for
+    /etc/passwd)."""
+    outside = tmp_path / "secret.txt"
+    outside.write_text("aws_key_AKIA1234 = x\n")
+    for rel in ("models/evil.sql", "templates/evil.j2", "segments/evil.yml"):
+        link = built.root / rel
+        link.symlink_to(outside)
+        r = built.cli("validate", expect=1)
+        assert (
+            f"{rel}: project file {link} (it leads to {outside}) lies outside the project folder"
+            in r.stderr
+        )
+        assert "AKIA1234" not in r.output and "aws_key" not in r.output
+        _refused(built, "run", contains=["lies outside the project folder"])
+        link.unlink()
+    built.cli("validate")

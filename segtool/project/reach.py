@@ -45,7 +45,9 @@ def within_reach(roots: list[Path], path: Path, extra: list[Path]) -> bool:
     return False
 
 
-def check_reach(roots: list[Path], path: Path, what: str, *, file=None, line=None) -> Path:
+def check_reach(
+    roots: list[Path], path: Path, what: str, *, file=None, line=None, keep: str = "data"
+) -> Path:
     """`path` resolved, or a ProjectError saying why project SQL may not read it.
     `roots`: the project folder (and the one its entries link to, in `diff`)."""
     resolved = path.resolve()
@@ -55,12 +57,12 @@ def check_reach(roots: list[Path], path: Path, what: str, *, file=None, line=Non
     leads = f" (it leads to {resolved})" if resolved != path.absolute() else ""
     if any(resolved.is_relative_to(r) for r in roots):
         where = "in a hidden entry of the project folder"
-        hint = "hidden entries (.git, .env) are never read: keep data in a visible folder"
+        hint = f"hidden entries (.git, .env) are never read: keep {keep} in a visible folder"
     else:
         where = "outside the project folder"
         folder = resolved if resolved.is_dir() else resolved.parent
         hint = (
-            f"keep data in the project folder, or `export {DATA_DIRS}={folder}` where segtool "
+            f"keep {keep} in the project folder, or `export {DATA_DIRS}={folder}` where segtool "
             f"runs ({_OUTSIDE_THE_PROJECT})"
         )
     raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
