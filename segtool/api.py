@@ -30,8 +30,12 @@ class Project:
         target: str | None = None,
         vars: dict | None = None,
         strict: bool = True,
+        linked_root: Path | None = None,
     ) -> Project:
-        return cls(load_project(path, target=target, vars=vars, strict=strict), vars)
+        return cls(
+            load_project(path, target=target, vars=vars, strict=strict, linked_root=linked_root),
+            vars,
+        )
 
     @property
     def root(self) -> Path:

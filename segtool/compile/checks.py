@@ -168,7 +168,8 @@ def _source_hint(msg: str) -> str:
     if "Permission Error" in msg:
         return (
             "the path is outside what the SQL fence allows: add it to `allow_paths` "
-            "of the target in profiles.yml (docs/security.md)"
+            "of the target in profiles.yml, and its folder to SEGTOOL_DATA_DIRS where "
+            "segtool runs if it lies outside the project (docs/security.md)"
         )
     return "check `path`, `format` and reader `options` (relative paths start at the project root)"
 
@@ -189,8 +190,9 @@ def _bind_error(exc: duckdb.Error, name: str, model, cm) -> ProjectError:
         hint = f"that is line {compiled_line} of the compiled SQL; " + hint
     if "Permission Error" in msg:
         hint = (
-            "the SQL fence keeps models inside the project folder and the declared sources; "
-            "read files through source(), or widen the fence in profiles.yml (docs/security.md)"
+            "the SQL fence keeps models inside the project's folders (not hidden ones, not "
+            "files at its top) and the declared sources; read files through source(), or "
+            "widen the fence: `allow_paths` in profiles.yml, within SEGTOOL_DATA_DIRS (docs/security.md)"
         )
     return ProjectError(
         f"model '{name}': {lines[0]}" + (f"\n{rest}" if rest else ""),

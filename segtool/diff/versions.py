@@ -146,6 +146,7 @@ def _load(
     role: str,
     label: str,
     fallback_target: bool = False,
+    linked_root: Path | None = None,
 ):
     def tag(exc: ProjectError) -> ProjectError:
         errs = exc.errors if isinstance(exc, ProjectErrors) else [exc]
@@ -154,13 +155,14 @@ def _load(
                 e.message = f"{role} ({label}): {e.message}"
         return exc
 
+    linked = {"linked_root": linked_root} if linked_root else {}
     try:
         try:
-            project = load(root, target=target, vars=vars)
+            project = load(root, target=target, vars=vars, **linked)
         except ProjectError as exc:
             if not (fallback_target and target and "target" in exc.message):
                 raise
-            project = load(root, vars=vars)
+            project = load(root, vars=vars, **linked)
         project.graph()
         return project
     except ProjectError as exc:
@@ -225,7 +227,13 @@ def open_version(
     dest = extract_ref(top, commit, subdir, tmp / role.lower(), arg)
     link_untracked(worktree, dest)
     project = _load(
-        load, dest, target=target, vars=vars, role=role, label=arg, fallback_target=fallback
+        load,
+        dest,
+        target=target,
+        vars=vars,
+        role=role,
+        label=arg,
+        fallback_target=fallback,
+        linked_root=worktree.resolve(),
     )
-    project.loaded.linked_root = worktree.resolve()
     return Version(arg, "git", dest, commit, project)

@@ -206,12 +206,13 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
             pass
         finally:
             os._exit(code)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.close(write_fd)
     os.close(stop_r)
     reports = _Reports(read_fd)
     status = None
     try:
+        # a Ctrl-C held back since the fork arrives here, where `finally` stops the child
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for name in prefetch:
             try:
                 importlib.import_module(name)

@@ -148,11 +148,15 @@ def load_project(
     target: str | None = None,
     vars: dict[str, Any] | None = None,
     strict: bool = True,
+    linked_root: Path | None = None,
 ) -> LoadedProject:
+    """`linked_root`: the folder the project's missing entries link to (`diff`
+    of a git ref: files git does not keep come from the working tree)."""
     root = find_project_root(Path(project_dir or "."))
     errors: list[ProjectError] = []
+    roots = [root] + ([linked_root] if linked_root else [])
 
-    _within_the_project(root, root / PROJECT_FILE)
+    _within_the_project(roots, root / PROJECT_FILE)
     data, marks = load_yaml(root / PROJECT_FILE, PROJECT_FILE)
     errors += require_mapping(data, PROJECT_FILE)
     spec, errs = validate_spec(ProjectSpec, data or {}, marks=marks, rel=PROJECT_FILE)
@@ -165,7 +169,7 @@ def load_project(
     pmarks: dict = {}
     prof_path = root / PROFILES_FILE
     if prof_path.is_file():
-        _within_the_project(root, prof_path)
+        _within_the_project(roots, prof_path)
         try:
             text = _render_env(prof_path.read_text(encoding="utf-8"), PROFILES_FILE, secrets)
             pdata, pmarks = parse_yaml(text, PROFILES_FILE)
@@ -207,6 +211,7 @@ def load_project(
         target=tspec,
         vars=merged_vars,
         secrets=secrets,
+        linked_root=linked_root,
     )
 
     _load_models(proj, errors)
@@ -240,11 +245,12 @@ def _executor_errors(target_name: str, tspec: TargetSpec, marks: dict) -> list[P
     ]
 
 
-def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:
+def _files(roots: list[Path], sub: str, patterns: tuple[str, ...]) -> list[Path]:
+    root = roots[0]
     base = root / sub
     if not base.is_dir():
         return []
-    _within_the_project(root, base)
+    _within_the_project(roots, base)
     out = []
     for pat in patterns:
         out += [
@@ -253,15 +259,18 @@ def _files(root: Path, sub: str, patterns: tuple[str, ...]) -> list[Path]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
         ]
     for p in out:
-        _within_the_project(root, p)
+        _within_the_project(roots, p)
     return sorted(set(out))
 
 
-def _within_the_project(root: Path, path: Path) -> None:
+def _within_the_project(roots: list[Path], path: Path) -> None:
     """A project file that is a symlink out of the project (to a CI runner's
     credentials) would be read, and parse errors quote what they read."""
-    rel = path.relative_to(root).as_posix()
-    reach.check_reach([root], path, "project file", file=rel, keep="the project's files")
+    try:
+        rel = path.relative_to(roots[0]).as_posix()
+    except ValueError:  # paths.models: /somewhere/else
+        rel = PROJECT_FILE
+    reach.check_reach(roots, path, "project file", file=rel, code=True)
 
 
 def _read_text(p: Path, rel: str) -> str:
@@ -290,9 +299,8 @@ def _read_spec_file(p: Path, rel: str, cls, errors: list[ProjectError]):
 
 
 def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
-    root = proj.root
     mdir = proj.spec.paths.models
-    for p in _files(root, mdir, ("*.sql",)):
+    for p in _files(proj.roots, mdir, ("*.sql",)):
         rel = proj.relpath(p)
         name = p.stem
         if name in proj.models:
@@ -309,7 +317,7 @@ def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
         except ProjectError as exc:
             errors.append(exc)
 
-    for p in _files(root, mdir, ("*.yml", "*.yaml")):
+    for p in _files(proj.roots, mdir, ("*.yml", "*.yaml")):
         rel = proj.relpath(p)
         props = _read_spec_file(p, rel, PropertiesFile, errors)
         if props is None:
@@ -359,7 +367,7 @@ def _load_models(proj: LoadedProject, errors: list[ProjectError]) -> None:
 
 def _load_templates(proj: LoadedProject, errors: list[ProjectError]) -> None:
     base = proj.root / proj.spec.paths.templates
-    for p in _files(proj.root, proj.spec.paths.templates, ("*",)):
+    for p in _files(proj.roots, proj.spec.paths.templates, ("*",)):
         rel = proj.relpath(p)
         name = p.relative_to(base).as_posix()
         try:
@@ -375,7 +383,7 @@ def _load_segments(proj: LoadedProject, errors: list[ProjectError]) -> None:
         ("encoders", proj.encoders),
         ("segmentations", proj.segmentations),
     )
-    for p in _files(proj.root, proj.spec.paths.segments, ("*.yml", "*.yaml")):
+    for p in _files(proj.roots, proj.spec.paths.segments, ("*.yml", "*.yaml")):
         rel = proj.relpath(p)
         seg = _read_spec_file(p, rel, SegmentsFile, errors)
         if seg is None:

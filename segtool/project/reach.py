@@ -35,26 +35,28 @@ def data_dirs() -> list[Path]:
 
 def within_reach(roots: list[Path], path: Path, extra: list[Path]) -> bool:
     """Whether resolved `path` lies in one of the resolved project `roots` (not
-    under a hidden entry) or in one of `extra`."""
-    if any(path == d or path.is_relative_to(d) for d in extra):
-        return True
+    under a hidden entry: that rule holds even where a data folder contains
+    the project) or in one of the data folders `extra`."""
     for root in roots:
         if path.is_relative_to(root):
             rel = path.relative_to(root).parts
             return not (rel and rel[0].startswith("."))
-    return False
+    return any(path == d or path.is_relative_to(d) for d in extra)
 
 
 def check_reach(
-    roots: list[Path], path: Path, what: str, *, file=None, line=None, keep: str = "data"
+    roots: list[Path], path: Path, what: str, *, file=None, line=None, code: bool = False
 ) -> Path:
-    """`path` resolved, or a ProjectError saying why project SQL may not read it.
-    `roots`: the project folder (and the one its entries link to, in `diff`)."""
+    """`path` resolved, or a ProjectError saying why it may not be read.
+    `roots`: the project folder (and the one its entries link to, in `diff`);
+    `code`: a project file (a model, a template), which only they may hold."""
     resolved = path.resolve()
     roots = [r.resolve() for r in roots]
-    if within_reach(roots, resolved, data_dirs()):
+    if within_reach(roots, resolved, [] if code else data_dirs()):
         return resolved
-    leads = f" (it leads to {resolved})" if resolved != path.absolute() else ""
+    keep = "the project's files" if code else "data"
+    link = resolved != path.absolute()
+    leads = f" (it leads to {resolved})" if link else ""
     if any(resolved.is_relative_to(r) for r in roots):
         where = "in a hidden entry of the project folder"
         hint = f"hidden entries (.git, .env) are never read: keep {keep} in a visible folder"
@@ -62,31 +64,32 @@ def check_reach(
         where = "outside the project folder"
         folder = resolved if resolved.is_dir() else resolved.parent
         hint = (
-            f"keep {keep} in the project folder, or `export {DATA_DIRS}={folder}` where segtool "
-            f"runs ({_OUTSIDE_THE_PROJECT})"
+            f"keep {keep} in the project folder"
+            if code
+            # a link that leads out is what an attack looks like: no folder to allow
+            else f"keep {keep} in the project folder, or list its folder in {DATA_DIRS} where segtool runs ({_OUTSIDE_THE_PROJECT})"
+            if link
+            else f"keep {keep} in the project folder, or `export {DATA_DIRS}={folder}` where segtool runs ({_OUTSIDE_THE_PROJECT})"
         )
     raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
 
 
-def project_entries(roots: list[Path]) -> tuple[list[str], list[str]]:
-    """(folders, files) of the project folder that project SQL may read: its
-    top-level entries but the hidden ones, each as it resolves, when that is
-    still within reach (a symlinked `data/` that leads elsewhere is not)."""
+def project_folders(roots: list[Path]) -> list[str]:
+    """The folders of the project folder that project SQL may read: its
+    top-level folders but the hidden ones, each as it resolves, when that is
+    still within reach (a symlinked `data/` that leads elsewhere is not).
+    Not its top-level files: CI steps drop credentials there
+    (google-github-actions/auth writes gha-creds-*.json into the workspace)."""
     roots = [r.resolve() for r in roots]
     extra = data_dirs()
     dirs: list[str] = []
-    files: list[str] = []
     for entry in roots[0].iterdir():
         if entry.name.startswith("."):
             continue
         resolved = entry.resolve()
-        if not within_reach(roots, resolved, extra):
-            continue
-        if resolved.is_dir():
+        if resolved.is_dir() and within_reach(roots, resolved, extra):
             dirs.append(str(resolved).rstrip("/") + "/")
-        else:
-            files.append(str(resolved))
-    return dirs, files
+    return dirs
 
 
 def confirm_external_access(target_name: str) -> None:

@@ -232,11 +232,10 @@ _GLOB = re.compile(r"[*?\[{]")
 
 
 def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tuple[list, list]:
-    """(directories, files) the fence lets project SQL read: the project
-    folder but its hidden entries, and what the project declares, each within
+    """(directories, files) the fence lets project SQL read: the project's
+    folders but hidden ones, and what the project declares, each within
     reach (project/reach.py); `extra` (what a command names) as given."""
-    top_dirs, top_files = reach.project_entries(proj.roots)
-    dirs, files = set(top_dirs), set(top_files)
+    dirs, files = set(reach.project_folders(proj.roots)), set()
 
     def add(path: str | Path, what: str | None = None, file=None, line=None) -> None:
         text = str(path)

@@ -133,12 +133,13 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
 
 
 def test_git_refs_count_users_from_data_git_does_not_keep(_built_tiny, tmp_path):
-    """data/ is ignored by git: each extracted ref links it to the working
-    tree's, and that folder is within its SQL's reach (project/reach.py), so
-    the plan between two refs still counts users."""
+    """data/ and profiles.yml are ignored by git: each extracted ref links
+    them to the working tree's, and that folder is within its reach
+    (project/reach.py), so the project loads and the plan counts users."""
     repo = tmp_path / "repo"
     pd = ProjectDir(shutil.copytree(_built_tiny, repo))
-    (repo / ".gitignore").write_text("target/\ndata/\n")
+    (repo / ".gitignore").write_text("target/\ndata/\nprofiles.yml\n")
+    (repo / "profiles.yml").write_text("targets:\n  dev: {threads: 2}\n")
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "A")

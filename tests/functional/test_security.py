@@ -236,11 +236,27 @@ def test_a_source_is_read_only_within_reach(built, tmp_path, monkeypatch):
         assert message in r.stderr, r.stderr
         assert "AKIA1234" not in r.output and "ghp_5678" not in r.output
         _refused(built, "run", contains=[message])
-    # a model reading a hidden file directly: the fence refuses it
+    # a model reading a hidden file, a file at the project's top (where a CI
+    # login step writes gha-creds-*.json), or a link out of data/ directly:
+    # the fence refuses them (absolute paths: relative ones resolve elsewhere)
     built.write("models/sources.yml", original)
-    built.write("models/leak.sql", "select * from read_csv('.git/config.csv')")
+    (built.root / "gha-creds-1.csv").write_text("private_key_9876,b\n1,2\n")
+    for leak in (".git/config.csv", "gha-creds-1.csv", "data/link.csv", "data/*.csv"):
+        built.write("models/leak.sql", f"select * from read_csv('{built.root}/{leak}')")
+        r = built.cli("validate", expect=1)
+        assert "Permission Error" in r.stderr, (leak, r.stderr)
+        assert "ghp_5678" not in r.output and "9876" not in r.output and "AKIA" not in r.output
+    # a glob source whose folder holds a link out: DuckDB resolves the link
+    # and the fence refuses it (the reach check sees only the folder)
+    built.write("models/leak.sql", "select 1 as x")
+    built.write("models/sources.yml", original.replace("data/orders.csv", "data/*.csv"))
     r = built.cli("validate", expect=1)
-    assert "Permission Error" in r.stderr and "ghp_5678" not in r.output
+    assert "Permission Error" in r.stderr and "AKIA" not in r.output
+    # a data folder that contains the project does not open its hidden entries
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(built.root.parent))
+    built.write("models/sources.yml", original.replace("data/orders.csv", ".git/config.csv"))
+    r = built.cli("validate", expect=1)
+    assert "config.csv lies in a hidden entry of the project folder" in r.stderr
     # the operator lets the project read that folder: then it is a source like any
     built.write("models/leak.sql", "select 1 as x")
     monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(outside))
