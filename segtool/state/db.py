@@ -211,12 +211,13 @@ def setup_connection(
 def fence(
     con: duckdb.DuckDBPyConnection, proj: LoadedProject, extra: tuple[Path, ...] = ()
 ) -> None:
-    """What project SQL may reach (docs/security.md): the project folder, the
-    declared sources' files and the target's `allow_paths` (plus what a command
-    names, like `assign --input`); no other file, no network, no extension
-    install, and no change of these settings from SQL. The database itself and
-    its temporary files are DuckDB's own and stay usable.
-    `external_access: true` in the target turns the fence off."""
+    """What project SQL may reach (docs/security.md): the project's folders,
+    the declared sources' files and the target's `allow_paths`, within what
+    the environment allows (project/reach.py), plus what a command names,
+    like `assign --input`; no other file, no network, no extension install,
+    and no change of these settings from SQL. The database itself and its
+    temporary files are DuckDB's own and stay usable. `external_access: true`
+    in the target turns the fence off where SEGTOOL_EXTERNAL_ACCESS=1."""
     if proj.target.external_access:
         reach.confirm_external_access(proj.target_name)
         return
