@@ -15,6 +15,7 @@ from segtool.compile.sql import quote_ident, relation
 from segtool.errors import ProjectError
 from segtool.execute.context import StepResult
 from segtool.execute.texts import render_rows, rendered_batch, text_renderer
+from segtool.project import reach
 from segtool.state.db import table_exists
 from segtool.state.result import one
 from segtool.words import counted
@@ -161,6 +162,9 @@ def write_samples(project, text_nodes, n: int) -> tuple[list[Path], list[str]]:
     if not db.exists():
         return [], [f"no sample texts: no database at {project.relpath(db)} (run first)"]
     try:
+        # compile is safe on a pull request, which can point profiles.yml at
+        # any database on the machine: samples come only from one within reach
+        reach.check_reach(project.loaded.roots, db, "the database")
         con = project.connect(read_only=True)
     except SegtoolError as exc:
         return [], [f"no sample texts: {exc.message}"]

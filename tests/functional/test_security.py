@@ -610,3 +610,24 @@ def test_a_project_file_that_leads_out_of_the_project_is_not_read(built, tmp_pat
         _refused(built, "run", contains=["lies outside the project folder"])
         link.unlink()
     built.cli("validate")
+
+
+def test_compile_renders_samples_only_from_a_database_within_reach(built, tmp_path, monkeypatch):
+    """compile is safe on a pull request, which can point profiles.yml at any
+    database file on the machine: its sample texts come only from one in the
+    project folder or in SEGTOOL_DATA_DIRS."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    elsewhere = tmp_path / "prod"
+    elsewhere.mkdir()
+    shutil.copy(built.db, elsewhere / "prod.duckdb")
+    built.write("profiles.yml", f"targets:\n  dev: {{database: '{elsewhere}/prod.duckdb'}}\n")
+    shutil.rmtree(built.root / "target" / "samples", ignore_errors=True)
+    r = built.cli("compile")
+    assert (
+        f"no sample texts: the database {elsewhere}/prod.duckdb lies outside the project folder"
+        in r.stdout
+    )
+    assert not (built.root / "target" / "samples").exists()
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(elsewhere))
+    built.cli("compile")
+    assert (built.root / "target" / "samples" / "story.md").is_file()
