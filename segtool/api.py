@@ -351,7 +351,7 @@ def init_project(dest: str | Path, *, force: int = 0) -> Path:
                 f" and {len(changed) - 8} more" if len(changed) > 8 else ""
             )
             raise ProjectError(
-                f"{dest}: {counted(len(changed), 'file')} {'differs' if len(changed) == 1 else 'differ'} from the template and would be overwritten: {shown}",
+                f"{dest}: {counted(len(changed), 'file', verb=('differs', 'differ'))} from the template and would be overwritten: {shown}",
                 hint="nothing was written; pass --force twice to overwrite them, or init into a new folder",
             )
     shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore)

@@ -155,14 +155,13 @@ def _load(
                 e.message = f"{role} ({label}): {e.message}"
         return exc
 
-    linked = {"linked_root": linked_root} if linked_root else {}
     try:
         try:
-            project = load(root, target=target, vars=vars, **linked)
+            project = load(root, target=target, vars=vars, linked_root=linked_root)
         except ProjectError as exc:
             if not (fallback_target and target and "target" in exc.message):
                 raise
-            project = load(root, vars=vars, **linked)
+            project = load(root, vars=vars, linked_root=linked_root)
         project.graph()
         return project
     except ProjectError as exc:

@@ -176,7 +176,7 @@ def check_key(
         )[0]
         examples = ", ".join(f"{r[0]!r} ({r[1]} rows)" for r in dups)
         raise DataError(
-            f"model '{model}' must have one row per {proj.spec.entity.name}, but {counted(total, f'{key} value')} {'repeats' if total == 1 else 'repeat'}: {examples}",
+            f"model '{model}' must have one row per {proj.spec.entity.name}, but {counted(total, f'{key} value', verb=('repeats', 'repeat'))}: {examples}",
             hint="aggregate to one row per key (GROUP BY) before it feeds features, texts or segments",
             path=path,
         )

@@ -324,7 +324,7 @@ class SegmentModel:
         if bad.any():
             self._raise_nonfinite(blocks, np.flatnonzero(bad), keys)
             raise DataError(
-                f"{counted(int(bad.sum()), 'user')} {'has' if bad.sum() == 1 else 'have'} values too large to combine "
+                f"{counted(int(bad.sum()), 'user', verb=('has', 'have'))} values too large to combine "
                 f"({example_keys(keys, bad)})",
                 hint="scale or clip the feature (e.g. `transform: log1p` or `clip`)",
             )

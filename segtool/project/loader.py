@@ -80,7 +80,7 @@ class LoadedProject:
     @property
     def roots(self) -> list[Path]:
         """The project folders whose visible entries the project's SQL may read."""
-        return [self.root] + ([self.linked_root] if self.linked_root else [])
+        return _roots(self.root, self.linked_root)
 
     def env_var(self, name: str, default: Any = None) -> str:
         """The Jinja `env_var()`: values read from the environment are secrets."""
@@ -154,7 +154,7 @@ def load_project(
     of a git ref: files git does not keep come from the working tree)."""
     root = find_project_root(Path(project_dir or "."))
     errors: list[ProjectError] = []
-    roots = [root] + ([linked_root] if linked_root else [])
+    roots = _roots(root, linked_root)
 
     _within_the_project(roots, root / PROJECT_FILE)
     data, marks = load_yaml(root / PROJECT_FILE, PROJECT_FILE)
@@ -261,6 +261,10 @@ def _files(roots: list[Path], sub: str, patterns: tuple[str, ...]) -> list[Path]
     for p in out:
         _within_the_project(roots, p)
     return sorted(set(out))
+
+
+def _roots(root: Path, linked_root: Path | None) -> list[Path]:
+    return [root] + ([linked_root] if linked_root else [])
 
 
 def _within_the_project(roots: list[Path], path: Path) -> None:

@@ -62,15 +62,12 @@ def check_reach(
         hint = f"hidden entries (.git, .env) are never read: keep {keep} in a visible folder"
     else:
         where = "outside the project folder"
-        folder = resolved if resolved.is_dir() else resolved.parent
-        hint = (
-            f"keep {keep} in the project folder"
-            if code
+        hint = f"keep {keep} in the project folder"
+        if not code:
             # a link that leads out is what an attack looks like: no folder to allow
-            else f"keep {keep} in the project folder, or list its folder in {DATA_DIRS} where segtool runs ({_OUTSIDE_THE_PROJECT})"
-            if link
-            else f"keep {keep} in the project folder, or `export {DATA_DIRS}={folder}` where segtool runs ({_OUTSIDE_THE_PROJECT})"
-        )
+            folder = resolved if resolved.is_dir() else resolved.parent
+            allow = f"list its folder in {DATA_DIRS}" if link else f"`export {DATA_DIRS}={folder}`"
+            hint += f", or {allow} where segtool runs ({_OUTSIDE_THE_PROJECT})"
     raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
 
 

@@ -35,6 +35,16 @@ def git(cwd, *args) -> str:
     return out.stdout.strip()
 
 
+def commit_a_then_loyal_b(repo, pd: ProjectDir) -> None:
+    """A new repository at `repo`: commit A as the project is, commit B the
+    template with loyal customers (9 users' texts differ)."""
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "A")
+    pd.edit("templates/story.j2", "orders.", LOYAL)
+    git(repo, "commit", "-qam", "B: loyal customers")
+
+
 def diff_json(pd: ProjectDir, *args, expect: int = 0) -> dict:
     return json.loads(pd.cli("diff", *args, "--format", "json", expect=expect).stdout)
 
@@ -63,11 +73,7 @@ def test_git_refs_in_a_repo_with_the_project_in_a_subfolder(_built_tiny, tmp_pat
     repo = tmp_path / "repo"
     pd = ProjectDir(shutil.copytree(_built_tiny, repo / "segs"))  # database = the state of commit A
     (repo / ".gitignore").write_text("target/\n")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "A")
-    pd.edit("templates/story.j2", "orders.", LOYAL)
-    git(repo, "commit", "-qam", "B: loyal customers")
+    commit_a_then_loyal_b(repo, pd)
 
     assert diff_json(pd)["changes"] == []  # working tree == HEAD
     assert "no changes" in pd.cli("diff").stdout
@@ -140,11 +146,7 @@ def test_git_refs_count_users_from_data_git_does_not_keep(_built_tiny, tmp_path)
     pd = ProjectDir(shutil.copytree(_built_tiny, repo))
     (repo / ".gitignore").write_text("target/\ndata/\nprofiles.yml\n")
     (repo / "profiles.yml").write_text("targets:\n  dev: {threads: 2}\n")
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "A")
-    pd.edit("templates/story.j2", "orders.", LOYAL)
-    git(repo, "commit", "-qam", "B: loyal customers")
+    commit_a_then_loyal_b(repo, pd)
     r = diff_json(pd, "HEAD~1", "HEAD")
     assert r["database"]["used"], r.get("notes")
     assert step(r, "text.story")["detail"]["texts_changed"] == 9

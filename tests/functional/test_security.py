@@ -592,6 +592,22 @@ def test_no_temporary_files_are_left_behind(built):
     assert os.path.exists(built.root / "target/run_results.json")
 
 
+def test_an_internal_error_masks_what_the_command_read(monkeypatch, capsys):
+    """The one message not built from a SegtoolError: masked as a whole."""
+    from segtool.cli.common import _internal_error
+    from segtool.project.secrets import Secrets, forget_read
+
+    forget_read()
+    monkeypatch.setenv("SEGTOOL_TEST_SECRET", "s3cr3t-from-env")
+    Secrets().env_var("SEGTOOL_TEST_SECRET")
+    with pytest.raises(SystemExit) as exited:
+        _internal_error(RuntimeError("boom near s3cr3t-from-env"), {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom near ***" in err and "s3cr3t" not in err
+    forget_read()
+
+
 def test_a_project_file_that_leads_out_of_the_project_is_not_read(built, tmp_path):
     """A symlinked model, template or YAML file would be read and its parse
     error would quote what it read (`syntax error at or near "root"` for

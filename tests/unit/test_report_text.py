@@ -57,3 +57,12 @@ def test_validate_counts_its_errors_in_number():
     one = [ProjectError("bad model", path="models/a.sql", line=3)]
     assert format_validation(one, "text", 5).splitlines()[-1] == "1 error"
     assert format_validation(one * 2, "github", 5).splitlines()[-1] == "2 errors"
+
+
+def test_counts_say_their_noun_and_verb_in_number():
+    from segtool.words import counted
+
+    assert counted(1, "row") == "1 row" and counted(1553, "user") == "1,553 users"
+    assert counted(0, "file") == "0 files" and counted(2, "match", "matches") == "2 matches"
+    assert counted(1, "user", verb=("has", "have")) == "1 user has"
+    assert counted(3, "file", verb=("differs", "differ")) == "3 files differ"

@@ -49,7 +49,7 @@ def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
             )
             if got != len(keys):
                 raise DataError(
-                    f"segmentation '{seg.name}': {counted(len(keys) - got, 'user')} {'has' if len(keys) - got == 1 else 'have'} no vector for text '{e.text}' / encoder '{e.encoder}'",
+                    f"segmentation '{seg.name}': {counted(len(keys) - got, 'user', verb=('has', 'have'))} no vector for text '{e.text}' / encoder '{e.encoder}'",
                     hint=f"run the embedding first: segtool run -s +{seg.name}",
                 )
             blocks.append(mat)
