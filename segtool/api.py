@@ -50,7 +50,11 @@ class Project:
 
     @property
     def target_dir(self) -> Path:
-        return self.root / "target"
+        """target/: artifacts and, by default, the database. It may lead
+        elsewhere only where the environment allows (reach.check_target)."""
+        from segtool.project import reach
+
+        return reach.check_target(self.loaded.roots, self.root / "target")
 
     def graph(self) -> BuiltGraph:
         if self._built is None:
@@ -245,11 +249,14 @@ class Project:
         force: bool = False,
     ) -> tuple[Path, int]:
         """Write a segment table (or its history); returns (path, rows)."""
-        out = (
-            Path(output)
-            if output
-            else self.target_dir / "export" / (f"{name}{'_history' if history else ''}.{fmt}")
-        )
+        if output:
+            out = Path(output)
+        else:
+            from segtool.project.reach import check_inside
+
+            target = self.target_dir
+            file = f"{name}{'_history' if history else ''}.{fmt}"
+            out = check_inside(target, target / "export" / file)
         # the default file under target/export is segtool's own: refreshed without --force
         check_output(self, out, force=force or output is None)
         df = self.history(name) if history else self.segments(name)

@@ -187,7 +187,8 @@ def write_samples(project, text_nodes, n: int) -> tuple[list[Path], list[str]]:
                 .to_pylist()
             )
             rendered, _, _ = render_rows(project.loaded, spec, rows, render)
-            path = project.target_dir / "samples" / f"{spec.name}.md"
+            target = project.target_dir
+            path = reach.check_inside(target, target / "samples" / f"{spec.name}.md")
             path.parent.mkdir(parents=True, exist_ok=True)
             lines = [
                 f"# {spec.name} — {counted(len(rendered), 'sample')} from {spec.model} (template {spec.template})",

@@ -56,7 +56,9 @@ def sql_error(
 
 
 def write_sql(target_dir: Path, sub: str, model_path: str, sql: str) -> Path:
-    out = target_dir / sub / model_path
+    from segtool.project.reach import check_inside
+
+    out = check_inside(target_dir, target_dir / sub / model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(sql + "\n", encoding="utf-8")
     return out

@@ -71,6 +71,27 @@ def check_reach(
     raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
 
 
+def check_target(roots: list[Path], target: Path) -> Path:
+    """`target` (the folder segtool writes its artifacts and, by default, the
+    database to), when as it resolves it lies within reach. A pull request can
+    commit `target` as a symlink, and `compile` (safe on a pull request) would
+    write its manifest and compiled SQL wherever it leads."""
+    check_reach(roots, target, "target folder")
+    return target
+
+
+def check_inside(folder: Path, path: Path) -> Path:
+    """`path` (a file segtool writes under `folder`), when no symlink inside
+    the folder leads it out (a committed `target/compiled` -> elsewhere)."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(folder.resolve()):
+        return path
+    raise ProjectError(
+        f"{path} leads to {resolved}, outside {folder}",
+        hint=f"segtool writes only inside {folder}: remove the symlink",
+    )
+
+
 def project_folders(roots: list[Path]) -> list[str]:
     """The folders of the project folder that project SQL may read: its
     top-level folders but the hidden ones, each as it resolves, when that is

@@ -647,3 +647,44 @@ def test_compile_renders_samples_only_from_a_database_within_reach(built, tmp_pa
     monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(elsewhere))
     built.cli("compile")
     assert (built.root / "target" / "samples" / "story.md").is_file()
+
+
+def test_segtool_writes_through_a_committed_target_symlink_only_within_reach(
+    project, tmp_path, monkeypatch
+):
+    """A pull request can commit `target` as a symlink (git keeps symlinks):
+    `compile`, safe on a pull request, wrote its manifest and compiled SQL
+    wherever it led. Now target/ must resolve within the project folder or
+    SEGTOOL_DATA_DIRS, as data must (a big disk is one line of environment)."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    outside = tmp_path / "runner_home"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("the runner's file\n")
+    link = project.root / "target"
+    shutil.rmtree(link, ignore_errors=True)
+    link.symlink_to(outside)
+    message = f"target folder {link} (it leads to {outside}) lies outside the project folder"
+    for command in ("compile", "run", "clean"):
+        r = project.cli(command, expect=1)
+        assert message in r.stderr, r.stderr
+        assert "SEGTOOL_DATA_DIRS" in r.stderr
+    assert _tree(outside) == {"keep.txt": hashlib.sha256(b"the runner's file\n").hexdigest()}
+    project.cli("validate")  # validate writes nothing: a symlinked target does not stop it
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(outside))
+    project.cli("run")
+    assert (outside / "manifest.json").is_file()
+
+
+def test_a_symlink_inside_target_does_not_lead_writes_out(built, tmp_path):
+    """`target/compiled` (or samples/, report/) committed as a symlink to a
+    folder of the runner: compile refuses before writing there."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for sub, command in (("compiled", "compile"), ("report", "docs")):
+        link = built.root / "target" / sub
+        shutil.rmtree(link, ignore_errors=True)
+        link.symlink_to(outside)
+        r = built.cli(command, expect=1)
+        assert f"leads to {outside}" in r.stderr and "remove the symlink" in r.stderr, r.stderr
+        assert list(outside.iterdir()) == [], "a file was written through the symlink"
+        link.unlink()

@@ -18,6 +18,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from segtool.project.reach import check_inside
 from segtool.report.html import charts, data
 from segtool.report.html.svg import render
 from segtool.report.profile import cut, segmentation_profile, trait_str
@@ -32,7 +33,9 @@ MOVES = 8  # the biggest moves listed under a Sankey
 
 def build_report(project, out: Path | None = None) -> Path:
     proj = project.loaded
-    out = out or project.target_dir / "report" / "index.html"
+    if out is None:
+        target = project.target_dir
+        out = check_inside(target, target / "report" / "index.html")
     ctx: dict[str, Any] = {
         "project": proj.name,
         "target": proj.target_name,
