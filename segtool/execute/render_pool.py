@@ -168,7 +168,8 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     The child reports each chunk it has done (its frontier) and, when told to
     stop or at row 0, sends its texts. Where both rendered the same rows this
     process's texts are kept. If the child fails for any reason (a template
-    error for one of its users, a time limit, a kill), the rows it did not
+    error for one of its users, a time limit, a kill, or silence past
+    _silence_limit(): then it is killed), the rows it did not
     deliver are rendered here, in order, so errors read exactly as in one
     process."""
     import gc
@@ -225,7 +226,9 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
         )
         os.close(stop_w)
         stop_w = None
-        delivered = reports.read_to_end()
+        delivered = reports.read_to_end(_silence_limit())
+        if delivered is None:  # it failed, or hangs (a lock held by a thread at the fork)
+            os.kill(pid, signal.SIGKILL)  # its rows are rendered here
         _, status = os.waitpid(pid, 0)
     finally:
         if stop_w is not None:
@@ -265,6 +268,19 @@ def _render_up_to_the_child(reports, n: int, render_rows) -> tuple[list, int]:
 # rows a side of render_split claims at a time: small enough that the two
 # sides meet within ~10 ms, large enough that reporting costs nothing
 SPLIT_CHUNK = 256
+
+
+def _silence_limit() -> float:
+    """How long the child may send nothing before it counts as stuck: one
+    chunk of users each at the render time limit (every render is stopped
+    there), the longest an honest chunk can take. A forked child can hang on
+    a lock some thread of this process held at the fork; without a limit the
+    run would wait forever."""
+    from segtool.compile.jinja import render_seconds
+
+    return SPLIT_CHUNK * render_seconds() + 5.0
+
+
 _REPORT = struct.Struct("<cq")  # b"F" + frontier, or b"T" + texts' byte length
 
 
@@ -302,16 +318,20 @@ class _Reports:
         self.buf = bytearray()
         os.set_blocking(fd, False)
 
-    def frontier(self, n: int) -> int:
-        """The lowest row the child has rendered so far (n: none yet)."""
+    def _drain(self) -> bool:
+        """Read what the pipe holds now; True at its end (the child left)."""
         while True:
             try:
-                chunk = os.read(self.fd, 1 << 16)
+                chunk = os.read(self.fd, 1 << 20)
             except BlockingIOError:
-                break
+                return False
             if not chunk:
-                break
+                return True
             self.buf += chunk
+
+    def frontier(self, n: int) -> int:
+        """The lowest row the child has rendered so far (n: none yet)."""
+        self._drain()
         self._parse_frontiers()
         return n if self.lowest is None else self.lowest
 
@@ -322,12 +342,14 @@ class _Reports:
             self.lowest = lo
             del self.buf[:size]
 
-    def read_to_end(self) -> tuple[int, list[tuple[str, bool]]] | None:
+    def read_to_end(self, silence: float) -> tuple[int, list[tuple[str, bool]]] | None:
         """(the child's frontier, its texts from there on), or None when it
-        stopped without sending them."""
-        os.set_blocking(self.fd, True)
-        while chunk := os.read(self.fd, 1 << 20):
-            self.buf += chunk
+        stopped without sending them or sent nothing for `silence` seconds."""
+        import select
+
+        while not self._drain():
+            if not select.select([self.fd], [], [], silence)[0]:
+                return None  # stuck: the caller kills it
         self._parse_frontiers()
         size = _REPORT.size
         if len(self.buf) < size or self.buf[:1] != b"T" or self.lowest is None:

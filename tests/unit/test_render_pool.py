@@ -100,3 +100,36 @@ def test_a_split_render_leaves_ctrl_c_as_it_found_it(monkeypatch):
         "user 1",
     ]
     assert (n_cut, n_empty) == (0, 0)
+
+
+def test_a_child_that_hangs_is_killed_and_its_rows_rendered_here(monkeypatch):
+    """A forked child can hang on a lock that another thread held at the fork;
+    the run waited for its texts forever. After the silence limit it is
+    killed and its rows are rendered in this process: every text is there,
+    once, in order."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    def hang(proj, spec, table, render, out_fd, stop_fd):
+        # says it has rendered rows 20 to 40, then never sends them
+        os.write(out_fd, render_pool._REPORT.pack(b"F", 20))
+        time.sleep(3600)
+
+    monkeypatch.setattr(render_pool, "_render_from_the_end", hang)
+    monkeypatch.setattr(render_pool, "_silence_limit", lambda: 0.5)
+    proj = SimpleNamespace(key="user_id")
+    spec = SimpleNamespace(name="story", max_chars=100)
+    table = pa.table({"user_id": list(range(40)), "__row_hash": list(range(40))})
+    t0 = time.perf_counter()
+    rows, _, _ = render_pool.render_split(proj, spec, table, lambda ctx: f"user {ctx['key']}")
+    assert time.perf_counter() - t0 < 30
+    assert [r[3] for r in rows] == [f"user {i}" for i in range(40)]
+    assert [r[0] for r in rows] == list(range(40))
+
+
+def test_the_silence_limit_is_one_chunk_of_users_at_the_render_time_limit(monkeypatch):
+    monkeypatch.setenv("SEGTOOL_RENDER_TIMEOUT", "0.1")
+    assert render_pool._silence_limit() == pytest.approx(render_pool.SPLIT_CHUNK * 0.1 + 5.0)
