@@ -153,6 +153,7 @@ class Project:
         man = manifest(self.loaded, built.graph)
         write_json(self.target_dir / "manifest.json", man, self.loaded.secrets)
         man["_compiled_dir"] = str(compiled_dir)
+        man["_selected"] = len(nodes)
         man["_notes"] = notes
         return man
 

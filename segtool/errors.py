@@ -122,7 +122,9 @@ class LockError(SegtoolError):
 
 
 class ExecutionError(SegtoolError):
-    """A runtime failure (SQL failed at run time, disk full, model load): exit 2."""
+    """A runtime failure (SQL failed at run time, a database error): exit 2.
+    A full disk (DiskFullError) and an encoder that cannot load (EncoderError)
+    are errors a user fixes: exit 1."""
 
     exit_code = 2
 

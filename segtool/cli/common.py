@@ -88,8 +88,8 @@ def handle_errors(fn):
                 err=True,
             )
             sys.exit(130)
-        except click.exceptions.Exit:
-            raise
+        except (click.exceptions.Exit, click.ClickException):
+            raise  # click prints a usage error its own way (exit 2)
         except BrokenPipeError as exc:
             if not _stdout_gone():  # another pipe (a worker's): a failure like any
                 _internal_error(exc, kwargs)

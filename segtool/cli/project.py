@@ -18,6 +18,7 @@ from segtool.cli.common import (
     selection_options,
 )
 from segtool.errors import ProjectError, ProjectErrors
+from segtool.words import counted
 
 
 @click.command()
@@ -86,8 +87,10 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
     """Write compiled SQL, sample texts and target/manifest.json."""
     project = load(project_dir, target, vars_)
     man = project.compile(select, exclude, samples=samples, state_dir=state_dir)
+    n, total = man["_selected"], len(man["nodes"])
+    which = f"{n:,} of {total:,} nodes" if n != total else counted(n, "node")
     click.echo(
-        f"compiled {len(man['nodes'])} nodes -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)"
+        f"compiled {which} -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)"
     )
     for note in man["_notes"]:
         click.echo(f"note: {note}")
@@ -97,7 +100,9 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
 @project_options
 @selection_options
 @click.option(
-    "--full-refresh", is_flag=True, help="Rebuild incremental models and re-render every text."
+    "--full-refresh",
+    is_flag=True,
+    help="Rebuild tables and incremental models (not those with full_refresh=false: they merge) and re-render every text.",
 )
 @click.option("--refit", is_flag=True, help="Refit every selected segmentation on all users.")
 @click.option(
@@ -222,7 +227,8 @@ def render(project_dir, target, vars_, debug, text, user):
 )
 @handle_errors
 def clean(project_dir, target, vars_, debug, cache):
-    """Remove target/ artifacts (and, with --cache, unused embedding vectors)."""
+    """Remove target/compiled, run, samples and report (the database stays);
+    with --cache, only the cached vectors no current text and encoder use."""
     project = load(project_dir, target, vars_)
     if cache:
         out = project.clean_cache()

@@ -89,7 +89,7 @@ def score(project_dir, target, vars_, debug, name, truth, label_column, fmt):
     \b
     Examples:
       segtool score behaviour --truth data/_truth.csv
-      segtool score behaviour --truth persona --format json
+      segtool score behaviour --truth channel --format json
     """
     from segtool.report.score import format_score, score_segmentation
 

@@ -97,7 +97,9 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
             out.errors.append(exc)
             return out
         stubs: dict[tuple[str, str], str] = {}
-        broken: set[str] = set()
+        # a model that did not compile is reported already: what reads it
+        # would only add "table does not exist"
+        broken: set[str] = {f"model.{name}" for name in built.failed}
         for (s, t), st in proj.sources.items():
             stub = f"__src.{quote_ident(s + '__' + t)}"
             try:

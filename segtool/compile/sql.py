@@ -263,13 +263,13 @@ def _check_incremental_config(
             "add unique_key='...' (the column or columns that identify a row)",
         )
     if keep not in refs:
-        raise error(
-            f"{where}: the model does not read '{keep}'",
-            "delete_not_in",
-            f"name a model this one reads with ref(), e.g. delete_not_in=ref('{refs[0]}')"
-            if refs
-            else "name a model this one reads with ref()",
-        )
+        if not refs:
+            hint = "name a model this one reads with ref()"
+        elif "delete_not_in" in sql_config:
+            hint = f"name a model this one reads, e.g. delete_not_in=ref('{refs[0]}')"
+        else:  # YAML: the model's name
+            hint = f"name a model this one reads, e.g. `delete_not_in: {refs[0]}`"
+        raise error(f"{where}: the model does not read '{keep}'", "delete_not_in", hint)
 
 
 def _config_location(model: ModelFile, options: dict) -> tuple[str, int | None]:

@@ -16,6 +16,8 @@ class BuiltGraph:
     graph: Graph
     compiled: dict[str, CompiledModel] = field(default_factory=dict)
     errors: list[ProjectError] = field(default_factory=list)
+    # models that did not compile (their errors are in `errors`)
+    failed: set[str] = field(default_factory=set)
 
 
 def _model_meta(m) -> dict:
@@ -64,6 +66,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
     nodes: list[Node] = []
     errors: list[ProjectError] = []
     compiled: dict[str, CompiledModel] = {}
+    failed: set[str] = set()
 
     for (s, t), st in proj.sources.items():
         tbl = st.table
@@ -96,6 +99,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
             if exc.path is None:
                 exc.path = m.path
             errors.append(exc)
+            failed.add(name)
             continue
         if not cm.config.enabled:
             continue
@@ -313,4 +317,4 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         errors.append(exc)
     if strict and errors:
         raise ProjectErrors(errors)
-    return BuiltGraph(graph=graph, compiled=compiled, errors=errors)
+    return BuiltGraph(graph=graph, compiled=compiled, errors=errors, failed=failed)

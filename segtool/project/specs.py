@@ -151,6 +151,9 @@ class SourceSpec(Spec):
     tags: list[str] = []
 
 
+_REF_CALL = re.compile(r"\s*ref\(\s*['\"]([^'\"]+)['\"]\s*\)\s*")
+
+
 class ModelConfig(Spec):
     materialized: Literal["view", "table", "incremental"] = "view"
     unique_key: str | list[str] | None = None
@@ -160,6 +163,13 @@ class ModelConfig(Spec):
     # incremental: false keeps a model's rows across SQL changes and
     # --full-refresh (a source that drops old rows cannot rebuild it)
     full_refresh: bool | None = None
+
+    @field_validator("delete_not_in")
+    @classmethod
+    def _ref_as_name(cls, v: str | None) -> str | None:
+        """`ref('m')` written in YAML means the model m, as in config()."""
+        m = _REF_CALL.fullmatch(v) if v is not None else None
+        return m.group(1) if m else v
 
     @property
     def unique_keys(self) -> list[str]:

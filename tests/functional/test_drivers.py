@@ -85,6 +85,13 @@ def test_labels_agree_with_the_members(built):
     assert checked >= 3
 
 
+def test_show_vs_without_a_segmentation_is_a_usage_error(built):
+    """It was 'internal error: UsageError: ...': click's own errors pass through."""
+    r = built.cli("show", "--vs", "country", expect=2)
+    assert "Error: --vs needs a segmentation NAME" in r.stderr
+    assert "internal error" not in r.stderr and "show [OPTIONS] [NAME]" in r.stderr
+
+
 def test_show_vs_cross_tabs_a_column(built):
     ct = json.loads(
         built.cli("show", "behaviour", "--vs", "top_category", "--format", "json").stdout

@@ -57,6 +57,10 @@ def test_compile_writes_sql_manifest_and_samples(project):
     assert "embedding.story.hash" in nodes and "segmentation.behaviour" in nodes
     sample = (project.root / "target/samples/story.md").read_text()
     assert "A shopper from" in sample
+    # the count is of the nodes compiled, not of the manifest's (always all)
+    r = project.cli("compile", "-s", "stg_orders")
+    assert r.stdout.startswith(f"compiled 1 of {len(nodes)} nodes -> target/"), r.stdout
+    assert project.cli("compile").stdout.startswith(f"compiled {len(nodes)} nodes")
 
 
 def test_run_materializes_models(project):

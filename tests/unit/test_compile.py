@@ -269,6 +269,24 @@ def test_incremental_option_errors_point_where_the_option_was_set():
     assert (e.value.path, e.value.line) == ("models/f.sql", None)
 
 
+def test_delete_not_in_in_yaml_takes_a_name_or_a_ref():
+    """The docs' `ref('m')` form failed in a models/*.yml config (only
+    config() turned it into the name), with a hint in config() syntax."""
+    p = make_proj()
+    add_model(p, "users", "select 1 as user_id")
+    add_model(p, "orders", "select 1 as user_id")
+    for written in ("users", "ref('users')", ' ref("users") '):
+        config = {"materialized": "incremental", "unique_key": "user_id"}
+        m = add_model(
+            p, "f", "select * from {{ ref('users') }}", config={**config, "delete_not_in": written}
+        )
+        assert comp(p, "f").config.delete_not_in == "users", written
+    m.sql = "select * from {{ ref('orders') }}"
+    with pytest.raises(ProjectError, match="does not read 'users'") as e:
+        comp(p, "f")
+    assert e.value.hint == "name a model this one reads, e.g. `delete_not_in: orders`"
+
+
 def test_two_argument_ref_uses_the_model_name():
     p = make_proj()
     add_model(p, "a", "select 1")
