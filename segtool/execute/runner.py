@@ -123,8 +123,9 @@ class Runner:
     def _plan_options(self) -> PlanOptions:
         return PlanOptions(full_refresh=self.options.full_refresh, refit=self.options.refit)
 
-    def _planner(self, con, st, ws, *, data_aware: bool = True) -> Planner:
-        """con and ws are None for a plan of decisions only (segtool diff without a database)."""
+    def _planner(self, con, st, ws, *, data_aware: bool = True, uids=None) -> Planner:
+        """con and ws are None for a plan of decisions only (segtool diff
+        without a database). `uids`: the selected nodes (None: all)."""
         return Planner(
             self.project,
             state=st,
@@ -136,6 +137,7 @@ class Runner:
             # a volatile source's stand-in data hash: fresh per run; a plan
             # of decisions only compares definitions and needs none
             nonce=uuid.uuid4().hex if con is not None else "",
+            selected=None if uids is None else set(uids),
         )
 
     # ------------------------------------------------------------------ dry run
@@ -173,11 +175,11 @@ class Runner:
 
         uids = self.selected()
         if con is None:
-            planner = self._planner(None, st, None, data_aware=data_aware)
+            planner = self._planner(None, st, None, data_aware=data_aware, uids=uids)
             steps = plan_steps(planner, uids)
         else:
             ws = Workspace(con, self.project, dry=True, snapshot=self._fed_views())
-            planner = self._planner(con, st, ws, data_aware=data_aware)
+            planner = self._planner(con, st, ws, data_aware=data_aware, uids=uids)
             steps, done = self._stage_one(self._context(con, None, ws, planner), uids)
             # what carrying out models and texts measured (rows, texts that differ)
             # is part of the plan a dry run shows
@@ -193,7 +195,7 @@ class Runner:
             last_run=st.last_run,
             options=self._args(),
             steps=tuple(steps),
-            notes=tuple(dict.fromkeys([*notes, *planner.notes])),
+            notes=tuple(dict.fromkeys([*notes, *planner.selection_notes, *planner.notes])),
         )
 
     # ------------------------------------------------------------------ run
@@ -227,7 +229,9 @@ class Runner:
                     con, "run", self.loaded.target_name, self._args(), self.loaded.secrets
                 )
                 ws = Workspace(con, self.project, dry=False, snapshot=self._fed_views())
-                planner = self._planner(con, DbState(con), ws)
+                planner = self._planner(con, DbState(con), ws, uids=uids)
+                for note in planner.selection_notes:
+                    self.reporter.warn(note)
                 ctx = self._context(con, run_id, ws, planner)
                 steps, results = self._stage_one(ctx, uids)
                 con.execute("COMMIT")

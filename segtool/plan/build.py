@@ -90,6 +90,7 @@ class Planner:
         relations: Relations | None = None,
         data_aware: bool = True,
         nonce: str = "",
+        selected: set[str] | None = None,
     ):
         self.project = project
         self.loaded = project.loaded
@@ -102,6 +103,7 @@ class Planner:
         self.relations = relations
         self.data_aware = data_aware
         self.nonce = nonce
+        self.selected = selected  # None: every node
         self.notes: list[str] = []
         self._input: dict[str, str] = {}
         self._exec: dict[str, str] = {}
@@ -130,6 +132,8 @@ class Planner:
 
     def _hash_inputs(self) -> None:
         root = self.loaded.root
+        stale: list[str] = []
+        self.selection_notes: list[str] = []
         for uid in self.graph.order():
             n = self.graph[uid]
             if not self.data_aware:
@@ -152,6 +156,40 @@ class Planner:
                 if self.volatile(n.name):
                     parts.append(self.nonce)
             self._input[uid] = sha(dumps(parts))
+            held = self._held(n)
+            if held is not None:
+                if held != self._input[uid]:
+                    stale.append(uid)
+                self._input[uid] = held
+        for uid in stale:
+            readers = sorted(self.graph.descendants(uid) & (self.selected or set()))
+            if readers:
+                shown = ", ".join(readers[:3]) + (
+                    f" and {len(readers) - 3} more" if len(readers) > 3 else ""
+                )
+                name = self.graph[uid].name
+                self.selection_notes.append(
+                    f"{uid} is not selected and out of date: {shown} "
+                    f"read{'s' if len(readers) == 1 else ''} what it holds "
+                    f"(`-s {name}+` rebuilds it and what reads it)"
+                )
+
+    def _held(self, n) -> str | None:
+        """For a node this run does not select, the input hash of what the
+        database holds for it, which is what the selected nodes downstream
+        read: a text or segmentation run with `-s` over a stale table must
+        remember that it saw the stale table, or the next full run, which
+        rebuilds the table, would find it up to date and skip it. None for
+        a selected node, and for what is read live (a source, an encoder, a
+        view: its definition is hashed with its parents', as for any node)."""
+        if self.selected is None or n.unique_id in self.selected:
+            return None
+        if n.kind == "model" and self.built.compiled[n.name].config.materialized == "view":
+            return None
+        if n.kind in ("model", "text", "embedding", "segmentation"):
+            stored = self.state.node(n.unique_id)
+            return stored.input_hash if stored is not None else None
+        return None
 
     def volatile(self, model: str) -> bool:
         cm = self.built.compiled[model]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from segtool.words import counted
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -129,7 +131,9 @@ def embedding_action(*, has_vectors: bool, to_embed: int) -> tuple[str, str]:
     if not has_vectors:
         return "create", f"no vectors for this encoder yet: {to_embed:,} texts to embed"
     if to_embed:
-        return "incremental", f"{to_embed:,} new or changed texts have no cached vector"
+        return "incremental", (
+            f"{counted(to_embed, 'new or changed text', verb=('has', 'have'))} no cached vector"
+        )
     return "skip", "every text has a cached vector"
 
 

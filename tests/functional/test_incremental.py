@@ -51,6 +51,31 @@ def test_changed_and_new_users_only(project):
     assert all(after[u] == before[u] for u in before if u not in (5, 9))
 
 
+def test_a_selection_over_a_stale_table_does_not_hide_it_from_the_next_run(project):
+    """`-s lifecycle story` (or `--exclude user_features`) after new users came:
+    the selected nodes read the stale user_features, and used to remember the
+    inputs of a fresh one, so the next full run rebuilt user_features and
+    skipped them: the new users got no text, no rule segment, and `behaviour`
+    failed on every later run with "3 users have no vector". They now
+    remember what they read, and the plan says the table is stale."""
+    project.cli("run")
+    for rel, content in data_files(extra_users=3).items():
+        project.write(rel, content)
+    for selection in (["-s", "lifecycle story"], ["--exclude", "user_features"]):
+        r = project.cli("run", *selection)
+        assert "model.user_features is not selected and out of date: " in r.stderr + r.stdout, (
+            r.stdout + r.stderr
+        )
+        assert "`-s user_features+` rebuilds it and what reads it" in r.stderr + r.stdout
+        assert project.sql("select count(*) from segments.lifecycle")[0][0] == 60
+    plan = project.cli("run", "--dry-run", "-s", "lifecycle").stdout
+    assert "note: model.user_features is not selected and out of date" in plan
+    project.cli("run")
+    for table in ("segments.lifecycle", "segments.behaviour", '_segtool."texts__story"'):
+        assert project.sql(f"select count(*) from {table}")[0][0] == 63, table
+    assert "not selected" not in project.cli("run", "-s", "lifecycle").stderr  # up to date now
+
+
 def test_removed_users_leave_the_table(project):
     project.cli("run")
     files = data_files()
