@@ -143,7 +143,7 @@ class Planner:
                     self._exec[uid] = n.own_hash
                 continue
             parts: list[Any] = [
-                n.own_hash,
+                self._definition(n),
                 [self._input[p] for p in n.depends_on if p in self._input],
             ]
             if n.kind == "source":
@@ -161,6 +161,8 @@ class Planner:
                 if held != self._input[uid]:
                     stale.append(uid)
                 self._input[uid] = held
+            elif self._unselected_view(n) and parts[0] != n.own_hash:
+                stale.append(uid)  # the database holds an older definition
         for uid in stale:
             readers = sorted(self.graph.descendants(uid) & (self.selected or set()))
             if readers:
@@ -174,6 +176,24 @@ class Planner:
                     f"(`-s {name}+` rebuilds it and what reads it)"
                 )
 
+    def _unselected_view(self, n) -> bool:
+        return (
+            self.selected is not None
+            and n.unique_id not in self.selected
+            and n.kind == "model"
+            and self.built.compiled[n.name].config.materialized == "view"
+        )
+
+    def _definition(self, n) -> str:
+        """The node's own hash, but for a view this run does not select: the
+        view the database holds is the one it last created, which is what
+        the selected nodes downstream read."""
+        if self._unselected_view(n):
+            stored = self.state.node(n.unique_id)
+            if stored is not None and stored.own_hash:
+                return stored.own_hash
+        return n.own_hash
+
     def _held(self, n) -> str | None:
         """For a node this run does not select, the input hash of what the
         database holds for it, which is what the selected nodes downstream
@@ -181,10 +201,9 @@ class Planner:
         remember that it saw the stale table, or the next full run, which
         rebuilds the table, would find it up to date and skip it. None for
         a selected node, and for what is read live (a source, an encoder, a
-        view: its definition is hashed with its parents', as for any node)."""
-        if self.selected is None or n.unique_id in self.selected:
-            return None
-        if n.kind == "model" and self.built.compiled[n.name].config.materialized == "view":
+        view: the definition it holds, _definition(), is hashed with its
+        parents')."""
+        if self.selected is None or n.unique_id in self.selected or self._unselected_view(n):
             return None
         if n.kind in ("model", "text", "embedding", "segmentation"):
             stored = self.state.node(n.unique_id)

@@ -76,6 +76,25 @@ def test_a_selection_over_a_stale_table_does_not_hide_it_from_the_next_run(proje
     assert "not selected" not in project.cli("run", "-s", "lifecycle").stderr  # up to date now
 
 
+def test_a_table_built_over_an_unselected_edited_view_is_rebuilt_with_the_view(project):
+    """`-s user_features` after editing the view stg_orders: the table reads
+    the view the database holds (the old one); the next full run, which
+    creates the new view, must rebuild the table too."""
+    project.cli("run")
+    project.write(
+        "models/stg_orders.sql",
+        "select order_id, user_id, product, category, amount * 2 as amount, ordered_at\n"
+        "from {{ source('shop', 'orders') }}\n",
+    )
+    revenue = "select sum(revenue) from user_features"
+    before = project.sql(revenue)[0][0]
+    r = project.cli("run", "-s", "user_features")
+    assert "model.stg_orders is not selected and out of date" in r.stdout + r.stderr
+    assert project.sql(revenue)[0][0] == before  # it read the view the database holds
+    project.cli("run")
+    assert project.sql(revenue)[0][0] == pytest.approx(2 * before)
+
+
 def test_removed_users_leave_the_table(project):
     project.cli("run")
     files = data_files()
