@@ -103,6 +103,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
         for (s, t), st in proj.sources.items():
             stub = f"__src.{quote_ident(s + '__' + t)}"
             try:
+                _check_not_empty(st, proj.root)
                 empty_relation(con, stub, f"SELECT * FROM {source_sql(st, proj.root)}")
                 stubs[(s, t)] = stub
             except (duckdb.Error, ProjectError) as exc:
@@ -148,6 +149,26 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
     finally:
         con.close()
     return out
+
+
+def _check_not_empty(st, root) -> None:
+    """A source whose files are all empty (0 bytes): DuckDB reads one as a
+    table with a `column0`, and every model then failed to bind with
+    'column "user_id" not found', never naming the file."""
+    import glob
+    from pathlib import Path
+
+    from segtool.compile.sql import source_path
+
+    path = st.table.path
+    if path is None or "://" in path:
+        return
+    pattern = source_path(root, path)
+    files = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+    sizes = [Path(f).stat().st_size for f in files if Path(f).is_file()]
+    if sizes and not any(sizes):
+        which = path if len(sizes) == 1 else f"every file of {path}"
+        raise ProjectError(f"{which} is empty (0 bytes, not even a header row)")
 
 
 def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:

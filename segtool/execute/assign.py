@@ -40,6 +40,31 @@ def _read_input(con, path: Path) -> None:
         raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
 
 
+def _check_keys(mem, key: str, path) -> None:
+    """One row per user: a missing key came out as 0 (NumPy has no NULL), and
+    a repeated one would get two answers."""
+    from segtool.state.result import one
+    from segtool.words import counted
+
+    k = quote_ident(key)
+    nulls, repeats = one(
+        mem.execute(f"SELECT count(*) - count({k}), count({k}) - count(DISTINCT {k}) FROM input")
+    )
+    if nulls:
+        raise DataError(
+            f"{path}: {counted(nulls, 'row', verb=('has', 'have'))} no {key}",
+            hint="the file has one row per user, each with its key",
+        )
+    if repeats:
+        (example,) = one(mem.execute(f"SELECT {k} FROM input GROUP BY {k} HAVING count(*) > 1"))
+        raise DataError(
+            f"{path}: {key} {example!r} and others repeat ({counted(repeats, 'extra row')})"
+            if repeats > 1
+            else f"{path}: {key} {example!r} appears twice",
+            hint="the file has one row per user",
+        )
+
+
 def assign_file(project, name: str, path: Path):
     import duckdb
     import polars as pl
@@ -63,6 +88,7 @@ def assign_file(project, name: str, path: Path):
         raise DataError(
             f"{path} has no key column '{key}'", hint=f"columns: {', '.join(sorted(cols))}"
         )
+    _check_keys(mem, key, path)
 
     db = project.connect(read_only=True)
     try:

@@ -186,6 +186,8 @@ def clean_cache(project) -> dict:
     from segtool.state.db import table_exists
 
     proj = project.loaded
+    if not proj.database_path.exists():  # connecting would create an empty one
+        return {"removed": 0, "kept": []}
     encoders = project.encoders()
     con = project.connect(read_only=False)
     try:

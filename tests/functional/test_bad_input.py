@@ -291,6 +291,18 @@ def test_non_utf8_data(built):
     assert "utf" in r.stderr.lower() or "unicode" in r.stderr.lower()
 
 
+def test_empty_data_file(built):
+    """A 0-byte users.csv bound as a table with a `column0`, and the error was
+    'column "user_id" not found ... Candidate bindings: "column0"'."""
+    (built.root / "data/users.csv").write_bytes(b"")
+    message = "source 'shop.users' cannot be read: data/users.csv is empty (0 bytes"
+    r = _fails(built, "run", contains=[message])
+    assert "column0" not in r.stderr
+    _fails(built, "validate", contains=[message])
+    built.write("data/users.csv", data_files()["data/users.csv"].splitlines()[0] + "\n")
+    built.cli("validate")  # a header alone is an empty table, which is fine
+
+
 def test_missing_local_model(built):
     built.edit(
         "segments/segments.yml",

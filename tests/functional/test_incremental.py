@@ -417,6 +417,14 @@ def test_render_one_user_and_clean_cache(built):
     assert summary(built)["embeddings"]["story.hash"]["action"] == "skip"
 
 
+def test_clean_cache_before_the_first_run_creates_no_database(project):
+    """It created an empty target/segtool.duckdb, after which a dry run said
+    'the database has no segtool state yet'."""
+    r = project.cli("clean", "--cache")
+    assert "removed 0 unused vectors" in r.stdout
+    assert not project.db.exists()
+
+
 def test_parallel_rendering_gives_the_same_texts(project, tmp_path, monkeypatch):
     """Large work sets render in worker processes: same texts, same errors."""
     import shutil
@@ -601,6 +609,35 @@ def test_assign_from_csv_reads_lists_or_says_why_not(built):
     )
     assert "column 'products' is VARCHAR[]" in res.stderr and "Parquet or JSON" in res.stderr
     assert built.snapshot() == before and not (built.root / "b.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["behaviour", "lifecycle"])
+def test_assign_needs_one_row_per_user(built, name):
+    """A row without a key came out with key 0 (NumPy has no NULL), a file of
+    one such row crashed writing the CSV; a repeated key got two answers."""
+    import duckdb
+
+    built.cli("run")
+    con = duckdb.connect(str(built.db), read_only=True)
+    rows = "SELECT * FROM user_features WHERE user_id <= 3"
+    for file, sql in {
+        "null.parquet": f"{rows} UNION ALL SELECT * REPLACE (NULL AS user_id) FROM user_features WHERE user_id = 4",
+        "one_null.parquet": "SELECT * REPLACE (NULL AS user_id) FROM user_features WHERE user_id = 4",
+        "twice.parquet": f"{rows} UNION ALL SELECT * FROM user_features WHERE user_id = 2",
+    }.items():
+        con.execute(f"COPY ({sql}) TO '{built.root / file}'")
+    con.close()
+    before = built.snapshot()
+    for file, message in {
+        "null.parquet": "null.parquet: 1 row has no user_id",
+        "one_null.parquet": "one_null.parquet: 1 row has no user_id",
+        "twice.parquet": "twice.parquet: user_id 2 appears twice",
+    }.items():
+        out = built.root / f"{file}.csv"
+        r = built.cli("assign", name, "--input", str(built.root / file), "-o", str(out), expect=1)
+        assert message in r.stderr and "internal error" not in r.stderr, r.stderr
+        assert not out.exists()
+    assert built.snapshot() == before
 
 
 def test_a_var_in_a_rule_re_evaluates_the_rule_segments(project):
