@@ -133,7 +133,16 @@ class Project:
         from segtool.compile.artifacts import manifest, write_json
         from segtool.execute.sql import write_sql
 
-        self.check()
+        try:
+            self.check()
+        except ProjectErrors:
+            # a bind error's hint sends the user to the compiled SQL: write
+            # every model that compiles, then report
+            for cm in build_graph(self.loaded, strict=False).compiled.values():
+                write_sql(
+                    self.target_dir, "compiled", cm.path, self.loaded.secrets.mask(cm.portable_sql)
+                )
+            raise
         built = self.graph()
         nodes = self.ls(select, exclude, state_dir)
         compiled_dir = self.target_dir / "compiled"

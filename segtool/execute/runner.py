@@ -403,10 +403,16 @@ class Runner:
         if not self.options.full_refresh or ws.dry:
             rel, stored, now, model = conflicts[0]
             names = ", ".join(c[0] for c in conflicts)
+            hint = f"run with --full-refresh to convert the stored state to {now} (segment history is kept)"
+            if self.options.full_refresh:  # a dry run: it writes nothing, so it cannot convert
+                hint = (
+                    f"`segtool run --full-refresh` converts the stored state to {now} first (segment "
+                    "history is kept); a dry run writes nothing, so it cannot plan past that"
+                )
             raise DataError(
                 f"the key column '{loaded.key}' of model '{model}' is now {now}, but segtool's stored "
                 f"state holds it as {stored} ({names})",
-                hint=f"run with --full-refresh to convert the stored state to {now} (segment history is kept)",
+                hint=hint,
             )
         for rel, stored, now, _ in conflicts:
             try:

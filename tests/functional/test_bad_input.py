@@ -131,6 +131,12 @@ def test_sql_error_shows_one_line_number_the_files(built):
         at = carets[0].index("^")
         assert sql_line[at : at + 11] == "o.order_idx"
     assert "of the compiled SQL" in r.stderr
+    # the hint's `segtool compile` writes that file even though the project fails
+    compiled_line = int(r.stderr.split("that is line ")[1].split()[0])
+    compiled = built.root / "target/compiled/models/user_features.sql"
+    compiled.unlink(missing_ok=True)
+    _fails(built, "compile", contains=["order_idx"])
+    assert "o.order_idx" in compiled.read_text().splitlines()[compiled_line - 1]
 
 
 def test_sql_runtime_error_rolls_back_every_model(built):

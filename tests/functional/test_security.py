@@ -521,6 +521,10 @@ def test_key_type_change_is_explained_and_full_refresh_keeps_history(built):
     )
     r = _refused(built, "run", contains=["is now VARCHAR", "holds it as BIGINT", "--full-refresh"])
     assert "Binder Error" not in r.stderr
+    # a dry run of the fix cannot convert: it says so instead of "run with --full-refresh"
+    r = _refused(built, "run", "--dry-run", "--full-refresh", contains=["is now VARCHAR"])
+    assert "a dry run writes nothing, so it cannot plan past that" in r.stderr
+    assert "run with --full-refresh" not in r.stderr
     history = built.sql("select count(*) from segments.behaviour_history")[0][0]
     r = built.cli("run", "--full-refresh")
     assert 'converted segments."behaviour_history".user_id from BIGINT to VARCHAR' in r.output
