@@ -38,20 +38,38 @@ def sql_error(
             f"model '{model}': out of memory: {first}",
             hint="set memory_limit in profiles.yml or lower threads",
         )
+    if isinstance(exc, duckdb.ConversionException):
+        # raised while reading rows: DuckDB's location can be an offset into
+        # a view this model reads, shown against this model's text (a line
+        # that has nothing to do with the cast)
+        compiled_line = None
     # the statement ran was `CREATE ... AS\n<sql>`: one line before the model's
     line = cm.source_line(compiled_line - 1) if compiled_line and compiled_line > 1 else None
-    detail = "\n".join("    " + ln for ln in msg.splitlines()[1:6] if not ln.startswith("LINE "))
+    # without its `LINE n:` line (the run file's numbering), DuckDB's caret
+    # line under it points at nothing
+    detail = "\n".join(
+        "    " + ln
+        for ln in msg.splitlines()[1:6]
+        if ln.strip() and not ln.startswith("LINE ") and set(ln.strip()) != {"^"}
+    )
     where = (
         f" ({compiled_path}, line {compiled_line - 1})"
         if compiled_line and compiled_line > 1
         else f" ({compiled_path})"
     )
+    hint = "fix the model and run again; the compiled SQL that ran is in " + compiled_path
+    if isinstance(exc, duckdb.ConversionException):
+        hint = (
+            "a value in the data does not convert to the type it is cast to: fix it in the "
+            "data, or cast with try_cast (the cast may be in a model this one reads, such as "
+            f"a staging view); the compiled SQL that ran is in {compiled_path}"
+        )
     return SqlError(
         f"model '{model}' failed{where}: {first}"
         + (f"\n{detail.rstrip()}" if detail.strip() else ""),
         path=cm.path,
         line=line,
-        hint="fix the model and run again; the compiled SQL that ran is in " + compiled_path,
+        hint=hint,
     )
 
 

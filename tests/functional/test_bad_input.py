@@ -106,6 +106,28 @@ def test_sql_error_names_compiled_file_and_line(built):
     _fails(built, "validate", contains=["order_idx", "models/user_features.sql:"])
 
 
+def test_a_value_that_does_not_convert_is_blamed_on_the_data(built):
+    """A cast in the view stg_orders fails on 'N/A' while user_features is
+    built: DuckDB's location was shown as a line of user_features that has
+    nothing to do with it, under an empty excerpt."""
+    built.edit(
+        "models/stg_orders.sql",
+        "category, amount,",
+        "category, cast(amount as varchar) as amount_text,",
+    )
+    built.write(
+        "models/stg_orders.sql",
+        built.read("models/stg_orders.sql").replace(
+            "cast(amount as varchar) as amount_text,",
+            "cast(case when order_id = 1 then 'N/A' else cast(amount as varchar) end as double) as amount,",
+        ),
+    )
+    r = _fails(built, "run", code=1, contains=["Could not convert string 'N/A' to DOUBLE"])
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("models/user_features.sql: model 'user_features' failed ("), first
+    assert "a value in the data does not convert" in r.stderr and "^" not in r.stderr
+
+
 def test_sql_error_shows_one_line_number_the_files(built):
     """Jinja moves lines (a config block, a multi-line set): the message names
     the model file's line everywhere, and the compiled line only as context."""
