@@ -93,6 +93,7 @@ def assign_file(project, name: str, path: Path):
     db = project.connect(read_only=True)
     try:
         _nested_columns(mem, db, proj, seg, Path(path))
+        lacking = _lacking(db, proj, seg, cols, path)
         preds = segmentation_predicates(proj, seg)
         if preds.population is not None:
             mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
@@ -103,7 +104,8 @@ def assign_file(project, name: str, path: Path):
         else:
             inside = None
         if seg.is_rules:
-            return _assign_rules(project, seg, mem, db, inside)
+            with lacking(f"segmentation '{name}'"):
+                return _assign_rules(project, seg, mem, db, inside)
         active = _active_fit(db, name)
         if active is None:
             raise ProjectError(
@@ -125,7 +127,8 @@ def assign_file(project, name: str, path: Path):
                 ).pl()
                 blocks.append(t.transform(df, keys))
             else:
-                blocks.append(_vectors(project, db, mem, inp, render_rows, text_renderer))
+                with lacking(f"text '{inp.embedding.text}'"):
+                    blocks.append(_vectors(project, db, mem, inp, render_rows, text_renderer))
         labels, dist, conf = model.predict(blocks, keys)
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
         ids = np.array([mapping.get(int(x), -1) for x in labels], dtype=np.int64)
@@ -204,6 +207,34 @@ def _base(proj, seg) -> str:
     from segtool.compile.segments import base_model
 
     return base_model(proj, seg)
+
+
+def _lacking(db, proj, seg, cols: set[str], path):
+    """A context for the steps that read the file's columns: an error that
+    names a column the segmentation's models have and the file lacks
+    ("'revenue' is undefined" from a template, 'Referenced column "revenue"
+    not found' from a rule) blamed the project; it is the file's."""
+    from contextlib import contextmanager
+
+    from segtool.execute.segment.drivers import feeding_models
+
+    models = sorted(feeding_models(proj, seg))
+    missing = {c for m in models for c in column_types(db, tables.MODELS, m) if c not in cols}
+
+    @contextmanager
+    def lacking(what: str):
+        try:
+            yield
+        except ProjectError as exc:
+            named = sorted(c for c in missing if f"'{c}'" in exc.message or f'"{c}"' in exc.message)
+            if not named:
+                raise
+            raise DataError(
+                f"{path} lacks column '{named[0]}', which {what} reads",
+                hint=f"add it to the file: it has the columns of {', '.join(models)} the segmentation reads",
+            ) from exc
+
+    return lacking
 
 
 def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:

@@ -640,6 +640,29 @@ def test_assign_needs_one_row_per_user(built, name):
     assert built.snapshot() == before
 
 
+@pytest.mark.parametrize(
+    ("name", "column", "reader"),
+    [
+        ("behaviour", "country", "text 'story'"),
+        ("lifecycle", "revenue", "segmentation 'lifecycle'"),
+    ],
+)
+def test_assign_names_the_column_the_file_lacks(built, name, column, reader):
+    """A file without a column the template or a rule reads: the errors were
+    the template's "'country' is undefined" and the rule's "invalid
+    predicate ... Binder Error", as if the project were wrong."""
+    import duckdb
+
+    built.cli("run")
+    con = duckdb.connect(str(built.db), read_only=True)
+    file = built.root / "in.parquet"
+    con.execute(f"COPY (SELECT * EXCLUDE ({column}) FROM user_features) TO '{file}'")
+    con.close()
+    r = built.cli("assign", name, "--input", str(file), "-o", str(built.root / "o.csv"), expect=1)
+    assert f"in.parquet lacks column '{column}', which {reader} reads" in r.stderr, r.stderr
+    assert "user_features" in r.stderr  # the hint names the model whose columns it needs
+
+
 def test_a_var_in_a_rule_re_evaluates_the_rule_segments(project):
     """`--vars` that change a predicate change who is where: the rules run
     again (and a second run with the same vars has nothing to do)."""
