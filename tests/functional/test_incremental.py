@@ -663,6 +663,27 @@ def test_assign_names_the_column_the_file_lacks(built, name, column, reader):
     assert "user_features" in r.stderr  # the hint names the model whose columns it needs
 
 
+def test_fewer_segments_than_k_are_said(project):
+    """k at the population's size: k-means cannot split users with identical
+    inputs (here ten new users without orders), and the missing segments went
+    without a word."""
+    users = project.read("data/users.csv").rstrip("\n").splitlines()
+    signup = users[1].split(",")[1]
+    users += [f"{900 + i},{signup},DE" for i in range(10)]
+    project.write("data/users.csv", "\n".join(users) + "\n")
+    project.edit(
+        "segments/segments.yml",
+        "{method: kmeans, k: 3, seed: 7}",
+        "{method: kmeans, k: 70, seed: 7}",
+    )
+    r = project.cli("run")
+    found = project.sql("select count(distinct segment_id) from segments.behaviour")[0][0]
+    assert found < 70
+    assert f"segmentation 'behaviour': k=70 asked, {found} segments found" in r.output
+    project.edit("segments/segments.yml", "k: 70,", "k: 3,")
+    assert "segments found" not in project.cli("run").output
+
+
 def test_a_var_in_a_rule_re_evaluates_the_rule_segments(project):
     """`--vars` that change a predicate change who is where: the rules run
     again (and a second run with the same vars has nothing to do)."""

@@ -97,6 +97,14 @@ def execute_segmentation(ctx, step) -> StepResult:
         extra["moved"] = store.update_history(con, ctx.loaded, name, ctx.run_id, touched)
         store.refresh_sizes(con, name)
         extra["segments"] = store.segment_count(con, name)
+        asked = None if seg.is_rules or seg.cluster.method == "hdbscan" else seg.cluster.k
+        if isinstance(asked, int) and full and extra["segments"] < asked:
+            # a fit with k near the number of distinct users leaves segments
+            # without a user: they were dropped without a word
+            ctx.reporter.warn(
+                f"segmentation '{name}': k={asked} asked, {extra['segments']} segments found: "
+                "the others would hold no user (users with identical inputs cannot be split)"
+            )
         record_nodes(con, [node], ctx.run_id, ctx.planner.hashes)
         con.execute("COMMIT")
     except BaseException:
