@@ -139,13 +139,20 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
     return results
 
 
+def _row_text(row) -> str:
+    """An offending row as a person reads it (`2023-01-26 00:00:00, 5`), not
+    as Python writes it (`(datetime.datetime(2023, 1, 26, 0, 0), 5)`)."""
+    values = row if isinstance(row, (tuple, list)) else (row,)
+    return ", ".join("NULL" if v is None else str(v) for v in values)
+
+
 def _report(rep, results: list[TestResult]) -> None:
     for r in results:
         mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}[r.status]
         rep.mark(mark, r.name + (f": {r.message}" if r.message else ""))
         if r.status == "fail" and r.examples:
             for e in r.examples:
-                rep.line(f"        {e}")
+                rep.line(f"        {_row_text(e)}")
     n_fail = sum(r.status == "fail" for r in results)
     n_err = sum(r.status == "error" for r in results)
     n_pass = sum(r.status == "pass" for r in results)

@@ -232,6 +232,9 @@ def test_column_tests_pass_and_fail(project):
     r = project.cli("test", expect=1)
     assert "FAIL  accepted_values(user_features.top_category)" in r.stdout
     assert "gaming" in r.stdout  # an offending value is shown
+    example = next(ln for ln in r.stdout.splitlines() if "gaming" in ln and "FAIL" not in ln)
+    # values as a person reads them, not a Python tuple ('gaming', 20)
+    assert example.strip().startswith("gaming, ") and "(" not in example, example
 
 
 def test_init_template_validates(tmp_path):
