@@ -261,7 +261,30 @@ class Planner:
             full_refresh=self.options.full_refresh,
             may_rebuild=cm.config.full_refresh is not False,
         )
+        if action == "incremental" and reason.startswith("upstream data changed"):
+            reason += self._edited_upstream(uid)
         return self._step(node, action, reason, {"materialized": cm.config.materialized})
+
+    def _edited_upstream(self, uid: str) -> str:
+        """A merge keeps the rows it merged before: when a model upstream has
+        new SQL since, those rows still hold the old SQL's values (as in dbt),
+        which the plan should say rather than leave to a surprise."""
+        edited = sorted(
+            self.graph[a].name
+            for a in self.graph.ancestors(uid)
+            if self.graph[a].kind == "model"
+            and (st := self.state.node(a)) is not None
+            and st.own_hash != self.graph[a].own_hash
+        )
+        if not edited:
+            return ""
+        return (
+            f" ({', '.join(edited)} has new SQL: rows merged before keep what the old SQL "
+            "computed; --full-refresh rebuilds them)"
+            if len(edited) == 1
+            else f" ({', '.join(edited)} have new SQL: rows merged before keep what the old "
+            "SQL computed; --full-refresh rebuilds them)"
+        )
 
     # ------------------------------------------------------------------ texts
     def text_step(self, uid: str) -> Step:

@@ -95,6 +95,29 @@ def test_a_table_built_over_an_unselected_edited_view_is_rebuilt_with_the_view(p
     assert project.sql(revenue)[0][0] == pytest.approx(2 * before)
 
 
+def test_a_merge_after_an_upstream_sql_change_says_old_rows_keep_the_old_sql(project):
+    """An incremental model keeps the rows it merged when a model upstream
+    gets new SQL (as in dbt); the plan said only 'upstream data changed'."""
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='incremental', unique_key='user_id') }}",
+    )
+    project.cli("run")
+    project.write(
+        "models/stg_orders.sql",
+        "select order_id, user_id, product, category, amount * 2 as amount, ordered_at\n"
+        "from {{ source('shop', 'orders') }}\n",
+    )
+    note = (
+        "(stg_orders has new SQL: rows merged before keep what the old SQL computed; "
+        "--full-refresh rebuilds them)"
+    )
+    assert note in project.cli("run", "--dry-run").stdout
+    assert note in project.cli("run").stdout
+    assert note not in project.cli("run", "--dry-run").stdout  # said once, when it happens
+
+
 def test_removed_users_leave_the_table(project):
     project.cli("run")
     files = data_files()
