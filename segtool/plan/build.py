@@ -421,6 +421,18 @@ class Planner:
                 why.append(f"{kind} '{dep.split('.', 1)[1]}'")
         return list(dict.fromkeys(why)) or ["definition or inputs"]
 
+    def _pending_labels(self, node) -> str:
+        """A note while the catalog's labels come from other `labels`
+        settings than the project's: they change only with a refit, and a
+        plan said so once, at the run after the edit, and never again."""
+        at_fit = self.state.fit_labels(node.name)
+        if at_fit is None or at_fit == node.part_hashes().get("labels"):
+            return ""
+        return (
+            "labels changed since the last fit: they apply at the next refit "
+            f"(segtool run --refit -s {node.name} relabels now)"
+        )
+
     def _clustering_step(self, node) -> Step:
         from segtool.compile import segments as seg_inputs
         from segtool.plan.checks import check_population
@@ -436,14 +448,21 @@ class Planner:
         )
         full = decide.clustering_refit(facts)
         stored = self.state.node(node.unique_id)
+        pending = self._pending_labels(node) if full is None else ""
         if full is None and stored is not None and stored.input_hash == self._input[node.unique_id]:
-            return self._step(node, "skip", "inputs unchanged for every user")
+            return self._step(
+                node,
+                "skip",
+                "inputs unchanged for every user" + (f"; {pending}" if pending else ""),
+            )
         # a changed definition that leaves the fitted space alone: say which part
         prefix = (
             decide.kept_fit_note(seg.name, decide.changed_parts(stored, node.part_hashes()))
             if full is None and stored is not None and stored.own_hash != node.own_hash
             else ""
         )
+        if pending and "labels" not in prefix:
+            prefix += pending + "; "
         if not self.counting:
             if full is not None:
                 return self._step(node, *full)

@@ -36,6 +36,10 @@ class StoredState(Protocol):
     def fit_hash(self, seg: str) -> str | None:
         """The fit hash of SEG's active fitted model, or None."""
 
+    def fit_labels(self, seg: str) -> str | None:
+        """The hash of the `labels` settings SEG's active fit labelled with
+        (None: no fit, or one that did not record it)."""
+
     def has_vectors(self, encoder_fp: str) -> bool: ...
 
 
@@ -70,11 +74,17 @@ class DbState:
         )
 
     def fit_hash(self, seg):
+        return self._active_fit(seg, "fit_hash")
+
+    def fit_labels(self, seg):
+        return self._active_fit(seg, "params->>'labels'")
+
+    def _active_fit(self, seg: str, column: str) -> str | None:
         if not table_exists(self.con, tables.STATE, "fitted"):
             return None
         row = one(
             self.con.execute(
-                f"SELECT fit_hash FROM {tables.FITTED} WHERE segmentation = ? AND active ORDER BY fit_id DESC LIMIT 1",
+                f"SELECT {column} FROM {tables.FITTED} WHERE segmentation = ? AND active ORDER BY fit_id DESC LIMIT 1",
                 [seg],
             )
         )
@@ -123,6 +133,9 @@ class BaseState:
 
     def fit_hash(self, seg):
         return self._fits.get(seg)
+
+    def fit_labels(self, seg):
+        return None  # BASE, had it been run, labelled with its own settings
 
     def has_vectors(self, encoder_fp):
         return encoder_fp in self._fps

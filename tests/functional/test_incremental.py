@@ -118,6 +118,28 @@ def test_a_merge_after_an_upstream_sql_change_says_old_rows_keep_the_old_sql(pro
     assert note not in project.cli("run", "--dry-run").stdout  # said once, when it happens
 
 
+def test_edited_labels_are_pending_until_the_next_refit(project):
+    """The plan said 'labels changed: they apply at the next refit' at the run
+    after the edit, then never again, while the catalog kept the old labels."""
+    project.cli("run")
+    project.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 2}")
+
+    def reason() -> str:
+        plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
+        return next(
+            s["reason"] for s in plan["steps"] if s["unique_id"] == "segmentation.behaviour"
+        )
+
+    assert "labels changed: they apply at the next refit" in reason()
+    project.cli("run")
+    assert reason() == (
+        "inputs unchanged for every user; labels changed since the last fit: they apply at "
+        "the next refit (segtool run --refit -s behaviour relabels now)"
+    )
+    project.cli("run", "--refit", "-s", "behaviour")
+    assert reason() == "inputs unchanged for every user"
+
+
 def test_removed_users_leave_the_table(project):
     project.cli("run")
     files = data_files()

@@ -176,7 +176,12 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
         )
     drivers.save(con, name, ctx.run_id, profile.drivers)
 
-    params = {"label_to_id": {str(k_): v for k_, v in match.mapping.items()}}
+    params = {
+        "label_to_id": {str(k_): v for k_, v in match.mapping.items()},
+        # the labels settings the catalog was written with: until the next
+        # fit, a plan says when they differ from the project's
+        "labels": ctx.graph[f"segmentation.{name}"].part_hashes().get("labels"),
+    }
     store.save_fit(con, name, fhash, ctx.run_id, transformers, model, params)
     store.write_catalog(con, name, catalog, ctx.run_id, ids)
     store.write_assignments(con, proj, name, loaded.keys, ids, dist, conf, ctx.run_id, full=True)
