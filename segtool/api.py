@@ -94,12 +94,14 @@ class Project:
             from segtool.compile.checks import bind_models
 
             cached = (reuse_bind or remember_bind) and not errors
-            key = bind_cache.bind_key(self.loaded, built) if cached else None
-            if not (key and reuse_bind and bind_cache.already_bound(self.target_dir, key)):
+            keys = bind_cache.BindKeys(self.loaded, built) if cached else None
+            if not (keys and reuse_bind and keys.already_bound(self.target_dir)):
                 bound = bind_models(self.loaded, built)
                 errors += bound.errors
-                if key and remember_bind and not errors:
-                    bind_cache.remember(self.target_dir, key)
+                if keys and remember_bind and not errors:
+                    keys.remember(self.target_dir)
+            elif keys.refreshed and remember_bind:  # the same schemas: keep the files' new key
+                keys.remember(self.target_dir)
         if check_encoders:
             from segtool.encoders import check_encoder
 

@@ -90,7 +90,7 @@ def source_sql(st: SourceTable, root: Path | None = None) -> str:
     shown, so fingerprints do not depend on where the project is checked out)."""
     src, tbl = st.source, st.table
     if tbl.path is not None:
-        fmt = tbl.format or _infer_format(tbl.path)
+        fmt = tbl.format or infer_format(tbl.path)
         if fmt is None:
             raise ProjectError(
                 f"cannot tell the format of source '{src.name}.{tbl.name}' from '{tbl.path}'",
@@ -109,7 +109,7 @@ def source_sql(st: SourceTable, root: Path | None = None) -> str:
     )
 
 
-def _infer_format(path: str) -> str | None:
+def infer_format(path: str) -> str | None:
     p = path.lower()
     for ext, fmt in (
         (".csv", "csv"),

@@ -71,3 +71,40 @@ def test_a_source_that_lost_a_column_fails_before_anything_is_written(project):
     assert "model 'user_features'" in r.stderr and "country" in r.stderr
     assert "models/user_features.sql:" in r.stderr
     assert project.snapshot() == before
+
+
+def test_new_parquet_data_in_the_same_schema_is_not_bound_again(project, binds, monkeypatch):
+    """A daily run: the Parquet file is rewritten with new rows, its schema is
+    the same; the bind's answer stands (the file's time changed, its footer's
+    schema did not). A changed schema is bound again; an unchanged project
+    reads no footer."""
+    import duckdb
+
+    import segtool.compile.bind_cache as bind_cache
+
+    footers = []
+    real = bind_cache._Footers.schema
+    monkeypatch.setattr(
+        bind_cache._Footers, "schema", lambda self, *a: footers.append(1) or real(self, *a)
+    )
+    data = project.root / "data"
+
+    def write_users(sql: str) -> None:
+        con = duckdb.connect()
+        con.execute(f"COPY ({sql}) TO '{data / 'users.parquet'}'")
+        con.close()
+
+    csv = f"read_csv('{data / 'users.csv'}')"
+    write_users(f"SELECT * FROM {csv} WHERE user_id <= 50")
+    project.edit("models/sources.yml", "path: data/users.csv", "path: data/users.parquet")
+    project.cli("run")
+    assert len(binds) == 1
+    write_users(f"SELECT * FROM {csv}")  # ten new users, the same columns
+    r = project.cli("run")
+    assert len(binds) == 1 and "60 users" in r.output
+    n = len(footers)
+    project.cli("run")  # nothing changed: the first key matches again
+    assert len(binds) == 1 and len(footers) == n
+    write_users(f"SELECT *, 1 AS extra FROM {csv}")
+    project.cli("run")
+    assert len(binds) == 2
