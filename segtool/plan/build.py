@@ -133,6 +133,9 @@ class Planner:
     def _hash_inputs(self) -> None:
         root = self.loaded.root
         stale: list[str] = []
+        # nodes whose hash is fresh every run (a volatile model, a remote
+        # source, or what reads one): never "out of date" in a note
+        every_run: set[str] = set()
         self.selection_notes: list[str] = []
         for uid in self.graph.order():
             n = self.graph[uid]
@@ -146,8 +149,13 @@ class Planner:
                 self._definition(n),
                 [self._input[p] for p in n.depends_on if p in self._input],
             ]
+            if any(p in every_run for p in n.depends_on):
+                every_run.add(uid)
             if n.kind == "source":
-                parts.append(source_fingerprint(n.spec, root) or self.nonce)
+                fp = source_fingerprint(n.spec, root)
+                if fp is None:
+                    every_run.add(uid)
+                parts.append(fp or self.nonce)
             elif n.kind == "encoder":
                 parts.append(self.fingerprint(n.name) or "unavailable")
             elif n.kind == "model":
@@ -155,10 +163,11 @@ class Planner:
                 self._exec[uid] = sha(dumps([cm.sql, cm.config.materialized]))
                 if self.volatile(n.name):
                     parts.append(self.nonce)
+                    every_run.add(uid)
             self._input[uid] = sha(dumps(parts))
             held = self._held(n)
             if held is not None:
-                if held != self._input[uid]:
+                if held != self._input[uid] and uid not in every_run:
                     stale.append(uid)
                 self._input[uid] = held
             elif self._unselected_view(n) and parts[0] != n.own_hash:
@@ -177,11 +186,14 @@ class Planner:
                 )
 
     def _unselected_view(self, n) -> bool:
+        """A model this run does not select that the database holds as a
+        view (what it holds counts, not the config: a view whose config now
+        says table still reads its upstream live until it is rebuilt)."""
         return (
             self.selected is not None
             and n.unique_id not in self.selected
             and n.kind == "model"
-            and self.built.compiled[n.name].config.materialized == "view"
+            and self.state.model_kind(n.name) == "view"
         )
 
     def _definition(self, n) -> str:
@@ -273,6 +285,8 @@ class Planner:
             self.graph[a].name
             for a in self.graph.ancestors(uid)
             if self.graph[a].kind == "model"
+            # an unselected one keeps its old SQL in this run: the stale note says so
+            and (self.selected is None or a in self.selected)
             and (st := self.state.node(a)) is not None
             and st.own_hash != self.graph[a].own_hash
         )

@@ -113,6 +113,9 @@ def test_a_merge_after_an_upstream_sql_change_says_old_rows_keep_the_old_sql(pro
         "(stg_orders has new SQL: rows merged before keep what the old SQL computed; "
         "--full-refresh rebuilds them)"
     )
+    # with stg_orders not selected the merge reads its old view: that note instead
+    alone = project.cli("run", "--dry-run", "-s", "user_features").stdout
+    assert "has new SQL" not in alone and "model.stg_orders is not selected and out of date" in alone
     assert note in project.cli("run", "--dry-run").stdout
     assert note in project.cli("run").stdout
     assert note not in project.cli("run", "--dry-run").stdout  # said once, when it happens
@@ -138,6 +141,38 @@ def test_edited_labels_are_pending_until_the_next_refit(project):
     )
     project.cli("run", "--refit", "-s", "behaviour")
     assert reason() == "inputs unchanged for every user"
+
+
+def test_an_unselected_view_is_read_live_until_rebuilt_whatever_its_config_says(project):
+    """stg_orders' config now says table, but the database still holds the
+    view, which reads the orders live: a new order must reach a selected
+    user_features (it was hashed as a frozen table and skipped)."""
+    project.cli("run")
+    project.write(
+        "models/stg_orders.sql",
+        "{{ config(materialized='table') }}\n" + project.read("models/stg_orders.sql"),
+    )
+    orders = project.read("data/orders.csv")
+    project.write("data/orders.csv", orders + "9999,1,diapers,baby,1000.00,2024-06-02 10:00:00\n")
+    revenue = "select revenue from user_features where user_id = 1"
+    before = project.sql(revenue)[0][0]
+    r = project.cli("run", "-s", "user_features")
+    assert "rebuild     model.user_features" in r.stdout, r.stdout
+    assert project.sql(revenue)[0][0] == pytest.approx(before + 1000)
+
+
+def test_a_volatile_unselected_model_is_not_called_out_of_date(project):
+    """Its hash is new every run: the note would repeat at every `-s` run."""
+    project.write(
+        "models/stg_orders.sql",
+        "{{ config(materialized='table') }}\n"
+        + project.read("models/stg_orders.sql").replace(
+            "ordered_at", "ordered_at, now() as seen_at", 1
+        ),
+    )
+    project.cli("run")
+    r = project.cli("run", "-s", "user_features")
+    assert "not selected" not in r.output, r.output
 
 
 def test_removed_users_leave_the_table(project):
