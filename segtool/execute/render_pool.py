@@ -167,11 +167,13 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
 
     The child reports each chunk it has done (its frontier) and, when told to
     stop or at row 0, sends its texts. Where both rendered the same rows this
-    process's texts are kept. If the child fails for any reason (a template
-    error for one of its users, a time limit, a kill, or silence past
-    _silence_limit(): then it is killed), the rows it did not
-    deliver are rendered here, in order, so errors read exactly as in one
-    process."""
+    process's texts are kept. Once they meet, this process goes on rendering
+    the rows after `done` until the child's texts arrive, so it never waits
+    idle on a child that is slow or hangs (a forked child can hang on a lock
+    another thread held at the fork): with every row rendered here the child
+    is killed. If the child fails for any reason (a template error for one of
+    its users, a time limit, a kill), the rows it did not deliver are
+    rendered here, in order, so errors read exactly as in one process."""
     import gc
     import importlib
     import signal
@@ -219,16 +221,17 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the step that needs it reports it, in its words
                 pass
-        texts, done = _render_up_to_the_child(
-            reports,
-            n,
-            lambda lo, hi: render_texts(proj, spec, table.slice(lo, hi - lo).to_pylist(), render),
-        )
+
+        def render_rows(lo, hi):
+            return render_texts(proj, spec, table.slice(lo, hi - lo).to_pylist(), render)
+
+        texts, done = _render_up_to_the_child(reports, n, render_rows)
         os.close(stop_w)
         stop_w = None
-        delivered = reports.read_to_end(_silence_limit())
-        if delivered is None:  # it failed, or hangs (a lock held by a thread at the fork)
-            os.kill(pid, signal.SIGKILL)  # its rows are rendered here
+        texts, done = _render_until_the_child_answers(reports, n, texts, done, render_rows)
+        delivered = reports.delivered() if reports.ended else None
+        if not reports.ended:  # every row is rendered here: the child is not needed
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     finally:
         if stop_w is not None:
@@ -265,20 +268,20 @@ def _render_up_to_the_child(reports, n: int, render_rows) -> tuple[list, int]:
     return texts, done
 
 
+def _render_until_the_child_answers(reports, n: int, texts: list, done: int, render_rows):
+    """After the sides met: render on from `done`, a chunk at a time, until
+    the child has sent its texts (or left) or every row is rendered here.
+    Returns the texts and the row they reach."""
+    while not reports.poll() and done < n:
+        hi = min(done + SPLIT_CHUNK, n)
+        texts += render_rows(done, hi)
+        done = hi
+    return texts, done
+
+
 # rows a side of render_split claims at a time: small enough that the two
 # sides meet within ~10 ms, large enough that reporting costs nothing
 SPLIT_CHUNK = 256
-
-
-def _silence_limit() -> float:
-    """How long the child may send nothing before it counts as stuck: one
-    chunk of users each at the render time limit (every render is stopped
-    there), the longest an honest chunk can take. A forked child can hang on
-    a lock some thread of this process held at the fork; without a limit the
-    run would wait forever."""
-    from segtool.compile.jinja import render_seconds
-
-    return SPLIT_CHUNK * render_seconds() + 5.0
 
 
 _REPORT = struct.Struct("<cq")  # b"F" + frontier, or b"T" + texts' byte length
@@ -316,6 +319,7 @@ class _Reports:
         self.fd = fd
         self.lowest: int | None = None
         self.buf = bytearray()
+        self.ended = False  # the child closed its end: all it sent is in buf
         os.set_blocking(fd, False)
 
     def _drain(self) -> bool:
@@ -342,14 +346,23 @@ class _Reports:
             self.lowest = lo
             del self.buf[:size]
 
-    def read_to_end(self, silence: float) -> tuple[int, list[tuple[str, bool]]] | None:
-        """(the child's frontier, its texts from there on), or None when it
-        stopped without sending them or sent nothing for `silence` seconds."""
-        import select
+    def poll(self) -> bool:
+        """Read what the child sent, without waiting; once its texts have
+        begun to arrive, read them to the end (it is sending, not stuck).
+        True when the child has closed its end."""
+        if not self.ended:
+            self.ended = self._drain()
+            self._parse_frontiers()
+            if not self.ended and self.buf[:1] == b"T":
+                os.set_blocking(self.fd, True)
+                while chunk := os.read(self.fd, 1 << 20):
+                    self.buf += chunk
+                self.ended = True
+        return self.ended
 
-        while not self._drain():
-            if not select.select([self.fd], [], [], silence)[0]:
-                return None  # stuck: the caller kills it
+    def delivered(self) -> tuple[int, list[tuple[str, bool]]] | None:
+        """(the child's frontier, its texts from there on), or None when it
+        left without sending them whole."""
         self._parse_frontiers()
         size = _REPORT.size
         if len(self.buf) < size or self.buf[:1] != b"T" or self.lowest is None:

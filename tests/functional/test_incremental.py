@@ -115,7 +115,9 @@ def test_a_merge_after_an_upstream_sql_change_says_old_rows_keep_the_old_sql(pro
     )
     # with stg_orders not selected the merge reads its old view: that note instead
     alone = project.cli("run", "--dry-run", "-s", "user_features").stdout
-    assert "has new SQL" not in alone and "model.stg_orders is not selected and out of date" in alone
+    assert (
+        "has new SQL" not in alone and "model.stg_orders is not selected and out of date" in alone
+    )
     assert note in project.cli("run", "--dry-run").stdout
     assert note in project.cli("run").stdout
     assert note not in project.cli("run", "--dry-run").stdout  # said once, when it happens

@@ -102,11 +102,12 @@ def test_a_split_render_leaves_ctrl_c_as_it_found_it(monkeypatch):
     assert (n_cut, n_empty) == (0, 0)
 
 
-def test_a_child_that_hangs_is_killed_and_its_rows_rendered_here(monkeypatch):
+@pytest.mark.parametrize("reports_first", [True, False])
+def test_a_child_that_hangs_is_killed_once_every_row_is_rendered_here(monkeypatch, reports_first):
     """A forked child can hang on a lock that another thread held at the fork;
-    the run waited for its texts forever. After the silence limit it is
-    killed and its rows are rendered in this process: every text is there,
-    once, in order."""
+    the run waited for its texts forever. This side now renders on while it
+    waits, never idle, and kills the child when it has every row: each text
+    once, in order, in about the time of rendering them here."""
     import os
     import time
     from types import SimpleNamespace
@@ -114,22 +115,42 @@ def test_a_child_that_hangs_is_killed_and_its_rows_rendered_here(monkeypatch):
     import pyarrow as pa
 
     def hang(proj, spec, table, render, out_fd, stop_fd):
-        # says it has rendered rows 20 to 40, then never sends them
-        os.write(out_fd, render_pool._REPORT.pack(b"F", 20))
+        if reports_first:  # says it has rendered rows 20 to 40, then never sends them
+            os.write(out_fd, render_pool._REPORT.pack(b"F", 20))
         time.sleep(3600)
 
     monkeypatch.setattr(render_pool, "_render_from_the_end", hang)
-    monkeypatch.setattr(render_pool, "_silence_limit", lambda: 0.5)
     proj = SimpleNamespace(key="user_id")
     spec = SimpleNamespace(name="story", max_chars=100)
     table = pa.table({"user_id": list(range(40)), "__row_hash": list(range(40))})
     t0 = time.perf_counter()
     rows, _, _ = render_pool.render_split(proj, spec, table, lambda ctx: f"user {ctx['key']}")
-    assert time.perf_counter() - t0 < 30
+    assert time.perf_counter() - t0 < 10
     assert [r[3] for r in rows] == [f"user {i}" for i in range(40)]
     assert [r[0] for r in rows] == list(range(40))
 
 
-def test_the_silence_limit_is_one_chunk_of_users_at_the_render_time_limit(monkeypatch):
-    monkeypatch.setenv("SEGTOOL_RENDER_TIMEOUT", "0.1")
-    assert render_pool._silence_limit() == pytest.approx(render_pool.SPLIT_CHUNK * 0.1 + 5.0)
+def test_this_side_renders_on_until_the_child_answers(monkeypatch):
+    """After the sides meet, rows are rendered here until the child's texts
+    arrive; they are then kept from where this side got to."""
+    monkeypatch.setattr(render_pool, "SPLIT_CHUNK", 4)
+
+    class Answers:
+        polls = 0
+
+        def poll(self):
+            self.polls += 1
+            return self.polls > 2  # the texts arrive at the third look
+
+    texts, done = render_pool._render_until_the_child_answers(
+        Answers(), 20, [0, 1, 2, 3], 4, lambda lo, hi: list(range(lo, hi))
+    )
+    assert texts == list(range(12)) and done == 12
+    texts, done = render_pool._render_until_the_child_answers(
+        type("Silent", (), {"poll": lambda self: False})(),
+        10,
+        [],
+        0,
+        lambda lo, hi: list(range(lo, hi)),
+    )
+    assert texts == list(range(10)) and done == 10
