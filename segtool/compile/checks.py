@@ -103,8 +103,9 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
         for (s, t), st in proj.sources.items():
             stub = f"__src.{quote_ident(s + '__' + t)}"
             try:
-                _check_not_empty(st, proj.root)
-                empty_relation(con, stub, f"SELECT * FROM {source_sql(st, proj.root)}")
+                cols = empty_relation(con, stub, f"SELECT * FROM {source_sql(st, proj.root)}")
+                if list(cols) == ["column0"]:  # what DuckDB makes of a CSV with no header
+                    _check_not_empty(st, proj.root)
                 stubs[(s, t)] = stub
             except (duckdb.Error, ProjectError) as exc:
                 broken.add(f"source.{s}.{t}")
@@ -152,9 +153,10 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
 
 
 def _check_not_empty(st, root) -> None:
-    """A source whose files are all empty (0 bytes): DuckDB reads one as a
-    table with a `column0`, and every model then failed to bind with
-    'column "user_id" not found', never naming the file."""
+    """A source read as a lone `column0` whose files are all empty (0 bytes):
+    every model then failed to bind with 'column "user_id" not found', never
+    naming the file. (An empty file with declared columns is a valid empty
+    table, and reads as one.)"""
     import glob
     from pathlib import Path
 
@@ -168,7 +170,9 @@ def _check_not_empty(st, root) -> None:
     sizes = [Path(f).stat().st_size for f in files if Path(f).is_file()]
     if sizes and not any(sizes):
         which = path if len(sizes) == 1 else f"every file of {path}"
-        raise ProjectError(f"{which} is empty (0 bytes, not even a header row)")
+        raise ProjectError(
+            f"{which} is empty (0 bytes): without a header row its columns are unknown"
+        )
 
 
 def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:

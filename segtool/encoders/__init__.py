@@ -81,8 +81,12 @@ class Encoder(Protocol):
 
 
 def default_cache_dir(project_root: Path) -> Path:
-    """Where exported ONNX models go unless the caller says otherwise."""
-    return Path(project_root) / "target" / "onnx"
+    """Where exported ONNX models go unless the caller says otherwise: under
+    target/, and not through a symlink inside it that leads out."""
+    from segtool.project.reach import check_inside
+
+    target = Path(project_root) / "target"
+    return check_inside(target, target / "onnx")
 
 
 # kinds that always encode on this process's CPU: a `device:` does not apply

@@ -47,20 +47,25 @@ def _check_keys(mem, key: str, path) -> None:
     from segtool.words import counted
 
     k = quote_ident(key)
-    nulls, repeats = one(
-        mem.execute(f"SELECT count(*) - count({k}), count({k}) - count(DISTINCT {k}) FROM input")
-    )
+    (nulls,) = one(mem.execute(f"SELECT count(*) - count({k}) FROM input"))
     if nulls:
         raise DataError(
             f"{path}: {counted(nulls, 'row', verb=('has', 'have'))} no {key}",
             hint="the file has one row per user, each with its key",
         )
-    if repeats:
-        (example,) = one(mem.execute(f"SELECT {k} FROM input GROUP BY {k} HAVING count(*) > 1"))
+    repeated = mem.execute(
+        f"SELECT {k}, count(*) AS n FROM input GROUP BY {k} HAVING n > 1 ORDER BY n DESC, {k} LIMIT 3"
+    ).fetchall()
+    if repeated:
+        (keys,) = one(
+            mem.execute(
+                f"SELECT count(*) FROM (SELECT {k} FROM input GROUP BY {k} HAVING count(*) > 1)"
+            )
+        )
+        shown = ", ".join(f"{v!r} ({n} rows)" for v, n in repeated)
         raise DataError(
-            f"{path}: {key} {example!r} and others repeat ({counted(repeats, 'extra row')})"
-            if repeats > 1
-            else f"{path}: {key} {example!r} appears twice",
+            f"{path}: {counted(keys, key + ' value', verb=('repeats', 'repeat'))}: {shown}"
+            + (", ..." if keys > len(repeated) else ""),
             hint="the file has one row per user",
         )
 
@@ -97,7 +102,8 @@ def assign_file(project, name: str, path: Path):
         preds = segmentation_predicates(proj, seg)
         if preds.population is not None:
             mem.execute(f"CREATE VIEW main.{quote_ident(_base(proj, seg))} AS SELECT * FROM input")
-            bind_predicate(mem, _base(proj, seg), preds.population)
+            with lacking(f"the population of segmentation '{name}'"):
+                bind_predicate(mem, _base(proj, seg), preds.population)
             inside = first_column(
                 mem, f"SELECT {preds.population.wrapped} FROM input ORDER BY __ord"
             ).astype(bool)

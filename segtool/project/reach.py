@@ -45,16 +45,24 @@ def within_reach(roots: list[Path], path: Path, extra: list[Path]) -> bool:
 
 
 def check_reach(
-    roots: list[Path], path: Path, what: str, *, file=None, line=None, code: bool = False
+    roots: list[Path],
+    path: Path,
+    what: str,
+    *,
+    file=None,
+    line=None,
+    code: bool = False,
+    keep: str | None = None,
 ) -> Path:
     """`path` resolved, or a ProjectError saying why it may not be read.
     `roots`: the project folder (and the one its entries link to, in `diff`);
-    `code`: a project file (a model, a template), which only they may hold."""
+    `code`: a project file (a model, a template), which only they may hold;
+    `keep`: what the hint says to keep in the project folder."""
     resolved = path.resolve()
     roots = [r.resolve() for r in roots]
     if within_reach(roots, resolved, [] if code else data_dirs()):
         return resolved
-    keep = "the project's files" if code else "data"
+    keep = keep or ("the project's files" if code else "data")
     link = resolved != path.absolute()
     leads = f" (it leads to {resolved})" if link else ""
     if any(resolved.is_relative_to(r) for r in roots):
@@ -76,7 +84,7 @@ def check_target(roots: list[Path], target: Path) -> Path:
     database to), when as it resolves it lies within reach. A pull request can
     commit `target` as a symlink, and `compile` (safe on a pull request) would
     write its manifest and compiled SQL wherever it leads."""
-    check_reach(roots, target, "target folder")
+    check_reach(roots, target, "target folder", keep="target/")
     return target
 
 

@@ -323,12 +323,26 @@ def test_empty_data_file(built):
     """A 0-byte users.csv bound as a table with a `column0`, and the error was
     'column "user_id" not found ... Candidate bindings: "column0"'."""
     (built.root / "data/users.csv").write_bytes(b"")
-    message = "source 'shop.users' cannot be read: data/users.csv is empty (0 bytes"
+    message = "source 'shop.users' cannot be read: data/users.csv is empty (0 bytes)"
     r = _fails(built, "run", contains=[message])
     assert "column0" not in r.stderr
     _fails(built, "validate", contains=[message])
     built.write("data/users.csv", data_files()["data/users.csv"].splitlines()[0] + "\n")
     built.cli("validate")  # a header alone is an empty table, which is fine
+    # so is an empty JSON feed whose columns are declared (one that is often empty)
+    (built.root / "data/users.json").write_bytes(b"")
+    line = next(
+        ln for ln in built.read("models/sources.yml").splitlines() if "data/users.csv" in ln
+    )
+    indent = line[: len(line) - len(line.lstrip())]
+    columns = "{user_id: BIGINT, signup_at: DATE, country: VARCHAR}"
+    built.edit(
+        "models/sources.yml",
+        line,
+        f"{indent}path: data/users.json\n{indent}format: json\n"
+        f"{indent}options: {{format: newline_delimited, columns: {columns}}}",
+    )
+    built.cli("validate")
 
 
 def test_missing_local_model(built):

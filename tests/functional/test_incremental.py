@@ -706,6 +706,8 @@ def test_assign_needs_one_row_per_user(built, name):
         "null.parquet": f"{rows} UNION ALL SELECT * REPLACE (NULL AS user_id) FROM user_features WHERE user_id = 4",
         "one_null.parquet": "SELECT * REPLACE (NULL AS user_id) FROM user_features WHERE user_id = 4",
         "twice.parquet": f"{rows} UNION ALL SELECT * FROM user_features WHERE user_id = 2",
+        "thrice.parquet": f"{rows} UNION ALL (SELECT * FROM user_features WHERE user_id = 2) "
+        "UNION ALL (SELECT * FROM user_features WHERE user_id = 2)",
     }.items():
         con.execute(f"COPY ({sql}) TO '{built.root / file}'")
     con.close()
@@ -713,7 +715,8 @@ def test_assign_needs_one_row_per_user(built, name):
     for file, message in {
         "null.parquet": "null.parquet: 1 row has no user_id",
         "one_null.parquet": "one_null.parquet: 1 row has no user_id",
-        "twice.parquet": "twice.parquet: user_id 2 appears twice",
+        "twice.parquet": "twice.parquet: 1 user_id value repeats: 2 (2 rows)",
+        "thrice.parquet": "thrice.parquet: 1 user_id value repeats: 2 (3 rows)",
     }.items():
         out = built.root / f"{file}.csv"
         r = built.cli("assign", name, "--input", str(built.root / file), "-o", str(out), expect=1)
@@ -727,6 +730,7 @@ def test_assign_needs_one_row_per_user(built, name):
     [
         ("behaviour", "country", "text 'story'"),
         ("lifecycle", "revenue", "segmentation 'lifecycle'"),
+        ("lifecycle", "orders", "the population of segmentation 'lifecycle'"),
     ],
 )
 def test_assign_names_the_column_the_file_lacks(built, name, column, reader):
@@ -735,6 +739,12 @@ def test_assign_names_the_column_the_file_lacks(built, name, column, reader):
     predicate ... Binder Error", as if the project were wrong."""
     import duckdb
 
+    if "population" in reader:
+        built.edit(
+            "segments/segments.yml",
+            "  - name: lifecycle\n",
+            "  - name: lifecycle\n    population: orders >= 0\n",
+        )
     built.cli("run")
     con = duckdb.connect(str(built.db), read_only=True)
     file = built.root / "in.parquet"

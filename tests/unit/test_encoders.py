@@ -643,3 +643,18 @@ def test_cuda_pipeline_many_batches_in_a_thread(tiny_bert, root, index):
     worker.join()
     assert enc.device == f"cuda:{index}" and enc._pipelined
     assert np.allclose(got[0], cpu, atol=1e-4)
+
+
+def test_onnx_exports_do_not_follow_a_symlink_out_of_target(tmp_path):
+    """target/onnx committed as a symlink would have led `run`'s ONNX export
+    out of the project."""
+    from segtool.encoders import default_cache_dir
+    from segtool.errors import ProjectError
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "proj" / "target").mkdir(parents=True)
+    assert default_cache_dir(tmp_path / "proj") == tmp_path / "proj" / "target" / "onnx"
+    (tmp_path / "proj" / "target" / "onnx").symlink_to(outside)
+    with pytest.raises(ProjectError, match="remove the symlink"):
+        default_cache_dir(tmp_path / "proj")
