@@ -292,12 +292,10 @@ class Planner:
         )
         if not edited:
             return ""
+        verb = "has" if len(edited) == 1 else "have"
         return (
-            f" ({', '.join(edited)} has new SQL: rows merged before keep what the old SQL "
+            f" ({', '.join(edited)} {verb} new SQL: rows merged before keep what the old SQL "
             "computed; --full-refresh rebuilds them)"
-            if len(edited) == 1
-            else f" ({', '.join(edited)} have new SQL: rows merged before keep what the old "
-            "SQL computed; --full-refresh rebuilds them)"
         )
 
     # ------------------------------------------------------------------ texts
