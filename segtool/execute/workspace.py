@@ -37,6 +37,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ Relations
     def model(self, name: str) -> str:
+        if self.dry and name not in self._models and self._reads_rebuilt(name):
+            # a view this plan does not select reads, in the run, the tables
+            # the plan rebuilds; the dry run's copy must read their stand-ins
+            self._dry_model(self.project.graph().compiled[name], "rebuild")
         if name not in self._models and name in self.snapshot and self.model_exists(name):
             snap = quote_ident(f"__segtool_snapshot_{name}")
             self.con.execute(
@@ -71,11 +75,19 @@ class Workspace:
             )
         return self._dry_model(cm, step.action)
 
+    def _reads_rebuilt(self, name: str) -> bool:
+        """Whether `name` is a view in the database that reads (directly or
+        through other views) a model this dry run has rebuilt."""
+        compiled = self.project.graph().compiled
+        if name not in compiled or relation_exists(self.con, tables.MODELS, name) != "view":
+            return False
+        return any(r in self._models or self._reads_rebuilt(r) for r in compiled[name].refs)
+
     def _dry_model(self, cm, action: str) -> dict[str, int | None]:
         import duckdb
 
         model = self.loaded.models[cm.name]
-        refs = {r: self._models[r] for r in cm.refs if r in self._models}
+        refs = {r: self.model(r) for r in cm.refs if r in self._models or self._reads_rebuilt(r)}
         temp = quote_ident(f"__segtool_model_{cm.name}")
         mat = cm.config.materialized
         try:

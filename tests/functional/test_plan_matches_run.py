@@ -95,6 +95,27 @@ def test_tiny_project_every_scenario(project):
     assert "missing" in r["segmentation.behaviour"]["reason"]
 
 
+def test_a_selection_under_an_unselected_view_is_planned_as_it_runs(project):
+    """stg_orders a table, user_features a view over it; `-s "stg_orders
+    story"` after a new order: the run's user_features view reads the rebuilt
+    table, and the dry run's must read its stand-in (it read the old table:
+    the plan said the text had nothing to render, the run rendered a user)."""
+    project.write(
+        "models/stg_orders.sql",
+        "{{ config(materialized='table') }}\n" + project.read("models/stg_orders.sql"),
+    )
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='view') }}",
+    )
+    project.cli("run")
+    orders = project.read("data/orders.csv")
+    project.write("data/orders.csv", orders + "9999,1,diapers,baby,10.00,2024-06-02 10:00:00\n")
+    by_uid = dry_then_run(project, "-s", "stg_orders story")
+    assert by_uid["text.story"]["detail"]["changed"] == 1
+
+
 def test_drift_triggered_refit_is_the_policy_the_plan_stated(project):
     pd = project
     dry_then_run(pd)
