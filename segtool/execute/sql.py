@@ -58,6 +58,12 @@ def sql_error(
         else f" ({compiled_path})"
     )
     hint = "fix the model and run again; the compiled SQL that ran is in " + compiled_path
+    if "Permission Error" in msg:
+        hint = (
+            "the SQL fence refused a file: read files through source(); if the project "
+            "folder moved, views made before still read the old paths, and a run without "
+            "-s/--exclude makes them again"
+        )
     if isinstance(exc, duckdb.ConversionException):
         hint = (
             "a value in the data does not convert to the type it is cast to: fix it in the "

@@ -132,7 +132,7 @@ class Planner:
 
     def _hash_inputs(self) -> None:
         root = self.loaded.root
-        stale: list[str] = []
+        stale: dict[str, str] = {}  # unselected node -> how what it holds is out of date
         # nodes whose hash is fresh every run (a volatile model, a remote
         # source, or what reads one): never "out of date" in a note
         every_run: set[str] = set()
@@ -168,11 +168,16 @@ class Planner:
             held = self._held(n)
             if held is not None:
                 if held != self._input[uid] and uid not in every_run:
-                    stale.append(uid)
+                    stale[uid] = "out of date"
                 self._input[uid] = held
-            elif self._unselected_view(n) and parts[0] != n.own_hash:
-                stale.append(uid)  # the database holds an older definition
-        for uid in stale:
+            elif self._unselected_view(n):
+                stored = self.state.node(uid)
+                if stored is not None and stored.exec_hash not in (None, self._exec[uid]):
+                    # the view reads its sources at the paths of the folder it was made in
+                    stale[uid] = "still reads its sources at the project's old folder"
+                elif parts[0] != n.own_hash:
+                    stale[uid] = "out of date"  # the database holds an older definition
+        for uid, why in stale.items():
             readers = sorted(self.graph.descendants(uid) & (self.selected or set()))
             if readers:
                 shown = ", ".join(readers[:3]) + (
@@ -180,7 +185,7 @@ class Planner:
                 )
                 name = self.graph[uid].name
                 self.selection_notes.append(
-                    f"{uid} is not selected and out of date: {shown} "
+                    f"{uid} is not selected and {why}: {shown} "
                     f"read{'s' if len(readers) == 1 else ''} what it holds "
                     f"(`-s {name}+` rebuilds it and what reads it)"
                 )

@@ -4,6 +4,7 @@ assigned; ids stay stable over refits; history keeps every move."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,6 +176,24 @@ def test_a_volatile_unselected_model_is_not_called_out_of_date(project):
     project.cli("run")
     r = project.cli("run", "-s", "user_features")
     assert "not selected" not in r.output, r.output
+
+
+def test_a_selection_after_the_project_moved_names_the_views_left_behind(project, tmp_path):
+    """The views made in the old folder read its files; with `-s` they are not
+    made again, and the run failed with 'Permission Error ... fix the model'."""
+    import shutil
+
+    from tests.conftest import ProjectDir
+
+    project.cli("run")
+    moved = ProjectDir(Path(shutil.move(str(project.root), str(tmp_path / "moved"))))
+    r = moved.cli("run", "-s", "user_features", expect=1)
+    assert (
+        "model.stg_orders is not selected and still reads its sources at the project's old folder"
+        in r.output
+    )
+    assert "if the project folder moved, views made before still read the old paths" in r.stderr
+    moved.cli("run")  # every view made again: "source paths moved"
 
 
 def test_removed_users_leave_the_table(project):
