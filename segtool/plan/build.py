@@ -172,11 +172,12 @@ class Planner:
                 self._input[uid] = held
             elif self._unselected_view(n):
                 stored = self.state.node(uid)
-                if stored is not None and stored.exec_hash not in (None, self._exec[uid]):
-                    # the view reads its sources at the paths of the folder it was made in
-                    stale[uid] = "still reads its sources at the project's old folder"
-                elif parts[0] != n.own_hash:
+                if parts[0] != n.own_hash:
                     stale[uid] = "out of date"  # the database holds an older definition
+                elif stored is not None and stored.exec_hash not in (None, self._exec[uid]):
+                    # the same SQL compiled with other source paths: the
+                    # view reads the files of the folder it was made in
+                    stale[uid] = "still reads its sources at the project's old folder"
         for uid, why in stale.items():
             readers = sorted(self.graph.descendants(uid) & (self.selected or set()))
             if readers:
