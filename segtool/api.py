@@ -292,12 +292,14 @@ class Project:
             df.write_csv(out)
         return out, df.height
 
-    def report(self, output: str | Path | None = None) -> Path:
-        """The self-contained HTML report (segtool docs)."""
+    def report(self, output: str | Path | None = None, *, force: bool = False) -> Path:
+        """The self-contained HTML report (segtool docs). An existing `output`
+        is replaced when it is a report segtool wrote, else only with `force`
+        (`-o data/users.csv` turned the data into HTML)."""
         from segtool.report.html import build_report
 
         if output is not None:
-            check_output(self, output, force=True)  # a report may be replaced, the database not
+            check_output(self, output, force=force or _is_report(Path(output)))
         return build_report(self, Path(output) if output else None)
 
     def diff(
@@ -388,6 +390,15 @@ def _template_files(src: Path, ignore) -> list[str]:
     return out
 
 
+def _is_report(path: Path) -> bool:
+    """Whether `path` is an HTML report `segtool docs` wrote (its generator tag)."""
+    try:
+        with open(path, "rb") as f:
+            return b'<meta name="generator" content="segtool docs">' in f.read(4096)
+    except OSError:
+        return False
+
+
 def check_output(project: Project, path: str | Path, *, force: bool) -> Path:
     """Where `export` / `assign` may write: never over the project database
     (or its WAL), and over an existing file only with --force."""
@@ -396,7 +407,7 @@ def check_output(project: Project, path: str | Path, *, force: bool) -> Path:
     if out in (db, Path(str(db) + ".wal")):
         raise ProjectError(
             f"refusing to write over the project database {project.relpath(db)}",
-            hint="write the output somewhere else (the default is under target/export/)",
+            hint="write the output somewhere else",
         )
     if out.exists() and not force:
         raise ProjectError(

@@ -53,6 +53,7 @@ from segtool.cli.common import format_option, handle_errors, load, project_optio
     "--examples",
     default=3,
     show_default=True,
+    type=click.IntRange(min=0),
     help="--data: example users who moved, per segmentation.",
 )
 @click.option("--no-counts", is_flag=True, help="Do not estimate user counts from the database.")

@@ -17,8 +17,11 @@ from segtool.cli.common import format_option, handle_errors, load, project_optio
     type=click.Path(dir_okay=False, path_type=Path),
     help="Default: target/report/index.html",
 )
+@click.option(
+    "--force", is_flag=True, help="Overwrite an existing file that is not a segtool report."
+)
 @handle_errors
-def docs(project_dir, target, vars_, debug, output):
+def docs(project_dir, target, vars_, debug, output, force):
     """Write a self-contained HTML report (works offline): lineage graph,
     per-segmentation sizes, labels, 2-D map, feature profiles, sizes over runs
     and flows since the last run.
@@ -28,13 +31,19 @@ def docs(project_dir, target, vars_, debug, output):
       segtool docs && open target/report/index.html
     """
     project = load(project_dir, target, vars_)
-    click.echo(f"wrote {project.report(output)}")
+    click.echo(f"wrote {project.report(output, force=force)}")
 
 
 @click.command()
 @project_options
 @click.argument("name", required=False)
-@click.option("--examples", default=3, show_default=True, help="Example users per segment.")
+@click.option(
+    "--examples",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Example users per segment.",
+)
 @click.option(
     "--vs",
     "vs",

@@ -194,6 +194,8 @@ def load_project(
             hint=did_you_mean(target_name, targets),
         )
     if not targets and target and target != (spec.target or "dev"):
+        if errors:  # profiles.yml did not load: its own errors say why, not "not defined"
+            raise ProjectErrors(errors)
         raise ProjectError(
             f"target '{target}' is not defined", hint=f"add it under `targets:` in {PROFILES_FILE}"
         )

@@ -97,6 +97,13 @@ class ExecutorSpec(Spec):
     assign_min_users: int = Field(default=1_000_000, ge=1)
 
 
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(kb|mb|gb|tb|kib|mib|gib|tib|%)", re.IGNORECASE)
+_MEMORY_UNITS = {
+    **{u: 1000**i for i, u in enumerate(("kb", "mb", "gb", "tb"), 1)},
+    **{u: 1024**i for i, u in enumerate(("kib", "mib", "gib", "tib"), 1)},
+}
+
+
 class TargetSpec(Spec):
     database: str = "target/segtool.duckdb"
     threads: int = Field(default=2, ge=1)
@@ -107,6 +114,25 @@ class TargetSpec(Spec):
     allow_paths: list[str] = []
     external_access: bool = False
     executor: ExecutorSpec = ExecutorSpec()
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        """A size DuckDB reads ('4GB', '512MiB') or a share of RAM ('80%'), of
+        at least 64 MB: 'lots' was an internal error, '0GB' one at the first
+        query, '-1GB' no limit at all."""
+        if v is None:
+            return v
+        m = _MEMORY.fullmatch(str(v).strip())
+        if m is None:
+            raise ValueError("a size like '4GB', '512MB' or '80%'")
+        number, unit = float(m.group(1)), m.group(2).lower()
+        if unit == "%":
+            if not 0 < number <= 100:
+                raise ValueError("a share of memory is between 0% and 100%")
+        elif number * _MEMORY_UNITS[unit] < 64 * 10**6:
+            raise ValueError("at least 64MB: DuckDB cannot run a query in less")
+        return v
 
 
 class ProfilesSpec(Spec):
@@ -203,6 +229,15 @@ class FeatureColumnSpec(Spec):
     type: Literal["numeric", "categorical"] = "numeric"
     clip: tuple[float, float] = (0.01, 0.99)  # quantiles for transform: clip
     impute: Literal["error", "zero", "mean", "median"] = "error"
+
+    @field_validator("clip")
+    @classmethod
+    def _quantiles(cls, v: tuple[float, float]) -> tuple[float, float]:
+        # [0.9, 5] failed at run time ('Quantiles must be in the range [0, 1]')
+        low, high = v
+        if not 0 <= low < high <= 1:
+            raise ValueError("two quantiles, low below high, within [0, 1]: e.g. [0.01, 0.99]")
+        return v
 
 
 class FeatureSetSpec(Spec):

@@ -423,3 +423,42 @@ def test_disk_full(project, tmp_path):
         assert project.cli("show", "behaviour").stdout
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_target_settings_are_checked_where_they_are_written(built):
+    """memory_limit 'lots' was 'internal error: ParserException', '0GB' an
+    internal error at the first query and '-1GB' no limit; one bad target
+    made `-t` call every other target 'not defined'."""
+    for value, message in [
+        ("lots", "a size like '4GB', '512MB' or '80%'"),
+        ("0GB", "at least 64MB"),
+        ("-1GB", "a size like '4GB'"),
+    ]:
+        built.write("profiles.yml", f"targets:\n  dev: {{memory_limit: '{value}'}}\n")
+        r = _fails(built, "validate", contains=["profiles.yml:2:", message])
+        assert "internal error" not in r.stderr
+    built.write(
+        "profiles.yml",
+        "targets:\n  dev: {memory_limit: 80%}\n  ci: {database: build/ci.duckdb}\n  zt: {threads: 0}\n",
+    )
+    r = _fails(built, "validate", "-t", "ci", contains=["profiles.yml:4:", "threads"])
+    assert "not defined" not in r.stderr
+
+
+def test_clip_quantiles_are_checked_by_validate(built):
+    """clip: [0.9, 5] validated, then the run failed with 'internal error:
+    ValueError: Quantiles must be in the range [0, 1]'."""
+    for clip in ("[0.9, 5]", "[0.9, 0.1]"):
+        built.edit(
+            "segments/segments.yml",
+            "orders: {transform: log1p}",
+            f"orders: {{transform: clip, clip: {clip}}}",
+        )
+        _fails(
+            built, "validate", contains=["segments/segments.yml:", "low below high, within [0, 1]"]
+        )
+        built.edit(
+            "segments/segments.yml",
+            f"orders: {{transform: clip, clip: {clip}}}",
+            "orders: {transform: log1p}",
+        )

@@ -446,6 +446,21 @@ def test_docs_report_is_self_contained(project):
         and "<script" not in page
     )
     assert "wrote" in r.stdout
+    # -o replaces a report, but not another file: `-o data/users.csv` made the data HTML
+    users = project.read("data/users.csv")
+    r = project.cli("docs", "-o", str(project.root / "data/users.csv"), expect=1)
+    assert "users.csv exists" in r.stderr and project.read("data/users.csv") == users
+    out = project.root / "site.html"
+    project.cli("docs", "-o", str(out))
+    project.cli("docs", "-o", str(out))  # its own report: replaced without --force
+    project.cli("docs", "-o", str(project.root / "data/users.csv"), "--force")
+    assert project.read("data/users.csv").lstrip().startswith("<!doctype html>")
+
+
+def test_show_and_diff_refuse_a_negative_number_of_examples(built):
+    for args in (["show", "behaviour"], ["diff", "--data"]):
+        r = built.cli(*args, "--examples", "-1", expect=2)
+        assert "internal error" not in r.output and "-1 is not in the range x>=0" in r.stderr
 
 
 def test_drift_policy_refits_when_the_population_moves(project):
