@@ -150,6 +150,11 @@ class Runner:
         con = None
         if db.exists():
             con = state.connect(self.loaded, read_only=True)
+            try:  # a dry run refuses another project's database, as the run does
+                state.check_owner(con, self.loaded)
+            except BaseException:
+                con.close()
+                raise
             if not state.has_state(con):
                 notes.append(
                     f"database {self.loaded.relpath(db)} has no segtool state yet: everything is created"

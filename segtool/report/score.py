@@ -95,9 +95,13 @@ def score_segmentation(
             )
             truth_rel = f"(SELECT {k}, CAST({quote_ident(column)} AS VARCHAR) AS truth FROM {tables.model(model)})"
             source = f"{model}.{column}"
+        # keys compared as text: a file's keys may not fit the table's type
+        # ('é' against BIGINT was an internal ConversionException); those
+        # users are left out, as any other user the file does not match
         rows = con.execute(
             f"""SELECT s.segment_id, s.segment, t.truth FROM {tables.segments(name)} s
-            JOIN {truth_rel} t ON t.{k} = s.{k} WHERE t.truth IS NOT NULL"""
+            JOIN {truth_rel} t ON CAST(t.{k} AS VARCHAR) = CAST(s.{k} AS VARCHAR)
+            WHERE t.truth IS NOT NULL"""
         ).fetchall()
         total = con.execute(f"SELECT count(*) FROM {tables.segments(name)}").fetchall()[0][0]
     finally:

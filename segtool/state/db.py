@@ -285,6 +285,17 @@ def has_state(con: duckdb.DuckDBPyConnection) -> bool:
     return state_version(con) > 0
 
 
+def check_owner(con: duckdb.DuckDBPyConnection, proj: LoadedProject) -> None:
+    """The database belongs to this project (a renamed project, or a target
+    pointing at another project's database, is refused)."""
+    stored = get_meta(con, "project")
+    if stored and stored != proj.name:
+        raise ProjectError(
+            f"database {proj.relpath(proj.database_path)} belongs to project '{stored}', not '{proj.name}'",
+            hint="use another target/database for this project",
+        )
+
+
 def migrate(
     con: duckdb.DuckDBPyConnection, proj: LoadedProject, *, in_transaction: bool = False
 ) -> list[str]:
@@ -298,12 +309,7 @@ def migrate(
             hint="upgrade segtool",
         )
     if current == STATE_VERSION:
-        stored = get_meta(con, "project")
-        if stored and stored != proj.name:
-            raise ProjectError(
-                f"database {proj.relpath(proj.database_path)} belongs to project '{stored}', not '{proj.name}'",
-                hint="use another target/database for this project",
-            )
+        check_owner(con, proj)
         return notes
     if not in_transaction:
         con.execute("BEGIN")

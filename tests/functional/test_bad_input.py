@@ -462,3 +462,12 @@ def test_clip_quantiles_are_checked_by_validate(built):
             f"orders: {{transform: clip, clip: {clip}}}",
             "orders: {transform: log1p}",
         )
+
+
+def test_a_dry_run_refuses_another_projects_database_as_the_run_does(built):
+    """A renamed project: the run refused the database, the dry run planned
+    'every step skip' against it and exited 0."""
+    built.edit("segtool_project.yml", "name: tiny", "name: tiny2")
+    message = "database target/segtool.duckdb belongs to project 'tiny', not 'tiny2'"
+    _fails(built, "run", "--dry-run", contains=[message])
+    _fails(built, "run", contains=[message])

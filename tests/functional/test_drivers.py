@@ -176,6 +176,13 @@ def test_score_against_a_truth_file_and_a_column(built):
         built.cli("score", "behaviour", "--truth", "semi.csv", "--format", "json").stdout
     )
     assert semi["matched"] == 60 and semi["ari"] == sc["ari"]
+    # a key that does not fit the table's type matches no user (it was an
+    # internal ConversionException)
+    built.write("odd.csv", (built.root / "truth.csv").read_text() + "é,baby\n")
+    odd = json.loads(
+        built.cli("score", "behaviour", "--truth", "odd.csv", "--format", "json").stdout
+    )
+    assert odd["matched"] == 60 and odd["ari"] == sc["ari"]
     col = json.loads(
         built.cli("score", "lifecycle", "--truth", "top_category", "--format", "json").stdout
     )
