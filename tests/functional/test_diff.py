@@ -558,3 +558,40 @@ def test_a_full_disk_while_extracting_a_ref_is_an_error_not_a_hang(tmp_path, mon
     assert not worker.is_alive(), "extract_ref hung on git's full pipe"
     assert outcome and "No space left on device" in str(outcome[0])
     assert "cannot extract git ref 'HEAD'" in str(outcome[0])
+
+
+def test_rule_segments_of_two_databases_are_matched_by_rule(built, tmp_path):
+    """Two databases number rule segments in the order each first saw them: a
+    rule added before another in one, all at once in the other. The same
+    users in the same rules read as '87.5% moved' (and failed --fail-on)."""
+    import shutil
+
+    from tests.conftest import ProjectDir
+
+    built.cli("run")  # a copied project: make its views here
+    line = next(
+        ln for ln in built.read("segments/segments.yml").splitlines() if "segment: big" in ln
+    )
+    fresh = line.replace(
+        '{segment: big, when: "revenue > 300"}', '{segment: fresh, when: "recency_days < 60"}'
+    )
+    built.edit("segments/segments.yml", line, f"{fresh}\n{line}")
+    built.cli("run")
+    other = ProjectDir(tmp_path / "other")
+    shutil.copytree(built.root, other.root, ignore=shutil.ignore_patterns("target"))
+    other.cli("run")
+    ids = "select segment, segment_id from segments.lifecycle group by all order by 1"
+    assert built.sql(ids) != other.sql(ids)  # the same rules, numbered differently
+    r = other.cli(
+        "diff",
+        "--data",
+        "--base-db",
+        str(built.db),
+        "--format",
+        "json",
+        "--fail-on",
+        "moved_share > 0.2",
+    )
+    seg = {s["name"]: s for s in json.loads(r.stdout)["segmentations"]}["lifecycle"]
+    assert seg["users"]["moved"] == 0 and seg["ari"] == pytest.approx(1.0)
+    assert all(s["before"] == s["after"] for s in seg["sizes"])
