@@ -550,8 +550,11 @@ class Planner:
         from segtool.compile import segments as seg_inputs
 
         seg = node.spec
+        # a diff decides from BASE's state alone (counts only add numbers): the
+        # database's own table would make an added rule segmentation 'assign'
+        # with counts and 'create' without
         exists = self.state.has_segments(seg.name) or (
-            self.counting and self._table_exists(tables.RESULTS, seg.name)
+            self.counting and self.data_aware and self._table_exists(tables.RESULTS, seg.name)
         )
         action, reason = decide.rules_action(
             exists=exists,

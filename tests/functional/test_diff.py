@@ -221,6 +221,13 @@ def test_new_rule_segmentation_is_the_only_change(twins):
         ("segmentation.spenders", "create")
     ]
     assert r["summary"]["added"] == 1 and r["summary"]["nodes_changed"] == 1
+    # counted against head's database, where `run -s spenders` made its table
+    # already: still what BASE -> HEAD does (it was 'assign' with counts only)
+    head.cli("run")
+    counted = diff_json(head, str(base.root), str(head.root))
+    assert [(i["unique_id"], i["action"]) for i in counted["steps"]] == [
+        ("segmentation.spenders", "create")
+    ]
 
 
 def test_renamed_nodes(twins):
