@@ -362,9 +362,28 @@ def init_project(dest: str | Path, *, force: int = 0) -> Path:
                 f"{dest} exists and is not empty",
                 hint="choose a new folder, or pass --force to add the template's missing files",
             )
+        files = _template_files(src, ignore)
+        for rel in files:
+            # a file where the template has a folder (or the other way round)
+            # failed halfway through the copy, as an internal error
+            clash = next(
+                (
+                    p
+                    for p in [*reversed(Path(rel).parents[:-1]), Path(rel)]
+                    if _clashes(src, dest, p)
+                ),
+                None,
+            )
+            if clash is not None:
+                kind = "file" if (dest / clash).is_file() else "folder"
+                raise ProjectError(
+                    f"{dest / clash} is a {kind} where the template has a "
+                    f"{'folder' if kind == 'file' else 'file'}",
+                    hint="nothing was written; move it aside, or init into a new folder",
+                )
         changed = sorted(
             rel
-            for rel in _template_files(src, ignore)
+            for rel in files
             if (dest / rel).exists() and not filecmp.cmp(src / rel, dest / rel, shallow=False)
         )
         if changed and force < 2:
@@ -377,6 +396,12 @@ def init_project(dest: str | Path, *, force: int = 0) -> Path:
             )
     shutil.copytree(src, dest, dirs_exist_ok=True, ignore=ignore)
     return dest
+
+
+def _clashes(src: Path, dest: Path, rel: Path) -> bool:
+    """Whether dest/rel exists as the other kind (file/folder) than src/rel."""
+    there = dest / rel
+    return there.exists() and there.is_dir() != (src / rel).is_dir()
 
 
 def _template_files(src: Path, ignore) -> list[str]:

@@ -510,6 +510,24 @@ def test_init_force_does_not_replace_edited_files(tmp_path):
     assert (p.root / "models/stg_users.sql").is_file()
 
 
+def test_init_force_over_a_file_where_the_template_has_a_folder(tmp_path):
+    """It copied half the template, then stopped with 'internal error: Error:
+    [... File exists ...]'."""
+    from tests.conftest import ProjectDir
+
+    for rel, make in (("models", "file"), ("README.md", "folder")):
+        p = ProjectDir(tmp_path / rel.replace(".", "_"))
+        p.root.mkdir()
+        if make == "file":
+            (p.root / rel).write_text("x\n")
+        else:
+            (p.root / rel).mkdir()
+        r = p.cli("init", str(p.root), "--force", "--force", expect=1)
+        other = "folder" if make == "file" else "file"
+        assert f"{p.root / rel} is a {make} where the template has a {other}" in r.stderr
+        assert "internal error" not in r.stderr and [x.name for x in p.root.iterdir()] == [rel]
+
+
 def test_key_type_change_is_explained_and_full_refresh_keeps_history(built):
     built.edit(
         "models/user_features.sql", "    u.user_id,", "    cast(u.user_id as varchar) as user_id,"
