@@ -153,6 +153,13 @@ def test_template_project(tmp_path):
     assert r["model.stg_users"]["action"] == "skip"
     assert r["text.shopper_story"]["action"] == "incremental"
     assert r["text.shopper_story"]["detail"]["changed"] >= 1
+    # an order stamped the same second as the newest loaded one is merged too
+    # (the template's `>` watermark left it out for good: [0 rows])
+    pd.write(
+        "data/orders.csv", pd.read("data/orders.csv") + "99998,7,266,2024-06-24 10:00:00,1,28.99\n"
+    )
+    r = dry_then_run(pd)
+    assert pd.sql("select count(*) from orders_enriched where order_id = 99998") == [(1,)]
 
 
 @pytest.mark.slow

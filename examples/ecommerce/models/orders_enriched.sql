@@ -1,7 +1,9 @@
 {{ config(materialized='incremental', unique_key='order_id') }}
 
--- Orders with product name and category. Incremental: each run appends the
--- orders newer than the newest one already loaded.
+-- Orders with product name and category. Incremental: each run merges the
+-- orders from the newest one already loaded on (>=: an order stamped the
+-- same second as the newest is not lost; unique_key replaces those merged
+-- before).
 select
     o.order_id,
     o.user_id,
@@ -15,5 +17,5 @@ select
 from {{ ref('stg_orders') }} as o
 left join {{ ref('stg_products') }} as p using (product_id)
 {% if is_incremental() %}
-where o.ordered_at > (select max(ordered_at) from {{ this }})
+where o.ordered_at >= (select max(ordered_at) from {{ this }})
 {% endif %}

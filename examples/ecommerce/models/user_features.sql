@@ -6,7 +6,8 @@
 --
 -- Incremental: a run recomputes only the users whose row can differ from the
 -- stored one (new users, changed user records, users with orders or events
--- newer than the newest already counted); rows of users no longer in
+-- from the newest already counted on: >=, so one stamped the same second
+-- is not missed); rows of users no longer in
 -- stg_users are deleted (delete_not_in). A new as_of or lookback_days
 -- changes this SQL, and a model whose SQL changed is rebuilt in full.
 -- Edits to past orders or events, or to the product catalogue, are not
@@ -24,10 +25,10 @@ touched as (
     )
     union
     select user_id from {{ ref('orders_enriched') }}
-    where ordered_at > (select coalesce(max(last_order_at), '-infinity'::timestamp) from {{ this }})
+    where ordered_at >= (select coalesce(max(last_order_at), '-infinity'::timestamp) from {{ this }})
     union
     select user_id from {{ ref('stg_events') }}
-    where event_at > (select coalesce(max(last_event_at), '-infinity'::timestamp) from {{ this }})
+    where event_at >= (select coalesce(max(last_event_at), '-infinity'::timestamp) from {{ this }})
 ),
 {% endif %}
 
