@@ -56,6 +56,13 @@ def _silence_stdout() -> None:
         pass
 
 
+def examples_option(help: str):
+    """`--examples N` (N >= 0: a negative LIMIT was an internal error)."""
+    return click.option(
+        "--examples", default=3, show_default=True, type=click.IntRange(min=0), help=help
+    )
+
+
 def handle_errors(fn):
     """The one place errors become `path:line:col: message` and an exit code
     (0 ok, 1 user error, 2 failure, 141 the output's reader left); tracebacks

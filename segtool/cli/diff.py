@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from segtool.cli.common import format_option, handle_errors, load, project_options
+from segtool.cli.common import (
+    examples_option,
+    format_option,
+    handle_errors,
+    load,
+    project_options,
+)
 
 
 @click.command()
@@ -49,13 +55,7 @@ from segtool.cli.common import format_option, handle_errors, load, project_optio
     metavar="NAME",
     help="--data: only these segmentations.",
 )
-@click.option(
-    "--examples",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="--data: example users who moved, per segmentation.",
-)
+@examples_option("--data: example users who moved, per segmentation.")
 @click.option("--no-counts", is_flag=True, help="Do not estimate user counts from the database.")
 @format_option("text", "json", "markdown")
 @click.option(

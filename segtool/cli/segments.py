@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from segtool.cli.common import format_option, handle_errors, load, project_options
+from segtool.cli.common import (
+    examples_option,
+    format_option,
+    handle_errors,
+    load,
+    project_options,
+)
 
 
 @click.command()
@@ -37,13 +43,7 @@ def docs(project_dir, target, vars_, debug, output, force):
 @click.command()
 @project_options
 @click.argument("name", required=False)
-@click.option(
-    "--examples",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Example users per segment.",
-)
+@examples_option("Example users per segment.")
 @click.option(
     "--vs",
     "vs",

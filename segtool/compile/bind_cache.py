@@ -93,14 +93,19 @@ class _Footers:
 
         import duckdb
 
-        from segtool.compile.sql import infer_format, source_path
+        from segtool.compile.sql import infer_format, source_files
         from segtool.project import reach
 
+        files = source_files(st, loaded.root)
         path = st.table.path
-        if path is None or "://" in path or (st.table.format or infer_format(path)) != "parquet":
+        if (
+            files is None
+            or glob.has_magic(path)
+            or (st.table.format or infer_format(path)) != "parquet"
+        ):
             return None
-        file = Path(source_path(loaded.root, path))
-        if glob.has_magic(str(file)) or not file.is_file():
+        file = Path(files[0])
+        if not file.is_file():
             return None
         if not reach.within_reach(loaded.roots, file.resolve(), reach.data_dirs()):
             return None  # the bind refuses it; nothing of it is read here

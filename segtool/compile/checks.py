@@ -157,18 +157,13 @@ def _check_not_empty(st, root) -> None:
     every model then failed to bind with 'column "user_id" not found', never
     naming the file. (An empty file with declared columns is a valid empty
     table, and reads as one.)"""
-    import glob
     from pathlib import Path
 
-    from segtool.compile.sql import source_path
+    from segtool.compile.sql import source_files
 
-    path = st.table.path
-    if path is None or "://" in path:
-        return
-    pattern = source_path(root, path)
-    files = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
-    sizes = [Path(f).stat().st_size for f in files if Path(f).is_file()]
+    sizes = [Path(f).stat().st_size for f in source_files(st, root) or [] if Path(f).is_file()]
     if sizes and not any(sizes):
+        path = st.table.path
         which = path if len(sizes) == 1 else f"every file of {path}"
         raise ProjectError(
             f"{which} is empty (0 bytes): without a header row its columns are unknown"

@@ -83,6 +83,18 @@ def source_path(root: Path, path: str) -> str:
     return (Path(root) / path).as_posix()
 
 
+def source_files(st: SourceTable, root: Path) -> list[str] | None:
+    """The files a file source reads (a glob expanded, sorted), or None for
+    one without a local path (remote, or a table of an attached database)."""
+    import glob
+
+    path = st.table.path
+    if path is None or "://" in path:
+        return None
+    pattern = source_path(root, path)
+    return sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+
+
 def source_sql(st: SourceTable, root: Path | None = None) -> str:
     """What `{{ source('s', 't') }}` compiles to: a reader call over the file,
     or a table of an attached database. With `root`, relative paths become

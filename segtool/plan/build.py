@@ -22,13 +22,12 @@ checked out.
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from segtool.compile.sql import quote_ident, source_path
+from segtool.compile.sql import quote_ident, source_files
 from segtool.errors import ProjectError
 from segtool.graph.dag import sha
 from segtool.plan import decide
@@ -59,10 +58,9 @@ def source_fingerprint(st, root: Path) -> str | None:
     that cannot be known (remote paths): such a source counts as changed."""
     tbl, src = st.table, st.source
     if tbl.path is not None:
-        if "://" in tbl.path:
+        files = source_files(st, root)
+        if files is None:
             return None
-        pattern = source_path(root, tbl.path)
-        files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
     elif src.database:
         p = Path(src.database)
         files = [str(p if p.is_absolute() else root / p)]
@@ -105,6 +103,8 @@ class Planner:
         self.nonce = nonce
         self.selected = selected  # None: every node
         self.notes: list[str] = []
+        # unselected nodes out of date that selected ones read (_hash_inputs)
+        self.selection_notes: list[str] = []
         self._input: dict[str, str] = {}
         self._exec: dict[str, str] = {}
         self._fps: dict[str, str | None] = {}
@@ -136,7 +136,6 @@ class Planner:
         # nodes whose hash is fresh every run (a volatile model, a remote
         # source, or what reads one): never "out of date" in a note
         every_run: set[str] = set()
-        self.selection_notes: list[str] = []
         for uid in self.graph.order():
             n = self.graph[uid]
             if not self.data_aware:
