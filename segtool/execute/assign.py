@@ -245,11 +245,12 @@ def _lacking(db, proj, seg, cols: set[str], path):
 
 def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
     """Render each row's text, reuse cached vectors, encode the rest."""
+    from segtool.execute.texts import model_rows
 
     proj = project.loaded
     spec = proj.texts[inp.embedding.text]
-    rows = (
-        mem.sql("SELECT * EXCLUDE (__ord) FROM input ORDER BY __ord").to_arrow_table().to_pylist()
+    rows = model_rows(
+        mem.sql("SELECT * EXCLUDE (__ord) FROM input ORDER BY __ord").to_arrow_table()
     )
     rendered, _, _ = render_rows(proj, spec, rows, text_renderer(proj, spec))
     encoders = project.encoders()

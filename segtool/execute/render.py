@@ -14,7 +14,7 @@ from pathlib import Path
 from segtool.compile.sql import quote_ident, relation
 from segtool.errors import ProjectError
 from segtool.execute.context import StepResult
-from segtool.execute.texts import render_rows, rendered_batch, text_renderer
+from segtool.execute.texts import model_rows, render_rows, rendered_batch, text_renderer
 from segtool.project import reach
 from segtool.state.db import table_exists
 from segtool.state.result import one
@@ -179,12 +179,10 @@ def write_samples(project, text_nodes, n: int) -> tuple[list[Path], list[str]]:
                 )
                 continue
             render = text_renderer(project.loaded, spec)
-            rows = (
+            rows = model_rows(
                 con.sql(
                     f"SELECT * FROM {relation(spec.model)} ORDER BY {quote_ident(project.loaded.key)} LIMIT {int(n)}"
-                )
-                .to_arrow_table()
-                .to_pylist()
+                ).to_arrow_table()
             )
             rendered, _, _ = render_rows(project.loaded, spec, rows, render)
             target = project.target_dir
@@ -219,13 +217,11 @@ def render_one(project, text_name: str, user: str) -> str:
     con = _model_connection(project)
     try:
         key = quote_ident(proj.key)
-        rows = (
+        rows = model_rows(
             con.sql(
                 f"SELECT * FROM {relation(spec.model)} WHERE CAST({key} AS VARCHAR) = ?",
                 params=[str(user)],
-            )
-            .to_arrow_table()
-            .to_pylist()
+            ).to_arrow_table()
         )
     finally:
         con.close()

@@ -106,9 +106,9 @@ def _from_ipc(buf: bytes):
 
 
 def _render(ipc: bytes) -> tuple[bytes, int, int]:
-    from segtool.execute.texts import render_rows, rendered_batch
+    from segtool.execute.texts import model_rows, render_rows, rendered_batch
 
-    rows = _from_ipc(ipc).to_pylist()
+    rows = model_rows(_from_ipc(ipc))
     out, n_trunc, n_empty = render_rows(_WORKER["proj"], _WORKER["spec"], rows, _WORKER["render"])
     return _to_ipc(rendered_batch(out).to_arrow()), n_trunc, n_empty
 
@@ -178,7 +178,7 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     import importlib
     import signal
 
-    from segtool.execute.texts import render_texts, text_rows
+    from segtool.execute.texts import model_rows, render_texts, text_rows
 
     n = table.num_rows
     read_fd, write_fd = os.pipe()  # child -> here: frontier reports, then the texts
@@ -223,7 +223,7 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
                 pass
 
         def render_rows(lo, hi):
-            return render_texts(proj, spec, table.slice(lo, hi - lo).to_pylist(), render)
+            return render_texts(proj, spec, model_rows(table.slice(lo, hi - lo)), render)
 
         texts, done = _render_up_to_the_child(reports, n, render_rows)
         os.close(stop_w)
@@ -247,7 +247,7 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
         lo, theirs = delivered
         texts += theirs[done - lo :]
     else:
-        texts += render_texts(proj, spec, table.slice(done).to_pylist(), render)
+        texts += render_texts(proj, spec, model_rows(table.slice(done)), render)
     return text_rows(*_keys_and_row_hashes(proj, table), texts)
 
 
@@ -293,7 +293,7 @@ def _render_from_the_end(proj, spec, table, render, out_fd: int, stop_fd: int) -
     then its texts (from its frontier to the end) in one message."""
     import select
 
-    from segtool.execute.texts import render_texts
+    from segtool.execute.texts import model_rows, render_texts
 
     chunks = []
     lo = table.num_rows
@@ -301,7 +301,7 @@ def _render_from_the_end(proj, spec, table, render, out_fd: int, stop_fd: int) -
         while lo > 0 and not select.select([stop_fd], [], [], 0)[0]:
             start = max(0, lo - SPLIT_CHUNK)
             chunks.append(
-                render_texts(proj, spec, table.slice(start, lo - start).to_pylist(), render)
+                render_texts(proj, spec, model_rows(table.slice(start, lo - start)), render)
             )
             lo = start
             out.write(_REPORT.pack(b"F", lo))
@@ -377,9 +377,9 @@ class _Reports:
 
 
 def _render_here(proj, spec, table, render) -> tuple[list[tuple], int, int]:
-    from segtool.execute.texts import render_rows
+    from segtool.execute.texts import model_rows, render_rows
 
-    return render_rows(proj, spec, table.to_pylist(), render)
+    return render_rows(proj, spec, model_rows(table), render)
 
 
 def _keys_and_row_hashes(proj, table) -> tuple[list, list]:
