@@ -26,9 +26,97 @@ def _field_changes(old: Any, new: Any) -> list[str]:
     return [] if old == new else ["definition"]
 
 
+def _show(v: Any) -> str:
+    return json.dumps(v, default=str, sort_keys=True) if not isinstance(v, str) else repr(v)
+
+
 def _short(v: Any, limit: int = 60) -> str:
-    text = json.dumps(v, default=str, sort_keys=True) if not isinstance(v, str) else repr(v)
+    text = _show(v)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _before_after(old: Any, new: Any, limit: int = 60) -> str:
+    """`old -> new`, each cut to `limit` characters around where they first
+    differ: cut at the same place, two long values that differ near their
+    end read the same on both sides."""
+    a, b = _show(old), _show(new)
+    if len(a) <= limit and len(b) <= limit:
+        return f"{a} -> {b}"
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    start = max(0, first - limit // 3)
+
+    def cut(text: str) -> str:
+        head = "..." if start else ""
+        body = text[start:]
+        return head + (body if len(body) <= limit else body[: limit - 3] + "...")
+
+    return f"{cut(a)} -> {cut(b)}"
+
+
+def _pairs(old: list, new: list, olds: range, news: range) -> list[tuple[int, int]]:
+    """Items of a changed stretch of a list that are one item edited: the
+    same `name`, `segment` or `label` (a rule, an input), else the same
+    position when both stretches are as long."""
+
+    def identity(x: Any) -> Any:
+        if isinstance(x, dict):
+            for key in ("name", "segment", "label"):
+                if isinstance(x.get(key), str):
+                    return (key, x[key])
+        return None
+
+    def once(items: list, where: range) -> dict:
+        ids = [identity(items[k]) for k in where]
+        return {x: k for x, k in zip(ids, where) if x is not None and ids.count(x) == 1}
+
+    in_old, in_new = once(old, olds), once(new, news)
+    pairs = [(i, in_new[x]) for x, i in in_old.items() if x in in_new]
+    if not pairs and len(olds) == len(news):
+        pairs = list(zip(olds, news))
+    return pairs
+
+
+def _value_changes(path: str, old: Any, new: Any) -> list[str]:
+    """Where two values differ, as `path: before -> after` lines: into
+    mappings by key and into lists item by item (`rules[3].when: ...`), so
+    that one edited rule among five reads as that rule, not as two lists."""
+    import difflib
+
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            if k not in old:
+                out.append(f"{path}.{k}: added {_short(new[k])}")
+            elif k not in new:
+                out.append(f"{path}.{k}: removed (was {_short(old[k])})")
+            else:
+                out += _value_changes(f"{path}.{k}", old[k], new[k])
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        out = []
+        match = difflib.SequenceMatcher(
+            a=[_show(x) for x in old], b=[_show(x) for x in new], autojunk=False
+        )
+        for op, i1, i2, j1, j2 in match.get_opcodes():
+            if op == "equal":
+                continue
+            pairs = _pairs(old, new, range(i1, i2), range(j1, j2))
+            paired_old = {i for i, _ in pairs}
+            paired_new = {j: i for i, j in pairs}
+            out += [
+                f"{path}[{i}]: removed {_short(old[i])}"
+                for i in range(i1, i2)
+                if i not in paired_old
+            ]
+            for j in range(j1, j2):
+                if j in paired_new:
+                    out += _value_changes(f"{path}[{j}]", old[paired_new[j]], new[j])
+                else:
+                    out.append(f"{path}[{j}]: added {_short(new[j])}")
+        return out
+    return [f"{path}: {_before_after(old, new)}"]
 
 
 def _line_delta(a: str, b: str) -> str:
@@ -61,12 +149,8 @@ def _field_details(old: Any, new: Any) -> list[str]:
                 out.append(f"template {t}: {_line_delta(o[t], n[t])}")
         elif k == "sql" and isinstance(o, str) and isinstance(n, str):
             out.append(f"SQL: {_line_delta(o, n)}")
-        elif isinstance(o, dict) and isinstance(n, dict):
-            for sk in sorted(set(o) | set(n)):
-                if o.get(sk) != n.get(sk):
-                    out.append(f"{k}.{sk}: {_short(o.get(sk))} -> {_short(n.get(sk))}")
         else:
-            out.append(f"{k}: {_short(o)} -> {_short(n)}")
+            out += _value_changes(k, o, n)
     return out
 
 

@@ -293,6 +293,37 @@ def test_labels_and_cluster_changes(twins):
     assert step(r, "segmentation.behaviour")["action"] == "refit"
 
 
+def test_an_edited_or_added_rule_reads_as_that_rule(twins):
+    """Rules were shown as two JSON lists cut at 60 characters, which read
+    the same on both sides when the edit was past the first rule."""
+    base, head = twins
+    head.edit("segments/segments.yml", "recency_days > 120", "recency_days > 90")
+    head.edit(
+        "segments/segments.yml",
+        '- {segment: big, when: "revenue > 300"}',
+        '- {segment: big, when: "revenue > 300"}\n      - {segment: huge, when: "revenue > 900"}',
+    )
+    r = diff_json(head, str(base.root), str(head.root))
+    assert change(r, "segmentation.lifecycle")["details"] == [
+        'rules[1]: added {"segment": "huge", "when": "revenue > 900"}',
+        "rules[2].when: 'recency_days > 120' -> 'recency_days > 90'",
+    ]
+    # a long value: both sides cut around where they differ, not at the start
+    long_rule = "revenue > 300 AND orders > 1 AND recency_days < 400 AND n_categories > "
+    head.edit("segments/segments.yml", '"revenue > 900"', f'"{long_rule}1"')
+    base.edit(
+        "segments/segments.yml",
+        '"revenue > 300"}',
+        f'"revenue > 300"}}\n      - {{segment: huge, when: "{long_rule}2"}}',
+    )
+    r = diff_json(head, str(base.root), str(head.root))
+    (line,) = [
+        d for d in change(r, "segmentation.lifecycle")["details"] if d.startswith("rules[1]")
+    ]
+    before, after = line.split(" -> ")
+    assert before.endswith("n_categories > 2'") and after.endswith("n_categories > 1'")
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 
