@@ -159,7 +159,28 @@ def load(project_dir, target, vars_, strict=True):
     from segtool.api import Project
     from segtool.project.loader import parse_vars
 
-    return Project.load(project_dir, target=target, vars=parse_vars(vars_), strict=strict)
+    cli_vars = parse_vars(vars_)
+    project = Project.load(project_dir, target=target, vars=cli_vars, strict=strict)
+    warn_unread_vars(project.loaded, cli_vars)
+    return project
+
+
+def warn_unread_vars(loaded, cli_vars: dict) -> None:
+    """A --vars key the project neither declares nor reads is most likely a
+    typo: `--vars '{as_off: ...}'` ran silently as of the declared as_of."""
+    import difflib
+
+    from segtool.compile.sql import unread_vars
+    from segtool.report.console import paint
+
+    for name in unread_vars(loaded, cli_vars):
+        near = difflib.get_close_matches(name, list(loaded.spec.vars), n=1, cutoff=0.5)
+        click.echo(
+            paint("warning: ", "yellow", sys.stderr)
+            + f"--vars sets '{name}', which the project neither declares under `vars:` nor reads with var()"
+            + (f" (did you mean '{near[0]}'?)" if near else ""),
+            err=True,
+        )
 
 
 def reporter(quiet: bool = False):

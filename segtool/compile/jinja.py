@@ -134,13 +134,14 @@ def _checked_format(value, *args, **kwargs):
     return jinja2.filters.do_format(value, *args, **kwargs)
 
 
-def make_env(loader: jinja2.BaseLoader | None = None) -> _Env:
+def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env = _Env(
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         loader=loader,
         extensions=["jinja2.ext.loopcontrols"],
+        finalize=finalize,
     )
     env.filters["round_to"] = lambda x, n=0: round(float(x), n)
     for name in ("center", "indent", "wordwrap", "truncate"):
@@ -154,6 +155,24 @@ def make_env(loader: jinja2.BaseLoader | None = None) -> _Env:
 @lru_cache(maxsize=1)
 def default_env() -> _Env:
     return make_env()
+
+
+def _no_null_in_sql(value: Any) -> Any:
+    if value is None:
+        raise ProjectError(
+            "an expression writes None into the SQL (a null value, e.g. a var set to null)",
+            hint="give it a value, or test for it: {% if var('x') is none %} ... {% endif %}",
+        )
+    return value
+
+
+@lru_cache(maxsize=1)
+def sql_env() -> _Env:
+    """Where SQL models and predicates render: as default_env, but a `{{ }}`
+    that gives None is an error. It wrote the word None into the SQL
+    (`--vars '{as_of: null}'` compiled to DATE 'None', which validate passed
+    and the run failed on, far from the cause)."""
+    return make_env(finalize=_no_null_in_sql)
 
 
 def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:

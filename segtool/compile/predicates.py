@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import duckdb
 
 from segtool.compile.guard import check_expression
-from segtool.compile.jinja import render_string
+from segtool.compile.jinja import render_string, sql_env
 from segtool.compile.sql import make_var, relation
 from segtool.errors import ProjectError
 
@@ -38,12 +38,20 @@ class SegmentationPredicates:
 
 
 def compile_predicate(proj, text: str, *, what: str, spec) -> Predicate:
-    rendered = render_string(
-        text,
-        {"var": make_var(proj, quote=True), "env_var": proj.env_var},
-        name=spec.file or "<segments>",
-        what="predicate",
-    )
+    try:
+        rendered = render_string(
+            text,
+            {"var": make_var(proj, quote=True), "env_var": proj.env_var},
+            name=spec.file or "<segments>",
+            what="predicate",
+            env=sql_env(),
+        )
+    except ProjectError as exc:
+        # the template's line 1 is the predicate's line in the YAML file
+        if spec.line is not None and exc.path == (spec.file or "<segments>"):
+            exc.line = spec.line + (exc.line or 1) - 1
+        exc.message = f"{what}: {exc.message}"
+        raise
     check_expression(rendered, what=what, path=spec.file, line=spec.line)
     return Predicate(text, rendered, what, spec.file, spec.line)
 
@@ -63,6 +71,7 @@ def predicate_vars(proj, seg) -> dict | None:
                 {"var": make_var(proj, used, quote=True), "env_var": proj.env_var},
                 name=seg.file or "<segments>",
                 what="predicate",
+                env=sql_env(),
             )
     except ProjectError:  # validate reports it; meanwhile every var counts
         return dict(proj.vars)

@@ -4,12 +4,13 @@ is_incremental/this, and record what each model depends on."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segtool.compile.guard import SelectShape, check_select
-from segtool.compile.jinja import render_string
+from segtool.compile.jinja import render_string, sql_env
 from segtool.errors import ProjectError, did_you_mean
 from segtool.project.loader import LoadedProject, ModelFile, SourceTable
 from segtool.project.specs import ModelConfig
@@ -65,6 +66,45 @@ def make_var(proj: LoadedProject, used: dict[str, Any] | None = None, *, quote: 
         return value
 
     return var
+
+
+# var('name') / var("name", ...): group 2; var(<an expression>): group 3
+_VAR_CALL = re.compile(r"""\bvar\(\s*(?:(['"])([^'"]*)\1\s*(?=[,)])|(.))""", re.S)
+
+
+def unread_vars(proj: LoadedProject, names) -> list[str]:
+    """Of `names` (the keys of --vars), those the project neither declares
+    under `vars:` nor reads with var('name') in a model, a template or a
+    YAML value (a predicate, a source's path): most likely a typo, and the
+    run would use the declared value unnoticed (dbt says nothing). Empty
+    when some var() takes its name from an expression: it could read any."""
+    names = [n for n in names if n not in proj.spec.vars]
+    if not names:
+        return []
+    texts = [m.sql for m in proj.models.values()] + [t.text for t in proj.templates.values()]
+    specs = [proj.spec, *(m.props for m in proj.models.values() if m.props is not None)]
+    specs += [s.source for s in proj.sources.values()]
+    for kind in (proj.features, proj.texts, proj.encoders, proj.segmentations):
+        specs += kind.values()
+    texts += [t for spec in specs for t in _strings(spec.model_dump()) if "var(" in t]
+    read: set[str] = set()
+    for text in texts:
+        for match in _VAR_CALL.finditer(text):
+            if match.group(3) is not None:
+                return []
+            read.add(match.group(2))
+    return [n for n in names if n not in read]
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
 
 
 def relation(name: str, schema: str = MODEL_SCHEMA) -> str:
@@ -356,5 +396,5 @@ def _render_model(proj, model, *, incremental, root, source_override=None, ref_o
         "this": relation(model.name),
         "target": {"name": proj.target_name, "database": proj.target.database},
     }
-    sql = render_string(model.sql, ctx, name=model.path, what="SQL model")
+    sql = render_string(model.sql, ctx, name=model.path, what="SQL model", env=sql_env())
     return sql, refs, sources, vars_used, config_kw, reads[0], sql_config

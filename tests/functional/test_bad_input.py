@@ -471,3 +471,68 @@ def test_a_dry_run_refuses_another_projects_database_as_the_run_does(built):
     message = "database target/segtool.duckdb belongs to project 'tiny', not 'tiny2'"
     _fails(built, "run", "--dry-run", contains=[message])
     _fails(built, "run", contains=[message])
+
+
+def test_a_var_set_to_null_is_refused_where_it_is_written(built):
+    """`--vars '{as_of: null}'` compiled to DATE 'None': validate passed and
+    the run failed at the model's query, far from the cause."""
+    line = next(
+        i
+        for i, text in enumerate(built.read("models/user_features.sql").splitlines(), 1)
+        if 'var("as_of")' in text
+    )
+    msg = "an expression writes None into the SQL"
+    _fails(
+        built,
+        "run",
+        "--vars",
+        "{as_of: null}",
+        contains=[f"models/user_features.sql:{line}: {msg}"],
+    )
+    _fails(built, "validate", "--vars", "{as_of: null}", contains=[msg])
+
+
+def test_a_predicate_error_names_its_rule_and_yaml_line(built):
+    """A var() error in a rule pointed at segments.yml line 1 (the predicate's
+    own first line), without the rule."""
+    built.edit("segments/segments.yml", '"revenue > 300"', "\"revenue > {{ var('big_at') }}\"")
+    line = next(
+        i
+        for i, text in enumerate(built.read("segments/segments.yml").splitlines(), 1)
+        if "big_at" in text
+    )
+    _fails(
+        built,
+        "run",
+        contains=[
+            f"segments/segments.yml:{line}: segmentation 'lifecycle' rule 'big'",
+            "var('big_at') is not defined",
+        ],
+    )
+    _fails(
+        built,
+        "run",
+        "--vars",
+        "{big_at: null}",
+        contains=[
+            f"segments/segments.yml:{line}: segmentation 'lifecycle' rule 'big'",
+            "writes None",
+        ],
+    )
+    # passed, read by the rule though not declared: no warning
+    r = built.cli("validate", "--vars", "{big_at: 300}")
+    assert "warning" not in r.stderr, r.stderr
+
+
+def test_a_var_the_project_neither_declares_nor_reads_is_warned_about(built):
+    """A typo in --vars ran silently with the declared value."""
+    r = built.cli("validate", "--vars", "{as_off: '2024-06-01', run_id: 7}")
+    assert (
+        "warning: --vars sets 'as_off', which the project neither declares under `vars:` nor reads with var() (did you mean 'as_of'?)"
+        in r.stderr
+    )
+    assert "--vars sets 'run_id'" in r.stderr
+    assert "as_of'" not in r.stderr.split("'run_id'")[1]  # no 'did you mean' for a name like none
+    # a var() whose name is an expression could read any name: nothing to say
+    built.edit("models/user_features.sql", 'var("as_of")', "var('as_' ~ 'of')")
+    assert "warning" not in built.cli("validate", "--vars", "{as_off: '2024-06-01'}").stderr
