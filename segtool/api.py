@@ -255,17 +255,20 @@ class Project:
         self,
         name: str,
         *,
-        fmt: str = "parquet",
+        fmt: str | None = None,
         output: str | Path | None = None,
         history: bool = False,
         force: bool = False,
     ) -> tuple[Path, int]:
-        """Write a segment table (or its history); returns (path, rows)."""
+        """Write a segment table (or its history) as Parquet or CSV: `fmt`,
+        else by `output`'s extension, else Parquet. Returns (path, rows)."""
         if output:
             out = Path(output)
+            fmt = output_format(out, fmt, "--format")
         else:
             from segtool.project.reach import check_inside
 
+            fmt = fmt or "parquet"
             target = self.target_dir
             file = f"{name}{'_history' if history else ''}.{fmt}"
             out = check_inside(target, target / "export" / file)
@@ -284,9 +287,10 @@ class Project:
         (CSV or Parquet by extension), changes no state. Returns (path, rows)."""
         from segtool.execute.assign import assign_file
 
+        fmt = output_format(Path(output), None, None)
         out = check_output(self, output, force=force)
         df = assign_file(self, name, Path(input_path))
-        if out.suffix == ".parquet":
+        if fmt == "parquet":
             df.write_parquet(out)
         else:
             df.write_csv(out)
@@ -422,6 +426,29 @@ def _is_report(path: Path) -> bool:
             return b'<meta name="generator" content="segtool docs">' in f.read(4096)
     except OSError:
         return False
+
+
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+def output_format(path: Path, fmt: str | None, option: str | None) -> str:
+    """The format to write `path` in: `fmt` when given (`option` names where
+    it came from), else by the file's extension. A .parquet file written as
+    CSV (or the reverse) read as garbage in the next tool, and any other
+    extension silently became CSV."""
+    by_name = _FORMATS.get(path.suffix.lower())
+    if fmt and by_name and fmt != by_name:
+        raise ProjectError(
+            f"{option} {fmt} does not match {path.name}, a {by_name} file name",
+            hint=f"name the file *.{fmt}, or drop {option}",
+        )
+    if fmt or by_name:
+        return fmt or by_name
+    choice = f" (or pass {option} csv|parquet)" if option else ""
+    raise ProjectError(
+        f"cannot tell the format of {path.name} from its name",
+        hint=f"name it *.csv or *.parquet{choice}",
+    )
 
 
 def check_output(project: Project, path: str | Path, *, force: bool) -> Path:

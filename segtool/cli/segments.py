@@ -111,7 +111,13 @@ def score(project_dir, target, vars_, debug, name, truth, label_column, fmt):
 @click.command()
 @project_options
 @click.argument("name")
-@format_option("parquet", "csv")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "csv"]),
+    default=None,
+    help="Default: by the extension of -o (.parquet, .pq, .csv), else parquet.",
+)
 @click.option(
     "--output",
     "-o",
@@ -148,7 +154,7 @@ def export(project_dir, target, vars_, debug, name, fmt, output, history, force)
     "-o",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="CSV or Parquet, by extension.",
+    help="CSV or Parquet, by extension (.csv, .parquet or .pq).",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @handle_errors

@@ -352,6 +352,31 @@ def test_python_api_and_export(project):
     assert (project.root / "b.csv").read_text().count("\n") == 61
 
 
+def test_export_and_assign_write_the_format_their_file_is_named(built):
+    """`export -o seg.csv` wrote Parquet into seg.csv (--format defaulted to
+    parquet), `--format csv -o seg.parquet` CSV into seg.parquet, and
+    `assign -o out.json` CSV: each read as garbage in the next tool."""
+    import polars as pl
+
+    r = built.root
+    built.cli("export", "behaviour", "-o", str(r / "seg.csv"))
+    assert pl.read_csv(r / "seg.csv").height == 60
+    built.cli("export", "behaviour", "-o", str(r / "seg.pq"))
+    assert pl.read_parquet(r / "seg.pq").height == 60
+    res = built.cli("export", "behaviour", "--format", "csv", "-o", str(r / "x.parquet"), expect=1)
+    assert "--format csv does not match x.parquet, a parquet file name" in res.stderr
+    res = built.cli("export", "behaviour", "-o", str(r / "x.json"), expect=1)
+    assert "cannot tell the format of x.json from its name" in res.stderr
+    built.cli("export", "behaviour", "--format", "csv", "-o", str(r / "seg.txt"))
+    assert pl.read_csv(r / "seg.txt").height == 60
+    # assign checks the name before it reads anything
+    res = built.cli(
+        "assign", "behaviour", "--input", str(r / "seg.csv"), "-o", str(r / "out.json"), expect=1
+    )
+    assert "cannot tell the format of out.json from its name" in res.stderr
+    assert not (r / "out.json").exists()
+
+
 def test_segmentation_tests(project):
     project.cli("run")
     r = project.cli("test", "-s", "kind:segmentation")
