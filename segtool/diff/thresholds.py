@@ -75,6 +75,11 @@ def check_thresholds(result: dict, thresholds: list[Threshold]) -> list[dict]:
     for t in thresholds:
         if result["kind"] == "data_diff":
             for s in result["segmentations"]:
+                if s.get("status") == "single_run":
+                    # nothing compared: every user counts as 'entered', which
+                    # failed `entered>0` on a segmentation's first run while
+                    # the note said there was nothing to compare yet
+                    continue
                 v = (
                     s.get(t.metric)
                     if t.metric in ("moved_share", "ari", "nmi")

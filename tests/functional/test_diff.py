@@ -548,6 +548,20 @@ def test_data_default_is_the_last_run_that_changed_each_segmentation(built):
     assert "violates --fail-on 'moved>0'" in res.stderr
 
 
+def test_fail_on_leaves_a_segmentation_with_nothing_to_compare_alone(built):
+    """After one run the diff says 'nothing to compare yet', yet counted every
+    user as entered: --fail-on 'entered>0' failed CI on the first run."""
+    from tests.fixtures import data_files
+
+    r = built.cli("diff", "--data", "-s", "lifecycle", "--fail-on", "entered>0")
+    assert "nothing to compare yet" in r.stdout
+    for rel, content in data_files(extra_users=10).items():
+        (built.root / rel).write_text(content)
+    built.cli("run")  # run 2: ten users enter
+    res = built.cli("diff", "--data", "-s", "lifecycle", "--fail-on", "entered>0", expect=1)
+    assert "entered = 10 in lifecycle violates --fail-on 'entered>0'" in res.stderr
+
+
 def test_encoder_device_edit_shows_and_reruns_nothing(twins):
     """`device:` decides where vectors are computed, not which: the cache
     fingerprint leaves it out, so a diff shows it and the plan runs nothing."""
