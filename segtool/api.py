@@ -264,7 +264,6 @@ class Project:
         else by `output`'s extension, else Parquet. Returns (path, rows)."""
         if output:
             out = Path(output)
-            fmt = output_format(out, fmt, "--format")
         else:
             from segtool.project.reach import check_inside
 
@@ -274,6 +273,7 @@ class Project:
             out = check_inside(target, target / "export" / file)
         # the default file under target/export is segtool's own: refreshed without --force
         check_output(self, out, force=force or output is None)
+        fmt = output_format(out, fmt, "--format")
         df = self.history(name) if history else self.segments(name)
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "parquet":
@@ -287,8 +287,8 @@ class Project:
         (CSV or Parquet by extension), changes no state. Returns (path, rows)."""
         from segtool.execute.assign import assign_file
 
-        fmt = output_format(Path(output), None, None)
         out = check_output(self, output, force=force)
+        fmt = output_format(out, None, None)
         df = assign_file(self, name, Path(input_path))
         if fmt == "parquet":
             df.write_parquet(out)
