@@ -106,8 +106,20 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 cols = empty_relation(con, stub, f"SELECT * FROM {source_sql(st, proj.root)}")
                 if list(cols) == ["column0"]:  # what DuckDB makes of a CSV with no header
                     _check_not_empty(st, proj.root)
+                elif len(cols) == 1:
+                    _check_one_column(st, proj.root, next(iter(cols)))
                 stubs[(s, t)] = stub
-            except (duckdb.Error, ProjectError) as exc:
+            except ProjectError as exc:  # what segtool found wrong with the data
+                broken.add(f"source.{s}.{t}")
+                out.errors.append(
+                    ProjectError(
+                        f"source '{s}.{t}' cannot be read: {exc.message}",
+                        path=st.table.file,
+                        line=st.table.line,
+                        hint=exc.hint or _source_hint(exc.message),
+                    )
+                )
+            except duckdb.Error as exc:
                 broken.add(f"source.{s}.{t}")
                 first = " ".join(
                     ln.strip() for ln in str(exc).strip().splitlines()[:4] if ln.strip()
@@ -168,6 +180,47 @@ def _check_not_empty(st, root) -> None:
         raise ProjectError(
             f"{which} is empty (0 bytes): without a header row its columns are unknown"
         )
+
+
+def _check_one_column(st, root, name: str) -> None:
+    """A CSV read as one column named like its whole header line
+    ('user_id,signup_at,country'): DuckDB found no delimiter because the rows
+    do not all have as many fields (one short row at the end did it). Every
+    model then failed to bind with 'column "signup_at" not found', blaming
+    the model. Names the first such row."""
+    import csv
+    from pathlib import Path
+
+    from segtool.compile.sql import infer_format, source_files
+
+    if (st.table.format or infer_format(st.table.path or "")) != "csv":
+        return
+    if any(k in st.table.options for k in ("delim", "sep", "delimiter")):
+        return  # a delimiter set on purpose: the one column is what was asked
+    delim = max(",;\t|", key=name.count)
+    if name.count(delim) == 0:
+        return
+    where = ""
+    for file in source_files(st, root) or []:
+        try:
+            with open(file, newline="", encoding="utf-8", errors="replace") as fh:
+                rows = csv.reader(fh, delimiter=delim)
+                width = len(next(rows, []))
+                for row in rows:
+                    if row and len(row) != width:
+                        where = f" ({Path(file).name} line {rows.line_num}: {len(row)} fields, the header has {width})"
+                        break
+        except OSError:
+            continue
+        if where:
+            break
+    raise ProjectError(
+        f"{st.table.path} was read as one column named {name[:60]!r}: its rows do not all "
+        f"have the same number of fields, so no delimiter was found{where}",
+        path=st.table.file,
+        line=st.table.line,
+        hint="fix the row, or set the reader's options on the source (e.g. `options: {delim: ',', null_padding: true}`)",
+    )
 
 
 def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:

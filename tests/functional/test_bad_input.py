@@ -319,6 +319,30 @@ def test_non_utf8_data(built):
     assert "utf" in r.stderr.lower() or "unicode" in r.stderr.lower()
 
 
+def test_a_short_row_in_a_csv_is_named(built):
+    """One row with a field too few made DuckDB read users.csv as one column
+    named like the header line; every model then failed with 'column
+    "signup_at" not found', blaming its SQL."""
+    text = built.read("data/users.csv")
+    n_lines = len(text.splitlines())
+    built.write("data/users.csv", text.rstrip("\n") + "\n999,2024-01-01\n")
+    message = (
+        "source 'shop.users' cannot be read: data/users.csv was read as one column named "
+        "'user_id,signup_at,country': its rows do not all have the same number of fields, "
+        f"so no delimiter was found (users.csv line {n_lines + 1}: 2 fields, the header has 3)"
+    )
+    r = _fails(built, "run", contains=[message, "null_padding"])
+    assert "Binder Error" not in r.stderr
+    _fails(built, "validate", contains=[message])
+    # the hint's options read the file, the short row padded with nulls
+    built.edit(
+        "models/sources.yml",
+        "path: data/users.csv",
+        "path: data/users.csv\n        options: {delim: ',', null_padding: true}",
+    )
+    built.cli("validate")
+
+
 def test_empty_data_file(built):
     """A 0-byte users.csv bound as a table with a `column0`, and the error was
     'column "user_id" not found ... Candidate bindings: "column0"'."""
