@@ -168,13 +168,18 @@ def load(project_dir, target, vars_, strict=True):
 def warn_unread_vars(loaded, cli_vars: dict) -> None:
     """A --vars key the project neither declares nor reads is most likely a
     typo: `--vars '{as_off: ...}'` ran silently as of the declared as_of."""
+    from segtool.compile.sql import unread_vars
+
+    warn_vars(unread_vars(loaded, cli_vars), loaded.spec.vars)
+
+
+def warn_vars(names, declared) -> None:
     import difflib
 
-    from segtool.compile.sql import unread_vars
     from segtool.report.console import paint
 
-    for name in unread_vars(loaded, cli_vars):
-        near = difflib.get_close_matches(name, list(loaded.spec.vars), n=1, cutoff=0.5)
+    for name in names:
+        near = difflib.get_close_matches(name, list(declared), n=1, cutoff=0.5)
         click.echo(
             paint("warning: ", "yellow", sys.stderr)
             + f"--vars sets '{name}', which the project neither declares under `vars:` nor reads with var()"

@@ -13,6 +13,7 @@ from segtool.cli.common import (
     handle_errors,
     load,
     project_options,
+    warn_vars,
 )
 
 
@@ -141,18 +142,31 @@ def diff(
         )
     else:
         from segtool.api import Project
+        from segtool.compile.sql import unread_vars
         from segtool.diff.project import project_diff
         from segtool.project.loader import parse_vars
+
+        cli_vars = parse_vars(vars_)
+        unread: list[set] = []  # per version: a typo is unread in both
+        declared: dict = {}
+
+        def load_version(*args, **kwargs):
+            version = Project.load(*args, **kwargs)
+            unread.append(set(unread_vars(version.loaded, cli_vars)))
+            declared.update(version.loaded.spec.vars)
+            return version
 
         result = project_diff(
             base or "HEAD",
             head,
             project_dir=project_dir,
             target=target,
-            vars=parse_vars(vars_),
+            vars=cli_vars,
             counts=not no_counts,
-            load=Project.load,
+            load=load_version,
         )
+        if unread:
+            warn_vars(sorted(set.intersection(*unread)), declared)
     checks = th.check_thresholds(result, thresholds)
     click.echo(format_diff(result, fmt))
     msg = th.violation_message(checks)

@@ -277,6 +277,17 @@ def test_removed_source_and_sql_change(twins):
     }
 
 
+def test_a_var_neither_version_reads_is_warned_about(twins):
+    base, head = twins
+    r = head.cli("diff", str(base.root), str(head.root), "--vars", "{as_off: '2024-06-01'}")
+    assert "--vars sets 'as_off', which the project neither declares" in r.stderr
+    assert "did you mean 'as_of'" in r.stderr
+    # read by HEAD only (a rule the change adds): no warning
+    head.edit("segments/segments.yml", '"revenue > 300"', "\"revenue > {{ var('big_at', 300) }}\"")
+    r = head.cli("diff", str(base.root), str(head.root), "--vars", "{big_at: 200}")
+    assert "warning" not in r.stderr, r.stderr
+
+
 def test_labels_and_cluster_changes(twins):
     base, head = twins
     head.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 4}")
