@@ -272,14 +272,14 @@ class Project:
             file = f"{name}{'_history' if history else ''}.{fmt}"
             out = check_inside(target, target / "export" / file)
         # the default file under target/export is segtool's own: refreshed without --force
-        check_output(self, out, force=force or output is None)
+        dest = check_output(self, out, force=force or output is None)
         fmt = output_format(out, fmt, "--format")
         df = self.history(name) if history else self.segments(name)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "parquet":
-            df.write_parquet(out)
+            df.write_parquet(dest)
         else:
-            df.write_csv(out)
+            df.write_csv(dest)
         return out, df.height
 
     def assign(self, name: str, input_path: str | Path, output: str | Path, *, force: bool = False):
@@ -287,14 +287,14 @@ class Project:
         (CSV or Parquet by extension), changes no state. Returns (path, rows)."""
         from segtool.execute.assign import assign_file
 
-        out = check_output(self, output, force=force)
-        fmt = output_format(out, None, None)
+        dest = check_output(self, output, force=force)
+        fmt = output_format(Path(output), None, None)
         df = assign_file(self, name, Path(input_path))
         if fmt == "parquet":
-            df.write_parquet(out)
+            df.write_parquet(dest)
         else:
-            df.write_csv(out)
-        return out, df.height
+            df.write_csv(dest)
+        return Path(output), df.height
 
     def report(self, output: str | Path | None = None, *, force: bool = False) -> Path:
         """The self-contained HTML report (segtool docs). An existing `output`
@@ -303,7 +303,7 @@ class Project:
         from segtool.report.html import build_report
 
         if output is not None:
-            check_output(self, output, force=force or _is_report(Path(output)))
+            output = check_output(self, output, force=force or _is_report(Path(output)))
         return build_report(self, Path(output) if output else None)
 
     def diff(
@@ -452,11 +452,22 @@ def output_format(path: Path, fmt: str | None, option: str | None) -> str:
 
 
 def check_output(project: Project, path: str | Path, *, force: bool) -> Path:
-    """Where `export` / `assign` may write: never over the project database
-    (or its WAL), and over an existing file only with --force."""
+    """Where `export` / `assign` / `docs` may write (the path to write to,
+    symlinks resolved): never over the project database or its WAL, under
+    any name (a symlink, a hard link: `ln target/segtool.duckdb x.parquet`
+    turned the database into Parquet), and over an existing file only with
+    --force."""
     out = Path(path).resolve()
     db = project.loaded.database_path.resolve()
-    if out in (db, Path(str(db) + ".wal")):
+
+    def is_database(p: Path) -> bool:
+        try:
+            return p.exists() and out.exists() and os.path.samefile(p, out)
+        except OSError:
+            return False
+
+    guarded = (db, Path(str(db) + ".wal"))
+    if out in guarded or any(is_database(p) for p in guarded):
         raise ProjectError(
             f"refusing to write over the project database {project.relpath(db)}",
             hint="write the output somewhere else",

@@ -484,6 +484,41 @@ def test_export_and_assign_never_overwrite_the_database(built):
     assert built.sql("select count(*) from segments.behaviour")[0][0] == 60
 
 
+def test_no_output_reaches_the_database_through_a_link(built, tmp_path):
+    """A hard link to the database passed as -o: export wrote Parquet over it,
+    docs HTML, assign CSV (`show` then said 'not a valid DuckDB database
+    file'). A symlink was refused already; one that leads nowhere crashed."""
+    import os
+
+    hard = tmp_path / "h.parquet"
+    os.link(built.db, hard)
+    before = built.db.read_bytes()
+    _refused(
+        built, "export", "behaviour", "-o", str(hard), "--force", contains=["project database"]
+    )
+    _refused(built, "docs", "-o", str(hard), "--force", contains=["project database"])
+    built.cli("export", "behaviour", "--format", "csv", "-o", str(tmp_path / "b.csv"))
+    os.link(built.db, tmp_path / "h.csv")
+    _refused(
+        built,
+        "assign",
+        "behaviour",
+        "--input",
+        str(tmp_path / "b.csv"),
+        "-o",
+        str(tmp_path / "h.csv"),
+        "--force",
+        contains=["project database"],
+    )
+    assert built.db.read_bytes() == before
+    # a symlink to nowhere: written where it leads, as cp would
+    (tmp_path / "d.parquet").symlink_to(tmp_path / "nothere.parquet")
+    built.cli("export", "behaviour", "-o", str(tmp_path / "d.parquet"), "--force")
+    import polars as pl
+
+    assert pl.read_parquet(tmp_path / "nothere.parquet").height == 60
+
+
 def test_init_force_does_not_replace_edited_files(tmp_path):
     from tests.conftest import ProjectDir
 
