@@ -88,8 +88,10 @@ def assign_file(project, name: str, path: Path):
     # fenced like a run; the input file is the one path the command adds
     setup_connection(mem, proj, threads=proj.target.threads, extra_paths=(Path(path).resolve(),))
     _read_input(mem, Path(path).resolve())
-    cols = {r[0] for r in mem.execute("DESCRIBE input").fetchall()}
+    cols = {r[0] for r in mem.execute("DESCRIBE input").fetchall()} - {"__ord"}
     if key not in cols:
+        if Path(path).stat().st_size == 0:
+            raise DataError(f"{path} is empty (0 bytes)", hint="give a header row at least")
         raise DataError(
             f"{path} has no key column '{key}'", hint=f"columns: {', '.join(sorted(cols))}"
         )
@@ -97,7 +99,7 @@ def assign_file(project, name: str, path: Path):
 
     db = project.connect(read_only=True)
     try:
-        _nested_columns(mem, db, proj, seg, Path(path))
+        _model_types(mem, db, proj, seg, Path(path))
         lacking = _lacking(db, proj, seg, cols, path)
         preds = segmentation_predicates(proj, seg)
         if preds.population is not None:
@@ -163,6 +165,11 @@ def assign_file(project, name: str, path: Path):
                 .then(pl.col("segment"))
                 .otherwise(pl.lit("outside population"))
                 .alias("segment"),
+                # not in any segment: no distance to one, no confidence in one
+                *(
+                    pl.when(pl.Series(inside)).then(pl.col(c)).otherwise(None).alias(c)
+                    for c in ("distance", "confidence")
+                ),
             )
         return out
     finally:
@@ -170,41 +177,57 @@ def assign_file(project, name: str, path: Path):
         mem.close()
 
 
-def _nested_columns(mem, db, proj, seg, path: Path) -> None:
-    """Give input columns the nested types (LIST, STRUCT, MAP) they have in the
-    models the segmentation reads. Parquet and JSON carry them; a CSV holds
-    them as text, which is parsed when it is DuckDB's own notation
-    (`[a, b]`, `{'k': 1}`) and refused otherwise, naming the column, instead
-    of failing later inside a template."""
+def _model_types(mem, db, proj, seg, path: Path) -> None:
+    """Give the input's columns the types they have in the models the
+    segmentation reads, as a run's rows have them: a value that does not
+    convert is the file's error, named with its column and a row. Without
+    this, a key past BIGINT came out as a float (two users as one key), a
+    number held as text failed inside a template (`type str doesn't define
+    __round__`, blaming the project) and a header-only CSV (every column
+    text) failed as 'not numeric'. Nested types (LIST, STRUCT, MAP): Parquet
+    and JSON carry them; a CSV holds them as text, parsed when it is
+    DuckDB's own notation (`[a, b]`, `{'k': 1}`)."""
+    import duckdb
+
     from segtool.execute.segment.drivers import feeding_models
 
     wanted: dict[str, str] = {}
     for m in sorted(feeding_models(proj, seg)):
         for col, typ in column_types(db, tables.MODELS, m).items():
-            if typ.endswith("]") or typ.startswith(("STRUCT", "MAP", "UNION")):
-                wanted.setdefault(col, typ)
+            wanted.setdefault(col, typ)
     have = dict(mem.execute("SELECT column_name, column_type FROM (DESCRIBE input)").fetchall())
+    k = quote_ident(proj.key)
     for col, typ in wanted.items():
         if col not in have or have[col] == typ:
             continue
         c = quote_ident(col)
-        if have[col] != "VARCHAR":
-            continue  # another nested type: binding or the template says what is wrong
-        import duckdb
-
         try:
             bad = mem.execute(
-                f"SELECT count(*) FROM input WHERE {c} IS NOT NULL AND TRY_CAST({c} AS {typ}) IS NULL"
-            ).fetchall()[0][0]
-        except duckdb.Error:
-            bad = -1
+                f"SELECT {k}, {c} FROM input WHERE {c} IS NOT NULL AND TRY_CAST({c} AS {typ}) IS NULL "
+                "ORDER BY __ord LIMIT 1"
+            ).fetchall()
+        except duckdb.Error:  # no cast between the two types at all
+            bad = [(None, None)]
         if bad:
+            nested = typ.endswith("]") or typ.startswith(("STRUCT", "MAP", "UNION"))
+            user, value = bad[0]
+            where = (
+                ""
+                if user is None
+                else f" (e.g. {value!r})"
+                if col == proj.key
+                else f" (e.g. {proj.key} {user!r}: {value!r})"
+            )
             raise DataError(
-                f"{path}: column '{col}' is {typ} in the project's models, but the file holds it "
-                f"as text that does not read as {typ}",
-                hint="a CSV cannot carry lists or structs: give the users as Parquet or JSON "
-                "(e.g. export them with DuckDB `COPY ... TO 'users.parquet'`), or write the "
-                "column in DuckDB's notation: [a, b]",
+                f"{path}: column '{col}' is {typ} in the project's models, but the file holds "
+                f"it as {have[col]}, which does not read as {typ}{where}",
+                hint=(
+                    "a CSV cannot carry lists or structs: give the users as Parquet or JSON "
+                    "(e.g. export them with DuckDB `COPY ... TO 'users.parquet'`), or write the "
+                    "column in DuckDB's notation: [a, b]"
+                    if nested and have[col] == "VARCHAR"
+                    else f"give '{col}' values of the model's type"
+                ),
             )
         mem.execute(f"ALTER TABLE input ALTER {c} TYPE {typ} USING CAST({c} AS {typ})")
 

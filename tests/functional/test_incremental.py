@@ -814,6 +814,63 @@ def test_assign_names_the_column_the_file_lacks(built, name, column, reader):
     assert "user_features" in r.stderr  # the hint names the model whose columns it needs
 
 
+def test_assign_reads_the_file_in_the_models_types(built):
+    """Keys past BIGINT came out as floats (two users as one key 1.2e19), a
+    number held as text failed inside the template as the project's error,
+    a header-only CSV failed as 'not numeric', a 0-byte file listed the
+    internal __ord column; users outside the population kept a distance and
+    a confidence."""
+    import duckdb
+    import polars as pl
+
+    built.edit(
+        "segments/segments.yml",
+        "  - name: behaviour\n",
+        "  - name: behaviour\n    population: orders > 2\n",
+    )
+    built.cli("run")
+    r = built.root
+    con = duckdb.connect(str(built.db), read_only=True)
+    rows = "SELECT * FROM user_features ORDER BY user_id"
+    con.execute(f"COPY ({rows} LIMIT 3) TO '{r / 'in.csv'}' (HEADER)")
+    con.execute(f"COPY ({rows} LIMIT 0) TO '{r / 'empty.csv'}' (HEADER)")
+    con.execute(f"COPY ({rows}) TO '{r / 'all.parquet'}'")
+    n_outside = con.execute("SELECT count(*) FROM user_features WHERE NOT orders > 2").fetchall()[
+        0
+    ][0]
+    con.close()
+    lines = (r / "in.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    big = [lines[0]] + [
+        f"1234567890123456789{i}" + ln[ln.index(",") :] for i, ln in enumerate(lines[1:])
+    ]
+    built.write("big.csv", "\n".join(big) + "\n")
+    cells = lines[2].split(",")
+    cells[head.index("revenue")] = "abc"
+    built.write("text.csv", "\n".join([lines[0], lines[1], ",".join(cells)]) + "\n")
+    built.write("zero.csv", "")
+    before = built.snapshot()
+    for file, message in {
+        "big.csv": "big.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as HUGEINT, which does not read as BIGINT (e.g. 12345678901234567890)",
+        "text.csv": "text.csv: column 'revenue' is DOUBLE in the project's models, but the file holds it as VARCHAR, which does not read as DOUBLE (e.g. user_id 2: 'abc')",
+        "zero.csv": "zero.csv is empty (0 bytes)",
+    }.items():
+        res = built.cli(
+            "assign", "behaviour", "--input", str(r / file), "-o", str(r / "o.csv"), expect=1
+        )
+        assert message in res.stderr and "__ord" not in res.stderr, res.stderr
+        assert not (r / "o.csv").exists()
+    assert built.snapshot() == before
+    built.cli("assign", "behaviour", "--input", str(r / "empty.csv"), "-o", str(r / "o.csv"))
+    assert pl.read_csv(r / "o.csv").height == 0
+    built.cli("assign", "behaviour", "--input", str(r / "all.parquet"), "-o", str(r / "all.csv"))
+    out = pl.read_csv(r / "all.csv")
+    outside = out.filter(pl.col("segment") == "outside population")
+    assert outside.height == n_outside > 0
+    assert outside["distance"].null_count() == outside["confidence"].null_count() == n_outside
+    assert out.filter(pl.col("segment") != "outside population")["confidence"].null_count() == 0
+
+
 def test_fewer_segments_than_k_are_said(project):
     """k at the population's size: k-means cannot split users with identical
     inputs (here ten new users without orders), and the missing segments went
