@@ -161,6 +161,8 @@ class Project:
             from segtool.execute.render import write_samples
 
             _, notes = write_samples(self, [n for n in nodes if n.kind == "text"], samples)
+        elif (self.target_dir / "samples").is_dir():  # none asked: old ones would read as current
+            shutil.rmtree(self.target_dir / "samples", ignore_errors=True)
         man = manifest(self.loaded, built.graph)
         write_json(self.target_dir / "manifest.json", man, self.loaded.secrets)
         man["_compiled_dir"] = str(compiled_dir)

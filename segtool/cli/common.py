@@ -59,7 +59,7 @@ def _silence_stdout() -> None:
 def examples_option(help: str):
     """`--examples N` (N >= 0: a negative LIMIT was an internal error)."""
     return click.option(
-        "--examples", default=3, show_default=True, type=click.IntRange(min=0), help=help
+        "--examples", default=3, show_default=True, type=click.IntRange(0, 1000), help=help
     )
 
 

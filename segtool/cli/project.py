@@ -81,7 +81,13 @@ def validate(project_dir, target, vars_, debug, fmt):
 @click.command(name="compile")
 @project_options
 @selection_options
-@click.option("--samples", default=3, show_default=True, help="Rendered sample texts per text.")
+@click.option(
+    "--samples",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 10_000),
+    help="Rendered sample texts per text (0: none, and the old ones are removed).",
+)
 @handle_errors
 def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samples):
     """Write compiled SQL, sample texts and target/manifest.json."""
@@ -90,7 +96,8 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
     n, total = man["_selected"], len(man["nodes"])
     which = f"{n:,} of {total:,} nodes" if n != total else counted(n, "node")
     click.echo(
-        f"compiled {which} -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/, samples/)"
+        f"compiled {which} -> {project.relpath(project.target_dir)}/ (manifest.json, compiled/"
+        + (", samples/)" if samples else ")")
     )
     for note in man["_notes"]:
         click.echo(f"note: {note}")
@@ -106,7 +113,7 @@ def compile_(project_dir, target, vars_, debug, select, exclude, state_dir, samp
 )
 @click.option("--refit", is_flag=True, help="Refit every selected segmentation on all users.")
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="DuckDB threads (default: the target's)."
+    "--threads", type=click.IntRange(1, 4096), help="DuckDB threads (default: the target's)."
 )
 @click.option("--device", help="Encoder device override: cpu, cuda, cuda:1, mps.")
 @click.option(
@@ -236,8 +243,11 @@ def clean(project_dir, target, vars_, debug, cache):
         for name, n, why in out["kept"]:
             click.echo(f"kept {n:,} vectors of encoder '{name}': it cannot be built now ({why})")
         return
-    project.clean_target()
-    click.echo("removed target/compiled, run, samples, report (the database is kept)")
+    removed = project.clean_target()
+    if removed:
+        click.echo(f"removed target/{', '.join(removed)} (the database is kept)")
+    else:
+        click.echo("nothing to remove: no target/compiled, run, samples or report")
 
 
 COMMANDS = (init, validate, compile_, run, test_, ls_, render, clean)

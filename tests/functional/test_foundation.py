@@ -38,6 +38,28 @@ def test_validate_never_imports_heavy_modules(project):
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 
+def test_compile_samples_0_and_clean_say_what_is_on_disk(built):
+    """`compile --samples 0` left the old samples beside a fresh manifest
+    and still listed samples/; `clean` named four folders it had not found;
+    out-of-range counts were internal errors (`--samples -1`: BinderException)."""
+    r = built.cli("compile")
+    assert (built.root / "target/samples/story.md").is_file() and "samples/" in r.stdout
+    r = built.cli("compile", "--samples", "0")
+    assert not (built.root / "target/samples").exists()
+    assert r.stdout.strip().endswith("(manifest.json, compiled/)")
+    assert "removed target/compiled, run (the database is kept)" in built.cli("clean").stdout
+    assert "nothing to remove" in built.cli("clean").stdout
+    assert built.db.exists()
+    for args in (
+        ("compile", "--samples", "-1"),
+        ("compile", "--samples", "99999999999999999999"),
+        ("show", "behaviour", "--examples", "99999999999999999999"),
+        ("run", "--threads", "99999999999999999999"),
+    ):
+        res = built.cli(*args, expect=2)
+        assert "is not in the range" in res.stderr and "internal error" not in res.stderr
+
+
 def test_compile_writes_sql_manifest_and_samples(project):
     r = project.cli("compile")
     # compile runs no model SQL: samples come from a built database only
