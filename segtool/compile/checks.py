@@ -159,6 +159,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
         _check_segments(proj, built, con, out)
         _check_column_tests(proj, out)
         _check_pii(proj, built, out)
+        _check_association_tests(proj, built, out)
     finally:
         con.close()
     return out
@@ -410,6 +411,65 @@ def pii_columns(proj: LoadedProject, built: BuiltGraph) -> dict[str, dict[str, s
                 found.setdefault(col, where)
         out[name] = found
     return out
+
+
+def _check_association_tests(proj: LoadedProject, built: BuiltGraph, out: BoundProject) -> None:
+    """max_association / min_association name columns drivers can measure:
+    a typo or a PII column passed validate and failed every `segtool test`
+    as if the data were wrong."""
+    tested = [
+        s for s in proj.segmentations.values() if s.tests.max_association or s.tests.min_association
+    ]
+    if not tested:
+        return
+    from segtool.execute.segment.drivers import column_kind, feeding_models
+
+    pii = pii_columns(proj, built)
+    for seg in tested:
+        models = feeding_models(proj, seg)
+        if any(m not in out.columns for m in models):
+            continue  # a model that did not bind is reported already
+        known: list[str] = []
+        why: dict[str, str] = {}  # a column of the models that drivers leave out, and why
+        for m in models:
+            hidden = set(pii.get(m, {})) - set(seg.allow_pii)
+            for col, typ in out.columns[m].items():
+                kind = column_kind(typ)
+                reason = (
+                    "the key"
+                    if col == proj.key
+                    else f"PII, pii: true at {pii[m][col]}"
+                    if col in hidden
+                    else f"type {typ}"
+                    if kind in (None, "list")
+                    else None
+                )
+                for name in (col, f"{m}.{col}"):
+                    if reason is None:
+                        known.append(name)
+                    else:
+                        why.setdefault(name, reason)
+        for test, bounds in (
+            ("max_association", seg.tests.max_association),
+            ("min_association", seg.tests.min_association),
+        ):
+            for col in bounds:
+                if col in known:
+                    continue
+                what = (
+                    f"a column drivers do not measure ({why[col]}): they measure numeric, date "
+                    "and categorical columns that are not PII"
+                    if col in why
+                    else f"which is not a column of {', '.join(models)}"
+                )
+                out.errors.append(
+                    ProjectError(
+                        f"segmentation '{seg.name}' tests: {test} names '{col}', {what}",
+                        path=seg.file,
+                        line=seg.line,
+                        hint=None if col in why else did_you_mean(col, dict.fromkeys(known)),
+                    )
+                )
 
 
 def _check_pii(proj: LoadedProject, built: BuiltGraph, out: BoundProject) -> None:

@@ -206,7 +206,6 @@ def test_score_against_a_truth_file_and_a_column(built):
         ("{max_association: {country: 0.3}}", True, "country: cramers_v 1.000 is above 0.3"),
         ("{min_association: {top_category: 0.5}}", False, ""),
         ("{min_association: {user_features.revenue: 0.99}}", True, "is below 0.99"),
-        ("{max_association: {countri: 0.3}}", True, "did you mean 'country'?"),
     ],
 )
 def test_association_tests(built, tests_yaml, expect_fail, message):
@@ -219,6 +218,52 @@ def test_association_tests(built, tests_yaml, expect_fail, message):
     r = built.cli("test", expect=1 if expect_fail else 0)
     assert message in r.stdout + r.stderr
     assert "association(behaviour, " in r.stdout
+
+
+@pytest.mark.parametrize(
+    "tests_yaml, message",
+    [
+        (
+            "{max_association: {countri: 0.3}}",
+            "names 'countri', which is not a column of user_features",
+        ),
+        (
+            "{max_association: {products: 0.3}}",
+            "names 'products', a column drivers do not measure (type VARCHAR[])",
+        ),
+        (
+            "{min_association: {user_features.user_id: 0.3}}",
+            "a column drivers do not measure (the key)",
+        ),
+        (
+            "{max_association: {country: 0.3}}",
+            "a column drivers do not measure (PII, pii: true at models/schema.yml:",
+        ),
+    ],
+)
+def test_association_tests_name_columns_drivers_measure(project, tests_yaml, message):
+    """A typo, a list, the key or a PII column passed validate and failed every
+    `segtool test` as if the data were wrong."""
+    project.edit(
+        "segments/segments.yml",
+        "tests: {min_share: 0.05, max_share: 0.9}",
+        f"tests: {tests_yaml}",
+    )
+    if "PII" in message:
+        project.edit(
+            "models/schema.yml",
+            "      - name: top_category\n",
+            "      - name: country\n        pii: true\n      - name: top_category\n",
+        )
+        project.edit("templates/story.j2", "A shopper from {{ country }} with", "A shopper with")
+    r = project.cli("validate", expect=1)
+    assert (
+        f"segments/segments.yml:{project.read('segments/segments.yml').splitlines().index('  - name: behaviour') + 1}: segmentation 'behaviour' tests: "
+        in r.stderr
+    ), r.stderr
+    assert message in r.stderr
+    if "countri" in message:
+        assert "did you mean 'country'?" in r.stderr
 
 
 def test_association_bounds_are_validated(project):
