@@ -23,6 +23,31 @@ def base_model(proj, seg) -> str:
     raise AssertionError("validated segmentations have inputs")
 
 
+def feeding_models(proj, seg) -> list[str]:
+    """The base model first, then every other model an input reads."""
+    out = [base_model(proj, seg)]
+    for inp in seg.inputs:
+        m = (
+            proj.features[inp.features].model
+            if inp.features
+            else proj.texts[inp.embedding.text].model
+        )
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def hidden_pii(proj, seg, pii: dict[str, set[str]]) -> list[str]:
+    """`model.column` of the PII columns of the models feeding SEG that it
+    does not allow (`allow_pii`): what its drivers, traits and labels leave
+    out. `pii`: model -> its PII columns (Project.pii_columns)."""
+    return sorted(
+        f"{m}.{c}"
+        for m in feeding_models(proj, seg)
+        for c in pii.get(m, set()) - set(seg.allow_pii)
+    )
+
+
 def population_sql(proj, seg, model_rel=tables.model) -> str:
     """The population's keys (and ordering column __ord), over `model_rel(name)`."""
     from segtool.compile.predicates import segmentation_predicates

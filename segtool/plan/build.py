@@ -442,13 +442,25 @@ class Planner:
         """A note while the catalog's labels come from other `labels`
         settings than the project's: they change only with a refit, and a
         plan said so once, at the run after the edit, and never again."""
+        from segtool.compile.segments import hidden_pii
+
+        notes = []
         at_fit = self.state.fit_labels(node.name)
-        if at_fit is None or at_fit == node.part_hashes().get("labels"):
+        if at_fit is not None and at_fit != node.part_hashes().get("labels"):
+            notes.append("labels changed since the last fit: they apply at the next refit")
+        # a column marked PII since the fit: the labels may name its values
+        left_out = self.state.fit_pii(node.name)
+        if left_out is not None:
+            now = hidden_pii(self.loaded, node.spec, self.project.pii_columns())
+            marked = [c for c in now if c not in left_out]
+            if marked:
+                notes.append(
+                    f"{', '.join(marked)} {'is' if len(marked) == 1 else 'are'} PII since the "
+                    "last fit: its labels may name their values until a refit"
+                )
+        if not notes:
             return ""
-        return (
-            "labels changed since the last fit: they apply at the next refit "
-            f"(segtool run --refit -s {node.name} relabels now)"
-        )
+        return "; ".join(notes) + f" (segtool run --refit -s {node.name} relabels now)"
 
     def _clustering_step(self, node) -> Step:
         from segtool.compile import segments as seg_inputs

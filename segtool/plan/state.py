@@ -40,6 +40,10 @@ class StoredState(Protocol):
         """The hash of the `labels` settings SEG's active fit labelled with
         (None: no fit, or one that did not record it)."""
 
+    def fit_pii(self, seg: str) -> list[str] | None:
+        """The PII columns (`model.column`) SEG's active fit left out of its
+        labels (None: no fit, or one that did not record them)."""
+
     def has_vectors(self, encoder_fp: str) -> bool: ...
 
 
@@ -78,6 +82,10 @@ class DbState:
 
     def fit_labels(self, seg):
         return self._active_fit(seg, "params->>'labels'")
+
+    def fit_pii(self, seg):
+        found = self._active_fit(seg, "params->'pii'")
+        return None if found is None else json.loads(found)
 
     def _active_fit(self, seg: str, column: str) -> str | None:
         if not table_exists(self.con, tables.STATE, "fitted"):
@@ -136,6 +144,9 @@ class BaseState:
 
     def fit_labels(self, seg):
         return None  # BASE, had it been run, labelled with its own settings
+
+    def fit_pii(self, seg):
+        return None
 
     def has_vectors(self, encoder_fp):
         return encoder_fp in self._fps

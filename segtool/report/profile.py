@@ -60,8 +60,18 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
         last_run = one(con.execute(f"SELECT max(run_id) FROM {tables.segments(name)}"))[0]
         found, drivers_run = drivers.load(con, name)
         traits = _traits(con, name)
+        # a column marked PII since the drivers were computed is left out now,
+        # not at the next refit (its values are in the stored traits)
+        hidden = {
+            (m, c) for m, cols in project.pii_columns().items() for c in cols - set(seg.allow_pii)
+        }
+        found = [d for d in found if (d["model"], d["column"]) not in hidden]
         for s in segments:
-            s["traits"] = traits.get(s["segment_id"], [])
+            s["traits"] = [
+                t
+                for t in traits.get(s["segment_id"], [])
+                if (t.get("model"), t.get("column")) not in hidden
+            ]
         return {
             "segmentation": name,
             "kind": "rules" if seg.is_rules else "clusters",

@@ -139,6 +139,33 @@ def test_show_vs_and_score_refuse_pii_columns(built):
     assert "is PII" in r.stderr and "allow_pii" in r.stderr
 
 
+def test_a_column_marked_pii_leaves_the_stored_drivers_and_traits_at_once(built):
+    """Drivers and traits are stored at the run that computed them: after
+    `pii: true` on country, show and the report still listed country (and
+    its values, in traits) until a refit."""
+
+    def shown(name):
+        prof = json.loads(built.cli("show", name, "--format", "json").stdout)
+        cols = {d["column"] for d in prof["drivers"]}
+        cols |= {t["column"] for s in prof["segments"] for t in s["traits"]}
+        return cols
+
+    assert "country" in shown("lifecycle")
+    built.edit(
+        "models/schema.yml",
+        "      - name: top_category\n",
+        "      - name: country\n        pii: true\n      - name: top_category\n",
+    )
+    assert "country" not in shown("lifecycle") and "top_category" in shown("lifecycle")
+    # allowed where the segmentation declares it
+    built.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        "  - name: lifecycle\n    allow_pii: [country]\n",
+    )
+    assert "country" in shown("lifecycle")
+
+
 def test_show_without_a_name_lists_segmentations(project):
     listing = json.loads(project.cli("show", "--format", "json").stdout)
     assert [r["segmentation"] for r in listing["segmentations"]] == ["behaviour", "lifecycle"]

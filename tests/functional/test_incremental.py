@@ -146,6 +146,40 @@ def test_edited_labels_are_pending_until_the_next_refit(project):
     assert reason() == "inputs unchanged for every user"
 
 
+def test_a_column_marked_pii_after_a_fit_is_pending_until_a_refit(project):
+    """Cluster labels are written at a fit from the traits, which leave PII
+    out; a column marked PII later could still be named, with its values,
+    in the labels (`country US · ...`) with no word from the plan."""
+    project.cli("run")
+    project.edit(
+        "models/schema.yml",
+        "      - name: top_category\n",
+        "      - name: country\n        pii: true\n      - name: top_category\n",
+    )
+    # the story tells the country: allowed on the text, not on the segmentation
+    project.edit(
+        "segments/segments.yml",
+        "    max_chars: 300\n",
+        "    max_chars: 300\n    allow_pii: [country]\n",
+    )
+
+    def reason() -> str:
+        plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
+        return next(
+            s["reason"] for s in plan["steps"] if s["unique_id"] == "segmentation.behaviour"
+        )
+
+    note = (
+        "user_features.country is PII since the last fit: its labels may name their values "
+        "until a refit (segtool run --refit -s behaviour relabels now)"
+    )
+    assert note in reason()
+    project.cli("run")
+    assert note in reason()  # said until the refit
+    project.cli("run", "--refit", "-s", "behaviour")
+    assert "PII" not in reason()
+
+
 def test_an_unselected_view_is_read_live_until_rebuilt_whatever_its_config_says(project):
     """stg_orders' config now says table, but the database still holds the
     view, which reads the orders live: a new order must reach a selected

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from segtool.compile.segments import base_model
+from segtool.compile.segments import feeding_models  # noqa: F401 - re-exported
 from segtool.compile.sql import quote_ident
 from segtool.ml.association import CRAMERS_V, RANK_ETA2, cramers_v, rank_eta_squared
 from segtool.state import tables
@@ -59,20 +59,6 @@ def column_kind(duck_type: str) -> str | None:
     if t.startswith("ENUM") or t in _CATEGORICAL:
         return "categorical"
     return None
-
-
-def feeding_models(proj, seg) -> list[str]:
-    """The base model first, then every other model an input reads."""
-    out = [base_model(proj, seg)]
-    for inp in seg.inputs:
-        m = (
-            proj.features[inp.features].model
-            if inp.features
-            else proj.texts[inp.embedding.text].model
-        )
-        if m not in out:
-            out.append(m)
-    return out
 
 
 @dataclass

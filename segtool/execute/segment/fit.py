@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from segtool.compile.segments import hidden_pii
 from segtool.compile.sql import quote_ident
 from segtool.execute.segment import drivers, store
 from segtool.execute.segment.inputs import load_inputs
@@ -181,6 +182,9 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
         # the labels settings the catalog was written with: until the next
         # fit, a plan says when they differ from the project's
         "labels": ctx.graph[f"segmentation.{name}"].part_hashes().get("labels"),
+        # the PII columns its traits and labels left out: one marked since
+        # may be named, with its values, in the labels until the next fit
+        "pii": hidden_pii(proj, seg, ctx.project.pii_columns()),
     }
     store.save_fit(con, name, fhash, ctx.run_id, transformers, model, params)
     store.write_catalog(con, name, catalog, ctx.run_id, ids)
