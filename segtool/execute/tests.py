@@ -113,7 +113,7 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                         # grouped queries carry n per value: count rows, not values
                         count = "coalesce(sum(n), 0)" if kind != "not_null" else "count(*)"
                         n = one(con.execute(f"SELECT {count} FROM ({sql})"))[0]
-                        ex = con.execute(f"SELECT * FROM ({sql}) LIMIT 5").fetchall() if n else []
+                        ex = _examples(con, sql, grouped=kind != "not_null") if n else []
                         status = "fail" if n else "pass"
                         msg = counted(n, "offending row") if n else ""
                     except duckdb.Error as exc:
@@ -137,6 +137,21 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
         con.close()
     _report(rep, results)
     return results
+
+
+def _examples(con, sql: str, *, grouped: bool) -> list[str]:
+    """Up to five offending rows, each with its column names: a grouped test's
+    `order_id 1553: 2 rows` read as `1553, 2` (two order ids?), a not_null
+    test's whole row as `user_id=7, signup_at=NULL, ...`."""
+    cur = con.execute(f"SELECT * FROM ({sql}) LIMIT 5")
+    names = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        if grouped:  # (value, n)
+            out.append(f"{names[0]} {_row_text(row[:1])}: {counted(int(row[1]), 'row')}")
+        else:
+            out.append(", ".join(f"{k}={_row_text((v,))}" for k, v in zip(names, row)))
+    return out
 
 
 def _row_text(row) -> str:
