@@ -1,6 +1,6 @@
 """`segtool score`: how a segmentation agrees with labels a team already has.
 
-The truth is a file (CSV, Parquet or JSON lines; the key column and one label
+The truth is a file (CSV, Parquet, JSON or JSON lines; the key column and one label
 column) or a column of the segmentation's base model. Only users present in
 both are scored; how many matched is part of the answer. Agreement does not
 depend on segment ids or label names: adjusted Rand index (0 = chance, 1 =
@@ -22,27 +22,32 @@ from segtool.execute.segment.store import require_results
 from segtool.report.console import format_table, markdown_table
 from segtool.report.profile import base_column
 from segtool.state import tables
+from segtool.state.db import column_type
 
 
 def _read_truth_file(path: Path, key: str, label_column: str | None):
+    import duckdb
     import polars as pl
 
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes)", hint="the truth file needs a header row")
     suffix = path.suffix.lower()
+    # read as `segtool assign` reads its input: DuckDB's readers (a JSON
+    # array and JSON lines alike; CSV or TSV sniffed)
+    reader = (
+        "read_parquet"
+        if suffix == ".parquet"
+        else "read_json"
+        if suffix in (".json", ".jsonl", ".ndjson")
+        else "read_csv"
+    )
+    con = duckdb.connect(":memory:")
     try:
-        if suffix == ".parquet":
-            df = pl.read_parquet(path)
-        elif suffix in (".json", ".jsonl", ".ndjson"):
-            df = pl.read_ndjson(path)
-        else:  # CSV or TSV, sniffed by DuckDB as `segtool assign` reads it
-            import duckdb
-
-            con = duckdb.connect(":memory:")
-            try:
-                df = con.sql("SELECT * FROM read_csv(?)", params=[str(path)]).pl()
-            finally:
-                con.close()
+        df = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)]).pl()
     except Exception as exc:  # noqa: BLE001 - any reader error, said plainly
         raise DataError(f"cannot read {path}: {exc}".splitlines()[0]) from None
+    finally:
+        con.close()
     if key not in df.columns:
         raise DataError(
             f"{path} has no key column '{key}' (columns: {', '.join(df.columns)})",
@@ -88,6 +93,11 @@ def score_segmentation(
             con.register("__segtool_truth", df.to_arrow())
             truth_rel, source = "__segtool_truth", f"{path} ({source_col})"
         else:
+            if label_column is not None:
+                raise DataError(
+                    f"--label-column is for a truth file; --truth {truth} is a column",
+                    hint=f"drop --label-column, or give a file ({truth} is not one)",
+                )
             model = base_model(proj, seg)
             column = truth.split(".", 1)[1] if truth.startswith(model + ".") else truth
             base_column(
@@ -95,12 +105,13 @@ def score_segmentation(
             )
             truth_rel = f"(SELECT {k}, CAST({quote_ident(column)} AS VARCHAR) AS truth FROM {tables.model(model)})"
             source = f"{model}.{column}"
-        # keys compared as text: a file's keys may not fit the table's type
-        # ('é' against BIGINT was an internal ConversionException); those
-        # users are left out, as any other user the file does not match
+        # a file's keys in the table's key type: 1.0 is user 1; a key that
+        # does not convert ('é' against BIGINT was an internal
+        # ConversionException) is left out, as any user the file does not match
+        key_type = column_type(con, tables.RESULTS, name, key) or "VARCHAR"
         rows = con.execute(
             f"""SELECT s.segment_id, s.segment, t.truth FROM {tables.segments(name)} s
-            JOIN {truth_rel} t ON CAST(t.{k} AS VARCHAR) = CAST(s.{k} AS VARCHAR)
+            JOIN {truth_rel} t ON TRY_CAST(t.{k} AS {key_type}) = s.{k}
             WHERE t.truth IS NOT NULL"""
         ).fetchall()
         total = con.execute(f"SELECT count(*) FROM {tables.segments(name)}").fetchall()[0][0]

@@ -166,6 +166,25 @@ def test_a_column_marked_pii_leaves_the_stored_drivers_and_traits_at_once(built)
     assert "country" in shown("lifecycle")
 
 
+def test_score_reads_truth_as_assign_reads_input(built):
+    """Float keys (1.0) matched no user ('the truth must use the key'), a JSON
+    array was refused (`assign` reads one), a 0-byte file said 'no key column
+    (columns: column0)', and --label-column beside a model column was ignored."""
+    built.write("f.csv", "user_id,group\n" + "".join(f"{u}.0,g{u % 2}\n" for u in range(1, 31)))
+    sc = json.loads(built.cli("score", "behaviour", "--truth", "f.csv", "--format", "json").stdout)
+    assert sc["matched"] == 30
+    built.write("a.json", json.dumps([{"user_id": u, "g": f"g{u % 2}"} for u in range(1, 11)]))
+    sc = json.loads(built.cli("score", "behaviour", "--truth", "a.json", "--format", "json").stdout)
+    assert sc["matched"] == 10
+    built.write("z.csv", "")
+    assert (
+        "z.csv is empty (0 bytes)"
+        in built.cli("score", "behaviour", "--truth", "z.csv", expect=1).stderr
+    )
+    r = built.cli("score", "behaviour", "--truth", "country", "--label-column", "x", expect=1)
+    assert "--label-column is for a truth file; --truth country is a column" in r.stderr
+
+
 def test_show_without_a_name_lists_segmentations(project):
     listing = json.loads(project.cli("show", "--format", "json").stdout)
     assert [r["segmentation"] for r in listing["segmentations"]] == ["behaviour", "lifecycle"]
