@@ -294,7 +294,11 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
             "segmentation": name,
             "model": model,
             "column": column,
-            "kind": "numeric (quantile bins)" if binned else kind,
+            # drivers count dates as numeric (ranks); a person reads a date
+            "kind": (
+                ("date" if types[column].upper().startswith(("DATE", "TIMESTAMP")) else kind)
+                + (" (quantile bins)" if binned else "")
+            ),
             "values": values,
             "association": association,
             "rows": [
