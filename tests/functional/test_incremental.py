@@ -519,7 +519,7 @@ def test_docs_report_is_self_contained(project):
 def test_show_and_diff_refuse_a_negative_number_of_examples(built):
     for args in (["show", "behaviour"], ["diff", "--data"]):
         r = built.cli(*args, "--examples", "-1", expect=2)
-        assert "internal error" not in r.output and "-1 is not in the range x>=0" in r.stderr
+        assert "internal error" not in r.output and "-1 is not in the range 0<=x<=1000" in r.stderr
 
 
 def test_drift_policy_refits_when_the_population_moves(project):
