@@ -91,6 +91,9 @@ def _datetimes(col, unit: str, kind: str) -> list | None:
         validity, data = arr.buffers()[:2]
         if n == 0:
             continue
+        if data is None:  # no values at all (an all-null array may carry none)
+            out += [None] * n
+            continue
         width = np.int32 if unit == "D" else np.int64
         ints = np.frombuffer(data, dtype=width, count=off + n)[off:].astype(np.int64)
         nulls = []
