@@ -905,6 +905,70 @@ def test_assign_reads_the_file_in_the_models_types(built):
     assert out.filter(pl.col("segment") != "outside population")["confidence"].null_count() == 0
 
 
+def test_a_clustering_made_rules_and_back_is_fitted_again(project):
+    """value_tiers made rules for a run, then clusters again: the plan said
+    'inputs unchanged for every user: skip' (the old fit was still active and
+    its stored inputs still matched) and the rule assignment stayed in the
+    table as if it were the clusters; the rule ids were never retired."""
+    project.cli("run")
+
+    def table():
+        return project.sql(
+            "select segment_id, count(*) from segments.behaviour group by 1 order by 2, 1"
+        )
+
+    def catalog():
+        return project.sql(
+            "select segment_id, label, died_run from _segtool.segment_catalog "
+            "where segmentation = 'behaviour' order by 1"
+        )
+
+    first = [n for _, n in table()]
+    orig = project.read("segments/segments.yml")
+    start = orig.index("  - name: behaviour")
+    end = orig.index("  - name: lifecycle")
+    project.write(
+        "segments/segments.yml",
+        orig[:start]
+        + "  - name: behaviour\n    model: user_features\n"
+        + '    rules: [{segment: big, when: "revenue > 300"}]\n    default: small\n'
+        + orig[end:],
+    )
+    project.cli("run", "-s", "behaviour")
+    rule_ids = {i for i, label, _ in catalog() if label in ("big", "small")}
+    project.write("segments/segments.yml", orig)
+    plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
+    step = next(s for s in plan["steps"] if s["unique_id"] == "segmentation.behaviour")
+    assert step["action"] in ("create", "refit"), step
+    project.cli("run")
+    assert [n for _, n in table()] == first  # the same clusters as the first fit
+    ids = {i for i, _ in table()}
+    assert not ids & rule_ids  # new ids: a rule segment's id is not a cluster's
+    died = {i: d for i, _, d in catalog()}
+    assert all(died[i] is not None for i in rule_ids) and all(died[i] is None for i in ids)
+
+
+def test_a_rule_removed_is_retired_and_named_again_lives_again(project):
+    project.cli("run")
+    rule = '      - {segment: lapsed, when: "recency_days > 120"}\n'
+    orig = project.read("segments/segments.yml")
+    project.write("segments/segments.yml", orig.replace(rule, ""))
+    project.cli("run")
+
+    def lapsed():
+        return project.sql(
+            "select segment_id, size, died_run from _segtool.segment_catalog "
+            "where segmentation = 'lifecycle' and label = 'lapsed'"
+        )[0]
+
+    sid, size, died = lapsed()
+    assert size == 0 and died == 2
+    project.write("segments/segments.yml", orig)
+    project.cli("run")
+    n = project.sql("select count(*) from segments.lifecycle where segment = 'lapsed'")[0][0]
+    assert lapsed() == (sid, n, None) and n > 0
+
+
 def test_fewer_segments_than_k_are_said(project):
     """k at the population's size: k-means cannot split users with identical
     inputs (here ten new users without orders), and the missing segments went

@@ -105,8 +105,14 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
             transformers.append(None)
             blocks.append(b)
     names = [inp.features or f"{inp.embedding.text}/{inp.embedding.encoder}" for inp in seg.inputs]
-    # stable ids: start from the previous assignment, then match by member overlap
-    prev = store.previous_ids(con, proj, name, loaded.keys)
+    # stable ids: start from the previous assignment, then match by member
+    # overlap; not from an assignment no fit made (the segmentation was rules
+    # until now: its segments are no clusters to start from or to inherit ids)
+    prev = (
+        store.previous_ids(con, proj, name, loaded.keys)
+        if store.active_fit(con, name) is not None
+        else np.full(len(loaded.keys), -2, dtype=np.int64)
+    )
     model = SegmentModel(
         [i.weight for i in seg.inputs], seg.reduce, seg.cluster, input_names=names
     ).fit(blocks, loaded.keys, init_labels=prev if (prev >= 0).any() else None)

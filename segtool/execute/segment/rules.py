@@ -56,6 +56,7 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
         )
     else:
         con.execute(f"CREATE OR REPLACE TABLE {tables.segments(name)} AS {rows} ORDER BY 1")
+    _retire(ctx, name, [known[s] for s in dict.fromkeys(order)])
     # what goes with each rule segment (the predicates' columns, and others):
     # when the rules are new or changed, like a fit; an assignment of the
     # week's new users keeps them (as a clustering's assignments do)
@@ -73,3 +74,31 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
             [json.dumps(profile.traits.get(sid, []), default=str), name, sid],
         )
     return f"SELECT {k} FROM {touched}"
+
+
+def _retire(ctx, name: str, live: list[int]) -> None:
+    """The catalog and state as the rules leave them: a segment no rule names
+    any more is retired (died_run), one named again lives again (its id is
+    its name's), sizes are the table's. A clustering the segmentation was
+    before is no longer what the table holds: its fitted model is set
+    inactive and its stored inputs dropped, so switching back refits (the
+    plan said 'inputs unchanged: skip' over the rule assignment)."""
+    from segtool.execute.segment.store import refresh_sizes
+
+    con = ctx.con
+    con.execute(
+        f"UPDATE {tables.CATALOG} SET died_run = NULL WHERE segmentation = ? "
+        "AND died_run IS NOT NULL AND list_contains(?, segment_id)",
+        [name, live],
+    )
+    con.execute(
+        f"UPDATE {tables.CATALOG} SET died_run = ?, size = 0 WHERE segmentation = ? "
+        "AND died_run IS NULL AND NOT list_contains(?, segment_id)",
+        [ctx.run_id, name, live],
+    )
+    refresh_sizes(con, name)
+    if table_exists(con, tables.STATE, "fitted"):
+        con.execute(
+            f"UPDATE {tables.FITTED} SET active = false WHERE segmentation = ? AND active", [name]
+        )
+    con.execute(f"DROP TABLE IF EXISTS {tables.inputs(name)}")
