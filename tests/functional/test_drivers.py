@@ -185,6 +185,27 @@ def test_score_reads_truth_as_assign_reads_input(built):
     assert "--label-column is for a truth file; --truth country is a column" in r.stderr
 
 
+def test_a_trait_is_said_of_a_segment_s_members_not_of_those_with_a_value(project):
+    """A segment where 1 of 10 members had a value was labelled with it, '100%
+    vs 5%': the shares counted only members with a value (NULLs left out)."""
+    project.edit(
+        "models/user_features.sql",
+        "count(o.order_id) as orders,",
+        "count(o.order_id) as orders,\n"
+        "    any_value(CASE WHEN u.user_id = 5 THEN 7 WHEN u.user_id > 40 THEN u.user_id END) as odd,",
+    )
+    project.write(
+        "segments/segments.yml",
+        project.read("segments/segments.yml")
+        + "  - name: firsts\n    model: user_features\n"
+        + '    rules: [{segment: first_ten, when: "user_id <= 10"}]\n    default: rest\n',
+    )
+    project.cli("run")
+    prof = json.loads(project.cli("show", "firsts", "--format", "json").stdout)
+    first = next(s for s in prof["segments"] if s["segment"] == "first_ten")
+    assert not [t for t in first["traits"] if t["column"] == "odd"], first["traits"]
+
+
 def test_show_without_a_name_lists_segmentations(project):
     listing = json.loads(project.cli("show", "--format", "json").stdout)
     assert [r["segmentation"] for r in listing["segmentations"]] == ["behaviour", "lifecycle"]
