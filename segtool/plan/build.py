@@ -37,6 +37,7 @@ from segtool.project.loader import dumps
 from segtool.state import tables
 from segtool.state.result import one
 from segtool.state.tables import work_table
+from segtool.words import counted
 
 
 class Relations(Protocol):
@@ -177,6 +178,7 @@ class Planner:
                     # the same SQL compiled with other source paths: the
                     # view reads the files of the folder it was made in
                     stale[uid] = "still reads its sources at the project's old folder"
+        self._check_built()
         for uid, why in stale.items():
             readers = sorted(self.graph.descendants(uid) & (self.selected or set()))
             if readers:
@@ -189,6 +191,46 @@ class Planner:
                     f"read{'s' if len(readers) == 1 else ''} what it holds "
                     f"(`-s {name}+` rebuilds it and what reads it)"
                 )
+
+    def _check_built(self) -> None:
+        """A selection that reads a node never built (a fresh project, `run -s
+        lifecycle`): the run failed with 'Catalog Error: Table with name
+        user_features does not exist!', the dry run with an internal error."""
+        if self.selected is None or not self.data_aware:
+            return
+        missing: dict[str, list[str]] = {}
+        for uid in self.graph.order():
+            n = self.graph[uid]
+            if (
+                uid in self.selected
+                or n.kind not in ("model", "text", "embedding")
+                or self.state.node(uid) is not None
+            ):
+                continue
+            readers = sorted(self.graph.descendants(uid) & self.selected)
+            if readers:
+                missing[uid] = readers
+        if not missing:
+            return
+        # name the one nearest the selection (the last in dependency order),
+        # and suggest the top of the selection with what it reads
+        nearest, readers = list(missing.items())[-1]
+        others = len(missing) - 1
+        top = next(
+            (r for r in readers if not (self.graph.ancestors(r) & self.selected)), readers[0]
+        )
+        raise ProjectError(
+            f"{nearest} is not built yet"
+            + (
+                f" (nor {'is' if others == 1 else 'are'} {counted(others, 'more node')} the selection needs)"
+                if others
+                else ""
+            )
+            + f", and {', '.join(readers[:3])}{' ...' if len(readers) > 3 else ''} "
+            + f"read{'s' if len(readers) == 1 else ''} it",
+            hint=f"a `+` before a name selects what it reads too (segtool run -s +{self.graph[top].name}), "
+            "or run the whole project once",
+        )
 
     def _unselected_view(self, n) -> bool:
         """A model this run does not select that the database holds as a

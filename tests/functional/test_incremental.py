@@ -52,6 +52,21 @@ def test_changed_and_new_users_only(project):
     assert all(after[u] == before[u] for u in before if u not in (5, 9))
 
 
+def test_a_selection_over_nodes_never_built_says_so(project):
+    """`run -s lifecycle` on a fresh project: 'database error: Catalog Error:
+    Table with name user_features does not exist!'; its dry run an
+    internal CatalogException."""
+    for args in (("run", "-s", "lifecycle"), ("run", "--dry-run", "-s", "lifecycle")):
+        r = project.cli(*args, expect=1)
+        assert (
+            "model.user_features is not built yet (nor is 1 more node the selection needs), "
+            "and segmentation.lifecycle reads it" in r.stderr
+        ), r.stderr
+        assert "segtool run -s +lifecycle" in r.stderr and "internal error" not in r.stderr
+    project.cli("run", "-s", "+lifecycle")
+    assert project.sql("select count(*) from segments.lifecycle")[0][0] == 60
+
+
 def test_a_selection_over_a_stale_table_does_not_hide_it_from_the_next_run(project):
     """`-s lifecycle story` (or `--exclude user_features`) after new users came:
     the selected nodes read the stale user_features, and used to remember the
