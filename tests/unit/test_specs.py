@@ -511,3 +511,18 @@ def test_top_level_list_is_an_error(tiny):
     (e,) = load_project(tiny, strict=False).errors
     assert (e.path, e.line) == ("segments/list.yml", 1)
     assert "expected a mapping" in e.message
+
+
+@pytest.mark.parametrize("k_range", [(8, 3), (1, 3), (0, 0)])
+def test_k_range_is_low_to_high_from_two(k_range):
+    """[8, 3] validated and the run then said it needed more users than the
+    smallest k tried; [1, 3] quietly began at 2."""
+    from pydantic import ValidationError
+
+    from segtool.project.specs import ClusterSpec
+
+    with pytest.raises(
+        ValidationError, match=r"k_range must be \[low, high\] with 2 <= low <= high"
+    ):
+        ClusterSpec(k="auto", k_range=k_range)
+    assert ClusterSpec(k="auto", k_range=(3, 3)).k_range == (3, 3)
