@@ -447,6 +447,16 @@ class SegmentationSpec(Spec):
                 )
             if self.cluster is None:
                 self.cluster = ClusterSpec()
+            seen: set[str] = set()
+            for inp in self.inputs:
+                what = (
+                    f"features '{inp.features}'"
+                    if inp.features
+                    else f"embedding {{text: {inp.embedding.text}, encoder: {inp.embedding.encoder}}}"
+                )
+                if what in seen:  # it doubled its weight and showed twice in `show`
+                    raise ValueError(f"{what} is listed twice in `inputs`: give it one weight")
+                seen.add(what)
         return self
 
 

@@ -526,3 +526,18 @@ def test_k_range_is_low_to_high_from_two(k_range):
     ):
         ClusterSpec(k="auto", k_range=k_range)
     assert ClusterSpec(k="auto", k_range=(3, 3)).k_range == (3, 3)
+
+
+def test_an_input_listed_twice_is_refused():
+    """It validated, refitted and showed twice in `show` (`rfm 25% -> 25%`)."""
+    from pydantic import ValidationError
+
+    from segtool.project.specs import SegmentationSpec
+
+    twice = [{"features": "rfm", "weight": 1.0}, {"features": "rfm", "weight": 0.5}]
+    with pytest.raises(ValidationError, match="features 'rfm' is listed twice in `inputs`"):
+        SegmentationSpec(name="s", inputs=twice)
+    emb = {"embedding": {"text": "story", "encoder": "hash"}}
+    with pytest.raises(ValidationError, match="listed twice"):
+        SegmentationSpec(name="s", inputs=[emb, emb])
+    SegmentationSpec(name="s", inputs=[twice[0], emb])
