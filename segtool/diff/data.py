@@ -128,10 +128,12 @@ def _changed_runs(db: _Db, name: str) -> list[int]:
 
 def _assignment_sql(db: _Db, name: str, key: str, run: int | None) -> str:
     k = quote_ident(key)
+    # __from: when the row's label was written (a refit may relabel an id;
+    # a segment is shown with its latest label, not any spell's)
     if run is None:
-        return f"SELECT {k} AS k, segment_id, segment FROM {db.seg(name)}"
+        return f"SELECT {k} AS k, segment_id, segment, run_id AS __from FROM {db.seg(name)}"
     return (
-        f"SELECT {k} AS k, segment_id, segment FROM {db.hist(name)} "
+        f"SELECT {k} AS k, segment_id, segment, valid_from_run AS __from FROM {db.hist(name)} "
         f"WHERE {open_at(int(run))} "
         f"QUALIFY row_number() OVER (PARTITION BY {k} ORDER BY valid_from_run DESC) = 1"
     )
@@ -144,7 +146,7 @@ def _ids_by_label(before_sql: str, after_sql: str) -> str:
     (87.5% 'moved', ARI 1.0). A rule only before gets an id of its own."""
     return (
         f"SELECT a.k, coalesce(m.segment_id, 1000000 + dense_rank() OVER (ORDER BY a.segment)) "
-        f"AS segment_id, a.segment FROM ({before_sql}) a "
+        f"AS segment_id, a.segment, a.__from FROM ({before_sql}) a "
         f"LEFT JOIN (SELECT DISTINCT segment, segment_id FROM ({after_sql})) m USING (segment)"
     )
 
@@ -219,13 +221,15 @@ def _compare_one(
     sizes_b = {
         int(r[0]): (r[1], int(r[2]))
         for r in _q(
-            con, f"SELECT segment_id, any_value(segment), count(*) FROM ({before_sql}) GROUP BY 1"
+            con,
+            f"SELECT segment_id, arg_max(segment, __from), count(*) FROM ({before_sql}) GROUP BY 1",
         )
     }
     sizes_a = {
         int(r[0]): (r[1], int(r[2]))
         for r in _q(
-            con, f"SELECT segment_id, any_value(segment), count(*) FROM ({after_sql}) GROUP BY 1"
+            con,
+            f"SELECT segment_id, arg_max(segment, __from), count(*) FROM ({after_sql}) GROUP BY 1",
         )
     }
     sizes = []
@@ -284,7 +288,8 @@ def _compare_one(
 
 def _sizes_only(con, name: str, sql: str, side: str) -> list[dict]:
     rows = _q(
-        con, f"SELECT segment_id, any_value(segment), count(*) FROM ({sql}) GROUP BY 1 ORDER BY 1"
+        con,
+        f"SELECT segment_id, arg_max(segment, __from), count(*) FROM ({sql}) GROUP BY 1 ORDER BY 1",
     )
     return [
         {

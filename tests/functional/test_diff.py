@@ -573,6 +573,33 @@ def test_fail_on_leaves_a_segmentation_with_nothing_to_compare_alone(built):
     assert "entered = 10 in lifecycle violates --fail-on 'entered>0'" in res.stderr
 
 
+def test_data_diff_names_a_segment_by_its_latest_label(built):
+    """History spells keep the label of the run that opened them; after a
+    refit relabelled an id, diff --data showed any spell's label (an old one
+    beside the current `show`)."""
+    import duckdb
+
+    from tests.fixtures import data_files
+
+    for rel, content in data_files(changed=(3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36)).items():
+        (built.root / rel).write_text(content)
+    built.cli("run")  # run 2: lifecycle users move
+    con = duckdb.connect(str(built.db))
+    sid, label = con.execute(
+        "SELECT segment_id, segment FROM segments.lifecycle_history WHERE valid_from_run = 2 LIMIT 1"
+    ).fetchall()[0]
+    # the spells opened before carry another label for the same id
+    con.execute(
+        "UPDATE segments.lifecycle_history SET segment = 'old label' "
+        "WHERE segment_id = ? AND valid_from_run = 1",
+        [sid],
+    )
+    con.close()
+    r = json.loads(built.cli("diff", "--data", "-s", "lifecycle", "--format", "json").stdout)
+    sizes = {x["segment_id"]: x["label"] for x in r["segmentations"][0]["sizes"]}
+    assert sizes[sid] == label
+
+
 def test_encoder_device_edit_shows_and_reruns_nothing(twins):
     """`device:` decides where vectors are computed, not which: the cache
     fingerprint leaves it out, so a diff shows it and the plan runs nothing."""
