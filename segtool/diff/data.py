@@ -131,7 +131,8 @@ def _assignment_sql(db: _Db, name: str, key: str, run: int | None) -> str:
     # __from: when the row's label was written (a refit may relabel an id;
     # a segment is shown with its latest label, not any spell's)
     if run is None:
-        return f"SELECT {k} AS k, segment_id, segment, run_id AS __from FROM {db.seg(name)}"
+        # the table holds each id's current label on every row
+        return f"SELECT {k} AS k, segment_id, segment, 0 AS __from FROM {db.seg(name)}"
     return (
         f"SELECT {k} AS k, segment_id, segment, valid_from_run AS __from FROM {db.hist(name)} "
         f"WHERE {open_at(int(run))} "

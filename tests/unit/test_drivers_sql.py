@@ -26,7 +26,9 @@ def test_numeric_measure_matches_the_raw_values_with_ties_and_nulls():
     ]
     con = duckdb.connect()
     table(con, labels, values, "INTEGER")
-    value, n, _ = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "c0", "numeric"))
+    value, n, _ = drivers._numeric(
+        con, "t", '"c0"', drivers.Column("m", "c0", "numeric"), *drivers._segment_sizes(con, "t")
+    )
     raw = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     assert n == int((~np.isnan(raw)).sum())
     assert value == pytest.approx(rank_eta_squared_of(raw, np.array(labels)), abs=1e-9)
@@ -122,13 +124,25 @@ def test_a_date_column_sits_recent_or_early():
     start = date(2023, 1, 1)
     days = [start + timedelta(days=(i if lab else 400 + i)) for i, lab in enumerate(labels)]
     table(con, labels, days, "DATE")
-    _, _, traits = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "signup_at", "numeric"))
+    _, _, traits = drivers._numeric(
+        con,
+        "t",
+        '"c0"',
+        drivers.Column("m", "signup_at", "numeric"),
+        *drivers._segment_sizes(con, "t"),
+    )
     assert traits[0][0]["kind"] == "high" and traits[0][0]["text"] == "recent signup at"
     assert traits[1][0]["kind"] == "low" and traits[1][0]["text"] == "early signup at"
     # a time of day sits late or early
     hours = [time(9 + 8 * lab, i % 60) for i, lab in enumerate(labels)]
     table(con, labels, hours, "TIME")
-    _, _, traits = drivers._numeric(con, "t", '"c0"', drivers.Column("m", "checkout", "numeric"))
+    _, _, traits = drivers._numeric(
+        con,
+        "t",
+        '"c0"',
+        drivers.Column("m", "checkout", "numeric"),
+        *drivers._segment_sizes(con, "t"),
+    )
     assert traits[1][0]["text"] == "late checkout" and traits[0][0]["text"] == "early checkout"
 
 
@@ -155,8 +169,8 @@ def test_numeric_traits_fold_by_the_value_duckdb_stores():
     ]
     traits: dict[int, list[dict]] = {}
     _, _, t0 = drivers._categorical(con, "s", '"c0"', cols[0], 300)
-    _, _, t1 = drivers._numeric(con, "s", '"c1"', cols[1])
-    _, _, t2 = drivers._numeric(con, "s", '"c2"', cols[2])
+    _, _, t1 = drivers._numeric(con, "s", '"c1"', cols[1], *drivers._segment_sizes(con, "s"))
+    _, _, t2 = drivers._numeric(con, "s", '"c2"', cols[2], *drivers._segment_sizes(con, "s"))
     for found in (t0, t1, t2):
         for sid, items in found.items():
             traits.setdefault(sid, []).extend(items)
