@@ -198,18 +198,34 @@ class Planner:
         user_features does not exist!', the dry run with an internal error."""
         if self.selected is None or not self.data_aware:
             return
-        missing: dict[str, list[str]] = {}
-        for uid in self.graph.order():
-            n = self.graph[uid]
-            if (
-                uid in self.selected
-                or n.kind not in ("model", "text", "embedding")
-                or self.state.node(uid) is not None
-            ):
+        # walk up from the selection through what is read live: an unselected
+        # node the database holds as a table stops the walk (the selection
+        # reads what it holds), a view or a declaration (features, a source)
+        # does not; a node never built is missing, and so is what it reads
+        readers_of: dict[str, set[str]] = {}
+        stack = [(p, r) for r in self.selected for p in self.graph[r].depends_on]
+        while stack:
+            uid, reader = stack.pop()
+            if uid in self.selected or reader in readers_of.get(uid, set()):
                 continue
-            readers = sorted(self.graph.descendants(uid) & self.selected)
-            if readers:
-                missing[uid] = readers
+            readers_of.setdefault(uid, set()).add(reader)
+            n = self.graph[uid]
+            stored = self.state.node(uid) if n.kind in ("model", "text", "embedding") else None
+            built = n.kind not in ("model", "text", "embedding") or stored is not None
+            live = (
+                not built
+                or n.kind not in ("model", "text", "embedding")
+                or self._unselected_view(n)
+            )
+            if live:
+                stack += [(p, reader) for p in n.depends_on]
+        missing = {
+            uid: sorted(readers_of[uid])
+            for uid in self.graph.order()
+            if uid in readers_of
+            and self.graph[uid].kind in ("model", "text", "embedding")
+            and self.state.node(uid) is None
+        }
         if not missing:
             return
         # name the one nearest the selection (the last in dependency order),

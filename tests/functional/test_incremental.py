@@ -65,6 +65,13 @@ def test_a_selection_over_nodes_never_built_says_so(project):
         assert "segtool run -s +lifecycle" in r.stderr and "internal error" not in r.stderr
     project.cli("run", "-s", "+lifecycle")
     assert project.sql("select count(*) from segments.lifecycle")[0][0] == 60
+    # a new model behind a built table: the selection reads what the table
+    # holds (out of date, and said so), it does not need the new model
+    project.write("models/orders_kept.sql", "select * from {{ ref('stg_orders') }}\n")
+    project.edit("models/user_features.sql", "{{ ref('stg_orders') }}", "{{ ref('orders_kept') }}")
+    r = project.cli("run", "-s", "lifecycle")
+    assert "model.user_features is not selected and out of date" in r.output
+    assert "not built yet" not in r.output
 
 
 def test_a_selection_over_a_stale_table_does_not_hide_it_from_the_next_run(project):

@@ -42,7 +42,11 @@ def test_categorical_measure_matches_the_raw_values_and_skips_near_unique_column
     con = duckdb.connect()
     table(con, labels, values, "VARCHAR")
     value, n, _ = drivers._categorical(
-        con, "t", '"c0"', drivers.Column("m", "c0", "categorical"), 600
+        con,
+        "t",
+        '"c0"',
+        drivers.Column("m", "c0", "categorical"),
+        *drivers._segment_sizes(con, "t"),
     )
     assert n == sum(v is not None for v in values)
     assert value == pytest.approx(cramers_v_of(values, np.array(labels)), abs=1e-9)
@@ -50,7 +54,11 @@ def test_categorical_measure_matches_the_raw_values_and_skips_near_unique_column
     many = [None if v is None else f"v{i % 80}" for i, v in enumerate(values)]
     table(con, labels, many, "VARCHAR")
     value, _, _ = drivers._categorical(
-        con, "t", '"c0"', drivers.Column("m", "c0", "categorical"), 600
+        con,
+        "t",
+        '"c0"',
+        drivers.Column("m", "c0", "categorical"),
+        *drivers._segment_sizes(con, "t"),
     )
     counts = {}
     for v in many:
@@ -61,7 +69,13 @@ def test_categorical_measure_matches_the_raw_values_and_skips_near_unique_column
     assert value == pytest.approx(cramers_v_of(pooled, np.array(labels)), abs=1e-9)
     # an id-like column (nearly one value per row) says nothing: skipped
     table(con, labels, [f"id{i}" for i in range(600)], "VARCHAR")
-    got = drivers._categorical(con, "t", '"c0"', drivers.Column("m", "c0", "categorical"), 600)
+    got = drivers._categorical(
+        con,
+        "t",
+        '"c0"',
+        drivers.Column("m", "c0", "categorical"),
+        *drivers._segment_sizes(con, "t"),
+    )
     assert got == (None, 0, {})
 
 
@@ -168,7 +182,7 @@ def test_numeric_traits_fold_by_the_value_duckdb_stores():
         drivers.Column("m", "spent", "numeric"),
     ]
     traits: dict[int, list[dict]] = {}
-    _, _, t0 = drivers._categorical(con, "s", '"c0"', cols[0], 300)
+    _, _, t0 = drivers._categorical(con, "s", '"c0"', cols[0], *drivers._segment_sizes(con, "s"))
     _, _, t1 = drivers._numeric(con, "s", '"c1"', cols[1], *drivers._segment_sizes(con, "s"))
     _, _, t2 = drivers._numeric(con, "s", '"c2"', cols[2], *drivers._segment_sizes(con, "s"))
     for found in (t0, t1, t2):
@@ -179,3 +193,20 @@ def test_numeric_traits_fold_by_the_value_duckdb_stores():
     kept = out[0]
     assert [t["column"] for t in kept] == ["plan"], kept
     assert [t["column"] for t in kept[0]["same_users"]] == ["signed", "spent"]
+
+
+def test_a_categorical_trait_counts_every_member():
+    """51 members, one of them FR, the rest NULL: 'country FR (100% vs 2%)'."""
+    con = duckdb.connect()
+    labels = [0] * 51 + [1] * 49
+    values = ["FR"] + [None] * 50 + ["DE"] * 30 + ["IT"] * 19
+    table(con, labels, values, "VARCHAR")
+    _, _, traits = drivers._categorical(
+        con,
+        "t",
+        '"c0"',
+        drivers.Column("m", "country", "categorical"),
+        *drivers._segment_sizes(con, "t"),
+    )
+    assert 0 not in traits
+    assert traits[1][0]["value"] == "DE"

@@ -135,7 +135,7 @@ def compute(
                 value, n, traits = _numeric(con, sample, col, c, sizes, n_rows)
                 measure = RANK_ETA2
             elif c.kind == "categorical":
-                value, n, traits = _categorical(con, sample, col, c, n_rows)
+                value, n, traits = _categorical(con, sample, col, c, sizes, n_rows)
                 measure = CRAMERS_V
             else:  # lists: traits only (a user has several values)
                 value, n, traits = None, 0, _contains(con, sample, col, c, sizes, n_rows)
@@ -373,9 +373,9 @@ def _plain(x):
     return x
 
 
-def _categorical(con, sample: str, col: str, c: Column, n_rows: int):
+def _categorical(con, sample: str, col: str, c: Column, members: dict[int, int], n_members: int):
     ((distinct,),) = con.execute(f"SELECT count(DISTINCT {col}) FROM {sample}").fetchall()
-    if distinct < 2 or distinct > max(TOP_VALUES, UNIQUE_SHARE * n_rows):
+    if distinct < 2 or distinct > max(TOP_VALUES, UNIQUE_SHARE * n_members):
         return None, 0, {}
     rows = con.execute(
         f"""WITH v AS (SELECT CAST({col} AS VARCHAR) AS v, count(*) AS n FROM {sample}
@@ -392,8 +392,8 @@ def _categorical(con, sample: str, col: str, c: Column, n_rows: int):
     table = np.zeros((len(segs), len(vals)))
     for s, v, n in rows:
         table[segs[s], vals[v]] = n
-    totals = {s: int(table[i].sum()) for s, i in segs.items()}
-    traits = _pick_values(rows, totals, int(table.sum()), c)
+    # Cramér's V over the members with a value; traits' shares over every member
+    traits = _pick_values(rows, members, n_members, c)
     return cramers_v(table), int(table.sum()), traits
 
 
