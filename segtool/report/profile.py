@@ -62,16 +62,12 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
         traits = _traits(con, name)
         # a column marked PII since the drivers were computed is left out now,
         # not at the next refit (its values are in the stored traits)
-        hidden = {
-            (m, c) for m, cols in project.pii_columns().items() for c in cols - set(seg.allow_pii)
-        }
-        found = [d for d in found if (d["model"], d["column"]) not in hidden]
+        from segtool.compile.segments import hidden_pii
+
+        hidden = set(hidden_pii(proj, seg, project.pii_columns()))
+        found = [d for d in found if f"{d['model']}.{d['column']}" not in hidden]
         for s in segments:
-            s["traits"] = [
-                t
-                for t in traits.get(s["segment_id"], [])
-                if (t.get("model"), t.get("column")) not in hidden
-            ]
+            s["traits"] = _without(traits.get(s["segment_id"], []), hidden)
         return {
             "segmentation": name,
             "kind": "rules" if seg.is_rules else "clusters",
@@ -86,6 +82,26 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
     finally:
         if own:
             con.close()
+
+
+def _without(traits: list[dict], hidden: set[str]) -> list[dict]:
+    """`traits` without those of the `model.column`s in `hidden`, also where
+    one was folded under another (`same_users`): a hidden head gives its
+    place to the first of its folded traits that is not hidden."""
+    out = []
+    for t in traits:
+        same = [
+            o
+            for o in t.get("same_users", [])
+            if f"{o.get('model')}.{o.get('column')}" not in hidden
+        ]
+        if f"{t.get('model')}.{t.get('column')}" in hidden:
+            if not same:
+                continue
+            t, same = same[0], same[1:]
+        t = {k: v for k, v in t.items() if k != "same_users"}
+        out.append({**t, "same_users": same} if same else t)
+    return out
 
 
 def _traits(con, name: str) -> dict[int, list[dict]]:

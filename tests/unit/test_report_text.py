@@ -66,3 +66,23 @@ def test_counts_say_their_noun_and_verb_in_number():
     assert counted(0, "file") == "0 files" and counted(2, "match", "matches") == "2 matches"
     assert counted(1, "user", verb=("has", "have")) == "1 user has"
     assert counted(3, "file", verb=("differs", "differ")) == "3 files differ"
+
+
+def test_a_hidden_column_leaves_folded_traits_too():
+    """A column marked PII since the fit was filtered as a trait's own column
+    only: folded under another (`same users: country FR`) it still showed,
+    and a hidden head took its folded non-PII traits away with it."""
+    from segtool.report.profile import _without
+
+    traits = [
+        {"model": "m", "column": "country", "same_users": [
+            {"model": "m", "column": "orders"}, {"model": "m", "column": "city"}]},
+        {"model": "m", "column": "revenue", "same_users": [{"model": "m", "column": "country"}]},
+        {"model": "m", "column": "plan"},
+    ]  # fmt: skip
+    assert _without(traits, {"m.country"}) == [
+        {"model": "m", "column": "orders", "same_users": [{"model": "m", "column": "city"}]},
+        {"model": "m", "column": "revenue"},
+        {"model": "m", "column": "plan"},
+    ]
+    assert _without(traits, set()) == traits
