@@ -107,6 +107,19 @@ def _strings(value: Any):
             yield from _strings(v)
 
 
+_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")  # fmt: skip
+
+
+def lossless_cast_sql(expr: str, typ: str) -> str:
+    """`expr` as `typ`, NULL where it does not convert or would change: DuckDB
+    rounds 1.4 and '1.4' to the integer 1 (two users as one key, a number
+    silently rounded), so an integer must equal the number it came from."""
+    cast = f"TRY_CAST({expr} AS {typ})"
+    if typ.upper() in _INTEGERS:
+        return f"(CASE WHEN {cast} = TRY_CAST({expr} AS DOUBLE) THEN {cast} END)"
+    return cast
+
+
 def relation(name: str, schema: str = MODEL_SCHEMA) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 

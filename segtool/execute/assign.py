@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.compile.predicates import bind_predicate, segmentation_predicates
-from segtool.compile.sql import quote_ident, sql_literal
+from segtool.compile.sql import lossless_cast_sql, quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError
 from segtool.state import tables, vectors
 from segtool.state.db import column_types
@@ -95,11 +95,10 @@ def assign_file(project, name: str, path: Path):
         raise DataError(
             f"{path} has no key column '{key}'", hint=f"columns: {', '.join(sorted(cols))}"
         )
-    _check_keys(mem, key, path)
-
     db = project.connect(read_only=True)
     try:
         _model_types(mem, db, proj, seg, Path(path))
+        _check_keys(mem, key, path)  # in the key's type: '1' and '1.0' are one user
         lacking = _lacking(db, proj, seg, cols, path)
         preds = segmentation_predicates(proj, seg)
         if preds.population is not None:
@@ -203,7 +202,7 @@ def _model_types(mem, db, proj, seg, path: Path) -> None:
         c = quote_ident(col)
         try:
             bad = mem.execute(
-                f"SELECT {k}, {c} FROM input WHERE {c} IS NOT NULL AND TRY_CAST({c} AS {typ}) IS NULL "
+                f"SELECT {k}, {c} FROM input WHERE {c} IS NOT NULL AND {lossless_cast_sql(c, typ)} IS NULL "
                 "ORDER BY __ord LIMIT 1"
             ).fetchall()
         except duckdb.Error:  # no cast between the two types at all

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.compile.sql import quote_ident
+from segtool.compile.sql import lossless_cast_sql, quote_ident
 from segtool.errors import DataError, did_you_mean
 from segtool.execute.segment.store import require_results
 from segtool.report.console import format_table, markdown_table
@@ -111,7 +111,7 @@ def score_segmentation(
         key_type = column_type(con, tables.RESULTS, name, key) or "VARCHAR"
         rows = con.execute(
             f"""SELECT s.segment_id, s.segment, t.truth FROM {tables.segments(name)} s
-            JOIN {truth_rel} t ON TRY_CAST(t.{k} AS {key_type}) = s.{k}
+            JOIN {truth_rel} t ON {lossless_cast_sql(f"t.{k}", key_type)} = s.{k}
             WHERE t.truth IS NOT NULL"""
         ).fetchall()
         total = con.execute(f"SELECT count(*) FROM {tables.segments(name)}").fetchall()[0][0]

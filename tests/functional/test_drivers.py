@@ -173,6 +173,10 @@ def test_score_reads_truth_as_assign_reads_input(built):
     built.write("f.csv", "user_id,group\n" + "".join(f"{u}.0,g{u % 2}\n" for u in range(1, 31)))
     sc = json.loads(built.cli("score", "behaviour", "--truth", "f.csv", "--format", "json").stdout)
     assert sc["matched"] == 30
+    # 1.5 is no user (DuckDB's cast rounds it to user 2): left out
+    built.write("h.csv", "user_id,group\n" + "".join(f"{u}.5,g{u % 2}\n" for u in range(1, 31)))
+    r = built.cli("score", "behaviour", "--truth", "h.csv", expect=1)
+    assert "no user of 'behaviour' has a label" in r.stderr
     built.write("a.json", json.dumps([{"user_id": u, "g": f"g{u % 2}"} for u in range(1, 11)]))
     sc = json.loads(built.cli("score", "behaviour", "--truth", "a.json", "--format", "json").stdout)
     assert sc["matched"] == 10

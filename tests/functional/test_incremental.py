@@ -905,11 +905,15 @@ def test_assign_reads_the_file_in_the_models_types(built):
     cells[head.index("revenue")] = "abc"
     built.write("text.csv", "\n".join([lines[0], lines[1], ",".join(cells)]) + "\n")
     built.write("zero.csv", "")
+    # 1.2 and 1.4 are no BIGINT keys (DuckDB rounds both to user 1)
+    frac = [lines[0]] + [f"1.{2 + 2 * i}" + ln[ln.index(",") :] for i, ln in enumerate(lines[1:])]
+    built.write("frac.csv", "\n".join(frac) + "\n")
     before = built.snapshot()
     for file, message in {
         "big.csv": "big.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as HUGEINT, which does not read as BIGINT (e.g. 12345678901234567890)",
         "text.csv": "text.csv: column 'revenue' is DOUBLE in the project's models, but the file holds it as VARCHAR, which does not read as DOUBLE (e.g. user_id 2: 'abc')",
         "zero.csv": "zero.csv is empty (0 bytes)",
+        "frac.csv": "frac.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as DOUBLE, which does not read as BIGINT (e.g. 1.2)",
     }.items():
         res = built.cli(
             "assign", "behaviour", "--input", str(r / file), "-o", str(r / "o.csv"), expect=1
