@@ -309,22 +309,23 @@ def _assign_rules(project, seg, mem, db, inside):
     ).pl()
     ids = dict(
         db.execute(
-            f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ?",
+            # the live rule segments (a retired cluster may carry the same label)
+            f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ? AND died_run IS NULL",
             [seg.name],
         ).fetchall()
     )
     df = df.with_columns(
         pl.col("segment")
         .replace_strict(ids, default=None, return_dtype=pl.Int64)
-        .alias("segment_id")
+        .alias("segment_id"),
+        pl.lit(None, dtype=pl.Float64).alias("distance"),
+        pl.lit(1.0).alias("confidence"),
     )
-    if inside is not None:
+    if inside is not None:  # outside: no segment, so no id and no confidence in one
+        keep = pl.Series(inside)
         df = df.with_columns(
-            pl.when(pl.Series(inside))
-            .then(pl.col("segment"))
-            .otherwise(pl.lit("outside population"))
-            .alias("segment")
+            pl.when(keep).then(pl.col("segment")).otherwise(pl.lit("outside population")),
+            pl.when(keep).then(pl.col("segment_id")).otherwise(None),
+            pl.when(keep).then(pl.col("confidence")).otherwise(None),
         )
-    return df.with_columns(
-        pl.lit(None, dtype=pl.Float64).alias("distance"), pl.lit(1.0).alias("confidence")
-    ).select(proj.key, "segment_id", "segment", "distance", "confidence")
+    return df.select(proj.key, "segment_id", "segment", "distance", "confidence")

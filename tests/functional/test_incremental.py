@@ -884,6 +884,11 @@ def test_assign_reads_the_file_in_the_models_types(built):
         "  - name: behaviour\n",
         "  - name: behaviour\n    population: orders > 2\n",
     )
+    built.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        "  - name: lifecycle\n    population: orders > 2\n",
+    )
     built.cli("run")
     r = built.root
     con = duckdb.connect(str(built.db), read_only=True)
@@ -929,6 +934,12 @@ def test_assign_reads_the_file_in_the_models_types(built):
     assert outside.height == n_outside > 0
     assert outside["distance"].null_count() == outside["confidence"].null_count() == n_outside
     assert out.filter(pl.col("segment") != "outside population")["confidence"].null_count() == 0
+    # rule segments alike: no id and no confidence outside the population
+    built.cli("assign", "lifecycle", "--input", str(r / "all.parquet"), "-o", str(r / "rules.csv"))
+    rules = pl.read_csv(r / "rules.csv")
+    outside = rules.filter(pl.col("segment") == "outside population")
+    assert outside.height == n_outside
+    assert outside["segment_id"].null_count() == outside["confidence"].null_count() == n_outside
 
 
 def test_a_clustering_made_rules_and_back_is_fitted_again(project):
