@@ -18,13 +18,14 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
     con = ctx.con
     name = seg.name
     k = quote_ident(ctx.loaded.key)
-    # stable ids per segment name
-    known = dict(
-        con.execute(
-            f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ?", [name]
-        ).fetchall()
-    )
-    next_id = max(known.values(), default=-1) + 1
+    # stable ids per segment name; not a cluster's id, should a rule be named
+    # like a cluster the segmentation had (clusters are looked up by no name)
+    fitted = _fitted_ids(con, name)
+    rows = con.execute(
+        f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ?", [name]
+    ).fetchall()
+    known = {label: sid for label, sid in rows if sid not in fitted}
+    next_id = max((sid for _, sid in rows), default=-1) + 1
     order = [r.segment for r in seg.rules] + ([seg.default] if seg.default else [])
     for s in dict.fromkeys(order):
         if s not in known:
@@ -83,7 +84,7 @@ def _retire(ctx, name: str, live: list[int]) -> None:
     before is no longer what the table holds: its fitted model is set
     inactive and its stored inputs dropped, so switching back refits (the
     plan said 'inputs unchanged: skip' over the rule assignment)."""
-    from segtool.execute.segment.store import refresh_sizes
+    from segtool.execute.segment.store import retire
 
     con = ctx.con
     con.execute(
@@ -91,14 +92,21 @@ def _retire(ctx, name: str, live: list[int]) -> None:
         "AND died_run IS NOT NULL AND list_contains(?, segment_id)",
         [name, live],
     )
-    con.execute(
-        f"UPDATE {tables.CATALOG} SET died_run = ?, size = 0 WHERE segmentation = ? "
-        "AND died_run IS NULL AND NOT list_contains(?, segment_id)",
-        [ctx.run_id, name, live],
-    )
-    refresh_sizes(con, name)
+    retire(con, name, live, ctx.run_id)  # sizes: the caller refreshes them
     if table_exists(con, tables.STATE, "fitted"):
         con.execute(
             f"UPDATE {tables.FITTED} SET active = false WHERE segmentation = ? AND active", [name]
         )
     con.execute(f"DROP TABLE IF EXISTS {tables.inputs(name)}")
+
+
+def _fitted_ids(con, name: str) -> set[int]:
+    """The ids any fit of NAME gave a cluster (its label_to_id)."""
+    if not table_exists(con, tables.STATE, "fitted"):
+        return set()
+    out: set[int] = set()
+    for (params,) in con.execute(
+        f"SELECT params FROM {tables.FITTED} WHERE segmentation = ?", [name]
+    ).fetchall():
+        out |= {int(v) for v in json.loads(params or "{}").get("label_to_id", {}).values()}
+    return out

@@ -197,7 +197,11 @@ def write_catalog(con, name: str, catalog: dict, run_id: int, ids: np.ndarray) -
                 "segmentation, segment_id, born_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [*values, name, int(sid), run_id],
             )
-    live = [int(s) for s in catalog]
+    retire(con, name, [int(s) for s in catalog], run_id)
+
+
+def retire(con, name: str, live: list[int], run_id: int) -> None:
+    """Every id of NAME not in `live` is retired at `run_id` (size 0)."""
     con.execute(
         f"UPDATE {tables.CATALOG} SET died_run = ?, size = 0 WHERE segmentation = ? AND died_run IS NULL AND NOT list_contains(?, segment_id)",
         [run_id, name, live],
