@@ -116,7 +116,7 @@ def score(project_dir, target, vars_, debug, name, truth, label_column, fmt):
     "fmt",
     type=click.Choice(["parquet", "csv"]),
     default=None,
-    help="Default: by the extension of -o (.parquet, .pq, .csv), else parquet.",
+    help="Default: by the extension of -o (.parquet, .pq, .csv); without -o, parquet.",
 )
 @click.option(
     "--output",

@@ -19,6 +19,7 @@ from segtool.errors import ProjectError, did_you_mean
 from segtool.graph.build import BuiltGraph
 from segtool.project.loader import LoadedProject
 from segtool.state.db import setup_connection
+from segtool.words import counted
 
 # names a text template may use besides its model's columns (see execute/render.py)
 TEMPLATE_GLOBALS = {
@@ -201,20 +202,23 @@ def _check_one_column(st, root, name: str) -> None:
     delim = max(",;\t|", key=name.count)
     if name.count(delim) == 0:
         return
-    where = ""
+    where, widest = "", 0
     for file in source_files(st, root) or []:
         try:
             with open(file, newline="", encoding="utf-8", errors="replace") as fh:
                 rows = csv.reader(fh, delimiter=delim)
                 width = len(next(rows, []))
+                widest = max(widest, width)
                 for row in rows:
                     if row and len(row) != width:
-                        where = f" ({Path(file).name} line {rows.line_num}: {len(row)} fields, the header has {width})"
+                        where = f" ({Path(file).name} line {rows.line_num}: {counted(len(row), 'field')}, the header has {width})"
                         break
         except OSError:
             continue
         if where:
             break
+    if widest <= 1 and not where:
+        return  # one column indeed (a quoted header may hold the delimiter)
     raise ProjectError(
         f"{st.table.path} was read as one column named {name[:60]!r}: its rows do not all "
         f"have the same number of fields, so no delimiter was found{where}",

@@ -22,6 +22,7 @@ def _read_input(con, path: Path) -> None:
         ".csv": "read_csv",
         ".tsv": "read_csv",
         ".parquet": "read_parquet",
+        ".pq": "read_parquet",
         ".json": "read_json",
         ".jsonl": "read_json",
         ".ndjson": "read_json",

@@ -365,16 +365,16 @@ class ClusterSpec(Spec):
             raise ValueError("k must be at least 1")
         return v
 
-    @field_validator("k_range")
-    @classmethod
-    def _k_range(cls, v):
-        # [8, 3] passed and the run said it needed more users; [1, 3] began at 2
-        low, high = v
-        if not 2 <= low <= high:
+    @model_validator(mode="after")
+    def _k_range(self):
+        # [8, 3] passed and the run said it needed more users; [1, 3] began
+        # at 2. Read only with k: auto (a fixed k with any k_range ran before)
+        low, high = self.k_range
+        if self.k == "auto" and not 2 <= low <= high:
             raise ValueError(
                 f"k_range must be [low, high] with 2 <= low <= high (got [{low}, {high}])"
             )
-        return v
+        return self
 
 
 class UpdateSpec(Spec):

@@ -36,7 +36,7 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
     # array and JSON lines alike; CSV or TSV sniffed)
     reader = (
         "read_parquet"
-        if suffix == ".parquet"
+        if suffix in (".parquet", ".pq")
         else "read_json"
         if suffix in (".json", ".jsonl", ".ndjson")
         else "read_csv"
@@ -94,6 +94,8 @@ def score_segmentation(
             truth_rel, source = "__segtool_truth", f"{path} ({source_col})"
         else:
             if label_column is not None:
+                if path.suffix or "/" in truth:  # a file name, mistyped or missing
+                    raise DataError(f"--truth {truth}: no such file")
                 raise DataError(
                     f"--label-column is for a truth file; --truth {truth} is a column",
                     hint=f"drop --label-column, or give a file ({truth} is not one)",

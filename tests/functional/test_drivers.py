@@ -187,6 +187,8 @@ def test_score_reads_truth_as_assign_reads_input(built):
     )
     r = built.cli("score", "behaviour", "--truth", "country", "--label-column", "x", expect=1)
     assert "--label-column is for a truth file; --truth country is a column" in r.stderr
+    r = built.cli("score", "behaviour", "--truth", "missng.csv", "--label-column", "x", expect=1)
+    assert "--truth missng.csv: no such file" in r.stderr
 
 
 def test_a_trait_is_said_of_a_segment_s_members_not_of_those_with_a_value(project):

@@ -848,3 +848,23 @@ def test_two_writers_of_one_json_artifact_do_not_trip_over_each_other(tmp_path):
     assert errors == []
     assert json.loads(path.read_text())["i"] == 299
     assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]  # no temp file left
+
+
+def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path, monkeypatch):
+    """The short-row check took a valid one-column CSV whose quoted header
+    holds a comma ("full, name") for a file DuckDB could not split."""
+    from types import SimpleNamespace
+
+    import segtool.compile.sql as sql
+    from segtool.compile.checks import _check_one_column
+
+    one = tmp_path / "one.csv"
+    one.write_text('"full, name"\n"a, b"\n"c"\n')
+    monkeypatch.setattr(sql, "source_files", lambda st, root: [str(one)])
+    table = SimpleNamespace(format=None, path="one.csv", options={}, file="m.yml", line=3)
+    _check_one_column(SimpleNamespace(table=table), tmp_path, "full, name")  # no error
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b\n1,2\n3\n")
+    monkeypatch.setattr(sql, "source_files", lambda st, root: [str(ragged)])
+    with pytest.raises(ProjectError, match=r"ragged.csv line 3: 1 field, the header has 2"):
+        _check_one_column(SimpleNamespace(table=table), tmp_path, "a,b")

@@ -526,6 +526,7 @@ def test_k_range_is_low_to_high_from_two(k_range):
     ):
         ClusterSpec(k="auto", k_range=k_range)
     assert ClusterSpec(k="auto", k_range=(3, 3)).k_range == (3, 3)
+    assert ClusterSpec(k=5, k_range=k_range).k == 5  # read only with k: auto
 
 
 def test_an_input_listed_twice_is_refused():
