@@ -426,7 +426,7 @@ def _check_association_tests(proj: LoadedProject, built: BuiltGraph, out: BoundP
     ]
     if not tested:
         return
-    from segtool.execute.segment.drivers import column_kind, feeding_models
+    from segtool.compile.segments import column_kind, feeding_models
 
     pii = pii_columns(proj, built)
     for seg in tested:

@@ -23,6 +23,33 @@ def base_model(proj, seg) -> str:
     raise AssertionError("validated segmentations have inputs")
 
 
+# the DuckDB types drivers measure (execute/segment/drivers.py), kept here
+# free of NumPy: validate checks association tests with them
+_NUMERIC = (
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+    "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "DATE", "TIMESTAMP", "TIME",
+    "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "INTERVAL",
+)  # fmt: skip
+_CATEGORICAL = ("VARCHAR", "BOOLEAN", "ENUM", "UUID")
+
+
+def column_kind(duck_type: str) -> str | None:
+    """'numeric', 'categorical', 'list' (a list of scalars) or None (left out)."""
+    t = duck_type.upper()
+    if t.endswith("[]"):
+        inner = t[:-2]
+        return (
+            "list" if not inner.endswith("[]") and not inner.startswith(("STRUCT", "MAP")) else None
+        )
+    if t.startswith(("STRUCT", "MAP", "UNION", "BLOB", "BIT", "ARRAY")) or "[" in t:
+        return None
+    if t.startswith("DECIMAL") or t in _NUMERIC:
+        return "numeric"
+    if t.startswith("ENUM") or t in _CATEGORICAL:
+        return "categorical"
+    return None
+
+
 def feeding_models(proj, seg) -> list[str]:
     """The base model first, then every other model an input reads."""
     out = [base_model(proj, seg)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from segtool.compile.segments import feeding_models  # noqa: F401 - re-exported
+from segtool.compile.segments import column_kind, feeding_models  # noqa: F401 - re-exported
 from segtool.compile.sql import quote_ident
 from segtool.ml.association import CRAMERS_V, RANK_ETA2, cramers_v, rank_eta_squared
 from segtool.state import tables
@@ -35,30 +35,6 @@ SAMPLE = 100_000  # users the measures read (seeded by key hash); plenty for eff
 TOP_VALUES = 50
 UNIQUE_SHARE = 0.5  # categorical columns with more distinct values than this share are skipped
 DRIVERS = f"{tables.STATE}.drivers"
-
-_NUMERIC = (
-    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-    "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "DATE", "TIMESTAMP", "TIME",
-    "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "INTERVAL",
-)  # fmt: skip
-_CATEGORICAL = ("VARCHAR", "BOOLEAN", "ENUM", "UUID")
-
-
-def column_kind(duck_type: str) -> str | None:
-    """'numeric', 'categorical', 'list' (a list of scalars) or None (left out)."""
-    t = duck_type.upper()
-    if t.endswith("[]"):
-        inner = t[:-2]
-        return (
-            "list" if not inner.endswith("[]") and not inner.startswith(("STRUCT", "MAP")) else None
-        )
-    if t.startswith(("STRUCT", "MAP", "UNION", "BLOB", "BIT", "ARRAY")) or "[" in t:
-        return None
-    if t.startswith("DECIMAL") or t in _NUMERIC:
-        return "numeric"
-    if t.startswith("ENUM") or t in _CATEGORICAL:
-        return "categorical"
-    return None
 
 
 @dataclass
