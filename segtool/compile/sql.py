@@ -181,6 +181,7 @@ def infer_format(path: str) -> str | None:
         (".tsv", "csv"),
         (".csv.gz", "csv"),
         (".parquet", "parquet"),
+        (".pq", "parquet"),
         (".json", "json"),
         (".jsonl", "json"),
         (".ndjson", "json"),

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from segtool.compile.predicates import bind_predicate, segmentation_predicates
-from segtool.compile.sql import lossless_cast_sql, quote_ident, sql_literal
+from segtool.compile.sql import (
+    SOURCE_READERS,
+    infer_format,
+    lossless_cast_sql,
+    quote_ident,
+    sql_literal,
+)
 from segtool.errors import DataError, ProjectError
 from segtool.state import tables, vectors
 from segtool.state.db import column_types
@@ -18,24 +24,19 @@ from segtool.state.frames import first_column, registered
 
 
 def _read_input(con, path: Path) -> None:
-    fmt = {
-        ".csv": "read_csv",
-        ".tsv": "read_csv",
-        ".parquet": "read_parquet",
-        ".pq": "read_parquet",
-        ".json": "read_json",
-        ".jsonl": "read_json",
-        ".ndjson": "read_json",
-    }.get(path.suffix.lower())
+    """The file into table `input` (with its row order, __ord), read by the
+    reader a source of the same name would get (compile/sql.py)."""
+    fmt = infer_format(path.name)
     if fmt is None:
         raise ProjectError(
             f"cannot tell the format of {path}", hint="use a .csv, .parquet or .json file"
         )
+    reader = SOURCE_READERS[fmt]
     import duckdb
 
     try:
         con.execute(
-            f"CREATE TABLE input AS SELECT *, row_number() OVER () AS __ord FROM {fmt}({sql_literal(str(path))})"
+            f"CREATE TABLE input AS SELECT *, row_number() OVER () AS __ord FROM {reader}({sql_literal(str(path))})"
         )
     except duckdb.Error as exc:
         raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc

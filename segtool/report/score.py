@@ -31,16 +31,11 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
 
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty (0 bytes)", hint="the truth file needs a header row")
-    suffix = path.suffix.lower()
-    # read as `segtool assign` reads its input: DuckDB's readers (a JSON
-    # array and JSON lines alike; CSV or TSV sniffed)
-    reader = (
-        "read_parquet"
-        if suffix in (".parquet", ".pq")
-        else "read_json"
-        if suffix in (".json", ".jsonl", ".ndjson")
-        else "read_csv"
-    )
+    from segtool.compile.sql import SOURCE_READERS, infer_format
+
+    # read as `segtool assign` reads its input and a source is read (a JSON
+    # array and JSON lines alike; CSV or TSV sniffed, also under another name)
+    reader = SOURCE_READERS[infer_format(path.name) or "csv"]
     con = duckdb.connect(":memory:")
     try:
         df = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)]).pl()

@@ -198,7 +198,8 @@ def test_a_trait_is_said_of_a_segment_s_members_not_of_those_with_a_value(projec
         "models/user_features.sql",
         "count(o.order_id) as orders,",
         "count(o.order_id) as orders,\n"
-        "    any_value(CASE WHEN u.user_id = 5 THEN 7 WHEN u.user_id > 40 THEN u.user_id END) as odd,",
+        "    any_value(CASE WHEN u.user_id = 5 THEN 7 WHEN u.user_id > 40 THEN u.user_id END) as odd,\n"
+        "    max(o.ordered_at) as last_order_at,",
     )
     project.write(
         "segments/segments.yml",
@@ -210,6 +211,11 @@ def test_a_trait_is_said_of_a_segment_s_members_not_of_those_with_a_value(projec
     prof = json.loads(project.cli("show", "firsts", "--format", "json").stdout)
     first = next(s for s in prof["segments"] if s["segment"] == "first_ten")
     assert not [t for t in first["traits"] if t["column"] == "odd"], first["traits"]
+    # --vs on a date says so (drivers rank it as a number)
+    vs = json.loads(
+        project.cli("show", "firsts", "--vs", "last_order_at", "--format", "json").stdout
+    )
+    assert vs["kind"] == "date (quantile bins)"
 
 
 def test_show_without_a_name_lists_segmentations(project):

@@ -808,6 +808,20 @@ def test_assign_from_csv_reads_lists_or_says_why_not(built):
     assert built.snapshot() == before and not (built.root / "b.csv").exists()
 
 
+def assign_refuses(built, name: str, messages: dict[str, str]) -> None:
+    """`assign NAME` of each file (in the project folder) fails with its
+    message, no internal error and no internal column, writes no output and
+    leaves the database as it was."""
+    before = built.snapshot()
+    for file, message in messages.items():
+        out = built.root / f"{file}.out.csv"
+        r = built.cli("assign", name, "--input", str(built.root / file), "-o", str(out), expect=1)
+        assert message in r.stderr, r.stderr
+        assert "internal error" not in r.stderr and "__ord" not in r.stderr, r.stderr
+        assert not out.exists()
+    assert built.snapshot() == before
+
+
 @pytest.mark.parametrize("name", ["behaviour", "lifecycle"])
 def test_assign_needs_one_row_per_user(built, name):
     """A row without a key came out with key 0 (NumPy has no NULL), a file of
@@ -826,18 +840,16 @@ def test_assign_needs_one_row_per_user(built, name):
     }.items():
         con.execute(f"COPY ({sql}) TO '{built.root / file}'")
     con.close()
-    before = built.snapshot()
-    for file, message in {
-        "null.parquet": "null.parquet: 1 row has no user_id",
-        "one_null.parquet": "one_null.parquet: 1 row has no user_id",
-        "twice.parquet": "twice.parquet: 1 user_id value repeats: 2 (2 rows)",
-        "thrice.parquet": "thrice.parquet: 1 user_id value repeats: 2 (3 rows)",
-    }.items():
-        out = built.root / f"{file}.csv"
-        r = built.cli("assign", name, "--input", str(built.root / file), "-o", str(out), expect=1)
-        assert message in r.stderr and "internal error" not in r.stderr, r.stderr
-        assert not out.exists()
-    assert built.snapshot() == before
+    assign_refuses(
+        built,
+        name,
+        {
+            "null.parquet": "null.parquet: 1 row has no user_id",
+            "one_null.parquet": "one_null.parquet: 1 row has no user_id",
+            "twice.parquet": "twice.parquet: 1 user_id value repeats: 2 (2 rows)",
+            "thrice.parquet": "thrice.parquet: 1 user_id value repeats: 2 (3 rows)",
+        },
+    )
 
 
 @pytest.mark.parametrize(
@@ -913,19 +925,16 @@ def test_assign_reads_the_file_in_the_models_types(built):
     # 1.2 and 1.4 are no BIGINT keys (DuckDB rounds both to user 1)
     frac = [lines[0]] + [f"1.{2 + 2 * i}" + ln[ln.index(",") :] for i, ln in enumerate(lines[1:])]
     built.write("frac.csv", "\n".join(frac) + "\n")
-    before = built.snapshot()
-    for file, message in {
-        "big.csv": "big.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as HUGEINT, which does not read as BIGINT (e.g. 12345678901234567890)",
-        "text.csv": "text.csv: column 'revenue' is DOUBLE in the project's models, but the file holds it as VARCHAR, which does not read as DOUBLE (e.g. user_id 2: 'abc')",
-        "zero.csv": "zero.csv is empty (0 bytes)",
-        "frac.csv": "frac.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as DOUBLE, which does not read as BIGINT (e.g. 1.2)",
-    }.items():
-        res = built.cli(
-            "assign", "behaviour", "--input", str(r / file), "-o", str(r / "o.csv"), expect=1
-        )
-        assert message in res.stderr and "__ord" not in res.stderr, res.stderr
-        assert not (r / "o.csv").exists()
-    assert built.snapshot() == before
+    assign_refuses(
+        built,
+        "behaviour",
+        {
+            "big.csv": "big.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as HUGEINT, which does not read as BIGINT (e.g. 12345678901234567890)",
+            "text.csv": "text.csv: column 'revenue' is DOUBLE in the project's models, but the file holds it as VARCHAR, which does not read as DOUBLE (e.g. user_id 2: 'abc')",
+            "zero.csv": "zero.csv is empty (0 bytes)",
+            "frac.csv": "frac.csv: column 'user_id' is BIGINT in the project's models, but the file holds it as DOUBLE, which does not read as BIGINT (e.g. 1.2)",
+        },
+    )
     built.cli("assign", "behaviour", "--input", str(r / "empty.csv"), "-o", str(r / "o.csv"))
     assert pl.read_csv(r / "o.csv").height == 0
     built.cli("assign", "behaviour", "--input", str(r / "all.parquet"), "-o", str(r / "all.csv"))

@@ -17,6 +17,13 @@ def table(con, labels, values, sql_type: str) -> None:
     con.executemany("INSERT INTO t VALUES (?, ?)", list(zip(labels, values)))
 
 
+def measure(con, column, col='"c0"', rel="t"):
+    """drivers' measure and traits of one column of `rel`, shares over every
+    member of each segment (as drivers.compute calls them)."""
+    fn = drivers._numeric if column.kind == "numeric" else drivers._categorical
+    return fn(con, rel, col, column, *drivers._segment_sizes(con, rel))
+
+
 def test_numeric_measure_matches_the_raw_values_with_ties_and_nulls():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, 400).tolist()
@@ -26,9 +33,7 @@ def test_numeric_measure_matches_the_raw_values_with_ties_and_nulls():
     ]
     con = duckdb.connect()
     table(con, labels, values, "INTEGER")
-    value, n, _ = drivers._numeric(
-        con, "t", '"c0"', drivers.Column("m", "c0", "numeric"), *drivers._segment_sizes(con, "t")
-    )
+    value, n, _ = measure(con, drivers.Column("m", "c0", "numeric"))
     raw = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     assert n == int((~np.isnan(raw)).sum())
     assert value == pytest.approx(rank_eta_squared_of(raw, np.array(labels)), abs=1e-9)
@@ -41,25 +46,13 @@ def test_categorical_measure_matches_the_raw_values_and_skips_near_unique_column
     values = [None if i % 29 == 0 else ["DE", "FR", "US", "IT"][(lab + int(rng.integers(0, 2))) % 4] for i, lab in enumerate(labels)]  # fmt: skip
     con = duckdb.connect()
     table(con, labels, values, "VARCHAR")
-    value, n, _ = drivers._categorical(
-        con,
-        "t",
-        '"c0"',
-        drivers.Column("m", "c0", "categorical"),
-        *drivers._segment_sizes(con, "t"),
-    )
+    value, n, _ = measure(con, drivers.Column("m", "c0", "categorical"))
     assert n == sum(v is not None for v in values)
     assert value == pytest.approx(cramers_v_of(values, np.array(labels)), abs=1e-9)
     # more distinct values than TOP_VALUES are pooled as (other): same as pooling by hand
     many = [None if v is None else f"v{i % 80}" for i, v in enumerate(values)]
     table(con, labels, many, "VARCHAR")
-    value, _, _ = drivers._categorical(
-        con,
-        "t",
-        '"c0"',
-        drivers.Column("m", "c0", "categorical"),
-        *drivers._segment_sizes(con, "t"),
-    )
+    value, _, _ = measure(con, drivers.Column("m", "c0", "categorical"))
     counts = {}
     for v in many:
         if v is not None:
@@ -69,13 +62,7 @@ def test_categorical_measure_matches_the_raw_values_and_skips_near_unique_column
     assert value == pytest.approx(cramers_v_of(pooled, np.array(labels)), abs=1e-9)
     # an id-like column (nearly one value per row) says nothing: skipped
     table(con, labels, [f"id{i}" for i in range(600)], "VARCHAR")
-    got = drivers._categorical(
-        con,
-        "t",
-        '"c0"',
-        drivers.Column("m", "c0", "categorical"),
-        *drivers._segment_sizes(con, "t"),
-    )
+    got = measure(con, drivers.Column("m", "c0", "categorical"))
     assert got == (None, 0, {})
 
 
@@ -138,25 +125,13 @@ def test_a_date_column_sits_recent_or_early():
     start = date(2023, 1, 1)
     days = [start + timedelta(days=(i if lab else 400 + i)) for i, lab in enumerate(labels)]
     table(con, labels, days, "DATE")
-    _, _, traits = drivers._numeric(
-        con,
-        "t",
-        '"c0"',
-        drivers.Column("m", "signup_at", "numeric"),
-        *drivers._segment_sizes(con, "t"),
-    )
+    _, _, traits = measure(con, drivers.Column("m", "signup_at", "numeric"))
     assert traits[0][0]["kind"] == "high" and traits[0][0]["text"] == "recent signup at"
     assert traits[1][0]["kind"] == "low" and traits[1][0]["text"] == "early signup at"
     # a time of day sits late or early
     hours = [time(9 + 8 * lab, i % 60) for i, lab in enumerate(labels)]
     table(con, labels, hours, "TIME")
-    _, _, traits = drivers._numeric(
-        con,
-        "t",
-        '"c0"',
-        drivers.Column("m", "checkout", "numeric"),
-        *drivers._segment_sizes(con, "t"),
-    )
+    _, _, traits = measure(con, drivers.Column("m", "checkout", "numeric"))
     assert traits[1][0]["text"] == "late checkout" and traits[0][0]["text"] == "early checkout"
 
 
@@ -182,9 +157,9 @@ def test_numeric_traits_fold_by_the_value_duckdb_stores():
         drivers.Column("m", "spent", "numeric"),
     ]
     traits: dict[int, list[dict]] = {}
-    _, _, t0 = drivers._categorical(con, "s", '"c0"', cols[0], *drivers._segment_sizes(con, "s"))
-    _, _, t1 = drivers._numeric(con, "s", '"c1"', cols[1], *drivers._segment_sizes(con, "s"))
-    _, _, t2 = drivers._numeric(con, "s", '"c2"', cols[2], *drivers._segment_sizes(con, "s"))
+    _, _, t0 = measure(con, cols[0], '"c0"', "s")
+    _, _, t1 = measure(con, cols[1], '"c1"', "s")
+    _, _, t2 = measure(con, cols[2], '"c2"', "s")
     for found in (t0, t1, t2):
         for sid, items in found.items():
             traits.setdefault(sid, []).extend(items)
@@ -201,12 +176,6 @@ def test_a_categorical_trait_counts_every_member():
     labels = [0] * 51 + [1] * 49
     values = ["FR"] + [None] * 50 + ["DE"] * 30 + ["IT"] * 19
     table(con, labels, values, "VARCHAR")
-    _, _, traits = drivers._categorical(
-        con,
-        "t",
-        '"c0"',
-        drivers.Column("m", "country", "categorical"),
-        *drivers._segment_sizes(con, "t"),
-    )
+    _, _, traits = measure(con, drivers.Column("m", "country", "categorical"))
     assert 0 not in traits
     assert traits[1][0]["value"] == "DE"

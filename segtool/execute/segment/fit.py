@@ -110,7 +110,7 @@ def fit(ctx, seg, users: str, fhash: str) -> dict:
     # until now: its segments are no clusters to start from or to inherit ids)
     prev = (
         store.previous_ids(con, proj, name, loaded.keys)
-        if store.active_fit(con, name) is not None
+        if store.has_active_fit(con, name)
         else np.full(len(loaded.keys), -2, dtype=np.int64)
     )
     model = SegmentModel(

@@ -30,6 +30,19 @@ def active_fit(con, name: str) -> tuple | None:
     )
 
 
+def has_active_fit(con, name: str) -> bool:
+    """Whether NAME has an active fit (without reading its arrays)."""
+    if not table_exists(con, tables.STATE, "fitted"):
+        return False
+    return bool(
+        one(
+            con.execute(
+                f"SELECT count(*) FROM {tables.FITTED} WHERE segmentation = ? AND active", [name]
+            )
+        )[0]
+    )
+
+
 def restore(row) -> tuple[list, Any, dict]:
     """(feature transformers, SegmentModel, params) of a stored fit."""
     from segtool.ml.features import FeatureTransformer
