@@ -162,7 +162,23 @@ def load(project_dir, target, vars_, strict=True):
     cli_vars = parse_vars(vars_)
     project = Project.load(project_dir, target=target, vars=cli_vars, strict=strict)
     warn_unread_vars(project.loaded, cli_vars)
+    warn_ignored_options(project.loaded)
     return project
+
+
+def warn_ignored_options(loaded) -> None:
+    """An option the chosen method never reads (`min_cluster_size` with
+    kmeans) is a setting the user believes in and segtool ignores: say so
+    (a warning, not an error: files that ran before still run)."""
+    from segtool.report.console import paint
+
+    for seg in loaded.segmentations.values():
+        for why in seg.cluster.ignored() if seg.cluster is not None else ():
+            click.echo(
+                paint("warning: ", "yellow", sys.stderr)
+                + f"{seg.file}:{seg.line}: segmentation '{seg.name}': {why}",
+                err=True,
+            )
 
 
 def warn_unread_vars(loaded, cli_vars: dict) -> None:

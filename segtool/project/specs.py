@@ -376,6 +376,29 @@ class ClusterSpec(Spec):
             )
         return self
 
+    def ignored(self) -> list[str]:
+        """Options written in the file that this method never reads:
+        `min_cluster_size: 50` with kmeans ran as if unwritten."""
+        written = self.model_fields_set
+        fixed_k = self.method != "hdbscan" and self.k != "auto"
+        unread = {
+            "min_cluster_size": (
+                self.method != "hdbscan",
+                f"only hdbscan reads it, not {self.method}",
+            ),
+            "k": (self.method == "hdbscan", "hdbscan finds its own number of segments"),
+            "k_range": (fixed_k or self.method == "hdbscan", "it is read only with `k: auto`"),
+            "sample_size": (
+                fixed_k and self.method != "agglomerative",
+                f"{self.method} with a fixed k fits on every user (or on `fit_sample`)",
+            ),
+        }
+        return [
+            f"cluster.{opt} is ignored: {why}"
+            for opt, (no, why) in unread.items()
+            if no and opt in written
+        ]
+
 
 class UpdateSpec(Spec):
     refit: Literal["never", "always", "on_drift"] = "on_drift"

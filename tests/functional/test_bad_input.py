@@ -560,3 +560,38 @@ def test_a_var_the_project_neither_declares_nor_reads_is_warned_about(built):
     # a var() whose name is an expression could read any name: nothing to say
     built.edit("models/user_features.sql", 'var("as_of")', "var('as_' ~ 'of')")
     assert "warning" not in built.cli("validate", "--vars", "{as_off: '2024-06-01'}").stderr
+
+
+def test_a_cluster_option_the_method_never_reads_is_warned_about(built):
+    """`min_cluster_size: 40` with kmeans ran as if it were not written."""
+    seg = built.read("segments/segments.yml")
+    cluster = next(
+        ln.strip() for ln in seg.splitlines() if ln.strip().startswith("cluster: {method: kmeans")
+    )
+    line = next(i for i, t in enumerate(seg.splitlines(), 1) if "- name: behaviour" in t)
+    assert "warning" not in built.cli("validate").stderr
+    built.edit(
+        "segments/segments.yml", cluster, cluster[:-1] + ", min_cluster_size: 40, k_range: [2, 5]}"
+    )
+    r = built.cli("validate")
+    assert (
+        f"warning: segments/segments.yml:{line}: segmentation 'behaviour': "
+        "cluster.min_cluster_size is ignored: only hdbscan reads it, not kmeans" in r.stderr
+    )
+    assert "cluster.k_range is ignored: it is read only with `k: auto`" in r.stderr
+    assert "ok:" in r.stdout  # a warning: files that ran before still run
+
+
+def test_cluster_options_ignored_by_each_method():
+    from segtool.project.specs import ClusterSpec
+
+    def ignored(**kw):
+        return [w.split(" is ignored")[0] for w in ClusterSpec(**kw).ignored()]
+
+    assert ignored(method="kmeans", k=5) == []
+    assert ignored(method="kmeans", k=5, seed=3, min_cluster_size=9) == ["cluster.min_cluster_size"]
+    assert ignored(method="kmeans", k="auto", k_range=(2, 6), sample_size=500) == []
+    assert ignored(method="gmm", k=4, sample_size=500) == ["cluster.sample_size"]
+    assert ignored(method="agglomerative", k=4, sample_size=500) == []
+    assert ignored(method="hdbscan", k=4, min_cluster_size=9, sample_size=500) == ["cluster.k"]
+    assert ignored(method="hdbscan", k_range=(2, 4)) == ["cluster.k_range"]
