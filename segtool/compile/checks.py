@@ -367,12 +367,12 @@ def _check_segments(
             )
         checks = []
         if seg.population:
-            checks.append((base, seg.population, f"{where} population", seg))
+            checks.append((base, seg.population, f"{where} population", seg, "population"))
         for rule in seg.rules:
-            checks.append((seg.model, rule.when, f"{where} rule '{rule.segment}'", rule))
-        for model, text, what, spec in checks:
+            checks.append((seg.model, rule.when, f"{where} rule '{rule.segment}'", rule, "when"))
+        for model, text, what, spec, field in checks:
             try:
-                pred = compile_predicate(proj, text, what=what, spec=spec)
+                pred = compile_predicate(proj, text, what=what, spec=spec, field=field)
                 if model and model_ok(model):
                     bind_predicate(con, model, pred)
             except ProjectError as exc:

@@ -37,7 +37,10 @@ class SegmentationPredicates:
     rules: tuple[tuple[str, Predicate], ...]
 
 
-def compile_predicate(proj, text: str, *, what: str, spec) -> Predicate:
+def compile_predicate(proj, text: str, *, what: str, spec, field: str | None = None) -> Predicate:
+    """TEXT (`spec.<field>`) rendered and checked; errors point at the line
+    where the field's text starts (without a field, at the spec's line)."""
+    line = spec.text_line(field) if field else spec.line
     try:
         rendered = render_string(
             text,
@@ -48,12 +51,12 @@ def compile_predicate(proj, text: str, *, what: str, spec) -> Predicate:
         )
     except ProjectError as exc:
         # the template's line 1 is the predicate's line in the YAML file
-        if spec.line is not None and exc.path == (spec.file or "<segments>"):
-            exc.line = spec.line + (exc.line or 1) - 1
+        if line is not None and exc.path == (spec.file or "<segments>"):
+            exc.line = line + (exc.line or 1) - 1
         exc.message = f"{what}: {exc.message}"
         raise
-    check_expression(rendered, what=what, path=spec.file, line=spec.line)
-    return Predicate(text, rendered, what, spec.file, spec.line)
+    check_expression(rendered, what=what, path=spec.file, line=line)
+    return Predicate(text, rendered, what, spec.file, line)
 
 
 def predicate_vars(proj, seg) -> dict | None:
@@ -81,14 +84,18 @@ def predicate_vars(proj, seg) -> dict | None:
 def segmentation_predicates(proj, seg) -> SegmentationPredicates:
     where = f"segmentation '{seg.name}'"
     population = (
-        compile_predicate(proj, seg.population, what=f"{where} population", spec=seg)
+        compile_predicate(
+            proj, seg.population, what=f"{where} population", spec=seg, field="population"
+        )
         if seg.population
         else None
     )
     rules = tuple(
         (
             rule.segment,
-            compile_predicate(proj, rule.when, what=f"{where} rule '{rule.segment}'", spec=rule),
+            compile_predicate(
+                proj, rule.when, what=f"{where} rule '{rule.segment}'", spec=rule, field="when"
+            ),
         )
         for rule in seg.rules
     )

@@ -40,10 +40,21 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     _file: str | None = PrivateAttr(default=None)
     _line: int | None = PrivateAttr(default=None)
+    # field -> the line where its text starts in the file (a predicate's
+    # errors point there, not at the mapping that holds it)
+    _text_lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
     def at(self, file: str | None, line: int | None):
         self._file, self._line = file, line
         return self
+
+    @property
+    def text_lines(self) -> dict[str, int]:
+        return self._text_lines
+
+    def text_line(self, field: str) -> int | None:
+        """The line where FIELD's text starts (else this spec's own line)."""
+        return self._text_lines.get(field, self._line)
 
     @property
     def file(self) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from segtool.errors import ProjectError, did_you_mean
-from segtool.project.yamlio import Marks, mark_for
+from segtool.project.yamlio import TEXT, Marks, mark_for
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -136,6 +136,8 @@ def _attach(obj: Any, rel: str, marks: Marks, path: tuple) -> None:
         obj.at(rel, line)
         for fname, field in type(obj).model_fields.items():
             key = field.alias or fname
+            if (*path, key, TEXT) in marks:
+                obj.text_lines[fname] = marks[(*path, key, TEXT)][0]
             _attach(getattr(obj, fname), rel, marks, path + (key,))
     elif isinstance(obj, list):
         for i, item in enumerate(obj):

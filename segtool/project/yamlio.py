@@ -125,6 +125,14 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
                 )
             child = path + (key,)
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if isinstance(value_node, yaml.ScalarNode):
+                # where the value's text starts: a block scalar (`when: |`)
+                # begins on the line after its indicator
+                block = 1 if value_node.style in ("|", ">") else 0
+                marks[child + (TEXT,)] = (
+                    value_node.start_mark.line + 1 + block,
+                    value_node.start_mark.column + 1,
+                )
             out[key] = _construct(loader, value_node, child, marks, rel)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -132,6 +140,10 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
             _construct(loader, item, path + (i,), marks, rel) for i, item in enumerate(node.value)
         ]
     return loader.construct_object(node, deep=True)
+
+
+# marks[(*path, TEXT)]: the line where the text of the scalar at `path` starts
+TEXT = "<text>"
 
 
 def mark_for(marks: Marks, path: tuple) -> tuple[int | None, int | None]:

@@ -595,3 +595,34 @@ def test_cluster_options_ignored_by_each_method():
     assert ignored(method="agglomerative", k=4, sample_size=500) == []
     assert ignored(method="hdbscan", k=4, min_cluster_size=9, sample_size=500) == ["cluster.k"]
     assert ignored(method="hdbscan", k_range=(2, 4)) == ["cluster.k_range"]
+
+
+def test_predicate_errors_point_at_the_predicates_own_line(built):
+    """A population error pointed at the segmentation's `- name:` line, and an
+    error on the second line of a `when: |` block one line above it."""
+
+    def line_of(text):
+        seg = built.read("segments/segments.yml").splitlines()
+        return next(i for i, t in enumerate(seg, 1) if text in t)
+
+    built.edit(
+        "segments/segments.yml",
+        '      - {segment: big, when: "revenue > 300"}',
+        "      - segment: big\n        when: |\n          revenue > 300\n"
+        "          and orders > {{ var('big_orders') }}",
+    )
+    built.edit(
+        "segments/segments.yml",
+        "    cluster: {method: kmeans, k: 3, seed: 7}",
+        '    cluster: {method: kmeans, k: 3, seed: 7}\n    population: "orderz > 0"',
+    )
+    _fails(
+        built,
+        "validate",
+        contains=[
+            f"segments/segments.yml:{line_of('big_orders')}: segmentation 'lifecycle' rule 'big': "
+            "var('big_orders') is not defined",
+            f"segments/segments.yml:{line_of('orderz')}: segmentation 'behaviour' population: "
+            "invalid predicate `orderz > 0`",
+        ],
+    )
