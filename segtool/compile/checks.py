@@ -370,9 +370,9 @@ def _check_segments(
             checks.append((base, seg.population, f"{where} population", seg, "population"))
         for rule in seg.rules:
             checks.append((seg.model, rule.when, f"{where} rule '{rule.segment}'", rule, "when"))
-        for model, text, what, spec, key in checks:
+        for model, text, what, spec, text_of in checks:
             try:
-                pred = compile_predicate(proj, text, what=what, spec=spec, field=key)
+                pred = compile_predicate(proj, text, what=what, spec=spec, field=text_of)
                 if model and model_ok(model):
                     bind_predicate(con, model, pred)
             except ProjectError as exc:
