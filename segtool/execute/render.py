@@ -61,7 +61,7 @@ def execute_text(ctx, step) -> StepResult:
     else:
         render = text_renderer(proj, spec)
         # a dry run embeds nothing: it needs Polars only
-        later = ("polars",) if ws.dry else later_imports(ctx, [spec.name])
+        later = ("polars",) if ws.dry else _later_imports(ctx, spec.name)
         results = (
             (rendered_batch(out), t, e)
             for out, t, e in (render_batch(proj, spec, b, render, later) for b in batches())
@@ -105,16 +105,13 @@ def execute_text(ctx, step) -> StepResult:
     )
 
 
-def later_imports(ctx, texts: list[str]) -> tuple[str, ...]:
-    """Modules the run imports after rendering TEXTS (unique ids or names):
-    Polars (the texts are written through it) and the libraries of the
-    encoders that embed them. They are imported while something else runs:
-    the models' SQL (execute/preload.py) or, rendering on two CPUs, the other
-    CPU's rendering."""
-    names = {t.split(".", 1)[1] if t.startswith("text.") else t for t in texts}
+def _later_imports(ctx, text_name: str) -> tuple[str, ...]:
+    """Modules the run imports after rendering TEXT: Polars (the texts are
+    written through it) and the libraries of the encoders that embed TEXT.
+    Rendering on two CPUs imports them while the other CPU renders."""
     mods = ["polars"]
     for node in ctx.graph.by_kind("embedding"):
-        if node.data["text"] in names:
+        if node.data["text"] == text_name:
             try:
                 mods += getattr(ctx.encoders.get(node.data["encoder"]), "imports", ())
             except Exception:  # noqa: BLE001 - an encoder this run may not use: its step says why

@@ -178,10 +178,8 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
     import importlib
     import signal
 
-    from segtool.execute import preload
     from segtool.execute.texts import model_rows, render_texts, text_rows
 
-    preload.wait()  # a fork must not inherit an import lock held by that thread
     n = table.num_rows
     read_fd, write_fd = os.pipe()  # child -> here: frontier reports, then the texts
     stop_r, stop_w = os.pipe()  # here -> child: closed when this side is done

@@ -315,8 +315,7 @@ class Runner:
     def _stage_one(self, ctx: RunContext, uids: list[str]) -> tuple[list[Step], list[StepResult]]:
         """Plan every step; carry out declarations, models and texts (into the
         workspace). Returns the steps and the results of what was carried out."""
-        from segtool.execute import preload
-        from segtool.execute.render import execute_text, later_imports
+        from segtool.execute.render import execute_text
 
         planner, ws, con = ctx.planner, ctx.workspace, ctx.con
         graph = ctx.graph
@@ -344,10 +343,6 @@ class Runner:
         for uid in by_kind.get("model", []):
             step = planner.model_step(uid)
             steps.append(step)
-            if step.action != "skip" and by_kind.get("text") and not dry:
-                # data changed: what rendering and embedding import loads
-                # meanwhile, while DuckDB runs the models (execute/preload.py)
-                preload.start(later_imports(ctx, by_kind["text"]))
             t0 = time.perf_counter()
             wrote = ws.build_model(step)
             if step.name in keyed and step.action != "skip":

@@ -23,16 +23,16 @@ PROBE = """
 import json, sys
 from segtool.cli import main
 try:
-    main(["run", "-q", "--project-dir", sys.argv[1]])
+    main(["run", "-q", "--project-dir", sys.argv[1], *sys.argv[2:]])
 except SystemExit as e:
     assert not e.code, e.code
 print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
-def _rerun_modules(root: Path, env=None, modules=HEAVY) -> list[str]:
+def _rerun_modules(root: Path, env=None, modules=HEAVY, args=()) -> list[str]:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(heavy=modules), str(root)],
+        [sys.executable, "-c", PROBE.format(heavy=modules), str(root), *args],
         capture_output=True,
         text=True,
         check=True,
@@ -80,3 +80,25 @@ def test_incremental_run_imports_no_pandas_or_model_library(project):
     results = json.loads((project.root / "target/run_results.json").read_text())
     seg = results["summary"]["segmentations"]["behaviour"]
     assert seg["action"] == "assign" and seg["assigned"] == 5
+
+
+def test_a_dry_run_that_renders_imports_no_model_library(project, bert, tmp_path):
+    """A dry run renders the changed users' texts but embeds nothing: its
+    two-CPU render imported the encoder's libraries (torch) meanwhile."""
+    import os
+
+    from tests.fixtures import data_files
+
+    shutil.copytree(bert, project.root / "local_model")
+    project.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: transformers\n    model: ./local_model",
+    )
+    project.cli("run")
+    for rel, content in data_files(changed=(5, 9), extra_users=3).items():
+        project.write(rel, content)
+    # the fixture's few users render on two CPUs too
+    env = {**os.environ, "SEGTOOL_RENDER_SPLIT_MIN": "1"}
+    assert _rerun_modules(project.root, env, args=("--dry-run",)) == []
+    assert "torch" in _rerun_modules(project.root, env)  # the run embeds with it
