@@ -426,7 +426,7 @@ def _check_association_tests(proj: LoadedProject, built: BuiltGraph, out: BoundP
     ]
     if not tested:
         return
-    from segtool.compile.segments import column_kind, feeding_models
+    from segtool.compile.segments import column_kind, feeding_models, hidden_columns
 
     pii = pii_columns(proj, built)
     for seg in tested:
@@ -435,8 +435,7 @@ def _check_association_tests(proj: LoadedProject, built: BuiltGraph, out: BoundP
             continue  # a model that did not bind is reported already
         known: list[str] = []
         why: dict[str, str] = {}  # a column of the models that drivers leave out, and why
-        for m in models:
-            hidden = set(pii.get(m, {})) - set(seg.allow_pii)
+        for m, hidden in hidden_columns(proj, seg, pii).items():
             for col, typ in out.columns[m].items():
                 kind = column_kind(typ)
                 reason = (

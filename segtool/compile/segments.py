@@ -64,15 +64,17 @@ def feeding_models(proj, seg) -> list[str]:
     return out
 
 
-def hidden_pii(proj, seg, pii: dict[str, set[str]]) -> list[str]:
-    """`model.column` of the PII columns of the models feeding SEG that it
-    does not allow (`allow_pii`): what its drivers, traits and labels leave
-    out. `pii`: model -> its PII columns (Project.pii_columns)."""
-    return sorted(
-        f"{m}.{c}"
-        for m in feeding_models(proj, seg)
-        for c in pii.get(m, set()) - set(seg.allow_pii)
-    )
+def hidden_columns(proj, seg, pii) -> dict[str, set[str]]:
+    """Per model feeding SEG, its PII columns that SEG does not allow
+    (`allow_pii`): what its drivers, traits and labels leave out. `pii`:
+    model -> its PII columns (Project.pii_columns, or checks.pii_columns'
+    column -> where it is marked)."""
+    return {m: set(pii.get(m, ())) - set(seg.allow_pii) for m in feeding_models(proj, seg)}
+
+
+def hidden_pii(proj, seg, pii) -> list[str]:
+    """hidden_columns as `model.column` names."""
+    return sorted(f"{m}.{c}" for m, cols in hidden_columns(proj, seg, pii).items() for c in cols)
 
 
 def population_sql(proj, seg, model_rel=tables.model) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 
-from segtool.compile.segments import column_kind, feeding_models  # noqa: F401 - re-exported
+from segtool.compile.segments import column_kind, feeding_models, hidden_columns  # noqa: F401 - re-exported
 from segtool.compile.sql import quote_ident
 from segtool.ml.association import CRAMERS_V, RANK_ETA2, cramers_v, rank_eta_squared
 from segtool.state import tables
@@ -47,8 +47,7 @@ class Column:
 def candidate_columns(con, proj, seg, pii: dict[str, set[str]]) -> list[Column]:
     """The columns drivers and traits read, in model then column order."""
     cols: list[Column] = []
-    for m in feeding_models(proj, seg):
-        hidden = pii.get(m, set()) - set(seg.allow_pii)
+    for m, hidden in hidden_columns(proj, seg, pii).items():
         for name, typ in column_types(con, tables.MODELS, m).items():
             kind = column_kind(typ)
             if name == proj.key or name in hidden or kind is None:
