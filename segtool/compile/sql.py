@@ -164,6 +164,8 @@ def source_sql(st: SourceTable, root: Path | None = None) -> str:
                 hint="add `format: csv|parquet|json`",
             )
         path = source_path(root, tbl.path) if root is not None else tbl.path
+        # option names are identifiers (SourceTableSpec refuses others; left
+        # unquoted so the compiled SQL, and so every hash, stays as it was)
         args = [sql_literal(path)] + [
             f"{k} = {sql_literal(v)}" for k, v in sorted(tbl.options.items())
         ]

@@ -12,8 +12,10 @@ import duckdb
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.errors import DataError, ProjectError, SegtoolError, did_you_mean
 from segtool.plan.model import SCHEMA_VERSION
+from segtool.project import reach
 from segtool.state import tables
 from segtool.state.history import changed_runs, open_at
+from segtool.state.result import one
 
 
 def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
@@ -36,6 +38,15 @@ def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
             hint="point at a database written by `segtool run`",
         )
     return con
+
+
+def _fence(con: duckdb.DuckDBPyConnection) -> None:
+    """Only segtool's own tables are read: a view stored in a database
+    reads no other file, and nothing may turn that off (after the ATTACH of
+    the base database, which the fence would refuse)."""
+    if not one(con.execute("SELECT system.main.current_setting('lock_configuration')"))[0]:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
 
 
 def _q(con, sql: str, params=None) -> list[tuple]:
@@ -324,6 +335,8 @@ def data_diff(
                 hint="run inside a project, or pass --head-db (and --base-db)",
             )
         head_path = project.loaded.database_path
+        # profiles.yml is a project file (a pull request's): not any database on the machine
+        reach.check_reach(project.loaded.roots, head_path, "the database", keep="the database")
     else:
         head_path = Path(head_db)
     head_path = head_path.resolve() if head_path.exists() else head_path
@@ -344,6 +357,8 @@ def data_diff(
                 base = _Db(con, "__segtool_base", base_path)
             else:
                 base = _Db(con, head_cat, base_path)
+        _fence(con)
+        if base_db is not None:
             bp, hp = base.meta("project"), head.meta("project")
             if bp and hp and bp != hp:
                 raise DataError(

@@ -21,6 +21,7 @@ from segtool.diff.changes import compare_projects
 from segtool.diff.versions import open_version
 from segtool.errors import SegtoolError
 from segtool.plan.model import SCHEMA_VERSION
+from segtool.project import reach
 
 
 def _base_state(base_project):
@@ -66,6 +67,10 @@ def plan_head(base, head, worktree: Path, *, counts: bool):
         database["note"] = f"no database at {db}: no user counts (run `segtool run` to get them)"
         return runner.plan_against(state, data_aware=False), database
     try:
+        # HEAD's profiles.yml (a pull request's) names it: not any database on the machine
+        reach.check_reach(
+            [*head.project.loaded.roots, head.root], db, "the database", keep="the database"
+        )
         con = connect(head.project.loaded, read_only=True, database=db)
     except SegtoolError as exc:
         database["note"] = f"no user counts: {exc.message.splitlines()[0]}"

@@ -79,6 +79,27 @@ def check_reach(
     raise ProjectError(f"{what} {path}{leads} lies {where}", hint=hint, path=file, line=line)
 
 
+def check_data(roots: list[Path], path: Path, what: str, *, file=None, line=None) -> Path:
+    """check_reach for data the project declares (a source, a glob's folder,
+    `allow_paths`), which may not be the project folder itself nor a file at
+    its top: `path: "dat[a]/users.csv"` opened the root (its `.env`, its
+    `gha-creds-*.json`) to every model, and a source could name either file."""
+    resolved = check_reach(roots, path, what, file=file, line=line)
+    for root in (r.resolve() for r in roots):
+        if resolved == root or (resolved.parent == root and not resolved.is_dir()):
+            where = (
+                "the project folder itself" if resolved == root else "a file at the project's top"
+            )
+            raise ProjectError(
+                f"{what} {path} is {where}",
+                hint="keep data in a folder of the project (data/): the files at its top (.env, "
+                "the credentials a CI login step writes there) are never read",
+                path=file,
+                line=line,
+            )
+    return resolved
+
+
 def check_target(roots: list[Path], target: Path) -> Path:
     """`target` (the folder segtool writes its artifacts and, by default, the
     database to), when as it resolves it lies within reach. A pull request can

@@ -168,6 +168,9 @@ class ColumnSpec(Spec):
         return [*self.tests, *self.data_tests]
 
 
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class SourceTableSpec(Spec):
     name: Name
     description: str = ""
@@ -177,6 +180,19 @@ class SourceTableSpec(Spec):
     identifier: str | None = None  # table name in an attached database
     columns: list[ColumnSpec] = []
     tags: list[str] = []
+
+    @field_validator("options")
+    @classmethod
+    def _option_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # a key is written into the reader call as a name (`header = true`):
+        # anything but an identifier would be SQL of its own (a key holding
+        # `...); COPY ... TO '.git/config'` ran at validate)
+        for key in v:
+            if not isinstance(key, str) or not _OPTION_NAME.fullmatch(key):
+                raise ValueError(
+                    f"reader option {str(key)[:60]!r} is not an option name (letters, digits, _)"
+                )
+        return v
 
 
 class SourceSpec(Spec):

@@ -7,6 +7,7 @@ DuckDB lists or npz blobs: no pickle."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from datetime import datetime, timezone
@@ -97,13 +98,39 @@ def open_database(db: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     if not read_only:
         db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(db), read_only=read_only)
+        con = duckdb.connect(str(db), read_only=read_only)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise _lock_error(exc, db) from None
         raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
     except duckdb.Error as exc:
         raise ExecutionError(f"cannot open database {db}: {first_line(exc)}") from exc
+    try:
+        refuse_stored_macros(con, db)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def refuse_stored_macros(con: duckdb.DuckDBPyConnection, db: Path) -> None:
+    """segtool never stores a macro, and project SQL cannot create one; a
+    database that holds one was written by someone else, and its macros
+    replace built-in functions in every query over it: a stored
+    `current_setting(x) AS true` made segtool take the connection for fenced
+    and skip the fence. (Every call here names the built-in's catalog.)"""
+    rows = con.execute(
+        """SELECT DISTINCT function_name FROM system.main.duckdb_functions()
+        WHERE NOT internal AND function_type IN ('macro', 'table_macro')
+        AND database_name = system.main.current_database() ORDER BY 1"""
+    ).fetchall()
+    if rows:
+        names = ", ".join(r[0] for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        raise ProjectError(
+            f"database {db} holds SQL macros segtool did not create ({names}): "
+            "they would replace built-in functions in every query segtool runs on it",
+            hint="point the target at a database `segtool run` wrote (segtool never stores macros)",
+        )
 
 
 def connect(
@@ -117,6 +144,10 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """The project database (or `database`), set up and fenced for project SQL."""
     db = Path(database) if database is not None else proj.database_path
+    if database is None:
+        # profiles.yml is a project file: a pull request could point it at any
+        # database on the machine and read it through `segtool test`'s failures
+        reach.check_reach(proj.roots, db, "the database", keep="the database")
     if read_only and not db.exists():
         raise ProjectError(
             f"database {proj.relpath(db)} does not exist yet",
@@ -167,13 +198,16 @@ def setup_connection(
 ) -> None:
     """Settings, attached source databases, then the fence (which locks the
     configuration, so every setting comes before it)."""
-    if one(con.execute("SELECT current_setting('lock_configuration')"))[0]:
+    # the built-in by its catalog: a function of the database cannot answer
+    if one(con.execute("SELECT system.main.current_setting('lock_configuration')"))[0]:
         # a second connection to a database this process has open shares its
         # instance, which is set up and fenced already
         return
     paths = [str(proj.root)] + [str(p) for p in search_paths if str(p) != str(proj.root)]
     con.execute(f"SET file_search_path = {sql_literal(','.join(paths))}")
-    con.execute(f"SET threads = {int(threads or proj.target.threads)}")
+    # at most the CPUs: `threads: 3000` in a pull request's profiles.yml
+    # started 3,000 threads in every command
+    con.execute(f"SET threads = {min(int(threads or proj.target.threads), os.cpu_count() or 1)}")
     # DuckDB checkpoints whenever its write-ahead log passes 16 MB: a run that
     # commits vectors 2,048 at a time checkpointed every few seconds, each one
     # rewriting the tables' last blocks (160,000 vectors: 5.7 s to insert with
@@ -192,7 +226,7 @@ def setup_connection(
         if src.database and attach_alias(src.name) not in attached:
             path = Path(src.database)
             path = path if path.is_absolute() else proj.root / path
-            reach.check_reach(
+            reach.check_data(
                 proj.roots, path, f"source '{src.name}': database", file=src.file, line=src.line
             )
             if not path.exists():
@@ -247,7 +281,7 @@ def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tupl
         def checked(q: Path) -> Path:
             if what is None:
                 return q.resolve()
-            return reach.check_reach(proj.roots, q, what, file=file, line=line)
+            return reach.check_data(proj.roots, q, what, file=file, line=line)
 
         if _GLOB.search(str(p)):
             parts = []

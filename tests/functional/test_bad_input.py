@@ -418,7 +418,7 @@ def test_template_error_for_one_user(project):
     assert project.snapshot() == before
 
 
-def test_disk_full(project, tmp_path):
+def test_disk_full(project, tmp_path, monkeypatch):
     """A database on a tiny tmpfs: the run fails with exit 1 and the real
     "No space left on device" (a ROLLBACK after the failed COMMIT used to hide
     it as "cannot rollback"); after freeing space the next run succeeds.
@@ -436,6 +436,7 @@ def test_disk_full(project, tmp_path):
         != 0
     ):
         pytest.skip("cannot mount a tmpfs here")
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(mnt))  # a database outside the project
     try:
         project.write("profiles.yml", f"targets:\n  dev: {{database: {mnt}/seg.duckdb}}\n")
         r = project.cli("run", expect=1)

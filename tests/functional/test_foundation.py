@@ -339,7 +339,7 @@ def test_rerender_counts_texts_that_changed(project):
 def test_sources_attached_database_json_and_reader_options(project):
     import duckdb
 
-    other = project.root / "crm.duckdb"
+    other = project.root / "data" / "crm.duckdb"
     con = duckdb.connect(str(other))
     con.execute(
         "create schema sales; create table sales.accounts as select range as user_id, 'tier' || (range % 2) as tier from range(1, 61)"
@@ -357,7 +357,7 @@ def test_sources_attached_database_json_and_reader_options(project):
         """
         sources:
           - name: crm
-            database: crm.duckdb
+            database: data/crm.duckdb
             schema: sales
             tables:
               - name: accounts

@@ -745,3 +745,94 @@ def test_a_symlink_inside_target_does_not_lead_writes_out(built, tmp_path):
         assert f"leads to {outside}" in r.stderr and "remove the symlink" in r.stderr, r.stderr
         assert list(outside.iterdir()) == [], "a file was written through the symlink"
         link.unlink()
+
+
+def test_a_reader_option_name_cannot_carry_sql(built, tmp_path):
+    """An options key was pasted into the reader call as written: validate ran
+    `...); COPY (...) TO 'models/pwned.sql' ...` and wrote the file."""
+    original = built.read("models/sources.yml")
+    key = (
+        "header = true); COPY (SELECT 'pwned' AS x) TO 'models/pwned.sql' (HEADER false); "
+        "SELECT * FROM read_csv('data/orders.csv', header"
+    )
+    built.write(
+        "models/sources.yml",
+        original.replace(
+            "path: data/orders.csv", f'path: data/orders.csv\n        options: {{"{key}": true}}'
+        ),
+    )
+    for cmd in ("validate", "compile", "test", "run"):
+        _refused(
+            built, cmd, contains=['reader option "header = true); COPY', "is not an option name"]
+        )
+    assert not (built.root / "models" / "pwned.sql").exists()
+
+
+def test_a_database_holding_macros_is_refused(built):
+    """A stored macro replaces a built-in in every query: `current_setting(x)
+    AS true` made setup_connection take the connection for fenced, and a
+    view then read /etc/passwd in `segtool test`; `diff --data` had no fence."""
+    import duckdb
+
+    con = duckdb.connect(str(built.db))
+    con.execute("CREATE MACRO main.current_setting(x) AS true")
+    con.close()
+    for cmd in (("test",), ("run",), ("diff", "--data"), ("show", "behaviour"), ("docs",)):
+        r = built.cli(*cmd, expect=1)
+        assert "holds SQL macros segtool did not create (current_setting)" in r.stderr, (
+            cmd,
+            r.stderr,
+        )
+    con = duckdb.connect(str(built.db))
+    con.execute("DROP MACRO main.current_setting")
+    con.close()
+    built.cli("show", "behaviour")
+
+
+def test_data_may_not_be_the_project_folder_or_a_file_at_its_top(built, monkeypatch):
+    """A glob source whose folder is the project's (`dat[a]/orders.csv`), or
+    `allow_paths: [.]`, opened .git/config and .env to every model; a source
+    could name a CI login's gha-creds-*.json at the top and print it in a test."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    (built.root / ".env").write_text("TOKEN=sekret_4321\n")
+    (built.root / "gha-creds-1.csv").write_text("private_key,b\nGCPSECRET_55,2\n")
+    original = built.read("models/sources.yml")
+    for path, says in (
+        ("dat[a]/orders.csv", f"source 'shop.orders': {built.root} is the project folder itself"),
+        ("gha-creds-1.csv", "gha-creds-1.csv is a file at the project's top"),
+    ):
+        built.write("models/sources.yml", original.replace("data/orders.csv", path))
+        r = _refused(built, "validate", contains=[says])
+        assert "GCPSECRET" not in r.output
+    built.write("models/sources.yml", original)
+    built.write("profiles.yml", "targets:\n  dev: {allow_paths: [.]}\n")
+    _refused(built, "validate", contains=["is the project folder itself"])
+
+
+def test_the_database_must_be_within_reach(built, tmp_path, monkeypatch):
+    """profiles.yml could point `segtool test` (safe on a pull request) at any
+    database on the machine and print its rows as test failures."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    elsewhere = tmp_path / "victim"
+    elsewhere.mkdir()
+    shutil.copy(built.db, elsewhere / "victim.duckdb")
+    built.write("profiles.yml", f"targets:\n  dev: {{database: '{elsewhere}/victim.duckdb'}}\n")
+    says = f"the database {elsewhere}/victim.duckdb lies outside the project folder"
+    for cmd in (("test",), ("docs",), ("diff", "--data"), ("run",)):
+        r = built.cli(*cmd, expect=1)
+        assert says in r.stderr and "SEGTOOL_DATA_DIRS" in r.stderr, (cmd, r.stderr)
+    monkeypatch.setenv("SEGTOOL_DATA_DIRS", str(elsewhere))  # the operator allows it
+    built.cli("show", "behaviour")
+
+
+def test_threads_are_at_most_the_cpus(built):
+    import os
+
+    built.write("profiles.yml", "targets:\n  dev: {threads: 3000}\n")
+    from segtool import Project
+
+    con = Project.load(built.root).connect(read_only=True)
+    try:
+        assert con.execute("SELECT current_setting('threads')").fetchone()[0] == os.cpu_count()
+    finally:
+        con.close()
