@@ -836,3 +836,21 @@ def test_threads_are_at_most_the_cpus(built):
         assert con.execute("SELECT current_setting('threads')").fetchone()[0] == os.cpu_count()
     finally:
         con.close()
+
+
+def test_compile_runs_no_view_a_database_holds(built):
+    """A committed database's view ran in compile's samples (one summing
+    range(10^14) ran until killed): compile renders samples from tables only."""
+    import duckdb
+
+    con = duckdb.connect(str(built.db))
+    con.execute("ALTER TABLE main.user_features RENAME TO uf")
+    con.execute("CREATE VIEW main.user_features AS SELECT * FROM main.uf")
+    con.close()
+    shutil.rmtree(built.root / "target" / "samples", ignore_errors=True)
+    r = built.cli("compile")
+    assert (
+        "no sample texts for 'story': model 'user_features' is a view, and compile runs no model SQL"
+        in r.stdout
+    )
+    assert not (built.root / "target" / "samples" / "story.md").exists()
