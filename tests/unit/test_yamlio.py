@@ -213,3 +213,23 @@ def test_libyaml_and_pure_python_parsers_give_the_same_data_and_marks():
         fast = yamlio._parse(yaml.CSafeLoader(text), text, "f.yml")
         slow = yamlio._parse(yaml.SafeLoader(text), text, "f.yml")
         assert fast == slow
+
+
+def test_aliases_that_multiply_or_contain_themselves_are_refused():
+    """Six lines of aliases of aliases (238 bytes) made 10^6 values in 5 s and
+    310 MB, and `a: &a [*a]` ended in an internal RecursionError."""
+    import pytest
+
+    from segtool.errors import ProjectError
+    from segtool.project.yamlio import parse_yaml
+
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcde", "bcdef", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
+    with pytest.raises(ProjectError, match="expands to more than 200,000 values"):
+        parse_yaml("\n".join(lines), "bomb.yml")
+    with pytest.raises(ProjectError, match="nests deeper than 100 levels"):
+        parse_yaml("a: &a [*a]\n", "loop.yml")
+    # aliases as people use them still work
+    data, _ = parse_yaml("base: &b {k: 3}\nseg:\n  <<: *b\n  seed: 7\n", "ok.yml")
+    assert data["seg"] == {"k": 3, "seed": 7}
