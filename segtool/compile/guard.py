@@ -254,3 +254,14 @@ def check_expression(expr: str, *, what: str, path: str | None, line: int | None
     stmt["node"].pop("where_clause")
     if stmt != _baseline():
         raise refuse("it reaches outside the WHERE clause")
+    # a subquery may call a table function: the ones models may not call,
+    # neither may a predicate (`(select count(*) from checkpoint()) >= 0`)
+    calls, _ = _function_names(tree)
+    bad = sorted(set(calls) & FORBIDDEN_FUNCTIONS)
+    if bad:
+        raise ProjectError(
+            f"{what}: predicate `{expr}` calls {bad[0]}(), which project SQL may not use",
+            path=path,
+            line=line,
+            hint="a predicate reads the model's columns; it does not change the database or run SQL from strings",
+        )

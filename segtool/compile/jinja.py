@@ -5,8 +5,9 @@ come back as ProjectError pointing at the template's file and line.
 
 Bounded: Jinja's sandbox stops attribute escapes but not resource exhaustion,
 so the operators and functions that can build a huge value in one step
-(`**`, `*` on sequences, `%` and `format` widths, str padding methods, and
-some filters) refuse results above MAX_SIZE, and each render has a time limit
+(`**`, `*` and `+` on sequences, `~`, `%`, `format` and str.format with
+their widths, str padding methods, replace and join) refuse results above
+MAX_SIZE, and each render has a time limit
 (RENDER_SECONDS, in the main thread) so a runaway loop names its template
 line instead of hanging the run."""
 
@@ -20,13 +21,14 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any
 
 import jinja2
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, pass_eval_context
+from jinja2.compiler import CodeGenerator
 from jinja2.runtime import LoopContext
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
 
 from segtool.errors import ProjectError
 
@@ -66,8 +68,47 @@ def _size_of(x: Any) -> int | None:
     return len(x) if isinstance(x, (str, bytes, list, tuple)) else None
 
 
+def _text_size(values) -> int:
+    return sum(len(v) if isinstance(v, str) else len(str(v)) for v in values)
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """str.format / format_map: a width or precision is checked once nested
+    fields are filled in (`"{:>{w}}".format(1, w=3000000000)` asked for 3 GB
+    in one step), and the arguments' text with the format's may not exceed
+    MAX_SIZE."""
+
+    def vformat(self, format_string, args, kwargs):
+        if len(format_string) + _text_size(args) + _text_size(kwargs.values()) > MAX_SIZE:
+            raise _too_big("a str.format")
+        return super().vformat(format_string, args, kwargs)
+
+    def format_field(self, value, format_spec):
+        _check_widths(format_spec, "a str.format")
+        return super().format_field(value, format_spec)
+
+
+class _CodeGenerator(CodeGenerator):
+    """`a ~ b` goes through the environment, which bounds its result (a
+    namespace doubled by `~` in a loop reached 128,000,000 characters)."""
+
+    def visit_Concat(self, node, frame) -> None:
+        self.write("environment.concat_bounded((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Env(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(["*", "**", "%"])
+    intercepted_binops = frozenset(["*", "**", "%", "+"])
+    code_generator_class = _CodeGenerator
+
+    def concat_bounded(self, parts) -> str:
+        texts = [p if isinstance(p, str) else str(p) for p in parts]
+        if sum(map(len, texts)) > MAX_SIZE:
+            raise _too_big("joining with ~")
+        return "".join(texts)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,32 +137,73 @@ class _Env(ImmutableSandboxedEnvironment):
                 size = _size_of(seq)
                 if size is not None and isinstance(n, int) and size * n > MAX_SIZE:
                     raise _too_big("repeating a sequence")
+        elif operator == "+":
+            a, b = _size_of(left), _size_of(right)
+            if a is not None and b is not None and a + b > MAX_SIZE:
+                raise _too_big("adding two sequences")
         elif operator == "%" and isinstance(left, str):
             _check_widths(left, "a % format")
             args = right if isinstance(right, tuple) else (right,)
             if "*" in left and any(isinstance(a, int) and a > MAX_SIZE for a in args):
                 raise _too_big("a % format")
+            if len(left) + _text_size(args) > MAX_SIZE:
+                raise _too_big("a % format")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
         name = getattr(__obj, "__name__", "")
-        if isinstance(getattr(__obj, "__self__", None), str) and name in _PADDING_METHODS:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and name in _PADDING_METHODS:
             if any(isinstance(a, int) and a > MAX_SIZE for a in args):
                 raise _too_big(f"str.{name}")
+        elif isinstance(owner, str) and name == "replace" and len(args) >= 2:
+            _check_replace(owner, *args[:3])
+        elif isinstance(owner, str) and name == "join" and args:
+            _check_join(owner, args[0])
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any):
         wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            _check_widths(value.__self__, "a str.format")
-        return wrapped
+        if wrapped is None:
+            return None
+        _check_widths(value.__self__, "a str.format")
+        formatter = _BoundedFormatter(self)
+        f_self, is_map = value.__self__, value.__name__ == "format_map"
+
+        def bounded(*args, **kwargs):
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                args, kwargs = (), args[0]
+            return formatter.vformat(f_self, args, kwargs)
+
+        return bounded
 
 
-def _bounded_filter(fn: Callable, what: str, arg: int = 1) -> Callable:
-    """A filter whose size argument (positional `arg`, or `width`) is bounded."""
+def _check_replace(s: str, old: Any, new: Any, count: Any = None) -> None:
+    """`("ab"*500000)|replace("a", "a"*1000)` built 500,500,000 characters."""
+    if not isinstance(s, str) or not isinstance(old, str) or not isinstance(new, str):
+        return
+    n = s.count(old) if old else len(s) + 1
+    if isinstance(count, int) and count >= 0:
+        n = min(n, count)
+    if len(s) + n * (len(new) - len(old)) > MAX_SIZE:
+        raise _too_big("a replace")
 
+
+def _check_join(sep: Any, items: Any) -> None:
+    if isinstance(items, (list, tuple)) and isinstance(sep, str):
+        if _text_size(items) + len(sep) * max(len(items) - 1, 0) > MAX_SIZE:
+            raise _too_big("a join")
+
+
+def _bounded_filter(fn: Callable, what: str) -> Callable:
+    """A padding filter (`center`, `indent`: neither takes the environment)
+    whose `width`, its second argument, is bounded."""
+
+    @wraps(fn)
     def checked(*args, **kwargs):
-        size = kwargs.get("width", args[arg] if len(args) > arg else None)
+        size = kwargs.get("width", args[1] if len(args) > 1 else None)
         if isinstance(size, int) and size > MAX_SIZE:
             raise _too_big(f"the {what} filter")
         return fn(*args, **kwargs)
@@ -131,7 +213,23 @@ def _bounded_filter(fn: Callable, what: str, arg: int = 1) -> Callable:
 
 def _checked_format(value, *args, **kwargs):
     _check_widths(str(value), "the format filter")
+    if len(str(value)) + _text_size(args) + _text_size(kwargs.values()) > MAX_SIZE:
+        raise _too_big("the format filter")
     return jinja2.filters.do_format(value, *args, **kwargs)
+
+
+@pass_eval_context
+def _checked_replace(eval_ctx, s, old, new, count=None):
+    _check_replace(str(s), str(old), str(new), count)
+    return jinja2.filters.do_replace(eval_ctx, s, old, new, count)
+
+
+@pass_eval_context
+def _checked_join(eval_ctx, value, d="", attribute=None):
+    if attribute is None:
+        value = list(value)
+        _check_join(str(d), value)
+    return jinja2.filters.do_join(eval_ctx, value, d, attribute)
 
 
 def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
@@ -144,9 +242,13 @@ def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
         finalize=finalize,
     )
     env.filters["round_to"] = lambda x, n=0: round(float(x), n)
-    for name in ("center", "indent", "wordwrap", "truncate"):
+    # wordwrap and truncate only ever shorten or break a text: left as Jinja's
+    # (a wrapper without their pass_environment mark broke both)
+    for name in ("center", "indent"):
         env.filters[name] = _bounded_filter(env.filters[name], name)
     env.filters["format"] = _checked_format
+    env.filters["replace"] = _checked_replace
+    env.filters["join"] = _checked_join
     # lipsum(n) builds n paragraphs: no use in a segment project, and unbounded
     env.globals.pop("lipsum", None)
     return env

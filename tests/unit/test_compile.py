@@ -868,3 +868,58 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
     monkeypatch.setattr(sql, "source_files", lambda st, root: [str(ragged)])
     with pytest.raises(ProjectError, match=r"ragged.csv line 3: 1 field, the header has 2"):
         _check_one_column(SimpleNamespace(table=table), tmp_path, "a,b")
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        '{{ "{:0>{w}}".format(1, w=5000000) }}',  # a width filled in from a nested field
+        '{{ "{:>{w}}".format(1, w=3000000000) }}',
+        '{{ "{a}".format_map({"a": "x" * 999999, "b": 1}) ~ "{}{}".format("x" * 600000, "y" * 600000) }}',
+        '{{ ("ab" * 500000) | replace("a", "a" * 1000) }}',
+        '{{ ("ab" * 500000).replace("a", "b" * 3000) }}',
+        '{% set s = "a" * 1000000 %}{{ s ~ s }}',
+        '{% set s = "a" * 1000000 %}{{ "%s%s%s" | format(s, s, s) }}',
+        '{% set s = "a" * 1000000 %}{{ "%s%s" % (s, s) }}',
+        '{% set ns = namespace(s="ab") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}',
+        "{% set l = [1] * 900000 %}{{ (l + l) | length }}",
+        '{% set l = ["a" * 1000] * 2000 %}{{ l | join }}',
+        '{% set l = ["a" * 1000] * 2000 %}{{ "".join(l) }}',
+    ],
+)
+def test_no_template_expression_builds_a_value_past_the_limit(src):
+    """Each of these allocated millions to billions of characters in one step
+    (a security audit): sizes are checked before the value is built."""
+    from jinja2.sandbox import SecurityError
+
+    from segtool.compile.jinja import default_env
+
+    with pytest.raises(SecurityError, match="would exceed the sandbox limit"):
+        default_env().from_string(src).render()
+
+
+def test_bounded_filters_and_operators_still_work():
+    from segtool.compile.jinja import default_env
+
+    cases = {
+        '{{ "hello world foo" | wordwrap(5) }}': "hello\nworld\nfoo",  # a wrapper broke these two
+        '{{ "hello world foo bar baz" | truncate(12) }}': "hello...",
+        '{{ "x" | center(5) }}|{{ "a\nb" | indent(2) }}': "  x  |a\n  b",
+        '{{ "{:>5}|{}".format(1, "a") }} {{ "%05.1f" | format(3.14159) }}': "    1|a 003.1",
+        '{{ "{a}".format_map({"a": 2}) }} {{ "a" ~ 1 ~ none }}': "2 a1None",
+        '{{ [1, 2] | join(", ") }} {{ [{"n": "x"}, {"n": "y"}] | join("-", attribute="n") }}': "1, 2 x-y",
+        '{{ "aXbX" | replace("X", "-") }} {{ "aXbX" | replace("X", "-", 1) }} {{ "ab".replace("b", "c") }}': "a-b- a-bX ac",
+        '{{ [1] + [2] }} {{ 1 + 2 }} {{ "a" + "b" }}': "[1, 2] 3 ab",
+    }
+    for src, want in cases.items():
+        assert default_env().from_string(src).render() == want, src
+
+
+def test_a_predicate_may_not_call_what_a_model_may_not():
+    from segtool.compile.guard import check_expression
+
+    with pytest.raises(ProjectError, match=r"calls checkpoint\(\), which project SQL may not use"):
+        check_expression(
+            "(select count(*) from checkpoint()) >= 0", what="rule 'x'", path="s.yml", line=3
+        )
+    check_expression("(select count(*) from range(3)) >= 0", what="rule 'x'", path="s.yml", line=3)
