@@ -108,6 +108,9 @@ class Planner:
         self.selection_notes: list[str] = []
         self._input: dict[str, str] = {}
         self._exec: dict[str, str] = {}
+        self._built_tokens: dict[
+            str, str
+        ] = {}  # incremental model -> token of its last build from scratch
         self._fps: dict[str, str | None] = {}
         self._hash_inputs()
 
@@ -164,6 +167,17 @@ class Planner:
                 if self.volatile(n.name):
                     parts.append(self.nonce)
                     every_run.add(uid)
+                elif cm.config.materialized == "incremental":
+                    # what it holds came from its merges, not from its inputs:
+                    # after a rebuild from scratch the same hash told the
+                    # texts, vectors and segments downstream that nothing
+                    # changed (3 changed texts kept no vector). The token of
+                    # its last such build is part of its hash (none before one)
+                    stored = self.state.node(uid)
+                    built = self.nonce if self._rebuilds_history(n) else stored and stored.built
+                    if built:
+                        self._built_tokens[uid] = built
+                        parts.append(["built", built])
             self._input[uid] = sha(dumps(parts))
             held = self._held(n)
             if held is not None:
@@ -285,13 +299,27 @@ class Planner:
             return stored.input_hash if stored is not None else None
         return None
 
+    def _rebuilds_history(self, n) -> bool:
+        """An incremental model this run builds from scratch though it was
+        built before: --full-refresh, or its table gone."""
+        cm = self.built.compiled[n.name]
+        if self.state.node(n.unique_id) is None:
+            return False
+        if self.selected is not None and n.unique_id not in self.selected:
+            return False
+        refresh = self.options.full_refresh and cm.config.full_refresh is not False
+        return refresh or self.state.model_kind(n.name) is None
+
     def volatile(self, model: str) -> bool:
         cm = self.built.compiled[model]
         shape = cm.shape
         return shape is None or shape.volatile or shape.file_reads > cm.source_reads
 
-    def hashes(self, node) -> tuple[str, str | None]:
-        return self._input[node.unique_id], self._exec.get(node.unique_id)
+    def hashes(self, node) -> tuple[str, str | None, str | None]:
+        """What a completed step records: input and exec hashes, and for an
+        incremental model the token of its last build from scratch."""
+        uid = node.unique_id
+        return self._input[uid], self._exec.get(uid), self._built_tokens.get(uid)
 
     # ------------------------------------------------------------------ helpers
     def _count(self, sql: str, params=None) -> int:

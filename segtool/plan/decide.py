@@ -28,6 +28,7 @@ class Stored:
     exec_hash: str | None = None
     run_id: int | None = None
     parts: dict | None = None  # a hash per part of the definition (None: not recorded)
+    built: str | None = None  # incremental models: the token of the last build from scratch
 
 
 def changed_parts(stored: Stored | None, now: dict[str, str]) -> list[str] | None:

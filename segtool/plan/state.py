@@ -54,12 +54,13 @@ class DbState:
         self.last_run = None
         if not has_state(con):
             return
-        # parts: state v4 (a dry run may read an older database it cannot migrate)
+        # parts: state v4, built: v5 (a dry run may read an older database it cannot migrate)
         parts = "parts" if column_type(con, tables.STATE, "nodes", "parts") else "NULL"
-        for uid, own, inp, exe, run_id, p in con.execute(
-            f"SELECT unique_id, own_hash, input_hash, exec_hash, run_id, {parts} FROM {tables.NODES}"
+        built = "built" if column_type(con, tables.STATE, "nodes", "built") else "NULL"
+        for uid, own, inp, exe, run_id, p, b in con.execute(
+            f"SELECT unique_id, own_hash, input_hash, exec_hash, run_id, {parts}, {built} FROM {tables.NODES}"
         ).fetchall():
-            self._nodes[uid] = Stored(own, inp, exe, run_id, json.loads(p) if p else None)
+            self._nodes[uid] = Stored(own, inp, exe, run_id, json.loads(p) if p else None, b)
         row = one(con.execute(f"SELECT max(run_id) FROM {tables.RUNS} WHERE status = 'success'"))
         self.last_run = int(row[0]) if row and row[0] is not None else None
 

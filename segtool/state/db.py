@@ -26,7 +26,7 @@ from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -68,6 +68,10 @@ MIGRATIONS: dict[int, list[str]] = {
     # v4: a hash per part of each node's definition, so a plan can say which
     # part changed (population, labels, ...), not only that one did
     4: [f"ALTER TABLE {STATE}.nodes ADD COLUMN parts JSON"],
+    # v5: the token of an incremental model's last build from scratch, part
+    # of its input hash: what it holds came from its merges, so a rebuild
+    # changes it though its inputs did not (plan/build.py)
+    5: [f"ALTER TABLE {STATE}.nodes ADD COLUMN built VARCHAR"],
 }
 
 
@@ -456,12 +460,12 @@ def mark_interrupted(con: duckdb.DuckDBPyConnection) -> list[int]:
 
 def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int, hashes=None) -> None:
     """Remember each node's hashes at the end of its step. `hashes(node)`
-    gives (input_hash, exec_hash) (plan/build.py)."""
+    gives (input_hash, exec_hash, built) (plan/build.py)."""
     if not nodes:
         return
     rows = []
     for n in nodes:
-        input_hash, exec_hash = hashes(n) if hashes else (None, None)
+        input_hash, exec_hash, built = hashes(n) if hashes else (None, None, None)
         rows.append(
             [
                 n.unique_id,
@@ -474,14 +478,15 @@ def record_nodes(con: duckdb.DuckDBPyConnection, nodes: list, run_id: int, hashe
                 input_hash,
                 exec_hash,
                 json.dumps(n.part_hashes()),
+                built,
             ]
         )
     # one statement (executemany runs one per row), one row per node (the last)
     rows = list({r[0]: r for r in rows}.values())
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
     con.execute(
         f"""INSERT OR REPLACE INTO {STATE}.nodes (unique_id, kind, data_hash, own_hash, metadata_hash,
-        run_id, updated_at, input_hash, exec_hash, parts) VALUES {values}""",
+        run_id, updated_at, input_hash, exec_hash, parts, built) VALUES {values}""",
         [v for row in rows for v in row],
     )
 

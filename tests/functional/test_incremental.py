@@ -1125,3 +1125,50 @@ def test_a_dropped_history_is_started_again_for_every_user(project):
         "select count(*) from segments.behaviour_history where valid_to_run is null"
     )[0][0]
     assert open_spells == project.sql("select count(*) from segments.behaviour")[0][0] == 60
+
+
+def _summary(project):
+    return json.loads((project.root / "target/run_results.json").read_text())["summary"]
+
+
+def test_a_rebuilt_incremental_model_is_new_data_downstream(project):
+    """--full-refresh of an incremental model (the fix the docs give for edits
+    its merges do not see) recorded the same input hash as before: the texts
+    it changed kept no vector, their users kept their old segments, and a
+    later `run --refit` failed for missing vectors. A run after `-s model
+    --full-refresh` skipped the texts it changed."""
+    from tests.fixtures import data_files
+
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='incremental', unique_key='user_id') }}",
+    )
+    # merges see new users only: changed orders of known users wait for a rebuild
+    project.edit(
+        "models/user_features.sql",
+        "group by all",
+        "{% if is_incremental() %}where u.user_id not in (select user_id from {{ this }}){% endif %}\n"
+        "group by all",
+    )
+    project.cli("run")
+    for rel, content in data_files(changed=(5, 9)).items():
+        project.write(rel, content)
+    project.cli("run")
+    assert _summary(project)["texts"]["story"]["action"] == "skip"  # not seen by the merge
+    project.cli("run", "--full-refresh")
+    s = _summary(project)
+    assert s["embeddings"]["story.hash"]["action"] == "incremental"
+    assert s["embeddings"]["story.hash"]["embedded"] == 2
+    assert s["segmentations"]["behaviour"]["assigned"] == 2
+    project.cli("run")
+    assert _summary(project)["actions"] == {"skip": 6}  # the next run finds all up to date
+    # rebuilt alone: the next run renders what it changed
+    for rel, content in data_files(changed=(5, 9, 11)).items():
+        project.write(rel, content)
+    project.cli("run")
+    project.cli("run", "--full-refresh", "-s", "user_features")
+    project.cli("run")
+    s = _summary(project)
+    assert s["texts"]["story"]["changed"] == 1 and s["segmentations"]["behaviour"]["assigned"] == 1
+    project.cli("run", "--refit")
