@@ -132,16 +132,26 @@ def merge_incremental(
     """Delete the rows `new` replaces (by unique_key), insert `new`; then,
     with `keep` (the relation of delete_not_in), delete the rows whose key is
     not in it. Returns {"rows": rows of `new`} (+ "deleted" with `keep`)."""
-    new_cols = [r[0] for r in con.execute(f"DESCRIBE {new}").fetchall()]
-    old_cols = [r[0] for r in con.execute(f"DESCRIBE {rel}").fetchall()]
-    if set(new_cols) != set(old_cols):
+    new_types = dict(
+        con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {new})").fetchall()
+    )
+    old_types = dict(
+        con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {rel})").fetchall()
+    )
+    rebuild = (
+        "run with --full-refresh to rebuild it"
+        if cm.config.full_refresh is not False
+        else "it has full_refresh=false, so --full-refresh keeps its rows: select the old columns, or remove full_refresh=false and run with --full-refresh to rebuild it"
+    )
+    if set(new_types) != set(old_types):
         raise SqlError(
-            f"incremental model '{cm.name}' changed its columns ({', '.join(sorted(set(new_cols) ^ set(old_cols)))})",
+            f"incremental model '{cm.name}' changed its columns ({', '.join(sorted(set(new_types) ^ set(old_types)))})",
             path=cm.path,
-            hint="run with --full-refresh to rebuild it"
-            if cm.config.full_refresh is not False
-            else "it has full_refresh=false, so --full-refresh keeps its rows: select the old columns, or remove full_refresh=false and run with --full-refresh to rebuild it",
+            hint=rebuild,
         )
+    for col, typ in new_types.items():
+        if typ != old_types[col]:
+            _check_stored_as(con, cm, new, col, typ, old_types[col], rebuild)
     keys = cm.config.unique_keys
 
     def same_key(other: str) -> str:
@@ -162,6 +172,36 @@ def merge_incremental(
         )
         out["deleted"] = int(gone[0]) if gone else 0
     return out
+
+
+def _check_stored_as(
+    con, cm: CompiledModel, new: str, col: str, typ: str, held: str, rebuild: str
+) -> None:
+    """The merge inserts `new` into the table, which casts each value to the
+    table's type: amounts 4.99 and 0.49 were stored in an INTEGER column as 5
+    and 0, without a word. A type that keeps every value of this batch is
+    fine; one that changes a value, or a text column taking other values (a
+    first build with no rows reads every CSV column as text), is an error."""
+    q = quote_ident(col)
+    back = f"TRY_CAST(TRY_CAST({q} AS {held}) AS {typ})"
+    row = one(
+        con.execute(
+            f"SELECT {q}::VARCHAR, TRY_CAST({q} AS {held})::VARCHAR FROM {new} "
+            f"WHERE {q} IS NOT NULL AND {back} IS DISTINCT FROM {q} LIMIT 1"
+        )
+    )
+    if row is None and not (held == "VARCHAR" and typ != "VARCHAR"):
+        return
+    example = (
+        f": {row[0]} would be stored as {row[1] if row[1] is not None else 'NULL'}"
+        if row
+        else ": its values would be stored as text"
+    )
+    raise SqlError(
+        f"incremental model '{cm.name}' returns column '{col}' as {typ}, but its table holds {held}{example}",
+        path=cm.path,
+        hint=f"{rebuild} with the new type, or cast '{col}' to {held} in the SQL",
+    )
 
 
 def check_key(

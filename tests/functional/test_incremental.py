@@ -1172,3 +1172,37 @@ def test_a_rebuilt_incremental_model_is_new_data_downstream(project):
     s = _summary(project)
     assert s["texts"]["story"]["changed"] == 1 and s["segmentations"]["behaviour"]["assigned"] == 1
     project.cli("run", "--refit")
+
+
+@pytest.mark.parametrize(
+    "first, later, says",
+    [
+        ("cast(amount as integer)", "amount", "would be stored as"),  # 4.99 became 5
+        ("cast(amount as varchar)", "amount", "its values would be stored as text"),
+        ("cast(amount as double)", "cast(amount as decimal(10, 2))", None),  # every value kept
+    ],
+)
+def test_a_merge_that_would_change_values_by_the_tables_type_is_refused(
+    project, first, later, says
+):
+    from tests.fixtures import data_files
+
+    project.write(
+        "models/amounts.sql",
+        "{{ config(materialized='incremental', unique_key='order_id') }}\n"
+        f"select order_id, {{% if is_incremental() %}}{later}{{% else %}}{first}{{% endif %}} as amount\n"
+        "from {{ ref('stg_orders') }}\n",
+    )
+    project.cli("run")
+    for rel, content in data_files(changed=(5,)).items():
+        project.write(rel, content)
+    if says is None:
+        project.cli("run")
+        return
+    r = project.cli("run", expect=1)
+    assert (
+        "incremental model 'amounts' returns column 'amount' as DOUBLE, but its table holds"
+        in r.stderr
+    )
+    assert says in r.stderr and "--full-refresh" in r.stderr
+    project.cli("run", "--full-refresh")
