@@ -17,5 +17,7 @@ select
 from {{ ref('stg_orders') }} as o
 left join {{ ref('stg_products') }} as p using (product_id)
 {% if is_incremental() %}
-where o.ordered_at >= (select max(ordered_at) from {{ this }})
+-- coalesce: a first build with no orders leaves max() NULL, and `>= NULL` would
+-- load nothing ever after
+where o.ordered_at >= (select coalesce(max(ordered_at), '-infinity'::timestamp) from {{ this }})
 {% endif %}

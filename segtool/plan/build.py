@@ -64,7 +64,10 @@ def source_fingerprint(st, root: Path) -> str | None:
             return None
     elif src.database:
         p = Path(src.database)
-        files = [str(p if p.is_absolute() else root / p)]
+        p = p if p.is_absolute() else root / p
+        # commits not yet checkpointed live in its write-ahead log, and the
+        # file's size and mtime stay as they were
+        files = [str(p), f"{p}.wal"]
     else:
         return None
     parts = []

@@ -385,6 +385,32 @@ def test_sources_attached_database_json_and_reader_options(project):
     assert project.sql("select count(*), count(distinct tier), sum(flag) from enriched") == [
         (60, 2, 30)
     ]
+    # a writer's commits still in the attached file's write-ahead log: the
+    # file's size and mtime stay, and the plan said "unchanged"
+    con = duckdb.connect(str(other))
+    con.execute("PRAGMA disable_checkpoint_on_shutdown")
+    con.execute("update sales.accounts set tier = 'tier9' where user_id <= 3")
+    con.close()
+    assert (project.root / "data" / "crm.duckdb.wal").exists()
+    project.cli("run", "-s", "+enriched")
+    assert project.sql("select count(*) from enriched where tier = 'tier9'") == [(3,)]
+
+
+def test_a_hidden_file_a_glob_source_reads_is_in_its_fingerprint(project):
+    """DuckDB's glob reads data/o/.late.csv; Python's skipped it, so adding
+    it left the plan at "nothing to do" while the view read its rows."""
+    project.write("data/o/orders.csv", project.read("data/orders.csv"))
+    project.edit("models/sources.yml", "path: data/orders.csv", "path: data/o/*.csv")
+    project.cli("run")
+    project.write(
+        "data/o/.late.csv",
+        "order_id,user_id,product,category,amount,ordered_at\n"
+        "99999,5,late shoes,outdoor,40.0,2024-03-03 10:00:00\n",
+    )
+    project.cli("run")
+    assert project.sql("select orders from user_features where user_id = 5") == [
+        (project.sql("select count(*) from stg_orders where user_id = 5")[0][0],)
+    ]
 
 
 def test_min_silhouette_test(project):
@@ -398,3 +424,37 @@ def test_min_silhouette_test(project):
     assert "FAIL  min_silhouette(behaviour): silhouette" in r.stdout
     project.edit("segments/segments.yml", "min_silhouette: 0.99", "min_silhouette: -1")
     project.cli("test", "-s", "behaviour")
+
+
+def test_the_templates_orders_load_after_a_first_build_with_none(tmp_path):
+    """orders_enriched's watermark `>= (select max(ordered_at) ...)` is NULL
+    over an empty table: after a first build with no orders, no run loaded
+    any (0 rows against 1,553, every user a 'prospect')."""
+    from click.testing import CliRunner
+
+    from segtool.cli import main
+
+    dest = tmp_path / "shop"
+    assert CliRunner().invoke(main, ["init", str(dest)]).exit_code == 0
+    seg = dest / "segments" / "segments.yml"
+    seg.write_text(
+        seg.read_text().replace("encoder: minilm}, weight: 1.0}", "encoder: hashing}, weight: 1.0}")
+    )
+    orders = dest / "data" / "orders.csv"
+    full = orders.read_text()
+    orders.write_text(full.splitlines()[0] + "\n")
+    run = ["run", "-q", "--project-dir", str(dest), "-s", "+orders_enriched"]
+    assert CliRunner().invoke(main, run).exit_code == 0
+    orders.write_text(full)
+    r = CliRunner().invoke(main, run)
+    assert r.exit_code == 0, r.output
+    import duckdb
+
+    con = duckdb.connect(str(dest / "target" / "segtool.duckdb"), read_only=True)
+    try:
+        assert (
+            con.execute("select count(*) from orders_enriched").fetchone()[0]
+            == len(full.splitlines()) - 1
+        )
+    finally:
+        con.close()
