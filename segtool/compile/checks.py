@@ -148,8 +148,11 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 if cm.config.materialized == "incremental":
                     # bind the is_incremental() branch too, against the empty `this`
                     inc = compile_model(proj, model, incremental=True, source_override=stubs)
+                    inc_cols = out.columns[cm.name]
                     if inc.sql != cm.sql:
-                        con.execute(f"DESCRIBE {inc.sql}").fetchall()
+                        rows = con.execute(f"DESCRIBE {inc.sql}").fetchall()
+                        inc_cols = {r[0]: r[1] for r in rows}
+                    _check_incremental_columns(cm, out.columns[cm.name], inc_cols)
                     _check_delete_not_in(cm, out.columns)
             except ProjectError as exc:
                 broken.add(uid)
@@ -226,6 +229,36 @@ def _check_one_column(st, root, name: str) -> None:
         line=st.table.line,
         hint="fix the row, or set the reader's options on the source (e.g. `options: {delim: ',', null_padding: true}`)",
     )
+
+
+def _check_incremental_columns(cm, full: dict[str, str], inc: dict[str, str]) -> None:
+    """The unique_key columns are columns of the model, and both branches
+    return the same columns: each failed only at the first merge (`Table "t"
+    does not have a column named "oid"`, pointing at compiled SQL; `changed its
+    columns`, whose --full-refresh hint held for one run)."""
+    missing = [k for k in cm.config.unique_keys if k not in full]
+    if missing:
+        raise ProjectError(
+            f"model '{cm.name}' config: unique_key "
+            + ", ".join(f"'{k}'" for k in missing)
+            + " is not a column of the model",
+            path=cm.path,
+            hint=did_you_mean(missing[0], full) or f"columns: {', '.join(list(full)[:12])}",
+        )
+    if set(full) != set(inc):
+        only_full = sorted(set(full) - set(inc))
+        only_inc = sorted(set(inc) - set(full))
+        said = []
+        if only_full:
+            said.append(f"{', '.join(only_full)} only without it")
+        if only_inc:
+            said.append(f"{', '.join(only_inc)} only with it")
+        raise ProjectError(
+            f"model '{cm.name}': the is_incremental() branch returns other columns "
+            f"than the full build ({'; '.join(said)})",
+            path=cm.path,
+            hint="both branches must return the same columns: a merge inserts the incremental rows into the table the full build made",
+        )
 
 
 def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:

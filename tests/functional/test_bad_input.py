@@ -627,3 +627,28 @@ def test_predicate_errors_point_at_the_predicates_own_line(built):
             "invalid predicate `orderz > 0`",
         ],
     )
+
+
+@pytest.mark.parametrize(
+    "sql, says",
+    [
+        (
+            "{{ config(materialized='incremental', unique_key='oid') }}\n"
+            "select order_id, amount from {{ ref('stg_orders') }}\n",
+            "model 'inc' config: unique_key 'oid' is not a column of the model",
+        ),
+        (
+            "{{ config(materialized='incremental', unique_key='user_id') }}\n"
+            "select user_id, count(*) as {% if is_incremental() %}n_orders{% else %}n{% endif %}\n"
+            "from {{ ref('stg_orders') }} group by user_id\n",
+            "model 'inc': the is_incremental() branch returns other columns than the full build "
+            "(n only without it; n_orders only with it)",
+        ),
+    ],
+)
+def test_an_incremental_model_that_cannot_merge_fails_validate(built, sql, says):
+    """Both passed validate and the first run, and failed at the first merge
+    (one pointing at compiled SQL; one with a --full-refresh hint that held
+    for one run)."""
+    built.write("models/inc.sql", sql)
+    _fails(built, "validate", contains=["models/inc.sql", says])
