@@ -115,6 +115,8 @@ def build_model(
         elif not incremental:
             con.execute(f"CREATE OR REPLACE TABLE {rel} AS\n{run_cm.sql}")
             out["rows"] = one(con.execute(f"SELECT count(*) FROM {rel}"))[0]
+            if mat == "incremental":
+                _check_unique_key(con, cm, rel)
         else:
             tmp = quote_ident(f"__segtool_new_{cm.name}")
             con.execute(f"CREATE OR REPLACE TEMP TABLE {tmp} AS\n{run_cm.sql}")
@@ -152,6 +154,7 @@ def merge_incremental(
     for col, typ in new_types.items():
         if typ != old_types[col]:
             _check_stored_as(con, cm, new, col, typ, old_types[col], rebuild)
+    _check_unique_key(con, cm, new)
     keys = cm.config.unique_keys
 
     def same_key(other: str) -> str:
@@ -172,6 +175,43 @@ def merge_incremental(
         )
         out["deleted"] = int(gone[0]) if gone else 0
     return out
+
+
+def _check_unique_key(con, cm: CompiledModel, rel: str) -> None:
+    """A merge replaces rows by their unique_key: a NULL key matches no row
+    (each merge added the row again) and a key twice in one batch was
+    inserted twice, both without a word."""
+    keys = cm.config.unique_keys
+    if not keys:
+        return
+    cols = ", ".join(quote_ident(k) for k in keys)
+    named = ", ".join(keys)
+    nulls = one(
+        con.execute(
+            f"SELECT count(*) FROM {rel} WHERE "
+            + " OR ".join(f"{quote_ident(k)} IS NULL" for k in keys)
+        )
+    )[0]
+    if nulls:
+        raise DataError(
+            f"incremental model '{cm.name}' returns {counted(nulls, 'row')} with a NULL in its unique_key ({named}): "
+            "a NULL key matches no row, so every merge would add such a row again",
+            path=cm.path,
+            hint="filter those rows out, or give them a key",
+        )
+    dup = one(
+        con.execute(
+            f"SELECT {cols}, count(*) FROM {rel} GROUP BY ALL HAVING count(*) > 1 ORDER BY count(*) DESC, {cols} LIMIT 1"
+        )
+    )
+    if dup:
+        key = ", ".join(str(v) for v in dup[:-1])
+        raise DataError(
+            f"incremental model '{cm.name}' returns {dup[-1]} rows for {named} {key}: "
+            "a merge replaces rows by their unique_key, so it must be unique",
+            path=cm.path,
+            hint="aggregate to one row per key, or name the columns that make a row unique",
+        )
 
 
 def _check_stored_as(

@@ -1206,3 +1206,32 @@ def test_a_merge_that_would_change_values_by_the_tables_type_is_refused(
     )
     assert says in r.stderr and "--full-refresh" in r.stderr
     project.cli("run", "--full-refresh")
+
+
+@pytest.mark.parametrize(
+    "select, says",
+    [
+        ("select user_id, order_id from {{ ref('stg_orders') }}", "returns 4 rows for user_id 2:"),
+        (
+            "select {% if is_incremental() %}case when user_id = 5 then null else user_id end"
+            "{% else %}user_id{% endif %} as user_id, count(*) as n from {{ ref('stg_orders') }} group by 1",
+            "returns 1 row with a NULL in its unique_key (user_id)",
+        ),
+    ],
+)
+def test_a_unique_key_that_is_not_unique_is_refused(project, select, says):
+    """A key twice in one batch was inserted twice, and a NULL key matched no
+    row, so each merge added it again: the docs say rows with the same key
+    are replaced."""
+    from tests.fixtures import data_files
+
+    project.write(
+        "models/inc.sql",
+        "{{ config(materialized='incremental', unique_key='user_id') }}\n" + select + "\n",
+    )
+    if "is_incremental" in select:
+        project.cli("run")
+        for rel, content in data_files(changed=(5,)).items():
+            project.write(rel, content)
+    r = project.cli("run", expect=1)
+    assert f"incremental model 'inc' {says}" in r.stderr, r.stderr
