@@ -29,7 +29,8 @@ def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
     try:
         con = open_database(path, read_only=True)
     except SegtoolError as exc:
-        exc.message = f"{what} database: {exc.message}"
+        if what != "the":  # which of two ("the database: database ..." said it twice)
+            exc.message = f"{what} database: {exc.message}"
         raise
     if not has_state(con):
         con.close()

@@ -282,10 +282,10 @@ def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tupl
             return  # remote: needs external_access
         p = Path(text) if Path(text).is_absolute() else proj.root / text
 
-        def checked(q: Path) -> Path:
+        def checked(q: Path, of: str = "") -> Path:
             if what is None:
                 return q.resolve()
-            return reach.check_data(proj.roots, q, what, file=file, line=line)
+            return reach.check_data(proj.roots, q, what + of, file=file, line=line)
 
         if _GLOB.search(str(p)):
             parts = []
@@ -293,7 +293,8 @@ def allowed_locations(proj: LoadedProject, extra: tuple[Path, ...] = ()) -> tupl
                 if _GLOB.search(part):
                     break
                 parts.append(part)
-            dirs.add(str(checked(Path(*parts))).rstrip("/") + "/")
+            # the folder the glob opens is what is checked: say so
+            dirs.add(str(checked(Path(*parts), f" the folder of {text},")).rstrip("/") + "/")
         elif p.is_dir() or text.endswith("/"):
             dirs.add(str(checked(p)).rstrip("/") + "/")
         else:

@@ -798,7 +798,10 @@ def test_data_may_not_be_the_project_folder_or_a_file_at_its_top(built, monkeypa
     (built.root / "gha-creds-1.csv").write_text("private_key,b\nGCPSECRET_55,2\n")
     original = built.read("models/sources.yml")
     for path, says in (
-        ("dat[a]/orders.csv", f"source 'shop.orders': {built.root} is the project folder itself"),
+        (
+            "dat[a]/orders.csv",
+            f"source 'shop.orders': the folder of dat[a]/orders.csv, {built.root} is the project folder itself",
+        ),
         ("gha-creds-1.csv", "gha-creds-1.csv is a file at the project's top"),
     ):
         built.write("models/sources.yml", original.replace("data/orders.csv", path))
