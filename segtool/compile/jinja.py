@@ -159,6 +159,7 @@ class _Env(ImmutableSandboxedEnvironment):
         elif isinstance(owner, str) and name == "replace" and len(args) >= 2:
             _check_replace(owner, *args[:3])
         elif isinstance(owner, str) and name == "join" and args:
+            args = (list(args[0]), *args[1:])  # a generator is measured too
             _check_join(owner, args[0])
         return super().call(__context, __obj, *args, **kwargs)
 
@@ -226,8 +227,11 @@ def _checked_replace(eval_ctx, s, old, new, count=None):
 
 @pass_eval_context
 def _checked_join(eval_ctx, value, d="", attribute=None):
-    if attribute is None:
-        value = list(value)
+    value = list(value)
+    if attribute is not None:
+        get = jinja2.filters.make_attrgetter(eval_ctx.environment, attribute)
+        _check_join(str(d), [get(v) for v in value])
+    else:
         _check_join(str(d), value)
     return jinja2.filters.do_join(eval_ctx, value, d, attribute)
 

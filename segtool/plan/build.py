@@ -111,9 +111,8 @@ class Planner:
         self.selection_notes: list[str] = []
         self._input: dict[str, str] = {}
         self._exec: dict[str, str] = {}
-        self._built_tokens: dict[
-            str, str
-        ] = {}  # incremental model -> token of its last build from scratch
+        # incremental model -> the token of its last build from scratch
+        self._built_tokens: dict[str, str] = {}
         self._fps: dict[str, str | None] = {}
         self._hash_inputs()
 

@@ -885,6 +885,8 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
         "{% set l = [1] * 900000 %}{{ (l + l) | length }}",
         '{% set l = ["a" * 1000] * 2000 %}{{ l | join }}',
         '{% set l = ["a" * 1000] * 2000 %}{{ "".join(l) }}',
+        '{% set l = ["a" * 1000] * 2000 %}{{ "".join(l | map("string")) }}',  # a generator
+        '{% set l = [{"n": "a" * 1000}] * 2000 %}{{ l | join(attribute="n") }}',
     ],
 )
 def test_no_template_expression_builds_a_value_past_the_limit(src):
