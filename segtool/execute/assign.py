@@ -120,6 +120,7 @@ def assign_file(project, name: str, path: Path):
             raise ProjectError(
                 f"segmentation '{name}' has no fitted model yet", hint=f"segtool run -s +{name}"
             )
+        _check_fit_current(project, seg, active[1])
         transformers, model, params = _restore(active)
         keys = first_column(mem, f"SELECT {k} FROM input ORDER BY __ord")
         blocks = []
@@ -265,6 +266,24 @@ def _lacking(db, proj, seg, cols: set[str], path):
             ) from exc
 
     return lacking
+
+
+def _check_fit_current(project, seg, stored_fit_hash: str) -> None:
+    """The stored fit was made in the spaces of its inputs as they were: an
+    encoder whose weights changed since puts new vectors through the old fit
+    (350 of 400 users came out in other segments, without a word). The plan
+    refits then; assign says so instead of guessing."""
+    from segtool.compile.segments import fit_hash
+
+    encoders = project.encoders()
+    if fit_hash(project.loaded, encoders.fingerprint, seg) == stored_fit_hash:
+        return
+    raise DataError(
+        f"segmentation '{seg.name}' was fitted with other inputs than the project's now "
+        "(an encoder's model, a feature set or the segmentation changed): the stored model "
+        "does not fit them",
+        hint=f"segtool run -s +{seg.name} refits it (`segtool run --dry-run` shows why)",
+    )
 
 
 def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:

@@ -1235,3 +1235,39 @@ def test_a_unique_key_that_is_not_unique_is_refused(project, select, says):
             project.write(rel, content)
     r = project.cli("run", expect=1)
     assert f"incremental model 'inc' {says}" in r.stderr, r.stderr
+
+
+def test_assign_and_the_report_map_refuse_a_fit_made_with_other_inputs(project, tmp_path):
+    """After an encoder's weights changed, assign put new vectors through the
+    old fit (350 of 400 users in other segments, exit 0) and the report drew
+    its map that way; the plan refits then. A feature-set edit changes the
+    fit's inputs the same way."""
+    project.cli("run")
+    project.edit(
+        "segments/segments.yml", "revenue: {transform: log1p}", "revenue: {transform: none}"
+    )
+    import duckdb
+
+    con = duckdb.connect(str(project.db), read_only=True)
+    con.execute(f"COPY (SELECT * FROM user_features) TO '{tmp_path}/uf.parquet'")
+    con.close()
+    out = str(tmp_path / "a.csv")
+    r = project.cli(
+        "assign", "behaviour", "--input", str(tmp_path / "uf.parquet"), "-o", out, expect=1
+    )
+    assert (
+        "segmentation 'behaviour' was fitted with other inputs than the project's now" in r.stderr
+    )
+    assert "segtool run -s +behaviour" in r.stderr
+    project.cli("docs", "-o", str(tmp_path / "r.html"))
+    html = (tmp_path / "r.html").read_text()
+    assert "fitted with other inputs than the project" in html
+    project.cli("run")
+    project.cli(
+        "assign",
+        "behaviour",
+        "--input",
+        str(tmp_path / "uf.parquet"),
+        "-o",
+        str(tmp_path / "a.csv"),
+    )

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from segtool.compile.sql import quote_ident
+from segtool.errors import DataError
 from segtool.ml.association import RANK_ETA2
 from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, column_types, table_exists
@@ -225,6 +226,15 @@ def map_points(project, con, seg, n: int = MAP_POINTS) -> dict | None:
     active = active_fit(con, seg.name)
     if active is None:
         return None
+    from segtool.compile.segments import fit_hash
+
+    if fit_hash(project.loaded, project.encoders().fingerprint, seg) != active[1]:
+        # an encoder changed since the fit: new vectors through the old
+        # model would draw a map of segments mixed up (the run refits)
+        raise DataError(
+            "the stored model was fitted with other inputs than the project's now; "
+            f"`segtool run -s +{seg.name}` refits it"
+        )
     k = quote_ident(project.loaded.key)
     segs = tables.segments(seg.name)
     sample = (
