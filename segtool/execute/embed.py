@@ -43,7 +43,7 @@ def preflight(project, encoders, embedding_nodes, say=None) -> None:
         if problems:
             raise EncoderError(
                 f"encoder '{enc_name}': " + "; ".join(problems),
-                hint="see docs/encoders.md (offline use); the database was not changed",
+                hint="see docs/encoders.md (`model`, offline use, `max_length`); the database was not changed",
                 path=spec.file,
                 line=spec.line,
             )

@@ -215,7 +215,11 @@ class Runner:
         uids = self.selected()
         # missing models and devices fail before any write
         preflight(
-            self.project, self.encoders, [graph[u] for u in uids if graph[u].kind == "embedding"]
+            self.project,
+            self.encoders,
+            [graph[u] for u in uids if graph[u].kind == "embedding"],
+            # a first distillation takes minutes: say so (quiet runs stay quiet)
+            say=self.reporter.line,
         )
         lock = RunLock(self.loaded.database_path, "segtool run").acquire()
         run_id = None

@@ -102,3 +102,17 @@ def test_a_dry_run_that_renders_imports_no_model_library(project, bert, tmp_path
     env = {**os.environ, "SEGTOOL_RENDER_SPLIT_MIN": "1"}
     assert _rerun_modules(project.root, env, args=("--dry-run",)) == []
     assert "torch" in _rerun_modules(project.root, env)  # the run embeds with it
+
+
+def test_a_first_distillation_says_what_it_does(project, bert, tmp_path, monkeypatch):
+    """preflight distilled without a word (minutes for MiniLM in a CI log)."""
+    monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(bert, project.root / "local_model")
+    project.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: static\n    model: ./local_model\n    dim: 16",
+    )
+    out = project.cli("run").stdout
+    assert "distilling static encoder 'hash' from" in out and "distilled 'hash' in" in out
+    assert "distilling" not in project.cli("run").stdout  # once per machine

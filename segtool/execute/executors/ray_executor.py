@@ -94,7 +94,8 @@ def connect(spec):
             raise ExecutionError(
                 f"could not connect to {where}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
                 hint="start the cluster (`ray start --head`, `ray up`, KubeRay) or leave `address` "
-                "unset to start a local instance; nothing was written",
+                "unset to start a local instance; the models and texts this run built are kept, "
+                "and the next run embeds from there",
             ) from exc
     from ray.data import DataContext
 
