@@ -217,6 +217,16 @@ class StaticEncoder(CpuFloat32):
             )
         )
 
+    def _weights_match(self, weights: bytes) -> bool:
+        """The distilled weights' bytes hash to what the manifest recorded."""
+        import hashlib
+
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+            return hashlib.sha256(weights).hexdigest() == manifest["files"]["model.safetensors"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     # ------------------------------------------------------------------ encoding
     def _load(self):
         """The token table and tokenizer. A plain static model (the usual kind)
@@ -225,12 +235,20 @@ class StaticEncoder(CpuFloat32):
         if self._model is None:
             if not self.ready:
                 self.prepare()
+            weights = (self.path / "model.safetensors").read_bytes()
+            if self.distilled and not self._weights_match(weights):
+                # `ready` trusts hashes remembered by (size, mtime): a disk
+                # error that kept both was used as is. Read anyway to load,
+                # the bytes are checked here: a mismatch is distilled again
+                shutil.rmtree(self.path, ignore_errors=True)
+                self.prepare()
+                weights = (self.path / "model.safetensors").read_bytes()
             cfg = read_json(self.path / "config.json")
             try:
-                from safetensors.numpy import load_file
+                from safetensors.numpy import load as load_bytes
                 from tokenizers import Tokenizer
 
-                tables = load_file(str(self.path / "model.safetensors"))
+                tables = load_bytes(weights)
                 if set(tables) == {"embeddings"} and not cfg.get("vocabulary_quantization"):
                     tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
                     tokenizer.no_padding()

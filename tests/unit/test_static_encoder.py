@@ -247,3 +247,24 @@ def test_token_ids_by_word_are_the_tokenizers_ids(bert, monkeypatch):
         assert TokenIds(left)(texts) == [
             e.ids for e in left.encode_batch_fast(texts, add_special_tokens=False)
         ]
+
+
+def test_a_corrupt_cache_that_kept_its_size_and_mtime_is_distilled_again(bert, cache):
+    """`ready` trusts content hashes remembered by (path, size, mtime): bytes
+    flipped in place with the mtime put back were encoded with, as is."""
+    import os
+
+    enc = build_encoder(spec(bert), bert.parent)
+    enc.prepare()
+    good = enc.encode(TEXTS)
+    f = enc.path / "model.safetensors"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    for i in range(len(data) - 64, len(data) - 32):
+        data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    enc2 = build_encoder(spec(bert), bert.parent)
+    assert enc2.ready  # what the remembered hash says
+    np.testing.assert_allclose(enc2.encode(TEXTS), good, atol=1e-6)
+    assert f.read_bytes() != bytes(data)  # distilled again
