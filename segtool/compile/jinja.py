@@ -25,7 +25,7 @@ from functools import lru_cache, wraps
 from typing import Any
 
 import jinja2
-from jinja2 import StrictUndefined, pass_eval_context
+from jinja2 import StrictUndefined, pass_environment, pass_eval_context
 from jinja2.compiler import CodeGenerator
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
@@ -72,6 +72,14 @@ def _text_size(values) -> int:
     return sum(len(v) if isinstance(v, str) else len(str(v)) for v in values)
 
 
+def _check_format_size(fmt: str, fields: int, values, what: str) -> None:
+    """A format fills each of its `fields` with an argument, and one argument
+    may fill them all (`("{0}" * 1000).format("x" * 300000)`: 300,000,000)."""
+    longest = max((len(v) if isinstance(v, str) else len(str(v)) for v in values), default=0)
+    if len(fmt) + fields * longest > MAX_SIZE:
+        raise _too_big(what)
+
+
 class _BoundedFormatter(SandboxedFormatter):
     """str.format / format_map: a width or precision is checked once nested
     fields are filled in (`"{:>{w}}".format(1, w=3000000000)` asked for 3 GB
@@ -79,8 +87,8 @@ class _BoundedFormatter(SandboxedFormatter):
     MAX_SIZE."""
 
     def vformat(self, format_string, args, kwargs):
-        if len(format_string) + _text_size(args) + _text_size(kwargs.values()) > MAX_SIZE:
-            raise _too_big("a str.format")
+        values = [*args, *kwargs.values()]
+        _check_format_size(format_string, format_string.count("{"), values, "a str.format")
         return super().vformat(format_string, args, kwargs)
 
     def format_field(self, value, format_spec):
@@ -146,8 +154,8 @@ class _Env(ImmutableSandboxedEnvironment):
             args = right if isinstance(right, tuple) else (right,)
             if "*" in left and any(isinstance(a, int) and a > MAX_SIZE for a in args):
                 raise _too_big("a % format")
-            if len(left) + _text_size(args) > MAX_SIZE:
-                raise _too_big("a % format")
+            values = list(right.values()) if isinstance(right, dict) else args
+            _check_format_size(left, left.count("%"), values, "a % format")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
@@ -156,6 +164,20 @@ class _Env(ImmutableSandboxedEnvironment):
         if isinstance(owner, str) and name in _PADDING_METHODS:
             if any(isinstance(a, int) and a > MAX_SIZE for a in args):
                 raise _too_big(f"str.{name}")
+            if name == "expandtabs":  # every tab may become that many spaces
+                width = args[0] if args and isinstance(args[0], int) else 8
+                if len(owner) + owner.count("\t") * width > MAX_SIZE:
+                    raise _too_big("str.expandtabs")
+        elif isinstance(owner, int) and name == "to_bytes":
+            length = args[0] if args else kwargs.get("length", 1)
+            if isinstance(length, int) and length > MAX_SIZE:
+                raise _too_big("int.to_bytes")
+        elif isinstance(owner, str) and name == "translate" and args:
+            table = args[0]
+            if isinstance(table, dict):
+                longest = max((len(v) for v in table.values() if isinstance(v, str)), default=1)
+                if len(owner) * longest > MAX_SIZE:
+                    raise _too_big("str.translate")
         elif isinstance(owner, str) and name == "replace" and len(args) >= 2:
             _check_replace(owner, *args[:3])
         elif isinstance(owner, str) and name == "join" and args:
@@ -207,15 +229,34 @@ def _bounded_filter(fn: Callable, what: str) -> Callable:
         size = kwargs.get("width", args[1] if len(args) > 1 else None)
         if isinstance(size, int) and size > MAX_SIZE:
             raise _too_big(f"the {what} filter")
+        if isinstance(size, str) and args:  # indent's width may be a text: one per line
+            if len(str(args[0])) + (str(args[0]).count("\n") + 1) * len(size) > MAX_SIZE:
+                raise _too_big(f"the {what} filter")
         return fn(*args, **kwargs)
 
     return checked
 
 
+@pass_environment
+def _checked_wordwrap(
+    env, s, width=79, break_long_words=True, wrapstring=None, break_on_hyphens=True
+):
+    # each break may insert `wrapstring`: at most one per character
+    if wrapstring is not None and len(str(s)) * (len(str(wrapstring)) + 1) > MAX_SIZE:
+        raise _too_big("the wordwrap filter")
+    return jinja2.filters.do_wordwrap(env, s, width, break_long_words, wrapstring, break_on_hyphens)
+
+
+def _checked_batch(value, linecount, fill_with=None):
+    if isinstance(linecount, int) and linecount > MAX_SIZE:
+        raise _too_big("the batch filter")
+    return jinja2.filters.do_batch(value, linecount, fill_with)
+
+
 def _checked_format(value, *args, **kwargs):
-    _check_widths(str(value), "the format filter")
-    if len(str(value)) + _text_size(args) + _text_size(kwargs.values()) > MAX_SIZE:
-        raise _too_big("the format filter")
+    fmt = str(value)
+    _check_widths(fmt, "the format filter")
+    _check_format_size(fmt, fmt.count("%"), [*args, *kwargs.values()], "the format filter")
     return jinja2.filters.do_format(value, *args, **kwargs)
 
 
@@ -236,6 +277,39 @@ def _checked_join(eval_ctx, value, d="", attribute=None):
     return jinja2.filters.do_join(eval_ctx, value, d, attribute)
 
 
+# the most text one render may produce (a SQL model or a story; texts are
+# cut at max_chars later): a loop printing a 1,000,000-character value 300
+# times built 300 MB before the time limit could stop it
+MAX_OUTPUT = 10 * MAX_SIZE
+
+
+def _bounded_output(pieces) -> str:
+    # the pieces are references (a value printed 20,000 times is one string):
+    # the join is what would allocate, so it is measured first, in C
+    pieces = list(pieces)
+    if sum(map(len, pieces)) > MAX_OUTPUT:
+        raise SecurityError(
+            f"the output would exceed the sandbox limit of {MAX_OUTPUT:,} characters"
+        )
+    return "".join(pieces)
+
+
+class _Template(jinja2.Template):
+    """A template whose captures (`{% set t %}...{% endset %}`, macro
+    bodies, blocks) are joined through _bounded_output too: Jinja's generated
+    code joins them with its own `concat` (a loop printing a 1,000,000-
+    character value 20,000 times inside a capture asked for 20 GB)."""
+
+    @classmethod
+    def from_code(cls, environment, code, globals, uptodate=None):
+        namespace = {"environment": environment, "__file__": code.co_filename}
+        exec(code, namespace)  # Jinja's own step: its compiled template module
+        namespace["concat"] = _bounded_output
+        rv = cls._from_namespace(environment, namespace, globals)
+        rv._uptodate = uptodate
+        return rv
+
+
 def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env = _Env(
         undefined=StrictUndefined,
@@ -253,6 +327,10 @@ def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env.filters["format"] = _checked_format
     env.filters["replace"] = _checked_replace
     env.filters["join"] = _checked_join
+    env.filters["wordwrap"] = _checked_wordwrap
+    env.filters["batch"] = _checked_batch
+    env.concat = _bounded_output  # what a render yields, measured before the join
+    env.template_class = _Template
     # lipsum(n) builds n paragraphs: no use in a segment project, and unbounded
     env.globals.pop("lipsum", None)
     return env

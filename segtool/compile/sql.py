@@ -136,10 +136,14 @@ def source_path(root: Path, path: str) -> str:
     return (Path(root) / path).as_posix()
 
 
+MAX_GLOB_FILES = 100_000
+
+
 def source_files(st: SourceTable, root: Path) -> list[str] | None:
     """The files a file source reads (a glob expanded, sorted), or None for
     one without a local path (remote, or a table of an attached database)."""
     import glob
+    import itertools
 
     path = st.table.path
     if path is None or "://" in path:
@@ -150,9 +154,20 @@ def source_files(st: SourceTable, root: Path) -> list[str] | None:
     # DuckDB's glob matches hidden files too: a .late.parquet it read was not
     # in the fingerprint, so adding it changed nothing the plan saw
     try:
-        return sorted(glob.glob(pattern, recursive=True, include_hidden=True))
+        found = glob.iglob(pattern, recursive=True, include_hidden=True)
     except TypeError:  # Python 3.10 has no include_hidden
-        return sorted(glob.glob(pattern, recursive=True))
+        found = glob.iglob(pattern, recursive=True)
+    # bounded: `**` follows links, and two links to `.` in a folder made
+    # compile walk 2^depth paths until killed
+    files = list(itertools.islice(found, MAX_GLOB_FILES + 1))
+    if len(files) > MAX_GLOB_FILES:
+        raise ProjectError(
+            f"source '{st.source.name}.{st.table.name}': {path} matches more than "
+            f"{MAX_GLOB_FILES:,} files (a symbolic link that leads back into its folder?)",
+            path=st.table.file,
+            line=st.table.line,
+        )
+    return sorted(files)
 
 
 def source_sql(st: SourceTable, root: Path | None = None) -> str:

@@ -354,7 +354,9 @@ def data_diff(
             if base_path != head_path:
                 bcon = _connect_db(base_path, "base")  # checks it exists and has state
                 bcon.close()
-                con.execute(f"ATTACH {sql_literal(str(base_path))} AS __segtool_base (READ_ONLY)")
+                con.execute(
+                    f"ATTACH {sql_literal(str(base_path))} AS __segtool_base (TYPE duckdb, READ_ONLY)"
+                )
                 base = _Db(con, "__segtool_base", base_path)
             else:
                 base = _Db(con, head_cat, base_path)

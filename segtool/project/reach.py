@@ -134,6 +134,10 @@ def project_folders(roots: list[Path]) -> list[str]:
         if entry.name.startswith("."):
             continue
         resolved = entry.resolve()
+        # a link to the project folder (`self -> .`) or above it would open
+        # the folder itself: its hidden entries and the files at its top
+        if any(resolved == r or resolved in r.parents for r in roots):
+            continue
         if resolved.is_dir() and within_reach(roots, resolved, extra):
             dirs.append(str(resolved).rstrip("/") + "/")
     return dirs

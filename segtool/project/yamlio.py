@@ -80,6 +80,11 @@ def _parse(loader, text: str, rel: str) -> tuple[Any, Marks]:
         ) from exc
     except yaml.YAMLError as exc:
         raise ProjectError(f"malformed YAML: {exc}", path=rel) from exc
+    except RecursionError:
+        # ~1000 nested brackets: libyaml refuses them, the pure-Python parser recurses
+        raise ProjectError(f"the file nests deeper than {MAX_DEPTH} levels", path=rel) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ProjectError(f"a value cannot be read: {exc}", path=rel) from None
     finally:
         loader.dispose()
     return data, marks

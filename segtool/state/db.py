@@ -96,13 +96,40 @@ def _lock_error(exc: Exception, db: Path) -> LockError:
     )
 
 
+_NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def _check_duckdb_file(db: Path) -> None:
+    """An existing file is a DuckDB database (its header says DUCK at byte
+    8): DuckDB opens a SQLite file through an extension instead."""
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return  # missing (created now) or unreadable (connect says why)
+    if head and head[8:12] != b"DUCK":
+        raise ExecutionError(
+            f"{db} is not a DuckDB database file",
+            hint="point the target at a database `segtool run` wrote, or remove the file",
+        )
+    wal = Path(f"{db}.wal")
+    if wal.is_symlink():  # a committed one: a run would write its log where it leads
+        raise ExecutionError(
+            f"{wal} is a symbolic link: DuckDB would write the database's log where it leads",
+            hint="remove the link (segtool writes only inside the project's target)",
+        )
+
+
 def open_database(db: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
     """The one place a database file is opened: a lock or a file that is not
     a database becomes a clear error. Setup and fence are the caller's."""
     if not read_only:
         db.parent.mkdir(parents=True, exist_ok=True)
+    _check_duckdb_file(db)
     try:
-        con = duckdb.connect(str(db), read_only=read_only)
+        # no extension is installed or loaded to open a file: a committed
+        # SQLite file as the database made DuckDB download sqlite_scanner
+        con = duckdb.connect(str(db), read_only=read_only, config=_NO_EXTENSIONS)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise _lock_error(exc, db) from None
@@ -240,7 +267,7 @@ def setup_connection(
                     line=src.line,
                 )
             con.execute(
-                f"ATTACH {sql_literal(str(path))} AS {quote_ident(attach_alias(src.name))} (READ_ONLY)"
+                f"ATTACH {sql_literal(str(path))} AS {quote_ident(attach_alias(src.name))} (TYPE duckdb, READ_ONLY)"
             )
             attached.add(attach_alias(src.name))
     fence(con, proj, (*search_paths, *extra_paths))

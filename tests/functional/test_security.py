@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -857,3 +858,59 @@ def test_compile_runs_no_view_a_database_holds(built):
         in r.stdout
     )
     assert not (built.root / "target" / "samples" / "story.md").exists()
+
+
+def test_a_link_to_the_project_folder_does_not_open_it(built, monkeypatch):
+    """`ln -s . self` put the project folder among the readable folders:
+    validate then printed .env and .git/config in a bind error."""
+    monkeypatch.delenv("SEGTOOL_DATA_DIRS", raising=False)
+    (built.root / ".env").write_text("SECRET=hunter2\n")
+    (built.root / "self").symlink_to(".")
+    built.write("models/leak.sql", f"select x from read_csv('{built.root}/.env', header=true)")
+    r = built.cli("validate", expect=1)
+    assert "Permission Error" in r.stderr and "hunter2" not in r.output
+
+
+def test_what_is_not_a_duckdb_file_is_not_opened(built, tmp_path):
+    """A committed SQLite file as the database made DuckDB download and load
+    the sqlite extension before the fence; a committed WAL link would have
+    had a run write its log where it leads."""
+    import sqlite3
+
+    db = built.db
+    shutil.copy(db, tmp_path / "kept.duckdb")
+    db.unlink()
+    con = sqlite3.connect(db)
+    con.execute("create table t (a)")
+    con.commit()
+    con.close()
+    for cmd in (("test",), ("show", "behaviour")):
+        r = built.cli(*cmd, expect=2)
+        assert "is not a DuckDB database file" in r.stderr, r.stderr
+    assert not (Path.home() / ".duckdb" / "extensions").exists() or not any(
+        (Path.home() / ".duckdb" / "extensions").rglob("sqlite*")
+    )
+    shutil.copy(tmp_path / "kept.duckdb", db)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    wal = Path(f"{db}.wal")
+    wal.unlink(missing_ok=True)
+    wal.symlink_to(victim)
+    r = built.cli("run", expect=2)
+    assert "is a symbolic link: DuckDB would write the database's log where it leads" in r.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_glob_that_loops_through_links_is_bounded(built):
+    """Two links to `.` in a glob source's folder made compile and dry runs
+    walk 2^depth paths until killed."""
+    folder = built.root / "data" / "o"
+    folder.mkdir()
+    (folder / "orders.csv").write_text(built.read("data/orders.csv"))
+    (folder / "a").symlink_to(".")
+    (folder / "b").symlink_to(".")
+    built.edit("models/sources.yml", "path: data/orders.csv", 'path: "data/o/**/*.csv"')
+    t0 = time.perf_counter()
+    r = built.cli("compile", expect=1)
+    assert "matches more than 100,000 files" in r.stderr
+    assert time.perf_counter() - t0 < 60

@@ -887,6 +887,20 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
         '{% set l = ["a" * 1000] * 2000 %}{{ "".join(l) }}',
         '{% set l = ["a" * 1000] * 2000 %}{{ "".join(l | map("string")) }}',  # a generator
         '{% set l = [{"n": "a" * 1000}] * 2000 %}{{ l | join(attribute="n") }}',
+        # a second audit: one argument filling many fields, and other builders
+        '{{ ("{0}" * 1000).format("x" * 300000) }}',
+        '{{ ("%(a)s" * 1000) % {"a": "x" * 300000} }}',
+        '{{ ("%(a)s" * 1000) | format(a="x" * 300000) }}',
+        '{{ (0).to_bytes(300000000, "big") }}',
+        '{{ ("\t" * 300).expandtabs(1000000) }}',
+        '{{ ("a\n" * 300) | indent("x" * 1000000) }}',
+        '{{ ("a " * 300) | wordwrap(1, wrapstring="x" * 1000000) }}',
+        '{{ ("x" * 300).translate({120: "y" * 1000000}) }}',
+        "{{ ([1] | batch(300000000, fill_with=0) | first) | length }}",
+        # output: a value printed many times, at the top and inside a capture or macro
+        '{% set s = "x" * 1000000 %}{% for i in range(300) %}{{ s }}{% endfor %}',
+        '{% set s = "x" * 1000000 %}{% set t %}{% for i in range(300) %}{{ s }}{% endfor %}{% endset %}',
+        '{% set s = "x" * 1000000 %}{% macro m() %}{% for i in range(300) %}{{ s }}{% endfor %}{% endmacro %}{{ m() | length }}',
     ],
 )
 def test_no_template_expression_builds_a_value_past_the_limit(src):

@@ -230,6 +230,11 @@ def test_aliases_that_multiply_or_contain_themselves_are_refused():
         parse_yaml("\n".join(lines), "bomb.yml")
     with pytest.raises(ProjectError, match="nests deeper than 100 levels"):
         parse_yaml("a: &a [*a]\n", "loop.yml")
+    # ~1000 brackets: libyaml refuses, the pure-Python parser recursed
+    with pytest.raises(ProjectError, match="nests deeper than 100 levels"):
+        parse_yaml("a: " + "[" * 1200 + "]" * 1200 + "\n", "deep.yml")
+    with pytest.raises(ProjectError, match="a value cannot be read"):
+        parse_yaml("a: " + "9" * 5000 + "\n", "digits.yml")
     # aliases as people use them still work
     data, _ = parse_yaml("base: &b {k: 3}\nseg:\n  <<: *b\n  seed: 7\n", "ok.yml")
     assert data["seg"] == {"k": 3, "seed": 7}
