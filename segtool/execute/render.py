@@ -187,6 +187,19 @@ def write_samples(project, text_nodes, n: int) -> tuple[list[Path], list[str]]:
                     f"no sample texts for '{spec.name}': model '{spec.model}' is not built yet"
                 )
                 continue
+            generated = con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' "
+                "AND table_name = ? AND is_generated = 'ALWAYS'",
+                [spec.model],
+            ).fetchall()
+            if generated:
+                # segtool never makes one: a committed database's generated
+                # column ran its expression for every row read (an hour a row)
+                notes.append(
+                    f"no sample texts for '{spec.name}': model '{spec.model}' has a generated "
+                    f"column ({generated[0][0]}) segtool did not make, and compile runs no SQL"
+                )
+                continue
             render = text_renderer(project.loaded, spec)
             rows = model_rows(
                 con.sql(

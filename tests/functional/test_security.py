@@ -858,6 +858,16 @@ def test_compile_runs_no_view_a_database_holds(built):
         in r.stdout
     )
     assert not (built.root / "target" / "samples" / "story.md").exists()
+    # nor an expression a table holds: a generated column runs for every row read
+    con = duckdb.connect(str(built.db))
+    con.execute("DROP VIEW main.user_features")
+    cols = ", ".join(f'"{n}" {t}' for n, t, *_ in con.execute("DESCRIBE main.uf").fetchall())
+    con.execute(f"CREATE TABLE main.user_features ({cols}, heavy INTEGER AS (length(country)))")
+    con.execute("INSERT INTO main.user_features BY NAME SELECT * FROM main.uf")
+    con.close()
+    r = built.cli("compile")
+    assert "model 'user_features' has a generated column (heavy) segtool did not make" in r.stdout
+    assert not (built.root / "target" / "samples" / "story.md").exists()
 
 
 def test_a_link_to_the_project_folder_does_not_open_it(built, monkeypatch):
