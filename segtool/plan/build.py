@@ -501,7 +501,25 @@ class Planner:
         node = self.graph[uid]
         if node.spec.is_rules:
             return self._rules_step(node)
-        return self._clustering_step(node)
+        step = self._clustering_step(node)
+        unknown = [
+            i.embedding.encoder
+            for i in node.spec.inputs
+            if i.embedding and self.data_aware and self.encoder_key(i.embedding.encoder) is None
+        ]
+        if unknown and step.action != "refit":
+            # a static encoder not distilled yet has no fingerprint: whether
+            # the fit still matches is known once the run has distilled it
+            # (a dry run said skip, and the run refitted)
+            return Step(
+                step.unique_id,
+                step.kind,
+                step.action,
+                step.reason + f" (until encoder '{unknown[0]}' is ready the plan cannot tell "
+                "whether its model changed: the run may refit)",
+                step.detail,
+            )
+        return step
 
     def _fit_changes(self, node) -> list[str]:
         from segtool.compile.segments import fit_hash

@@ -116,3 +116,23 @@ def test_a_first_distillation_says_what_it_does(project, bert, tmp_path, monkeyp
     out = project.cli("run").stdout
     assert "distilling static encoder 'hash' from" in out and "distilled 'hash' in" in out
     assert "distilling" not in project.cli("run").stdout  # once per machine
+
+
+def test_a_dry_run_says_when_it_cannot_tell_a_refit(project, bert, tmp_path, monkeypatch):
+    """A static encoder whose source weights changed is distilled by the
+    run: the dry run said `skip ... inputs unchanged for every user` and the
+    run then refitted."""
+    monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(bert, project.root / "local_model")
+    project.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: static\n    model: ./local_model\n    dim: 16",
+    )
+    project.cli("run")
+    other = save_tiny_bert(tmp_path / "other", seed=1)
+    shutil.copy(other / "model.safetensors", project.root / "local_model" / "model.safetensors")
+    plan = project.cli("run", "--dry-run").stdout
+    line = next(ln for ln in plan.splitlines() if "segmentation.behaviour" in ln)
+    assert "until encoder 'hash' is ready the plan cannot tell whether its model changed" in line
+    assert "refit" in project.cli("run").stdout
