@@ -231,6 +231,10 @@ def _check_one_column(st, root, name: str) -> None:
     )
 
 
+def _quoted(names) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
 def _check_incremental_columns(cm, full: dict[str, str], inc: dict[str, str]) -> None:
     """The unique_key columns are columns of the model, and both branches
     return the same columns: each failed only at the first merge (`Table "t"
@@ -239,9 +243,7 @@ def _check_incremental_columns(cm, full: dict[str, str], inc: dict[str, str]) ->
     missing = [k for k in cm.config.unique_keys if k not in full]
     if missing:
         raise ProjectError(
-            f"model '{cm.name}' config: unique_key "
-            + ", ".join(f"'{k}'" for k in missing)
-            + " is not a column of the model",
+            f"model '{cm.name}' config: unique_key {_quoted(missing)} is not a column of the model",
             path=cm.path,
             hint=did_you_mean(missing[0], full) or f"columns: {', '.join(list(full)[:12])}",
         )
@@ -269,9 +271,7 @@ def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:
     missing = [k for k in cm.config.unique_keys if k not in columns[keep]]
     if missing:
         raise ProjectError(
-            f"model '{cm.name}' config: delete_not_in='{keep}' has no column "
-            + ", ".join(f"'{k}'" for k in missing)
-            + " of the unique_key",
+            f"model '{cm.name}' config: delete_not_in='{keep}' has no column {_quoted(missing)} of the unique_key",
             path=cm.path,
             hint=f"select the key in '{keep}' under the same name, or name another model",
         )

@@ -113,10 +113,7 @@ class _Env(ImmutableSandboxedEnvironment):
     code_generator_class = _CodeGenerator
 
     def concat_bounded(self, parts) -> str:
-        texts = [p if isinstance(p, str) else str(p) for p in parts]
-        if sum(map(len, texts)) > MAX_SIZE:
-            raise _too_big("joining with ~")
-        return "".join(texts)
+        return _join_within(map(str, parts), MAX_SIZE, "joining with ~")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -283,15 +280,18 @@ def _checked_join(eval_ctx, value, d="", attribute=None):
 MAX_OUTPUT = 10 * MAX_SIZE
 
 
-def _bounded_output(pieces) -> str:
-    # the pieces are references (a value printed 20,000 times is one string):
-    # the join is what would allocate, so it is measured first, in C
+def _join_within(pieces, limit: int, what: str) -> str:
+    """ "".join(pieces), refused past `limit` characters. The pieces are
+    references (a value printed 20,000 times is one string): the join is what
+    would allocate, so it is measured first, in C."""
     pieces = list(pieces)
-    if sum(map(len, pieces)) > MAX_OUTPUT:
-        raise SecurityError(
-            f"the output would exceed the sandbox limit of {MAX_OUTPUT:,} characters"
-        )
+    if sum(map(len, pieces)) > limit:
+        raise SecurityError(f"{what} would exceed the sandbox limit of {limit:,} characters")
     return "".join(pieces)
+
+
+def _bounded_output(pieces) -> str:
+    return _join_within(pieces, MAX_OUTPUT, "the output")
 
 
 class _Template(jinja2.Template):

@@ -145,3 +145,9 @@ def fit_hash(proj, fingerprint, seg) -> str:
             parts.append(fingerprint(inp.embedding.encoder))
     parts.append({"algorithm": version.ALGORITHM_VERSION})
     return sha(dumps(parts))
+
+
+def fit_is_current(project, seg, stored_fit_hash: str) -> bool:
+    """Whether a stored fit was made in the spaces of SEG's inputs as they
+    are now (an encoder whose weights changed puts new vectors through it)."""
+    return fit_hash(project.loaded, project.encoders().fingerprint, seg) == stored_fit_hash

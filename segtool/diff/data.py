@@ -14,8 +14,8 @@ from segtool.errors import DataError, ProjectError, SegtoolError, did_you_mean
 from segtool.plan.model import SCHEMA_VERSION
 from segtool.project import reach
 from segtool.state import tables
+from segtool.state.db import is_locked, lock
 from segtool.state.history import changed_runs, open_at
-from segtool.state.result import one
 
 
 def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
@@ -39,15 +39,6 @@ def _connect_db(path: Path, what: str) -> duckdb.DuckDBPyConnection:
             hint="point at a database written by `segtool run`",
         )
     return con
-
-
-def _fence(con: duckdb.DuckDBPyConnection) -> None:
-    """Only segtool's own tables are read: a view stored in a database
-    reads no other file, and nothing may turn that off (after the ATTACH of
-    the base database, which the fence would refuse)."""
-    if not one(con.execute("SELECT system.main.current_setting('lock_configuration')"))[0]:
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
 
 
 def _q(con, sql: str, params=None) -> list[tuple]:
@@ -360,7 +351,10 @@ def data_diff(
                 base = _Db(con, "__segtool_base", base_path)
             else:
                 base = _Db(con, head_cat, base_path)
-        _fence(con)
+        # only segtool's own tables are read: a view stored in either
+        # database reads no file (locked after the ATTACH, which it refuses)
+        if not is_locked(con):
+            lock(con)
         if base_db is not None:
             bp, hp = base.meta("project"), head.meta("project")
             if bp and hp and bp != hp:

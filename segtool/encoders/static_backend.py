@@ -74,15 +74,25 @@ def distill_key(source: Path, dim: int) -> str:
     )[:24]
 
 
+def _manifest_files(folder: Path) -> dict[str, str] | None:
+    """file name -> sha256 as the manifest of a distilled model records
+    them, or None without a readable manifest."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
 def _manifest_ok(folder: Path) -> bool:
     """The folder holds a complete distilled model: every file its manifest
-    lists, with the recorded content hash."""
+    lists, with the recorded content hash (as remembered by size and mtime)."""
+    files = _manifest_files(folder)
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        return all(
-            file_sha256(folder / name) == digest for name, digest in manifest["files"].items()
+        return files is not None and all(
+            file_sha256(folder / name) == digest for name, digest in files.items()
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:
         return False
 
 
@@ -221,11 +231,8 @@ class StaticEncoder(CpuFloat32):
         """The distilled weights' bytes hash to what the manifest recorded."""
         import hashlib
 
-        try:
-            manifest = json.loads((self.path / MANIFEST).read_text())
-            return hashlib.sha256(weights).hexdigest() == manifest["files"]["model.safetensors"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
+        recorded = (_manifest_files(self.path) or {}).get("model.safetensors")
+        return recorded == hashlib.sha256(weights).hexdigest()
 
     # ------------------------------------------------------------------ encoding
     def _load(self):

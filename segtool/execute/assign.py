@@ -273,10 +273,9 @@ def _check_fit_current(project, seg, stored_fit_hash: str) -> None:
     encoder whose weights changed since puts new vectors through the old fit
     (350 of 400 users came out in other segments, without a word). The plan
     refits then; assign says so instead of guessing."""
-    from segtool.compile.segments import fit_hash
+    from segtool.compile.segments import fit_is_current
 
-    encoders = project.encoders()
-    if fit_hash(project.loaded, encoders.fingerprint, seg) == stored_fit_hash:
+    if fit_is_current(project, seg, stored_fit_hash):
         return
     raise DataError(
         f"segmentation '{seg.name}' was fitted with other inputs than the project's now "

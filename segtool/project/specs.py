@@ -44,13 +44,10 @@ class Spec(BaseModel):
     # errors point there, not at the mapping that holds it)
     _text_lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
-    def at(self, file: str | None, line: int | None):
+    def at(self, file: str | None, line: int | None, text_lines: dict[str, int] | None = None):
         self._file, self._line = file, line
+        self._text_lines = dict(text_lines or {})
         return self
-
-    @property
-    def text_lines(self) -> dict[str, int]:
-        return self._text_lines
 
     def text_line(self, field: str) -> int | None:
         """The line where FIELD's text starts (else this spec's own line)."""

@@ -133,11 +133,12 @@ def _attach(obj: Any, rel: str, marks: Marks, path: tuple) -> None:
 
     if isinstance(obj, Spec):
         line, _ = mark_for(marks, path)
-        obj.at(rel, line)
-        for fname, field in type(obj).model_fields.items():
-            key = field.alias or fname
-            if (*path, key, TEXT) in marks:
-                obj.text_lines[fname] = marks[(*path, key, TEXT)][0]
+        keys = {fname: field.alias or fname for fname, field in type(obj).model_fields.items()}
+        texts = {
+            f: marks[(*path, k, TEXT)][0] for f, k in keys.items() if (*path, k, TEXT) in marks
+        }
+        obj.at(rel, line, texts)
+        for fname, key in keys.items():
             _attach(getattr(obj, fname), rel, marks, path + (key,))
     elif isinstance(obj, list):
         for i, item in enumerate(obj):

@@ -229,8 +229,7 @@ def setup_connection(
 ) -> None:
     """Settings, attached source databases, then the fence (which locks the
     configuration, so every setting comes before it)."""
-    # the built-in by its catalog: a function of the database cannot answer
-    if one(con.execute("SELECT system.main.current_setting('lock_configuration')"))[0]:
+    if is_locked(con):
         # a second connection to a database this process has open shares its
         # instance, which is set up and fenced already
         return
@@ -289,6 +288,18 @@ def fence(
     dirs, files = allowed_locations(proj, extra)
     con.execute(f"SET allowed_directories = {sql_literal(dirs)}")
     con.execute(f"SET allowed_paths = {sql_literal(files)}")
+    lock(con)
+
+
+def is_locked(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the connection's configuration is locked (fenced). The
+    built-in is named by its catalog: a function of the database cannot answer."""
+    return bool(one(con.execute("SELECT system.main.current_setting('lock_configuration')"))[0])
+
+
+def lock(con: duckdb.DuckDBPyConnection) -> None:
+    """No file beyond what is allowed so far, no network, no extension
+    install, and no change of any of it from SQL."""
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -42,6 +42,17 @@ def _rerun_modules(root: Path, env=None, modules=HEAVY, args=()) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _local_encoder(project, bert, kind: str) -> None:
+    """The project's encoder `hash` becomes KIND over a copy of the tiny BERT."""
+    shutil.copytree(bert, project.root / "local_model")
+    project.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        f"  - name: hash\n    kind: {kind}\n    model: ./local_model"
+        + ("\n    dim: 16" if kind == "static" else ""),
+    )
+
+
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
     return save_tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
@@ -54,13 +65,7 @@ def test_no_change_rerun_imports_no_model_library(project, bert, kind, tmp_path,
     env = {**os.environ, "SEGTOOL_CACHE": str(tmp_path / "cache")}
     monkeypatch.setenv("SEGTOOL_CACHE", env["SEGTOOL_CACHE"])
     if kind != "hashing":
-        shutil.copytree(bert, project.root / "local_model")
-        project.edit(
-            "segments/segments.yml",
-            "  - name: hash\n    kind: hashing\n    dim: 256",
-            f"  - name: hash\n    kind: {kind}\n    model: ./local_model"
-            + ("\n    dim: 16" if kind == "static" else ""),
-        )
+        _local_encoder(project, bert, kind)
     project.cli("run")
     assert _rerun_modules(project.root, env, NO_WORK) == []
     results = json.loads((project.root / "target/run_results.json").read_text())
@@ -89,12 +94,7 @@ def test_a_dry_run_that_renders_imports_no_model_library(project, bert, tmp_path
 
     from tests.fixtures import data_files
 
-    shutil.copytree(bert, project.root / "local_model")
-    project.edit(
-        "segments/segments.yml",
-        "  - name: hash\n    kind: hashing\n    dim: 256",
-        "  - name: hash\n    kind: transformers\n    model: ./local_model",
-    )
+    _local_encoder(project, bert, "transformers")
     project.cli("run")
     for rel, content in data_files(changed=(5, 9), extra_users=3).items():
         project.write(rel, content)
@@ -107,12 +107,7 @@ def test_a_dry_run_that_renders_imports_no_model_library(project, bert, tmp_path
 def test_a_first_distillation_says_what_it_does(project, bert, tmp_path, monkeypatch):
     """preflight distilled without a word (minutes for MiniLM in a CI log)."""
     monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "cache"))
-    shutil.copytree(bert, project.root / "local_model")
-    project.edit(
-        "segments/segments.yml",
-        "  - name: hash\n    kind: hashing\n    dim: 256",
-        "  - name: hash\n    kind: static\n    model: ./local_model\n    dim: 16",
-    )
+    _local_encoder(project, bert, "static")
     out = project.cli("run").stdout
     assert "distilling static encoder 'hash' from" in out and "distilled 'hash' in" in out
     assert "distilling" not in project.cli("run").stdout  # once per machine
@@ -123,12 +118,7 @@ def test_a_dry_run_says_when_it_cannot_tell_a_refit(project, bert, tmp_path, mon
     run: the dry run said `skip ... inputs unchanged for every user` and the
     run then refitted."""
     monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "cache"))
-    shutil.copytree(bert, project.root / "local_model")
-    project.edit(
-        "segments/segments.yml",
-        "  - name: hash\n    kind: hashing\n    dim: 256",
-        "  - name: hash\n    kind: static\n    model: ./local_model\n    dim: 16",
-    )
+    _local_encoder(project, bert, "static")
     project.cli("run")
     other = save_tiny_bert(tmp_path / "other", seed=1)
     shutil.copy(other / "model.safetensors", project.root / "local_model" / "model.safetensors")

@@ -226,9 +226,9 @@ def map_points(project, con, seg, n: int = MAP_POINTS) -> dict | None:
     active = active_fit(con, seg.name)
     if active is None:
         return None
-    from segtool.compile.segments import fit_hash
+    from segtool.compile.segments import fit_is_current
 
-    if fit_hash(project.loaded, project.encoders().fingerprint, seg) != active[1]:
+    if not fit_is_current(project, seg, active[1]):
         # an encoder changed since the fit: new vectors through the old
         # model would draw a map of segments mixed up (the run refits)
         raise DataError(
