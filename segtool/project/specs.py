@@ -103,6 +103,11 @@ class ExecutorSpec(Spec):
     batch_size: int | None = Field(default=None, ge=1)
     # a segmentation assigning more users than this assigns them on the workers
     assign_min_users: int = Field(default=1_000_000, ge=1)
+    # seconds to reach `address` (Ray itself retries an unreachable one for minutes)
+    connect_timeout_s: float = Field(default=10, gt=0)
+    # seconds a cluster may take to offer one worker's CPUs and GPUs (an
+    # autoscaler adding a node); a local instance never grows, so it is not waited for
+    resources_timeout_s: float = Field(default=300, ge=0)
 
 
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(kb|mb|gb|tb|kib|mib|gib|tib|%)", re.IGNORECASE)

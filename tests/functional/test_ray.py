@@ -318,3 +318,23 @@ def test_fit_sample_with_the_rest_assigned_on_ray_matches_local(tmp_path):
     assert beh["fit_sample"] == 120
     assert (beh["executor"], beh["workers"]) == ("ray", 2)
     assert db_rows(pd, "segtool.duckdb", SEGMENTS) == db_rows(pd, "cluster.duckdb", SEGMENTS)
+
+
+def test_workers_no_node_can_hold_fail_at_once_and_name_what_the_nodes_have(tmp_path):
+    """gpus_per_worker on a cluster without a GPU: Ray would queue the
+    actors forever (the run hung). A local instance never grows: an error
+    before anything is sent, with the nodes' resources."""
+    files = tiny_project_files(n_users=60)
+    pd = make(tmp_path, files, workers=1, gpus_per_worker=1)
+    r = pd.cli("run", "--target", "cluster", expect=2)
+    out = r.stdout + r.stderr
+    assert "a local Ray instance has no node with 1 CPU and 1 GPU for one worker" in out
+    assert "2 CPU 0 GPU" in out
+    assert "gpus_per_worker: 0" in out
+    # the models and texts were kept; no vector was written
+    assert db_rows(pd, "cluster.duckdb", "select count(*) from main.user_features")[0][0] == 60
+    encoders = db_rows(pd, "cluster.duckdb", "select table_name from _segtool.encoders")
+    assert all(
+        db_rows(pd, "cluster.duckdb", f'select count(*) from _segtool."{t}"')[0][0] == 0
+        for (t,) in encoders
+    )

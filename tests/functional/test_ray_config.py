@@ -120,3 +120,45 @@ def test_fit_on_a_sample_assigns_everyone(tmp_path):
     pd.cli("run")
     res = json.loads((pd.root / "target/run_results.json").read_text())
     assert "fit_sample" not in res["summary"]["segmentations"]["behaviour"]
+
+
+def test_ray_address_nothing_answers_at_fails_within_the_connect_timeout(make_project):
+    """ray.init retried an unreachable head for 21 s to minutes: a TCP probe
+    first, connect_timeout_s long, with the address and the reason."""
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("this process already joined a Ray instance")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    files = tiny_project_files()
+    files["profiles.yml"] = f"""
+        targets:
+          dev:
+            executor: {{kind: ray, address: "ray://127.0.0.1:{port}", connect_timeout_s: 2}}
+    """
+    pd = make_project(files)
+    t0 = time.monotonic()
+    r = pd.cli("run", expect=2)  # a runtime failure, as a cluster that is down
+    assert time.monotonic() - t0 < 60
+    out = r.stdout + r.stderr
+    assert f"could not connect to the Ray cluster at ray://127.0.0.1:{port}" in out
+    assert f"127.0.0.1:{port} did not accept a connection within 2 s" in out
+    assert "connect_timeout_s" in out
+    assert not ray.is_initialized()
+
+
+def test_ray_host_and_port_of_an_address():
+    from segtool.execute.executors.ray_executor import _host_port
+
+    assert _host_port("ray://head.example:10001") == ("head.example", 10001)
+    assert _host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert _host_port("ray://[::1]:10001") == ("::1", 10001)
+    assert _host_port("auto") is None
+    assert _host_port("local") is None
+    assert _host_port("ray://head") is None

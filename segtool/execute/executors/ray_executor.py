@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,23 @@ def describe_spec(spec) -> str:
     return f"Ray ({n} worker{'s' if n != 1 else ''}{each}, {where})"
 
 
-def connect(spec):
+def connect(spec, gpus: float | None = None):
     """Join the cluster at `address` (or RAY_ADDRESS), else start a Ray
-    instance on this machine; reuse a Ray this process already joined."""
+    instance on this machine; reuse a Ray this process already joined.
+    Then make sure some node can host one worker (`gpus` per worker: the
+    spec's for embedding, 0 for assignment tasks): Ray would queue an actor
+    that no node can hold forever, without a word."""
     ray = require_ray()
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
     if not ray.is_initialized():
-        address = spec.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            _probe(address, spec.connect_timeout_s)
         try:
             if address:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                with warnings.catch_warnings():  # Ray Client warns, then raises: the error says it
+                    warnings.simplefilter("ignore", UserWarning)
+                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             else:  # "local": a new instance, even when `ray start` runs one here
                 ray.init(
                     address="local",
@@ -90,13 +99,17 @@ def connect(spec):
                     log_to_driver=False,
                 )
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             raise ExecutionError(
                 f"could not connect to {where}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}",
-                hint="start the cluster (`ray start --head`, `ray up`, KubeRay) or leave `address` "
-                "unset to start a local instance; the models and texts this run built are kept, "
-                "and the next run embeds from there",
+                hint=CONNECT_HINT,
             ) from exc
+    _wait_for_a_node(
+        ray,
+        where,
+        cpus=spec.cpus_per_worker,
+        gpus=spec.gpus_per_worker if gpus is None else gpus,
+        timeout_s=spec.resources_timeout_s if address else 0,
+    )
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -105,6 +118,70 @@ def connect(spec):
     # ... and Ray Data would say so once per process
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return ray
+
+
+CONNECT_HINT = (
+    "start the cluster (`ray start --head`, `ray up`, KubeRay) or leave `address` "
+    "unset to start a local instance; the models and texts this run built are kept, "
+    "and the next run embeds from there"
+)
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """host and port of `ray://host:port` or `host:port`; None for `auto`,
+    `local` and other forms Ray resolves itself."""
+    rest = address.removeprefix("ray://").split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail fast on an address nothing answers at: ray.init retries an
+    unreachable head for minutes (21 s to over two measured here)."""
+    import socket
+
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ExecutionError(
+            f"could not connect to the Ray cluster at {address}: {hp[0]}:{hp[1]} "
+            f"did not accept a connection within {timeout_s:g} s ({reason})",
+            hint=CONNECT_HINT + "; a slow network: raise the executor's connect_timeout_s",
+        ) from exc
+
+
+def _wait_for_a_node(ray, where: str, *, cpus: float, gpus: float, timeout_s: float) -> None:
+    """Return once an alive node has `cpus` CPUs and `gpus` GPUs (its
+    totals: a busy node frees them later), waiting up to `timeout_s` for an
+    autoscaler to add one; else an error that names what the nodes have."""
+    need = {"CPU": cpus, "GPU": gpus}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if any(all(r.get(k, 0) >= v for k, v in need.items() if v) for r in nodes):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    have = (
+        ", ".join(f"{r.get('CPU', 0):g} CPU {r.get('GPU', 0):g} GPU" for r in nodes)
+        or "no node alive"
+    )
+    want = " and ".join(f"{v:g} {k}" for k, v in need.items() if v)
+    waited = f" (waited {timeout_s:g} s)" if timeout_s else ""
+    raise ExecutionError(
+        f"{where} has no node with {want} for one worker{waited}: its nodes have {have}; "
+        "Ray would queue the workers forever",
+        hint="lower the executor's gpus_per_worker / cpus_per_worker (gpus_per_worker: 0 "
+        "for CPU workers), add such a node, or for an autoscaling cluster raise "
+        "resources_timeout_s",
+    )
 
 
 class _EncodeActor:
@@ -352,7 +429,7 @@ class RayExecutor:
     ) -> Iterator[tuple[Any, np.ndarray, np.ndarray, np.ndarray]]:
         """Each chunk on a Ray task, at most 2 x workers in flight; results in
         the order they finish."""
-        ray = connect(self.spec)
+        ray = connect(self.spec, gpus=0)  # assignment tasks reserve CPUs only
         task = ray.remote(_predict_task).options(num_cpus=self.spec.cpus_per_worker)
         fitted_ref = ray.put(fitted)
         window = max(2, 2 * self.workers)
