@@ -32,6 +32,7 @@ _VOCAB_FILES = (
 )
 _VOLATILE_KEYS = {"transformers_version", "torch_dtype", "dtype", "architectures", "name_or_path"}
 _ST_MODULES = "modules.json"
+_ST_CONFIG = "config_sentence_transformers.json"
 
 _file_hash_cache: dict[tuple[str, int, int], str] = {}
 
@@ -105,7 +106,7 @@ def model_content_hash(folder: Path, *, sentence_transformers: bool = False) -> 
     """sha256 over the files of a model folder that decide its output.
 
     For sentence-transformers models, also the module list and each module's
-    config and weights (pooling, dense, normalize).
+    config and weights (pooling, dense, normalize), and the default prompt.
     """
     folder = Path(folder)
     parts: list[tuple[str, str]] = []
@@ -139,10 +140,34 @@ def model_content_hash(folder: Path, *, sentence_transformers: bool = False) -> 
         for name in ("sentence_bert_config.json",):
             if (folder / name).is_file():
                 parts.append((name, _canonical_json_file(folder / name)))
+        prompt = _default_prompt(folder / _ST_CONFIG)
+        if prompt is not None:
+            parts.append(
+                (f"{_ST_CONFIG}:default_prompt", hashlib.sha256(prompt.encode()).hexdigest())
+            )
     h = hashlib.sha256()
     for name, digest in sorted(parts):
         h.update(f"{name}\0{digest}\n".encode())
     return h.hexdigest()
+
+
+def _default_prompt(path: Path) -> str | None:
+    """The prompt sentence-transformers puts before every text it encodes
+    (`default_prompt_name` in config_sentence_transformers.json), or None.
+    Only a prompt in use is part of the identity: the rest of that file
+    (library versions, prompts not used by default) does not change vectors,
+    and a model without one keeps the fingerprint it had before this part."""
+    try:
+        conf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(conf, dict):
+        return None
+    name, prompts = conf.get("default_prompt_name"), conf.get("prompts")
+    if not name or not isinstance(prompts, dict):
+        return None
+    prompt = prompts.get(name)
+    return prompt if isinstance(prompt, str) and prompt else None
 
 
 def fingerprint(payload: dict) -> str:

@@ -391,6 +391,43 @@ def test_sentence_transformers_backend(tiny_bert, root):
     assert hv.dtype == np.float32 and float((hv * v).sum(1).min()) > 0.98
 
 
+@pytest.mark.skipif(not HAS_ST, reason="sentence-transformers not installed")
+def test_sentence_transformers_default_prompt_is_part_of_the_fingerprint(tiny_bert, root, tmp_path):
+    """sentence-transformers puts a model's default prompt before every text:
+    setting one changed every vector while the fingerprint stayed, so the
+    cache served the old vectors. A prompt in use is part of the identity;
+    library versions and prompts not used by default are not (a model with
+    no default prompt keeps the fingerprint it had)."""
+    import json as _json
+    import shutil
+
+    folder = tmp_path / "st"
+    st = build_encoder(_spec(kind="sentence-transformers", model=str(tiny_bert)), root)
+    st._load()
+    st._model.save(str(folder))
+    conf_path = folder / "config_sentence_transformers.json"
+    conf = _json.loads(conf_path.read_text())
+
+    def encoder():
+        return build_encoder(_spec(kind="sentence-transformers", model=str(folder)), root)
+
+    base = encoder().fingerprint()
+    before = encoder().encode(TEXTS)
+    conf["__version__"] = {"sentence_transformers": "0.0.1"}
+    conf["prompts"] = {"query": "query: "}
+    conf_path.write_text(_json.dumps(conf))
+    assert encoder().fingerprint() == base  # a prompt not used by default
+    conf["default_prompt_name"] = "query"
+    conf_path.write_text(_json.dumps(conf))
+    prompted = encoder()
+    assert not np.allclose(prompted.encode(TEXTS), before, atol=1e-4)  # it is used
+    assert prompted.fingerprint() != base
+    conf["prompts"] = {"query": "search: "}
+    conf_path.write_text(_json.dumps(conf))
+    assert encoder().fingerprint() not in (base, prompted.fingerprint())
+    shutil.rmtree(folder)
+
+
 # --------------------------------------------------------------------------- onnx
 
 
