@@ -901,17 +901,42 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
         '{% set s = "x" * 1000000 %}{% for i in range(300) %}{{ s }}{% endfor %}',
         '{% set s = "x" * 1000000 %}{% set t %}{% for i in range(300) %}{{ s }}{% endfor %}{% endset %}',
         '{% set s = "x" * 1000000 %}{% macro m() %}{% for i in range(300) %}{{ s }}{% endfor %}{% endmacro %}{{ m() | length }}',
+        # this stop: sum concatenating lists pair by pair (33 s, 600 MB), and
+        # containers of shared references made text in one C call
+        "{{ ([[1] * 100000] * 300) | sum(start=[]) | length }}",
+        '{{ [["x" * 100000] * 100] * 30 }}',
+        '{{ dict.fromkeys(range(1000), "x" * 100000) }}',
+        '{% set a = ["x" * 100000] * 10 %}{% set b = [a, a, a, a, a] %}{{ [b, b, b] }}',
+        '{{ ([["x" * 100000] * 100] * 30) | tojson | length }}',
+        '{{ ([["x" * 100000] * 100] * 30) | string | length }}',
+        '{{ ([["x" * 100000] * 100] * 30) | pprint | length }}',
+        '{{ ([["x" * 100000] * 100] * 30) | upper | length }}',
+        '{{ ([["x" * 100000] * 100] * 30) | replace("a", "b") | length }}',
+        '{{ "a" ~ ([["x" * 100000] * 100] * 30) }}',
+        '{{ "%s" % ([["x" * 100000] * 100] * 30,) }}',
+        '{{ "{}".format([["x" * 100000] * 100] * 30) }}',
+        '{{ [[["x" * 100000] * 100] * 30] | join }}',
+        '{% set s %}{{ [["x" * 100000] * 100] * 30 }}{% endset %}',
     ],
 )
 def test_no_template_expression_builds_a_value_past_the_limit(src):
     """Each of these allocated millions to billions of characters in one step
     (a security audit): sizes are checked before the value is built."""
+    import tracemalloc
+
     from jinja2.sandbox import SecurityError
 
     from segtool.compile.jinja import default_env
 
-    with pytest.raises(SecurityError, match="would exceed the sandbox limit"):
-        default_env().from_string(src).render()
+    template = default_env().from_string(src)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SecurityError, match="would exceed the sandbox limit"):
+            template.render()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64_000_000, f"{peak:,} bytes were allocated before the refusal"
 
 
 def test_bounded_filters_and_operators_still_work():
@@ -926,9 +951,14 @@ def test_bounded_filters_and_operators_still_work():
         '{{ [1, 2] | join(", ") }} {{ [{"n": "x"}, {"n": "y"}] | join("-", attribute="n") }}': "1, 2 x-y",
         '{{ "aXbX" | replace("X", "-") }} {{ "aXbX" | replace("X", "-", 1) }} {{ "ab".replace("b", "c") }}': "a-b- a-bX ac",
         '{{ [1] + [2] }} {{ 1 + 2 }} {{ "a" + "b" }}': "[1, 2] 3 ab",
+        "{{ [[1, 2], [3]] | sum(start=[]) }} {{ [(1,), (2,)] | sum(start=()) }} {{ [1, 2.5] | sum }}": "[1, 2, 3] (1, 2) 3.5",
+        '{{ [{"n": [1]}, {"n": [2]}] | sum(attribute="n", start=[]) }} {{ [[1], [2]] | tojson }}': "[1, 2] [[1], [2]]",
+        '{{ {"a": [1]} }} {{ 2.5 }} {{ none }} {{ true }} {{ ["x"] | string | upper }}': "{'a': [1]} 2.5 None True ['X']",
     }
     for src, want in cases.items():
         assert default_env().from_string(src).render() == want, src
+    with pytest.raises(TypeError, match="can only concatenate list"):
+        default_env().from_string("{{ [[1], (2,)] | sum(start=[]) }}").render()
 
 
 def test_a_predicate_may_not_call_what_a_model_may_not():
