@@ -555,7 +555,6 @@ def _check_pii(proj: LoadedProject, built: BuiltGraph, out: BoundProject) -> Non
 
 def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:
     """Test names and arguments, and that each tested column exists."""
-    from segtool.compile.column_tests import parse_test
 
     for name, m in proj.models.items():
         if m.props is None:
@@ -571,18 +570,34 @@ def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:
                         hint=did_you_mean(col.name, have),
                     )
                 )
-            for test in col.all_tests():
-                try:
-                    parse_test(test, col)
-                except ProjectError as exc:
-                    out.errors.append(exc)
+            _check_tests_of(proj, out, col)
     for st in proj.sources.values():
         for col in st.table.columns:
-            for test in col.all_tests():
-                try:
-                    parse_test(test, col)
-                except ProjectError as exc:
-                    out.errors.append(exc)
+            _check_tests_of(proj, out, col)
+
+
+def _check_tests_of(proj: LoadedProject, out: BoundProject, col) -> None:
+    """One column's tests: names, arguments, and what a relationships test
+    points at (a model or source that exists, and a column of that model)."""
+    from segtool.compile.column_tests import parse_test, relationship_target
+
+    for test in col.all_tests():
+        try:
+            name, args = parse_test(test, col)
+            if name != "relationships":
+                continue
+            kind, target = relationship_target(proj, args["to"], col)
+            have = out.columns.get(target) if kind == "model" else None
+            if have is not None and args["field"] not in have:
+                raise ProjectError(
+                    f"relationships on '{col.name}': model '{target}' has no column "
+                    f"'{args['field']}'",
+                    path=col.file,
+                    line=col.line,
+                    hint=did_you_mean(str(args["field"]), have),
+                )
+        except ProjectError as exc:
+            out.errors.append(exc)
 
 
 def _first_input_model(proj: LoadedProject, seg) -> str | None:

@@ -4,6 +4,7 @@ test` runs them (execute/tests.py)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from segtool.errors import ProjectError, did_you_mean
@@ -48,3 +49,37 @@ def parse_test(test: Any, col) -> tuple[str, dict]:
             hint="e.g. accepted_values: {values: [a, b]} or relationships: {to: \"ref('m')\", field: id}",
         )
     return name, args
+
+
+def relationship_target(proj, to: Any, col) -> tuple[str, Any]:
+    """What a relationships test's `to:` names: ("model", name) or
+    ("source", (source, table)); an error at the column's line otherwise
+    (validate reports it; `segtool test` marks that one test as an error)."""
+    text = to if isinstance(to, str) else ""
+    m = re.fullmatch(r"\s*ref\(\s*['\"](\w+)['\"]\s*\)\s*", text)
+    if m:
+        if m.group(1) not in proj.models:
+            raise ProjectError(
+                f"relationships on '{col.name}': unknown model '{m.group(1)}'",
+                path=col.file,
+                line=col.line,
+                hint=did_you_mean(m.group(1), proj.models),
+            )
+        return "model", m.group(1)
+    m = re.fullmatch(r"\s*source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)\s*", text)
+    if m:
+        key = (m.group(1), m.group(2))
+        if key not in proj.sources:
+            raise ProjectError(
+                f"relationships on '{col.name}': unknown source '{key[0]}.{key[1]}'",
+                path=col.file,
+                line=col.line,
+                hint=did_you_mean(f"{key[0]}.{key[1]}", [f"{a}.{b}" for a, b in proj.sources]),
+            )
+        return "source", key
+    raise ProjectError(
+        f"relationships on '{col.name}': cannot resolve to: {to!r}",
+        path=col.file,
+        line=col.line,
+        hint="use to: \"ref('model')\" or \"source('src', 'table')\"",
+    )

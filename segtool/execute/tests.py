@@ -4,14 +4,13 @@ names itself and shows a few offending rows."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import numpy as np
 
-from segtool.compile.column_tests import parse_test
+from segtool.compile.column_tests import parse_test, relationship_target
 from segtool.compile.segments import population_sql
 from segtool.compile.sql import quote_ident, relation, source_sql, sql_literal
 from segtool.errors import ProjectError, did_you_mean
@@ -35,28 +34,9 @@ class TestResult:
     line: int | None = None
 
 
-def _resolve_to(project, to: str) -> str:
-    proj = project.loaded
-    m = re.fullmatch(r"\s*ref\(\s*['\"](\w+)['\"]\s*\)\s*", to)
-    if m:
-        if m.group(1) not in proj.models:
-            raise ProjectError(
-                f"relationships: unknown model '{m.group(1)}'",
-                hint=did_you_mean(m.group(1), proj.models),
-            )
-        return relation(m.group(1))
-    m = re.fullmatch(r"\s*source\(\s*['\"](\w+)['\"]\s*,\s*['\"](\w+)['\"]\s*\)\s*", to)
-    if m and (m.group(1), m.group(2)) in proj.sources:
-        return source_sql(proj.sources[(m.group(1), m.group(2))], proj.root)
-    raise ProjectError(
-        f"relationships: cannot resolve to: {to!r}",
-        hint="use to: \"ref('model')\" or \"source('src', 'table')\"",
-    )
-
-
-def column_test_sql(project, rel: str, col: str, name: str, args: dict) -> tuple[str, str]:
+def column_test_sql(project, rel: str, col, name: str, args: dict) -> tuple[str, str]:
     """(query returning offending rows, test name)."""
-    c = quote_ident(col)
+    c = quote_ident(col.name)
     if name == "not_null":
         return f"SELECT * FROM {rel} WHERE {c} IS NULL", "not_null"
     if name == "unique":
@@ -67,7 +47,7 @@ def column_test_sql(project, rel: str, col: str, name: str, args: dict) -> tuple
     if name == "accepted_values":
         values = args.get("values")
         if not isinstance(values, list) or not values:
-            raise ProjectError(f"accepted_values on '{col}' needs `values: [...]`")
+            raise ProjectError(f"accepted_values on '{col.name}' needs `values: [...]`")
         lits = ", ".join(sql_literal(v) for v in values)
         return (
             f"SELECT {c}, count(*) AS n FROM {rel} WHERE {c} IS NOT NULL AND {c} NOT IN ({lits}) GROUP BY {c}",
@@ -76,8 +56,13 @@ def column_test_sql(project, rel: str, col: str, name: str, args: dict) -> tuple
     if name == "relationships":
         to, fld = args.get("to"), args.get("field")
         if not to or not fld:
-            raise ProjectError(f"relationships on '{col}' needs `to:` and `field:`")
-        parent = _resolve_to(project, to)
+            raise ProjectError(f"relationships on '{col.name}' needs `to:` and `field:`")
+        kind, target = relationship_target(project.loaded, to, col)
+        parent = (
+            relation(target)
+            if kind == "model"
+            else source_sql(project.loaded.sources[target], project.loaded.root)
+        )
         return (
             f"SELECT {c}, count(*) AS n FROM {rel} c WHERE {c} IS NOT NULL AND NOT EXISTS "
             f"(SELECT 1 FROM {parent} p WHERE p.{quote_ident(fld)} = c.{c}) GROUP BY {c}",
@@ -107,15 +92,17 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
             for col in cols:
                 for test in col.all_tests():
                     name, args = parse_test(test, col)
-                    sql, kind = column_test_sql(project, rel, col.name, name, args)
-                    tname = f"{kind}({node.name}.{col.name})"
+                    tname = f"{name}({node.name}.{col.name})"
                     try:
+                        sql, kind = column_test_sql(project, rel, col, name, args)
                         # grouped queries carry n per value: count rows, not values
                         count = "coalesce(sum(n), 0)" if kind != "not_null" else "count(*)"
                         n = one(con.execute(f"SELECT {count} FROM ({sql})"))[0]
                         ex = _examples(con, sql, grouped=kind != "not_null") if n else []
                         status = "fail" if n else "pass"
                         msg = counted(n, "offending row") if n else ""
+                    except ProjectError as exc:  # this test only: the others still run
+                        status, n, ex, msg = "error", 0, [], exc.message
                     except duckdb.Error as exc:
                         status, n, ex = "error", 0, []
                         msg = str(exc).splitlines()[0]
@@ -250,6 +237,15 @@ def segmentation_tests(project, con, node) -> list:
     t = seg.tests
     if t.min_share is not None:
         small = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh < t.min_share and s >= 0]
+        # a live segment no user is in (a rule that matches nobody) has share 0
+        empty = con.execute(
+            f"""SELECT segment_id, label FROM {tables.CATALOG} c WHERE segmentation = ?
+            AND died_run IS NULL AND segment_id >= 0
+            AND NOT EXISTS (SELECT 1 FROM {table} s WHERE s.segment_id = c.segment_id)
+            ORDER BY 1""",
+            [name],
+        ).fetchall()
+        small = sorted(small + [(s, lab, 0.0) for s, lab in empty])
         add(
             "min_share",
             not small,
@@ -267,35 +263,35 @@ def segmentation_tests(project, con, node) -> list:
             big,
         )
     if t.max_moved_share is not None:
-        last = one(con.execute(f"SELECT max(valid_from_run) FROM {tables.history(name)}"))[0]
-        first = one(con.execute(f"SELECT min(valid_from_run) FROM {tables.history(name)}"))[0]
-        if last is None or last == first:
-            out.append(
-                TestResult(
-                    f"max_moved_share({name})",
-                    node.unique_id,
-                    "pass",
-                    0,
-                    "",
-                    [],
-                    seg.file,
-                    seg.line,
-                )
+        # the latest run: a test after a run that moved nobody passes, even
+        # when an earlier run moved many (it kept failing until another move)
+        last = one(
+            con.execute(
+                f"SELECT max(run_id) FROM {tables.STATE}.runs "
+                "WHERE command = 'run' AND status = 'success'"
             )
-        else:
-            moved = one(
+        )[0]
+        hist = tables.history(name)
+        # moved: a spell ended and another began at that run (not a user who left)
+        moved = (
+            one(
                 con.execute(
-                    f"SELECT count(DISTINCT {k}) FROM {tables.history(name)} WHERE valid_to_run = ? AND {k} IN (SELECT {k} FROM {table})",
-                    [last],
+                    f"""SELECT count(DISTINCT h.{k}) FROM {hist} h
+                    WHERE h.valid_to_run = ? AND EXISTS (SELECT 1 FROM {hist} n
+                        WHERE n.{k} = h.{k} AND n.valid_from_run = ?)""",
+                    [last, last],
                 )
             )[0]
-            share = moved / total
-            add(
-                "max_moved_share",
-                share <= t.max_moved_share,
-                f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})",
-                moved,
-            )
+            if last is not None
+            else 0
+        )
+        share = moved / total
+        add(
+            "max_moved_share",
+            share <= t.max_moved_share,
+            f"{share:.1%} of users moved in run {last} (max {t.max_moved_share:.0%})",
+            moved,
+        )
     if t.max_association or t.min_association:
         _association_tests(project, con, seg, add)
     if t.min_silhouette is not None and not seg.is_rules:

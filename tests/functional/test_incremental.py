@@ -1271,3 +1271,81 @@ def test_assign_and_the_report_map_refuse_a_fit_made_with_other_inputs(project, 
         "-o",
         str(tmp_path / "a.csv"),
     )
+
+
+def test_min_share_fails_for_a_rule_segment_no_user_is_in(project):
+    """A rule that matches nobody leaves its segment with 0 users: min_share
+    passed, since only segments with rows were counted."""
+    project.edit(
+        "segments/segments.yml",
+        '- {segment: lapsed, when: "recency_days > 120"}',
+        '- {segment: lapsed, when: "recency_days > 120"}\n      - {segment: nobody, when: "revenue < 0"}',
+    )
+    project.edit(
+        "segments/segments.yml",
+        "    default: active\n",
+        "    default: active\n    tests: {min_share: 0.01}\n",
+    )
+    project.cli("run")
+    assert project.sql("select count(*) from segments.lifecycle where segment = 'nobody'") == [(0,)]
+    r = project.cli("test", "-s", "lifecycle", expect=1)
+    assert "FAIL  min_share(lifecycle): 1 segment below min_share 0.01" in r.stdout
+    assert "nobody" in r.stdout
+
+
+def test_max_moved_share_reads_the_latest_run(project):
+    """The share of users who moved in the latest run, of the users there
+    are: a run that moved nobody passes (it read the last run that opened a
+    spell, so an old move kept failing; and it counted users who left)."""
+    project.edit(
+        "segments/segments.yml",
+        "    default: active\n",
+        "    default: active\n    tests: {max_moved_share: 0.1}\n",
+    )
+    project.cli("run")
+    project.cli("test", "-s", "lifecycle")  # the first run moves nobody
+    project.edit("segments/segments.yml", '"revenue > 300"', '"revenue > 100"')
+    project.cli("run")
+    moved = project.sql(
+        "select count(distinct user_id) from segments.lifecycle_history h where valid_to_run = "
+        "(select max(run_id) from _segtool.runs) and exists (select 1 from "
+        "segments.lifecycle_history n where n.user_id = h.user_id and n.valid_from_run = h.valid_to_run)"
+    )[0][0]
+    total = project.sql("select count(*) from segments.lifecycle")[0][0]
+    assert moved / total > 0.1
+    r = project.cli("test", "-s", "lifecycle", expect=1)
+    assert f"FAIL  max_moved_share(lifecycle): {moved / total:.1%} of users moved" in r.stdout
+    # one user leaves: nobody moved in that run
+    for rel, content in data_files(n_users=59).items():
+        project.write(rel, content)
+    project.cli("run")
+    r = project.cli("test", "-s", "lifecycle")
+    assert "PASS  max_moved_share(lifecycle)" in r.stdout
+
+
+def test_a_relationships_test_to_an_unknown_model_fails_validate_and_only_itself(project):
+    """validate said ok; `segtool test` stopped at it with no line and ran
+    no other test."""
+    project.edit(
+        "models/schema.yml",
+        "relationships: {to: \"ref('user_features')\", field: user_id}",
+        "relationships: {to: \"ref('user_featurez')\", field: user_id}",
+    )
+    r = project.cli("validate", expect=1)
+    assert "models/schema.yml:12: relationships on 'user_id': unknown model 'user_featurez'" in (
+        r.stdout + r.stderr
+    )
+    assert "did you mean 'user_features'" in r.stdout + r.stderr
+    project.edit("models/schema.yml", "ref('user_featurez')", "ref('user_features')")
+    project.edit("models/schema.yml", "field: user_id}", "field: user_idd}")
+    r = project.cli("validate", expect=1)
+    assert "model 'user_features' has no column 'user_idd'" in r.stdout + r.stderr
+    project.edit("models/schema.yml", "field: user_idd}", "field: user_id}")
+    project.cli("run")
+    project.edit("models/schema.yml", "ref('user_features')", "ref('user_featurez')")
+    r = project.cli("test", expect=1)
+    assert (
+        "relationships(stg_orders.user_id): relationships on 'user_id': unknown model" in r.stdout
+    )
+    assert "PASS  unique(user_features.user_id)" in r.stdout  # the others still ran
+    assert "PASS  min_share(behaviour)" in r.stdout
