@@ -490,8 +490,22 @@ def _diff_seg(
             "note": f"{tables.RESULTS}.{tables.history_name(name)} does not exist",
         }
     changed = _changed_runs(head, name)
-    h_run = to_run if to_run is not None else (changed[-1] if changed else None)
+    if to_run is not None:
+        h_run = to_run
+    elif from_run is not None:  # from that run to now (its last change may lie before it)
+        h_run = head.run_ids()[-1]
+    else:
+        h_run = changed[-1] if changed else None
     b_run = from_run
+    if changed and h_run is not None and h_run < changed[0]:
+        return {
+            **empty,
+            "name": name,
+            "status": "not_yet",
+            "base_run": b_run,
+            "head_run": h_run,
+            "note": f"'{name}' had no assignment at run {h_run} (its first is run {changed[0]})",
+        }
     if b_run is None and h_run is not None and changed and h_run > changed[0]:
         # the assignment just before the run that changed it
         b_run = h_run - 1
@@ -524,11 +538,12 @@ def _diff_seg(
     after = _assignment_sql(head, name, k, h_run)
     tt = _text_table_for(project, head, name)
     res = _compare_one(con, name, k, before, after, examples, None, tt)
-    why = (
-        f"the last run that changed '{name}'"
-        if to_run is None and changed and h_run == changed[-1]
-        else "as asked"
-    )
+    if to_run is None and from_run is not None:
+        why = "the latest run"
+    elif to_run is None and changed and h_run == changed[-1]:
+        why = f"the last run that changed '{name}'"
+    else:
+        why = "as asked"
     notes = [f"compared run {b_run} with run {h_run} ({why})"]
     if tt and res["examples"]:
         notes.append("example texts are the current ones")

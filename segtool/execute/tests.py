@@ -239,10 +239,8 @@ def segmentation_tests(project, con, node) -> list:
         small = [(s, lab, round(sh, 4)) for s, lab, sh in shares if sh < t.min_share and s >= 0]
         # a live segment no user is in (a rule that matches nobody) has share 0
         empty = con.execute(
-            f"""SELECT segment_id, label FROM {tables.CATALOG} c WHERE segmentation = ?
-            AND died_run IS NULL AND segment_id >= 0
-            AND NOT EXISTS (SELECT 1 FROM {table} s WHERE s.segment_id = c.segment_id)
-            ORDER BY 1""",
+            f"SELECT c.segment_id, c.label FROM {tables.CATALOG} c "
+            f"WHERE {tables.empty_in_catalog(name)} ORDER BY 1",
             [name],
         ).fetchall()
         small = sorted(small + [(s, lab, 0.0) for s, lab in empty])

@@ -4,6 +4,7 @@ terminal, plain lines otherwise (CI logs, tests, pipes)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -246,12 +247,22 @@ def _RateColumn(unit: str):  # noqa: N802 - a class made on first use (rich load
     return _rate_column_class()(unit)
 
 
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+def one_line(v: Any) -> str:
+    """Text for one line of a text table or list: line breaks, tabs and other
+    control characters become one space (a segment label "VIP\\nline2" split
+    the rows of show and diff)."""
+    return _LINE_BREAKS.sub(" ", str(v))
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:,.3f}".rstrip("0").rstrip(".")
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
-    return "" if v is None else str(v)
+    return "" if v is None else one_line(v)
 
 
 def format_table(
@@ -300,8 +311,8 @@ def terminal_width(stream=None) -> int | None:
 
 
 def md_escape(s) -> str:
-    """Text for one line of Markdown: `|` escaped, newlines as spaces."""
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    """Text for one line of Markdown: `|` escaped, line breaks as spaces."""
+    return one_line(s).replace("|", "\\|")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

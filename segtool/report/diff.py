@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from segtool.plan.model import Step
-from segtool.report.console import markdown_table
+from segtool.report.console import markdown_table, one_line
 from segtool.report.console import md_escape as _md
 from segtool.report.plan import step_line, steps_markdown
 from segtool.words import counted
@@ -193,8 +193,8 @@ def _matrix_lines(t: dict, indent: str = "    ") -> list[str]:
 
 def _size_line(z: dict, *, delta: bool = True) -> str:
     """One segment's size before and after (and the delta, its label cut to 30)."""
-    label = str(z["label"] or "")
-    line = f"    {z['segment_id']:>4} {label[:30] if delta else label:<30} {z['before']:>8,} {z['after']:>8,}"
+    label = one_line(z["label"] or "")[:30]
+    line = f"    {z['segment_id']:>4} {label:<30} {z['before']:>8,} {z['after']:>8,}"
     return line + (f" {z['delta']:>+7,}" if delta else "")
 
 
@@ -215,6 +215,8 @@ def _format_data_text(r: dict) -> str:
                 f"{s['name']}: {s['status'].replace('_', ' ')}"
                 + (f" ({s['note']})" if s.get("note") else "")
             )
+            if s["sizes"]:
+                lines.append(f"    {'id':>4} {'segment':<30} {'before':>8} {'after':>8}")
             lines += [_size_line(z, delta=False) for z in s["sizes"]]
             continue
         lines.append(
@@ -230,7 +232,7 @@ def _format_data_text(r: dict) -> str:
             lines.append("  moved users (examples):")
             for e in s["examples"]:
                 lines.append(
-                    f"    {e['key']}: {e['from']['segment_id']} {e['from']['segment'] or ''} -> {e['to']['segment_id']} {e['to']['segment'] or ''}"
+                    f"    {one_line(e['key'])}: {e['from']['segment_id']} {one_line(e['from']['segment'] or '')} -> {e['to']['segment_id']} {one_line(e['to']['segment'] or '')}"
                 )
                 if e.get("text_before") and e["text_before"] != e.get("text"):
                     lines.append(f"      text before: {e['text_before']}")

@@ -11,7 +11,7 @@ from segtool.errors import ProjectError, did_you_mean
 from segtool.execute.segment import drivers
 from segtool.execute.segment.store import require_results
 from segtool.ml.association import MEASURES
-from segtool.report.console import format_table, markdown_table
+from segtool.report.console import format_table, markdown_table, one_line
 from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, column_types, table_exists
 from segtool.state.result import one
@@ -35,6 +35,13 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
             GROUP BY s.segment_id, c.keywords, c.features, c.born_run ORDER BY count(*) DESC, s.segment_id""",
             [name],
         ).fetchall()
+        # a live segment no user is in (a rule that matches nobody) is listed
+        # too, with 0 users: left out, nothing said that the rule matched nobody
+        rows += con.execute(
+            f"""SELECT c.segment_id, c.label, 0, c.keywords, c.features, c.born_run
+            FROM {tables.CATALOG} c WHERE {tables.empty_in_catalog(name)} ORDER BY c.segment_id""",
+            [name],
+        ).fetchall()
         text = next((i.embedding.text for i in seg.inputs if i.embedding), None)
         segments = []
         for sid, label, n, kws, feats, born in rows:
@@ -44,7 +51,7 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
                 if text and table_exists(con, STATE, "texts__" + text)
                 else f"SELECT s.{k}, NULL FROM {tables.segments(name)} s WHERE s.segment_id = ? ORDER BY s.{k} LIMIT {int(examples)}"
             )
-            ex = con.execute(ex_sql, [sid]).fetchall() if examples else []
+            ex = con.execute(ex_sql, [sid]).fetchall() if examples and n else []
             segments.append(
                 {
                     "segment_id": sid,
@@ -164,6 +171,13 @@ def list_segmentations(project) -> dict[str, Any]:
                         f"SELECT count(*), count(DISTINCT segment_id), max(run_id) FROM {tables.segments(name)}"
                     )
                 )
+                # and live segments no user is in, as `show NAME` lists them
+                n += one(
+                    con.execute(
+                        f"SELECT count(*) FROM {tables.CATALOG} c WHERE {tables.empty_in_catalog(name)}",
+                        [name],
+                    )
+                )[0]
                 item.update(users=users, segments=n, last_run=last)
             rows.append(item)
         return {"segmentations": rows}
@@ -444,15 +458,19 @@ def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
     with_text = [s for s in prof["segments"] if any(e["text"] for e in s["examples"])]
     for s in with_text:
         out.append("")
-        out.append(f"{'#### ' if md else ''}segment {s['segment_id']} · {s['segment']}: examples")
+        out.append(
+            f"{'#### ' if md else ''}segment {s['segment_id']} · {one_line(s['segment'])}: examples"
+        )
         for e in s["examples"]:
             out.append(f"  - {e['key']}: {cut(e['text'] or '', min(240, room))}")
     if not with_text and any(s["examples"] for s in prof["segments"]):
         # no text to show (rule segments): the example users' keys, one line each
         out += ["", f"{'#### ' if md else ''}example users"]
         for s in prof["segments"]:
-            keys = ", ".join(str(e["key"]) for e in s["examples"])
-            out.append(f"  {'- ' if md else ''}{s['segment_id']} · {s['segment']}: {keys}")
+            keys = ", ".join(one_line(e["key"]) for e in s["examples"]) or "no user"
+            out.append(
+                f"  {'- ' if md else ''}{s['segment_id']} · {one_line(s['segment'])}: {keys}"
+            )
     return "\n".join(out)
 
 

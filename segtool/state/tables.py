@@ -58,6 +58,16 @@ def segments(seg: str) -> str:
     return f"{RESULTS}.{quote(seg)}"
 
 
+def empty_in_catalog(seg: str) -> str:
+    """A condition on the catalog (as `c`) for the live segments of `seg`
+    that no user is in, e.g. a rule that matches nobody; binds one parameter,
+    the segmentation's name."""
+    return (
+        "c.segmentation = ? AND c.died_run IS NULL AND c.segment_id >= 0 AND NOT EXISTS "
+        f"(SELECT 1 FROM {segments(seg)} s WHERE s.segment_id = c.segment_id)"
+    )
+
+
 def history_name(seg: str) -> str:
     return f"{seg}_history"
 

@@ -685,3 +685,70 @@ def test_rule_segments_of_two_databases_are_matched_by_rule(built, tmp_path):
     seg = {s["name"]: s for s in json.loads(r.stdout)["segmentations"]}["lifecycle"]
     assert seg["users"]["moved"] == 0 and seg["ari"] == pytest.approx(1.0)
     assert all(s["before"] == s["after"] for s in seg["sizes"])
+
+
+def test_data_from_a_run_compares_with_the_latest_and_a_run_before_the_first_says_so(built):
+    """--from-run alone compared that run with the last run that changed the
+    segmentation, which may lie before it (run 3 -> run 2, entered and left
+    swapped); --to-run before a segmentation's first run said it 'has only
+    the assignment of run N' though it had none then."""
+    from tests.fixtures import data_files
+
+    pd = built
+    for rel, content in data_files(changed=(3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36)).items():
+        (pd.root / rel).write_text(content)
+    pd.cli("run")  # run 2: lifecycle users move
+    pd.cli("run", "--refit", "-s", "behaviour")  # run 3: lifecycle untouched
+    r = json.loads(
+        pd.cli("diff", "--data", "-s", "lifecycle", "--from-run", "3", "--format", "json").stdout
+    )
+    s = r["segmentations"][0]
+    assert (s["base_run"], s["head_run"]) == (3, 3)
+    assert s["users"]["moved"] == s["users"]["entered"] == s["users"]["left"] == 0
+    assert "compared run 3 with run 3 (the latest run)" in s["note"]
+    r = json.loads(
+        pd.cli("diff", "--data", "-s", "lifecycle", "--from-run", "1", "--format", "json").stdout
+    )
+    assert (r["segmentations"][0]["base_run"], r["segmentations"][0]["head_run"]) == (1, 3)
+    assert r["segmentations"][0]["users"]["moved"] > 0
+    # a segmentation added at run 4: at run 2 it had no assignment
+    pd.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        "  - name: tiers\n    model: user_features\n    rules:\n"
+        '      - {segment: big, when: "revenue > 300"}\n    default: small\n'
+        "  - name: lifecycle\n",
+    )
+    pd.cli("run")
+    r = pd.cli("diff", "--data", "-s", "tiers", "--to-run", "2")
+    assert "tiers: not yet ('tiers' had no assignment at run 2 (its first is run 4))" in r.stdout
+    assert "has only the assignment" not in r.stdout
+    pd.cli("diff", "--data", "-s", "tiers", "--to-run", "2", "--fail-on", "entered>0")
+
+
+def test_show_lists_a_rule_segment_no_user_is_in_and_keeps_labels_on_one_line(built):
+    """A rule that matches nobody was left out of show (and the report);
+    a label with a line break split the rows of the text tables."""
+    pd = built
+    pd.edit(
+        "segments/segments.yml",
+        '- {segment: big, when: "revenue > 300"}',
+        '- {segment: nobody, when: "revenue < 0"}\n'
+        '      - {segment: "big\\nspender", when: "revenue > 300"}',
+    )
+    pd.cli("run")
+    out = pd.cli("show", "lifecycle").stdout
+    rows = [line.split() for line in out.splitlines()]
+    assert ["nobody", "0", "0.0%"] in [r[1:4] for r in rows if len(r) >= 4]
+    assert any(r[1:3] == ["big", "spender"] for r in rows if len(r) >= 3)
+    assert not any(line.startswith("spender") for line in out.splitlines())
+    md = pd.cli("show", "lifecycle", "--format", "markdown").stdout
+    assert "| nobody | 0 | 0.0% |" in md and "big spender" in md
+    listing = pd.cli("show").stdout
+    live = pd.sql(
+        "select count(*) from _segtool.segment_catalog where segmentation = 'lifecycle' "
+        "and died_run is null"
+    )[0][0]
+    assert any(
+        line.split()[:4] == ["lifecycle", "rules", "60", str(live)] for line in listing.splitlines()
+    )
