@@ -1349,3 +1349,22 @@ def test_a_relationships_test_to_an_unknown_model_fails_validate_and_only_itself
     )
     assert "PASS  unique(user_features.user_id)" in r.stdout  # the others still ran
     assert "PASS  min_share(behaviour)" in r.stdout
+
+
+def test_a_rule_segment_named_again_lives_again_from_that_run(project):
+    """Its id is its name's; the catalog kept born_run 1 while it was gone
+    for runs, so the report said it existed 'since run 1'."""
+    project.cli("run")  # run 1
+    project.edit("segments/segments.yml", "segment: big,", "segment: huge,")
+    project.cli("run")  # run 2: big retired
+    project.edit("segments/segments.yml", "segment: huge,", "segment: big,")
+    project.cli("run")  # run 3: big again
+    rows = project.sql(
+        "select label, segment_id, born_run, died_run from _segtool.segment_catalog "
+        "where segmentation = 'lifecycle' and label in ('big', 'huge') order by label"
+    )
+    big, huge = rows
+    assert big[2:] == (3, None) and huge[3] == 3
+    assert project.sql(
+        "select distinct segment_id from segments.lifecycle where segment = 'big'"
+    ) == [(big[1],)]

@@ -79,18 +79,20 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
 
 def _retire(ctx, name: str, live: list[int]) -> None:
     """The catalog and state as the rules leave them: a segment no rule names
-    any more is retired (died_run), one named again lives again (its id is
-    its name's), sizes are the table's. A clustering the segmentation was
+    any more is retired (died_run), one named again lives again from this
+    run (its id is its name's), sizes are the table's. A clustering the segmentation was
     before is no longer what the table holds: its fitted model is set
     inactive and its stored inputs dropped, so switching back refits (the
     plan said 'inputs unchanged: skip' over the rule assignment)."""
     from segtool.execute.segment.store import retire
 
     con = ctx.con
+    # a segment named again begins a new life at this run (the report's
+    # "since" said the run it was first born, across the runs it was gone)
     con.execute(
-        f"UPDATE {tables.CATALOG} SET died_run = NULL WHERE segmentation = ? "
+        f"UPDATE {tables.CATALOG} SET died_run = NULL, born_run = ? WHERE segmentation = ? "
         "AND died_run IS NOT NULL AND list_contains(?, segment_id)",
-        [name, live],
+        [ctx.run_id, name, live],
     )
     retire(con, name, live, ctx.run_id)  # sizes: the caller refreshes them
     if table_exists(con, tables.STATE, "fitted"):
