@@ -429,6 +429,11 @@ def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
         for s in prof["segments"]
     ]
     title = f"{prof['segmentation']} ({prof['kind']}): {prof['users']:,} users, last run {prof['last_run']}"
+    if prof.get("drivers_run") is not None and prof["drivers_run"] != prof["last_run"]:
+        # traits and drivers are computed at a fit or a change of the rules:
+        # later runs assign users without them (a model edit since then is
+        # not in them, so they say from when they are)
+        title += f"; what sets each apart and the drivers are of run {prof['drivers_run']}"
     md = fmt == "markdown"
     if md:
         out = [f"### {title}", "", markdown_table(headers, rows)]

@@ -1368,3 +1368,19 @@ def test_a_rule_segment_named_again_lives_again_from_that_run(project):
     assert project.sql(
         "select distinct segment_id from segments.lifecycle where segment = 'big'"
     ) == [(big[1],)]
+
+
+def test_show_says_from_which_run_traits_and_drivers_are(project):
+    """An assignment of new and changed users keeps the traits and drivers
+    of the fit; show said 'last run 2' over numbers of run 1 (a model edit
+    since then is not in them)."""
+    project.cli("run")
+    for rel, content in data_files(changed=(5, 9), extra_users=3).items():
+        project.write(rel, content)
+    project.cli("run")
+    assert summary(project)["segmentations"]["behaviour"]["assigned"] == 5
+    head = project.cli("show", "behaviour").stdout.splitlines()[0]
+    assert head.endswith("last run 2; what sets each apart and the drivers are of run 1"), head
+    project.cli("run", "--refit", "-s", "behaviour")
+    head = project.cli("show", "behaviour").stdout.splitlines()[0]
+    assert head.endswith("last run 3"), head
