@@ -26,7 +26,7 @@ from segtool.project.specs import (
     TextSpec,
 )
 from segtool.project.validation import require_mapping, validate_spec
-from segtool.project.yamlio import load_yaml, parse_yaml
+from segtool.project.yamlio import ProjectYamlTooBig, load_yaml, parse_yaml, project_budget
 
 PROJECT_FILE = "segtool_project.yml"
 PROFILES_FILE = "profiles.yml"
@@ -151,7 +151,13 @@ def load_project(
     linked_root: Path | None = None,
 ) -> LoadedProject:
     """`linked_root`: the folder the project's missing entries link to (`diff`
-    of a git ref: files git does not keep come from the working tree)."""
+    of a git ref: files git does not keep come from the working tree). Its
+    YAML files share one budget of values (yamlio.MAX_PROJECT_VALUES)."""
+    with project_budget():
+        return _load_project(project_dir, target, vars, strict, linked_root)
+
+
+def _load_project(project_dir, target, vars, strict, linked_root) -> LoadedProject:
     root = find_project_root(Path(project_dir or "."))
     errors: list[ProjectError] = []
     roots = _roots(root, linked_root)
@@ -292,6 +298,8 @@ def _read_spec_file(p: Path, rel: str, cls, errors: list[ProjectError]):
     """One YAML file validated as `cls`, or None with its errors appended."""
     try:
         data, marks = load_yaml(p, rel)
+    except ProjectYamlTooBig:
+        raise
     except ProjectError as exc:
         errors.append(exc)
         return None

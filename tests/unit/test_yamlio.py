@@ -238,3 +238,34 @@ def test_aliases_that_multiply_or_contain_themselves_are_refused():
     # aliases as people use them still work
     data, _ = parse_yaml("base: &b {k: 3}\nseg:\n  <<: *b\n  seed: 7\n", "ok.yml")
     assert data["seg"] == {"k": 3, "seed": 7}
+
+
+def test_a_project_s_yaml_files_share_one_budget_of_values(tmp_path):
+    """Each file stayed under 200,000 values, so a hundred of them took 26 s
+    to refuse one by one: one project load reads at most 1,000,000 values in
+    all its files and stops at the file that reaches it, with one error."""
+    import time
+
+    from segtool.project.loader import load_project
+    from segtool.project.yamlio import MAX_PROJECT_VALUES, project_budget
+    from tests.conftest import write_files
+    from tests.fixtures import tiny_project_files
+
+    many = "a: &a [" + ",".join(["1"] * 400) + "]\nb: [" + ",".join(["*a"] * 490) + "]\n"
+    with project_budget():
+        for i in range(MAX_PROJECT_VALUES // 196_401):
+            parse_yaml(many, f"f{i}.yml")
+        with pytest.raises(ProjectError, match="YAML files expand to more than 1,000,000"):
+            parse_yaml(many, "last.yml")
+    parse_yaml(many, "alone.yml")  # outside a project load: the file's own bound only
+    files = tiny_project_files()
+    files.update({f"models/bomb{i:02d}.yml": "models: []\n" + many for i in range(40)})
+    root = write_files(tmp_path / "p", files)
+    t0 = time.monotonic()
+    with pytest.raises(ProjectError) as err:
+        load_project(root)
+    assert time.monotonic() - t0 < 10
+    assert "models/bomb05.yml:2: the project's YAML files expand to more than 1,000,000" in str(
+        err.value.format()
+    )
+    load_project(write_files(tmp_path / "ok", tiny_project_files()))  # the budget is per load
