@@ -20,7 +20,7 @@ import re
 import signal
 import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, KeysView, Mapping, ValuesView
 from contextlib import contextmanager
 from functools import lru_cache, wraps
 from itertools import chain
@@ -31,6 +31,7 @@ from jinja2 import StrictUndefined, pass_environment, pass_eval_context
 from jinja2.compiler import CodeGenerator
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
+from jinja2.utils import Namespace
 
 from segtool.errors import ProjectError
 
@@ -70,7 +71,9 @@ def _size_of(x: Any) -> int | None:
     return len(x) if isinstance(x, (str, bytes, list, tuple)) else None
 
 
-_CONTAINERS = (list, tuple, dict, set, frozenset)
+# values whose text is built from what they hold (a namespace's is its
+# attributes' repr)
+_CONTAINERS = (list, tuple, dict, set, frozenset, KeysView, ValuesView, ItemsView, Namespace)
 
 
 def _text_len(value: Any, limit: int = MAX_SIZE) -> int:
@@ -93,6 +96,9 @@ def _text_len(value: Any, limit: int = MAX_SIZE) -> int:
             total += 2 + 4 * len(v)
             stack.extend(v.keys())
             stack.extend(v.values())
+        elif isinstance(v, Namespace):
+            total += 13
+            stack.append(v._Namespace__attrs)
         elif isinstance(v, _CONTAINERS):
             total += 2 + 2 * len(v)
             stack.extend(v)

@@ -917,6 +917,8 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
         '{{ "{}".format([["x" * 100000] * 100] * 30) }}',
         '{{ [[["x" * 100000] * 100] * 30] | join }}',
         '{% set s %}{{ [["x" * 100000] * 100] * 30 }}{% endset %}',
+        '{{ dict.fromkeys(range(1000), "x" * 100000).values() | string | length }}',
+        '{{ namespace(a=["x" * 100000] * 100) }}',
     ],
 )
 def test_no_template_expression_builds_a_value_past_the_limit(src):
