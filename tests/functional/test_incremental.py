@@ -1368,6 +1368,17 @@ def test_a_rule_segment_named_again_lives_again_from_that_run(project):
     assert project.sql(
         "select distinct segment_id from segments.lifecycle where segment = 'big'"
     ) == [(big[1],)]
+    # the report's events: what each run began and ended (none at the first)
+    events = project.sql(
+        "select run_id, event, detail::int from _segtool.segment_events "
+        "where segmentation = 'lifecycle' order by 1, 2"
+    )
+    assert events == [
+        (2, "birth", huge[1]),
+        (2, "death", big[1]),
+        (3, "birth", big[1]),
+        (3, "death", huge[1]),
+    ]
 
 
 def test_show_says_from_which_run_traits_and_drivers_are(project):

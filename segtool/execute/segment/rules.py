@@ -25,6 +25,15 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
         f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ?", [name]
     ).fetchall()
     known = {label: sid for label, sid in rows if sid not in fitted}
+    # the live segments before this run: what it adds and ends are events
+    # (the report's "sizes over runs" notes them, as a refit's)
+    was_live = {
+        sid
+        for (sid,) in con.execute(
+            f"SELECT segment_id FROM {tables.CATALOG} WHERE segmentation = ? AND died_run IS NULL",
+            [name],
+        ).fetchall()
+    }
     next_id = max((sid for _, sid in rows), default=-1) + 1
     order = [r.segment for r in seg.rules] + ([seg.default] if seg.default else [])
     for s in dict.fromkeys(order):
@@ -57,7 +66,20 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
         )
     else:
         con.execute(f"CREATE OR REPLACE TABLE {tables.segments(name)} AS {rows} ORDER BY 1")
-    _retire(ctx, name, [known[s] for s in dict.fromkeys(order)])
+    live = [known[s] for s in dict.fromkeys(order)]
+    _retire(ctx, name, live)
+    if was_live:  # not at the first run: every segment is new then
+        from segtool.execute.segment.store import record_events
+
+        record_events(
+            con,
+            name,
+            ctx.run_id,
+            {
+                "births": sorted(set(live) - was_live),
+                "deaths": sorted(was_live - set(live)),
+            },
+        )
     # what goes with each rule segment (the predicates' columns, and others):
     # when the rules are new or changed, like a fit; an assignment of the
     # week's new users keeps them (as a clustering's assignments do)
