@@ -20,18 +20,24 @@ import re
 import signal
 import threading
 import traceback
-from collections.abc import Callable, ItemsView, KeysView, Mapping, ValuesView
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from functools import lru_cache, wraps
 from itertools import chain
 from typing import Any
 
 import jinja2
-from jinja2 import StrictUndefined, pass_environment, pass_eval_context
-from jinja2.compiler import CodeGenerator
+from jinja2 import StrictUndefined, nodes, pass_environment, pass_eval_context
+from jinja2.compiler import CodeGenerator, operators
 from jinja2.runtime import LoopContext
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+    SecurityError,
+)
 from jinja2.utils import Namespace
+from markupsafe import Markup
 
 from segtool.errors import ProjectError
 
@@ -73,38 +79,68 @@ def _size_of(x: Any) -> int | None:
 
 # values whose text is built from what they hold (a namespace's is its
 # attributes' repr)
-_CONTAINERS = (list, tuple, dict, set, frozenset, KeysView, ValuesView, ItemsView, Namespace)
+# (a dict's own view types: isinstance against the abc views is a Python call)
+_CONTAINERS = (
+    list, tuple, dict, set, frozenset,
+    type({}.keys()), type({}.values()), type({}.items()), Namespace,
+)  # fmt: skip
+_STR_ONLY = frozenset((str,))
 
 
-def _text_len(value: Any, limit: int = MAX_SIZE) -> int:
+def _text_len(value: Any, limit: int = MAX_SIZE, indent: int = 0) -> int:
     """About how long str(value) (or its JSON) is, told without building it,
     and at most just past `limit`: a container repeats references, so
     `[["x" * 100000] * 100] * 30` is small in memory and 300,000,000
     characters as text (str(), tojson and pprint built it in one C call,
-    past the time limit). Counts each string's characters and two per item
-    (a separator, quotes), and stops once past `limit`."""
-    if isinstance(value, str):
+    past the time limit). Counts each string's characters (twelve per
+    character where repr or JSON may escape them: `\\U000e0001`), two per
+    item, and with `indent` a new line of indent x depth per item; stops
+    once past `limit`."""
+    if type(value) is str and not indent:
         return len(value)
     if not isinstance(value, _CONTAINERS):
-        return len(str(value))
-    total, stack = 0, [value]
+        return _str_len(value)
+    if type(value) in (list, tuple) and not indent and set(map(type, value)) <= _STR_ONLY:
+        # texts only (`x in ['none', top_category]`): at most twelve
+        # characters each, and a separator and quotes
+        return 12 * sum(map(len, value)) + 4 * len(value) + 2
+    # a stack of iterators: a million items are not copied to be counted
+    total, stack = 0, [(iter((value,)), 1)]
     while stack and total <= limit:
-        v = stack.pop()
+        items, depth = stack[-1]
+        v = next(items, _END)
+        if v is _END:
+            stack.pop()
+            continue
+        total += indent * depth + (1 if indent else 0)
         if isinstance(v, str):
-            total += len(v) + 2
+            total += _str_len(v)
         elif isinstance(v, dict):
             total += 2 + 4 * len(v)
-            stack.extend(v.keys())
-            stack.extend(v.values())
+            stack.append((chain(v.keys(), v.values()), depth + 1))
         elif isinstance(v, Namespace):
             total += 13
-            stack.append(v._Namespace__attrs)
+            stack.append((iter((v._Namespace__attrs,)), depth))
         elif isinstance(v, _CONTAINERS):
             total += 2 + 2 * len(v)
-            stack.extend(v)
+            stack.append((iter(v), depth + 1))
         else:
-            total += len(str(v))
+            total += _str_len(v)
     return total
+
+
+_END = object()
+
+
+def _str_len(v: Any) -> int:
+    """The most characters repr() or JSON of a scalar may take."""
+    if isinstance(v, str):
+        plain = v.isascii() and v.isprintable()
+        # a str subclass prints its type too: Markup('...')
+        return (len(v) if plain else 12 * len(v)) + (2 if type(v) is str else 12)
+    if isinstance(v, (bytes, bytearray)):
+        return 4 * len(v) + 3
+    return len(str(v))
 
 
 def _check_text_len(value: Any, what: str) -> Any:
@@ -130,20 +166,38 @@ def _check_format_size(fmt: str, fields: int, values, what: str) -> None:
         raise _too_big(what)
 
 
-class _BoundedFormatter(SandboxedFormatter):
+class _Bounds:
     """str.format / format_map: a width or precision is checked once nested
     fields are filled in (`"{:>{w}}".format(1, w=3000000000)` asked for 3 GB
-    in one step), and the arguments' text with the format's may not exceed
-    MAX_SIZE."""
+    in one step), the arguments' text with the format's may not exceed
+    MAX_SIZE, nor may the fields formatted so far (a mapping's values are
+    met one field at a time); a date's own format (`{0:%1279c}`) is
+    strftime's."""
 
     def vformat(self, format_string, args, kwargs):
-        values = [*args, *kwargs.values()]
+        values = [*args, *(kwargs.values() if isinstance(kwargs, dict) else ())]
         _check_format_size(format_string, format_string.count("{"), values, "a str.format")
+        self._total = len(format_string)
         return super().vformat(format_string, args, kwargs)
 
     def format_field(self, value, format_spec):
         _check_widths(format_spec, "a str.format")
-        return super().format_field(value, format_spec)
+        if format_spec and hasattr(value, "strftime"):
+            _check_strftime(format_spec)
+        _check_text_len(value, "a str.format")
+        out = super().format_field(value, format_spec)
+        self._total += len(out)
+        if self._total > MAX_SIZE:
+            raise _too_big("a str.format")
+        return out
+
+
+class _BoundedFormatter(_Bounds, SandboxedFormatter):
+    pass
+
+
+class _BoundedEscapeFormatter(_Bounds, SandboxedEscapeFormatter):
+    """Markup.format: its arguments escaped, as Jinja's."""
 
 
 class _CodeGenerator(CodeGenerator):
@@ -159,19 +213,60 @@ class _CodeGenerator(CodeGenerator):
     # shopper story 15% slower to render.
     def _output_child_pre(self, node, frame, finalize) -> None:
         if frame.eval_ctx.volatile or frame.eval_ctx.autoescape:
-            return super()._output_child_pre(node, frame, finalize)
+            # {% autoescape %}: Jinja's escape()/str(), the value measured first
+            super()._output_child_pre(node, frame, finalize)
+            self.write("environment.printable(")
+            return
         self.write("(_segtool_out if (_segtool_type := type(_segtool_out := (")
         if finalize.src is not None:
             self.write(finalize.src)
 
     def _output_child_post(self, node, frame, finalize) -> None:
         if frame.eval_ctx.volatile or frame.eval_ctx.autoescape:
+            self.write(")")
             return super()._output_child_post(node, frame, finalize)
         if finalize.src is not None:
             self.write(")")
         self.write(
             "))) is str else str(_segtool_out) if _segtool_type is int or _segtool_type is float "
             "else environment.to_text(_segtool_out))"
+        )
+
+    # `a == b`, `a in b`, `a < b` on containers compare item by item in one
+    # C call the time limit cannot stop (two lists of 1,000,000 references to
+    # a 1,000,000-character string: 31 s): an operand that is not a str,
+    # number, bool or None is measured first (environment.comparable).
+    def visit_Compare(self, node, frame) -> None:
+        self.write("(")
+        self._operand(node.expr, frame)
+        for op in node.ops:
+            self.write(f" {operators[op.op]} ")
+            self._operand(op.expr, frame)
+        self.write(")")
+
+    def _operand(self, expr, frame) -> None:
+        if isinstance(expr, nodes.Const):
+            self.visit(expr, frame)
+            return
+        if isinstance(expr, (nodes.List, nodes.Tuple)):
+            # a literal (`x in ['none', top]`): its items are checked where
+            # they are written, so a list of texts needs no call
+            one = len(expr.items) == 1
+            opening, closing = (
+                ("[", "]") if isinstance(expr, nodes.List) else ("(", ",)" if one else ")")
+            )
+            self.write(opening)
+            for idx, item in enumerate(expr.items):
+                if idx:
+                    self.write(", ")
+                self._operand(item, frame)
+            self.write(closing)
+            return
+        self.write("(_segtool_cmp if (_segtool_cmpt := type(_segtool_cmp := (")
+        self.visit(expr, frame)
+        self.write(
+            "))) is str or _segtool_cmpt is int or _segtool_cmpt is float or "
+            "_segtool_cmp is None or _segtool_cmpt is bool else environment.comparable(_segtool_cmp))"
         )
 
     def visit_Concat(self, node, frame) -> None:
@@ -185,6 +280,16 @@ class _CodeGenerator(CodeGenerator):
 class _Env(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["*", "**", "%", "+"])
     code_generator_class = _CodeGenerator
+
+    @staticmethod
+    def comparable(value: Any) -> Any:
+        """An operand of a comparison (_CodeGenerator.visit_Compare), measured."""
+        return _check_text_len(value, "comparing a value")
+
+    @staticmethod
+    def printable(value: Any) -> Any:
+        """A value printed in an {% autoescape %} block, measured."""
+        return _check_text_len(value, "printing a value")
 
     @staticmethod
     def to_text(value: Any) -> str:
@@ -229,40 +334,50 @@ class _Env(ImmutableSandboxedEnvironment):
             a, b = _size_of(left), _size_of(right)
             if a is not None and b is not None and a + b > MAX_SIZE:
                 raise _too_big("adding two sequences")
-        elif operator == "%" and isinstance(left, str):
-            _check_widths(left, "a % format")
+        elif operator == "%" and isinstance(left, (str, bytes)):
+            fmt = left if isinstance(left, str) else left.decode("latin-1")
+            _check_widths(fmt, "a % format")
             args = right if isinstance(right, tuple) else (right,)
-            if "*" in left and any(isinstance(a, int) and a > MAX_SIZE for a in args):
-                raise _too_big("a % format")
+            _check_star_widths(fmt, args, "a % format")
             values = list(right.values()) if isinstance(right, dict) else args
-            _check_format_size(left, left.count("%"), values, "a % format")
+            _check_format_size(fmt, fmt.count("%"), values, "a % format")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
         name = getattr(__obj, "__name__", "")
         owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str) and name in _PADDING_METHODS:
-            if any(isinstance(a, int) and a > MAX_SIZE for a in args):
-                raise _too_big(f"str.{name}")
+        text = isinstance(owner, (str, bytes))
+        if text and name in _PADDING_METHODS:
+            widths = [*args, *kwargs.values()]
+            if any(isinstance(a, int) and a > MAX_SIZE for a in widths):
+                raise _too_big(f"{type(owner).__name__}.{name}")
             if name == "expandtabs":  # every tab may become that many spaces
-                width = args[0] if args and isinstance(args[0], int) else 8
-                if len(owner) + owner.count("\t") * width > MAX_SIZE:
+                width = args[0] if args else kwargs.get("tabsize", 8)
+                tab = "\t" if isinstance(owner, str) else b"\t"
+                if isinstance(width, int) and len(owner) + owner.count(tab) * width > MAX_SIZE:
                     raise _too_big("str.expandtabs")
         elif isinstance(owner, int) and name == "to_bytes":
             length = args[0] if args else kwargs.get("length", 1)
             if isinstance(length, int) and length > MAX_SIZE:
                 raise _too_big("int.to_bytes")
-        elif isinstance(owner, str) and name == "translate" and args:
+        elif text and name == "translate" and args:
             table = args[0]
-            if isinstance(table, dict):
-                longest = max((len(v) for v in table.values() if isinstance(v, str)), default=1)
+            items = table.values() if isinstance(table, dict) else table
+            if isinstance(table, (dict, list, tuple)):  # a list or tuple is indexed by code point
+                longest = max((len(v) for v in items if isinstance(v, (str, bytes))), default=1)
                 if len(owner) * longest > MAX_SIZE:
                     raise _too_big("str.translate")
-        elif isinstance(owner, str) and name == "replace" and len(args) >= 2:
+        elif text and name == "replace" and len(args) >= 2:
             _check_replace(owner, *args[:3])
-        elif isinstance(owner, str) and name == "join" and args:
+        elif text and name == "join" and args:
             args = (list(args[0]), *args[1:])  # a generator is measured too
             _check_join(owner, args[0])
+        elif name == "strftime" and args and isinstance(args[0], str):
+            _check_strftime(args[0])
+        elif name in ("count", "index", "changed") or isinstance(owner, _CONTAINERS):
+            # list.count/index, loop.changed compare item by item
+            for v in (owner, *args, *kwargs.values()):
+                _check_text_len(v, f"{name}()")
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any):
@@ -270,22 +385,46 @@ class _Env(ImmutableSandboxedEnvironment):
         if wrapped is None:
             return None
         _check_widths(value.__self__, "a str.format")
-        formatter = _BoundedFormatter(self)
         f_self, is_map = value.__self__, value.__name__ == "format_map"
+        formatter = (
+            _BoundedEscapeFormatter(self, escape=f_self.escape)
+            if isinstance(f_self, Markup)
+            else _BoundedFormatter(self)
+        )
 
         def bounded(*args, **kwargs):
             if is_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
                 args, kwargs = (), args[0]
-            return formatter.vformat(f_self, args, kwargs)
+            return type(f_self)(formatter.vformat(f_self, args, kwargs))
 
         return bounded
 
 
+def _check_star_widths(fmt: str, args, what: str) -> None:
+    """A `*` width or precision is read from the arguments; a negative width
+    left-justifies to its absolute value (`"%*d" % (-300000000, 1)`)."""
+    if "*" in fmt and any(isinstance(a, int) and abs(a) > MAX_SIZE for a in args):
+        raise _too_big(what)
+
+
+_STRFTIME_FIELD = re.compile(r"%[-_0^#]*(\d*)[a-zA-Z%]")
+
+
+def _check_strftime(fmt: str) -> None:
+    """glibc's strftime pads a field to a width (`%1279c`): 160,000 of them
+    built 200,000,000 characters in one call. Each field counts its width,
+    or 64 characters."""
+    size = len(fmt) + sum(int(w) if w else 64 for w in _STRFTIME_FIELD.findall(fmt))
+    if size > MAX_SIZE:
+        raise _too_big("a strftime")
+
+
 def _check_replace(s: str, old: Any, new: Any, count: Any = None) -> None:
     """`("ab"*500000)|replace("a", "a"*1000)` built 500,500,000 characters."""
-    if not isinstance(s, str) or not isinstance(old, str) or not isinstance(new, str):
+    kind = type(s) if isinstance(s, (str, bytes)) else None
+    if kind is None or not isinstance(old, kind) or not isinstance(new, kind):
         return
     n = s.count(old) if old else len(s) + 1
     if isinstance(count, int) and count >= 0:
@@ -295,7 +434,7 @@ def _check_replace(s: str, old: Any, new: Any, count: Any = None) -> None:
 
 
 def _check_join(sep: Any, items: Any) -> None:
-    if isinstance(items, (list, tuple)) and isinstance(sep, str):
+    if isinstance(items, (list, tuple)) and isinstance(sep, (str, bytes)):
         if _text_size(items) + len(sep) * max(len(items) - 1, 0) > MAX_SIZE:
             raise _too_big("a join")
 
@@ -354,25 +493,48 @@ def _checked_sum(environment, iterable, attribute=None, start=0):
     return kind(chain(start, *items))
 
 
-# filters that turn their first argument into text (str(), JSON, repr) in one
-# C call: a list or dict there is measured first
-_TEXT_FILTERS = (
-    "capitalize", "center", "e", "escape", "forceescape", "format", "indent", "lower",
-    "pprint", "replace", "safe", "string", "striptags", "title", "tojson", "trim",
-    "truncate", "upper", "urlencode", "urlize", "wordcount", "wordwrap",
+# filters that turn their arguments into text (str(), JSON, repr) in one C
+# call, or compare or copy every item (sort lowercases each one): a list or
+# dict among their arguments is measured first, and a text they return may
+# not pass MAX_SIZE (escaping and urlencode multiply a text's length)
+_MEASURED_FILTERS = (
+    "capitalize", "center", "dictsort", "e", "escape", "forceescape", "format",
+    "groupby", "indent", "lower", "max", "min", "pprint", "replace", "safe",
+    "slice", "batch", "sort", "string", "striptags", "title", "tojson", "trim",
+    "truncate", "unique", "upper", "urlencode", "urlize", "wordcount", "wordwrap",
+    "xmlattr",
+)  # fmt: skip
+# tests that compare their arguments
+_COMPARING_TESTS = (
+    "eq", "equalto", "ge", "greaterthan", "gt", "in", "le", "lessthan", "lt", "ne",
 )  # fmt: skip
 
 
-def _measured_filter(fn: Callable, what: str) -> Callable:
-    """A filter of _TEXT_FILTERS, its first argument's text measured first."""
-    at = 1 if getattr(fn, "jinja_pass_arg", None) else 0  # after the environment/context
-    message = f"the {what} filter"
+def _measured(fn: Callable, what: str) -> Callable:
+    """A filter of _MEASURED_FILTERS (or a test of _COMPARING_TESTS): its
+    container arguments measured first, a text it returns after."""
+    message = what
+    value_at = 1 if getattr(fn, "jinja_pass_arg", None) else 0
+    tojson = what == "the tojson filter"
+
+    def measure(v: Any, indent: Any = 0) -> None:
+        if _text_len(v, indent=indent if isinstance(indent, int) else 0) > MAX_SIZE:
+            raise SecurityError(
+                f"{message} would exceed the sandbox limit of {MAX_SIZE:,} characters"
+            )
 
     @wraps(fn)
     def checked(*args, **kwargs):
-        if isinstance(args[at], _CONTAINERS):
-            _check_text_len(args[at], message)
-        return fn(*args, **kwargs)
+        if kwargs or len(args) != value_at + 1:
+            for v in (*args, *kwargs.values()):
+                if isinstance(v, _CONTAINERS):
+                    measure(v, kwargs.get("indent") if tojson else 0)
+        elif isinstance(args[value_at], _CONTAINERS):  # the common case: the value alone
+            measure(args[value_at])
+        out = fn(*args, **kwargs)
+        if not isinstance(out, str) or len(out) <= MAX_SIZE:
+            return out
+        raise _too_big(message)
 
     return checked
 
@@ -380,6 +542,7 @@ def _measured_filter(fn: Callable, what: str) -> Callable:
 def _checked_format(value, *args, **kwargs):
     fmt = str(value)
     _check_widths(fmt, "the format filter")
+    _check_star_widths(fmt, args, "the format filter")
     _check_format_size(fmt, fmt.count("%"), [*args, *kwargs.values()], "the format filter")
     return jinja2.filters.do_format(value, *args, **kwargs)
 
@@ -392,6 +555,7 @@ def _checked_replace(eval_ctx, s, old, new, count=None):
 
 @pass_eval_context
 def _checked_join(eval_ctx, value, d="", attribute=None):
+    _check_text_len(d, "the join filter")  # the separator is made text first
     value = list(value)
     if attribute is not None:
         get = jinja2.filters.make_attrgetter(eval_ctx.environment, attribute)
@@ -457,8 +621,10 @@ def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env.filters["wordwrap"] = _checked_wordwrap
     env.filters["batch"] = _checked_batch
     env.filters["sum"] = _checked_sum
-    for name in _TEXT_FILTERS:
-        env.filters[name] = _measured_filter(env.filters[name], name)
+    for name in _MEASURED_FILTERS:
+        env.filters[name] = _measured(env.filters[name], f"the {name} filter")
+    for name in _COMPARING_TESTS:
+        env.tests[name] = _measured(env.tests[name], f"the {name} test")
     env.concat = _bounded_output  # what a render yields, measured before the join
     env.template_class = _Template
     # lipsum(n) builds n paragraphs: no use in a segment project, and unbounded

@@ -919,6 +919,37 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
         '{% set s %}{{ [["x" * 100000] * 100] * 30 }}{% endset %}',
         '{{ dict.fromkeys(range(1000), "x" * 100000).values() | string | length }}',
         '{{ namespace(a=["x" * 100000] * 100) }}',
+        # a third audit: comparisons and sorting item by item in one C call
+        '{% set a = "x" * 999999 ~ "a" %}{% set b = "x" * 999999 ~ "a" %}{{ [a] * 1000000 == [b] * 1000000 }}',
+        '{% set a = "x" * 999999 ~ "a" %}{{ "b" in [a] * 200000 }}',
+        "{% set ns = namespace(a=1, b=1) %}{% for i in range(31) %}{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}{{ ns.a == ns.b }}",
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = (ns.a, ns.a) %}{% endfor %}{{ ns.a in {} }}",
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = [ns.a, ns.a] %}{% endfor %}{{ ns.a is eq ns.a }}",
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = [ns.a, ns.a] %}{% endfor %}{{ [ns.a, 1].count(1) }}",
+        '{{ (["x" * 1000000] * 3000) | sort | length }}',
+        '{{ ([("x" * 1000000,)] * 3000) | groupby(0) | length }}',
+        '{{ dict.fromkeys(range(3000), "x" * 1000000) | dictsort(by="value") | length }}',
+        '{{ (["x" * 1000000] * 3000) | unique | list | length }}',
+        "{{ ([[1] * 1000] * 100) | tojson(indent=100000) | length }}",
+        '{{ "%*d" | format(300000000, 1) | length }}',
+        '{{ "%.*f" | format(300000000, 1.0) | length }}',
+        '{{ "%*d" % (-300000000, 1) }}',
+        '{{ "a".encode().ljust(300000000) | length }}',
+        '{{ "a".encode().zfill(width=300000000) | length }}',
+        '{{ ("a" * 300).encode().replace("a".encode(), ("y" * 1000000).encode()) | length }}',
+        '{{ ("%*d".encode() % (300000000, 1)) | length }}',
+        '{{ ("y" * 1000000).encode().join(["a".encode()] * 300) | length }}',
+        '{{ ("\t" * 300).encode().expandtabs(1000000) | length }}',
+        '{{ ("\x00" * 300).translate(["y" * 1000000]) | length }}',
+        '{{ ("\t" * 300).expandtabs(tabsize=1000000) | length }}',
+        '{% autoescape true %}{{ [["x" * 100000] * 100] * 30 }}{% endautoescape %}',
+        '{% set ae = false %}{% autoescape ae %}{{ [["x" * 100000] * 100] * 30 }}{% endautoescape %}',
+        '{{ {"a": [["x" * 100000] * 100] * 30} | xmlattr }}',
+        '{{ ["a", "b"] | join([["x" * 100000] * 100] * 30) }}',
+        '{{ "ab" | replace("a", [["x" * 100000] * 100] * 30) }}',
+        '{{ "abc def" | wordwrap(3, wrapstring=[["x" * 100000] * 100] * 30) }}',
+        '{% set ns = namespace(s="<" * 300000) %}{% for i in range(5) %}{% set ns.s = ns.s | forceescape %}{% endfor %}',
+        '{{ (["\U000e0001" * 99000] * 10) | string | length }}',
     ],
 )
 def test_no_template_expression_builds_a_value_past_the_limit(src):
@@ -959,8 +990,35 @@ def test_bounded_filters_and_operators_still_work():
     }
     for src, want in cases.items():
         assert default_env().from_string(src).render() == want, src
+    # Markup.format escapes its arguments, as Jinja's does
+    src = '{% autoescape true %}{{ ("<b>{}</b>" | safe).format("<i>") }}{% endautoescape %}'
+    assert default_env().from_string(src).render() == "<b>&lt;i&gt;</b>"
+    src = '{{ "{a}".format_map({"a": 3}) }} {{ 2 in [1, 2] }} {{ [1] == [1] }} {{ "b" > "a" }}'
+    assert default_env().from_string(src).render() == "3 True True True"
+    src = "{{ [3, 1, 2] | sort | join }} {{ [1, 1, 2] | unique | list }} {{ 1 is eq 1 }} {{ 3 is in [3] }}"
+    assert default_env().from_string(src).render() == "123 [1, 2] True True"
     with pytest.raises(TypeError, match="can only concatenate list"):
         default_env().from_string("{{ [[1], (2,)] | sum(start=[]) }}").render()
+
+
+def test_strftime_field_widths_are_bounded():
+    """glibc pads a strftime field to its width: 160,000 `%1279c` built
+    200,000,000 characters in one call (a date from a row, in a text)."""
+    import datetime
+
+    from jinja2.sandbox import SecurityError
+
+    from segtool.compile.jinja import default_env
+
+    d = datetime.datetime(2024, 5, 1, 12, 30)
+    for src in (
+        '{{ d.strftime("%1279c" * 160000) | length }}',
+        '{{ ("{0:" ~ "%1279c" * 160000 ~ "}").format(d) | length }}',
+    ):
+        with pytest.raises(SecurityError, match="would exceed the sandbox limit"):
+            default_env().from_string(src).render(d=d)
+    src = '{{ d.strftime("%Y-%m-%d") }} {{ "{:%b %Y}".format(d) }}'
+    assert default_env().from_string(src).render(d=d) == "2024-05-01 May 2024"
 
 
 def test_a_predicate_may_not_call_what_a_model_may_not():
