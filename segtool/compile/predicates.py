@@ -15,6 +15,7 @@ from segtool.compile.guard import check_expression
 from segtool.compile.jinja import render_string, sql_env
 from segtool.compile.sql import make_var, relation
 from segtool.errors import ProjectError
+from segtool.project.secrets import env_digest, env_vars_named
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,16 @@ def predicate_vars(proj, seg) -> dict | None:
     texts = [t for t in (seg.population, *(r.when for r in seg.rules)) if t]
     if not any("var(" in t for t in texts):
         return None
+    # env_var() values too (as a digest: they may be secrets): a changed one
+    # moved no user, the run said "rules and model data unchanged"
+    env = env_digest([n for t in texts for n in env_vars_named(t)])
+    return {
+        **(_predicate_var_values(proj, seg, texts) or {}),
+        **({"env_var()": env} if env else {}),
+    } or None
+
+
+def _predicate_var_values(proj, seg, texts: list[str]) -> dict | None:
     used: dict = {}
     try:
         for t in texts:

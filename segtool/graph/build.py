@@ -9,6 +9,7 @@ from segtool.compile.sql import CompiledModel, compile_model
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
 from segtool.graph.dag import Graph, Node
 from segtool.project.loader import LoadedProject
+from segtool.project.secrets import env_digest, env_vars_named
 
 
 @dataclass
@@ -186,6 +187,8 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         sources_text = "".join(proj.templates[t].text for t in tdeps)
         # templates may read vars: then their values are part of what the text depends on
         uses_vars = "var(" in sources_text
+        # ... and the environment variables they read (a digest: values may be secrets)
+        env = env_digest(env_vars_named(sources_text))
         nodes.append(
             Node(
                 unique_id=f"text.{name}",
@@ -202,6 +205,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                     "max_chars": tx.max_chars,
                     "templates": {t: proj.templates[t].text for t in tdeps},
                     "vars": proj.vars if uses_vars else None,
+                    **({"env_var()": env} if env else {}),
                 },
             )
         )

@@ -15,6 +15,7 @@ would print a CI secret in a bind error, past any masking."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from segtool.errors import ProjectError
@@ -34,6 +35,29 @@ def readable(name: str) -> bool:
     if name.startswith(PREFIX):
         return True
     return name in {n.strip() for n in os.environ.get(ALLOW, "").split(",")}
+
+
+def env_digest(names) -> str | None:
+    """One sha256 over the values of the environment variables `names` (those
+    a project may read; an unset one counts as unset), or None without any.
+    A text or predicate that reads one is rendered again when its value
+    changes, as a SQL model is (its compiled SQL holds the value); the values
+    themselves are written nowhere, since they may be secrets."""
+    import hashlib
+    import json
+
+    values = sorted((n, os.environ.get(n)) for n in set(names) if readable(n))
+    if not values:
+        return None
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+_ENV_VAR_CALL = re.compile(r"""env_var\(\s*['"]([^'"]+)['"]""")
+
+
+def env_vars_named(text: str) -> list[str]:
+    """The names `env_var('NAME', ...)` reads in a template's or predicate's text."""
+    return _ENV_VAR_CALL.findall(text)
 
 
 def forget_read() -> None:

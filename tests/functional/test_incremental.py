@@ -1395,3 +1395,41 @@ def test_show_says_from_which_run_traits_and_drivers_are(project):
     project.cli("run", "--refit", "-s", "behaviour")
     head = project.cli("show", "behaviour").stdout.splitlines()[0]
     assert head.endswith("last run 3"), head
+
+
+def test_an_env_var_a_rule_or_template_reads_is_part_of_what_it_depends_on(project, monkeypatch):
+    """A changed env_var() value in a predicate or a template moved nobody
+    and rendered nothing (`skip ... unchanged`), though models that read one
+    are rebuilt; its value is in no file segtool writes."""
+    project.edit(
+        "segments/segments.yml",
+        '"revenue > 300"',
+        "\"revenue > {{ env_var('SEGTOOL_BIG', '300') }}\"",
+    )
+    project.edit(
+        "templates/story.j2",
+        "A shopper from",
+        "{{ env_var('SEGTOOL_WORD', 'A') }} shopper from",
+    )
+    monkeypatch.setenv("SEGTOOL_BIG", "300")
+    project.cli("run")
+    big = project.sql("select count(*) from segments.lifecycle where segment = 'big'")[0][0]
+    assert "(nothing to do;" in project.cli("run").stdout
+    monkeypatch.setenv("SEGTOOL_BIG", "100")
+    monkeypatch.setenv("SEGTOOL_WORD", "Some")
+    plan = project.cli("run", "--dry-run").stdout
+    assert "skip        segmentation.lifecycle" not in plan
+    assert "skip        text.story" not in plan
+    project.cli("run")
+    more = project.sql("select count(*) from segments.lifecycle where segment = 'big'")[0][0]
+    want = project.sql("select count(*) from main.user_features where revenue > 100")[0][0]
+    assert more == want > big
+    assert (
+        project.sql("select count(*) from _segtool.texts__story where text like 'Some shopper%'")[
+            0
+        ][0]
+        == 60
+    )
+    project.cli("compile")
+    manifest = (project.root / "target" / "manifest.json").read_text()
+    assert "Some" not in manifest  # hashes only: the value is written nowhere
