@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.compile.sql import lossless_cast_sql, quote_ident
+from segtool.compile.sql import lossless_cast_sql, quote_ident, sql_literal
 from segtool.errors import DataError, did_you_mean
 from segtool.execute.segment.store import require_results
 from segtool.report.console import format_table, markdown_table
@@ -39,6 +39,13 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
     con = duckdb.connect(":memory:")
     try:
         df = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)]).pl()
+        labels = label_column or next((c for c in df.columns if c != key), None)
+        if reader == "read_csv" and labels in df.columns:
+            # labels as written: a sniffed number column made 1 and 1.0 one class
+            df = con.sql(
+                f"SELECT * FROM read_csv(?, types = {{{sql_literal(labels)}: 'VARCHAR'}})",
+                params=[str(path)],
+            ).pl()
     except Exception as exc:  # noqa: BLE001 - any reader error, said plainly
         raise DataError(f"cannot read {path}: {exc}".splitlines()[0]) from None
     finally:
@@ -106,11 +113,23 @@ def score_segmentation(
         # does not convert ('é' against BIGINT was an internal
         # ConversionException) is left out, as any user the file does not match
         key_type = column_type(con, tables.RESULTS, name, key) or "VARCHAR"
-        rows = con.execute(
-            f"""SELECT s.segment_id, s.segment, t.truth FROM {tables.segments(name)} s
+        joined = f"""SELECT s.{k} AS key, s.segment_id, s.segment, t.truth,
+            CAST(t.{k} AS VARCHAR) AS written FROM {tables.segments(name)} s
             JOIN {truth_rel} t ON {lossless_cast_sql(f"t.{k}", key_type)} = s.{k}
             WHERE t.truth IS NOT NULL"""
+        # a key written two ways ('1' and '01') is one user once converted:
+        # counted twice, it skewed the scores (the file's own check saw two keys)
+        twice = con.execute(
+            f"SELECT key, list(written ORDER BY written) FROM ({joined}) "
+            "GROUP BY key HAVING count(*) > 1 ORDER BY key LIMIT 3"
         ).fetchall()
+        if twice:
+            said = "; ".join(f"{u!r} as {', '.join(map(repr, ws))}" for u, ws in twice)
+            raise DataError(
+                f"{source}: the key '{key}' is not unique once read as {key_type}: {said}",
+                hint="give each user one row",
+            )
+        rows = con.execute(f"SELECT segment_id, segment, truth FROM ({joined})").fetchall()
         total = con.execute(f"SELECT count(*) FROM {tables.segments(name)}").fetchall()[0][0]
     finally:
         con.close()

@@ -191,6 +191,23 @@ def test_score_reads_truth_as_assign_reads_input(built):
     assert "--truth missng.csv: no such file" in r.stderr
 
 
+def test_score_counts_each_user_once_and_labels_as_written(built):
+    """A key written two ways ('1' and '01') is one user: counted twice, the
+    scores were off ('401 of 400 users labelled'); labels 1 and 1.0, read as
+    numbers, were one class."""
+    built.write(
+        "t.csv", "user_id,group\n" + "".join(f"{u},g{u % 2}\n" for u in range(1, 31)) + "01,g9\n"
+    )
+    r = built.cli("score", "behaviour", "--truth", "t.csv", expect=1)
+    assert "the key 'user_id' is not unique once read as BIGINT: 1 as '01', '1'" in r.stderr
+    labels = ["1", "1.0", "2", "2.5", "3", "3.50"]
+    built.write(
+        "n.csv", "user_id,group\n" + "".join(f"{u},{labels[u % 6]}\n" for u in range(1, 61))
+    )
+    sc = json.loads(built.cli("score", "behaviour", "--truth", "n.csv", "--format", "json").stdout)
+    assert sc["truth_labels"] == 6 and sc["matched"] == 60
+
+
 def test_a_trait_is_said_of_a_segment_s_members_not_of_those_with_a_value(project):
     """A segment where 1 of 10 members had a value was labelled with it, '100%
     vs 5%': the shares counted only members with a value (NULLs left out)."""
