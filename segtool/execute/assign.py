@@ -258,6 +258,16 @@ def _lacking(db, proj, seg, cols: set[str], path):
             yield
         except ProjectError as exc:
             named = sorted(c for c in missing if f"'{c}'" in exc.message or f'"{c}"' in exc.message)
+            if not named and missing and "Undefined" in exc.message:
+                # an undefined value used, not named (`revenue | round`: "type
+                # StrictUndefined doesn't define __round__"): the file's gap still
+                gaps = sorted(missing)
+                raise DataError(
+                    f"{path} lacks column{'s' if len(gaps) > 1 else ''} "
+                    f"{', '.join(repr(c) for c in gaps[:5])}{', ...' if len(gaps) > 5 else ''}, "
+                    f"and {what} failed without {'them' if len(gaps) > 1 else 'it'}: {exc.message}",
+                    hint=f"add it to the file: it has the columns of {', '.join(models)} the segmentation reads",
+                ) from exc
             if not named:
                 raise
             raise DataError(
@@ -319,8 +329,10 @@ def _assign_rules(project, seg, mem, db, inside):
     import polars as pl
 
     from segtool.compile.segments import rules_case
+    from segtool.execute.segment.store import require_results
 
     proj = project.loaded
+    require_results(db, seg.name)  # ids are the stored ones: none before a run
     mem.execute(f"CREATE OR REPLACE VIEW main.{quote_ident(seg.model)} AS SELECT * FROM input")
     for _, pred in segmentation_predicates(proj, seg).rules:
         bind_predicate(mem, seg.model, pred)
@@ -334,6 +346,14 @@ def _assign_rules(project, seg, mem, db, inside):
             [seg.name],
         ).fetchall()
     )
+    # a rule added since the last run has no id yet: its users had none (exit 0)
+    new = sorted(set(df["segment"].drop_nulls().to_list()) - ids.keys())
+    if new:
+        raise DataError(
+            f"segmentation '{seg.name}': segment {', '.join(map(repr, new))} of its rules "
+            "has no id yet (a rule added since the last run)",
+            hint=f"segtool run -s {seg.name}",
+        )
     df = df.with_columns(
         pl.col("segment")
         .replace_strict(ids, default=None, return_dtype=pl.Int64)

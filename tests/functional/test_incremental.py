@@ -1433,3 +1433,57 @@ def test_an_env_var_a_rule_or_template_reads_is_part_of_what_it_depends_on(proje
     project.cli("compile")
     manifest = (project.root / "target" / "manifest.json").read_text()
     assert "Some" not in manifest  # hashes only: the value is written nowhere
+
+
+def test_assign_of_rules_refuses_a_segment_with_no_id_yet(project):
+    """A rule added since the last run, or a rule segmentation never run:
+    its users came out with an empty segment_id, exit 0."""
+    import duckdb
+
+    project.cli("run")
+    con = duckdb.connect(str(project.db), read_only=True)
+    con.execute(f"COPY (SELECT * FROM user_features) TO '{project.root / 'u.parquet'}'")
+    con.close()
+    u = str(project.root / "u.parquet")
+    project.edit(
+        "segments/segments.yml",
+        '- {segment: big, when: "revenue > 300"}',
+        '- {segment: whale, when: "revenue > 400"}\n      - {segment: big, when: "revenue > 300"}',
+    )
+    r = project.cli(
+        "assign", "lifecycle", "--input", u, "-o", str(project.root / "a.csv"), expect=1
+    )
+    assert "segment 'whale' of its rules has no id yet" in r.stderr
+    assert "segtool run -s lifecycle" in r.stderr and not (project.root / "a.csv").exists()
+    project.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        "  - name: tiers\n    model: user_features\n    rules:\n"
+        '      - {segment: top, when: "revenue > 300"}\n    default: rest\n'
+        "  - name: lifecycle\n",
+    )
+    r = project.cli("assign", "tiers", "--input", u, "-o", str(project.root / "t.csv"), expect=1)
+    assert "segmentation 'tiers' has not been run yet" in r.stderr
+    project.cli("run")
+    project.cli("assign", "lifecycle", "--input", u, "-o", str(project.root / "a.csv"))
+
+
+def test_assign_names_a_missing_column_a_template_uses_without_naming_it(built):
+    """`{{ revenue | round }}` on a file without revenue said only 'type
+    StrictUndefined doesn't define __round__' at the template's line."""
+    import duckdb
+
+    built.edit(
+        "templates/story.j2", "A shopper from", "Spent {{ revenue | round }}. A shopper from"
+    )
+    built.cli("run")
+    con = duckdb.connect(str(built.db), read_only=True)
+    file = built.root / "in.parquet"
+    con.execute(f"COPY (SELECT * EXCLUDE (revenue) FROM user_features) TO '{file}'")
+    con.close()
+    r = built.cli(
+        "assign", "behaviour", "--input", str(file), "-o", str(built.root / "o.csv"), expect=1
+    )
+    assert "in.parquet lacks column 'revenue', and text 'story' failed without it" in r.stderr, (
+        r.stderr
+    )
