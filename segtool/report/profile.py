@@ -64,7 +64,7 @@ def segmentation_profile(project, name: str, examples: int = 3, con=None) -> dic
                     "examples": [{"key": e[0], "text": e[1]} for e in ex],
                 }
             )
-        last_run = one(con.execute(f"SELECT max(run_id) FROM {tables.segments(name)}"))[0]
+        last_run = _last_run(con, name)
         found, drivers_run = drivers.load(con, name)
         traits = _traits(con, name)
         # a column marked PII since the drivers were computed is left out now,
@@ -166,11 +166,12 @@ def list_segmentations(project) -> dict[str, Any]:
                 "description": seg.description,
             }
             if con is not None and table_exists(con, RESULTS, name):
-                users, n, last = one(
+                users, n = one(
                     con.execute(
-                        f"SELECT count(*), count(DISTINCT segment_id), max(run_id) FROM {tables.segments(name)}"
+                        f"SELECT count(*), count(DISTINCT segment_id) FROM {tables.segments(name)}"
                     )
                 )
+                last = _last_run(con, name)
                 # and live segments no user is in, as `show NAME` lists them
                 n += one(
                     con.execute(
@@ -184,6 +185,17 @@ def list_segmentations(project) -> dict[str, Any]:
     finally:
         if con is not None:
             con.close()
+
+
+def _last_run(con, name: str) -> int | None:
+    """The last run that changed the segment table: one that wrote a row, or
+    one that only removed users (their spells end at it; the table's own
+    run_id could not say so)."""
+    last = one(con.execute(f"SELECT max(run_id) FROM {tables.segments(name)}"))[0]
+    if table_exists(con, RESULTS, tables.history_name(name)):
+        ended = one(con.execute(f"SELECT max(valid_to_run) FROM {tables.history(name)}"))[0]
+        last = max((r for r in (last, ended) if r is not None), default=None)
+    return last
 
 
 def format_list(listing: dict, fmt: str, width: int | None = None) -> str:

@@ -1487,3 +1487,18 @@ def test_assign_names_a_missing_column_a_template_uses_without_naming_it(built):
     assert "in.parquet lacks column 'revenue', and text 'story' failed without it" in r.stderr, (
         r.stderr
     )
+
+
+def test_show_s_last_run_counts_a_run_that_only_removed_users(project):
+    """A run in which users only left wrote no row: show said the run before."""
+    project.cli("run")  # run 1
+    for rel, content in data_files(n_users=59).items():
+        project.write(rel, content)
+    project.cli("run")  # run 2: user 60 leaves, nobody else changes
+    assert project.sql("select max(run_id) from segments.lifecycle")[0][0] == 1
+    head = project.cli("show", "lifecycle").stdout.splitlines()[0]
+    assert "59 users, last run 2" in head, head
+    listing = project.cli("show").stdout
+    assert any(
+        line.split()[:5] == ["lifecycle", "rules", "59", "3", "2"] for line in listing.splitlines()
+    ), listing
