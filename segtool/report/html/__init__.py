@@ -23,6 +23,7 @@ from segtool.report.html import charts, data
 from segtool.report.html.svg import render
 from segtool.report.profile import cut, segmentation_profile, trait_str
 from segtool.state.db import RESULTS, has_state, table_exists
+from segtool.words import counted
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "report.html"
 EXAMPLES = 2  # example users per segment
@@ -230,7 +231,7 @@ def _tips(prof: dict, names: dict[int, str]) -> dict[int, str]:
     (the example nearest the segment's centre)."""
     tips = dict(names)
     for s in prof["segments"]:
-        tip = f"{names[s['segment_id']]}\n{s['users']:,} users ({s['share']:.1%})"
+        tip = f"{names[s['segment_id']]}\n{counted(s['users'], 'user')} ({s['share']:.1%})"
         if s["keywords"]:
             tip += "\nkeywords: " + ", ".join(s["keywords"])
         text = next((e["text"] for e in s["examples"] if e["text"]), None)

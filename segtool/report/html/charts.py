@@ -9,6 +9,7 @@ import numpy as np
 
 from segtool.ml.association import MEASURES
 from segtool.report.html import layout
+from segtool.words import counted
 
 KIND_COLORS = {
     "source": "#8d99ae",
@@ -335,7 +336,7 @@ def drivers(found: list[dict], limit: int = 12) -> dict:
                 "v": float(d["value"]),
                 "m": measure,
                 "mc": MEASURE_COLORS.get(d["measure"], "#999"),
-                "t": f"{col}: {float(d['value']):.2f} ({measure}, {int(d['n'] or 0):,} users)",
+                "t": f"{col}: {float(d['value']):.2f} ({measure}, {counted(int(d['n'] or 0), 'user')})",
             }
         )
     used = list(dict.fromkeys(v["m"] for v in values))
@@ -392,7 +393,7 @@ def sizes_over_runs(
             "n": r["users"],
             "t": f"{names.get(r['segment_id'], r['segment_id'])}\nrun {r['run']}"
             + (f" ({when[r['run']]})" if r["run"] in when else "")
-            + f": {r['users']:,} users",
+            + f": {counted(r['users'], 'user')}",
         }
         for r in rows
     ]
@@ -461,7 +462,7 @@ def sankey(flow: dict, names: dict[int, str], colors: dict[int, str]) -> dict:
     steps = 24
     for i, b in enumerate(sk.bands):
         share = b.users / max(totals_l[b.source], 1)
-        tip = f"{b.source} → {b.target}\n{b.users:,} users ({share:.0%} of {b.source})"
+        tip = f"{b.source} → {b.target}\n{counted(b.users, 'user')} ({share:.0%} of {b.source})"
         for j in range(steps + 1):
             t = j / steps
             s = t * t * (3 - 2 * t)
@@ -490,9 +491,9 @@ def sankey(flow: dict, names: dict[int, str], colors: dict[int, str]) -> dict:
                     "lx": x - 6 if side == 0 else x + NW + 6,
                     "al": "right" if side == 0 else "left",
                     "label": f"{k} · {totals[k]:,}",
-                    "t": f"{k}\n{totals[k]:,} users in run {run}"
+                    "t": f"{k}\n{counted(totals[k], 'user')} in run {run}"
                     if k not in (new, gone)
-                    else f"{k}: {totals[k]:,} users",
+                    else f"{k}: {counted(totals[k], 'user')}",
                 }
             )
     px = {"type": "quantitative", "scale": None}
