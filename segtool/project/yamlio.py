@@ -161,6 +161,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
         out: dict = {}
         merged: set = set()
         for i, (key_node, value_node) in enumerate(node.value):
+            _check_scalar(key_node, rel)
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise ProjectError(
@@ -198,7 +199,30 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
         return [
             _construct(loader, item, path + (i,), marks, rel) for i, item in enumerate(node.value)
         ]
+    _check_scalar(node, rel)
     return loader.construct_object(node, deep=True)
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _check_scalar(node: yaml.Node, rel: str) -> None:
+    """YAML 1.1 reads `1:30:00` as a number in base 60, and PyYAML does so in
+    quadratic time: one scalar of 128,000 colons took seconds, of a million
+    minutes. Project files never need a long one."""
+    if (
+        isinstance(node, yaml.ScalarNode)
+        and node.tag in _NUMBER_TAGS
+        and ":" in node.value
+        and len(node.value) > 100
+    ):
+        raise ProjectError(
+            f"a base-60 number of {len(node.value):,} characters (YAML 1.1 reads 1:30:00 as one)",
+            path=rel,
+            line=node.start_mark.line + 1,
+            col=node.start_mark.column + 1,
+            hint="quote it to keep it as text",
+        )
 
 
 # marks[(*path, TEXT)]: the line where the text of the scalar at `path` starts

@@ -269,3 +269,18 @@ def test_a_project_s_yaml_files_share_one_budget_of_values(tmp_path):
         err.value.format()
     )
     load_project(write_files(tmp_path / "ok", tiny_project_files()))  # the budget is per load
+
+
+def test_a_long_base_60_number_is_refused_before_it_is_read():
+    """PyYAML reads YAML 1.1's 1:30:00 in quadratic time: 32,000 colons took
+    0.5 s, a million would take minutes."""
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(ProjectError, match="a base-60 number of 63,999 characters"):
+        parse_yaml("a: " + ":".join(["1"] * 32000) + "\n", "x.yml")
+    with pytest.raises(ProjectError, match="base-60"):
+        parse_yaml("? " + ":".join(["1"] * 32000) + "\n: 3\n", "x.yml")
+    assert time.monotonic() - t0 < 0.3
+    data, _ = parse_yaml('a: 1:30:00\nb: "1:2:3"\n', "ok.yml")
+    assert data == {"a": 5400, "b": "1:2:3"}
