@@ -33,7 +33,12 @@ def _context_lines(text: str, line: int, around: int = 2) -> str:
     out = []
     for n in range(lo, hi + 1):
         marker = ">" if n == line else " "
-        out.append(f"  {marker}{n:4d} | {lines[n - 1]}")
+        text_of = lines[n - 1]
+        # a line of a megabyte quoted whole buried the error
+        shown = (
+            text_of if len(text_of) <= 200 else text_of[:200] + f"... ({len(text_of):,} characters)"
+        )
+        out.append(f"  {marker}{n:4d} | {shown}")
     return "\n".join(out)
 
 
