@@ -46,6 +46,9 @@ from segtool.errors import ProjectError
 MAX_SIZE = 1_000_000
 # the largest integer a `**` may produce, in bits
 MAX_POW_BITS = 4096
+# the deepest a container may nest to be printed, compared or hashed (hashing
+# a tuple nested 190,000 deep overflowed C's stack: the process crashed)
+MAX_DEPTH = 1000
 # seconds one render may take (per user for texts); SEGTOOL_RENDER_TIMEOUT overrides
 RENDER_SECONDS = 2.0
 
@@ -107,6 +110,8 @@ def _text_len(value: Any, limit: int = MAX_SIZE, indent: int = 0) -> int:
     # a stack of iterators: a million items are not copied to be counted
     total, stack = 0, [(iter((value,)), 1)]
     while stack and total <= limit:
+        if len(stack) > MAX_DEPTH:  # hashing a deeper tuple crashed the process
+            return limit + 1
         items, depth = stack[-1]
         v = next(items, _END)
         if v is _END:
@@ -269,6 +274,33 @@ class _CodeGenerator(CodeGenerator):
             "_segtool_cmp is None or _segtool_cmpt is bool else environment.comparable(_segtool_cmp))"
         )
 
+    def _output_child_to_const(self, node, frame, finalize):
+        """Only plain text and constants are folded while compiling: a folded
+        filter ran at compile time, with no time limit and no bound on what it
+        built (`{{ ("x"|center(999999)) ~ ... }}`: 1.2 GB before rendering)."""
+        if not isinstance(node, (nodes.TemplateData, nodes.Const)):
+            raise nodes.Impossible()
+        return super()._output_child_to_const(node, frame, finalize)
+
+    def visit_Sub(self, node, frame) -> None:
+        # a dict view's difference hashes every item: operands as a comparison's
+        self.write("(")
+        self._operand(node.left, frame)
+        self.write(" - ")
+        self._operand(node.right, frame)
+        self.write(")")
+
+    def visit_Dict(self, node, frame) -> None:
+        # a key is hashed: measured as a comparison's operand
+        self.write("{")
+        for idx, item in enumerate(node.items):
+            if idx:
+                self.write(", ")
+            self._operand(item.key, frame)
+            self.write(": ")
+            self.visit(item.value, frame)
+        self.write("}")
+
     def visit_Concat(self, node, frame) -> None:
         self.write("environment.concat_bounded((")
         for arg in node.nodes:
@@ -304,8 +336,19 @@ class _Env(ImmutableSandboxedEnvironment):
         return _join_within(map(str, parts), MAX_SIZE, "joining with ~")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Jinja's optimizer evaluates constant expressions while compiling,
+        # outside the time limit and the bounds (a 66-character template
+        # compiled for 36 s): they are evaluated when rendered
+        kwargs.setdefault("optimized", False)
         super().__init__(*args, **kwargs)
         self.compiled_code: dict[tuple[str, str], Any] = {}  # see compile_template
+
+    def getitem(
+        self, obj: Any, argument: Any, _sandboxed=ImmutableSandboxedEnvironment.getitem
+    ) -> Any:
+        if isinstance(argument, _CONTAINERS):  # a key is hashed (and compared)
+            _check_text_len(argument, "looking up a key")
+        return _sandboxed(self, obj, argument)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         kind = type(obj)  # exact types: a subclass may define its own attributes
@@ -337,6 +380,7 @@ class _Env(ImmutableSandboxedEnvironment):
         elif operator == "%" and isinstance(left, (str, bytes)):
             fmt = left if isinstance(left, str) else left.decode("latin-1")
             _check_widths(fmt, "a % format")
+            _check_percent_widths(fmt, "a % format")
             args = right if isinstance(right, tuple) else (right,)
             _check_star_widths(fmt, args, "a % format")
             values = list(right.values()) if isinstance(right, dict) else args
@@ -374,11 +418,20 @@ class _Env(ImmutableSandboxedEnvironment):
             _check_join(owner, args[0])
         elif name == "strftime" and args and isinstance(args[0], str):
             _check_strftime(args[0])
-        elif name in ("count", "index", "changed") or isinstance(owner, _CONTAINERS):
-            # list.count/index, loop.changed compare item by item
+        elif text and name == "encode":  # utf-32: four bytes a character
+            if len(owner) * 4 > MAX_SIZE:
+                raise _too_big("str.encode")
+        elif name in ("count", "index", "changed", "fromkeys") or isinstance(
+            owner, (*_CONTAINERS, type)
+        ):
+            # list.count/index, loop.changed compare item by item; dict.fromkeys
+            # and other constructors hash their arguments
             for v in (owner, *args, *kwargs.values()):
                 _check_text_len(v, f"{name}()")
-        return super().call(__context, __obj, *args, **kwargs)
+        out = super().call(__context, __obj, *args, **kwargs)
+        if isinstance(out, (str, bytes)) and len(out) > MAX_SIZE:  # decode, hex, ...
+            raise _too_big(f"{name}()")
+        return out
 
     def wrap_str_format(self, value: Any):
         wrapped = super().wrap_str_format(value)
@@ -400,6 +453,17 @@ class _Env(ImmutableSandboxedEnvironment):
             return type(f_self)(formatter.vformat(f_self, args, kwargs))
 
         return bounded
+
+
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?[a-zA-Z%]")
+
+
+def _check_percent_widths(fmt: str, what: str) -> None:
+    """A % format's fields each pad to their width and precision: a thousand
+    `%999999d` built 975 MB though each width was within the limit."""
+    total = sum(int(w or 0) + int(p or 0) for w, p in _PERCENT_FIELD.findall(fmt))
+    if total > MAX_SIZE:
+        raise _too_big(what)
 
 
 def _check_star_widths(fmt: str, args, what: str) -> None:
@@ -448,6 +512,9 @@ def _bounded_filter(fn: Callable, what: str) -> Callable:
         size = kwargs.get("width", args[1] if len(args) > 1 else None)
         if isinstance(size, int) and size > MAX_SIZE:
             raise _too_big(f"the {what} filter")
+        if what == "indent" and isinstance(size, int) and args:  # every line gets it
+            if len(str(args[0])) + (str(args[0]).count("\n") + 1) * size > MAX_SIZE:
+                raise _too_big(f"the {what} filter")
         if isinstance(size, str) and args:  # indent's width may be a text: one per line
             if len(str(args[0])) + (str(args[0]).count("\n") + 1) * len(size) > MAX_SIZE:
                 raise _too_big(f"the {what} filter")
@@ -510,6 +577,23 @@ _COMPARING_TESTS = (
 )  # fmt: skip
 
 
+def _checked_round(value, precision=0, method="common"):
+    """round(5, -30000000) ran 48 s in one call (10 ** precision)."""
+    if isinstance(precision, int) and abs(precision) > MAX_POW_BITS:
+        raise _too_big("the round filter's precision")
+    return jinja2.filters.do_round(value, precision, method)
+
+
+@pass_eval_context
+def _checked_urlize(eval_ctx, value, *args, **kwargs):
+    """Each link repeats `target` and `rel`: a 1,000,000-character target on
+    10,000 links built 2.4 GB before the time limit stopped it."""
+    extra = [*args[1:], *kwargs.values()]  # args[0] is trim_url_limit
+    if any(isinstance(v, str) and len(v) > 1000 for v in extra):
+        raise _too_big("the urlize filter's target or rel")
+    return jinja2.filters.do_urlize(eval_ctx, value, *args, **kwargs)
+
+
 def _measured(fn: Callable, what: str) -> Callable:
     """A filter of _MEASURED_FILTERS (or a test of _COMPARING_TESTS): its
     container arguments measured first, a text it returns after."""
@@ -542,6 +626,7 @@ def _measured(fn: Callable, what: str) -> Callable:
 def _checked_format(value, *args, **kwargs):
     fmt = str(value)
     _check_widths(fmt, "the format filter")
+    _check_percent_widths(fmt, "the format filter")
     _check_star_widths(fmt, args, "the format filter")
     _check_format_size(fmt, fmt.count("%"), [*args, *kwargs.values()], "the format filter")
     return jinja2.filters.do_format(value, *args, **kwargs)
@@ -621,6 +706,8 @@ def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env.filters["wordwrap"] = _checked_wordwrap
     env.filters["batch"] = _checked_batch
     env.filters["sum"] = _checked_sum
+    env.filters["round"] = _checked_round
+    env.filters["urlize"] = _checked_urlize
     for name in _MEASURED_FILTERS:
         env.filters[name] = _measured(env.filters[name], f"the {name} filter")
     for name in _COMPARING_TESTS:

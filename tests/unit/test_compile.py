@@ -950,6 +950,20 @@ def test_a_one_column_csv_with_a_quoted_delimiter_is_not_called_ragged(tmp_path,
         '{{ "abc def" | wordwrap(3, wrapstring=[["x" * 100000] * 100] * 30) }}',
         '{% set ns = namespace(s="<" * 300000) %}{% for i in range(5) %}{% set ns.s = ns.s | forceescape %}{% endfor %}',
         '{{ (["\U000e0001" * 99000] * 10) | string | length }}',
+        # a re-audit: compile-time folding, widths summed, hashing, growth by call
+        '{{ (("%999999d" * 1000) % ((1,) * 1000)) | length }}',
+        '{{ (("%(a)999999s" * 1000) % {"a": 1}) | length }}',
+        '{{ ("%999999d" * 1000) | format(*((1,) * 1000)) | length }}',
+        '{{ ("\n" * 3000) | indent(999999, blank=True) | length }}',
+        '{{ ("x\n" * 1000) | indent(999999) | length }}',
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = (ns.a, ns.a) %}{% endfor %}{{ {}[ns.a] is defined }}",
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = (ns.a, ns.a) %}{% endfor %}{{ dict.fromkeys([ns.a]) | length }}",
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = (ns.a, ns.a) %}{% endfor %}{{ {ns.a: 1} | length }}",
+        "{% set ns = namespace(a=1) %}{% for i in range(31) %}{% set ns.a = (ns.a, ns.a) %}{% endfor %}{{ ({}.keys() - [ns.a]) | length }}",
+        "{% set ns = namespace(t=1) %}{% for i in range(5000) %}{% set ns.t = (ns.t,) %}{% endfor %}{{ {}[ns.t] is defined }}",
+        '{{ ("x" * 1000000).encode("utf-32").decode("latin-1") | length }}',
+        '{{ ("x" * 600000).encode().hex() | length }}',
+        '{% set t = "x" * 1000000 %}{{ ("ab.com " * 10000) | urlize(target=t) | length }}',
     ],
 )
 def test_no_template_expression_builds_a_value_past_the_limit(src):
@@ -999,6 +1013,25 @@ def test_bounded_filters_and_operators_still_work():
     assert default_env().from_string(src).render() == "123 [1, 2] True True"
     with pytest.raises(TypeError, match="can only concatenate list"):
         default_env().from_string("{{ [[1], (2,)] | sum(start=[]) }}").render()
+
+
+def test_round_and_compile_time_folding_are_bounded():
+    """round(5, -30000000) ran 48 s in one call; a constant expression was
+    evaluated while compiling, with no time limit (36 s for 66 characters)."""
+    import time
+
+    from jinja2.sandbox import SecurityError
+
+    from segtool.compile.jinja import compile_template, default_env
+
+    with pytest.raises(SecurityError, match="round"):
+        default_env().from_string("{{ 5 | round(-30000000) }}").render()
+    t0 = time.monotonic()
+    src = '{{ ((" " | center(30000)) | replace(" ", ")") ~ "x)") | urlize | length }}'
+    compile_template(default_env(), src, "slow.j2")
+    assert time.monotonic() - t0 < 1
+    src = '{{ "a" | center(5) }}|{{ 2 + 3 }}|{{ "%05d" % 42 }}'
+    assert default_env().from_string(src).render() == "  a  |5|00042"
 
 
 def test_strftime_field_widths_are_bounded():
