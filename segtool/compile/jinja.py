@@ -812,10 +812,46 @@ def time_limit(seconds: float | None = None):
     previous = signal.signal(signal.SIGALRM, expire)
     rearm()
     try:
-        yield rearm
+        with memory_ceiling():
+            yield rearm
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# bytes a render may map beyond what the process maps when it starts
+# (SEGTOOL_RENDER_MEMORY_MB overrides)
+RENDER_MEMORY = 1 << 30
+
+
+@contextmanager
+def memory_ceiling():
+    """While templates render, the process may map at most RENDER_MEMORY
+    bytes more than it does now (RLIMIT_AS, Linux): an allocation past it is
+    a MemoryError in the template, whatever built it. The bounds above stop
+    the known ways to build a huge value in one step; each audit found
+    another (a filter mapped over items, a C call past the time limit), so
+    this is the floor under them. Left alone when a limit is already set or
+    /proc/self/statm cannot be read."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/statm") as fh:
+            mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        extra = int(os.environ.get("SEGTOOL_RENDER_MEMORY_MB", 0)) << 20 or RENDER_MEMORY
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    ceiling = mapped + extra
+    if soft != resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and hard < ceiling):
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def render_error(exc: BaseException, name: str, what: str = "template") -> ProjectError:
@@ -835,6 +871,14 @@ def render_error(exc: BaseException, name: str, what: str = "template") -> Proje
         )
     if isinstance(exc, SecurityError):
         return ProjectError(f"unsafe operation in {what}: {exc}", path=name, line=line)
+    if isinstance(exc, MemoryError):
+        return ProjectError(
+            f"{what} used more memory than a render may ({RENDER_MEMORY >> 20:,} MB beyond the "
+            "process's)",
+            path=name,
+            line=line,
+            hint="a value grows without bound; SEGTOOL_RENDER_MEMORY_MB sets the limit",
+        )
     if isinstance(exc, RenderTimeout):
         return ProjectError(
             f"{what} {exc} to render",

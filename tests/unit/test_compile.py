@@ -1062,3 +1062,19 @@ def test_a_predicate_may_not_call_what_a_model_may_not():
             "(select count(*) from checkpoint()) >= 0", what="rule 'x'", path="s.yml", line=3
         )
     check_expression("(select count(*) from range(3)) >= 0", what="rule 'x'", path="s.yml", line=3)
+
+
+def test_a_render_may_map_at_most_a_gigabyte_more():
+    """The floor under the bounds: a filter mapped over items built 3 GB in
+    two seconds (a re-audit); RLIMIT_AS while rendering makes any allocation
+    past it a MemoryError, said as such, and the limit is lifted after."""
+    import resource
+
+    from segtool.compile.jinja import render_string
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        pytest.skip("this process already has an address-space limit")
+    with pytest.raises(ProjectError, match="used more memory than a render may"):
+        render_string('{{ range(3000) | map("center", 999999) | list | length }}', {}, name="t.j2")
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+    assert render_string("{{ 'ok' }}", {}, name="t.j2") == "ok"
