@@ -107,30 +107,48 @@ def _text_len(value: Any, limit: int = MAX_SIZE, indent: int = 0) -> int:
         # texts only (`x in ['none', top_category]`): at most twelve
         # characters each, and a separator and quotes
         return 12 * sum(map(len, value)) + 4 * len(value) + 2
-    # a stack of iterators: a million items are not copied to be counted
-    total, stack = 0, [(iter((value,)), 1)]
+    # a stack of [items, depth, container, its size so far]: a million items
+    # are not copied to be counted, and a container met again (a reference
+    # repeated: doubling levels, `[[s] * 100] * 30`) adds the size counted
+    # the first time instead of being walked again (with indent the size
+    # depends on the depth: walked each time)
+    seen: dict[int, int] = {}
+    total, stack = 0, [[iter((value,)), 1, None, 0]]
     while stack and total <= limit:
         if len(stack) > MAX_DEPTH:  # hashing a deeper tuple crashed the process
             return limit + 1
-        items, depth = stack[-1]
-        v = next(items, _END)
+        frame = stack[-1]
+        v = next(frame[0], _END)
         if v is _END:
             stack.pop()
+            if frame[2] is not None:
+                seen[id(frame[2])] = frame[3]
+                if stack:
+                    stack[-1][3] += frame[3]
             continue
-        total += indent * depth + (1 if indent else 0)
-        if isinstance(v, str):
-            total += _str_len(v)
+        size = indent * frame[1] + (1 if indent else 0)
+        known = None if indent or not isinstance(v, _CONTAINERS) else seen.get(id(v))
+        if known is not None:
+            size += known
         elif isinstance(v, dict):
-            total += 2 + 4 * len(v)
-            stack.append((chain(v.keys(), v.values()), depth + 1))
+            stack.append([chain(v.keys(), v.values()), frame[1] + 1, v, 2 + 4 * len(v)])
+            total += stack[-1][3] + size
+            frame[3] += size
+            continue
         elif isinstance(v, Namespace):
-            total += 13
-            stack.append((iter((v._Namespace__attrs,)), depth))
+            stack.append([iter((v._Namespace__attrs,)), frame[1], v, 13])
+            total += 13 + size
+            frame[3] += size
+            continue
         elif isinstance(v, _CONTAINERS):
-            total += 2 + 2 * len(v)
-            stack.append((iter(v), depth + 1))
+            stack.append([iter(v), frame[1] + 1, v, 2 + 2 * len(v)])
+            total += stack[-1][3] + size
+            frame[3] += size
+            continue
         else:
-            total += _str_len(v)
+            size += _str_len(v)
+        total += size
+        frame[3] += size
     return total
 
 
