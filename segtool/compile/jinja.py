@@ -88,6 +88,8 @@ _CONTAINERS = (
     type({}.keys()), type({}.values()), type({}.items()), Namespace,
 )  # fmt: skip
 _STR_ONLY = frozenset((str,))
+_CONTAINERS_AND_TYPES = (*_CONTAINERS, type)
+_COMPARING_METHODS = frozenset(("count", "index", "changed", "fromkeys"))
 
 
 def _text_len(value: Any, limit: int = MAX_SIZE, indent: int = 0) -> int:
@@ -166,8 +168,10 @@ def _str_len(v: Any) -> int:
     return len(str(v))
 
 
-def _check_text_len(value: Any, what: str) -> Any:
-    if isinstance(value, _CONTAINERS) and _text_len(value) > MAX_SIZE:
+def _check_text_len(value: Any, what: str, indent: int = 0) -> Any:
+    """`value`, refused when it is a container whose text (_text_len) would
+    pass MAX_SIZE."""
+    if isinstance(value, _CONTAINERS) and _text_len(value, indent=indent) > MAX_SIZE:
         raise SecurityError(f"{what} would exceed the sandbox limit of {MAX_SIZE:,} characters")
     return value
 
@@ -224,8 +228,12 @@ class _BoundedEscapeFormatter(_Bounds, SandboxedEscapeFormatter):
 
 
 class _CodeGenerator(CodeGenerator):
-    """`a ~ b` goes through the environment, which bounds its result (a
-    namespace doubled by `~` in a loop reached 128,000,000 characters)."""
+    """Jinja's code, with the checks written into it: what `{{ }}` prints,
+    comparisons' operands, dict literal keys and `-` operands are measured
+    inline (a call only for a container); `a ~ b` goes through the
+    environment, which bounds its result (a namespace doubled by `~` in a
+    loop reached 128,000,000 characters); nothing but constants is folded
+    while compiling."""
 
     # What a `{{ }}` prints is str() of its value, built in one C call: a
     # list or dict of shared references (`[["x" * 100000] * 100] * 30`, or
@@ -439,12 +447,12 @@ class _Env(ImmutableSandboxedEnvironment):
         elif text and name == "encode":  # utf-32: four bytes a character
             if len(owner) * 4 > MAX_SIZE:
                 raise _too_big("str.encode")
-        elif name in ("count", "index", "changed", "fromkeys") or isinstance(
-            owner, (*_CONTAINERS, type)
-        ):
-            # list.count/index, loop.changed compare item by item; dict.fromkeys
-            # and other constructors hash their arguments
-            for v in (owner, *args, *kwargs.values()):
+        elif name in _COMPARING_METHODS or isinstance(owner, _CONTAINERS_AND_TYPES):
+            # list.count/index compare the owner's items with the argument;
+            # loop.changed, dict.get/fromkeys and constructors compare or hash
+            # their arguments (a row's dict.get need not measure the row)
+            measured = (owner, *args) if name in ("count", "index") else args
+            for v in (*measured, *kwargs.values()):
                 _check_text_len(v, f"{name}()")
         out = super().call(__context, __obj, *args, **kwargs)
         if isinstance(out, (str, bytes)) and len(out) > MAX_SIZE:  # decode, hex, ...
@@ -530,11 +538,10 @@ def _bounded_filter(fn: Callable, what: str) -> Callable:
         size = kwargs.get("width", args[1] if len(args) > 1 else None)
         if isinstance(size, int) and size > MAX_SIZE:
             raise _too_big(f"the {what} filter")
-        if what == "indent" and isinstance(size, int) and args:  # every line gets it
-            if len(str(args[0])) + (str(args[0]).count("\n") + 1) * size > MAX_SIZE:
-                raise _too_big(f"the {what} filter")
-        if isinstance(size, str) and args:  # indent's width may be a text: one per line
-            if len(str(args[0])) + (str(args[0]).count("\n") + 1) * len(size) > MAX_SIZE:
+        if what == "indent" and isinstance(size, (int, str)) and args:
+            # every line gets the width (or the text it may be)
+            per_line = size if isinstance(size, int) else len(size)
+            if len(str(args[0])) + (str(args[0]).count("\n") + 1) * per_line > MAX_SIZE:
                 raise _too_big(f"the {what} filter")
         return fn(*args, **kwargs)
 
@@ -615,28 +622,21 @@ def _checked_urlize(eval_ctx, value, *args, **kwargs):
 def _measured(fn: Callable, what: str) -> Callable:
     """A filter of _MEASURED_FILTERS (or a test of _COMPARING_TESTS): its
     container arguments measured first, a text it returns after."""
-    message = what
     value_at = 1 if getattr(fn, "jinja_pass_arg", None) else 0
     tojson = what == "the tojson filter"
-
-    def measure(v: Any, indent: Any = 0) -> None:
-        if _text_len(v, indent=indent if isinstance(indent, int) else 0) > MAX_SIZE:
-            raise SecurityError(
-                f"{message} would exceed the sandbox limit of {MAX_SIZE:,} characters"
-            )
 
     @wraps(fn)
     def checked(*args, **kwargs):
         if kwargs or len(args) != value_at + 1:
+            indent = kwargs.get("indent") if tojson else 0
             for v in (*args, *kwargs.values()):
-                if isinstance(v, _CONTAINERS):
-                    measure(v, kwargs.get("indent") if tojson else 0)
+                _check_text_len(v, what, indent if isinstance(indent, int) else 0)
         elif isinstance(args[value_at], _CONTAINERS):  # the common case: the value alone
-            measure(args[value_at])
+            _check_text_len(args[value_at], what)
         out = fn(*args, **kwargs)
         if not isinstance(out, str) or len(out) <= MAX_SIZE:
             return out
-        raise _too_big(message)
+        raise _too_big(what)
 
     return checked
 
@@ -812,10 +812,11 @@ def render_seconds() -> float:
 
 @contextmanager
 def time_limit(seconds: float | None = None):
-    """Raise RenderTimeout in the block after `seconds`. Yields `rearm()`,
-    which restarts the clock: a batch installs the handler once and rearms it
-    per user (one setitimer call), so the limit costs little per text.
-    Main thread only: signals cannot interrupt other threads."""
+    """Raise RenderTimeout in the block after `seconds`, and hold the memory
+    ceiling (memory_ceiling) over it. Yields `rearm()`, which restarts the
+    clock: a batch installs the handler once and rearms it per user (one
+    setitimer call), so the limit costs little per text. Main thread only:
+    signals cannot interrupt other threads, and the ceiling is the process's."""
     seconds = render_seconds() if seconds is None else seconds
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield lambda: None

@@ -15,7 +15,7 @@ from segtool.compile.guard import check_expression
 from segtool.compile.jinja import render_string, sql_env
 from segtool.compile.sql import make_var, relation
 from segtool.errors import ProjectError
-from segtool.project.secrets import env_digest, env_vars_named
+from segtool.project.secrets import env_digest_of
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def predicate_vars(proj, seg) -> dict | None:
         return None
     # env_var() values too (as a digest: they may be secrets): a changed one
     # moved no user, the run said "rules and model data unchanged"
-    env = env_digest([n for t in texts for n in env_vars_named(t)])
+    env = env_digest_of(*texts)
     return {
         **(_predicate_var_values(proj, seg, texts) or {}),
         **({"env_var()": env} if env else {}),

@@ -252,6 +252,8 @@ def _lacking(db, proj, seg, cols: set[str], path):
     models = sorted(feeding_models(proj, seg))
     missing = {c for m in models for c in column_types(db, tables.MODELS, m) if c not in cols}
 
+    hint = f"add it to the file: it has the columns of {', '.join(models)} the segmentation reads"
+
     @contextmanager
     def lacking(what: str):
         try:
@@ -266,13 +268,13 @@ def _lacking(db, proj, seg, cols: set[str], path):
                     f"{path} lacks column{'s' if len(gaps) > 1 else ''} "
                     f"{', '.join(repr(c) for c in gaps[:5])}{', ...' if len(gaps) > 5 else ''}, "
                     f"and {what} failed without {'them' if len(gaps) > 1 else 'it'}: {exc.message}",
-                    hint=f"add it to the file: it has the columns of {', '.join(models)} the segmentation reads",
+                    hint=hint,
                 ) from exc
             if not named:
                 raise
             raise DataError(
                 f"{path} lacks column '{named[0]}', which {what} reads",
-                hint=f"add it to the file: it has the columns of {', '.join(models)} the segmentation reads",
+                hint=hint,
             ) from exc
 
     return lacking

@@ -9,7 +9,7 @@ from segtool.compile.sql import CompiledModel, compile_model
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
 from segtool.graph.dag import Graph, Node
 from segtool.project.loader import LoadedProject
-from segtool.project.secrets import env_digest, env_vars_named
+from segtool.project.secrets import env_digest_of
 
 
 @dataclass
@@ -188,7 +188,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         # templates may read vars: then their values are part of what the text depends on
         uses_vars = "var(" in sources_text
         # ... and the environment variables they read (a digest: values may be secrets)
-        env = env_digest(env_vars_named(sources_text))
+        env = env_digest_of(sources_text)
         nodes.append(
             Node(
                 unique_id=f"text.{name}",

@@ -55,9 +55,10 @@ def env_digest(names) -> str | None:
 _ENV_VAR_CALL = re.compile(r"""env_var\(\s*['"]([^'"]+)['"]""")
 
 
-def env_vars_named(text: str) -> list[str]:
-    """The names `env_var('NAME', ...)` reads in a template's or predicate's text."""
-    return _ENV_VAR_CALL.findall(text)
+def env_digest_of(*texts: str) -> str | None:
+    """env_digest of the variables `env_var('NAME', ...)` reads in the
+    texts of templates or predicates."""
+    return env_digest(n for t in texts for n in _ENV_VAR_CALL.findall(t))
 
 
 def forget_read() -> None:

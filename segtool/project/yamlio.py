@@ -152,12 +152,11 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
         )
     marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
-        raise ProjectError(
+        raise _error_at(
+            node,
+            rel,
             f"unsupported YAML tag {node.tag}",
-            path=rel,
-            line=node.start_mark.line + 1,
-            col=node.start_mark.column + 1,
-            hint="segtool reads plain YAML only; remove the tag",
+            "segtool reads plain YAML only; remove the tag",
         )
     if isinstance(node, yaml.MappingNode):
         n_explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
@@ -169,24 +168,18 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
             _check_scalar(key_node, rel)
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
-                raise ProjectError(
-                    "mapping keys must be plain scalars",
-                    path=rel,
-                    line=key_node.start_mark.line + 1,
-                    col=key_node.start_mark.column + 1,
-                )
+                raise _error_at(key_node, rel, "mapping keys must be plain scalars")
             if i < n_merged:
                 merged.add(key)
             elif key in merged:
                 merged.discard(key)  # an explicit key overrides a merged one
                 out.pop(key, None)
             if key in out and i >= n_merged:
-                raise ProjectError(
+                raise _error_at(
+                    key_node,
+                    rel,
                     f"duplicate key '{key}'",
-                    path=rel,
-                    line=key_node.start_mark.line + 1,
-                    col=key_node.start_mark.column + 1,
-                    hint="each key may appear once in a mapping; remove or rename one",
+                    "each key may appear once in a mapping; remove or rename one",
                 )
             child = path + (key,)
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -208,6 +201,12 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: Mar
     return loader.construct_object(node, deep=True)
 
 
+def _error_at(node: yaml.Node, rel: str, message: str, hint: str | None = None) -> ProjectError:
+    """An error at `node`'s line and column of file `rel`."""
+    mark = node.start_mark
+    return ProjectError(message, path=rel, line=mark.line + 1, col=mark.column + 1, hint=hint)
+
+
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
@@ -221,12 +220,11 @@ def _check_scalar(node: yaml.Node, rel: str) -> None:
         and ":" in node.value
         and len(node.value) > 100
     ):
-        raise ProjectError(
+        raise _error_at(
+            node,
+            rel,
             f"a base-60 number of {len(node.value):,} characters (YAML 1.1 reads 1:30:00 as one)",
-            path=rel,
-            line=node.start_mark.line + 1,
-            col=node.start_mark.column + 1,
-            hint="quote it to keep it as text",
+            "quote it to keep it as text",
         )
 
 

@@ -38,14 +38,18 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
     reader = SOURCE_READERS[infer_format(path.name) or "csv"]
     con = duckdb.connect(":memory:")
     try:
-        df = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)]).pl()
-        labels = label_column or next((c for c in df.columns if c != key), None)
-        if reader == "read_csv" and labels in df.columns:
+        options = ""
+        if reader == "read_csv":
             # labels as written: a sniffed number column made 1 and 1.0 one class
-            df = con.sql(
-                f"SELECT * FROM read_csv(?, types = {{{sql_literal(labels)}: 'VARCHAR'}})",
-                params=[str(path)],
-            ).pl()
+            # (the header, from the sniffer, names the label column to keep as text)
+            names = [
+                r[0]
+                for r in con.execute("DESCRIBE SELECT * FROM read_csv(?)", [str(path)]).fetchall()
+            ]
+            labels = label_column or next((c for c in names if c != key), None)
+            if labels in names:
+                options = f", types = {{{sql_literal(labels)}: 'VARCHAR'}}"
+        df = con.sql(f"SELECT * FROM {reader}(?{options})", params=[str(path)]).pl()
     except Exception as exc:  # noqa: BLE001 - any reader error, said plainly
         raise DataError(f"cannot read {path}: {exc}".splitlines()[0]) from None
     finally:

@@ -162,3 +162,36 @@ def test_ray_host_and_port_of_an_address():
     assert _host_port("auto") is None
     assert _host_port("local") is None
     assert _host_port("ray://head") is None
+
+
+def test_a_cluster_is_waited_for_until_a_node_can_hold_a_worker():
+    """A remote cluster may add a node (an autoscaler): the wait returns when
+    one has the worker's CPUs and GPUs, and fails after resources_timeout_s
+    naming what the nodes have."""
+    import time
+    from types import SimpleNamespace
+
+    from segtool.errors import ExecutionError
+    from segtool.execute.executors.ray_executor import _wait_for_a_node
+
+    cpu_only = {"Alive": True, "Resources": {"CPU": 8.0}}
+    gpu_node = {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}
+    dead_gpu = {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 4.0}}
+    calls = []
+
+    def nodes():
+        calls.append(1)
+        return [cpu_only, dead_gpu] + ([gpu_node] if len(calls) >= 2 else [])
+
+    _wait_for_a_node(SimpleNamespace(nodes=nodes), "c", cpus=1, gpus=1, timeout_s=30)
+    assert len(calls) == 2  # the second look found the added node
+    t0 = time.monotonic()
+    never = SimpleNamespace(nodes=lambda: [cpu_only, dead_gpu])
+    with pytest.raises(ExecutionError) as err:
+        _wait_for_a_node(never, "the Ray cluster at auto", cpus=1, gpus=1, timeout_s=0.2)
+    assert time.monotonic() - t0 < 5
+    assert (
+        "the Ray cluster at auto has no node with 1 CPU and 1 GPU for one worker (waited 0.2 s): "
+        "its nodes have 8 CPU 0 GPU; Ray would queue the workers forever" in str(err.value)
+    )
+    _wait_for_a_node(never, "c", cpus=8, gpus=0, timeout_s=0)  # CPUs only: the CPU node holds it
