@@ -51,6 +51,9 @@ MAX_POW_BITS = 4096
 MAX_DEPTH = 1000
 # seconds one render may take (per user for texts); SEGTOOL_RENDER_TIMEOUT overrides
 RENDER_SECONDS = 2.0
+# CPU seconds, as a multiple of the time limit, that one render may use before
+# the process is ended (cpu_backstop): the limit cannot stop a running C call
+BACKSTOP_FACTOR = 10
 
 _WIDTH = re.compile(r"(\d+)")
 _PADDING_METHODS = {"ljust", "rjust", "center", "zfill", "expandtabs"}
@@ -813,10 +816,11 @@ def render_seconds() -> float:
 @contextmanager
 def time_limit(seconds: float | None = None):
     """Raise RenderTimeout in the block after `seconds`, and hold the memory
-    ceiling (memory_ceiling) over it. Yields `rearm()`, which restarts the
-    clock: a batch installs the handler once and rearms it per user (one
-    setitimer call), so the limit costs little per text. Main thread only:
-    signals cannot interrupt other threads, and the ceiling is the process's."""
+    ceiling (memory_ceiling) and the CPU backstop (cpu_backstop, 10x the
+    limit) over it. Yields `rearm()`, which restarts both clocks: a batch
+    installs the handlers once and rearms them per user (two setitimer
+    calls), so the limit costs little per text. Main thread only: signals
+    cannot interrupt other threads, and the ceiling is the process's."""
     seconds = render_seconds() if seconds is None else seconds
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield lambda: None
@@ -825,17 +829,64 @@ def time_limit(seconds: float | None = None):
     def expire(signum, frame):
         raise RenderTimeout(f"took longer than {seconds:g}s")
 
-    def rearm() -> None:
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-
+    setitimer, real, prof = signal.setitimer, signal.ITIMER_REAL, getattr(signal, "ITIMER_PROF", 0)
     previous = signal.signal(signal.SIGALRM, expire)
-    rearm()
     try:
-        with memory_ceiling():
+        with memory_ceiling(), cpu_backstop(seconds * BACKSTOP_FACTOR) as cpu_seconds:
+            if cpu_seconds:
+
+                def rearm() -> None:  # per user: two system calls
+                    setitimer(real, seconds)
+                    setitimer(prof, cpu_seconds)
+
+            else:
+
+                def rearm() -> None:
+                    setitimer(real, seconds)
+
+            rearm()
             yield rearm
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def cpu_backstop(cpu_seconds: float):
+    """End the process when one render uses `cpu_seconds` of CPU, counted
+    from each `setitimer(ITIMER_PROF, cpu_seconds)` (time_limit's rearm, per
+    user). Yields `cpu_seconds`, or None where the backstop is not set.
+
+    The time limit is a Python signal handler: it runs between bytecodes, so
+    one C call that outlasts it (a sort, a comparison, a format of something
+    huge) runs on to its end. Each audit found another such call; this is the
+    floor under the bounds, as memory_ceiling is for memory. The kernel sends
+    SIGPROF once the process has used `cpu_seconds` of CPU since the last
+    rearm; faulthandler (C code, no Python needed) writes the Python stack,
+    which names the template (at a line of its compiled code) and the call,
+    to stderr, and SIGPROF's default action
+    ends the process (exit status 155 in a shell, -27 to a parent), whatever C
+    call it was in. Left alone where SIGPROF or its timer is in use (a
+    profiler) or the platform has neither."""
+    import faulthandler
+
+    if (
+        not hasattr(signal, "ITIMER_PROF")
+        or signal.getsignal(signal.SIGPROF) != signal.SIG_DFL
+        or signal.getitimer(signal.ITIMER_PROF) != (0.0, 0.0)
+    ):
+        yield None
+        return
+    try:  # fd 2, not sys.stderr: CliRunner and pytest replace it with objects without a file
+        faulthandler.register(signal.SIGPROF, file=2, all_threads=False, chain=True)
+    except (OSError, ValueError, RuntimeError):
+        yield None
+        return
+    try:
+        yield cpu_seconds
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        faulthandler.unregister(signal.SIGPROF)
 
 
 # bytes a render may map beyond what the process maps when it starts

@@ -130,17 +130,31 @@ def render_parallel(job: RenderJob, batches: Iterator, workers: int):
     """Yield (rendered Arrow table, truncated, empty) per batch, in order.
     `batches` yields Arrow tables of model rows (with __row_hash)."""
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    from segtool.errors import ProjectError
 
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(job,)) as pool:
-        pending = []
-        for table in batches:
-            for lo in range(0, table.num_rows, SUB_BATCH):
-                pending.append(pool.submit(_render, _to_ipc(table.slice(lo, SUB_BATCH))))
-                while len(pending) > 2 * workers:  # bounded: the main process keeps up
-                    yield _result(pending.pop(0))
-        for fut in pending:
-            yield _result(fut)
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init, initargs=(job,)
+        ) as pool:
+            pending = []
+            for table in batches:
+                for lo in range(0, table.num_rows, SUB_BATCH):
+                    pending.append(pool.submit(_render, _to_ipc(table.slice(lo, SUB_BATCH))))
+                    while len(pending) > 2 * workers:  # bounded: the main process keeps up
+                        yield _result(pending.pop(0))
+            for fut in pending:
+                yield _result(fut)
+    except BrokenProcessPool as exc:
+        # a worker was killed: by the render CPU backstop (its stack, with the
+        # template's frame, is on stderr above), for memory, or from outside
+        raise ProjectError(
+            f"text '{job.text_name}': a render worker process ended abruptly",
+            hint="a template call that runs past 10x SEGTOOL_RENDER_TIMEOUT in CPU ends its "
+            "process (its Python stack is printed above); so do the system's memory limits",
+        ) from exc
 
 
 def _result(fut):

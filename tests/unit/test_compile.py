@@ -4,6 +4,10 @@ in-memory DuckDB, rule/population predicates)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1078,3 +1082,67 @@ def test_a_render_may_map_at_most_a_gigabyte_more():
         render_string('{{ range(3000) | map("center", 999999) | list | length }}', {}, name="t.j2")
     assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
     assert render_string("{{ 'ok' }}", {}, name="t.j2") == "ok"
+
+
+_SLOW_RENDER = """
+import functools, hashlib, os, signal, sys
+import segtool.compile.jinja as jinja
+from segtool.compile.jinja import render_string, time_limit
+
+def burn(seconds):  # one C call: pbkdf2 never returns to the interpreter before its end
+    hashlib.pbkdf2_hmac("sha256", b"x", b"y", int(seconds * RATE))
+
+t = os.times()
+hashlib.pbkdf2_hmac("sha256", b"x", b"y", 200_000)
+RATE = 200_000 / max(os.times().user - t.user, 0.01)
+"""
+
+
+def _run_script(code: str, timeout_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEGTOOL_RENDER_TIMEOUT": timeout_env}
+    return subprocess.run(
+        [sys.executable, "-c", _SLOW_RENDER + code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_one_c_call_past_the_cpu_backstop_ends_the_process():
+    """The time limit is a Python handler: a C call that outlasts it ran on
+    (every sandbox audit found one). At 10x the limit in CPU (2x here) the
+    process ends, with the Python stack, template frame included, on stderr."""
+    proc = _run_script(
+        "jinja.BACKSTOP_FACTOR = 2\n"
+        'render_string("a\\n{{ burn(5) }}", {"burn": burn}, name="templates/slow.j2")\n'
+        'print("returned")',
+        "0.2",
+    )
+    assert proc.returncode == -signal.SIGPROF, proc.stdout + proc.stderr
+    assert "returned" not in proc.stdout
+    assert 'File "templates/slow.j2"' in proc.stderr
+
+
+def test_the_cpu_backstop_counts_each_user_and_is_lifted_after():
+    """Rearmed per user: users that each stay under it may use more CPU in
+    all; after the batch, the process may use CPU again without limit."""
+    proc = _run_script(
+        """
+from types import SimpleNamespace
+from segtool.execute.texts import render_texts
+from segtool.compile.jinja import make_env, renderer
+
+jinja.BACKSTOP_FACTOR = 1  # 1 s of CPU per user: four users use 1.4 s in all
+render = renderer(make_env(), "{{ burn(0.35) }}{{ key }}", "templates/t.j2")
+proj = SimpleNamespace(key="id")
+spec = SimpleNamespace(name="t", max_chars=100)
+out = render_texts(proj, spec, [{"id": i, "burn": burn} for i in range(4)], render)
+assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+burn(1.5)
+print("done", [t for t, _ in out])
+""",
+        "1.0",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "done ['None0', 'None1', 'None2', 'None3']" in proc.stdout

@@ -154,3 +154,35 @@ def test_this_side_renders_on_until_the_child_answers(monkeypatch):
         lambda lo, hi: list(range(lo, hi)),
     )
     assert texts == list(range(10)) and done == 10
+
+
+def test_a_pool_worker_killed_mid_render_is_an_error_in_words():
+    """A worker the CPU backstop (or the system, for memory) kills breaks the
+    pool; the run says so in words instead of an internal error."""
+    import multiprocessing
+    import os
+    import signal
+
+    import pyarrow as pa
+
+    from segtool.errors import ProjectError
+
+    job = render_pool.RenderJob(
+        templates={"t": ("{{ key }}", "templates/t.j2")},
+        template="t",
+        key="id",
+        text_name="story",
+        max_chars=100,
+        vars={},
+    )
+
+    def batches():
+        table = pa.table({"id": list(range(10)), "__row_hash": list(range(10))})
+        yield table
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+        yield table
+        yield table
+
+    with pytest.raises(ProjectError, match="text 'story': a render worker process ended"):
+        list(render_pool.render_parallel(job, batches(), 2))
