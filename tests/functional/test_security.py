@@ -911,16 +911,16 @@ def test_what_is_not_a_duckdb_file_is_not_opened(built, tmp_path):
     assert victim.read_text() == "precious\n"
 
 
-def test_a_glob_that_loops_through_links_is_bounded(built):
+def test_a_glob_that_loops_through_links_is_bounded(built, monkeypatch):
     """Two links to `.` in a glob source's folder made compile and dry runs
-    walk 2^depth paths until killed."""
+    walk 2^depth paths until killed. (At the real bound, 100,000 files, the
+    walk takes ~10 s; a lower one shows the same.)"""
+    monkeypatch.setattr("segtool.compile.sql.MAX_GLOB_FILES", 2_000)
     folder = built.root / "data" / "o"
     folder.mkdir()
     (folder / "orders.csv").write_text(built.read("data/orders.csv"))
     (folder / "a").symlink_to(".")
     (folder / "b").symlink_to(".")
     built.edit("models/sources.yml", "path: data/orders.csv", 'path: "data/o/**/*.csv"')
-    t0 = time.perf_counter()
     r = built.cli("compile", expect=1)
-    assert "matches more than 100,000 files" in r.stderr
-    assert time.perf_counter() - t0 < 60
+    assert "matches more than 2,000 files" in r.stderr
