@@ -87,8 +87,8 @@ def plan_head(base, head, worktree: Path, *, counts: bool):
         from segtool.plan.state import DbState
 
         database.update(used=True, last_run=DbState(con).last_run)
-        if plan.notes:
-            database["note"] = "; ".join(plan.notes)
+        if plan.warnings or plan.notes:
+            database["note"] = "; ".join([*plan.warnings, *plan.notes])
         return plan, database
     finally:
         con.close()

@@ -200,7 +200,8 @@ class Runner:
             last_run=st.last_run,
             options=self._args(),
             steps=tuple(steps),
-            notes=tuple(dict.fromkeys([*notes, *planner.selection_notes, *planner.notes])),
+            notes=tuple(dict.fromkeys([*notes, *planner.notes])),
+            warnings=tuple(planner.selection_notes),
         )
 
     # ------------------------------------------------------------------ run

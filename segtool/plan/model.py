@@ -77,6 +77,9 @@ class Plan:
     options: Mapping[str, Any]
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
+    # what the run would warn about: a selection reading an unselected node
+    # that is out of date (the run prints these as `warning:`)
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, int]:
         """Steps per action; declarations (sources, encoders, feature sets),
@@ -99,6 +102,7 @@ class Plan:
             "summary": self.summary(),
             "steps": [s.to_dict() for s in self.steps],
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
 
     def to_json(self) -> str:

@@ -83,6 +83,7 @@ def format_plan(plan, fmt: str = "text", *, declarations: bool = False) -> str:
             "",
             steps_markdown(steps),
         ]
+        lines += [f"\n> **warning:** {md_escape(w)}" for w in plan.warnings]
         lines += [f"\n> note: {md_escape(n)}" for n in plan.notes]
         return "\n".join(lines)
     if fmt != "text":
@@ -92,6 +93,7 @@ def format_plan(plan, fmt: str = "text", *, declarations: bool = False) -> str:
         f"plan for {plan.project} (target {plan.target}, {where}); dry run: nothing is written"
     ]
     lines += [step_line(s, width) for s in steps]
+    lines += [f"warning: {w}" for w in plan.warnings]
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(f"summary: {summary}")
     return "\n".join(lines)

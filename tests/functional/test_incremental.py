@@ -92,7 +92,12 @@ def test_a_selection_over_a_stale_table_does_not_hide_it_from_the_next_run(proje
         assert "`-s user_features+` rebuilds it and what reads it" in r.stderr + r.stdout
         assert project.sql("select count(*) from segments.lifecycle")[0][0] == 60
     plan = project.cli("run", "--dry-run", "-s", "lifecycle").stdout
-    assert "note: model.user_features is not selected and out of date" in plan
+    # said as the run says it
+    assert "\nwarning: model.user_features is not selected and out of date" in plan
+    as_json = json.loads(
+        project.cli("run", "--dry-run", "-s", "lifecycle", "--format", "json").stdout
+    )
+    assert as_json["warnings"][0].startswith("model.user_features is not selected and out of date")
     project.cli("run")
     for table in ("segments.lifecycle", "segments.behaviour", '_segtool."texts__story"'):
         assert project.sql(f"select count(*) from {table}")[0][0] == 63, table
