@@ -19,8 +19,9 @@ import os
 import re
 import signal
 import threading
+import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache, wraps
 from itertools import chain
@@ -54,9 +55,37 @@ RENDER_SECONDS = 2.0
 # CPU seconds, as a multiple of the time limit, that one render may use before
 # the process is ended (cpu_backstop): the limit cannot stop a running C call
 BACKSTOP_FACTOR = 10
+# seconds compiling one template may take (a time limit, ceiling and backstop
+# as for a render), the longest template source, and the most Python its code
+# generator may write for Python's compile() (one C call: ~5 s at this size)
+COMPILE_SECONDS = 10.0
+MAX_TEMPLATE_CHARS = 1_000_000
+MAX_CODE_CHARS = 10_000_000
 
 _WIDTH = re.compile(r"(\d+)")
 _PADDING_METHODS = {"ljust", "rjust", "center", "zfill", "expandtabs"}
+# methods whose cost is the text's length times their argument's, in one C
+# call: reverse searches (CPython's is quadratic at worst: 1,000,000 by
+# 500,000 characters ran past 20 s), stripping a set of characters, and a
+# tuple of prefixes or suffixes (each compared in turn)
+_QUADRATIC_METHODS = frozenset(
+    (
+        "rfind",
+        "rindex",
+        "rsplit",
+        "rpartition",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "startswith",
+        "endswith",
+    )
+)
+# the most character comparisons such a call may make (~0.2 s)
+MAX_WORK = 1_000_000_000
+# the longest text the int filter reads (Python's own bound for base 10;
+# base 16 has none: 1,000,000 hex digits made ints whose sum ran 20 s)
+MAX_INT_DIGITS = 4300
 # Attribute lookups the sandbox answers the same way every time, so they skip
 # its checks (`c.category` on a row's struct, `loop.last`): a dict's key that is
 # not a dict attribute (getattr() fails, then the sandbox reads obj[key]), and
@@ -68,6 +97,11 @@ _LOOP_ATTRIBUTES = frozenset(n for n in dir(LoopContext) if not n.startswith("_"
 
 class RenderTimeout(Exception):
     """A render ran past RENDER_SECONDS."""
+
+
+class TemplateTooLarge(jinja2.TemplateSyntaxError):
+    """A template past what the sandbox compiles (a syntax error to the
+    callers that parse templates: validate reports it at the file)."""
 
 
 def _too_big(what: str) -> SecurityError:
@@ -372,6 +406,32 @@ class _Env(ImmutableSandboxedEnvironment):
         super().__init__(*args, **kwargs)
         self.compiled_code: dict[tuple[str, str], Any] = {}  # see compile_template
 
+    def _parse(self, source: str, name: str | None, filename: str | None):
+        # parsing is linear but slow (~5 us a character); every parse passes here
+        if len(source) > MAX_TEMPLATE_CHARS:
+            raise TemplateTooLarge(
+                f"the template is {len(source):,} characters long; the sandbox compiles at most "
+                f"{MAX_TEMPLATE_CHARS:,}",
+                1,
+                name,
+                filename,
+            )
+        return super()._parse(source, name, filename)
+
+    def _compile(self, source: str, filename: str):
+        # Python's compile() of the generated code is one C call the time limit
+        # cannot stop (a 450 KB template of `{{ key }}` lines took 19.7 s and
+        # 1.3 GB): its input is bounded first; each `{{ }}` is ~270 characters
+        if len(source) > MAX_CODE_CHARS:
+            raise TemplateTooLarge(
+                f"the template compiles to {len(source):,} characters of Python; the sandbox "
+                f"compiles at most {MAX_CODE_CHARS:,} (fewer {{{{ }}}} and {{% %}} tags)",
+                1,
+                filename,
+                filename,
+            )
+        return super()._compile(source, filename)
+
     def getitem(
         self, obj: Any, argument: Any, _sandboxed=ImmutableSandboxedEnvironment.getitem
     ) -> Any:
@@ -450,6 +510,8 @@ class _Env(ImmutableSandboxedEnvironment):
         elif text and name == "encode":  # utf-32: four bytes a character
             if len(owner) * 4 > MAX_SIZE:
                 raise _too_big("str.encode")
+        elif text and name in _QUADRATIC_METHODS and args:
+            _check_search(owner, args[0], f"{type(owner).__name__}.{name}")
         elif name in _COMPARING_METHODS or isinstance(owner, _CONTAINERS_AND_TYPES):
             # list.count/index compare the owner's items with the argument;
             # loop.changed, dict.get/fromkeys and constructors compare or hash
@@ -561,6 +623,37 @@ def _checked_wordwrap(
     return jinja2.filters.do_wordwrap(env, s, width, break_long_words, wrapstring, break_on_hyphens)
 
 
+def _check_search(owner, arg, what: str) -> None:
+    """len(owner) x len(arg) character comparisons at most MAX_WORK (a tuple
+    of prefixes: each one's)."""
+    n = len(owner)
+    if isinstance(arg, (str, bytes)):
+        work = n * len(arg)
+    elif isinstance(arg, tuple):
+        work = sum(min(n, len(a)) if isinstance(a, (str, bytes)) else 1 for a in arg)
+    else:
+        return
+    if work > MAX_WORK:
+        raise SecurityError(
+            f"{what} would compare {work:,} characters, past the sandbox limit of {MAX_WORK:,}"
+        )
+
+
+def _checked_trim(value, chars=None):
+    if chars is not None:
+        _check_search(jinja2.filters.soft_str(value), chars, "the trim filter")
+    return jinja2.filters.do_trim(value, chars)
+
+
+def _checked_int(value, default=0, base=10):
+    if isinstance(value, (str, bytes)) and len(value) > MAX_INT_DIGITS:
+        raise SecurityError(
+            f"the int filter would read a number of {len(value):,} characters, past the sandbox "
+            f"limit of {MAX_INT_DIGITS:,}"
+        )
+    return jinja2.filters.do_int(value, default, base)
+
+
 def _checked_batch(value, linecount, fill_with=None):
     if isinstance(linecount, int) and linecount > MAX_SIZE:
         raise _too_big("the batch filter")
@@ -622,7 +715,14 @@ def _checked_urlize(eval_ctx, value, *args, **kwargs):
     return jinja2.filters.do_urlize(eval_ctx, value, *args, **kwargs)
 
 
-def _measured(fn: Callable, what: str) -> Callable:
+# filters that hash or compare the items of their value: an iterator (a
+# `select` or `map` generator) is listed and measured first like a list (a
+# tuple nested 200,000 deep came through `select` to `unique` and crashed
+# the process when hashed)
+_ITEMWISE_FILTERS = frozenset(("unique", "groupby", "sort", "min", "max"))
+
+
+def _measured(fn: Callable, what: str, itemwise: bool = False) -> Callable:
     """A filter of _MEASURED_FILTERS (or a test of _COMPARING_TESTS): its
     container arguments measured first, a text it returns after."""
     value_at = 1 if getattr(fn, "jinja_pass_arg", None) else 0
@@ -630,6 +730,8 @@ def _measured(fn: Callable, what: str) -> Callable:
 
     @wraps(fn)
     def checked(*args, **kwargs):
+        if itemwise and len(args) > value_at and isinstance(args[value_at], Iterator):
+            args = (*args[:value_at], list(args[value_at]), *args[value_at + 1 :])
         if kwargs or len(args) != value_at + 1:
             indent = kwargs.get("indent") if tojson else 0
             for v in (*args, *kwargs.values()):
@@ -642,6 +744,28 @@ def _measured(fn: Callable, what: str) -> Callable:
         raise _too_big(what)
 
     return checked
+
+
+def _hashed_args(args: tuple, what: str) -> list:
+    """Positional arguments whose items become keys (hashed in one C call):
+    iterators listed, each measured (nesting depth included)."""
+    out = [list(a) if isinstance(a, Iterator) else a for a in args]
+    for a in out:
+        _check_text_len(a, what)
+    return out
+
+
+def _checked_dict(*args, **kwargs) -> dict:
+    """The dict() global: `dict([[t, 1]])` hashed a tuple nested 200,000 deep
+    (the process crashed); its arguments are measured as keys are elsewhere."""
+    return dict(*_hashed_args(args, "dict()"), **kwargs)
+
+
+_checked_dict.fromkeys = dict.fromkeys  # type: ignore[attr-defined]  # measured as a call on `dict`
+
+
+def _checked_namespace(*args, **kwargs) -> Namespace:
+    return Namespace(*_hashed_args(args, "namespace()"), **kwargs)
 
 
 def _checked_format(value, *args, **kwargs):
@@ -729,14 +853,20 @@ def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env.filters["sum"] = _checked_sum
     env.filters["round"] = _checked_round
     env.filters["urlize"] = _checked_urlize
+    env.filters["trim"] = _checked_trim
+    env.filters["int"] = _checked_int
     for name in _MEASURED_FILTERS:
-        env.filters[name] = _measured(env.filters[name], f"the {name} filter")
+        env.filters[name] = _measured(
+            env.filters[name], f"the {name} filter", itemwise=name in _ITEMWISE_FILTERS
+        )
     for name in _COMPARING_TESTS:
         env.tests[name] = _measured(env.tests[name], f"the {name} test")
     env.concat = _bounded_output  # what a render yields, measured before the join
     env.template_class = _Template
     # lipsum(n) builds n paragraphs: no use in a segment project, and unbounded
     env.globals.pop("lipsum", None)
+    env.globals["dict"] = _checked_dict
+    env.globals["namespace"] = _checked_namespace
     return env
 
 
@@ -774,7 +904,17 @@ def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:
         if code is None:
             if len(codes) >= 1024:  # a long-lived process (the Python API) edits models
                 codes.clear()
-            code = codes[(text, name)] = env.compile(text, name=name, filename=name)
+            with time_limit(max(COMPILE_SECONDS, render_seconds())):
+                code = env.compile(text, name=name, filename=name)
+            codes[(text, name)] = code
+    except (RenderTimeout, MemoryError) as exc:
+        raise render_error(exc, name, "template", "compile") from exc
+    except TemplateTooLarge as exc:
+        raise ProjectError(
+            exc.message or str(exc),
+            path=name,
+            hint="a template this large is not compiled in the sandbox: split it, or use fewer tags",
+        ) from exc
     except jinja2.TemplateSyntaxError as exc:
         raise ProjectError(
             f"template syntax error: {exc.message}",
@@ -820,28 +960,42 @@ def time_limit(seconds: float | None = None):
     limit) over it. Yields `rearm()`, which restarts both clocks: a batch
     installs the handlers once and rearms them per user (two setitimer
     calls), so the limit costs little per text. Main thread only: signals
-    cannot interrupt other threads, and the ceiling is the process's."""
+    cannot interrupt other threads, and the ceiling is the process's. Within
+    a time limit already held, it holds nothing more (the outer one governs:
+    an inner one would disarm it on leaving). `seconds` <= 0 lifts the time
+    limit and the backstop, not the memory ceiling."""
     seconds = render_seconds() if seconds is None else seconds
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+    if _HELD or threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
+    if seconds <= 0:
+        with _held(), memory_ceiling():
+            yield lambda: None
+        return
+    armed = [0.0]
 
     def expire(signum, frame):
-        raise RenderTimeout(f"took longer than {seconds:g}s")
+        took = time.perf_counter() - armed[0]
+        # a C call the handler could not interrupt ran on: say how long
+        late = f" ({took:.1f}s: one call ran on past the limit)" if took > 1.5 * seconds else ""
+        raise RenderTimeout(f"took longer than {seconds:g}s{late}")
 
     setitimer, real, prof = signal.setitimer, signal.ITIMER_REAL, getattr(signal, "ITIMER_PROF", 0)
+    clock = time.perf_counter
     previous = signal.signal(signal.SIGALRM, expire)
     try:
-        with memory_ceiling(), cpu_backstop(seconds * BACKSTOP_FACTOR) as cpu_seconds:
+        with _held(), memory_ceiling(), cpu_backstop(seconds * BACKSTOP_FACTOR) as cpu_seconds:
             if cpu_seconds:
 
                 def rearm() -> None:  # per user: two system calls
+                    armed[0] = clock()
                     setitimer(real, seconds)
                     setitimer(prof, cpu_seconds)
 
             else:
 
                 def rearm() -> None:
+                    armed[0] = clock()
                     setitimer(real, seconds)
 
             rearm()
@@ -849,6 +1003,18 @@ def time_limit(seconds: float | None = None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+_HELD: list[bool] = []  # non-empty while a time_limit is held (main thread only)
+
+
+@contextmanager
+def _held():
+    _HELD.append(True)
+    try:
+        yield
+    finally:
+        _HELD.pop()
 
 
 @contextmanager
@@ -878,7 +1044,8 @@ def cpu_backstop(cpu_seconds: float):
         yield None
         return
     try:  # fd 2, not sys.stderr: CliRunner and pytest replace it with objects without a file
-        faulthandler.register(signal.SIGPROF, file=2, all_threads=False, chain=True)
+        # every thread's stack: the kernel may deliver SIGPROF to one of DuckDB's
+        faulthandler.register(signal.SIGPROF, file=2, all_threads=True, chain=True)
     except (OSError, ValueError, RuntimeError):
         yield None
         return
@@ -924,7 +1091,9 @@ def memory_ceiling():
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def render_error(exc: BaseException, name: str, what: str = "template") -> ProjectError:
+def render_error(
+    exc: BaseException, name: str, what: str = "template", doing: str = "render"
+) -> ProjectError:
     if isinstance(exc, ProjectError):
         if exc.path is None:
             exc.path = name
@@ -941,20 +1110,26 @@ def render_error(exc: BaseException, name: str, what: str = "template") -> Proje
         )
     if isinstance(exc, SecurityError):
         return ProjectError(f"unsafe operation in {what}: {exc}", path=name, line=line)
+    if doing == "compile":  # the template as a whole: no line
+        hint = "a template this large is not compiled in the sandbox: split it, or use fewer tags"
     if isinstance(exc, MemoryError):
         return ProjectError(
-            f"{what} used more memory than a render may ({RENDER_MEMORY >> 20:,} MB beyond the "
-            "process's)",
+            f"{what} used more memory than {'compiling' if doing == 'compile' else 'a render'} may "
+            f"({RENDER_MEMORY >> 20:,} MB beyond the process's)",
             path=name,
             line=line,
-            hint="a value grows without bound; SEGTOOL_RENDER_MEMORY_MB sets the limit",
+            hint=hint
+            if doing == "compile"
+            else "a value grows without bound; SEGTOOL_RENDER_MEMORY_MB sets the limit",
         )
     if isinstance(exc, RenderTimeout):
         return ProjectError(
-            f"{what} {exc} to render",
+            f"{what} {exc} to {doing}",
             path=name,
             line=line,
-            hint="a loop or computation runs away; SEGTOOL_RENDER_TIMEOUT sets the limit in seconds",
+            hint=hint
+            if doing == "compile"
+            else "a loop or computation runs away; SEGTOOL_RENDER_TIMEOUT sets the limit in seconds",
         )
     if isinstance(exc, jinja2.TemplateError):
         return ProjectError(f"{what} error: {exc}", path=name, line=line)

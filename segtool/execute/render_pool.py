@@ -44,6 +44,7 @@ POOL_MIN_TWO_CPUS, POOL_MIN_MORE_CPUS = 100_000, 20_000
 # from this many, a smaller work set renders on two CPUs (a fork and this process)
 RENDER_SPLIT_MIN = int(os.environ.get("SEGTOOL_RENDER_SPLIT_MIN", "2000"))
 SUB_BATCH = 5_000
+BACKSTOP_HINT = "10x SEGTOOL_RENDER_TIMEOUT of CPU in one user's render"
 # a bound on memory and start-up (each worker is a fresh interpreter); not tuned
 # beyond the 2-core machines segtool is benchmarked on
 MAX_WORKERS = 8
@@ -152,8 +153,8 @@ def render_parallel(job: RenderJob, batches: Iterator, workers: int):
         # template's frame, is on stderr above), for memory, or from outside
         raise ProjectError(
             f"text '{job.text_name}': a render worker process ended abruptly",
-            hint="a template call that runs past 10x SEGTOOL_RENDER_TIMEOUT in CPU ends its "
-            "process (its Python stack is printed above); so do the system's memory limits",
+            hint=f"a template call past the CPU backstop ({BACKSTOP_HINT}) ends its process, "
+            "with its Python stack printed above; so do the system's memory limits",
         ) from exc
 
 
@@ -257,7 +258,19 @@ def render_split(proj, spec, table, render, prefetch=()) -> tuple[list[tuple], i
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-    if os.waitstatus_to_exitcode(status) == 0 and delivered is not None:
+    code = os.waitstatus_to_exitcode(status)
+    if code == -getattr(signal, "SIGPROF", 0) and done < n:
+        # the CPU backstop ended the child (its stack is on stderr): rendering
+        # its rows here would run the same call for as long again, then end
+        # this process without a word
+        from segtool.errors import ProjectError
+
+        raise ProjectError(
+            f"text '{spec.name}': a user's render ran one call past the CPU backstop "
+            f"({BACKSTOP_HINT})",
+            hint="the Python stack printed above names the template and the call",
+        )
+    if code == 0 and delivered is not None:
         lo, theirs = delivered
         texts += theirs[done - lo :]
     else:

@@ -5,9 +5,11 @@ in-memory DuckDB, rule/population predicates)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1146,3 +1148,121 @@ print("done", [t for t, _ in out])
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "done ['None0', 'None1', 'None2', 'None3']" in proc.stdout
+
+
+def test_a_template_too_large_to_compile_is_refused_before_compiling(monkeypatch):
+    """Python's compile() of a template's code is one C call, outside the
+    time limit: a 450 KB template of `{{ key }}` lines compiled for 19.7 s
+    in 1.3 GB (an audit). The source and the generated code are bounded."""
+    import segtool.compile.jinja as jinja
+
+    with pytest.raises(ProjectError, match="is 1,200,000 characters long; the sandbox compiles at"):
+        render_string("{{ key }}\n" * 120_000, {"key": 1}, name="templates/big.j2")
+    monkeypatch.setattr(jinja, "MAX_CODE_CHARS", 100_000)
+    with pytest.raises(ProjectError, match="compiles to [0-9,]+ characters of Python") as e:
+        render_string("{{ key }}\n" * 1_000, {"key": 1}, name="templates/big.j2")
+    assert e.value.path == "templates/big.j2"
+    # validate's parse sees the size too, as a syntax error at the file
+    with pytest.raises(jinja2.TemplateSyntaxError, match="1,200,000 characters"):
+        default_env().parse("{{ key }}\n" * 120_000)
+
+
+def test_compiling_has_a_time_limit(monkeypatch):
+    import segtool.compile.jinja as jinja
+
+    monkeypatch.setattr(jinja, "COMPILE_SECONDS", 0.01)
+    monkeypatch.setenv("SEGTOOL_RENDER_TIMEOUT", "0.01")
+    text = "{% if key %}{{ key }}{% endif %}\n" * 3_000  # ~0.3 s to parse and generate
+    with pytest.raises(ProjectError, match="template took longer than 0.01s to compile"):
+        render_string(text, {"key": 1}, name="templates/slow.j2")
+
+
+@pytest.mark.parametrize(
+    ("expr", "what"),
+    [
+        ("dict([[ns.t, 1]])", "dict()"),
+        ("namespace([[ns.t, 1]])", "namespace()"),
+        ("[ns.t] | select | unique | list", "the unique filter"),
+        ("[ns.t] | select | sort", "the sort filter"),
+        ("[ns.t] | map('first') | select | max", "the max filter"),
+    ],
+)
+def test_keys_from_a_generator_or_dict_are_measured_before_they_are_hashed(expr, what):
+    """Hashing a tuple nested 200,000 deep overflows C's stack (the process
+    crashed): keys reached dict(), namespace() and unique through a
+    generator unmeasured. At more than 1,000 levels they are refused."""
+    deep = (
+        "{% set ns = namespace(t=1) %}"
+        "{% for i in range(2000) %}{% set ns.t = (ns.t,) %}{% endfor %}"
+    )
+    with pytest.raises(
+        ProjectError, match=f"unsafe operation in template: {re.escape(what)} would"
+    ):
+        render_string(deep + "{{ (" + expr + ") | length }}", {}, name="t.j2")
+
+
+def test_an_inner_time_limit_leaves_the_outer_armed_and_zero_keeps_the_ceiling(monkeypatch):
+    import resource
+
+    from segtool.compile.jinja import RenderTimeout, time_limit
+
+    with pytest.raises(RenderTimeout):
+        with time_limit(0.2):
+            with time_limit(5):  # compiling inside a render: the outer limit governs
+                pass
+            while True:
+                pass
+    if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        pytest.skip("this process already has an address-space limit")
+    with time_limit(0):  # SEGTOOL_RENDER_TIMEOUT=0 lifts the time limit only
+        assert resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+
+
+def test_a_timeout_says_how_long_a_call_ran_past_the_limit():
+    """The handler runs once a C call returns: `took longer than 0.1s` for a
+    call that ran 14 s misled (an audit)."""
+    import hashlib
+
+    from segtool.compile.jinja import RenderTimeout, time_limit
+
+    t = time.process_time()
+    hashlib.pbkdf2_hmac("sha256", b"x", b"y", 100_000)
+    per_second = 100_000 / max(time.process_time() - t, 1e-3)
+    with pytest.raises(
+        RenderTimeout, match=r"took longer than 0.1s \(0\.\ds: one call ran on past"
+    ):
+        with time_limit(0.1):  # the backstop is at 1 s of CPU
+            hashlib.pbkdf2_hmac("sha256", b"x", b"y", int(0.4 * per_second))  # one C call
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{{ ("a" * 1000000).rfind("ab" ~ "a" * 499998) }}',  # ran past 20 s in one call
+        '{{ ("a" * 1000000).rsplit("ab" ~ "a" * 499998) | length }}',
+        '{{ ("😀" * 250000).lstrip("😁" * 249999 ~ "😀") | length }}',
+        '{{ ("😀" * 250000) | trim("😁" * 249999 ~ "😀") | length }}',
+        '{% set s = "😀" * 1000000 %}{{ s.startswith((s[:500000] ~ "a",) * 200000) }}',
+        '{% set a = ("f" * 1000000) | int(base=16) %}{{ ([a] * 200000) | sum > 0 }}',
+    ],
+)
+def test_calls_whose_cost_is_a_product_of_lengths_are_bounded(template):
+    """One C call each (an audit): the time limit could not stop them, the
+    CPU backstop would end the process; refused before they run."""
+    t0 = time.perf_counter()
+    with pytest.raises(ProjectError, match="unsafe operation in template"):
+        render_string(template, {}, name="t.j2")
+    assert time.perf_counter() - t0 < 2
+
+
+def test_the_bounded_calls_still_work():
+    assert (
+        render_string('{{ "xxabxx" | trim("x") }} {{ "  a " | trim }}', {}, name="t.j2") == "ab a"
+    )
+    assert render_string(
+        '{{ "a,b,c".rsplit(",", 1) }} {{ "abc".rfind("c") }}', {}, name="t.j2"
+    ) == ("['a,b', 'c'] 2")
+    assert render_string(
+        '{{ "abc".startswith(("x", "a")) }} {{ "ff" | int(base=16) }}', {}, name="t.j2"
+    ) == ("True 255")

@@ -156,17 +156,34 @@ def test_this_side_renders_on_until_the_child_answers(monkeypatch):
     assert texts == list(range(10)) and done == 10
 
 
-def test_a_pool_worker_killed_mid_render_is_an_error_in_words():
+def test_a_pool_worker_killed_mid_render_is_an_error_in_words(monkeypatch):
     """A worker the CPU backstop (or the system, for memory) kills breaks the
-    pool; the run says so in words instead of an internal error."""
-    import multiprocessing
-    import os
-    import signal
+    pool; the run says so in words instead of an internal error. (A pool
+    whose worker is killed while it starts can hang in its shutdown, so the
+    broken pool is a stand-in here.)"""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
 
     import pyarrow as pa
 
     from segtool.errors import ProjectError
 
+    class BrokenPool:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            fut: Future = Future()
+            fut.set_exception(BrokenProcessPool("A process in the process pool was terminated"))
+            return fut
+
+    monkeypatch.setattr(render_pool, "ProcessPoolExecutor", BrokenPool)
     job = render_pool.RenderJob(
         templates={"t": ("{{ key }}", "templates/t.j2")},
         template="t",
@@ -175,14 +192,44 @@ def test_a_pool_worker_killed_mid_render_is_an_error_in_words():
         max_chars=100,
         vars={},
     )
+    table = pa.table({"id": list(range(10)), "__row_hash": list(range(10))})
+    with pytest.raises(ProjectError, match="text 'story': a render worker process ended") as e:
+        list(render_pool.render_parallel(job, iter([table] * 6), 2))
+    assert "CPU backstop" in e.value.hint
 
-    def batches():
-        table = pa.table({"id": list(range(10)), "__row_hash": list(range(10))})
-        yield table
-        for child in multiprocessing.active_children():
-            os.kill(child.pid, signal.SIGKILL)
-        yield table
-        yield table
 
-    with pytest.raises(ProjectError, match="text 'story': a render worker process ended"):
-        list(render_pool.render_parallel(job, batches(), 2))
+def test_a_child_ended_by_the_cpu_backstop_is_an_error_not_a_second_kill(monkeypatch):
+    """The child renders rows that hold a call past the CPU backstop and is
+    ended (SIGPROF): rendering them here would run the call as long again and
+    end this process without a word. The run stops with a message instead."""
+    import os
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from segtool.errors import ProjectError
+
+    def ended_by_the_backstop(proj, spec, table, render, out_fd, stop_fd):
+        os.write(out_fd, render_pool._REPORT.pack(b"F", 20))  # took rows 20 to 40
+        os.kill(os.getpid(), signal.SIGPROF)
+
+    rendered = []
+
+    def render(ctx):
+        if not rendered:
+            time.sleep(0.3)  # the child is gone before this side reaches its rows
+        rendered.append(ctx["key"])
+        return f"user {ctx['key']}"
+
+    monkeypatch.setattr(render_pool, "_render_from_the_end", ended_by_the_backstop)
+    monkeypatch.setattr(render_pool, "SPLIT_CHUNK", 4)
+    proj = SimpleNamespace(key="user_id")
+    spec = SimpleNamespace(name="story", max_chars=100)
+    table = pa.table({"user_id": list(range(40)), "__row_hash": list(range(40))})
+    with pytest.raises(
+        ProjectError, match="text 'story': a user's render ran one call past the CPU"
+    ):
+        render_pool.render_split(proj, spec, table, render)
+    assert max(rendered) < 20  # the child's rows were not rendered again here
