@@ -13,6 +13,7 @@ import duckdb
 
 from segtool.compile.guard import check_expression
 from segtool.compile.jinja import render_string, sql_env
+from segtool.compile.reads import reads_of
 from segtool.compile.sql import make_var, relation
 from segtool.errors import ProjectError
 from segtool.project.secrets import env_digest_of
@@ -65,7 +66,8 @@ def predicate_vars(proj, seg) -> dict | None:
     model's `vars_used`): a --vars change to one of them moves users, a change
     to any other var does not. None when they read none."""
     texts = [t for t in (seg.population, *(r.when for r in seg.rules)) if t]
-    if not any("var(" in t for t in texts):
+    reads = reads_of(*texts)
+    if reads.vars == frozenset() and reads.env_vars == frozenset():
         return None
     # env_var() values too (as a digest: they may be secrets): a changed one
     # moved no user, the run said "rules and model data unchanged"

@@ -4,7 +4,6 @@ is_incremental/this, and record what each model depends on."""
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,10 +67,6 @@ def make_var(proj: LoadedProject, used: dict[str, Any] | None = None, *, quote: 
     return var
 
 
-# var('name') / var("name", ...): group 2; var(<an expression>): group 3
-_VAR_CALL = re.compile(r"""\bvar\(\s*(?:(['"])([^'"]*)\1\s*(?=[,)])|(.))""", re.S)
-
-
 def unread_vars(proj: LoadedProject, names) -> list[str]:
     """Of `names` (the keys of --vars), those the project neither declares
     under `vars:` nor reads with var('name') in a model, a template or a
@@ -86,13 +81,12 @@ def unread_vars(proj: LoadedProject, names) -> list[str]:
     specs += [s.source for s in proj.sources.values()]
     for kind in (proj.features, proj.texts, proj.encoders, proj.segmentations):
         specs += kind.values()
-    texts += [t for spec in specs for t in _strings(spec.model_dump()) if "var(" in t]
-    read: set[str] = set()
-    for text in texts:
-        for match in _VAR_CALL.finditer(text):
-            if match.group(3) is not None:
-                return []
-            read.add(match.group(2))
+    texts += [t for spec in specs for t in _strings(spec.model_dump()) if "var" in t]
+    from segtool.compile.reads import reads_of
+
+    read = reads_of(*texts).vars
+    if read is None:
+        return []
     return [n for n in names if n not in read]
 
 

@@ -171,7 +171,7 @@ def project_diff(
         steps = list(plan.steps)
         for c in changes:
             c["forces"] = _forces(c, steps, graph)
-        return {
+        result = {
             "schema_version": SCHEMA_VERSION,
             "kind": "project_diff",
             "project": head.project.name,
@@ -182,3 +182,28 @@ def project_diff(
             "changes": changes,
             "steps": [s.to_dict() for s in steps if s.action != "skip"],
         }
+        return _masked(result, base.project.loaded, head.project.loaded)
+
+
+def _masked(result: dict, *versions) -> dict:
+    """`result` with the values of either version's `secret_vars` (and any
+    env_var() value read) masked: the diff goes to CI logs and pull-request
+    comments (it printed `vars.api_key: old -> new` in clear). A change to a
+    secret var reads `changed (secret)`, however short its values."""
+    import re
+
+    from segtool.project.secrets import MASK, Secrets
+
+    names = sorted({n for v in versions for n in v.spec.secret_vars})
+    secrets = Secrets()
+    for v in versions:
+        secrets.values |= v.secrets.values
+    if names:
+        secret_detail = re.compile(
+            rf"^((?:\S+\.)?vars(?:_used)?\.(?:{'|'.join(map(re.escape, names))})): .*$"
+        )
+        for c in result["changes"]:
+            c["details"] = [
+                secret_detail.sub(rf"\1: changed (secret: {MASK})", d) for d in c["details"]
+            ]
+    return secrets.mask_obj(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from segtool.compile.predicates import predicate_vars
+from segtool.compile.reads import reads_of
 from segtool.compile.sql import CompiledModel, compile_model
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
 from segtool.graph.dag import Graph, Node
@@ -47,7 +48,13 @@ def template_dependencies(proj: LoadedProject, name: str) -> list[str]:
             ast = default_env().parse(proj.templates[t].text)
         except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
             continue
-        todo.extend(r for r in jinja2.meta.find_referenced_templates(ast) if r)
+        refs = list(jinja2.meta.find_referenced_templates(ast))
+        if None in refs:
+            # a name computed when rendering ({% include "parts/" ~ channel ~ ".j2" %}):
+            # it may be any template, so the text depends on every one (an
+            # edit to parts/paid_search.j2 changed nothing the plan saw)
+            refs = list(proj.templates)
+        todo.extend(r for r in refs if r)
     return seen
 
 
@@ -184,11 +191,16 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                             hint=did_you_mean(ref, proj.templates),
                         )
                     )
-        sources_text = "".join(proj.templates[t].text for t in tdeps)
-        # templates may read vars: then their values are part of what the text depends on
-        uses_vars = "var(" in sources_text
+        texts = [proj.templates[t].text for t in tdeps]
+        # the vars the templates read are part of what the text depends on
+        # (those read: a var no template reads re-rendered every user)
+        read = reads_of(*texts).vars
+        if read is None:  # a name computed when rendering: any var
+            used_vars: dict | None = dict(proj.vars)
+        else:
+            used_vars = {n: proj.vars[n] for n in sorted(read) if n in proj.vars} if read else None
         # ... and the environment variables they read (a digest: values may be secrets)
-        env = env_digest_of(sources_text)
+        env = env_digest_of(*texts)
         nodes.append(
             Node(
                 unique_id=f"text.{name}",
@@ -204,7 +216,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                     "model": tx.model,
                     "max_chars": tx.max_chars,
                     "templates": {t: proj.templates[t].text for t in tdeps},
-                    "vars": proj.vars if uses_vars else None,
+                    "vars": used_vars,
                     **({"env_var()": env} if env else {}),
                 },
             )

@@ -15,7 +15,6 @@ would print a CI secret in a bind error, past any masking."""
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from segtool.errors import ProjectError
@@ -52,13 +51,14 @@ def env_digest(names) -> str | None:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
-_ENV_VAR_CALL = re.compile(r"""env_var\(\s*['"]([^'"]+)['"]""")
-
-
 def env_digest_of(*texts: str) -> str | None:
     """env_digest of the variables `env_var('NAME', ...)` reads in the
-    texts of templates or predicates."""
-    return env_digest(n for t in texts for n in _ENV_VAR_CALL.findall(t))
+    texts of templates or predicates (compile/reads.py; a name computed when
+    rendering: every variable a project may read)."""
+    from segtool.compile.reads import reads_of
+
+    names = reads_of(*texts).env_vars
+    return env_digest(names if names is not None else [n for n in os.environ if readable(n)])
 
 
 def forget_read() -> None:

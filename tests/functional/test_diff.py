@@ -182,6 +182,34 @@ def test_description_only_edit_is_metadata_only(twins):
     head.cli("diff", str(base.root), str(head.root), "--fail-on", "nodes_changed>0")
 
 
+def test_a_secret_var_s_values_stay_out_of_the_diff(twins):
+    """The diff goes to CI logs and pull-request comments: it printed
+    `vars.api_key: old -> new` in clear (text, Markdown and JSON)."""
+    base, head = twins
+    for pd, key in ((base, "k3y-before-2024"), (head, "k3y-after-2025")):
+        pd.edit(
+            "segtool_project.yml",
+            'vars: {as_of: "2024-07-01"}',
+            f'vars: {{as_of: "2024-07-01", api_key: "{key}", tier: 7}}\nsecret_vars: [api_key, tier]',
+        )
+        pd.write(
+            "templates/story.j2", "{{ var('api_key') }} {{ var('tier') }}: {{ orders }} orders"
+        )
+    head.edit("segtool_project.yml", "tier: 7", "tier: 8")  # short: masked by name
+    outputs = [
+        head.cli("diff", str(base.root), str(head.root), "--format", fmt).stdout
+        for fmt in ("text", "markdown", "json")
+    ]
+    for out in outputs:
+        assert "k3y-before-2024" not in out and "k3y-after-2025" not in out, out
+        assert "7 -> 8" not in out
+    r = json.loads(outputs[2])
+    assert change(r, "text.story")["details"] == [
+        "vars.api_key: changed (secret: ***)",
+        "vars.tier: changed (secret: ***)",
+    ]
+
+
 def test_encoder_change_reembeds_and_refits_every_user(twins):
     base, head = twins
     second = (

@@ -458,3 +458,65 @@ def test_the_templates_orders_load_after_a_first_build_with_none(tmp_path):
         )
     finally:
         con.close()
+
+
+def _rendered_again(project, *args) -> str:
+    project.cli("run", *args)
+    results = json.loads((project.root / "target/run_results.json").read_text())
+    return next(r["action"] for r in results["results"] if r["unique_id"] == "text.story")
+
+
+def test_a_var_is_found_however_the_call_is_written(project):
+    """Found by searching for `var(`: `var ('x')` (valid Jinja) and an alias
+    of var were never seen, so a changed value left every text and rule as
+    it was ('nothing to do')."""
+    project.edit(
+        "segtool_project.yml",
+        'vars: {as_of: "2024-07-01"}',
+        'vars: {as_of: "2024-07-01", big_at: 300, label: "A"}',
+    )
+    project.write("templates/story.j2", "{% set v = var %}{{ v('label') }}: {{ orders }} orders")
+    project.edit(
+        "segments/segments.yml", 'when: "revenue > 300"', "when: \"revenue > {{ var ('big_at') }}\""
+    )
+    project.cli("run")
+    assert _rendered_again(project, "--vars", "{label: B}") == "rebuild"
+    assert (
+        project.sql("select count(*) from _segtool.texts__story where text like 'B:%'")[0][0] == 60
+    )
+    big_before = project.sql("select count(*) from segments.lifecycle where segment = 'big'")[0][0]
+    project.cli("run", "--vars", "{label: B, big_at: 0}")
+    big_after = project.sql("select count(*) from segments.lifecycle where segment = 'big'")[0][0]
+    assert big_after > big_before
+
+
+def test_a_template_depends_on_the_vars_it_reads_only(project):
+    """A template that read one var was rendered again for every user when any
+    var changed (a var only a model or a rule reads re-rendered everyone)."""
+    project.edit(
+        "segtool_project.yml",
+        'vars: {as_of: "2024-07-01"}',
+        'vars: {as_of: "2024-07-01", label: "A", other: 1}',
+    )
+    project.write("templates/story.j2", "{{ var('label') }}: {{ orders }} orders")
+    project.cli("run")
+    assert _rendered_again(project, "--vars", "{other: 2}") == "skip"
+    assert _rendered_again(project, "--vars", "{other: 2, label: B}") == "rebuild"
+
+
+def test_a_template_included_by_a_computed_name_is_followed(project):
+    """`{% include "parts/" ~ country ~ ".j2" %}`: an edit to a part changed
+    nothing the plan saw (state:modified, diff and run all said so)."""
+    project.write("templates/parts/a.j2", "part a")
+    project.write("templates/parts/b.j2", "part b")
+    project.write(
+        "templates/story.j2",
+        '{{ orders }} orders. {% include "parts/" ~ ("a" if orders % 2 else "b") ~ ".j2" %}',
+    )
+    project.cli("run")
+    project.write("templates/parts/b.j2", "part b, edited")
+    assert _rendered_again(project) == "rebuild"
+    assert (
+        project.sql("select count(*) from _segtool.texts__story where text like '%edited'")[0][0]
+        > 0
+    )

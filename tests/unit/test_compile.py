@@ -1266,3 +1266,26 @@ def test_the_bounded_calls_still_work():
     assert render_string(
         '{{ "abc".startswith(("x", "a")) }} {{ "ff" | int(base=16) }}', {}, name="t.j2"
     ) == ("True 255")
+
+
+@pytest.mark.parametrize(
+    ("text", "vars_", "env_vars"),
+    [
+        ("{{ var('a') }} {{ var(\"b\", 1) }}", {"a", "b"}, set()),
+        ("{{ var ('a') }}{{ env_var ('SEGTOOL_X') }}", {"a"}, {"SEGTOOL_X"}),  # a space: missed
+        ("{{ var(name='a') }}", {"a"}, set()),
+        ("{% set v = var %}{{ v('a') }}", None, set()),  # an alias: any var
+        ("{{ var('a' ~ x) }}", None, set()),  # a computed name
+        ("{{ env_var(n) }}", set(), None),
+        ("{{ variance }} no calls", set(), set()),
+        ("{% if %}{{ var('a') }}", None, None),  # does not parse: nothing is missed
+    ],
+)
+def test_the_vars_and_env_vars_a_text_reads_come_from_its_syntax(text, vars_, env_vars):
+    from segtool.compile.reads import reads_of
+
+    r = reads_of(text)
+    assert (r.vars, r.env_vars) == (
+        None if vars_ is None else frozenset(vars_),
+        None if env_vars is None else frozenset(env_vars),
+    )
