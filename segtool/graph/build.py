@@ -70,6 +70,18 @@ def _referenced(proj: LoadedProject, name: str) -> list[str]:
     return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
 
 
+def _incremental_branch(proj: LoadedProject, m, cm) -> str | None:
+    """An incremental model's SQL as a merge compiles it, when it differs from
+    the full build's (is_incremental() in its SQL); else None."""
+    if cm.config.materialized != "incremental" or "is_incremental" not in m.sql:
+        return None
+    try:
+        merge = compile_model(proj, m, incremental=True)
+    except ProjectError:  # the run reports it when it merges; the full build compiled
+        return None
+    return merge.portable_sql if merge.portable_sql != cm.portable_sql else None
+
+
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
     nodes: list[Node] = []
     errors: list[ProjectError] = []
@@ -112,6 +124,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         if not cm.config.enabled:
             continue
         compiled[name] = cm
+        branch = _incremental_branch(proj, m, cm)
         props = m.props
         nodes.append(
             Node(
@@ -132,6 +145,10 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                     # only when set: a new key in every model's data would change
                     # every own_hash, and rebuild every model after an upgrade
                     **({"delete_not_in": keep} if (keep := cm.config.delete_not_in) else {}),
+                    # what a merge runs, when is_incremental() changes it: an
+                    # edit inside `{% if is_incremental() %}` changed no hash
+                    # (state:modified, diff and run all missed it)
+                    **({"incremental_sql": branch} if branch else {}),
                 },
                 meta=_model_meta(m),
             )

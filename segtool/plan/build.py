@@ -355,11 +355,12 @@ class Planner:
     def model_step(self, uid: str) -> Step:
         node = self.graph[uid]
         cm = self.built.compiled[node.name]
+        stored = self.state.node(uid)
         action, reason = decide.model_action(
             materialized=cm.config.materialized,
             exists_as=self.state.model_kind(node.name),
-            stored=self.state.node(uid),
-            own_hash=node.own_hash,
+            stored=stored,
+            own_hash=stored.own_hash if _only_the_branch_is_new(stored, node) else node.own_hash,
             input_hash=self._input[uid],
             exec_hash=self._exec[uid],
             volatile=self.data_aware and self.volatile(node.name),
@@ -719,3 +720,15 @@ def plan_steps(planner: Planner, uids: list[str]) -> list[Step]:
             else:
                 out.append(getattr(planner, f"{kind}_step")(uid))
     return out
+
+
+def _only_the_branch_is_new(stored, node) -> bool:
+    """State written before segtool fingerprinted an incremental model's
+    is_incremental() branch: every other part of its definition is as
+    stored, so its SQL did not change (a rebuild from scratch of every such
+    model after the upgrade would be for nothing); the run records the
+    branch, and an edit to it from then on rebuilds the model."""
+    if stored is None or stored.parts is None or "incremental_sql" in stored.parts:
+        return False
+    now = node.part_hashes()
+    return "incremental_sql" in now and decide.changed_parts(stored, now) == ["incremental_sql"]

@@ -1507,3 +1507,72 @@ def test_show_s_last_run_counts_a_run_that_only_removed_users(project):
     assert any(
         line.split()[:5] == ["lifecycle", "rules", "59", "3", "2"] for line in listing.splitlines()
     ), listing
+
+
+def _incremental_user_features(project) -> None:
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='incremental', unique_key='user_id') }}",
+    )
+    project.edit(
+        "models/user_features.sql",
+        "group by all",
+        "{% if is_incremental() %}where u.user_id not in (select user_id from {{ this }}){% endif %}\n"
+        "group by all",
+    )
+
+
+def _model_step(project, uid="model.user_features") -> dict:
+    results = json.loads((project.root / "target/run_results.json").read_text())["results"]
+    return next(r for r in results if r["unique_id"] == uid)
+
+
+def test_an_edit_inside_is_incremental_is_a_change(project):
+    """Node hashes came from the full build's SQL only: an edit inside
+    `{% if is_incremental() %}` changed nothing state:modified, diff or run
+    saw, and every later merge ran the new filter over rows the old one made."""
+    _incremental_user_features(project)
+    project.cli("run")
+    project.cli("compile")
+    (project.root / "prev").mkdir()
+    (project.root / "target/manifest.json").rename(project.root / "prev/manifest.json")
+    project.edit("models/user_features.sql", "where u.user_id not in", "where u.user_id + 0 not in")
+    listed = project.cli("ls", "-s", "state:modified", "--state", str(project.root / "prev")).stdout
+    assert "model.user_features" in listed
+    project.cli("run")
+    step = _model_step(project)
+    assert (step["action"], step["reason"]) == (
+        "rebuild",
+        "SQL changed: rebuilt in full, so no row keeps the old SQL's values",
+    )
+
+
+def test_state_from_before_the_branch_was_fingerprinted_is_not_rebuilt(project):
+    """After the upgrade, an incremental model whose SQL did not change is
+    merged as usual, not rebuilt from scratch: the branch is recorded then."""
+    from segtool.api import Project
+    from segtool.graph.dag import sha
+    from segtool.project.loader import dumps
+
+    _incremental_user_features(project)
+    project.cli("run")
+    node = Project.load(project.root).graph().graph["model.user_features"]
+    assert "incremental_sql" in node.data
+    legacy = {k: v for k, v in node.data.items() if k != "incremental_sql"}
+    parts = {k: v for k, v in node.part_hashes().items() if k != "incremental_sql"}
+    import duckdb
+
+    con = duckdb.connect(str(project.db))  # as a segtool before this change recorded it
+    con.execute(
+        "UPDATE _segtool.nodes SET own_hash = ?, parts = ? WHERE unique_id = 'model.user_features'",
+        [sha(dumps({"kind": "model", "data": legacy})), json.dumps(parts)],
+    )
+    con.close()
+    project.cli("run")
+    assert _model_step(project)["action"] in ("skip", "incremental")  # not rebuilt
+    project.cli("run")
+    assert _model_step(project)["action"] == "skip"
+    project.edit("models/user_features.sql", "where u.user_id not in", "where u.user_id + 0 not in")
+    project.cli("run")
+    assert _model_step(project)["action"] == "rebuild"
