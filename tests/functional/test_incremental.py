@@ -1136,6 +1136,22 @@ def _summary(project):
     return json.loads((project.root / "target/run_results.json").read_text())["summary"]
 
 
+def _incremental_user_features(project) -> None:
+    """user_features incremental; merges see new users only (changed orders
+    of known users wait for a rebuild)."""
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='incremental', unique_key='user_id') }}",
+    )
+    project.edit(
+        "models/user_features.sql",
+        "group by all",
+        "{% if is_incremental() %}where u.user_id not in (select user_id from {{ this }}){% endif %}\n"
+        "group by all",
+    )
+
+
 def test_a_rebuilt_incremental_model_is_new_data_downstream(project):
     """--full-refresh of an incremental model (the fix the docs give for edits
     its merges do not see) recorded the same input hash as before: the texts
@@ -1144,18 +1160,7 @@ def test_a_rebuilt_incremental_model_is_new_data_downstream(project):
     --full-refresh` skipped the texts it changed."""
     from tests.fixtures import data_files
 
-    project.edit(
-        "models/user_features.sql",
-        "{{ config(materialized='table') }}",
-        "{{ config(materialized='incremental', unique_key='user_id') }}",
-    )
-    # merges see new users only: changed orders of known users wait for a rebuild
-    project.edit(
-        "models/user_features.sql",
-        "group by all",
-        "{% if is_incremental() %}where u.user_id not in (select user_id from {{ this }}){% endif %}\n"
-        "group by all",
-    )
+    _incremental_user_features(project)
     project.cli("run")
     for rel, content in data_files(changed=(5, 9)).items():
         project.write(rel, content)
@@ -1507,20 +1512,6 @@ def test_show_s_last_run_counts_a_run_that_only_removed_users(project):
     assert any(
         line.split()[:5] == ["lifecycle", "rules", "59", "3", "2"] for line in listing.splitlines()
     ), listing
-
-
-def _incremental_user_features(project) -> None:
-    project.edit(
-        "models/user_features.sql",
-        "{{ config(materialized='table') }}",
-        "{{ config(materialized='incremental', unique_key='user_id') }}",
-    )
-    project.edit(
-        "models/user_features.sql",
-        "group by all",
-        "{% if is_incremental() %}where u.user_id not in (select user_id from {{ this }}){% endif %}\n"
-        "group by all",
-    )
 
 
 def _model_step(project, uid="model.user_features") -> dict:
