@@ -701,6 +701,11 @@ class Planner:
             changed, left = seg_inputs.rules_changes_sql(k, work, tables.segments(seg.name))
             assigned = self._count(f"SELECT count(*) FROM ({changed})")
             removed = self._count(f"SELECT count(*) FROM ({left})")
+            stored = self.state.node(node.unique_id)
+            if (assigned, removed) == (0, 0) and stored and stored.own_hash == node.own_hash:
+                # the same rules over changed rows that move no user: nothing to
+                # write (diff listed `assign [0 assigned, 0 removed]`)
+                return self._step(node, "skip", "model data changed: no user's segment changes")
         return self._step(
             node, action, reason, {"users": users, "assigned": assigned, "removed": removed}
         )

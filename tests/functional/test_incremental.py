@@ -1567,3 +1567,24 @@ def test_state_from_before_the_branch_was_fingerprinted_is_not_rebuilt(project):
     project.edit("models/user_features.sql", "where u.user_id not in", "where u.user_id + 0 not in")
     project.cli("run")
     assert _model_step(project)["action"] == "rebuild"
+
+
+def test_rules_over_rows_that_move_no_user_are_skipped(project):
+    """A comment in the model's SQL rebuilt it with the same rows: the plan
+    and diff listed `assign segmentation.lifecycle [0 assigned, 0 removed]`
+    (ci.md: a step whose work turns out empty is `skip`)."""
+    project.cli("run")
+    project.edit("models/user_features.sql", "group by all", "-- a comment\ngroup by all")
+    plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
+    step = next(s for s in plan["steps"] if s["unique_id"] == "segmentation.lifecycle")
+    assert (step["action"], step["reason"]) == (
+        "skip",
+        "model data changed: no user's segment changes",
+    )
+    project.cli("run")
+    assert _model_step(project, "segmentation.lifecycle")["action"] == "skip"
+    assert _model_step(project)["action"] == "rebuild"
+    # the same rules on rows that do move users are assigned
+    project.edit("segments/segments.yml", 'when: "revenue > 300"', 'when: "revenue > 200"')
+    project.cli("run")
+    assert _model_step(project, "segmentation.lifecycle")["action"] == "assign"
