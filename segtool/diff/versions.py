@@ -163,6 +163,12 @@ def _load(
                 raise
             project = load(root, vars=vars, linked_root=linked_root)
         project.graph()
+        if role == "HEAD":
+            # what `run` checks first (binding, column tests): a tree run would
+            # reject got a plan and exit 0 (a relationships test to a renamed model)
+            errors = project.validate(check_encoders=False, reuse_bind=True)
+            if errors:
+                raise ProjectErrors(errors)
         return project
     except ProjectError as exc:
         raise tag(exc) from None

@@ -210,6 +210,22 @@ def test_a_secret_var_s_values_stay_out_of_the_diff(twins):
     ]
 
 
+def test_a_head_that_run_would_reject_fails_the_diff(twins):
+    """A relationships test to a model that no longer exists: `run` refuses
+    the tree, the diff printed a plan and exited 0 (CI passed the PR)."""
+    base, head = twins
+    head.edit("models/schema.yml", "ref('user_features')", "ref('user_featurez')")
+    r = head.cli("diff", str(base.root), str(head.root), expect=1)
+    assert (
+        "HEAD (" in r.stderr
+        and "relationships on 'user_id': unknown model 'user_featurez'" in r.stderr
+    )
+    # the pull request that mends it: BASE is history, not checked
+    base.edit("models/schema.yml", "ref('user_features')", "ref('user_featurez')")
+    head.edit("models/schema.yml", "ref('user_featurez')", "ref('user_features')")
+    head.cli("diff", str(base.root), str(head.root))
+
+
 def test_encoder_change_reembeds_and_refits_every_user(twins):
     base, head = twins
     second = (
@@ -348,7 +364,7 @@ def test_an_edited_or_added_rule_reads_as_that_rule(twins):
         "rules[2].when: 'recency_days > 120' -> 'recency_days > 90'",
     ]
     # a long value: both sides cut around where they differ, not at the start
-    long_rule = "revenue > 300 AND orders > 1 AND recency_days < 400 AND n_categories > "
+    long_rule = "revenue > 300 AND orders > 1 AND recency_days < 400 AND revenue < 9999"
     head.edit("segments/segments.yml", '"revenue > 900"', f'"{long_rule}1"')
     base.edit(
         "segments/segments.yml",
@@ -360,7 +376,7 @@ def test_an_edited_or_added_rule_reads_as_that_rule(twins):
         d for d in change(r, "segmentation.lifecycle")["details"] if d.startswith("rules[1]")
     ]
     before, after = line.split(" -> ")
-    assert before.endswith("n_categories > 2'") and after.endswith("n_categories > 1'")
+    assert before.endswith("revenue < 99992'") and after.endswith("revenue < 99991'")
 
 
 # ----------------------------------------------------------------------------- bad inputs
