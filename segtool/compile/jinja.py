@@ -99,6 +99,9 @@ class RenderTimeout(Exception):
     """A render ran past RENDER_SECONDS."""
 
 
+_TOO_LARGE = "a template this large is not compiled in the sandbox: split it, or use fewer tags"
+
+
 class TemplateTooLarge(jinja2.TemplateSyntaxError):
     """A template past what the sandbox compiles (a syntax error to the
     callers that parse templates: validate reports it at the file)."""
@@ -910,11 +913,7 @@ def compile_template(env: _Env, text: str, name: str) -> jinja2.Template:
     except (RenderTimeout, MemoryError) as exc:
         raise render_error(exc, name, "template", "compile") from exc
     except TemplateTooLarge as exc:
-        raise ProjectError(
-            exc.message or str(exc),
-            path=name,
-            hint="a template this large is not compiled in the sandbox: split it, or use fewer tags",
-        ) from exc
+        raise ProjectError(exc.message or str(exc), path=name, hint=_TOO_LARGE) from exc
     except jinja2.TemplateSyntaxError as exc:
         raise ProjectError(
             f"template syntax error: {exc.message}",
@@ -1028,12 +1027,11 @@ def cpu_backstop(cpu_seconds: float):
     huge) runs on to its end. Each audit found another such call; this is the
     floor under the bounds, as memory_ceiling is for memory. The kernel sends
     SIGPROF once the process has used `cpu_seconds` of CPU since the last
-    rearm; faulthandler (C code, no Python needed) writes the Python stack,
-    which names the template (at a line of its compiled code) and the call,
-    to stderr, and SIGPROF's default action
-    ends the process (exit status 155 in a shell, -27 to a parent), whatever C
-    call it was in. Left alone where SIGPROF or its timer is in use (a
-    profiler) or the platform has neither."""
+    rearm; faulthandler (C code, no Python needed) writes the Python stacks,
+    which name the template (at a line of its compiled code) and the call, to
+    stderr, and SIGPROF's default action ends the process (exit status 155 in
+    a shell, -27 to a parent), whatever C call it was in. Left alone where
+    SIGPROF or its timer is in use (a profiler) or the platform has neither."""
     import faulthandler
 
     if (
@@ -1110,15 +1108,14 @@ def render_error(
         )
     if isinstance(exc, SecurityError):
         return ProjectError(f"unsafe operation in {what}: {exc}", path=name, line=line)
-    if doing == "compile":  # the template as a whole: no line
-        hint = "a template this large is not compiled in the sandbox: split it, or use fewer tags"
+    too_large = _TOO_LARGE
     if isinstance(exc, MemoryError):
         return ProjectError(
             f"{what} used more memory than {'compiling' if doing == 'compile' else 'a render'} may "
             f"({RENDER_MEMORY >> 20:,} MB beyond the process's)",
             path=name,
             line=line,
-            hint=hint
+            hint=too_large
             if doing == "compile"
             else "a value grows without bound; SEGTOOL_RENDER_MEMORY_MB sets the limit",
         )
@@ -1127,7 +1124,7 @@ def render_error(
             f"{what} {exc} to {doing}",
             path=name,
             line=line,
-            hint=hint
+            hint=too_large
             if doing == "compile"
             else "a loop or computation runs away; SEGTOOL_RENDER_TIMEOUT sets the limit in seconds",
         )
