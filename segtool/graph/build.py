@@ -10,7 +10,7 @@ from segtool.compile.sql import CompiledModel, compile_model
 from segtool.errors import ProjectError, ProjectErrors, did_you_mean
 from segtool.graph.dag import Graph, Node
 from segtool.project.loader import LoadedProject
-from segtool.project.secrets import env_digest_of
+from segtool.project.secrets import env_digest_read
 
 
 @dataclass
@@ -211,13 +211,14 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         texts = [proj.templates[t].text for t in tdeps]
         # the vars the templates read are part of what the text depends on
         # (those read: a var no template reads re-rendered every user)
-        read = reads_of(*texts).vars
+        reads = reads_of(*texts)
+        read = reads.vars
         if read is None:  # a name computed when rendering: any var
             used_vars: dict | None = dict(proj.vars)
         else:
             used_vars = {n: proj.vars[n] for n in sorted(read) if n in proj.vars} if read else None
         # ... and the environment variables they read (a digest: values may be secrets)
-        env = env_digest_of(*texts)
+        env = env_digest_read(reads.env_vars)
         nodes.append(
             Node(
                 unique_id=f"text.{name}",

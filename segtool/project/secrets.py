@@ -53,11 +53,15 @@ def env_digest(names) -> str | None:
 
 def env_digest_of(*texts: str) -> str | None:
     """env_digest of the variables `env_var('NAME', ...)` reads in the
-    texts of templates or predicates (compile/reads.py; a name computed when
-    rendering: every variable a project may read)."""
+    texts of templates or predicates (compile/reads.py)."""
     from segtool.compile.reads import reads_of
 
-    names = reads_of(*texts).env_vars
+    return env_digest_read(reads_of(*texts).env_vars)
+
+
+def env_digest_read(names) -> str | None:
+    """env_digest of `names`, or of every variable a project may read when
+    None (a name computed when rendering)."""
     return env_digest(names if names is not None else [n for n in os.environ if readable(n)])
 
 
