@@ -211,9 +211,19 @@ class Project:
         return run_tests(self, select, exclude, reporter, state_dir)
 
     def connect(self, read_only: bool = True, **kw):
-        from segtool.state.db import connect
+        """The project's database (or `database=`). Its own database must be
+        this project's: `show` and `test` read another project's segments
+        and passed its tests (only `run` checked)."""
+        from segtool.state.db import check_owner, connect
 
-        return connect(self.loaded, read_only=read_only, **kw)
+        con = connect(self.loaded, read_only=read_only, **kw)
+        if kw.get("database") is None:
+            try:
+                check_owner(con, self.loaded)
+            except BaseException:
+                con.close()
+                raise
+        return con
 
     # ------------------------------------------------------------------ results
     def segments(self, name: str):

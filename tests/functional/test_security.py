@@ -924,3 +924,15 @@ def test_a_glob_that_loops_through_links_is_bounded(built, monkeypatch):
     built.edit("models/sources.yml", "path: data/orders.csv", 'path: "data/o/**/*.csv"')
     r = built.cli("compile", expect=1)
     assert "matches more than 2,000 files" in r.stderr
+
+
+def test_read_commands_refuse_another_project_s_database(built):
+    """Only `run` checked whose database it was: after a rename (or a target
+    pointing at another project's database) `show` listed the other project's
+    segments and `test` printed `2 passed` against them."""
+    text = built.read("segtool_project.yml")
+    old = next(ln for ln in text.splitlines() if ln.startswith("name:"))
+    built.write("segtool_project.yml", text.replace(old, "name: other_project"))
+    for args in (("show", "lifecycle"), ("test",), ("export", "lifecycle")):
+        r = built.cli(*args, expect=1)
+        assert "belongs to project" in r.stderr and "not 'other_project'" in r.stderr, args
