@@ -515,6 +515,15 @@ class _Env(ImmutableSandboxedEnvironment):
                 raise _too_big("str.encode")
         elif text and name in _QUADRATIC_METHODS and args:
             _check_search(owner, args[0], f"{type(owner).__name__}.{name}")
+        elif __obj is dict or __obj is Namespace or name == "fromkeys":
+            # their arguments' items become keys, hashed in one C call: a
+            # generator is listed and measured too (`dict([[t, 1]])` or
+            # `dict.fromkeys([t] | select)` hashed a tuple nested 200,000 deep:
+            # the process crashed)
+            what = "namespace()" if __obj is Namespace else f"{name}()"
+            args = tuple(list(a) if isinstance(a, Iterator) else a for a in args)
+            for v in args:
+                _check_text_len(v, what)
         elif name in _COMPARING_METHODS or isinstance(owner, _CONTAINERS_AND_TYPES):
             # list.count/index compare the owner's items with the argument;
             # loop.changed, dict.get/fromkeys and constructors compare or hash
@@ -749,28 +758,6 @@ def _measured(fn: Callable, what: str, itemwise: bool = False) -> Callable:
     return checked
 
 
-def _hashed_args(args: tuple, what: str) -> list:
-    """Positional arguments whose items become keys (hashed in one C call):
-    iterators listed, each measured (nesting depth included)."""
-    out = [list(a) if isinstance(a, Iterator) else a for a in args]
-    for a in out:
-        _check_text_len(a, what)
-    return out
-
-
-def _checked_dict(*args, **kwargs) -> dict:
-    """The dict() global: `dict([[t, 1]])` hashed a tuple nested 200,000 deep
-    (the process crashed); its arguments are measured as keys are elsewhere."""
-    return dict(*_hashed_args(args, "dict()"), **kwargs)
-
-
-_checked_dict.fromkeys = dict.fromkeys  # type: ignore[attr-defined]  # measured as a call on `dict`
-
-
-def _checked_namespace(*args, **kwargs) -> Namespace:
-    return Namespace(*_hashed_args(args, "namespace()"), **kwargs)
-
-
 def _checked_format(value, *args, **kwargs):
     fmt = str(value)
     _check_widths(fmt, "the format filter")
@@ -868,8 +855,6 @@ def make_env(loader: jinja2.BaseLoader | None = None, finalize=None) -> _Env:
     env.template_class = _Template
     # lipsum(n) builds n paragraphs: no use in a segment project, and unbounded
     env.globals.pop("lipsum", None)
-    env.globals["dict"] = _checked_dict
-    env.globals["namespace"] = _checked_namespace
     return env
 
 
@@ -1108,14 +1093,13 @@ def render_error(
         )
     if isinstance(exc, SecurityError):
         return ProjectError(f"unsafe operation in {what}: {exc}", path=name, line=line)
-    too_large = _TOO_LARGE
     if isinstance(exc, MemoryError):
         return ProjectError(
             f"{what} used more memory than {'compiling' if doing == 'compile' else 'a render'} may "
             f"({RENDER_MEMORY >> 20:,} MB beyond the process's)",
             path=name,
             line=line,
-            hint=too_large
+            hint=_TOO_LARGE
             if doing == "compile"
             else "a value grows without bound; SEGTOOL_RENDER_MEMORY_MB sets the limit",
         )
@@ -1124,7 +1108,7 @@ def render_error(
             f"{what} {exc} to {doing}",
             path=name,
             line=line,
-            hint=too_large
+            hint=_TOO_LARGE
             if doing == "compile"
             else "a loop or computation runs away; SEGTOOL_RENDER_TIMEOUT sets the limit in seconds",
         )

@@ -162,13 +162,14 @@ def _load(
             if not (fallback_target and target and "target" in exc.message):
                 raise
             project = load(root, vars=vars, linked_root=linked_root)
-        project.graph()
         if role == "HEAD":
             # what `run` checks first (binding, column tests): a tree run would
-            # reject got a plan and exit 0 (a relationships test to a renamed model)
+            # reject got a plan and exit 0 (a relationships test to a renamed
+            # model). Its graph is the one graph() then reuses
             errors = project.validate(check_encoders=False, reuse_bind=True)
             if errors:
                 raise ProjectErrors(errors)
+        project.graph()
         return project
     except ProjectError as exc:
         raise tag(exc) from None

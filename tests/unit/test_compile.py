@@ -1087,9 +1087,9 @@ def test_a_render_may_map_at_most_a_gigabyte_more():
 
 
 _SLOW_RENDER = """
-import functools, hashlib, os, signal, sys
+import hashlib, os, signal
 import segtool.compile.jinja as jinja
-from segtool.compile.jinja import render_string, time_limit
+from segtool.compile.jinja import render_string
 
 def burn(seconds):  # one C call: pbkdf2 never returns to the interpreter before its end
     hashlib.pbkdf2_hmac("sha256", b"x", b"y", int(seconds * RATE))
@@ -1182,6 +1182,7 @@ def test_compiling_has_a_time_limit(monkeypatch):
     [
         ("dict([[ns.t, 1]])", "dict()"),
         ("namespace([[ns.t, 1]])", "namespace()"),
+        ("dict.fromkeys([ns.t] | select)", "fromkeys()"),
         ("[ns.t] | select | unique | list", "the unique filter"),
         ("[ns.t] | select | sort", "the sort filter"),
         ("[ns.t] | map('first') | select | max", "the max filter"),
