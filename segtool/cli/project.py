@@ -151,6 +151,12 @@ def run(
       segtool run -s +user_features          # a model and everything it needs
       segtool run --vars '{as_of: "2024-07-31"}' --refit
     """
+    if fmt != "text" and not dry_run:
+        # a run prints progress, not a document; ignoring the flag would leave a
+        # script parsing log lines as JSON
+        raise click.UsageError(
+            f"--format {fmt} is for --dry-run; a run's results are in target/run_results.json"
+        )
     project = load(project_dir, target, vars_)
     opts = dict(
         select=tuple(select),

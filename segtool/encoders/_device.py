@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import warnings
 
 from segtool.errors import EncoderError
+from segtool.project.specs import DEVICE_RE
 from segtool.words import counted
-
-DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def check_device_string(device: str) -> str:

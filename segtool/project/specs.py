@@ -117,6 +117,15 @@ _MEMORY_UNITS = {
 }
 
 
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _checked_device(v: str | None) -> str | None:
+    if v is not None and not DEVICE_RE.match(v):
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+    return v
+
+
 class TargetSpec(Spec):
     database: str = "target/segtool.duckdb"
     threads: int = Field(default=2, ge=1)
@@ -127,6 +136,12 @@ class TargetSpec(Spec):
     allow_paths: list[str] = []
     external_access: bool = False
     executor: ExecutorSpec = ExecutorSpec()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        # checked here, not first at the embed stage of a run
+        return _checked_device(v)
 
     @field_validator("memory_limit")
     @classmethod
@@ -328,9 +343,7 @@ class EncoderSpec(Spec):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", v):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return v
+        return _checked_device(v)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -462,12 +462,24 @@ def test_target_settings_are_checked_where_they_are_written(built):
         built.write("profiles.yml", f"targets:\n  dev: {{memory_limit: '{value}'}}\n")
         r = _fails(built, "validate", contains=["profiles.yml:2:", message])
         assert "internal error" not in r.stderr
+    # a device passed validate and failed at the embed stage of the run
+    built.write("profiles.yml", "targets:\n  dev: {device: gpu0}\n")
+    _fails(built, "validate", contains=["profiles.yml:2:", "device must be auto, cpu, cuda"])
     built.write(
         "profiles.yml",
         "targets:\n  dev: {memory_limit: 80%}\n  ci: {database: build/ci.duckdb}\n  zt: {threads: 0}\n",
     )
     r = _fails(built, "validate", "-t", "ci", contains=["profiles.yml:4:", "threads"])
     assert "not defined" not in r.stderr
+
+
+def test_run_format_without_dry_run_is_a_usage_error(built):
+    """`run --format json` ran and printed progress lines: a script parsing
+    them as JSON learned nothing of the flag being ignored."""
+    r = _fails(
+        built, "run", "--format", "json", code=2, contains=["--format json is for --dry-run"]
+    )
+    assert "run_results.json" in r.stderr
 
 
 def test_clip_quantiles_are_checked_by_validate(built):
