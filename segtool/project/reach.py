@@ -8,7 +8,8 @@ folder, outside its hidden entries (`.git`, whose config can hold a CI token;
 `.env`), or in a folder listed in `SEGTOOL_DATA_DIRS` where segtool runs; and
 `external_access: true` needs `SEGTOOL_EXTERNAL_ACCESS=1` there. Paths are
 compared after symlinks are resolved (a symlink in `data/` is where it leads).
-docs/security.md, "The fence"."""
+docs/security.md, "The fence". The same goes for the Ray cluster a target's
+executor joins: `SEGTOOL_RAY_ADDRESSES` lists those the environment trusts."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ DATA_DIRS = "SEGTOOL_DATA_DIRS"  # more folders project SQL may read (os.pathsep
 EXTERNAL_ACCESS = (
     "SEGTOOL_EXTERNAL_ACCESS"  # "1": a target's external_access may turn the fence off
 )
+# the Ray cluster addresses a target's executor may name (comma-separated)
+RAY_ADDRESSES = "SEGTOOL_RAY_ADDRESSES"
+# addresses that name no host: what they reach is the machine's own business
+_MACHINE_RAY_ADDRESSES = {"auto", "local"}
 _OUTSIDE_THE_PROJECT = "not in a project file: a pull request could change it"
 
 
@@ -153,3 +158,23 @@ def confirm_external_access(target_name: str) -> None:
             hint=f"`export {EXTERNAL_ACCESS}=1` where segtool runs ({_OUTSIDE_THE_PROJECT})",
             path="profiles.yml",
         )
+
+
+def confirm_ray_address(address: str | None, target_name: str | None = None) -> None:
+    """A cluster address written in profiles.yml is joined only when the
+    environment lists it: a pull request pointing the executor at its own
+    cluster would be sent every text, and Ray Client unpickles what the
+    cluster sends back. RAY_ADDRESS, set by the environment itself, needs no
+    confirmation."""
+    if address is None or address.strip() in _MACHINE_RAY_ADDRESSES:
+        return
+    trusted = {a.strip() for a in os.environ.get(RAY_ADDRESSES, "").split(",") if a.strip()}
+    if address.strip() in trusted:
+        return
+    which = f"target '{target_name}'" if target_name else "the target"
+    raise ProjectError(
+        f"{which} joins the Ray cluster at {address}, which the environment must confirm",
+        hint=f"`export {RAY_ADDRESSES}={address.strip()}` where segtool runs "
+        f"({_OUTSIDE_THE_PROJECT}), or leave `address` unset and set RAY_ADDRESS there",
+        path="profiles.yml",
+    )

@@ -122,7 +122,46 @@ def test_fit_on_a_sample_assigns_everyone(tmp_path):
     assert "fit_sample" not in res["summary"]["segmentations"]["behaviour"]
 
 
-def test_ray_address_nothing_answers_at_fails_within_the_connect_timeout(make_project):
+def test_a_cluster_address_in_profiles_needs_the_environments_confirmation(
+    make_project, monkeypatch
+):
+    """CI runs `segtool run` on a pull request's head: a PR that points the
+    executor at its own cluster was joined, sent every text, and Ray Client
+    unpickles what a cluster sends back. Now the run stops before writing or
+    connecting anything unless SEGTOOL_RAY_ADDRESSES lists the address."""
+    import socket
+
+    monkeypatch.delenv("SEGTOOL_RAY_ADDRESSES", raising=False)
+    with socket.socket() as listener:  # the "attacker's" head: it must see no connection
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+        files = tiny_project_files()
+        files["profiles.yml"] = f"""
+            targets:
+              dev:
+                executor: {{kind: ray, address: "ray://127.0.0.1:{port}"}}
+        """
+        pd = make_project(files)
+        before = pd.snapshot()
+        r = pd.cli("run", expect=1)
+        assert (
+            f"profiles.yml: target 'dev' joins the Ray cluster at ray://127.0.0.1:{port}, "
+            "which the environment must confirm" in r.stderr
+        )
+        assert f"export SEGTOOL_RAY_ADDRESSES=ray://127.0.0.1:{port}" in r.stderr
+        assert pd.snapshot() == before
+        with pytest.raises(TimeoutError):
+            listener.accept()
+        # another address listed is no confirmation of this one
+        monkeypatch.setenv("SEGTOOL_RAY_ADDRESSES", "ray://10.0.0.1:10001, auto")
+        pd.cli("run", expect=1)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+def test_ray_address_nothing_answers_at_fails_within_the_connect_timeout(make_project, monkeypatch):
     """ray.init retried an unreachable head for 21 s to minutes: a TCP probe
     first, connect_timeout_s long, with the address and the reason."""
     import socket
@@ -142,6 +181,7 @@ def test_ray_address_nothing_answers_at_fails_within_the_connect_timeout(make_pr
           dev:
             executor: {{kind: ray, address: "ray://127.0.0.1:{port}", connect_timeout_s: 2}}
     """
+    monkeypatch.setenv("SEGTOOL_RAY_ADDRESSES", f"ray://127.0.0.1:{port}")
     pd = make_project(files)
     t0 = time.monotonic()
     r = pd.cli("run", expect=2)  # a runtime failure, as a cluster that is down

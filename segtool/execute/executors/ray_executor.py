@@ -80,6 +80,9 @@ def connect(spec, gpus: float | None = None):
     Then make sure some node can host one worker (`gpus` per worker: the
     spec's for embedding, 0 for assignment tasks): Ray would queue an actor
     that no node can hold forever, without a word."""
+    from segtool.project.reach import confirm_ray_address
+
+    confirm_ray_address(spec.address)  # also where no preflight ran (assignment)
     ray = require_ray()
     address = spec.address or os.environ.get("RAY_ADDRESS")
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
