@@ -31,8 +31,7 @@ def preflight(project, encoders, embedding_nodes, say=None) -> None:
     from segtool.execute.executors import check as check_executor
 
     executor = project.loaded.target.executor
-    # Ray installed and its cluster confirmed, for a target that embeds on Ray
-    check_executor(executor, project.loaded.target_name)
+    check_executor(executor)  # Ray installed, for a target that embeds on Ray
     seen = set()
     for node in embedding_nodes:
         enc_name = node.data["encoder"]

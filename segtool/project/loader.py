@@ -233,24 +233,40 @@ def _load_project(project_dir, target, vars, strict, linked_root) -> LoadedProje
 
 def _executor_errors(target_name: str, tspec: TargetSpec, marks: dict) -> list[ProjectError]:
     """A target whose heavy stages run on Ray needs Ray installed (found
-    without importing it: validate stays light)."""
+    without importing it: validate stays light) and, for a cluster address it
+    names, the environment's confirmation (reach.py)."""
     import importlib.util
 
-    if tspec.executor.kind != "ray" or importlib.util.find_spec("ray") is not None:
+    from segtool.project.reach import confirm_ray_address
+
+    if tspec.executor.kind != "ray":
         return []
-    at = marks.get(("targets", target_name, "executor", "kind")) or marks.get(
-        ("targets", target_name, "executor")
-    )
-    return [
-        ProjectError(
-            f"target '{target_name}' runs embedding and assignment on Ray (executor kind: ray), "
-            "but Ray is not installed",
-            path=PROFILES_FILE,
-            line=at[0] if at else None,
-            col=at[1] if at else None,
-            hint="pip install 'segtool[ray]' (Ray Data), or use kind: local",
+
+    def at(key: str) -> tuple[int | None, int | None]:
+        found = marks.get(("targets", target_name, "executor", key)) or marks.get(
+            ("targets", target_name, "executor")
         )
-    ]
+        return found if found else (None, None)
+
+    errors = []
+    try:
+        confirm_ray_address(tspec.executor.address, target_name)
+    except ProjectError as exc:
+        exc.line, exc.col = at("address")
+        errors.append(exc)
+    if importlib.util.find_spec("ray") is None:
+        line, col = at("kind")
+        errors.append(
+            ProjectError(
+                f"target '{target_name}' runs embedding and assignment on Ray (executor kind: ray), "
+                "but Ray is not installed",
+                path=PROFILES_FILE,
+                line=line,
+                col=col,
+                hint="pip install 'segtool[ray]' (Ray Data), or use kind: local",
+            )
+        )
+    return errors
 
 
 def _files(roots: list[Path], sub: str, patterns: tuple[str, ...]) -> list[Path]:

@@ -145,12 +145,13 @@ def test_a_cluster_address_in_profiles_needs_the_environments_confirmation(
         """
         pd = make_project(files)
         before = pd.snapshot()
-        r = pd.cli("run", expect=1)
-        assert (
-            f"profiles.yml: target 'dev' joins the Ray cluster at ray://127.0.0.1:{port}, "
-            "which the environment must confirm" in r.stderr
-        )
-        assert f"export SEGTOOL_RAY_ADDRESSES=ray://127.0.0.1:{port}" in r.stderr
+        for command in ("run", "validate"):  # validate, which CI runs first, says so too
+            r = pd.cli(command, expect=1)
+            assert (
+                f"profiles.yml:3:27: target 'dev' joins the Ray cluster at ray://127.0.0.1:{port}, "
+                "which the environment must confirm" in r.stderr
+            )
+            assert f"export SEGTOOL_RAY_ADDRESSES=ray://127.0.0.1:{port}" in r.stderr
         assert pd.snapshot() == before
         with pytest.raises(TimeoutError):
             listener.accept()
@@ -159,6 +160,17 @@ def test_a_cluster_address_in_profiles_needs_the_environments_confirmation(
         pd.cli("run", expect=1)
         with pytest.raises(TimeoutError):
             listener.accept()
+
+
+def test_the_executor_checks_the_address_where_it_connects(monkeypatch):
+    """A spec that did not come through a loaded project (the Python API)."""
+    from segtool.errors import ProjectError
+    from segtool.execute.executors.ray_executor import connect
+    from segtool.project.specs import ExecutorSpec
+
+    monkeypatch.delenv("SEGTOOL_RAY_ADDRESSES", raising=False)
+    with pytest.raises(ProjectError, match="which the environment must confirm"):
+        connect(ExecutorSpec(kind="ray", address="ray://192.0.2.1:10001"))
 
 
 def test_ray_address_nothing_answers_at_fails_within_the_connect_timeout(make_project, monkeypatch):

@@ -82,7 +82,9 @@ def connect(spec, gpus: float | None = None):
     that no node can hold forever, without a word."""
     from segtool.project.reach import confirm_ray_address
 
-    confirm_ray_address(spec.address)  # also where no preflight ran (assignment)
+    # checked at load (loader.py); again here, where the connection is made,
+    # for a spec that did not come through a loaded project
+    confirm_ray_address(spec.address)
     ray = require_ray()
     address = spec.address or os.environ.get("RAY_ADDRESS")
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
