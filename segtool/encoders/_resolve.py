@@ -318,6 +318,12 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
     `require_local=False` accepts a hub id that `segtool run` would still have to download.
     """
     problems: list[str] = []
+    if spec.trust_remote_code and spec.kind != "hashing":
+        from segtool.project.reach import remote_code_refused
+
+        refused = remote_code_refused(spec.model)
+        if refused:
+            problems.append(f"{refused[0]}: {refused[1]}")
     if spec.kind == "hashing":
         if spec.backend != "torch" or spec.quantize != "none":
             problems.append("backend and quantize do not apply to kind hashing; remove them")
@@ -386,7 +392,8 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
     if cfg.get("auto_map") and not spec.trust_remote_code:
         problems.append(
             f"model '{model}' needs its own code (config.json has auto_map); "
-            "set trust_remote_code: true if you trust it"
+            "set trust_remote_code: true (and SEGTOOL_TRUST_REMOTE_CODE where segtool runs) "
+            "if you trust it"
         )
     limit = model_max_positions(folder)
     if limit is not None and spec.max_length > limit:

@@ -33,6 +33,21 @@ class Encoders:
         if name not in self._built:
             from segtool.encoders import build_encoder
 
+            spec = self.spec(name)
+            if spec.trust_remote_code and spec.kind != "hashing":
+                # every command's encoders come from here (validate and the
+                # run's preflight say so first): a model's own code runs only
+                # where the environment names the model
+                from segtool.project.reach import remote_code_refused
+
+                refused = remote_code_refused(spec.model)
+                if refused:
+                    raise EncoderError(
+                        f"encoder '{name}': {refused[0]}",
+                        hint=refused[1],
+                        path=spec.file,
+                        line=spec.line,
+                    )
             self._built[name] = build_encoder(
                 self.spec(name),
                 self.loaded.root,

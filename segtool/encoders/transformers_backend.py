@@ -449,7 +449,10 @@ def _load_error(spec: EncoderSpec, path: Path, what: str, exc: Exception) -> Enc
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = "the folder must hold a transformers model (config.json, weights, tokenizer files)"
     if "trust_remote_code" in str(exc):
-        hint = "this model needs its own code: set trust_remote_code: true if you trust it"
+        hint = (
+            "this model needs its own code: set trust_remote_code: true (and "
+            "SEGTOOL_TRUST_REMOTE_CODE where segtool runs) if you trust it"
+        )
     return EncoderError(
         f"encoder '{spec.name}': could not load the {what} from {path}: {msg}", hint=hint
     )

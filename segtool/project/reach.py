@@ -9,7 +9,8 @@ folder, outside its hidden entries (`.git`, whose config can hold a CI token;
 `external_access: true` needs `SEGTOOL_EXTERNAL_ACCESS=1` there. Paths are
 compared after symlinks are resolved (a symlink in `data/` is where it leads).
 docs/security.md, "The fence". The same goes for the Ray cluster a target's
-executor joins: `SEGTOOL_RAY_ADDRESSES` lists those the environment trusts."""
+executor joins (`SEGTOOL_RAY_ADDRESSES`) and the models whose own code an
+encoder's `trust_remote_code: true` would run (`SEGTOOL_TRUST_REMOTE_CODE`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ EXTERNAL_ACCESS = (
 )
 # the Ray cluster addresses a target's executor may name (comma-separated)
 RAY_ADDRESSES = "SEGTOOL_RAY_ADDRESSES"
+# the models (as `model:` names them, comma-separated) whose own code may run
+TRUST_REMOTE_CODE = "SEGTOOL_TRUST_REMOTE_CODE"
 # addresses that name no host: what they reach is the machine's own business
 _MACHINE_RAY_ADDRESSES = {"auto", "local"}
 _OUTSIDE_THE_PROJECT = "not in a project file: a pull request could change it"
@@ -168,8 +171,7 @@ def confirm_ray_address(address: str | None, target_name: str | None = None) -> 
     confirmation."""
     if address is None or address.strip() in _MACHINE_RAY_ADDRESSES:
         return
-    trusted = {a.strip() for a in os.environ.get(RAY_ADDRESSES, "").split(",") if a.strip()}
-    if address.strip() in trusted:
+    if address.strip() in _listed(RAY_ADDRESSES):
         return
     which = f"target '{target_name}'" if target_name else "the target"
     raise ProjectError(
@@ -177,4 +179,23 @@ def confirm_ray_address(address: str | None, target_name: str | None = None) -> 
         hint=f"`export {RAY_ADDRESSES}={address.strip()}` where segtool runs "
         f"({_OUTSIDE_THE_PROJECT}), or leave `address` unset and set RAY_ADDRESS there",
         path="profiles.yml",
+    )
+
+
+def _listed(variable: str) -> set[str]:
+    return {a.strip() for a in os.environ.get(variable, "").split(",") if a.strip()}
+
+
+def remote_code_refused(model: str | None) -> tuple[str, str] | None:
+    """(problem, hint) when an encoder's `trust_remote_code: true` names a
+    model the environment does not list: that flag runs Python shipped with
+    the model, and a pull request can set it beside a model folder of its own."""
+    model = (model or "").strip()
+    if model in _listed(TRUST_REMOTE_CODE):
+        return None
+    return (
+        f"trust_remote_code: true would run the code of model '{model}', which the "
+        "environment must confirm",
+        f"`export {TRUST_REMOTE_CODE}={model}` where segtool runs ({_OUTSIDE_THE_PROJECT}), "
+        "if you trust that code",
     )

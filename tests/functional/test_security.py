@@ -452,6 +452,46 @@ def test_clean_cache_keeps_the_vectors_of_an_encoder_it_cannot_build(built, tiny
     assert s["embeddings"]["story.hash"]["action"] == "skip"
 
 
+def test_a_models_own_code_runs_only_where_the_environment_names_the_model(
+    built, tiny_bert_dir, monkeypatch
+):
+    """`trust_remote_code: true` beside a model folder of the pull request's
+    own made CI's `segtool run` import that folder's Python (a file written on
+    import proves it ran). Now validate and every command refuse the flag
+    unless SEGTOOL_TRUST_REMOTE_CODE names the model."""
+    from segtool.api import Project
+    from segtool.errors import EncoderError
+
+    monkeypatch.delenv("SEGTOOL_TRUST_REMOTE_CODE", raising=False)
+    _use_bert(built, tiny_bert_dir)
+    model = built.root / "local_model"
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "modeling_evil.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(built.root / 'ran')!r}).write_text('the model code ran')\n"
+        "from transformers import BertModel as EvilModel\n"
+    )
+    built.edit(
+        "segments/segments.yml",
+        "    model: ./local_model",
+        "    model: ./local_model\n    trust_remote_code: true",
+    )
+    refusal = (
+        "encoder 'hash': trust_remote_code: true would run the code of model './local_model', "
+        "which the environment must confirm"
+    )
+    r = built.cli("validate", expect=1)
+    assert refusal in r.stderr and "export SEGTOOL_TRUST_REMOTE_CODE=./local_model" in r.stderr
+    _refused(built, "run", contains=[refusal])
+    with pytest.raises(EncoderError, match="which the environment must confirm"):
+        Project.load(built.root).encoders().get("hash")  # assign, show, clean --cache
+    assert not (built.root / "ran").exists()
+    monkeypatch.setenv("SEGTOOL_TRUST_REMOTE_CODE", "someone/else, ./local_model")
+    built.cli("validate")
+
+
 def test_device_that_is_not_there_fails_before_any_write(built, tiny_bert_dir):
     import torch
 
