@@ -314,9 +314,18 @@ class Project:
         (`-o data/users.csv` turned the data into HTML)."""
         from segtool.report.html import build_report
 
-        if output is not None:
-            output = check_output(self, output, force=force or _is_report(Path(output)))
-        return build_report(self, Path(output) if output else None)
+        if output is None:
+            from segtool.project.reach import check_inside
+
+            shown = check_inside(self.target_dir, self.target_dir / "report" / "index.html")
+            # segtool's own file: refreshed without --force, but never written
+            # through a link to the database (`ln -s ../segtool.duckdb` there)
+            dest = check_output(self, shown, force=True)
+        else:
+            shown = Path(output)
+            dest = check_output(self, output, force=force or _is_report(shown))
+        build_report(self, dest)
+        return shown
 
     def diff(
         self, base: str | None = "HEAD", head: str | None = None, *, counts: bool = True

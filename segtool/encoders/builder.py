@@ -49,7 +49,7 @@ class Encoders:
                         line=spec.line,
                     )
             self._built[name] = build_encoder(
-                self.spec(name),
+                spec,
                 self.loaded.root,
                 device_override=self.device,
                 threads=self.threads,

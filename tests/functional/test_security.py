@@ -538,6 +538,13 @@ def test_no_output_reaches_the_database_through_a_link(built, tmp_path):
         built, "export", "behaviour", "-o", str(hard), "--force", contains=["project database"]
     )
     _refused(built, "docs", "-o", str(hard), "--force", contains=["project database"])
+    # the default file, target/report/index.html, as a link a pull request can commit
+    # (docs wrote its HTML over the database, and every command after it failed)
+    report = built.root / "target/report/index.html"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.symlink_to("../segtool.duckdb")
+    _refused(built, "docs", contains=["refusing to write over the project database"])
+    report.unlink()
     built.cli("export", "behaviour", "--format", "csv", "-o", str(tmp_path / "b.csv"))
     os.link(built.db, tmp_path / "h.csv")
     _refused(

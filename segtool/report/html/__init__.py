@@ -18,7 +18,6 @@ from typing import Any
 
 from markupsafe import Markup
 
-from segtool.project.reach import check_inside
 from segtool.report.html import charts, data
 from segtool.report.html.svg import render
 from segtool.report.profile import cut, segmentation_profile, trait_str
@@ -32,11 +31,9 @@ TIP_CHARS = 160  # of the sample text in a map tooltip
 MOVES = 8  # the biggest moves listed under a Sankey
 
 
-def build_report(project, out: Path | None = None) -> Path:
+def build_report(project, out: Path) -> Path:
+    """Write the report to `out` (a path Project.report checked)."""
     proj = project.loaded
-    if out is None:
-        target = project.target_dir
-        out = check_inside(target, target / "report" / "index.html")
     ctx: dict[str, Any] = {
         "project": proj.name,
         "target": proj.target_name,
