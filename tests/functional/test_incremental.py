@@ -842,6 +842,9 @@ def test_assign_needs_one_row_per_user(built, name):
         "twice.parquet": f"{rows} UNION ALL SELECT * FROM user_features WHERE user_id = 2",
         "thrice.parquet": f"{rows} UNION ALL (SELECT * FROM user_features WHERE user_id = 2) "
         "UNION ALL (SELECT * FROM user_features WHERE user_id = 2)",
+        # a column named as segtool's row order: keys and rows were sorted apart
+        # and zipped with other users' rows (exit 0)
+        "ord.parquet": f"SELECT *, 0 AS __ORD FROM ({rows})",
     }.items():
         con.execute(f"COPY ({sql}) TO '{built.root / file}'")
     con.close()
@@ -853,6 +856,7 @@ def test_assign_needs_one_row_per_user(built, name):
             "one_null.parquet": "one_null.parquet: 1 row has no user_id",
             "twice.parquet": "twice.parquet: 1 user_id value repeats: 2 (2 rows)",
             "thrice.parquet": "thrice.parquet: 1 user_id value repeats: 2 (3 rows)",
+            "ord.parquet": "ord.parquet has a column '__ORD', the name segtool gives the file's row order",
         },
     )
 
