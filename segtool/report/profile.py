@@ -297,22 +297,25 @@ def segment_crosstab(project, name: str, column: str, *, top: int = 10, bins: in
                     f"GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT {int(top)}"
                 ).fetchall()
             ]
+            # buckets by number, not by name: a real value '(null)' or
+            # '(other)' was counted as the NULLs or the pooled rest
             rows = con.execute(
                 f"""SELECT s.segment_id, any_value(s.segment),
-                    CASE WHEN {c} IS NULL THEN '(null)'
-                         WHEN list_contains(?, CAST({c} AS VARCHAR)) THEN CAST({c} AS VARCHAR)
-                         ELSE '(other)' END AS v, count(*)
+                    CASE WHEN {c} IS NULL THEN -1
+                         ELSE coalesce(list_position(?, CAST({c} AS VARCHAR)) - 1, -2) END AS v,
+                    count(*)
                     FROM {joined} GROUP BY s.segment_id, v""",
                 [top_values],
             ).fetchall()
             values = list(top_values)
-            if any(r[2] == "(other)" for r in rows):
-                values.append("(other)")
-            index = {v: i for i, v in enumerate(values)}
+            index = {i: i for i in range(len(values))}
+            if any(r[2] == -2 for r in rows):
+                index[-2] = len(values)
+                values.append("(other)" if "(other)" not in values else "(other values)")
             binned = False
-        if any(r[2] in ("(null)", -1) for r in rows):
-            values.append("(null)")
-            index["(null)"] = index[-1] = len(values) - 1
+        if any(r[2] == -1 for r in rows):
+            index[-1] = len(values)
+            values.append("(null)" if "(null)" not in values else "(no value)")
         labels: dict[int, str] = {}
         counts: dict[int, list[int]] = {}
         for sid, label, v, n in rows:

@@ -126,6 +126,32 @@ def test_show_vs_cross_tabs_a_column(built):
     assert built.snapshot() == before
 
 
+def test_show_vs_counts_values_named_like_its_own_buckets_as_themselves(built):
+    """A real value '(null)' was counted with the NULLs and '(other)' with
+    the pooled rest: headers twice, the real columns empty."""
+    built.edit(
+        "models/user_features.sql",
+        "    u.country,",
+        "    u.country,\n"
+        "    case u.user_id % 4 when 0 then '(null)' when 1 then '(other)' "
+        "when 2 then NULL else 'v' || (u.user_id % 40) end as tricky,",
+    )
+    built.cli("run")
+    truth = dict(
+        built.sql("SELECT coalesce(tricky, 'NULL'), count(*) FROM user_features GROUP BY 1")
+    )
+    vs = json.loads(built.cli("show", "behaviour", "--vs", "tricky", "--format", "json").stdout)
+    # the 10 commonest (both look-alikes among them), the rest, the NULLs
+    assert len(set(vs["values"])) == len(vs["values"]) == 12, vs["values"]
+    total = [sum(r["counts"][i] for r in vs["rows"]) for i in range(12)]
+    shown = dict(zip(vs["values"], total))
+    top = [v for v in vs["values"] if v not in ("(other values)", "(no value)")]
+    assert {"(null)", "(other)"} <= set(top)
+    assert all(shown[v] == truth[v] for v in top)
+    assert shown["(no value)"] == truth["NULL"]
+    assert shown["(other values)"] == sum(n for v, n in truth.items() if v not in top + ["NULL"])
+
+
 def test_show_vs_and_score_refuse_pii_columns(built):
     built.edit(
         "models/schema.yml",
