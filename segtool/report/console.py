@@ -247,7 +247,9 @@ def _RateColumn(unit: str):  # noqa: N802 - a class made on first use (rich load
     return _rate_column_class()(unit)
 
 
-_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+# C0 and C1 controls (ESC, and CSI 0x9b that some terminals read as ESC [) too:
+# a product name with an escape sequence set the terminal's title through show
+_LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def one_line(v: Any) -> str:
@@ -275,6 +277,7 @@ def format_table(
     narrowed until a line fits and their cells wrap at word boundaries."""
     import textwrap
 
+    headers = [one_line(h) for h in headers]  # values of a column (show --vs, score)
     cells = [[_fmt(c) for c in r] for r in rows]
     widths = [len(str(h)) for h in headers]
     for r in cells:
@@ -318,7 +321,7 @@ def md_escape(s) -> str:
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table. In a cell `|` is escaped and a newline becomes
     a space; a row shorter than the headers ends in empty cells."""
-    out = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    out = ["| " + " | ".join(md_escape(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         cells = (md_escape(_fmt(c)) for c in r)
         out.append("| " + " | ".join(cells) + " |" + " |" * (len(headers) - len(r)))

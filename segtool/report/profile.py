@@ -495,8 +495,9 @@ def format_profile(prof: dict, fmt: str, width: int | None = None) -> str:
 
 
 def cut(text: str, n: int) -> str:
-    """At most n characters, ending on a word boundary."""
-    text = " ".join(text.split())
+    """At most n characters on one line (no control characters), ending on a
+    word boundary."""
+    text = " ".join(one_line(text).split())
     if len(text) <= n:
         return text
     head = text[: n - 1]

@@ -69,11 +69,16 @@ def test_report_escapes_labels_texts_and_column_names(project):
         "count(o.order_id) as orders,",
         f'count(o.order_id) as orders, count(o.order_id) * 2 as "{PAYLOAD.replace("1", "2")}",',
     )
+    # control characters too: one in a user's text (the map's tooltip) made the
+    # chart's SVG unreadable XML, and the report said "Not drawn: the map"
     for rel, content in data_files().items():
-        project.write(rel, content.replace(",FR\n", f",FR {PAYLOAD.replace('1', '3')}\n"))
+        project.write(
+            rel, content.replace(",FR\n", f",FR {PAYLOAD.replace('1', '3')}\x1b[31m\x01\n")
+        )
     project.cli("run")
     project.cli("docs")
     page = (project.root / "target/report/index.html").read_text(encoding="utf-8")
+    assert "not drawn" not in page.lower()
     assert "<img" not in page and "<script" not in page and "onerror=alert(1)>" not in page
     for n in (1, 2, 3):  # each one is shown, escaped
         assert f"&lt;img src=x onerror=alert({n})&gt;" in page, n

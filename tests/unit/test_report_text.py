@@ -86,3 +86,21 @@ def test_a_hidden_column_leaves_folded_traits_too():
         {"model": "m", "column": "plan"},
     ]
     assert _without(traits, set()) == traits
+
+
+def test_values_from_data_reach_a_terminal_without_control_characters():
+    """A product name holding `ESC ] 0 ; ... BEL` set the terminal's title through
+    `show`'s example texts, and column values with ESC or a newline went raw into
+    the headers of `show --vs` and `score` (text and Markdown)."""
+    from segtool.report.console import format_table, markdown_table
+    from segtool.report.profile import cut
+
+    evil = "Clutch \x1b]0;PWNED\x07\x1b[8mhidden\x1b[0m \x9b31m"
+    for out in (
+        cut(evil, 200),
+        format_table(["id", "D\x1b[41mE", "F\nR|x"], [[1, 2, 3]]),
+        markdown_table(["id", "D\x1b[41mE", "F\nR|x"], [[1, 2, 3]]),
+    ):
+        assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in out), out
+    assert markdown_table(["F\nR|x"], [[1]]).splitlines()[0] == "| F R\\|x |"
+    assert len(format_table(["F\nR|x"], [[1]]).splitlines()) == 3  # header, rule, one row

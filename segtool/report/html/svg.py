@@ -59,17 +59,25 @@ def render(spec: dict) -> str:
     import vl_convert as vlc
 
     spec = {**spec, "config": {**CONFIG, **spec.get("config", {})}}
-    return inline(vlc.vegalite_to_svg(_finite(spec), allowed_base_urls=[]))
+    return inline(vlc.vegalite_to_svg(_drawable(spec), allowed_base_urls=[]))
 
 
-def _finite(x):
-    """JSON has no NaN or infinity: they become null (Vega skips them)."""
+# characters XML 1.0 cannot hold at all: Vega writes them into the SVG as they
+# are, and one in a user's text (a tooltip) left the report without its map
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]+")
+
+
+def _drawable(x):
+    """JSON has no NaN or infinity: they become null (Vega skips them); text
+    loses the control characters XML cannot hold."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
+    if isinstance(x, str):
+        return _NOT_XML.sub(" ", x)
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: _drawable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
+        return [_drawable(v) for v in x]
     return x
 
 
