@@ -381,6 +381,9 @@ def init_project(dest: str | Path, *, force: int = 0) -> Path:
     ignore = shutil.ignore_patterns("target", "*.duckdb*", "__pycache__", "*.lock")
     if dest.exists() and not dest.is_dir():
         raise ProjectError(f"{dest} exists and is not a folder")
+    above = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
+    if above is not None:  # was an internal NotADirectoryError
+        raise ProjectError(f"cannot create {dest}: {above} is a file")
     if dest.exists() and any(dest.iterdir()):
         if not force:
             raise ProjectError(
@@ -389,6 +392,23 @@ def init_project(dest: str | Path, *, force: int = 0) -> Path:
             )
         files = _template_files(src, ignore)
         for rel in files:
+            # a link where the template writes: copying follows it (README.md
+            # -> a file outside the folder was overwritten; a `data` link took
+            # the sample files elsewhere), and a dangling one failed halfway
+            link = next(
+                (
+                    p
+                    for p in [*reversed(Path(rel).parents[:-1]), Path(rel)]
+                    if (dest / p).is_symlink()
+                ),
+                None,
+            )
+            if link is not None:
+                raise ProjectError(
+                    f"{dest / link} is a symbolic link where the template writes",
+                    hint="nothing was written; init writes only into real files and folders: "
+                    "remove the link, or init into a new folder",
+                )
             # a file where the template has a folder (or the other way round)
             # failed halfway through the copy, as an internal error
             clash = next(

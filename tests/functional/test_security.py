@@ -611,6 +611,36 @@ def test_init_force_over_a_file_where_the_template_has_a_folder(tmp_path):
         assert "internal error" not in r.stderr and [x.name for x in p.root.iterdir()] == [rel]
 
 
+def test_init_writes_through_no_link_in_the_folder(tmp_path):
+    """A folder someone else prepared: `README.md -> a file outside` was
+    overwritten by `init --force --force`, a `data -> elsewhere` link took
+    the sample files out of the folder with one --force, a dangling link
+    failed halfway (internal error), and `init afile/sub` was an internal
+    NotADirectoryError."""
+    from tests.conftest import ProjectDir
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for rel, to in (
+        ("README.md", victim),
+        ("data", elsewhere),
+        ("data", tmp_path / "nothing-here"),
+    ):
+        p = ProjectDir(tmp_path / f"shop_{len(list(tmp_path.iterdir()))}")
+        p.root.mkdir()
+        (p.root / rel).symlink_to(to)
+        r = p.cli("init", str(p.root), "--force", "--force", expect=1)
+        assert f"{p.root / rel} is a symbolic link where the template writes" in r.stderr
+        assert "nothing was written" in r.stderr and "internal error" not in r.stderr
+        assert [x.name for x in p.root.iterdir()] == [rel]
+    assert victim.read_text() == "mine\n" and not any(elsewhere.iterdir())
+    (tmp_path / "afile").write_text("x\n")
+    r = ProjectDir(tmp_path).cli("init", str(tmp_path / "afile/sub"), expect=1)
+    assert f"cannot create {tmp_path / 'afile/sub'}: {tmp_path / 'afile'} is a file" in r.stderr
+
+
 def test_key_type_change_is_explained_and_full_refresh_keeps_history(built):
     built.edit(
         "models/user_features.sql", "    u.user_id,", "    cast(u.user_id as varchar) as user_id,"
