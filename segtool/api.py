@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -287,11 +288,12 @@ class Project:
         dest = check_output(self, out, force=force or output is None)
         fmt = output_format(out, fmt, "--format")
         df = self.history(name) if history else self.segments(name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "parquet":
-            df.write_parquet(dest)
-        else:
-            df.write_csv(dest)
+        with writing(out):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "parquet":
+                df.write_parquet(dest)
+            else:
+                df.write_csv(dest)
         return out, df.height
 
     def assign(self, name: str, input_path: str | Path, output: str | Path, *, force: bool = False):
@@ -302,10 +304,12 @@ class Project:
         dest = check_output(self, output, force=force)
         fmt = output_format(Path(output), None, None)
         df = assign_file(self, name, Path(input_path))
-        if fmt == "parquet":
-            df.write_parquet(dest)
-        else:
-            df.write_csv(dest)
+        with writing(output):
+            dest.parent.mkdir(parents=True, exist_ok=True)  # as export does
+            if fmt == "parquet":
+                df.write_parquet(dest)
+            else:
+                df.write_csv(dest)
         return Path(output), df.height
 
     def report(self, output: str | Path | None = None, *, force: bool = False) -> Path:
@@ -324,7 +328,10 @@ class Project:
         else:
             shown = Path(output)
             dest = check_output(self, output, force=force or _is_report(shown))
-        build_report(self, dest)
+        page = build_report(self)
+        with writing(shown):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(page, encoding="utf-8")
         return shown
 
     def diff(
@@ -490,6 +497,19 @@ def output_format(path: Path, fmt: str | None, option: str | None) -> str:
         f"cannot tell the format of {path.name} from its name",
         hint=f"name it *.csv or *.parquet{choice}",
     )
+
+
+@contextmanager
+def writing(path: str | Path):
+    """An output the user named that cannot be written (a read-only folder,
+    a file where a folder would be) is their error, not an internal one."""
+    try:
+        yield
+    except OSError as exc:
+        raise ProjectError(
+            f"cannot write {path}: {exc.strerror or exc}",
+            hint="choose another file with -o",
+        ) from exc
 
 
 def check_output(project: Project, path: str | Path, *, force: bool) -> Path:

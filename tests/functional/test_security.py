@@ -525,6 +525,27 @@ def test_export_and_assign_never_overwrite_the_database(built):
     assert built.sql("select count(*) from segments.behaviour")[0][0] == 60
 
 
+def test_an_output_that_cannot_be_written_is_the_users_error(built, tmp_path):
+    """-o under a file was 'internal error: FileExistsError' (exit 2) for
+    export and docs; assign into a folder that did not exist scored every
+    user, then failed with an internal FileNotFoundError."""
+    a_file = built.root / "data/users.csv"
+    for args in (
+        ("export", "behaviour", "-o", str(a_file / "x.csv")),
+        ("docs", "-o", str(a_file / "x.html")),
+    ):
+        r = _refused(built, *args, contains=[f"cannot write {a_file}/x."])
+        assert "internal error" not in r.stderr
+    import duckdb
+
+    con = duckdb.connect(str(built.db), read_only=True)
+    con.execute(f"COPY (SELECT * FROM user_features) TO '{tmp_path / 'in.parquet'}'")
+    con.close()
+    out = tmp_path / "new/folder/a.csv"
+    built.cli("assign", "behaviour", "--input", str(tmp_path / "in.parquet"), "-o", str(out))
+    assert out.is_file()
+
+
 def test_no_output_reaches_the_database_through_a_link(built, tmp_path):
     """A hard link to the database passed as -o: export wrote Parquet over it,
     docs HTML, assign CSV (`show` then said 'not a valid DuckDB database

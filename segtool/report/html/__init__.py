@@ -31,8 +31,8 @@ TIP_CHARS = 160  # of the sample text in a map tooltip
 MOVES = 8  # the biggest moves listed under a Sankey
 
 
-def build_report(project, out: Path) -> Path:
-    """Write the report to `out` (a path Project.report checked)."""
+def build_report(project) -> str:
+    """The report page (Project.report writes it)."""
     proj = project.loaded
     ctx: dict[str, Any] = {
         "project": proj.name,
@@ -55,10 +55,7 @@ def build_report(project, out: Path) -> Path:
     finally:
         if con is not None:
             con.close()
-    page = _environment().from_string(TEMPLATE.read_text(encoding="utf-8")).render(**ctx)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+    return _environment().from_string(TEMPLATE.read_text(encoding="utf-8")).render(**ctx)
 
 
 def _environment():
