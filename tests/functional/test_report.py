@@ -84,6 +84,26 @@ def test_report_escapes_labels_texts_and_column_names(project):
         assert f"&lt;img src=x onerror=alert({n})&gt;" in page, n
 
 
+def test_report_says_when_a_rule_changed_after_the_run_it_shows(project):
+    """A rule edited after the last run was shown beside the sizes the old
+    rule gave, and a rule reading a var was shown as raw Jinja."""
+    project.edit(
+        "segments/segments.yml",
+        '{segment: big, when: "revenue > 300"}',
+        "{segment: big, when: \"revenue > 300 and DATE '{{ var('as_of') }}' > DATE '2020-01-01'\"}",
+    )
+    project.cli("run")
+    project.cli("docs")
+    page = (project.root / "target/report/index.html").read_text(encoding="utf-8")
+    assert "revenue &gt; 300 and DATE &#39;2024-07-01&#39; &gt; DATE" in page  # as it runs
+    assert "changed after run" not in page
+    project.edit("segments/segments.yml", "revenue > 300 and", "revenue > 5000 and")
+    project.cli("docs")
+    page = (project.root / "target/report/index.html").read_text(encoding="utf-8")
+    assert "The definition of lifecycle changed after run 1" in page
+    assert "segtool run -s lifecycle" in page
+
+
 def test_report_keeps_pii_out_unless_allowed(project):
     project.edit("models/user_features.sql", "u.country,", "u.country, u.country as birth_place,")
     project.edit(

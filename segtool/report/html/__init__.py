@@ -114,7 +114,8 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
         "users": prof["users"],
         "last_run": prof["last_run"],
         "description": seg.description or "",
-        "rows": _rows(prof, seg, colors),
+        "changed": _changed_since(project, con, seg, prof["last_run"]),
+        "rows": _rows(project, prof, seg, colors),
         "show_rules": seg.is_rules,
         "drivers_run": prof["drivers_run"],
         "input_shares": prof.get("input_shares") or [],
@@ -197,10 +198,40 @@ def _identities(prof: dict, catalog: dict) -> tuple[dict[int, str], dict[int, st
     return names, colors
 
 
-def _rows(prof: dict, seg, colors: dict[int, str]) -> list[dict]:
+def _changed_since(project, con, seg, last_run) -> str:
+    """Why the YAML a reader compares with this section is not what made it:
+    the segmentation's definition changed after its last run (a rule shown
+    beside the sizes of the rule it replaced)."""
+    from segtool.plan.state import DbState
+
+    stored = DbState(con).node(f"segmentation.{seg.name}")
+    node = project.graph().graph.nodes.get(f"segmentation.{seg.name}")
+    if stored is None or node is None or stored.own_hash == node.own_hash:
+        return ""
+    return (
+        f"The definition of {seg.name} changed after run {last_run}: the segments below are "
+        f"that run's, the rules shown are the project's now (segtool run -s {seg.name} updates them)."
+    )
+
+
+def _rule_sql(project, seg) -> list[tuple[str, str]]:
+    """(segment, predicate) as the run evaluates it (vars filled in, secret
+    values masked); as written where it does not compile."""
+    from segtool.compile.predicates import segmentation_predicates
+    from segtool.errors import ProjectError
+
+    try:
+        compiled = segmentation_predicates(project.loaded, seg).rules
+    except ProjectError:
+        return [(r.segment, r.when) for r in seg.rules or []]
+    mask = project.loaded.secrets.mask
+    return [(segment, mask(pred.sql.strip())) for segment, pred in compiled]
+
+
+def _rows(project, prof: dict, seg, colors: dict[int, str]) -> list[dict]:
     rules: dict[str, list[str]] = {}
-    for r in seg.rules or []:
-        rules.setdefault(r.segment, []).append(r.when)
+    for segment, when in _rule_sql(project, seg):
+        rules.setdefault(segment, []).append(when)
     if seg.is_rules and seg.default:
         rules.setdefault(seg.default, []).append("otherwise")
     return [
