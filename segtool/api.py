@@ -253,9 +253,22 @@ class Project:
     def clean_target(self) -> list[str]:
         removed = []
         for sub in ("compiled", "run", "samples", "report"):
-            if (self.target_dir / sub).exists():
-                shutil.rmtree(self.target_dir / sub, ignore_errors=True)
-                removed.append(sub)
+            path = self.target_dir / sub
+            if not os.path.lexists(path):
+                continue
+            # a link goes, not what it leads to (rmtree refused links, and
+            # `removed target/report` was printed over what stayed)
+            try:
+                if path.is_symlink() or not path.is_dir():
+                    path.unlink()
+                else:
+                    shutil.rmtree(path)
+            except OSError as exc:
+                raise ProjectError(
+                    f"cannot remove {self.relpath(path)}: {exc.strerror or exc}",
+                    hint=f"removed before it: {', '.join(removed) or 'nothing'}",
+                ) from exc
+            removed.append(sub)
         return removed
 
     def profile(self, name: str, examples: int = 3) -> dict:

@@ -370,7 +370,8 @@ def _assign_rules(project, seg, mem, db, inside):
         .replace_strict(ids, default=None, return_dtype=pl.Int64)
         .alias("segment_id"),
         pl.lit(None, dtype=pl.Float64).alias("distance"),
-        pl.lit(1.0).alias("confidence"),
+        # certain where a rule holds; no segment (no default): no confidence in one
+        pl.when(pl.col("segment").is_null()).then(None).otherwise(1.0).alias("confidence"),
     )
     if inside is not None:  # outside: no segment, so no id and no confidence in one
         keep = pl.Series(inside)

@@ -236,15 +236,20 @@ def render_one(project, text_name: str, user: str) -> str:
     if text_name not in proj.texts:
         raise ProjectError(f"no text named '{text_name}'", hint=did_you_mean(text_name, proj.texts))
     spec = proj.texts[text_name]
+    import duckdb
+
     con = _model_connection(project)
     try:
         key = quote_ident(proj.key)
+        # read in the key's type, as score and assign read keys ('01' is user 1;
+        # compared as text it was "no user_id = '01'")
         rows = model_rows(
             con.sql(
-                f"SELECT * FROM {relation(spec.model)} WHERE CAST({key} AS VARCHAR) = ?",
-                params=[str(user)],
+                f"SELECT * FROM {relation(spec.model)} WHERE {key} = ?", params=[str(user)]
             ).to_arrow_table()
         )
+    except duckdb.ConversionException:
+        rows = []  # not a value of the key's type: no such user
     finally:
         con.close()
     if not rows:

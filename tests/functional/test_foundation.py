@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,16 @@ def test_compile_samples_0_and_clean_say_what_is_on_disk(built):
     assert r.stdout.strip().endswith("(manifest.json, compiled/)")
     assert "removed target/compiled, run (the database is kept)" in built.cli("clean").stdout
     assert "nothing to remove" in built.cli("clean").stdout
+    # a link goes, not what it leads to; a file where a folder was goes too (both
+    # were reported removed and stayed)
+    elsewhere = built.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.html").write_text("x")
+    (built.root / "target/report").symlink_to(elsewhere)
+    (built.root / "target/compiled").write_text("x")
+    assert "removed target/compiled, report" in built.cli("clean").stdout
+    assert not os.path.lexists(built.root / "target/report")
+    assert not (built.root / "target/compiled").exists() and (elsewhere / "keep.html").exists()
     assert built.db.exists()
     for args in (
         ("compile", "--samples", "-1"),

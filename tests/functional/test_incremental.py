@@ -605,8 +605,12 @@ def test_render_one_user_and_clean_cache(built):
         r.stdout.strip()
         == built.sql("select text from _segtool.texts__story where user_id = 3")[0][0]
     )
+    # the key in its type, as score and assign read it ('03' was "no user_id = '03'")
+    assert built.cli("render", "story", "--user", "03").stdout == r.stdout
     r = built.cli("render", "story", "--user", "9999", expect=1)
     assert "no user_id = '9999'" in r.stderr
+    r = built.cli("render", "story", "--user", "abc", expect=1)
+    assert "no user_id = 'abc'" in r.stderr and "Conversion" not in r.stderr
     old = built.n_vectors()
     built.edit("templates/story.j2", "A shopper", "One shopper")
     built.cli("run")
@@ -1480,6 +1484,19 @@ def test_assign_of_rules_refuses_a_segment_with_no_id_yet(project):
     assert "segmentation 'tiers' has not been run yet" in r.stderr
     project.cli("run")
     project.cli("assign", "lifecycle", "--input", u, "-o", str(project.root / "a.csv"))
+    # rules without a default: a user no rule holds for has no segment and so
+    # no confidence in one (it was 1.0)
+    project.edit("segments/segments.yml", "    default: active\n", "")
+    project.cli("run", "-s", "lifecycle")
+    project.cli("assign", "lifecycle", "--input", u, "-o", str(project.root / "n.csv"))
+    import polars as pl
+
+    out = pl.read_csv(project.root / "n.csv")
+    none = out.filter(pl.col("segment").is_null())
+    assert none.height > 0 and none["confidence"].null_count() == none.height
+    assert out.filter(pl.col("segment").is_not_null())["confidence"].to_list() == [1.0] * (
+        out.height - none.height
+    )
 
 
 def test_assign_names_a_missing_column_a_template_uses_without_naming_it(built):
