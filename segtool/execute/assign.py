@@ -144,7 +144,8 @@ def assign_file(project, name: str, path: Path):
                 df = mem.sql(
                     f"SELECT {', '.join(quote_ident(c) for c in fs.columns)} FROM input ORDER BY __ord"
                 ).pl()
-                blocks.append(t.transform(df, keys))
+                with lacking(f"features '{fs.name}'"):
+                    blocks.append(t.transform(df, keys))
             else:
                 with lacking(f"text '{inp.embedding.text}'"):
                     blocks.append(_vectors(project, db, mem, inp, render_rows, text_renderer))
@@ -280,6 +281,9 @@ def _lacking(db, proj, seg, cols: set[str], path):
                     hint=hint,
                 ) from exc
             if not named:
+                # the values are the file's: a NULL revenue failed the template
+                # and the hint said "fix the model"
+                exc.hint = f"{what} read {path}'s values here, not a model's: check the file"
                 raise
             raise DataError(
                 f"{path} lacks column '{named[0]}', which {what} reads",

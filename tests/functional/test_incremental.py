@@ -1499,6 +1499,32 @@ def test_assign_of_rules_refuses_a_segment_with_no_id_yet(project):
     )
 
 
+def test_assign_says_a_failing_value_is_the_files(built):
+    """A NULL in the file failed the features (hint: 'fix the model, or set
+    impute') and a template (`{{ orders + 1 }}`) as if the project were wrong."""
+    import duckdb
+
+    built.edit("templates/story.j2", "with {{ orders }} orders", "with {{ orders + 1 }} orders")
+    built.cli("run")
+    con = duckdb.connect(str(built.db), read_only=True)
+    file = built.root / "nulls.parquet"
+    con.execute(f"COPY (SELECT * REPLACE (NULL::BIGINT AS orders) FROM user_features) TO '{file}'")
+    con.close()
+    r = built.cli(
+        "assign", "behaviour", "--input", str(file), "-o", str(built.root / "o.csv"), expect=1
+    )
+    assert "text 'story'" in r.stderr and "template error" in r.stderr, r.stderr
+    assert f"read {file}'s values here, not a model's: check the file" in r.stderr, r.stderr
+    built.edit("templates/story.j2", "with {{ orders + 1 }} orders", "with {{ orders }} orders")
+    built.cli("run")
+    r = built.cli(
+        "assign", "behaviour", "--input", str(file), "-o", str(built.root / "o.csv"), expect=1
+    )
+    assert "feature column 'orders' has 60 NaN/inf/NULL values" in r.stderr, r.stderr
+    assert f"features 'rfm' read {file}'s values here, not a model's" in r.stderr, r.stderr
+    assert "fix the model" not in r.stderr and not (built.root / "o.csv").exists()
+
+
 def test_assign_names_a_missing_column_a_template_uses_without_naming_it(built):
     """`{{ revenue | round }}` on a file without revenue said only 'type
     StrictUndefined doesn't define __round__' at the template's line."""
