@@ -48,7 +48,9 @@ def _read_input(con, path: Path) -> None:
             )
         con.execute(f"CREATE TABLE input AS SELECT *, row_number() OVER () AS __ord FROM {source}")
     except duckdb.Error as exc:
-        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+        from segtool.state.db import first_line
+
+        raise DataError(f"cannot read {path}: {first_line(exc)}") from exc
 
 
 def _check_keys(mem, key: str, path) -> None:

@@ -211,8 +211,20 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def first_line(exc: BaseException) -> str:
+    """The error's first line; for a CSV reader's error, with its reason (the
+    first line only says where: "CSV Error on Line: 1"), never the line's
+    text (data, megabytes of it)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    lines = text.splitlines()
+    if "CSV Error on Line" in lines[0]:
+        reason = next(
+            (x.strip() for x in lines[1:] if x.strip() and not x.startswith("Original Line")), ""
+        )
+        if reason:
+            return f"{lines[0]}: {reason[:300]}"
+    return lines[0]
 
 
 CHECKPOINT_THRESHOLD = "1GB"

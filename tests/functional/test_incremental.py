@@ -815,6 +815,18 @@ def test_assign_from_csv_reads_lists_or_says_why_not(built):
     )
     assert "column 'products' is VARCHAR[]" in res.stderr and "Parquet or JSON" in res.stderr
     assert built.snapshot() == before and not (built.root / "b.csv").exists()
+    # a CSV the reader refuses: why, not only "CSV Error on Line: 1", and not the line
+    built.write("huge.csv", "user_id,orders\n1," + "x" * 3_000_000 + "\n")
+    res = built.cli(
+        "assign",
+        "behaviour",
+        "--input",
+        str(r / "huge.csv"),
+        "--output",
+        str(r / "h.csv"),
+        expect=1,
+    )
+    assert "CSV Error on Line: 1: Maximum line size" in res.stderr and "xxxx" not in res.stderr
 
 
 def assign_refuses(built, name: str, messages: dict[str, str]) -> None:
