@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from segtool.compile.sql import lossless_cast_sql, quote_ident, sql_literal
+from segtool.compile.sql import infer_format, lossless_cast_sql, quote_ident, sql_literal
 from segtool.errors import DataError, did_you_mean
+from segtool.execute.segment import drivers
 from segtool.execute.segment.store import require_results
 from segtool.report.console import format_table, markdown_table
 from segtool.report.profile import base_column
@@ -72,8 +73,22 @@ def _read_truth_file(path: Path, key: str, label_column: str | None):
             f"{path} has no column '{label_column}'",
             hint=did_you_mean(label_column, others) or f"columns: {', '.join(others)}",
         )
-    if df[key].n_unique() != df.height:
-        raise DataError(f"{path}: the key '{key}' is not unique")
+    # rows without a key match no user (left out, as a key that does not
+    # convert); they were reported as a repeated key
+    keyed = df.filter(pl.col(key).is_not_null())
+    repeated = (
+        keyed.group_by(key)
+        .len()
+        .filter(pl.col("len") > 1)
+        .sort(["len", key], descending=[True, False])
+    )
+    if repeated.height:
+        shown = ", ".join(f"{v!r} ({n} rows)" for v, n in repeated.head(3).iter_rows())
+        raise DataError(
+            f"{path}: the key '{key}' is not unique: {shown}"
+            + (", ..." if repeated.height > 3 else ""),
+            hint="give each user one row",
+        )
     return df.select(pl.col(key), pl.col(label_column).cast(pl.Utf8).alias("truth")), label_column
 
 
@@ -99,18 +114,31 @@ def score_segmentation(
             con.register("__segtool_truth", df.to_arrow())
             truth_rel, source = "__segtool_truth", f"{path} ({source_col})"
         else:
+            if "/" in truth or infer_format(truth) is not None:
+                # a file name, mistyped or missing (not a column: every column was listed)
+                raise DataError(f"--truth {truth}: no such file")
             if label_column is not None:
-                if path.suffix or "/" in truth:  # a file name, mistyped or missing
-                    raise DataError(f"--truth {truth}: no such file")
                 raise DataError(
                     f"--label-column is for a truth file; --truth {truth} is a column",
                     hint=f"drop --label-column, or give a file ({truth} is not one)",
                 )
             model = base_model(proj, seg)
             column = truth.split(".", 1)[1] if truth.startswith(model + ".") else truth
-            base_column(
+            types = base_column(
                 project, con, seg, model, column, f"'{name}'", f"--truth {truth}: not a file, and "
             )
+            # labels are values users share: not the key, not a list per user
+            # (stringified lists were scored as hundreds of "labels")
+            if column == key or drivers.column_kind(types[column]) not in (
+                "numeric",
+                "categorical",
+            ):
+                raise DataError(
+                    f"--truth {truth}: column '{column}' "
+                    + ("is the key" if column == key else f"has type {types[column]}")
+                    + ": the truth is a column of labels (text, numbers or dates), one per user",
+                    hint="or give a file of the key and a label column",
+                )
             truth_rel = f"(SELECT {k}, CAST({quote_ident(column)} AS VARCHAR) AS truth FROM {tables.model(model)})"
             source = f"{model}.{column}"
         # a file's keys in the table's key type: 1.0 is user 1; a key that

@@ -319,6 +319,23 @@ def test_score_against_a_truth_file_and_a_column(built):
     assert "--label-column" in r.stderr
     r = built.cli("score", "behaviour", "--truth", "nosuch", expect=1)
     assert "not a file" in r.stderr
+    # a file name that is not there is not a column: every column was listed
+    r = built.cli("score", "behaviour", "--truth", "data/nope.csv", expect=1)
+    assert "--truth data/nope.csv: no such file" in r.stderr and "columns:" not in r.stderr
+    # rows without a key match no user (they were "the key is not unique");
+    # a repeated key is named
+    built.write("blank.csv", (built.root / "truth.csv").read_text() + ",a\n,b\n")
+    blank = json.loads(
+        built.cli("score", "behaviour", "--truth", "blank.csv", "--format", "json").stdout
+    )
+    assert blank["matched"] == 60 and blank["ari"] == sc["ari"]
+    built.write("dup.csv", (built.root / "truth.csv").read_text() + "7,a\n")
+    r = built.cli("score", "behaviour", "--truth", "dup.csv", expect=1)
+    assert "the key 'user_id' is not unique: 7 (2 rows)" in r.stderr
+    # labels are values users share: not the key, not a list per user
+    for column, why in (("user_id", "is the key"), ("products", "has type VARCHAR[]")):
+        r = built.cli("score", "behaviour", "--truth", column, expect=1)
+        assert f"column '{column}' {why}: the truth is a column of labels" in r.stderr, r.stderr
     assert built.snapshot() == before
 
 
