@@ -134,9 +134,9 @@ def test_show_vs_counts_values_named_like_its_own_buckets_as_themselves(built):
         "    u.country,",
         "    u.country,\n"
         "    case u.user_id % 4 when 0 then '(null)' when 1 then '(other)' "
-        "when 2 then NULL else 'v' || (u.user_id % 40) end as tricky,",
+        "when 2 then NULL else 'v' || (u.user_id % 40) end as tricky, 42 as one_num,",
     )
-    built.cli("run")
+    built.cli("run", "--refit")  # drivers are measured at a fit
     truth = dict(
         built.sql("SELECT coalesce(tricky, 'NULL'), count(*) FROM user_features GROUP BY 1")
     )
@@ -149,6 +149,12 @@ def test_show_vs_counts_values_named_like_its_own_buckets_as_themselves(built):
     assert {"(null)", "(other)"} <= set(top)
     assert all(shown[v] == truth[v] for v in top)
     assert shown["(no value)"] == truth["NULL"]
+    # a numeric column of one value is not measured, as a categorical one is not
+    # (it was rank η² 0.00 where the docs say null)
+    one = json.loads(built.cli("show", "behaviour", "--vs", "one_num", "--format", "json").stdout)
+    assert one["association"]["value"] is None
+    prof = json.loads(built.cli("show", "behaviour", "--format", "json").stdout)
+    assert "one_num" not in [d["column"] for d in prof["drivers"]]
     assert shown["(other values)"] == sum(n for v, n in truth.items() if v not in top + ["NULL"])
 
 

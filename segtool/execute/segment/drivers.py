@@ -273,8 +273,10 @@ def _numeric(con, sample: str, col: str, c: Column, members: dict[int, int], n_m
     if not rows:
         return None, 0, {}
     a = np.array([r[1:4] for r in rows], dtype=np.float64)
-    value = rank_eta_squared(a[:, 0], a[:, 1], a[:, 2])
     n_all = int(a[:, 0].sum())
+    spread = a[:, 2].sum() - a[:, 1].sum() ** 2 / n_all  # of the ranks: 0 for one value
+    # one value: nothing to measure, as for a categorical column (it was η² 0.00)
+    value = rank_eta_squared(a[:, 0], a[:, 1], a[:, 2]) if spread > 1e-9 * a[:, 2].sum() else None
     ((pop_median,),) = con.execute(
         f"SELECT median({col}) FROM {sample} WHERE {col} IS NOT NULL"
     ).fetchall()
