@@ -23,10 +23,11 @@ from segtool.state.db import column_types
 from segtool.state.frames import first_column, registered
 
 
-def _read_input(con, path: Path) -> None:
+def _read_input(con, path: Path, given: Path) -> None:
     """The file into table `input` (with its row order, __ord), read by the
-    reader a source of the same name would get (compile/sql.py)."""
-    fmt = infer_format(path.name)
+    reader a source of the same name would get (compile/sql.py). The name is
+    the one given: a link `users.csv -> export_2024` is a CSV file."""
+    fmt = infer_format(given.name)
     if fmt is None:
         raise ProjectError(
             f"cannot tell the format of {path}", hint="use a .csv, .parquet or .json file"
@@ -100,7 +101,7 @@ def assign_file(project, name: str, path: Path):
 
     # fenced like a run; the input file is the one path the command adds
     setup_connection(mem, proj, threads=proj.target.threads, extra_paths=(Path(path).resolve(),))
-    _read_input(mem, Path(path).resolve())
+    _read_input(mem, Path(path).resolve(), Path(path))
     cols = {r[0] for r in mem.execute("DESCRIBE input").fetchall()} - {"__ord"}
     if key not in cols:
         if Path(path).stat().st_size == 0:

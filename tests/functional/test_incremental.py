@@ -803,6 +803,12 @@ def test_assign_from_csv_reads_lists_or_says_why_not(built):
     built.cli("assign", "behaviour", "--input", str(r / "in.parquet"), "--output", str(r / "p.csv"))
     built.cli("assign", "behaviour", "--input", str(r / "in.csv"), "--output", str(r / "c.csv"))
     assert pl.read_csv(built.root / "c.csv").equals(pl.read_csv(built.root / "p.csv"))
+    # the name given says the format: a link users.csv -> export_2024 is a CSV
+    # file ("cannot tell the format of .../export_2024")
+    (r / "export_2024").write_bytes((r / "in.csv").read_bytes())
+    (r / "linked.csv").symlink_to(r / "export_2024")
+    built.cli("assign", "behaviour", "--input", str(r / "linked.csv"), "--output", str(r / "l.csv"))
+    assert pl.read_csv(built.root / "l.csv").equals(pl.read_csv(built.root / "p.csv"))
 
     text = (built.root / "in.csv").read_text().splitlines()
     head = text[0].split(",")
