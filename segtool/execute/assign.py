@@ -17,7 +17,7 @@ from segtool.compile.sql import (
     quote_ident,
     sql_literal,
 )
-from segtool.errors import DataError, ProjectError
+from segtool.errors import DataError, EncoderError, ProjectError
 from segtool.state import tables, vectors
 from segtool.state.db import column_types
 from segtool.state.frames import first_column, registered
@@ -147,10 +147,10 @@ def assign_file(project, name: str, path: Path):
                 df = mem.sql(
                     f"SELECT {', '.join(quote_ident(c) for c in fs.columns)} FROM input ORDER BY __ord"
                 ).pl()
-                with lacking(f"features '{fs.name}'"):
+                with lacking(f"features '{fs.name}'", values=True):
                     blocks.append(t.transform(df, keys))
             else:
-                with lacking(f"text '{inp.embedding.text}'"):
+                with lacking(f"text '{inp.embedding.text}'", values=True):
                     blocks.append(_vectors(project, db, mem, inp, render_rows, text_renderer))
         labels, dist, conf = model.predict(blocks, keys)
         mapping = {int(a): int(b) for a, b in params["label_to_id"].items()}
@@ -268,7 +268,9 @@ def _lacking(db, proj, seg, cols: set[str], path):
     hint = f"add it to the file: it has the columns of {', '.join(models)} the segmentation reads"
 
     @contextmanager
-    def lacking(what: str):
+    def lacking(what: str, values: bool = False):
+        """`values`: the step computes from the file's values (a template, a
+        feature transform), so an error there is about them."""
         try:
             yield
         except ProjectError as exc:
@@ -284,9 +286,9 @@ def _lacking(db, proj, seg, cols: set[str], path):
                     hint=hint,
                 ) from exc
             if not named:
-                # the values are the file's: a NULL revenue failed the template
-                # and the hint said "fix the model"
-                exc.hint = f"{what} read {path}'s values here, not a model's: check the file"
+                if values and not isinstance(exc, EncoderError):
+                    # a NULL revenue failed the template, and the hint said "fix the model"
+                    exc.hint = f"{what} read {path}'s values here, not a model's: check the file"
                 raise
             raise DataError(
                 f"{path} lacks column '{named[0]}', which {what} reads",

@@ -1070,7 +1070,7 @@ def test_a_predicate_may_not_call_what_a_model_may_not():
     check_expression("(select count(*) from range(3)) >= 0", what="rule 'x'", path="s.yml", line=3)
 
 
-def test_a_render_may_map_at_most_a_gigabyte_more():
+def test_a_render_may_map_at_most_a_gigabyte_more(monkeypatch):
     """The floor under the bounds: a filter mapped over items built 3 GB in
     two seconds (a re-audit); RLIMIT_AS while rendering makes any allocation
     past it a MemoryError, said as such, and the limit is lifted after."""
@@ -1078,6 +1078,9 @@ def test_a_render_may_map_at_most_a_gigabyte_more():
 
     from segtool.compile.jinja import render_string
 
+    # 0.7-0.9 s alone, past the 2 s time limit on a loaded machine (the suite's
+    # two workers): this test is about memory, so time is not what stops it
+    monkeypatch.setenv("SEGTOOL_RENDER_TIMEOUT", "30")
     if resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
         pytest.skip("this process already has an address-space limit")
     with pytest.raises(ProjectError, match="used more memory than a render may"):
