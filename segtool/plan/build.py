@@ -623,7 +623,15 @@ class Planner:
                 line=seg.line,
             ) from exc
         users = self._count(f"SELECT count(*) FROM {cur}")
-        check_population(self.loaded, seg, con, cur, users, self.relations.model)
+        check_population(
+            self.loaded,
+            seg,
+            con,
+            cur,
+            users,
+            self.relations.model,
+            fits=full is not None or not facts.has_fit,
+        )
         changed = work_table("seg", seg.name, "changed")
         # what is stored (a diff's BASE may name a segmentation this database never ran)
         has_table = self.state.has_segments(seg.name) and self._table_exists(

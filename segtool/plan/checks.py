@@ -28,10 +28,14 @@ def check_nonempty(proj, seg, n: int) -> None:
         )
 
 
-def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model) -> None:
+def check_population(
+    proj, seg, con, users: str, n: int, model_rel=tables.model, *, fits: bool = True
+) -> None:
     """Data checks that must fail before anything is written: empty population,
     k larger than the population, k: auto on too few users, NULL/NaN/inf
-    features, inputs with different user sets. `users` holds the population."""
+    features, inputs with different user sets. `users` holds the population;
+    `fits`: the plan fits the segmentation (an imputed column then needs a
+    finite value to take its mean or median of)."""
     k = quote_ident(proj.key)
     where = f"segmentation '{seg.name}'"
     check_nonempty(proj, seg, n)
@@ -59,7 +63,7 @@ def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model)
         if inp.features:
             fs = proj.features[inp.features]
             model, what = fs.model, f"features '{fs.name}'"
-            _check_finite(con, proj, fs, users, model_rel)
+            _check_finite(con, proj, fs, users, model_rel, fits=fits)
         else:
             tx = proj.texts[inp.embedding.text]
             model, what = tx.model, f"text '{tx.name}'"
@@ -79,16 +83,37 @@ def check_population(proj, seg, con, users: str, n: int, model_rel=tables.model)
             )
 
 
-def _check_finite(con, proj, fs, users: str, model_rel) -> None:
+def _check_finite(con, proj, fs, users: str, model_rel, *, fits: bool = True) -> None:
     from segtool.state.result import one
 
     k = quote_ident(proj.key)
     rel = model_rel(fs.model)
     for col, c in fs.columns.items():
-        if c.type != "numeric" or c.impute != "error":
+        if c.type != "numeric":
             continue
         q = quote_ident(col)
         bad = f"m.{q} IS NULL OR NOT isfinite(CAST(m.{q} AS DOUBLE))"
+        if c.impute in ("mean", "median"):
+            # the fit takes the fill value from the finite ones: with none it
+            # failed mid-run, after the models and texts were committed
+            if (
+                fits
+                and not one(
+                    con.execute(
+                        f"SELECT count(*) FROM {rel} m JOIN {users} p ON p.{k} = m.{k} WHERE NOT ({bad})"
+                    )
+                )[0]
+            ):
+                raise DataError(
+                    f"features '{fs.name}': column '{col}' of model '{fs.model}' has no finite "
+                    f"value in the population to take the {c.impute} of",
+                    hint=f"fix the model, or set `{col}: {{impute: zero}}`",
+                    path=fs.file,
+                    line=fs.line,
+                )
+            continue
+        if c.impute != "error":
+            continue
         rows = con.execute(
             f"SELECT m.{k}, CAST(m.{q} AS VARCHAR) FROM {rel} m JOIN {users} p ON p.{k} = m.{k} WHERE {bad} ORDER BY 1 LIMIT 5"
         ).fetchall()

@@ -278,6 +278,31 @@ def test_nan_features(built):
     assert "7" in r.stderr
 
 
+def test_an_imputed_column_with_no_finite_value_fails_before_any_write(built):
+    """`impute: median` over a column that is NULL for everyone failed at the
+    fit, after the models and texts were committed (run 2 'error', rerun the
+    same), without a file or line."""
+    built.edit(
+        "models/user_features.sql",
+        "coalesce(sum(o.amount), 0) as revenue",
+        "cast(null as double) as revenue",
+    )
+    built.edit(
+        "segments/segments.yml",
+        "revenue: {transform: log1p}",
+        "revenue: {transform: log1p, impute: median}",
+    )
+    _fails(
+        built,
+        "run",
+        contains=[
+            "segments/segments.yml:",
+            "column 'revenue' of model 'user_features' has no finite value in the population "
+            "to take the median of",
+        ],
+    )
+
+
 def test_bad_rule_predicates(built):
     built.edit(
         "segments/segments.yml",
