@@ -250,6 +250,30 @@ class Project:
 
         return clean_cache(self)
 
+    def clean_orphans(self) -> list:
+        """Drop the tables of models, texts and segmentations the project no
+        longer defines; returns what was dropped (state/orphans.py)."""
+        from segtool.state.db import has_state, rollback
+        from segtool.state.orphans import drop_orphans, find_orphans
+
+        if not self.loaded.database_path.exists():  # connecting would create an empty one
+            return []
+        con = self.connect(read_only=False)
+        try:
+            if not has_state(con):
+                return []
+            con.execute("BEGIN")
+            try:
+                found = find_orphans(con, set(self.graph().graph.nodes))
+                drop_orphans(con, found)
+                con.execute("COMMIT")
+            except BaseException:
+                rollback(con)
+                raise
+            return found
+        finally:
+            con.close()
+
     def clean_target(self) -> list[str]:
         removed = []
         for sub in ("compiled", "run", "samples", "report"):

@@ -238,11 +238,28 @@ def render(project_dir, target, vars_, debug, text, user):
 @click.option(
     "--cache", is_flag=True, help="Delete cached vectors that no current text and encoder use."
 )
+@click.option(
+    "--orphans",
+    is_flag=True,
+    help="Drop the tables (and history) of models, texts and segmentations the project no "
+    "longer defines.",
+)
 @handle_errors
-def clean(project_dir, target, vars_, debug, cache):
+def clean(project_dir, target, vars_, debug, cache, orphans):
     """Remove target/compiled, run, samples and report (the database stays);
-    with --cache, only the cached vectors no current text and encoder use."""
+    with --cache, only the cached vectors no current text and encoder use;
+    with --orphans, only what the database holds for models, texts and
+    segmentations no longer in the project."""
+    if cache and orphans:
+        raise click.UsageError("--cache and --orphans: one at a time")
     project = load(project_dir, target, vars_)
+    if orphans:
+        dropped = project.clean_orphans()
+        for o in dropped:
+            click.echo(f"dropped {o.kind} '{o.name}': {o.shown}")
+        if not dropped:
+            click.echo("nothing to drop: the database holds nothing the project no longer defines")
+        return
     if cache:
         out = project.clean_cache()
         click.echo(f"removed {out['removed']:,} unused vectors from the embedding cache")

@@ -201,8 +201,17 @@ class Runner:
             options=self._args(),
             steps=tuple(steps),
             notes=tuple(dict.fromkeys([*notes, *planner.notes])),
-            warnings=tuple(planner.selection_notes),
+            warnings=(*planner.selection_notes, *self._orphan_notes(con)),
         )
+
+    def _orphan_notes(self, con) -> list[str]:
+        """Tables of models, texts and segmentations the project no longer
+        defines: no run updates them, and nothing said so."""
+        from segtool.state.orphans import find_orphans
+
+        if con is None:
+            return []
+        return [o.warning() for o in find_orphans(con, set(self.project.graph().graph.nodes))]
 
     # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
@@ -240,7 +249,7 @@ class Runner:
                 )
                 ws = Workspace(con, self.project, dry=False, snapshot=self._fed_views())
                 planner = self._planner(con, DbState(con), ws, uids=uids)
-                for note in planner.selection_notes:
+                for note in (*planner.selection_notes, *self._orphan_notes(con)):
                     self.reporter.warn(note)
                 ctx = self._context(con, run_id, ws, planner)
                 steps, results = self._stage_one(ctx, uids)
