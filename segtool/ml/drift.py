@@ -8,7 +8,8 @@ Definition (what `update.drift_threshold` is compared with)::
     far_excess     = max(0, far_share - 0.05) / 0.95
                      (0 when as expected, 1 when every user is "far")
     distance_ratio = mean distance of the scored users / fit-time mean distance
-                     (~1.0 when nothing changed)
+                     (~1.0 when nothing changed; None when the fit-time mean
+                     distance is 0 and now is not: the far share counts then)
     distance       = max(far_excess, distance_ratio - 1), floored at 0
     psi            = population stability index of the segment shares:
                      sum over segments (and the outlier bucket, -1) of
@@ -58,12 +59,18 @@ def drift_from_distances(
     far_share = float((dist[ok] > np.asarray(p95)[labels[ok]]).mean()) if ok.any() else 0.0
     base = float(mean_distance)
     mean = float(dist.mean())
-    if base > 0:
-        ratio = mean / base
-    else:
-        ratio = 1.0 if mean == 0 else float("inf")
     far_excess = max(0.0, far_share - EXPECTED_FAR_SHARE) / (1.0 - EXPECTED_FAR_SHARE)
-    score = max(0.0, far_excess, ratio - 1.0)
+    if base > 0:
+        ratio: float | None = mean / base
+    elif mean == 0:
+        ratio = 1.0
+    else:
+        # every fit-time user sat on its centroid (no more distinct inputs than
+        # segments): a ratio to 0 is infinite, which refit on any change and
+        # wrote `Infinity` into run_results.json; the far share still counts
+        # the users who moved off (p95 is 0 there)
+        ratio = None
+    score = max(0.0, far_excess, ratio - 1.0 if ratio is not None else 0.0)
     return {"score": float(score), "far_share": far_share, "distance_ratio": ratio, "n": n}
 
 

@@ -88,6 +88,7 @@ rows, so a user alone gets the same answer as in any batch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -593,9 +594,21 @@ class SegmentModel:
         mcs = min(cl.min_cluster_size, Zs.shape[0])
         labels = HDBSCAN(min_cluster_size=max(mcs, 2), copy=True).fit(Zs).labels_
         if (labels < 0).all():
+            if not np.ptp(Zs, axis=0).any():
+                # 'lower min_cluster_size (now 2)' was the hint here too
+                raise DataError(
+                    f"hdbscan found no clusters: all {Zs.shape[0]} users have identical inputs",
+                    hint="check the features and texts the segmentation reads: they do not "
+                    "tell these users apart",
+                )
+            lower = (
+                f"lower `cluster.min_cluster_size` (now {cl.min_cluster_size}) or use kmeans"
+                if cl.min_cluster_size > 2
+                else "use kmeans or gmm: hdbscan finds no denser group here at any size"
+            )
             raise DataError(
                 f"hdbscan found no clusters among {Zs.shape[0]} users (all were noise)",
-                hint=f"lower `cluster.min_cluster_size` (now {cl.min_cluster_size}) or use kmeans",
+                hint=lower,
             )
         keep = labels >= 0
         self.centers_ = _means(Zs[keep], labels[keep])
@@ -630,7 +643,8 @@ class SegmentModel:
 
         idx = sample_indices(Z.shape[0], GMM_FIT_MAX, cl.seed)
         gm = GaussianMixture(n_components=k, covariance_type="diag", random_state=cl.seed)
-        gm.fit(Z[idx].astype(np.float64))
+        with _quiet_convergence():  # fewer segments than k is said by the run, in words
+            gm.fit(Z[idx].astype(np.float64))
         self.centers_ = gm.means_.astype(np.float32)
         self.gmm_weights_ = gm.weights_.astype(np.float64)
         self.gmm_covariances_ = gm.covariances_.astype(np.float64)
@@ -658,7 +672,8 @@ class SegmentModel:
                 from sklearn.mixture import GaussianMixture
 
                 gm = GaussianMixture(n_components=k, covariance_type="diag", random_state=cl.seed)
-                labels = gm.fit(Zs.astype(np.float64)).predict(Zs.astype(np.float64))
+                with _quiet_convergence():
+                    labels = gm.fit(Zs.astype(np.float64)).predict(Zs.astype(np.float64))
             else:
                 if self.format_version_ == 1:
                     C = _fit_kmeans_v1(Zs, k, cl.method, cl.seed)
@@ -1045,17 +1060,13 @@ def _fit_kmeans(
     warm start `init`, that is refined on all rows too and kept unless the
     fresh fit's inertia is lower by more than WARM_START_TOLERANCE.
     minibatch_kmeans: as in format 1."""
-    import warnings
-
     from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
 
     if method == "minibatch_kmeans":
         return _fit_kmeans_v1(Z, k, method, seed, init=init)
     n = Z.shape[0]
-    with warnings.catch_warnings():
-        # fewer distinct points than k: sklearn warns and duplicates centres; harmless here
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    # fewer distinct points than k: sklearn warns and duplicates centres; harmless here
+    with _quiet_convergence():
         idx = sample_indices(n, KMEANS_SAMPLE, seed)
         S = Z[idx] if idx.size < n else Z
         est = KMeans(n_clusters=k, n_init=starts, random_state=seed).fit(S)
@@ -1070,18 +1081,27 @@ def _fit_kmeans(
     return np.asarray(est.cluster_centers_, dtype=np.float32)
 
 
+@contextlib.contextmanager
+def _quiet_convergence():
+    """sklearn's ConvergenceWarning (duplicate points, fewer distinct
+    clusters than asked) printed a library source line into the run's output."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
 def _fit_kmeans_v1(
     Z: np.ndarray, k: int, method: str, seed: int, init: np.ndarray | None = None
 ) -> np.ndarray:
     """Format 1 k-means (sklearn KMeans, best of 3 on all rows), and
     minibatch_kmeans in both formats."""
-    import warnings
-
     from sklearn.cluster import KMeans, MiniBatchKMeans
-    from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with _quiet_convergence():
         if init is not None:  # warm start from the previous assignment: one run from there
             if method == "minibatch_kmeans":
                 est = MiniBatchKMeans(

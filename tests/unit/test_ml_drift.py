@@ -112,3 +112,23 @@ def test_population_drift_counts_outliers_in_their_own_bucket():
     ids[: len(ids) // 2] = -1
     _store(con, "h", ids, [None if i < 0 else d for i, d in zip(ids, m.distance_, strict=True)])
     assert population_drift(con, "h", m, params)["psi"] > 0.25
+
+
+def test_a_fit_where_every_user_sat_on_a_centroid_gives_a_finite_drift():
+    """No more distinct inputs than segments: the fit-time mean distance is 0.
+    The ratio to it was infinite: any user off a centroid refit the
+    segmentation ('drift inf > 0.25') and run_results.json held `Infinity`."""
+    import json
+
+    from segtool.ml.drift import drift_from_distances
+
+    labels = np.arange(100) % 2
+    dist = np.zeros(100)
+    dist[:5] = 0.5  # 5%: the share expected past the fit-time p95
+    few = drift_from_distances(labels, dist, np.zeros(2), 0.0)
+    assert few["distance_ratio"] is None and few["score"] == 0.0
+    json.dumps(few, allow_nan=False)
+    dist[:50] = 0.5
+    half = drift_from_distances(labels, dist, np.zeros(2), 0.0)
+    assert half["score"] == pytest.approx((0.5 - 0.05) / 0.95)
+    assert drift_from_distances(labels, np.zeros(100), np.zeros(2), 0.0)["distance_ratio"] == 1.0

@@ -679,3 +679,32 @@ def test_fit_hash_includes_the_algorithm_version(monkeypatch):
     before = fit_hash(None, None, seg)
     monkeypatch.setattr(version, "ALGORITHM_VERSION", version.ALGORITHM_VERSION + 1)
     assert fit_hash(None, None, seg) != before
+
+
+def _few_distinct(n=100):
+    x = (np.arange(n) % 2).astype(np.float32)[:, None]
+    return [np.hstack([x, x]), x.copy()]
+
+
+@pytest.mark.parametrize("k", [3, "auto"])
+def test_gmm_on_fewer_distinct_users_than_k_prints_no_library_warning(k):
+    """sklearn's ConvergenceWarning printed its source line into the run's
+    output; the run says it in words (k asked, fewer found)."""
+    import warnings
+
+    extra = {"k_range": [2, 3]} if k == "auto" else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model("gmm", k=k, reduce="none", **extra).fit(_few_distinct())
+    assert not [w for w in caught if "Converg" in type(w.message).__name__], [
+        str(w.message) for w in caught
+    ]
+
+
+def test_hdbscan_on_identical_users_says_so():
+    """The hint was 'lower cluster.min_cluster_size (now 2)', which cannot help."""
+    same = [np.ones((50, 2), np.float32), np.ones((50, 1), np.float32)]
+    with pytest.raises(DataError) as err:
+        model("hdbscan", k=None, reduce="none", min_cluster_size=2).fit(same)
+    assert "all 50 users have identical inputs" in str(err.value)
+    assert "min_cluster_size" not in (err.value.hint or "")
