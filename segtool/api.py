@@ -171,12 +171,14 @@ class Project:
         man["_notes"] = notes
         return man
 
-    def encoders(self, device: str | None = None):
+    def encoders(self, device: str | None = None, con=None):
         """The encoders of this project: one builder, one fingerprint per encoder
-        for every command (encoders/builder.py)."""
+        for every command (encoders/builder.py); with `con`, fingerprinting as
+        that database keys its vectors and fits (state/rekey.py)."""
         from segtool.encoders.builder import Encoders
 
-        return Encoders(self.loaded, device=device)
+        encoders = Encoders(self.loaded, device=device)
+        return encoders.follow(con) if con is not None else encoders
 
     def plan(self, **opts):
         """What `run(**opts)` would do, step by step (a frozen Plan); writes nothing."""

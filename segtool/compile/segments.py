@@ -147,7 +147,9 @@ def fit_hash(proj, fingerprint, seg) -> str:
     return sha(dumps(parts))
 
 
-def fit_is_current(project, seg, stored_fit_hash: str) -> bool:
-    """Whether a stored fit was made in the spaces of SEG's inputs as they
-    are now (an encoder whose weights changed puts new vectors through it)."""
-    return fit_hash(project.loaded, project.encoders().fingerprint, seg) == stored_fit_hash
+def fit_is_current(project, seg, stored_fit_hash: str, con) -> bool:
+    """Whether a stored fit (in the database `con`) was made in the spaces of
+    SEG's inputs as they are now (an encoder whose weights changed puts new
+    vectors through it)."""
+    fingerprint = project.encoders(con=con).fingerprint
+    return fit_hash(project.loaded, fingerprint, seg) == stored_fit_hash

@@ -102,11 +102,20 @@ def _weight_files(folder: Path) -> list[Path]:
     return []
 
 
-def model_content_hash(folder: Path, *, sentence_transformers: bool = False) -> str:
+def model_content_hash(
+    folder: Path, *, sentence_transformers: bool = False, legacy: bool = False
+) -> str:
     """sha256 over the files of a model folder that decide its output.
 
     For sentence-transformers models, also the module list and each module's
     config and weights (pooling, dense, normalize), and the default prompt.
+
+    tokenizer.json counts whenever it is there: transformers' fast tokenizer
+    loads it in preference to vocab.txt, so an edit to it alone (normalizer,
+    added tokens) changed the vectors and not the fingerprint. `legacy`: the
+    hash as state versions before 6 computed it (tokenizer.json only in a
+    folder without a vocab file); state/rekey.py moves what a database holds
+    under those to the new hashes once.
     """
     folder = Path(folder)
     parts: list[tuple[str, str]] = []
@@ -118,8 +127,8 @@ def model_content_hash(folder: Path, *, sentence_transformers: bool = False) -> 
             if (sub / name).is_file():
                 parts.append((prefix + name, _canonical_json_file(sub / name)))
         vocab = [sub / n for n in _VOCAB_FILES if (sub / n).is_file()]
-        if not vocab and (sub / "tokenizer.json").is_file():
-            vocab = [sub / "tokenizer.json"]
+        if (sub / "tokenizer.json").is_file() and not (legacy and vocab):
+            vocab.append(sub / "tokenizer.json")
         for v in vocab:
             parts.append((prefix + v.name, file_sha256(v)))
 

@@ -112,7 +112,8 @@ class OnnxEncoder(TransformersEncoder):
     @property
     def onnx_path(self) -> Path:
         """Keyed by the fingerprint minus max_length (truncation happens in the tokenizer,
-        so encoders that differ only in max_length share one export)."""
+        so encoders that differ only in max_length share one export). The key
+        covers tokenizer.json (the folder keeps a copy of the tokenizer)."""
         from segtool.encoders._fingerprint import fingerprint as _fingerprint
 
         key = _fingerprint({**self._fingerprint_payload(), "max_length": None, "onnx": OPSET})

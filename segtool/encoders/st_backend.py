@@ -32,9 +32,11 @@ class SentenceTransformersEncoder(TransformersEncoder):
             self._dim = int(get())
         return self._dim
 
-    def _fingerprint_payload(self) -> dict:
-        payload = super()._fingerprint_payload()
-        payload["model"] = {"sha256": model_content_hash(self.path, sentence_transformers=True)}
+    def _fingerprint_payload(self, legacy: bool = False) -> dict:
+        payload = super()._fingerprint_payload(legacy)
+        payload["model"] = {
+            "sha256": model_content_hash(self.path, sentence_transformers=True, legacy=legacy)
+        }
         return payload
 
     def _load(self):

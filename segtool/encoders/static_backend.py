@@ -59,14 +59,15 @@ def _model2vec_version() -> str:
         return "missing"
 
 
-def distill_key(source: Path, dim: int) -> str:
+def distill_key(source: Path, dim: int, *, legacy: bool = False) -> str:
     """What decides a distilled model: the source weights and the settings.
     The model2vec release is part of it (its distillation changes between
-    releases); its major.minor only, so a patch release reuses the cache."""
+    releases); its major.minor only, so a patch release reuses the cache.
+    `legacy`: the key before tokenizer.json counted (_fingerprint.py)."""
     release = ".".join(_model2vec_version().split(".")[:2])
     return _fingerprint(
         {
-            "source": model_content_hash(source, sentence_transformers=True),
+            "source": model_content_hash(source, sentence_transformers=True, legacy=legacy),
             "pca_dims": int(dim),
             "sif": SIF_COEFFICIENT,
             "model2vec": release,
@@ -108,12 +109,28 @@ class StaticEncoder(CpuFloat32):
         self.distilled = not is_model2vec(self.source)
         if self.distilled:
             self.path = cache_root() / "static" / distill_key(self.source, self.dim_setting)
+            self._adopt_legacy_distillation()
         else:
             self.path = self.source
         self._model = None
         self._fingerprint: str | None = None
         self._table: np.ndarray | None = None  # float32 token vectors (_pool)
         self._tokenize: TokenIds | None = None
+
+    def _adopt_legacy_distillation(self) -> None:
+        """A model distilled under the key before tokenizer.json counted is
+        moved to its key now, not distilled again (minutes for MiniLM). Moved,
+        not shared: a later edit of tokenizer.json changes the key again and
+        must not find the old distillation."""
+        if _manifest_ok(self.path):
+            return
+        legacy = self.path.parent / distill_key(self.source, self.dim_setting, legacy=True)
+        if legacy == self.path or not _manifest_ok(legacy):
+            return
+        try:
+            os.rename(legacy, self.path)
+        except OSError:  # another process moved it first, or the key is taken
+            pass
 
     # ------------------------------------------------------------------ properties
     @property

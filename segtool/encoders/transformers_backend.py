@@ -124,10 +124,10 @@ class TransformersEncoder:
                 self._dim = int(self._model.config.hidden_size)
         return self._dim
 
-    def _fingerprint_payload(self) -> dict:
+    def _fingerprint_payload(self, legacy: bool = False) -> dict:
         return {
             "kind": self.spec.kind,
-            "model": {"sha256": model_content_hash(self.path)},
+            "model": {"sha256": model_content_hash(self.path, legacy=legacy)},
             "pooling": self.spec.pooling,
             "normalize": bool(self.spec.normalize),
             "max_length": int(self.spec.max_length),
@@ -144,6 +144,13 @@ class TransformersEncoder:
         if self._fingerprint is None:
             self._fingerprint = _fingerprint(self._fingerprint_payload())
         return self._fingerprint
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint as state versions before 6 computed it (the same
+        as fingerprint() unless the folder has tokenizer.json beside a vocab
+        file): what a database of that version keyed this encoder's vectors
+        and fits by (state/rekey.py)."""
+        return _fingerprint(self._fingerprint_payload(legacy=True))
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self):

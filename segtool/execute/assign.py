@@ -132,7 +132,7 @@ def assign_file(project, name: str, path: Path):
             raise ProjectError(
                 f"segmentation '{name}' has no fitted model yet", hint=f"segtool run -s +{name}"
             )
-        _check_fit_current(project, seg, active[1])
+        _check_fit_current(project, seg, active[1], db)
         transformers, model, params = _restore(active)
         keys = first_column(mem, f"SELECT {k} FROM input ORDER BY __ord")
         blocks = []
@@ -298,14 +298,14 @@ def _lacking(db, proj, seg, cols: set[str], path):
     return lacking
 
 
-def _check_fit_current(project, seg, stored_fit_hash: str) -> None:
+def _check_fit_current(project, seg, stored_fit_hash: str, db) -> None:
     """The stored fit was made in the spaces of its inputs as they were: an
     encoder whose weights changed since puts new vectors through the old fit
     (350 of 400 users came out in other segments, without a word). The plan
     refits then; assign says so instead of guessing."""
     from segtool.compile.segments import fit_is_current
 
-    if fit_is_current(project, seg, stored_fit_hash):
+    if fit_is_current(project, seg, stored_fit_hash, db):
         return
     raise DataError(
         f"segmentation '{seg.name}' was fitted with other inputs than the project's now "
@@ -325,7 +325,7 @@ def _vectors(project, db, mem, inp, render_rows, text_renderer) -> np.ndarray:
         mem.sql("SELECT * EXCLUDE (__ord) FROM input ORDER BY __ord").to_arrow_table()
     )
     rendered, _, _ = render_rows(proj, spec, rows, text_renderer(proj, spec))
-    encoders = project.encoders()
+    encoders = project.encoders(con=db)
     enc = encoders.get(inp.embedding.encoder)
     fp = encoders.fingerprint(inp.embedding.encoder)
     hashes = [r[2] for r in rendered]

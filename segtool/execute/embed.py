@@ -188,11 +188,13 @@ def clean_cache(project) -> dict:
     proj = project.loaded
     if not proj.database_path.exists():  # connecting would create an empty one
         return {"removed": 0, "kept": []}
-    encoders = project.encoders()
     con = project.connect(read_only=False)
     try:
         if not table_exists(con, STATE, "encoders"):
             return {"removed": 0, "kept": []}
+        # a database no run has migrated keys vectors by the fingerprints
+        # before tokenizer.json counted: today's would find them all unused
+        encoders = project.encoders(con=con)
         current: dict[str, str] = {}  # fingerprint -> encoder name
         unbuildable: dict[str, str] = {}  # encoder name -> why
         for name in proj.encoders:

@@ -179,6 +179,8 @@ class Runner:
         from segtool.plan.build import plan_steps
 
         uids = self.selected()
+        if con is not None:  # a database no run has migrated: its fingerprints (state/rekey.py)
+            self.encoders.follow(con)
         if con is None:
             planner = self._planner(None, st, None, data_aware=data_aware, uids=uids)
             steps = plan_steps(planner, uids)
@@ -219,6 +221,7 @@ class Runner:
         from segtool.execute.segment import execute_segmentation
         from segtool.execute.workspace import Workspace
         from segtool.plan.state import DbState
+        from segtool.state.rekey import keyed_by_legacy_fingerprints, rekey
 
         t0 = time.perf_counter()
         graph = self.project.graph().graph
@@ -240,8 +243,12 @@ class Runner:
             con = state.connect(self.loaded, threads=self.options.threads)
             con.execute("BEGIN")
             try:
+                legacy = keyed_by_legacy_fingerprints(con)
                 for note in state.migrate(con, self.loaded, in_transaction=True):
                     self.reporter.warn(note)
+                if legacy:  # once: vectors and fits to today's fingerprints
+                    for note in rekey(con, self.loaded, self.encoders):
+                        self.reporter.info(note)
                 # we hold the run lock: a run still marked running died without a word
                 state.mark_interrupted(con)
                 run_id = state.start_run(

@@ -356,7 +356,7 @@ def silhouette_of(project, con, seg) -> float:
     k = quote_ident(project.loaded.key)
     users = f"SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k})) AS __ord FROM {tables.segments(seg.name)} s WHERE s.segment_id >= 0"
     sample = f"SELECT * FROM ({users}) WHERE __ord <= 5000"
-    loaded = load_inputs(project.loaded, project.encoders().fingerprint, con, seg, sample)
+    loaded = load_inputs(project.loaded, project.encoders(con=con).fingerprint, con, seg, sample)
     X = model.transform(apply_transformers(transformers, loaded), loaded.keys)
     ids = con.sql(
         f"SELECT s.segment_id FROM ({sample}) u JOIN {tables.segments(seg.name)} s ON s.{k} = u.{k} ORDER BY u.__ord"

@@ -26,7 +26,7 @@ from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -72,6 +72,9 @@ MIGRATIONS: dict[int, list[str]] = {
     # of its input hash: what it holds came from its merges, so a rebuild
     # changes it though its inputs did not (plan/build.py)
     5: [f"ALTER TABLE {STATE}.nodes ADD COLUMN built VARCHAR"],
+    # v6: encoder fingerprints cover tokenizer.json; the run that migrates
+    # moves vectors and fits to them (state/rekey.py), no table changes
+    6: [],
 }
 
 

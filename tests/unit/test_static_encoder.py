@@ -4,6 +4,8 @@ corrupt, never left half-written."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -268,3 +270,34 @@ def test_a_corrupt_cache_that_kept_its_size_and_mtime_is_distilled_again(bert, c
     assert enc2.ready  # what the remembered hash says
     np.testing.assert_allclose(enc2.encode(TEXTS), good, atol=1e-6)
     assert f.read_bytes() != bytes(data)  # distilled again
+
+
+def test_a_distillation_under_the_key_before_tokenizer_json_counted_is_moved_not_redone(
+    bert, cache, tmp_path
+):
+    """The distillation key covers the source's tokenizer.json (state v6): a
+    model distilled under the old key is moved to the new one (minutes of
+    distillation saved), and an edit of tokenizer.json later distils again."""
+    import shutil
+
+    from segtool.encoders.static_backend import distill_key
+
+    src = shutil.copytree(bert, tmp_path / "src")
+    enc = build_encoder(spec(src), src.parent)
+    enc.prepare()
+    fp = enc.fingerprint()
+    legacy = enc.path.parent / distill_key(src, 16, legacy=True)
+    assert legacy != enc.path
+    enc.path.rename(legacy)  # as segtool before state v6 left it
+
+    moved = build_encoder(spec(src), src.parent)
+    assert moved.ready and moved.fingerprint() == fp and not legacy.exists()
+
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["model"]["vocab"]["shopper"], tok["model"]["vocab"]["coffee"] = (
+        tok["model"]["vocab"]["coffee"],
+        tok["model"]["vocab"]["shopper"],
+    )
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    edited = build_encoder(spec(src), src.parent)
+    assert edited.path != moved.path and not edited.ready

@@ -228,7 +228,7 @@ def map_points(project, con, seg, n: int = MAP_POINTS) -> dict | None:
         return None
     from segtool.compile.segments import fit_is_current
 
-    if not fit_is_current(project, seg, active[1]):
+    if not fit_is_current(project, seg, active[1], con):
         # an encoder changed since the fit: new vectors through the old
         # model would draw a map of segments mixed up (the run refits)
         raise DataError(
@@ -242,7 +242,7 @@ def map_points(project, con, seg, n: int = MAP_POINTS) -> dict | None:
         f"FROM {segs} s) WHERE __ord <= {int(n)}"
     )
     transformers, model, _ = restore(active)
-    loaded = load_inputs(project.loaded, project.encoders().fingerprint, con, seg, sample)
+    loaded = load_inputs(project.loaded, project.encoders(con=con).fingerprint, con, seg, sample)
     X = np.asarray(model.transform(apply_transformers(transformers, loaded), loaded.keys))
     ids = (
         con.sql(
