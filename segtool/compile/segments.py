@@ -4,6 +4,7 @@ by the planner (to count) and by the stages (to run): one definition each."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from segtool.compile.sql import quote_ident
@@ -98,13 +99,20 @@ def rules_case(proj, seg) -> str:
     return f"CASE {whens} ELSE {default} END"
 
 
-def rules_changes_sql(k: str, work: str, old: str) -> tuple[str, str]:
+def rules_changes_sql(
+    k: str, work: str, old: str, fitted_ids: Iterable[int] = ()
+) -> tuple[str, str]:
     """(the users whose rule segment is new or another, the users who left):
     `work` holds each user's segment now, `old` the stored table. The plan
-    counts them; the run closes and opens their history spells."""
+    counts them; the run closes and opens their history spells. A stored row
+    with one of `fitted_ids` (a cluster's id: the table came from a fit)
+    changes whatever its name: a rule named like the cluster gets its own id,
+    and the user's cluster spell stayed open under the retired id."""
+    ids = sorted({int(i) for i in fitted_ids})
+    from_fit = f" OR s.segment_id IN ({', '.join(map(str, ids))})" if ids else ""
     changed = (
         f"SELECT r.{k} FROM {work} r LEFT JOIN {old} s ON s.{k} = r.{k} "
-        f"WHERE s.{k} IS NULL OR s.segment <> r.segment"
+        f"WHERE s.{k} IS NULL OR s.segment <> r.segment{from_fit}"
     )
     removed = f"SELECT s.{k} FROM {old} s ANTI JOIN {work} r ON r.{k} = s.{k}"
     return changed, removed

@@ -70,16 +70,21 @@ def _referenced(proj: LoadedProject, name: str) -> list[str]:
     return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
 
 
-def _incremental_branch(proj: LoadedProject, m, cm) -> str | None:
+def _incremental_branch(proj: LoadedProject, m, cm) -> tuple[str | None, list[str]]:
     """An incremental model's SQL as a merge compiles it, when it differs from
-    the full build's (is_incremental() in its SQL); else None."""
+    the full build's (is_incremental() in its SQL), else None; and what only
+    the merge reads (refs and sources inside `{% if is_incremental() %}`: new
+    rows in such a source must start a merge, and `-s source+` must find it)."""
     if cm.config.materialized != "incremental" or "is_incremental" not in m.sql:
-        return None
+        return None, []
     try:
         merge = compile_model(proj, m, incremental=True)
     except ProjectError:  # the run reports it when it merges; the full build compiled
-        return None
-    return merge.portable_sql if merge.portable_sql != cm.portable_sql else None
+        return None, []
+    reads = [f"model.{r}" for r in merge.refs if r != m.name and r not in cm.refs] + [
+        f"source.{s}.{t}" for s, t in merge.sources if (s, t) not in cm.sources
+    ]
+    return (merge.portable_sql if merge.portable_sql != cm.portable_sql else None), reads
 
 
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
@@ -124,7 +129,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         if not cm.config.enabled:
             continue
         compiled[name] = cm
-        branch = _incremental_branch(proj, m, cm)
+        branch, merge_reads = _incremental_branch(proj, m, cm)
         props = m.props
         nodes.append(
             Node(
@@ -135,8 +140,13 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
                 line=1,
                 tags=[*cm.config.tags, *(props.tags if props else [])],
                 description=props.description if props else "",
-                depends_on=[f"model.{r}" for r in cm.refs]
-                + [f"source.{s}.{t}" for s, t in cm.sources],
+                depends_on=list(
+                    dict.fromkeys(
+                        [f"model.{r}" for r in cm.refs]
+                        + [f"source.{s}.{t}" for s, t in cm.sources]
+                        + merge_reads
+                    )
+                ),
                 spec=cm,
                 data={
                     "sql": cm.portable_sql,

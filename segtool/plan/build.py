@@ -706,7 +706,11 @@ class Planner:
             check_nonempty(self.loaded, seg, self._count(f"SELECT count(*) FROM ({pop})"))
         assigned, removed = users, 0
         if exists and self._table_exists(tables.RESULTS, seg.name):
-            changed, left = seg_inputs.rules_changes_sql(k, work, tables.segments(seg.name))
+            from segtool.state.db import fitted_segment_ids
+
+            changed, left = seg_inputs.rules_changes_sql(
+                k, work, tables.segments(seg.name), fitted_segment_ids(con, seg.name)
+            )
             assigned = self._count(f"SELECT count(*) FROM ({changed})")
             removed = self._count(f"SELECT count(*) FROM ({left})")
             stored = self.state.node(node.unique_id)

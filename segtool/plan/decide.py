@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from segtool.words import counted
+from segtool.words import counted, with_article
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def model_action(
             else f"missing from the database: built again ({materialized})"
         )
     if exists_as != want:
-        return "rebuild", f"now a {materialized} (it was a {exists_as})"
+        return "rebuild", f"now {with_article(materialized)} (it was {with_article(exists_as)})"
     if materialized == "view":
         if stored is None or stored.own_hash != own_hash:
             return "rebuild", "SQL changed"

@@ -555,3 +555,17 @@ def node_states(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
         r[0]: {"data_hash": r[1], "own_hash": r[2], "metadata_hash": r[3], "run_id": r[4]}
         for r in rows
     }
+
+
+def fitted_segment_ids(con: duckdb.DuckDBPyConnection, name: str) -> set[int]:
+    """The ids any fit of segmentation NAME gave a cluster (its label_to_id)."""
+    from segtool.state import tables
+
+    if not table_exists(con, STATE, "fitted"):
+        return set()
+    out: set[int] = set()
+    for (params,) in con.execute(
+        f"SELECT params FROM {tables.FITTED} WHERE segmentation = ?", [name]
+    ).fetchall():
+        out |= {int(v) for v in json.loads(params or "{}").get("label_to_id", {}).values()}
+    return out

@@ -1017,6 +1017,16 @@ def test_a_clustering_made_rules_and_back_is_fitted_again(project):
     project.cli("run", "-s", "behaviour")
     rule_ids = {i for i, _ in table()}
     assert not rule_ids & cluster_ids
+    # every user's cluster spell closed and a rule spell opened: the users of
+    # the cluster the rule is named like kept an open spell on its retired id
+    open_spells = project.sql(
+        "select h.user_id, h.segment_id, s.segment_id from segments.behaviour_history h "
+        "full join segments.behaviour s using (user_id) where h.valid_to_run is null"
+    )
+    assert all(h == s for _, h, s in open_spells), open_spells
+    assert len(open_spells) == sum(first)
+    g = summary(project)["segmentations"]["behaviour"]
+    assert g["assigned"] == sum(first), g
     project.write("segments/segments.yml", orig)
     plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
     step = next(s for s in plan["steps"] if s["unique_id"] == "segmentation.behaviour")
@@ -1653,3 +1663,40 @@ def test_rules_over_rows_that_move_no_user_are_skipped(project):
     project.edit("segments/segments.yml", 'when: "revenue > 300"', 'when: "revenue > 200"')
     project.cli("run")
     assert _model_step(project, "segmentation.lifecycle")["action"] == "assign"
+
+
+def test_a_source_read_only_when_merging_is_an_input_of_the_merge(project):
+    """A source read only inside `{% if is_incremental() %}` was no input of
+    the model: new rows in it left the plan at 'SQL and upstream data
+    unchanged' (run and dry run: nothing to do) and `ls -s source+` did not
+    list the model; the rows arrived only when another input changed."""
+    project.edit(
+        "models/sources.yml",
+        "      - name: orders\n",
+        "      - name: late_users\n"
+        "        path: data/late_users.csv\n"
+        "        options: {types: {user_id: BIGINT}}\n"
+        "      - name: orders\n",
+    )
+    project.write("data/late_users.csv", "user_id,signup_at,country\n")
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='incremental', unique_key='user_id') }}",
+    )
+    project.edit(
+        "models/user_features.sql",
+        "from {{ source('shop', 'users') }} u",
+        "from {% if is_incremental() %}{{ source('shop', 'late_users') }}"
+        "{% else %}{{ source('shop', 'users') }}{% endif %} u",
+    )
+    project.cli("run")
+    listed = project.cli("ls", "-s", "source:shop.late_users+").stdout
+    assert "model.user_features" in listed, listed
+    project.write("data/late_users.csv", "user_id,signup_at,country\n9001,2024-05-01,DE\n")
+    plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
+    step = next(s for s in plan["steps"] if s["unique_id"] == "model.user_features")
+    assert step["action"] == "incremental", step
+    project.cli("run")
+    assert project.sql("select count(*) from main.user_features where user_id = 9001") == [(1,)]
+    assert project.sql("select count(*) from segments.behaviour where user_id = 9001") == [(1,)]

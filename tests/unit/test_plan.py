@@ -37,6 +37,9 @@ def test_model_rules():
     assert model() == "skip"
     assert model(exists_as=None) == "create"
     assert model(exists_as="view") == "rebuild"  # materialization changed
+    assert model_decision(materialized="incremental", exists_as="view")[1] == (
+        "now an incremental (it was a view)"  # was 'now a incremental'
+    )
     assert model(own_hash="new") == "rebuild"
     assert model(exec_hash="moved") == "rebuild"
     assert model(input_hash="new data") == "rebuild"

@@ -17,6 +17,7 @@ from segtool.compile.segments import fit_hash
 from segtool.compile.sql import quote_ident
 from segtool.execute.context import StepResult
 from segtool.state import tables
+from segtool.words import above
 
 
 def execute_segmentation(ctx, step) -> StepResult:
@@ -64,7 +65,7 @@ def execute_segmentation(ctx, step) -> StepResult:
                     # the policy the plan stated: refit if drift > threshold
                     action = "refit"
                     reason = (
-                        f"drift {drift['score']:.2f} > {seg.update.drift_threshold}: "
+                        f"drift {above(drift['score'], seg.update.drift_threshold)} > {seg.update.drift_threshold}: "
                         "refit on every user (update.refit: on_drift)"
                     )
                     extra.update(fit.fit(ctx, seg, users, fhash))

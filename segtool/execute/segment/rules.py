@@ -8,7 +8,7 @@ import json
 from segtool.compile.segments import rules_changes_sql
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.state import tables
-from segtool.state.db import table_exists
+from segtool.state.db import fitted_segment_ids, table_exists
 from segtool.state.tables import work_table
 
 
@@ -20,7 +20,7 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
     k = quote_ident(ctx.loaded.key)
     # stable ids per segment name; not a cluster's id, should a rule be named
     # like a cluster the segmentation had (clusters are looked up by no name)
-    fitted = _fitted_ids(con, name)
+    fitted = fitted_segment_ids(con, name)
     rows = con.execute(
         f"SELECT label, segment_id FROM {tables.CATALOG} WHERE segmentation = ?", [name]
     ).fetchall()
@@ -50,7 +50,7 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
     touched = work_table("rules", name, "touched")
     exists = table_exists(con, tables.RESULTS, name)
     if exists:
-        changed, left = rules_changes_sql(k, work, tables.segments(name))
+        changed, left = rules_changes_sql(k, work, tables.segments(name), fitted)
         con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS {changed} UNION ALL {left}")
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS SELECT {k} FROM {work}")
@@ -122,15 +122,3 @@ def _retire(ctx, name: str, live: list[int]) -> None:
             f"UPDATE {tables.FITTED} SET active = false WHERE segmentation = ? AND active", [name]
         )
     con.execute(f"DROP TABLE IF EXISTS {tables.inputs(name)}")
-
-
-def _fitted_ids(con, name: str) -> set[int]:
-    """The ids any fit of NAME gave a cluster (its label_to_id)."""
-    if not table_exists(con, tables.STATE, "fitted"):
-        return set()
-    out: set[int] = set()
-    for (params,) in con.execute(
-        f"SELECT params FROM {tables.FITTED} WHERE segmentation = ?", [name]
-    ).fetchall():
-        out |= {int(v) for v in json.loads(params or "{}").get("label_to_id", {}).values()}
-    return out
