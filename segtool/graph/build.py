@@ -20,6 +20,9 @@ class BuiltGraph:
     errors: list[ProjectError] = field(default_factory=list)
     # models that did not compile (their errors are in `errors`)
     failed: set[str] = field(default_factory=set)
+    # incremental models whose merge alone reads files directly or calls
+    # now()/random() (inside `{% if is_incremental() %}`): merged every run
+    merge_volatile: set[str] = field(default_factory=set)
 
 
 def _model_meta(m) -> dict:
@@ -70,21 +73,28 @@ def _referenced(proj: LoadedProject, name: str) -> list[str]:
     return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
 
 
-def _incremental_branch(proj: LoadedProject, m, cm) -> tuple[str | None, list[str]]:
+def _volatile(cm) -> bool:
+    shape = cm.shape
+    return shape is None or shape.volatile or shape.file_reads > cm.source_reads
+
+
+def _incremental_branch(proj: LoadedProject, m, cm) -> tuple[str | None, list[str], bool]:
     """An incremental model's SQL as a merge compiles it, when it differs from
     the full build's (is_incremental() in its SQL), else None; and what only
     the merge reads (refs and sources inside `{% if is_incremental() %}`: new
-    rows in such a source must start a merge, and `-s source+` must find it)."""
+    rows in such a source must start a merge, and `-s source+` must find it),
+    and whether the merge is volatile where the full build is not."""
     if cm.config.materialized != "incremental" or "is_incremental" not in m.sql:
-        return None, []
+        return None, [], False
     try:
         merge = compile_model(proj, m, incremental=True)
     except ProjectError:  # the run reports it when it merges; the full build compiled
-        return None, []
+        return None, [], False
     reads = [f"model.{r}" for r in merge.refs if r != m.name and r not in cm.refs] + [
         f"source.{s}.{t}" for s, t in merge.sources if (s, t) not in cm.sources
     ]
-    return (merge.portable_sql if merge.portable_sql != cm.portable_sql else None), reads
+    branch = merge.portable_sql if merge.portable_sql != cm.portable_sql else None
+    return branch, reads, _volatile(merge) and not _volatile(cm)
 
 
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
@@ -92,6 +102,7 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
     errors: list[ProjectError] = []
     compiled: dict[str, CompiledModel] = {}
     failed: set[str] = set()
+    volatile_merges: set[str] = set()
 
     for (s, t), st in proj.sources.items():
         tbl = st.table
@@ -129,7 +140,9 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         if not cm.config.enabled:
             continue
         compiled[name] = cm
-        branch, merge_reads = _incremental_branch(proj, m, cm)
+        branch, merge_reads, merge_volatile = _incremental_branch(proj, m, cm)
+        if merge_volatile:
+            volatile_merges.add(name)
         props = m.props
         nodes.append(
             Node(
@@ -361,4 +374,10 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
         errors.append(exc)
     if strict and errors:
         raise ProjectErrors(errors)
-    return BuiltGraph(graph=graph, compiled=compiled, errors=errors, failed=failed)
+    return BuiltGraph(
+        graph=graph,
+        compiled=compiled,
+        errors=errors,
+        failed=failed,
+        merge_volatile=volatile_merges,
+    )

@@ -315,6 +315,8 @@ class Planner:
     def volatile(self, model: str) -> bool:
         cm = self.built.compiled[model]
         shape = cm.shape
+        if model in self.built.merge_volatile:  # only its merge reads files directly
+            return True
         return shape is None or shape.volatile or shape.file_reads > cm.source_reads
 
     def hashes(self, node) -> tuple[str, str | None, str | None]:

@@ -1665,6 +1665,33 @@ def test_rules_over_rows_that_move_no_user_are_skipped(project):
     assert _model_step(project, "segmentation.lifecycle")["action"] == "assign"
 
 
+def _user_features_merging_from(project, merge_from: str) -> None:
+    """user_features incremental, reading `merge_from` instead of the users
+    source when it merges (data/late_users.csv starts with no rows)."""
+    project.write("data/late_users.csv", "user_id,signup_at,country\n")
+    project.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='incremental', unique_key='user_id') }}",
+    )
+    project.edit(
+        "models/user_features.sql",
+        "from {{ source('shop', 'users') }} u",
+        f"from {{% if is_incremental() %}}{merge_from}"
+        "{% else %}{{ source('shop', 'users') }}{% endif %} u",
+    )
+
+
+def _late_user_is_merged(project, why: str) -> None:
+    project.write("data/late_users.csv", "user_id,signup_at,country\n9001,2024-05-01,DE\n")
+    plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
+    step = next(s for s in plan["steps"] if s["unique_id"] == "model.user_features")
+    assert step["action"] == "incremental" and why in step["reason"], step
+    project.cli("run")
+    assert project.sql("select count(*) from main.user_features where user_id = 9001") == [(1,)]
+    assert project.sql("select count(*) from segments.behaviour where user_id = 9001") == [(1,)]
+
+
 def test_a_source_read_only_when_merging_is_an_input_of_the_merge(project):
     """A source read only inside `{% if is_incremental() %}` was no input of
     the model: new rows in it left the plan at 'SQL and upstream data
@@ -1678,25 +1705,19 @@ def test_a_source_read_only_when_merging_is_an_input_of_the_merge(project):
         "        options: {types: {user_id: BIGINT}}\n"
         "      - name: orders\n",
     )
-    project.write("data/late_users.csv", "user_id,signup_at,country\n")
-    project.edit(
-        "models/user_features.sql",
-        "{{ config(materialized='table') }}",
-        "{{ config(materialized='incremental', unique_key='user_id') }}",
-    )
-    project.edit(
-        "models/user_features.sql",
-        "from {{ source('shop', 'users') }} u",
-        "from {% if is_incremental() %}{{ source('shop', 'late_users') }}"
-        "{% else %}{{ source('shop', 'users') }}{% endif %} u",
-    )
+    _user_features_merging_from(project, "{{ source('shop', 'late_users') }}")
     project.cli("run")
     listed = project.cli("ls", "-s", "source:shop.late_users+").stdout
     assert "model.user_features" in listed, listed
-    project.write("data/late_users.csv", "user_id,signup_at,country\n9001,2024-05-01,DE\n")
-    plan = json.loads(project.cli("run", "--dry-run", "--format", "json").stdout)
-    step = next(s for s in plan["steps"] if s["unique_id"] == "model.user_features")
-    assert step["action"] == "incremental", step
+    _late_user_is_merged(project, "upstream data changed")
+
+
+def test_a_file_read_directly_only_when_merging_is_merged_every_run(project):
+    """`read_csv` inside `{% if is_incremental() %}` alone: the docs say a
+    model that reads files directly is merged every run, but only the full
+    build's SQL was looked at: 'nothing to do', and the file's new rows never
+    arrived."""
+    path = project.root / "data/late_users.csv"
+    _user_features_merging_from(project, f"read_csv('{path}', types = {{'user_id': 'BIGINT'}})")
     project.cli("run")
-    assert project.sql("select count(*) from main.user_features where user_id = 9001") == [(1,)]
-    assert project.sql("select count(*) from segments.behaviour where user_id = 9001") == [(1,)]
+    _late_user_is_merged(project, "reads files directly")
