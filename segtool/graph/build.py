@@ -73,7 +73,8 @@ def _referenced(proj: LoadedProject, name: str) -> list[str]:
     return [r for r in jinja2.meta.find_referenced_templates(ast) if r]
 
 
-def _volatile(cm) -> bool:
+def is_volatile(cm) -> bool:
+    """A compiled model that reads files directly or calls now()/random()."""
     shape = cm.shape
     return shape is None or shape.volatile or shape.file_reads > cm.source_reads
 
@@ -94,7 +95,7 @@ def _incremental_branch(proj: LoadedProject, m, cm) -> tuple[str | None, list[st
         f"source.{s}.{t}" for s, t in merge.sources if (s, t) not in cm.sources
     ]
     branch = merge.portable_sql if merge.portable_sql != cm.portable_sql else None
-    return branch, reads, _volatile(merge) and not _volatile(cm)
+    return branch, reads, is_volatile(merge) and not is_volatile(cm)
 
 
 def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:

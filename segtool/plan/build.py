@@ -313,11 +313,10 @@ class Planner:
         return refresh or self.state.model_kind(n.name) is None
 
     def volatile(self, model: str) -> bool:
-        cm = self.built.compiled[model]
-        shape = cm.shape
-        if model in self.built.merge_volatile:  # only its merge reads files directly
-            return True
-        return shape is None or shape.volatile or shape.file_reads > cm.source_reads
+        from segtool.graph.build import is_volatile
+
+        # merge_volatile: only its `is_incremental()` branch reads files directly
+        return model in self.built.merge_volatile or is_volatile(self.built.compiled[model])
 
     def hashes(self, node) -> tuple[str, str | None, str | None]:
         """What a completed step records: input and exec hashes, and for an

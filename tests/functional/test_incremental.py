@@ -1172,14 +1172,18 @@ def _summary(project):
     return json.loads((project.root / "target/run_results.json").read_text())["summary"]
 
 
-def _incremental_user_features(project) -> None:
-    """user_features incremental; merges see new users only (changed orders
-    of known users wait for a rebuild)."""
+def _user_features_keyed_incremental(project) -> None:
     project.edit(
         "models/user_features.sql",
         "{{ config(materialized='table') }}",
         "{{ config(materialized='incremental', unique_key='user_id') }}",
     )
+
+
+def _incremental_user_features(project) -> None:
+    """user_features incremental; merges see new users only (changed orders
+    of known users wait for a rebuild)."""
+    _user_features_keyed_incremental(project)
     project.edit(
         "models/user_features.sql",
         "group by all",
@@ -1669,11 +1673,7 @@ def _user_features_merging_from(project, merge_from: str) -> None:
     """user_features incremental, reading `merge_from` instead of the users
     source when it merges (data/late_users.csv starts with no rows)."""
     project.write("data/late_users.csv", "user_id,signup_at,country\n")
-    project.edit(
-        "models/user_features.sql",
-        "{{ config(materialized='table') }}",
-        "{{ config(materialized='incremental', unique_key='user_id') }}",
-    )
+    _user_features_keyed_incremental(project)
     project.edit(
         "models/user_features.sql",
         "from {{ source('shop', 'users') }} u",
