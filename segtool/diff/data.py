@@ -244,6 +244,8 @@ def _compare_one(
             {
                 "segment_id": sid,
                 "label": la if la is not None else lb,
+                # a refit can relabel an id its users stay in: say so
+                "label_before": lb,
                 "before": nb,
                 "after": na,
                 "delta": na - nb,

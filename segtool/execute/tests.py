@@ -270,13 +270,14 @@ def segmentation_tests(project, con, node) -> list:
             )
         )[0]
         hist = tables.history(name)
-        # moved: a spell ended and another began at that run (not a user who left)
+        # moved: a spell ended and another began at that run in another
+        # segment (not a user who left, nor a spell a refit's relabel renewed)
         moved = (
             one(
                 con.execute(
                     f"""SELECT count(DISTINCT h.{k}) FROM {hist} h
                     WHERE h.valid_to_run = ? AND EXISTS (SELECT 1 FROM {hist} n
-                        WHERE n.{k} = h.{k} AND n.valid_from_run = ?)""",
+                        WHERE n.{k} = h.{k} AND n.valid_from_run = ? AND n.segment_id <> h.segment_id)""",
                     [last, last],
                 )
             )[0]

@@ -198,6 +198,17 @@ def _size_line(z: dict, *, delta: bool = True) -> str:
     return line + (f" {z['delta']:>+7,}" if delta else "")
 
 
+def _relabelled(s: dict) -> list[str]:
+    """'3 "old" -> "new"' for each id whose label changed (a refit's)."""
+    return [
+        f"{z['segment_id']} {one_line(z['label_before'])!r} -> {one_line(z['label'])!r}"
+        for z in s["sizes"]
+        if z.get("label_before") is not None
+        and z["label"] is not None
+        and z["label_before"] != z["label"]
+    ]
+
+
 def _format_data_text(r: dict) -> str:
     where = (
         r["head"]["database"]
@@ -225,6 +236,7 @@ def _format_data_text(r: dict) -> str:
         )
         lines.append(f"    {'id':>4} {'segment':<30} {'before':>8} {'after':>8} {'delta':>7}")
         lines += [_size_line(z) for z in s["sizes"]]
+        lines += [f"  relabelled: {line}" for line in _relabelled(s)]
         if s["transitions"]["from"]:
             lines.append("  transitions (users in both; rows: before, columns: after):")
             lines += _matrix_lines(s["transitions"])
@@ -272,6 +284,10 @@ def _format_data_md(r: dict) -> str:
             rows.append(row)
         headers = ["segmentation", "compared", "users before → after", "entered", "left"]
         lines.append(markdown_table([*headers, "moved", "ARI", "NMI"], rows))
+        for s in r["segmentations"]:
+            relabelled = _relabelled(s) if s["status"] == "compared" else []
+            if relabelled:
+                lines += ["", f"`{_md(s['name'])}` relabelled: " + "; ".join(map(_md, relabelled))]
     for s in r["segmentations"]:
         u = s["users"] or {}
         if s["status"] != "compared" or not (u.get("moved") or u.get("entered") or u.get("left")):

@@ -479,10 +479,38 @@ def test_data_between_two_databases_matches_hand_computed_numbers(project, tmp_p
         "counts": [[1, 1, 0], [0, 2, 1], [1, 0, 2]],
     }
     assert s["sizes"] == [
-        {"segment_id": 0, "label": "seg0", "before": 4, "after": 2, "delta": -2},
-        {"segment_id": 1, "label": "seg1", "before": 3, "after": 3, "delta": 0},
-        {"segment_id": 2, "label": "seg2", "before": 3, "after": 3, "delta": 0},
-        {"segment_id": 3, "label": "seg3", "before": 0, "after": 2, "delta": 2},
+        {
+            "segment_id": 0,
+            "label": "seg0",
+            "label_before": "seg0",
+            "before": 4,
+            "after": 2,
+            "delta": -2,
+        },
+        {
+            "segment_id": 1,
+            "label": "seg1",
+            "label_before": "seg1",
+            "before": 3,
+            "after": 3,
+            "delta": 0,
+        },
+        {
+            "segment_id": 2,
+            "label": "seg2",
+            "label_before": "seg2",
+            "before": 3,
+            "after": 3,
+            "delta": 0,
+        },
+        {
+            "segment_id": 3,
+            "label": "seg3",
+            "label_before": None,
+            "before": 0,
+            "after": 2,
+            "delta": 2,
+        },
     ]
     assert s["examples"] == [
         {
@@ -796,3 +824,36 @@ def test_show_lists_a_rule_segment_no_user_is_in_and_keeps_labels_on_one_line(bu
     assert any(
         line.split()[:4] == ["lifecycle", "rules", "60", str(live)] for line in listing.splitlines()
     )
+
+
+def test_a_refit_that_relabels_an_id_renews_its_spells(built):
+    """A refit that gave an id a new label left its users' spells open with
+    the old one: as-of queries, `diff --data` and the report's flows showed a
+    label the segment no longer had (the segment table had the new one), and
+    the run was not a change at all to `diff --data`."""
+    pd = built
+    pd.edit("segments/segments.yml", "labels: {keywords: 3}", "labels: {keywords: 0}")
+    pd.cli("run", "--refit", "-s", "behaviour")
+    now = dict(pd.sql("select segment_id, any_value(segment) from segments.behaviour group by 1"))
+    spells = pd.sql(
+        "select segment_id, segment, valid_from_run, valid_to_run from segments.behaviour_history"
+    )
+    before = {s: lab for s, lab, f, t in spells if f <= 1 and (t is None or t > 1)}
+    assert any(before[s] != now[s] for s in now)  # the edit relabelled some id
+    # each open spell carries the id's label now; the old label stays with run 1
+    assert {s: lab for s, lab, f, t in spells if t is None} == now
+    assert {s: lab for s, lab, f, t in spells if f == 1 and t == 2} == {
+        s: before[s] for s in now if before[s] != now[s]
+    }
+    r = json.loads(pd.cli("diff", "--data", "-s", "behaviour", "--format", "json").stdout)
+    s = r["segmentations"][0]
+    assert (s["base_run"], s["head_run"], s["users"]["moved"]) == (1, 2, 0)
+    assert {z["segment_id"]: (z["label_before"], z["label"]) for z in s["sizes"]} == {
+        i: (before[i], now[i]) for i in now
+    }
+    text = pd.cli("diff", "--data", "-s", "behaviour").stdout
+    i = next(i for i in now if before[i] != now[i])
+    assert f"relabelled: {i} {before[i]!r} -> {now[i]!r}" in text
+    # nobody moved: a renewed spell is not a move
+    pd.edit("segments/segments.yml", "max_share: 0.9}", "max_share: 0.9, max_moved_share: 0.0}")
+    assert "PASS  max_moved_share(behaviour)" in pd.cli("test", "-s", "behaviour").stdout

@@ -162,6 +162,11 @@ def update_history(con, proj, name: str, run_id: int, touched: str | None = None
         touched = None  # a new history opens a spell for every user, not only the touched
     only = f" AND h.{k} IN ({touched})" if touched else ""
     only_s = f" AND s.{k} IN ({touched})" if touched else ""
+    # after a fit a spell also ends where the refit relabelled its id: the
+    # spell's `segment` is then the label for the whole spell, and as-of
+    # queries (diff --data) give the label of that run, not the one the id
+    # had when the user entered it. Assignments keep the labels (no fit)
+    same_label = "" if touched else " AND s.segment IS NOT DISTINCT FROM h.segment"
     ts = now()
     moved = one(
         con.execute(
@@ -172,7 +177,7 @@ def update_history(con, proj, name: str, run_id: int, touched: str | None = None
     con.execute(
         f"""UPDATE {hist} h SET valid_to_run = ?, valid_to = ?
         WHERE h.valid_to_run IS NULL{only} AND NOT EXISTS (
-            SELECT 1 FROM {seg} s WHERE s.{k} = h.{k} AND s.segment_id = h.segment_id)""",
+            SELECT 1 FROM {seg} s WHERE s.{k} = h.{k} AND s.segment_id = h.segment_id{same_label})""",
         [run_id, ts],
     )
     con.execute(
