@@ -172,6 +172,19 @@ class StaticEncoder(CpuFloat32):
         """Distil the source model into the cache unless it is there already."""
         if self.ready:
             return
+        try:
+            self._distil_once(say)
+        except OSError as exc:  # a cache folder this user cannot write (or a file in its way)
+            raise EncoderError(
+                f"encoder '{self.spec.name}': cannot write its distilled model under "
+                f"{self.path.parent}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else ""),
+                hint="set SEGTOOL_CACHE to a folder this user can write (segtool keeps the "
+                "models it distils there, once per machine), or copy a distilled model there",
+            ) from None
+
+    def _distil_once(self, say) -> None:
+        """prepare()'s work, under a file lock: one process distils, the others wait."""
         import filelock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +222,7 @@ class StaticEncoder(CpuFloat32):
 
     def _distill_into(self, folder: Path) -> None:
         try:
-            from model2vec.distill import distill
+            from model2vec.distill import distill_from_model
         except ImportError as exc:
             raise EncoderError(
                 f"encoder '{self.spec.name}' (kind static) needs model2vec with distillation: {exc}",
@@ -219,11 +232,26 @@ class StaticEncoder(CpuFloat32):
 
         try:
             with quiet_transformers():
-                model = distill(
-                    model_name=str(self.source),
+                import torch
+                from transformers import AutoModel, AutoTokenizer
+
+                from segtool.encoders.transformers_backend import _DTYPE_KW
+
+                remote = bool(self.spec.trust_remote_code)
+                # float32, whatever dtype the source's config.json names:
+                # model2vec's distill() loads in that dtype, which the distill
+                # key leaves out (a dtype is a loading setting to the others)
+                source = AutoModel.from_pretrained(
+                    str(self.source), trust_remote_code=remote, **{_DTYPE_KW: torch.float32}
+                )
+                tokenizer = AutoTokenizer.from_pretrained(
+                    str(self.source), trust_remote_code=remote, use_fast=True
+                )
+                model = distill_from_model(
+                    model=source,
+                    tokenizer=tokenizer,
                     pca_dims=self.dim_setting,
                     sif_coefficient=SIF_COEFFICIENT,
-                    trust_remote_code=bool(self.spec.trust_remote_code),
                 )
         except Exception as exc:  # noqa: BLE001 - any failure of the source model
             raise EncoderError(

@@ -112,6 +112,39 @@ def test_missing_source_model_is_a_clear_error(tmp_path, cache):
         build_encoder(spec("./no_such_model"), tmp_path)
 
 
+def test_a_cache_folder_that_cannot_be_written_is_a_clear_error(bert, tmp_path, monkeypatch):
+    """SEGTOOL_CACHE under a file (or a read-only folder) ended the run with
+    'internal error: NotADirectoryError' and no word of the cache."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "afile" / "cache"))
+    enc = build_encoder(spec(bert), bert.parent)
+    with pytest.raises(EncoderError, match="cannot write its distilled model under") as e:
+        enc.prepare()
+    assert str(tmp_path / "afile" / "cache" / "static") in str(e.value)
+    assert "SEGTOOL_CACHE" in e.value.hint
+
+
+def test_a_dtype_in_the_source_config_does_not_change_the_distillation(bert, tmp_path, monkeypatch):
+    """The distill key leaves a config's dtype out (a loading setting), but
+    model2vec distilled in it: a source whose config said bfloat16 gave other
+    weights under the same key, so a machine's vectors depended on which
+    distillation its cache happened to hold."""
+    import shutil
+
+    bf16 = tmp_path / "bert_bf16"
+    shutil.copytree(bert, bf16)
+    cfg = json.loads((bf16 / "config.json").read_text())
+    cfg["dtype"] = cfg["torch_dtype"] = "bfloat16"
+    (bf16 / "config.json").write_text(json.dumps(cfg))
+    weights = {}
+    for name, src in (("f32", bert), ("bf16", bf16)):
+        monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / f"cache_{name}"))
+        enc = build_encoder(spec(src), src.parent)
+        enc.prepare()
+        weights[name] = json.loads((enc.path / MANIFEST).read_text())["files"]["model.safetensors"]
+    assert weights["f32"] == weights["bf16"]
+
+
 def test_own_pooling_agrees_with_model2vec_without_importing_it(bert, cache):
     """segtool averages the token vectors itself (static_backend._pool); the
     vectors are model2vec's own to ~3e-4, and encoding imports neither

@@ -313,6 +313,7 @@ class RayExecutor:
         if not work.todo:
             return stats
         ray = connect(self.spec)
+        t_connected = time.perf_counter()
         import pyarrow as pa
         import pyarrow.parquet as pq
         from ray.data import ActorPoolStrategy
@@ -380,7 +381,9 @@ class RayExecutor:
         stats.extra = {
             "shards": len(refs),
             "staged_mb": round(staged / 1e6, 2),
-            "stage_s": round(t_staged - t0, 3),
+            # connecting (or starting a local Ray) apart from staging the shards
+            "connect_s": round(t_connected - t0, 3),
+            "stage_s": round(t_staged - t_connected, 3),
             "startup_s": round((first or end) - t0, 3),
             "per_worker": [
                 {
