@@ -21,8 +21,9 @@ class Encoders:
         self.threads = threads
         self._built: dict[str, object] = {}
         self._fingerprints: dict[str, str] = {}
-        # fingerprints as a database of state version < 6 holds them (follow())
-        self.legacy = False
+        # the state version of a database whose fingerprints are not today's
+        # (follow()): fingerprints as it holds them; None: today's
+        self.legacy: int | None = None
 
     def spec(self, name: str):
         return self.loaded.encoders[name]
@@ -63,32 +64,31 @@ class Encoders:
         if name not in self._fingerprints:
             enc = self.get(name)
             legacy = getattr(enc, "legacy_fingerprint", None) if self.legacy else None
-            self._fingerprints[name] = legacy() if legacy else enc.fingerprint()
+            self._fingerprints[name] = legacy(self.legacy) if legacy else enc.fingerprint()
         return self._fingerprints[name]
 
-    def legacy_fingerprint(self, name: str) -> str | None:
-        """NAME's fingerprint as state versions before 6 computed it, where it
-        differs from today's (a model folder with tokenizer.json beside its
-        vocab file); None where it does not or cannot be computed."""
+    def legacy_fingerprint(self, name: str, version: int) -> str | None:
+        """NAME's fingerprint as a database of state `version` holds it, where
+        it differs from today's (state/rekey.py); None where it does not or
+        cannot be computed."""
         legacy = getattr(self.get(name), "legacy_fingerprint", None)
         if legacy is None:
             return None
         try:
-            old, new = legacy(), self.get(name).fingerprint()
+            old, new = legacy(version), self.get(name).fingerprint()
         except (EncoderError, SegtoolError):
             return None
         return old if old != new else None
 
     def follow(self, con) -> Encoders:
         """Fingerprint as the database `con` keys its vectors and fits: a
-        database no run of this version has migrated yet (state version 1-5)
-        holds them under the fingerprints before tokenizer.json counted. The
-        read-only commands (dry run, diff, show, assign, test, docs) read it
-        so, and say what the run will do; the run moves it to today's
-        fingerprints once (state/rekey.py)."""
-        from segtool.state.rekey import keyed_by_legacy_fingerprints
+        database no run of this version has migrated yet holds them under the
+        fingerprints of its state version. The read-only commands (dry run,
+        diff, show, assign, test, docs) read it so, and say what the run will
+        do; the run moves it to today's fingerprints once (state/rekey.py)."""
+        from segtool.state.rekey import legacy_version
 
-        legacy = keyed_by_legacy_fingerprints(con)
+        legacy = legacy_version(con)
         if legacy != self.legacy:
             self.legacy = legacy
             self._fingerprints.clear()

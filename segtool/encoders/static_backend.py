@@ -75,6 +75,25 @@ def distill_key(source: Path, dim: int, *, legacy: bool = False) -> str:
     )[:24]
 
 
+# the first state version whose static fingerprints leave the source path out
+PATH_FREE_CONFIG = 7
+
+
+def _config_sha256(path: Path) -> str:
+    """config.json's content without `tokenizer_name` (where model2vec puts
+    the path or hub id it distilled from), keys in order."""
+    import hashlib
+
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return file_sha256(path)
+    if not isinstance(cfg, dict):
+        return file_sha256(path)
+    cfg.pop("tokenizer_name", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
 def _manifest_files(folder: Path) -> dict[str, str] | None:
     """file name -> sha256 as the manifest of a distilled model records
     them, or None without a readable manifest."""
@@ -153,19 +172,38 @@ class StaticEncoder(CpuFloat32):
                     f"from {self.source} once, in {self.path.parent})",
                     hint="segtool run distils it first; it takes minutes on a CPU, once per machine",
                 )
-            files = {
-                n: file_sha256(self.path / n) for n in STATIC_FILES if (self.path / n).is_file()
-            }
-            self._fingerprint = _fingerprint(
-                {
-                    "kind": "static",
-                    "weights": files,
-                    "normalize": bool(self.spec.normalize),
-                    "max_length": int(self.spec.max_length),
-                    "pooling": "sparse-mean/v1",  # segtool's pooling (see _pool)
-                }
-            )
+            self._fingerprint = _fingerprint(self._fingerprint_payload())
         return self._fingerprint
+
+    def _fingerprint_payload(self, legacy: bool = False) -> dict:
+        """The distilled files and segtool's settings. config.json counts
+        without `tokenizer_name`: model2vec writes the source's absolute path
+        there, so byte-identical models at two paths (two Hugging Face caches,
+        Ray nodes, a moved folder) had two fingerprints and were embedded
+        again or refused on Ray. `legacy`: as state versions before 7 hashed
+        it (the whole file; state/rekey.py moves what a database holds)."""
+        files = {}
+        for n in STATIC_FILES:
+            if (self.path / n).is_file():
+                path_free = n == "config.json" and not legacy
+                files[n] = (
+                    _config_sha256(self.path / n) if path_free else file_sha256(self.path / n)
+                )
+        return {
+            "kind": "static",
+            "weights": files,
+            "normalize": bool(self.spec.normalize),
+            "max_length": int(self.spec.max_length),
+            "pooling": "sparse-mean/v1",  # segtool's pooling (see _pool)
+        }
+
+    def legacy_fingerprint(self, version: int) -> str:
+        """The fingerprint as a database of state `version` keyed this
+        encoder's vectors and fits (state/rekey.py)."""
+        if version >= PATH_FREE_CONFIG:
+            return self.fingerprint()
+        self.fingerprint()  # the same checks (distilled, verified)
+        return _fingerprint(self._fingerprint_payload(legacy=True))
 
     # ------------------------------------------------------------------ distillation
     def prepare(self, say=None) -> None:

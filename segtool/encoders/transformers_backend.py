@@ -145,11 +145,12 @@ class TransformersEncoder:
             self._fingerprint = _fingerprint(self._fingerprint_payload())
         return self._fingerprint
 
-    def legacy_fingerprint(self) -> str:
-        """The fingerprint as state versions before 6 computed it (the same
-        as fingerprint() unless the folder has tokenizer.json beside a vocab
-        file): what a database of that version keyed this encoder's vectors
-        and fits by (state/rekey.py)."""
+    def legacy_fingerprint(self, version: int) -> str:
+        """The fingerprint as a database of state `version` keyed this
+        encoder's vectors and fits (state/rekey.py): before 6 without
+        tokenizer.json beside a vocab file, else as today."""
+        if version >= 6:
+            return self.fingerprint()
         return _fingerprint(self._fingerprint_payload(legacy=True))
 
     # ------------------------------------------------------------------ loading

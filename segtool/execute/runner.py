@@ -221,7 +221,7 @@ class Runner:
         from segtool.execute.segment import execute_segmentation
         from segtool.execute.workspace import Workspace
         from segtool.plan.state import DbState
-        from segtool.state.rekey import keyed_by_legacy_fingerprints, rekey
+        from segtool.state.rekey import legacy_version, rekey
 
         t0 = time.perf_counter()
         graph = self.project.graph().graph
@@ -243,11 +243,11 @@ class Runner:
             con = state.connect(self.loaded, threads=self.options.threads)
             con.execute("BEGIN")
             try:
-                legacy = keyed_by_legacy_fingerprints(con)
+                legacy = legacy_version(con)
                 for note in state.migrate(con, self.loaded, in_transaction=True):
                     self.reporter.warn(note)
                 if legacy:  # once: vectors and fits to today's fingerprints
-                    for note in rekey(con, self.loaded, self.encoders):
+                    for note in rekey(con, self.loaded, self.encoders, legacy):
                         self.reporter.info(note)
                 # we hold the run lock: a run still marked running died without a word
                 state.mark_interrupted(con)

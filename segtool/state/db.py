@@ -26,7 +26,7 @@ from segtool.state.lock import RunLock, describe_holder
 from segtool.state.result import one, table_exists  # noqa: F401 - table_exists re-exported
 from segtool.state.tables import RESULTS, STATE  # noqa: E402 - re-exported
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -75,6 +75,9 @@ MIGRATIONS: dict[int, list[str]] = {
     # v6: encoder fingerprints cover tokenizer.json; the run that migrates
     # moves vectors and fits to them (state/rekey.py), no table changes
     6: [],
+    # a static encoder's fingerprint leaves out the source path model2vec
+    # writes into config.json: state/rekey.py moves vectors and fits
+    7: [],
 }
 
 

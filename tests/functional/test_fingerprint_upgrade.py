@@ -97,7 +97,7 @@ def test_a_database_keyed_before_tokenizer_json_counted_is_moved_not_embedded_ag
     results = _results(tproject)
     assert {r["action"] for r in results.values()} == {"skip"}, results
     assert tproject.n_vectors() == vectors
-    assert tproject.sql("SELECT value FROM _segtool.meta WHERE key = 'state_version'") == [("6",)]
+    assert tproject.sql("SELECT value FROM _segtool.meta WHERE key = 'state_version'") == [("7",)]
     (new_fp,) = tproject.sql("SELECT encoder_fp FROM _segtool.encoders")[0]
     assert new_fp != legacy_fp
     assert set(_actions(tproject).values()) == {"skip"}
@@ -106,3 +106,67 @@ def test_a_database_keyed_before_tokenizer_json_counted_is_moved_not_embedded_ag
     _edit_tokenizer(tproject)
     tproject.cli("run")
     assert _results(tproject)["embedding.story.hash"]["detail"]["embedded"] > 0
+
+
+# ----------------------------------------------------------------------------- state version 7
+
+
+@pytest.fixture
+def sproject(project, bert, tmp_path, monkeypatch):
+    """The tiny project with its encoder `hash` a static encoder distilled
+    from a local tiny BERT (into a cache of its own)."""
+    pytest.importorskip("model2vec")
+    monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "segtool_cache"))
+    shutil.copytree(bert, project.root / "local_model")
+    project.edit(
+        "segments/segments.yml",
+        "  - name: hash\n    kind: hashing\n    dim: 256",
+        "  - name: hash\n    kind: static\n    model: ./local_model\n    dim: 16",
+    )
+    return project
+
+
+def test_a_database_keyed_by_static_fingerprints_with_the_source_path_is_moved(
+    sproject, monkeypatch
+):
+    """State version 7 leaves model2vec's tokenizer_name (the source's absolute
+    path) out of a static encoder's fingerprint; a version-6 database keeps its
+    vectors and fits through the upgrade."""
+    from segtool.encoders.static_backend import StaticEncoder
+
+    real = StaticEncoder._fingerprint_payload
+    with monkeypatch.context() as old:
+        old.setattr(
+            StaticEncoder, "_fingerprint_payload", lambda self, legacy=False: real(self, True)
+        )
+        old.setattr("segtool.state.db.STATE_VERSION", 6)
+        sproject.cli("run")
+    assert sproject.sql("SELECT value FROM _segtool.meta WHERE key = 'state_version'") == [("6",)]
+    (legacy_fp,) = sproject.sql("SELECT encoder_fp FROM _segtool.encoders")[0]
+    vectors = sproject.n_vectors()
+    assert vectors > 0
+    assert set(_actions(sproject).values()) == {"skip"}
+    assert "removed 0 unused vectors" in sproject.cli("clean", "--cache").stdout
+
+    out = sproject.cli("run").stdout
+    assert (
+        "encoder 'hash': its cached vectors are now keyed by a fingerprint without the path" in out
+    )
+    assert {r["action"] for r in _results(sproject).values()} == {"skip"}
+    assert sproject.n_vectors() == vectors
+    assert sproject.sql("SELECT value FROM _segtool.meta WHERE key = 'state_version'") == [("7",)]
+    (new_fp,) = sproject.sql("SELECT encoder_fp FROM _segtool.encoders")[0]
+    assert new_fp != legacy_fp
+    assert set(_actions(sproject).values()) == {"skip"}
+
+
+def test_the_same_model_at_another_path_is_the_same_static_encoder(sproject, tmp_path, monkeypatch):
+    """model2vec writes the source path into the distilled config.json: the
+    same files in another folder (another Hugging Face cache, a Ray node, a
+    moved folder) and a fresh cache embedded every text again and refitted."""
+    sproject.cli("run")
+    shutil.move(sproject.root / "local_model", sproject.root / "moved_model")
+    sproject.edit("segments/segments.yml", "model: ./local_model", "model: ./moved_model")
+    monkeypatch.setenv("SEGTOOL_CACHE", str(tmp_path / "another_cache"))
+    sproject.cli("run")  # distils again, from the new path
+    assert {r["action"] for r in _results(sproject).values()} == {"skip"}

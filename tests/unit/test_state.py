@@ -75,11 +75,11 @@ def test_migrate_creates_schemas_tables_and_version(con, tmp_path):
         "segment_catalog",
         "segment_events",
     ]
-    assert db.state_version(con) == db.STATE_VERSION == 6
+    assert db.state_version(con) == db.STATE_VERSION == 7
     assert db.has_state(con)
     assert con.execute("SELECT * FROM _segtool.meta ORDER BY key").fetchall() == [
         ("project", "shop"),
-        ("state_version", "6"),
+        ("state_version", "7"),
     ]
 
 
