@@ -340,3 +340,24 @@ def test_workers_no_node_can_hold_fail_at_once_and_name_what_the_nodes_have(tmp_
         db_rows(pd, "cluster.duckdb", f'select count(*) from _segtool."{t}"')[0][0] == 0
         for (t,) in encoders
     )
+
+
+def test_an_encoder_error_on_a_worker_reaches_the_user_with_its_hint(tmp_path, monkeypatch):
+    """A worker whose encoder cannot be used (here: other model files, so
+    another fingerprint than the driver's) raised in the actor's creation:
+    Ray said only 'The actor died because of an error raised in its creation
+    task' (exit 2, ~200 lines of tracebacks), the segtool message and hint lost."""
+    from segtool.encoders.builder import Encoders
+
+    pd = make(tmp_path, tiny_project_files(n_users=60), workers=1)
+    real = Encoders.fingerprint
+    monkeypatch.setattr(  # the driver's files differ from the worker's
+        Encoders, "fingerprint", lambda self, name: "f" * 64 if name == "hash" else real(self, name)
+    )
+    r = pd.cli("run", "--target", "cluster", expect=1)
+    out = r.stdout + r.stderr
+    assert "encoder 'hash' on Ray worker" in out and "the driver's is ffffffffffff" in out
+    assert "hint: install the same segtool and model files on every node" in out
+    assert "the 0 vectors this run committed are kept" in out
+    assert "segtool-error:" not in out and "actor died" not in out
+    assert db_rows(pd, "cluster.duckdb", "select status from _segtool.runs") == [("error",)]

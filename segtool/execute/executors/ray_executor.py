@@ -31,8 +31,11 @@ are in flight, and results are written as they come back.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -189,8 +192,47 @@ def _wait_for_a_node(ray, where: str, *, cpus: float, gpus: float, timeout_s: fl
     )
 
 
+# A segtool error raised on a worker reaches the driver inside Ray's own
+# errors (ActorDiedError, RayTaskError), whose cause chains stop short of it:
+# its message and hint travel in the text, base64 JSON between these marks
+_CARRIED = re.compile(r"\[segtool-error:([A-Za-z0-9+/=]+)\]")
+
+
+class _CarriedError(RuntimeError):
+    """A SegtoolError raised on a Ray worker, as text the driver reads back."""
+
+    def __init__(self, exc: SegtoolError):
+        state = {k: v for k, v in exc.__dict__.items() if isinstance(v, str | int | None)}
+        payload = base64.b64encode(
+            json.dumps({"type": type(exc).__name__, **state}).encode()
+        ).decode()
+        super().__init__(f"{exc.message} [segtool-error:{payload}]")
+
+
+def _carried(text: str) -> SegtoolError | None:
+    """The SegtoolError a _CarriedError put in `text`, rebuilt, or None."""
+    from segtool import errors
+
+    m = _CARRIED.search(text)
+    if m is None:
+        return None
+    try:
+        state = json.loads(base64.b64decode(m.group(1)))
+    except ValueError:
+        return None
+    cls = getattr(errors, str(state.pop("type", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, SegtoolError)):
+        cls = ExecutionError
+    return errors._rebuild(cls, state)
+
+
 class _EncodeActor:
-    """One encoder actor: builds the encoder once, then encodes one shard per call."""
+    """One encoder actor: builds the encoder once, then encodes one shard per call.
+
+    A segtool error (a model that is not on this node, another fingerprint)
+    is kept and raised at the first shard as a _CarriedError: raised here, in
+    the actor's creation, Ray reports only that the actor died, restarts it,
+    and the driver never sees the message or its hint."""
 
     def __init__(
         self,
@@ -202,11 +244,18 @@ class _EncodeActor:
     ):
         import ray
 
+        node = ray.util.get_node_ip_address()
+        self.worker = f"{node}/{(ray.get_runtime_context().get_actor_id() or 'driver')[:8]}"
+        self.error: SegtoolError | None = None
+        try:
+            self._build(spec, root, device, threads, fingerprint, node)
+        except SegtoolError as exc:
+            self.error = exc
+
+    def _build(self, spec, root, device, threads, fingerprint, node) -> None:
         from segtool.encoders import build_encoder
         from segtool.project.specs import EncoderSpec
 
-        node = ray.util.get_node_ip_address()
-        self.worker = f"{node}/{ray.get_runtime_context().get_actor_id()[:8]}"
         spec = EncoderSpec(**spec)
         self.enc = build_encoder(
             spec,
@@ -229,6 +278,14 @@ class _EncodeActor:
         self.device = self.enc.device
 
     def __call__(self, batch):
+        if self.error is not None:
+            raise _CarriedError(self.error)
+        try:
+            return self._encode(batch)
+        except SegtoolError as exc:
+            raise _CarriedError(exc) from None
+
+    def _encode(self, batch):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -291,6 +348,9 @@ def _root_cause(exc: BaseException) -> SegtoolError | None:
         seen.add(id(cur))
         if isinstance(cur, SegtoolError) and type(cur).__module__.startswith("segtool"):
             return cur
+        carried = _carried(str(cur))
+        if carried is not None:
+            return carried
         nxt = getattr(cur, "cause", None)
         cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
     return None
