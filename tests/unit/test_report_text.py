@@ -3,6 +3,8 @@ says sets a segment apart (report/profile.py)."""
 
 from __future__ import annotations
 
+import re
+
 
 def test_step_counts_put_nouns_in_number():
     from segtool.report.plan import counts
@@ -104,3 +106,48 @@ def test_values_from_data_reach_a_terminal_without_control_characters():
         assert not any(ord(c) < 32 and c != "\n" or 0x7F <= ord(c) <= 0x9F for c in out), out
     assert markdown_table(["F\nR|x"], [[1]]).splitlines()[0] == "| F R\\|x |"
     assert len(format_table(["F\nR|x"], [[1]]).splitlines()) == 3  # header, rule, one row
+
+
+def test_show_writes_big_numbers_times_and_intervals_as_people_read_them():
+    """A median of 1382 read '1.38e+03' (the report's heatmap: '1,382'); a
+    TIME median '18:35:16.500000'; an INTERVAL '1 day, 12:00:00'."""
+    from segtool.report.profile import _fmt_num, trait_str
+
+    t = {"column": "revenue", "kind": "high", "median": 1382.4, "base_median": 95.5}
+    assert trait_str(t) == "high revenue (median 1,382 vs 95.5)"
+    assert _fmt_num(-25000.0) == "-25,000" and _fmt_num(12000) == "12,000"
+    assert _fmt_num(999.7) == "1,000"  # not 1e+03
+    assert _fmt_num(3.0) == "3" and _fmt_num(0.125) == "0.125" and _fmt_num(7) == "7"
+    assert _fmt_num(True) == "True" and _fmt_num("Books") == "Books"
+    assert _fmt_num("2024-03-01T10:00:00") == "2024-03-01"
+    late = {"column": "usual_time", "kind": "high", "text": "late usual time",
+            "median": "18:35:16.500000", "base_median": "12:00:00"}  # fmt: skip
+    assert trait_str(late) == "late usual time (median 18:35:16 vs 12:00)"
+    span = {"column": "active_span", "kind": "high", "median": "1 day, 12:00:00",
+            "base_median": "3:00:00"}  # fmt: skip
+    assert trait_str(span) == "high active span (median 1.5 days vs 3 h)"
+    assert _fmt_num("-2 days, 0:00:00") == "-2 days" and _fmt_num("400 days, 0:00:00") == (
+        "400 days"
+    )
+
+
+def test_segments_past_the_palette_get_colours_of_their_own():
+    """Colours came round again after 20 segments (segment 9 had segment 1's)."""
+    from segtool.report.html import _identities
+    from segtool.report.html.charts import ABSENT, OUTLIER, PALETTE, _lab
+
+    n = 60
+    prof = {"segments": [{"segment_id": i, "segment": f"s{i}"} for i in [-1, *range(n)]]}
+    _, colors = _identities(prof, {})
+    assert colors[-1] == OUTLIER
+    mine = [colors[i] for i in range(n)]
+    assert mine[:20] == PALETTE  # the first 20 as before
+
+    def delta_e(a, b):  # CIE76, in CIELAB
+        return sum((x - y) ** 2 for x, y in zip(_lab(a), _lab(b))) ** 0.5
+
+    assert len(set(mine)) == n
+    for i, c in enumerate(mine[20:], start=20):
+        assert re.fullmatch(r"#[0-9a-f]{6}", c), c
+        others = mine[:i] + [OUTLIER, ABSENT]
+        assert min(delta_e(c, o) for o in others) > 12, (i, c)

@@ -29,6 +29,7 @@ EXAMPLES = 2  # example users per segment
 TEXT_CHARS = 300  # of an example text
 TIP_CHARS = 160  # of the sample text in a map tooltip
 MOVES = 8  # the biggest moves listed under a Sankey
+EVENT_IDS = 8  # segment ids listed in one line of events (then "... and N more")
 
 
 def build_report(project) -> str:
@@ -52,6 +53,8 @@ def build_report(project) -> str:
             for i, (name, seg) in enumerate(proj.segmentations.items()):
                 if table_exists(con, RESULTS, name):
                     ctx["segmentations"].append(_segmentation(project, con, seg, i, when))
+                else:  # said, not left out: a section of its own, and a link
+                    ctx["segmentations"].append(_not_run(seg, i))
     finally:
         if con is not None:
             con.close()
@@ -109,6 +112,7 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
     names, colors = _identities(prof, data.catalog(con, name))
     out: dict[str, Any] = {
         "anchor": f"seg-{index}",
+        "not_run": False,
         "name": name,
         "kind": prof["kind"],
         "users": prof["users"],
@@ -134,6 +138,7 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
         "errors": [],
         **dict.fromkeys(("heatmap", "drivers", "map", "over_runs", "flows", "flow_runs")),
         "map_points": 0,
+        "map_note": "",
         "moved": 0,
         "moves": [],
     }
@@ -158,6 +163,7 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
         if points is not None:
             draw("map", charts.segment_map, points, names, colors, _tips(prof, names))
             out["map_points"] = len(points["ids"])
+            out["map_note"] = _left_out(points, name, prof["last_run"])
     marks = data.history_runs(con, name)
     sizes = data.sizes_over_runs(con, name, data.segment_runs(con, marks))
     if len({r["run"] for r in sizes}) >= 2:
@@ -183,6 +189,18 @@ def _segmentation(project, con, seg, index: int, when: dict) -> dict:
     return out
 
 
+def _not_run(seg, index: int) -> dict:
+    """A segmentation the database has no segments of (added since the last
+    run, or never selected by one)."""
+    return {
+        "anchor": f"seg-{index}",
+        "name": seg.name,
+        "kind": "rules" if seg.is_rules else "clusters",
+        "description": seg.description or "",
+        "not_run": True,
+    }
+
+
 def _identities(prof: dict, catalog: dict) -> tuple[dict[int, str], dict[int, str]]:
     """Each segment's display name ("3: label") and colour, the same in every
     table and chart: live segments first (biggest first), then the ones that
@@ -192,9 +210,11 @@ def _identities(prof: dict, catalog: dict) -> tuple[dict[int, str], dict[int, st
     names = {s: f"{s}: {catalog[s]['label'] if s in catalog else ''}" for s in everyone}
     for s in prof["segments"]:
         names[s["segment_id"]] = f"{s['segment_id']}: {s['segment']}"
-    colors: dict[int, str] = {}
-    for s in everyone:
-        colors[s] = charts.OUTLIER if s < 0 else charts.PALETTE[len(colors) % len(charts.PALETTE)]
+    # past the palette's 20, colours of their own (not the palette again);
+    # outliers do not take one
+    segs = [s for s in everyone if s >= 0]
+    colors = dict(zip(segs, charts.segment_colors(len(segs))))
+    colors.update({s: charts.OUTLIER for s in everyone if s < 0})
     return names, colors
 
 
@@ -251,6 +271,19 @@ def _rows(project, prof: dict, seg, colors: dict[int, str]) -> list[dict]:
     ]
 
 
+def _left_out(points: dict, name: str, last_run) -> str:
+    """Why users of the segments are not on the map: an input rebuilt by a
+    later run (`run -s +model`) no longer has them."""
+    if not points.get("left_out"):
+        return ""
+    why = ", ".join(f"{n:,} {what}" for what, n in points["missing"])
+    return (
+        f"{counted(points['left_out'], 'user')} of the segments are left out: the inputs "
+        f"changed after run {last_run} and no longer have them ({why}); "
+        f"segtool run -s {name} brings the segments up to date."
+    )
+
+
 def _tips(prof: dict, names: dict[int, str]) -> dict[int, str]:
     """A map's hover text per segment: label, size, keywords, a sample text
     (the example nearest the segment's centre)."""
@@ -268,7 +301,8 @@ def _tips(prof: dict, names: dict[int, str]) -> dict[int, str]:
 
 def _events(rows: list[dict]) -> list[str]:
     """Births, deaths, splits and merges of segments, by id, newest first;
-    the births (deaths) of one run on one line."""
+    the births (deaths) of one run on one line; a long list of ids ends in
+    "... and N more"."""
     out: list[str] = []
     same: dict[tuple, list] = {}
     for e in rows:
@@ -296,5 +330,8 @@ def _events(rows: list[dict]) -> list[str]:
     return out
 
 
-def _ids(xs) -> str:
-    return ", ".join(str(x) for x in xs)
+def _ids(xs, most: int = EVENT_IDS) -> str:
+    """`4, 5, 6` or, past `most`, `4, 5, ... and 10 more`."""
+    xs = list(xs)
+    head = ", ".join(str(x) for x in xs[:most])
+    return head if len(xs) <= most else f"{head} ... and {len(xs) - most} more"

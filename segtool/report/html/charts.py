@@ -32,6 +32,53 @@ MEASURE_COLORS = {"cramers_v": "#3d5a80", "rank_eta2": "#98c1d9"}
 ABSENT = "#d9d9d9"
 
 
+def segment_colors(n: int) -> list[str]:
+    """`n` colours for segments: the palette, then (past its 20) hues a
+    golden angle apart at a few saturations and lightnesses, each kept at a
+    visible distance (CIELAB) from every colour before it and from the greys
+    of outliers and absent values; the same list on every call."""
+    while len(_MORE) < n - len(PALETTE):
+        _more()
+    return (PALETTE + _MORE)[:n]
+
+
+_MORE: list[str] = []
+_LEVELS = ((0.65, 0.42), (0.55, 0.62), (0.75, 0.30), (0.50, 0.75))  # (saturation, lightness)
+_GOLDEN = 137.508  # degrees
+_next = {"i": 0, "need": 18.0}  # the next candidate; the ΔE (CIE76) a colour keeps from the rest
+
+
+def _more() -> None:
+    import colorsys
+
+    taken = [_lab(c) for c in (*PALETTE, *_MORE, OUTLIER, ABSENT)]
+    while True:
+        for _ in range(200):
+            i = _next["i"]
+            _next["i"] += 1
+            sat, light = _LEVELS[i % len(_LEVELS)]
+            r, g, b = colorsys.hls_to_rgb((i * _GOLDEN % 360) / 360, light, sat)
+            c = f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+            lab = _lab(c)
+            if all(sum((p - q) ** 2 for p, q in zip(lab, t)) >= _next["need"] ** 2 for t in taken):
+                _MORE.append(c)
+                return
+        _next["need"] *= 0.85  # the room runs out: closer colours from here on
+
+
+def _lab(c: str) -> tuple[float, float, float]:
+    """sRGB hex to CIELAB (D65)."""
+    rgb = [int(c[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (((v + 0.055) / 1.055) ** 2.4 if v > 0.04045 else v / 12.92 for v in rgb)
+    xyz = (
+        (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047,
+        0.2126 * r + 0.7152 * g + 0.0722 * b,
+        (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883,
+    )
+    fx, fy, fz = (t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz)
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
 # ----------------------------------------------------------------------------- lineage
 
 
@@ -251,7 +298,8 @@ def segment_map(points: dict, names: dict[int, str], colors: dict[int, str], tip
 
 
 def heatmap(profile: dict, names: dict[int, str], order: list[int]) -> dict:
-    """Segments x columns, coloured by z (clamped to ±2), the z in the cell."""
+    """Segments x columns, coloured by z (clamped to ±2), the z in the cell;
+    a segment with no mean of a column (z None) in grey, "n/a"."""
     multi = len({c["model"] for c in profile["columns"]}) > 1
     label = {
         id(c): (f"{c['model']}.{c['column']}" if multi else c["column"]) for c in profile["columns"]
@@ -263,14 +311,18 @@ def heatmap(profile: dict, names: dict[int, str], order: list[int]) -> dict:
         if s not in names:
             continue
         col = label[id(cell["column"])]
+        z = cell["z"]
+        if z is None:  # no member has a value: absent, not average
+            zt, why = "n/a", "no member has a value"
+        else:
+            zt, why = (f"{z:+.1f}" if abs(z) >= 0.05 else "0"), f"z {z:+.2f}"
         values.append(
             {
                 "seg": names[s],
                 "col": col,
-                "z": round(cell["z"], 3),
-                "zt": f"{cell['z']:+.1f}" if abs(cell["z"]) >= 0.05 else "0",
-                "t": f"{names[s]}\n{col}: mean {cell['mean']} vs {cell['overall']} overall "
-                f"(z {cell['z']:+.2f})",
+                "z": None if z is None else round(z, 3),
+                "zt": zt,
+                "t": f"{names[s]}\n{col}: mean {cell['mean']} vs {cell['overall']} overall ({why})",
             }
         )
     rows = [names[s] for s in order if s in names]
@@ -296,9 +348,12 @@ def heatmap(profile: dict, names: dict[int, str], order: list[int]) -> dict:
         },
         "layer": [
             {
-                "mark": {"type": "rect", "stroke": "white", "strokeWidth": 1},
+                # invalid: null keeps a cell with z null (Vega-Lite leaves it out)
+                "mark": {"type": "rect", "stroke": "white", "strokeWidth": 1, "invalid": None},
                 "encoding": {
                     "color": {
+                        # a cell with no mean (z null) is grey, as absent elsewhere
+                        "condition": {"test": "datum.z === null", "value": ABSENT},
                         "field": "z",
                         "type": "quantitative",
                         "scale": {"scheme": "blueorange", "domain": [-2, 2], "clamp": True},

@@ -12,6 +12,7 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import DataError
 from segtool.ml.association import RANK_ETA2
+from segtool.report.profile import duration_str, number_str
 from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, column_types, table_exists
 from segtool.state.history import changed_runs, open_at
@@ -20,6 +21,7 @@ MAP_POINTS = 3000  # users drawn on a 2-D map (a seeded sample by key hash)
 PROFILE_COLUMNS = 12  # numeric columns in a feature-profile heatmap
 OVER_RUNS = 30  # runs on the sizes-over-runs chart
 RUNS_SHOWN = 30
+EVENT_RUNS = 8  # runs whose segment events (births, deaths, splits, merges) are listed
 
 
 def runs(con) -> list[dict]:
@@ -96,14 +98,22 @@ def flows(con, key: str, name: str, marks: list[int]) -> dict | None:
 
 def sizes_over_runs(con, name: str, run_ids: list[int]) -> list[dict]:
     """Users per segment at each of `run_ids` (segment_runs: none without a
-    history table), from the spells of history."""
+    history table), from the spells of history; a segment alive at a run
+    (the catalog: born by it, not dead at it) that no user was in has 0 (a
+    rule that matched nobody after an edit: its line went on to 0, it did not
+    stop at the run before)."""
     if not run_ids:
         return []
     rows = con.execute(
-        f"""SELECT r.run_id, h.segment_id, count(*) FROM (SELECT unnest(?::INTEGER[]) AS run_id) r
-        JOIN {tables.history(name)} h ON {open_at("r.run_id")}
-        GROUP BY 1, 2 ORDER BY 1, 2""",
-        [list(run_ids)],
+        f"""WITH r AS (SELECT unnest(?::INTEGER[]) AS run_id),
+        n AS (SELECT r.run_id, h.segment_id, count(*) AS users FROM r
+              JOIN {tables.history(name)} h ON {open_at("r.run_id")} GROUP BY 1, 2),
+        a AS (SELECT r.run_id, c.segment_id FROM r JOIN {tables.CATALOG} c
+              ON c.segmentation = ? AND c.born_run <= r.run_id
+              AND (c.died_run IS NULL OR c.died_run > r.run_id))
+        SELECT run_id, segment_id, coalesce(n.users, 0) FROM a
+        FULL OUTER JOIN n USING (run_id, segment_id) ORDER BY 1, 2""",
+        [list(run_ids), name],
     ).fetchall()
     return [{"run": r, "segment_id": s, "users": int(n)} for r, s, n in rows]
 
@@ -124,13 +134,17 @@ def segment_runs(con, marks: list[int]) -> list[int]:
     return sorted(set(done) | set(marks))[-OVER_RUNS:]
 
 
-def events(con, name: str, limit: int = 8) -> list[dict]:
+def events(con, name: str, runs: int = EVENT_RUNS) -> list[dict]:
+    """Every event of the last `runs` runs that had any, newest run first,
+    then by event and detail (the same order on every call)."""
     if not table_exists(con, STATE, "segment_events"):
         return []
     rows = con.execute(
-        f"SELECT run_id, event, detail FROM {tables.STATE}.segment_events "
-        f"WHERE segmentation = ? ORDER BY run_id DESC LIMIT {int(limit)}",
-        [name],
+        f"""SELECT run_id, event, detail FROM {tables.EVENTS} WHERE segmentation = ?
+        AND run_id IN (SELECT DISTINCT run_id FROM {tables.EVENTS} WHERE segmentation = ?
+                       ORDER BY run_id DESC LIMIT {int(runs)})
+        ORDER BY run_id DESC, event, CAST(detail AS VARCHAR)""",
+        [name, name],
     ).fetchall()
     out = []
     for run_id, event, detail in rows:
@@ -145,14 +159,21 @@ def events(con, name: str, limit: int = 8) -> list[dict]:
 # ----------------------------------------------------------------------------- profile
 
 
-_EPOCH = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS")
-_EPOCH += ("TIMESTAMP_S", "INTERVAL")
+# columns read as seconds (epoch): dates and timestamps since 1970, times of
+# day since midnight, intervals as their length; `_SHOWN`: how a mean of
+# them reads again
+_DATES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS")
+_DATES += ("TIMESTAMP_S",)
+_TIMES = ("TIME", "TIME WITH TIME ZONE", "TIME_NS")
+_SHOWN = {**dict.fromkeys(_DATES, "date"), **dict.fromkeys(_TIMES, "time"), "INTERVAL": "interval"}
 
 
 def z_profile(con, key: str, name: str, drivers: list[dict]) -> dict:
     """Each segment's mean of the numeric columns that drive the segmentation
     most (drivers leave out PII the segmentation may not show), in
-    population standard deviations: z = (segment mean - mean) / sd."""
+    population standard deviations: z = (segment mean - mean) / sd. A
+    segment none of whose members has a value has no mean and z None (the
+    chart draws it as absent, not as average)."""
     numeric = [d for d in drivers if d["measure"] == RANK_ETA2][:PROFILE_COLUMNS]
     if not numeric:
         return {"columns": [], "cells": []}
@@ -168,9 +189,10 @@ def z_profile(con, key: str, name: str, drivers: list[dict]) -> dict:
         if t is None:
             continue
         c = f"{alias[d['model']]}.{quote_ident(d['column'])}"
-        e = f"epoch({c})" if t in _EPOCH else f"TRY_CAST({c} AS DOUBLE)"
+        shown = _SHOWN.get(t)
+        e = f"epoch({c})" if shown else f"TRY_CAST({c} AS DOUBLE)"
         exprs.append(e)
-        cols.append({**d, "is_time": t in _EPOCH and t != "INTERVAL"})
+        cols.append({**d, "shown": shown})
     if not cols:
         return {"columns": [], "cells": []}
     k = quote_ident(key)
@@ -191,26 +213,38 @@ def z_profile(con, key: str, name: str, drivers: list[dict]) -> dict:
             continue
         for i, c in enumerate(cols):
             mean, mu, sd = r[3 + 2 * i], pop[3 + 2 * i], pop[4 + 2 * i]
-            z = (mean - mu) / sd if mean is not None and mu is not None and sd else 0.0
+            if mean is None or mu is None:
+                z = None  # no member has a value: not "average"
+            else:
+                z = float((mean - mu) / sd) if sd else 0.0
             cells.append(
                 {
                     "segment_id": r[1],
                     "column": c,
-                    "mean": _show(mean, c["is_time"]),
-                    "overall": _show(mu, c["is_time"]),
-                    "z": float(z),
+                    "mean": _show(mean, c["shown"]),
+                    "overall": _show(mu, c["shown"]),
+                    "z": z,
                 }
             )
     return {"columns": cols, "cells": cells}
 
 
-def _show(v: Any, is_time: bool) -> str:
+def _show(v: Any, shown: str | None) -> str:
+    """A mean as a person reads it: a date, a time of day (HH:MM, HH:MM:SS
+    where the seconds are not 0), a length of time (days; hours, minutes or
+    seconds under a day), a number (1,382 from 1,000 on)."""
     if v is None:
         return "n/a"
-    if is_time:
-        return datetime.fromtimestamp(float(v), timezone.utc).strftime("%Y-%m-%d")
     v = float(v)
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    if shown == "date":
+        return datetime.fromtimestamp(v, timezone.utc).strftime("%Y-%m-%d")
+    if shown == "time":
+        m, sec = divmod(int(round(v)) % 86400, 60)
+        h, m = divmod(m, 60)
+        return f"{h:02d}:{m:02d}" + (f":{sec:02d}" if sec else "")
+    if shown == "interval":
+        return duration_str(v)
+    return number_str(v)
 
 
 # ----------------------------------------------------------------------------- map
@@ -237,12 +271,28 @@ def map_points(project, con, seg, n: int = MAP_POINTS) -> dict | None:
         )
     k = quote_ident(project.loaded.key)
     segs = tables.segments(seg.name)
+    fingerprint = project.encoders(con=con).fingerprint
+    # the users every input still has a row (a vector) for: a partial run
+    # (`run -s +model`) can rebuild an input without users the segments still
+    # hold, and the fitted model takes a row of every input per user
+    needs = _input_rows(project.loaded, con, seg, fingerprint, k)
+    has_all = " AND ".join(cond for _, cond in needs) or "TRUE"
+    missing: list[tuple[str, int]] = []
+    left_out = 0
+    if needs:
+        counts = con.execute(
+            "SELECT "
+            + ", ".join(f"count(*) FILTER (WHERE NOT ({cond}))" for _, cond in needs)
+            + f", count(*) FILTER (WHERE NOT ({has_all})) FROM {segs} s"
+        ).fetchall()[0]
+        missing = [(what, int(c)) for (what, _), c in zip(needs, counts) if c]
+        left_out = int(counts[-1])
     sample = (
         f"SELECT * FROM (SELECT s.{k}, row_number() OVER (ORDER BY hash(s.{k}), s.{k}) AS __ord "
-        f"FROM {segs} s) WHERE __ord <= {int(n)}"
+        f"FROM {segs} s WHERE {has_all}) WHERE __ord <= {int(n)}"
     )
     transformers, model, _ = restore(active)
-    loaded = load_inputs(project.loaded, project.encoders(con=con).fingerprint, con, seg, sample)
+    loaded = load_inputs(project.loaded, fingerprint, con, seg, sample)
     X = np.asarray(model.transform(apply_transformers(transformers, loaded), loaded.keys))
     ids = (
         con.sql(
@@ -262,4 +312,33 @@ def map_points(project, con, seg, n: int = MAP_POINTS) -> dict | None:
     if P.shape[1] < 2:
         P = np.column_stack([P, np.zeros(len(P))])
         share = np.append(share, 0.0)
-    return {"xy": P, "ids": ids, "explained": (float(share[0]), float(share[1]))}
+    return {
+        "xy": P,
+        "ids": ids,
+        "explained": (float(share[0]), float(share[1])),
+        "left_out": left_out,  # users of the segments no input row (vector) is there for now
+        "missing": missing,  # (what they lack: "not in user_features", users)
+    }
+
+
+def _input_rows(proj, con, seg, fingerprint, k: str) -> list[tuple[str, str]]:
+    """(what a user lacks, SQL condition on the segments as `s`) per input: the
+    user has a row in the features' model, or a vector of the embedding's text. An
+    embedding with no vectors at all is left to load_inputs (it says so)."""
+    from segtool.state.vectors import lookup
+
+    out: dict[str, str] = {}
+    for inp in seg.inputs:
+        if inp.features:
+            m = proj.features[inp.features].model
+            out[f"not in {m}"] = f"EXISTS (SELECT 1 FROM {tables.model(m)} m WHERE m.{k} = s.{k})"
+            continue
+        e = inp.embedding
+        found = lookup(con, fingerprint(e.encoder))
+        if found is None or not table_exists(con, STATE, tables.texts_name(e.text)):
+            continue
+        out[f"with no vector of {e.text} / {e.encoder}"] = (
+            f"EXISTS (SELECT 1 FROM {tables.texts(e.text)} t JOIN {found[0]} v "
+            f"ON v.text_hash = t.text_hash WHERE t.{k} = s.{k})"
+        )
+    return list(out.items())

@@ -62,14 +62,18 @@ def render(spec: dict) -> str:
     return inline(vlc.vegalite_to_svg(_drawable(spec), allowed_base_urls=[]))
 
 
-# characters XML 1.0 cannot hold at all: Vega writes them into the SVG as they
-# are, and one in a user's text (a tooltip) left the report without its map
-_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]+")
+# characters XML 1.0 cannot hold at all (control characters, U+FFFE, U+FFFF,
+# lone surrogates): Vega writes them into the SVG as they are, and one in a
+# user's text (a tooltip) left the report without its map. U+2028 and U+2029
+# are line terminators to JavaScript: Vega-Lite turns a sort array into an
+# expression, and one in a label stopped the chart ('Unexpected token
+# ILLEGAL'). Replaced in data and sort alike, so the two still match.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\u2028\u2029\ufffe\uffff\ud800-\udfff]+")
 
 
 def _drawable(x):
     """JSON has no NaN or infinity: they become null (Vega skips them); text
-    loses the control characters XML cannot hold."""
+    loses the characters XML or a Vega expression cannot hold (_NOT_XML)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, str):
