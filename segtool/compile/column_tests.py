@@ -39,7 +39,16 @@ def parse_test(test: Any, col) -> tuple[str, dict]:
             path=col.file,
             line=col.line,
         )
-    needed = {"accepted_values": ("values",), "relationships": ("to", "field")}.get(name, ())
+    needed = ARGUMENTS[name]
+    unknown = [a for a in args if a not in needed]
+    if unknown:  # ignored, a `quote: false` or `severity: warn` changed nothing
+        raise ProjectError(
+            f"test '{name}' on column '{col.name}': unknown argument '{unknown[0]}'",
+            path=col.file,
+            line=col.line,
+            hint=did_you_mean(str(unknown[0]), needed)
+            or (f"{name} takes {', '.join(needed)}" if needed else f"{name} takes no arguments"),
+        )
     missing = [a for a in needed if a not in args]
     if missing:
         raise ProjectError(
@@ -48,7 +57,47 @@ def parse_test(test: Any, col) -> tuple[str, dict]:
             line=col.line,
             hint="e.g. accepted_values: {values: [a, b]} or relationships: {to: \"ref('m')\", field: id}",
         )
+    if name == "accepted_values":
+        _check_values(args["values"], col)
     return name, args
+
+
+# the arguments each test takes (all of them required)
+ARGUMENTS = {
+    "unique": (),
+    "not_null": (),
+    "accepted_values": ("values",),
+    "relationships": ("to", "field"),
+}
+
+
+def _check_values(values: Any, col) -> None:
+    """accepted_values' list: not empty, no null (NOT IN a list holding NULL is
+    never true: the test passed whatever the column held), and no YAML
+    boolean among text (`no`, `yes`, `on`, `off` are booleans to YAML: a list
+    of country codes with NO in it compared the column to a boolean)."""
+
+    def bad(message: str, hint: str) -> ProjectError:
+        return ProjectError(
+            f"accepted_values on column '{col.name}': {message}",
+            path=col.file,
+            line=col.line,
+            hint=hint,
+        )
+
+    if not isinstance(values, list) or not values:
+        raise bad("values must be a non-empty list", "values: [a, b]")
+    if any(v is None for v in values):
+        raise bad(
+            "a null among the values accepts nothing (and the test passed whatever the column held)",
+            "NULLs are not checked by accepted_values: leave null out (not_null tests for it)",
+        )
+    if any(isinstance(v, bool) for v in values) and any(isinstance(v, str) for v in values):
+        words = ", ".join(str(v) for v in values if isinstance(v, bool))
+        raise bad(
+            f"{words} among text values is a YAML boolean (no, yes, on, off, true and false are)",
+            "quote them as text: values: ['NO', 'US']",
+        )
 
 
 def relationship_target(proj, to: Any, col) -> tuple[str, Any]:

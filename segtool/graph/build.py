@@ -181,8 +181,18 @@ def build_graph(proj: LoadedProject, *, strict: bool = True) -> BuiltGraph:
     def need_model(name: str, spec, what: str) -> str | None:
         if name in compiled:
             return f"model.{name}"
-        if name in proj.models:  # exists but failed to compile or disabled: already reported
+        if name in failed:  # failed to compile: already reported
             return f"model.{name}"
+        if name in proj.models:  # disabled: said nowhere else (the run fell on a KeyError)
+            errors.append(
+                ProjectError(
+                    f"{what} reads model '{name}', which is disabled (enabled=false in its config)",
+                    path=spec.file,
+                    line=spec.line,
+                    hint=f"enable model '{name}', or point {what} at another model",
+                )
+            )
+            return None
         errors.append(
             ProjectError(
                 f"{what}: unknown model '{name}'",

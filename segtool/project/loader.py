@@ -432,6 +432,35 @@ def _load_segments(proj: LoadedProject, errors: list[ProjectError]) -> None:
                     )
                     continue
                 registry[item.name] = item
+    _check_segment_tables(proj, errors)
+
+
+def _check_segment_tables(proj: LoadedProject, errors: list[ProjectError]) -> None:
+    """Two segmentations whose tables would be one: `lifecycle_history` is
+    `lifecycle`'s history table (a segmentation of that name silently replaced
+    every spell of lifecycle's), and DuckDB names ignore case (`Behaviour`
+    and `behaviour`)."""
+    from segtool.state.tables import history_name
+
+    owner: dict[str, tuple[str, str]] = {}  # lower-case table -> (segmentation, table)
+    for name, seg in proj.segmentations.items():
+        for table in (name, history_name(name)):
+            other = owner.get(table.lower())
+            if other is None:
+                owner[table.lower()] = (name, table)
+                continue
+            o = proj.segmentations[other[0]]
+            errors.append(
+                ProjectError(
+                    f"segmentation '{name}' would write segments.{table}, the table of "
+                    f"segmentation '{other[0]}' (segments.{other[1]}, {o.file}:{o.line})"
+                    + (": table names ignore case" if table != other[1] else ""),
+                    path=seg.file,
+                    line=seg.line,
+                    hint="rename one of them (each segmentation NAME writes segments.NAME "
+                    "and its history segments.NAME_history)",
+                )
+            )
 
 
 def dumps(obj: Any) -> str:

@@ -470,6 +470,17 @@ class SegmentTestsSpec(Spec):
                 raise ValueError(f"association bound for '{col}' must be between 0 and 1")
         return v
 
+    @model_validator(mode="after")
+    def _shares(self):
+        # no segmentation can pass both: `segtool test` failed on every run
+        if self.min_share is not None and self.max_share is not None:
+            if self.min_share > self.max_share:
+                raise ValueError(
+                    f"min_share {self.min_share:g} is above max_share {self.max_share:g}: "
+                    "no segment can pass both"
+                )
+        return self
+
 
 class RuleSpec(Spec):
     segment: str
@@ -522,6 +533,15 @@ class SegmentationSpec(Spec):
                 if what in seen:  # it doubled its weight and showed twice in `show`
                     raise ValueError(f"{what} is listed twice in `inputs`: give it one weight")
                 seen.add(what)
+            k, top = self.cluster.k, self.tests.max_share
+            if isinstance(k, int) and self.cluster.method != "hdbscan" and top is not None:
+                # at most k segments of at most max_share each hold k x max_share of everyone
+                if k * top < 1 - 1e-9:
+                    raise ValueError(
+                        f"tests.max_share {top:g} with k {k}: {k} segments of at most "
+                        f"{top:.0%} hold at most {k * top:.0%} of the users, so the test "
+                        "fails on every run (raise max_share or k)"
+                    )
         return self
 
 

@@ -689,3 +689,88 @@ def test_an_incremental_model_that_cannot_merge_fails_validate(built, sql, says)
     for one run)."""
     built.write("models/inc.sql", sql)
     _fails(built, "validate", contains=["models/inc.sql", says])
+
+
+@pytest.mark.parametrize("name", ["lifecycle_history", "Lifecycle"])
+def test_a_segmentation_whose_table_is_another_ones_is_refused(built, name):
+    """A segmentation named `lifecycle_history` replaced lifecycle's history
+    table with its segments (validate: ok; every spell of lifecycle lost,
+    as-of runs failed later with a binder error); table names ignore case."""
+    built.edit(
+        "segments/segments.yml",
+        "  - name: lifecycle\n",
+        f"  - name: {name}\n"
+        "    model: user_features\n"
+        '    rules: [{segment: buyer, when: "orders > 0"}]\n'
+        "    default: none_yet\n"
+        "  - name: lifecycle\n",
+    )
+    table = "lifecycle_history" if name == "lifecycle_history" else "lifecycle"
+    for cmd in ("run", "validate"):
+        _fails(
+            built,
+            cmd,
+            contains=[
+                "segments/segments.yml:",
+                f"segmentation 'lifecycle' would write segments.{table}, the table of "
+                f"segmentation '{name}'",
+                "rename one of them",
+            ],
+        )
+
+
+def test_a_disabled_model_that_yaml_nodes_read_is_named(built):
+    """enabled=false on a model features, texts and segmentations read: validate
+    said ok, run and dry run ended in 'internal error: KeyError'."""
+    built.edit(
+        "models/user_features.sql",
+        "{{ config(materialized='table') }}",
+        "{{ config(materialized='table', enabled=false) }}",
+    )
+    for args in (("run",), ("run", "--dry-run"), ("validate",)):
+        _fails(
+            built,
+            *args,
+            contains=[
+                "segments/segments.yml:",
+                "features 'rfm' reads model 'user_features', which is disabled (enabled=false",
+                "hint: enable model 'user_features', or point features 'rfm' at another model",
+            ],
+        )
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        # NOT IN a list with NULL is never true: the test passed whatever the column held
+        ("[outdoor, null]", "a null among the values accepts nothing"),
+        # YAML reads `no` as false: the column was compared to a boolean
+        ("[outdoor, baby, no]", "False among text values is a YAML boolean"),
+        ("outdoor", "values must be a non-empty list"),
+        ("[outdoor], quote: false", "unknown argument 'quote'"),
+    ],
+)
+def test_accepted_values_that_cannot_test_what_they_say_are_refused(built, values, says):
+    built.edit(
+        "models/schema.yml",
+        "- accepted_values: {values: [outdoor, baby, gaming, none]}",
+        f"- accepted_values: {{values: {values}}}",
+    )
+    _fails(built, "validate", contains=["models/schema.yml:", says])
+    r = built.cli("test", expect=1)
+    assert says in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "tests, says",
+    [
+        ("{min_share: 0.3, max_share: 0.1}", "min_share 0.3 is above max_share 0.1"),
+        ("{max_share: 0.3}", "tests.max_share 0.3 with k 3: 3 segments of at most 30%"),
+    ],
+)
+def test_segment_test_bounds_no_segmentation_can_meet_are_refused(built, tests, says):
+    """They passed validate; `segtool test` then failed on every run."""
+    built.edit(
+        "segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", f"tests: {tests}"
+    )
+    _fails(built, "validate", contains=["segments/segments.yml:", says])
