@@ -8,6 +8,8 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from segtool.words import value_str
+
 # tokens of at least 3 word characters with at least one letter (drops "42", "2024")
 TOKEN_PATTERN = r"(?u)\b(?=\w*[^\W\d_])\w{3,}\b"
 MAX_TEXTS_PER_CLUSTER = 2000
@@ -165,19 +167,22 @@ def literal_words(texts: Sequence[str]) -> set[str]:
     return out
 
 
-def _number(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.0f}" if x.is_integer() else f"{x:.4g}"
-    return str(x)
-
-
 def trait_text(trait: dict) -> str:
     """How a trait reads in a label: "top category Books", "orders 0",
-    "high revenue", "recent products incl. Kindle", "not subscribed"."""
+    "high revenue", "recent products incl. Kindle", "not subscribed".
+    A value says itself as `segtool show` writes it (segtool.words.value_str):
+    "revenue 1,383" (not 1.38e+03), "usual time 18:35", "account age 94 days"
+    (stored as "18:35:00" and "94 days, 0:00:00")."""
     text = str(trait.get("text") or "")
-    if trait.get("kind") == "value" and isinstance(trait.get("value"), (int, float)):
-        if not isinstance(trait.get("value"), bool):
-            text = f"{trait['column'].replace('_', ' ')} {_number(trait['value'])}"
+    value = trait.get("value")
+    if trait.get("kind") not in ("value", "contains") or value is None or isinstance(value, bool):
+        return text
+    said = value_str(value)
+    if isinstance(value, (int, float)) or said != str(value):
+        # a number, a timestamp, a time of day or an interval: with its column
+        # ("94 days" alone does not say of what)
+        rel = " incl." if trait.get("kind") == "contains" else ""
+        text = f"{trait['column'].replace('_', ' ')}{rel} {said}"
     return text
 
 
@@ -243,7 +248,7 @@ def segment_name(keywords: Sequence[str], features: Sequence[dict] = (), max_ter
         name = str(f["name"])
         if "=" in name:  # a one-hot column "col=value"
             col, val = name.split("=", 1)
-            text = f"{col.replace('_', ' ')} {val}"
+            text = f"{col.replace('_', ' ')} {value_str(val)}"
             parts.append(text if z > 0 else f"not {text}")
         else:
             parts.append(f"{'high' if z > 0 else 'low'} {name.replace('_', ' ')}")

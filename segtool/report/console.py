@@ -267,6 +267,60 @@ def _fmt(v: Any) -> str:
     return "" if v is None else one_line(v)
 
 
+def char_width(ch: str) -> int:
+    """Terminal columns of one character: 2 for East Asian wide and
+    full-width ones (CJK, most emoji), 0 for combining marks and zero-width
+    characters, else 1 (rich's table, as its own tables count)."""
+    from rich.cells import get_character_cell_size
+
+    return get_character_cell_size(ch)
+
+
+def display_width(text: str) -> int:
+    """Terminal columns `text` takes: 日本語 takes 6, not 3."""
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+def pad(text: str, width: int) -> str:
+    """`text` padded with spaces to `width` terminal columns (str.ljust pads
+    to a number of characters: a CJK label pushed every later column out)."""
+    return text + " " * max(0, width - display_width(text))
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Lines of at most `width` terminal columns, broken at spaces; a word
+    wider than a line is broken between characters. textwrap.wrap, which
+    counts characters, for text where each character takes one column."""
+    import textwrap
+
+    width = max(width, 1)
+    if display_width(text) == len(text):
+        return textwrap.wrap(text, width)
+    lines: list[str] = []
+    line, used = "", 0
+    for word in text.split():
+        w = display_width(word)
+        if line and used + 1 + w <= width:
+            line, used = f"{line} {word}", used + 1 + w
+            continue
+        if line:
+            lines.append(line)
+            line, used = "", 0
+        for ch in word:  # a word wider than a line: as many characters as fit
+            cw = char_width(ch)
+            if used + cw > width and line:
+                lines.append(line)
+                line, used = "", 0
+            line, used = line + ch, used + cw
+    if line:
+        lines.append(line)
+    return lines
+
+
 def format_table(
     headers: Sequence[str],
     rows: Sequence[Sequence[Any]],
@@ -274,29 +328,29 @@ def format_table(
     width: int | None = None,
 ) -> str:
     """A plain text table. With `width` (a terminal's), the widest columns are
-    narrowed until a line fits and their cells wrap at word boundaries."""
-    import textwrap
-
+    narrowed until a line fits and their cells wrap at word boundaries. Widths
+    are terminal columns (display_width): a CJK character or an emoji takes
+    two, so the columns after it still line up."""
     headers = [one_line(h) for h in headers]  # values of a column (show --vs, score)
     cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [len(str(h)) for h in headers]
+    widths = [display_width(h) for h in headers]
     for r in cells:
         for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(c))
+            widths[i] = max(widths[i], display_width(c))
     if width:
-        floor = [max(len(str(h)), 8) for h in headers]
+        floor = [max(display_width(h), 8) for h in headers]
         while sum(widths) + 2 * (len(widths) - 1) > width:
             i = max(range(len(widths)), key=lambda j: widths[j] - floor[j])
             if widths[i] <= floor[i]:
                 break
             widths[i] -= 1
     out = [title] if title else []
-    out.append("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip())
+    out.append("  ".join(pad(h, w) for h, w in zip(headers, widths)).rstrip())
     out.append("  ".join("-" * w for w in widths))
     for r in cells:
-        wrapped = [textwrap.wrap(c, w) or [""] if len(c) > w else [c] for c, w in zip(r, widths)]
+        wrapped = [wrap(c, w) or [""] if display_width(c) > w else [c] for c, w in zip(r, widths)]
         for k in range(max(len(x) for x in wrapped)):
-            parts = [(x[k] if k < len(x) else "").ljust(w) for x, w in zip(wrapped, widths)]
+            parts = [pad(x[k] if k < len(x) else "", w) for x, w in zip(wrapped, widths)]
             out.append("  ".join(parts).rstrip())
     return "\n".join(out)
 

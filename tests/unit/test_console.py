@@ -146,3 +146,57 @@ def test_piped_error_is_red_with_force_color_and_plain_without(tmp_path):
     plain = run()
     assert "\x1b[" not in plain and plain.startswith("error: no segtool_project.yml")
     assert "\x1b[" not in run(FORCE_COLOR="1", NO_COLOR="1")
+
+
+def _columns(text: str) -> int:
+    """Terminal columns, counted here apart from the code under test."""
+    import unicodedata
+
+    return sum(
+        0
+        if unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(c) in "WF"
+        else 1
+        for c in text
+    )
+
+
+def test_tables_line_up_with_wide_characters():
+    """A CJK label or an emoji takes two terminal columns: padded by len(),
+    every column after it sat one column per wide character too far left."""
+    from segtool.report.console import format_table
+
+    def at(line: str, cell: str) -> int:
+        """The display column `cell` starts at in `line`."""
+        return _columns(line[: line.index(cell)])
+
+    rows = [[1, "日本語 label", "1,024"], [2, "🎮 gamers", "7"], [3, "plain", "12"]]
+    text = format_table(["id", "segment", "users"], rows)
+    head, rule, *body = text.splitlines()
+    assert len(body) == 3 and rule == "--  ------------  -----", text
+    for line, (_, segment, users) in zip(body, rows):
+        assert at(line, segment) == at(head, "segment") == 4, text
+        assert at(line, users) == at(head, "users") == 18, text
+
+    # narrowed to a terminal's width, wide cells wrap by columns, not characters
+    long = "日本語のラベル とても長い セグメント名 🎮🎮🎮 gamers"
+    text = format_table(["id", "segment", "users"], [[1, long, "1,024"]], width=30)
+    head, rule, first, *more = text.splitlines()
+    assert more and all(_columns(line) <= 30 for line in text.splitlines()), text
+    assert at(first, "日本語") == at(head, "segment") and at(first, "1,024") == at(head, "users")
+    for line in more:  # continuation lines: the segment column's, nothing else
+        assert _columns(line) - _columns(line.lstrip()) == at(head, "segment"), text
+    said = "".join(line.strip() for line in [first[4:].rsplit("  ", 1)[0], *more])
+    assert said.replace(" ", "") == long.replace(" ", "")
+
+
+def test_display_width_and_wrap():
+    from segtool.report.console import display_width, pad, wrap
+
+    assert display_width("日本語 label") == 12 and display_width("🎮 gamers") == 9
+    assert display_width("e\u0301") == 1  # e and a combining acute accent
+    assert pad("日本", 6) == "日本  " and pad("abc", 2) == "abc"
+    assert wrap("日本語 日本語", 7) == ["日本語", "日本語"]
+    assert wrap("日本語日本語", 7) == ["日本語", "日本語"]  # a word wider than a line
+    assert wrap("plain words wrap as before", 10) == ["plain", "words wrap", "as before"]

@@ -161,3 +161,53 @@ def test_a_label_keeps_values_that_are_also_qualifier_words():
     # the qualifier alone does not make a part new: the same column is said once
     again = {"column": "signup_at", "kind": "low", "text": "early signup at"}
     assert segment_label([recent, again]) == "recent signup at"
+
+
+def test_a_label_writes_numbers_times_and_intervals_as_show_does():
+    """A label read 'revenue 1.383e+04', 'usual time 18:35:16.500000' or
+    '94 days, 0:00:00' (an INTERVAL's value speaks for itself: 'days'), where
+    `segtool show` writes '12,346', '18:35:16' and '94 days'."""
+    from segtool.ml.labels import segment_label, segment_name, trait_text
+    from segtool.report.profile import trait_str
+
+    # high / low traits keep their medians as drivers store them (_plain):
+    # a float, time.isoformat(), str(timedelta); the label says "high X"
+    revenue = {"column": "revenue", "kind": "high", "text": "high revenue",
+               "median": 1382.97, "base_median": 95.5}  # fmt: skip
+    late = {"column": "usual_time", "kind": "high", "text": "late usual time",
+            "median": "18:35:16.500000", "base_median": "12:00:00"}  # fmt: skip
+    age = {"column": "account_age", "kind": "high", "text": "high account age",
+           "median": "94 days, 0:00:00", "base_median": "3 days, 0:00:00"}  # fmt: skip
+    assert segment_label([revenue, late, age]) == (
+        "high revenue · late usual time · high account age"
+    )
+    assert trait_str(revenue) == "high revenue (median 1,383 vs 95.5)"
+    assert trait_str(late) == "late usual time (median 18:35:16 vs 12:00)"
+    assert trait_str(age) == "high account age (median 94 days vs 3 days)"
+
+    # a value most members share is stored the same way: in the label as in show
+    def value(column, v, text):
+        return {"column": column, "kind": "value", "value": v, "text": text}
+
+    spent = value("revenue", 1382.97, "revenue 1382.97")
+    big = value("revenue", 12345.6, "revenue 12345.6")
+    at = value("usual_time", "18:35:16.500000", "usual time 18:35:16.500000")
+    noon = value("usual_time", "12:00:00", "usual time 12:00:00")
+    span = value("account_age", "94 days, 0:00:00", "94 days, 0:00:00")
+    signup = value("signup_at", "2024-03-01T10:00:00", "signup at 2024-03-01T10:00:00")
+    assert trait_text(spent) == "revenue 1,383"
+    assert trait_text(big) == "revenue 12,346"  # was 1.235e+04
+    assert trait_text(at) == "usual time 18:35:16"
+    assert trait_text(noon) == "usual time 12:00"
+    assert trait_text(span) == "account age 94 days"
+    assert trait_text(signup) == "signup at 2024-03-01"
+    assert trait_text(value("orders", 3, "orders 3")) == "orders 3"
+    assert trait_text(value("country", "DE", "country DE")) == "country DE"
+    assert segment_label([big, at, span]) == (
+        "revenue 12,346 · usual time 18:35:16 · account age 94 days"
+    )
+    # as show says each of them
+    for t, said in ((big, "12,346"), (at, "18:35:16"), (span, "94 days")):
+        assert trait_str({**t, "share": 0.9, "base_share": 0.1}).split(": ")[1].startswith(said)
+    # a one-hot feature's value too
+    assert segment_name([], [{"name": "slot=09:30:00", "z": 1.0}]) == "slot 09:30"

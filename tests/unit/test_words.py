@@ -17,3 +17,17 @@ def test_articles_and_counts():
     assert with_article("incremental") == "an incremental"
     assert with_article("view") == "a view"
     assert counted(1, "user") == "1 user" and counted(1553, "row") == "1,553 rows"
+
+
+def test_values_read_as_show_writes_them():
+    """number_str, duration_str and value_str moved here from report/profile.py
+    (labels in segtool/ml use them too); profile.py still has them."""
+    from segtool.report import profile
+    from segtool.words import duration_str, number_str, value_str
+
+    assert number_str(1382.97) == "1,383" and number_str(0.125) == "0.125"
+    assert duration_str(36 * 3600) == "1.5 days" and duration_str(1200) == "20 min"
+    assert value_str("94 days, 0:00:00") == "94 days"
+    assert value_str("18:35:16.500000") == "18:35:16" and value_str("18:35:00") == "18:35"
+    assert value_str("3:00:00", interval=True) == "3 h" and value_str(1382.97) == "1,383"
+    assert profile.number_str is number_str and profile._fmt_num is value_str
