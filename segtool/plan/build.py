@@ -668,6 +668,37 @@ class Planner:
         detail = {"users": users, "assigned": n_changed, "removed": n_removed, **extra}
         return self._step(node, action, prefix + reason, detail)
 
+    def _failed_predicate(self, seg, exc: Exception) -> ProjectError:
+        """The error of a rule segmentation whose predicates failed on the
+        data (a literal DuckDB cannot convert: binding accepts it), at the
+        predicate that holds the value the error quotes (the CASE does not say
+        which; the failed statement aborted the run's transaction, so none can
+        be tried alone)."""
+        import re
+
+        from segtool.compile.predicates import segmentation_predicates
+
+        said = _first_line(exc)
+        preds = segmentation_predicates(self.loaded, seg)
+        quoted = re.findall(r'"([^"]+)"|\'([^\']+)\'', said)
+        values = [a or b for a, b in quoted]
+        for p in (preds.population, *(p for _, p in preds.rules)):
+            if p is not None and any(v and v in p.sql for v in values):
+                return ProjectError(
+                    f"{p.what} failed on the data: {said}",
+                    path=p.path,
+                    line=p.line,
+                    hint="a literal DuckDB cannot convert (a date like '2024-02-30') or a "
+                    "cast that fails on some row: fix the predicate",
+                )
+        return ProjectError(
+            f"segmentation '{seg.name}': its rules failed on the data: {said}",
+            path=seg.file,
+            line=seg.line,
+            hint="a literal DuckDB cannot convert (a date like '2024-02-30') or a cast "
+            "that fails on some row, in one of its predicates",
+        )
+
     def _table_exists(self, schema: str, name: str) -> bool:
         from segtool.state.db import table_exists
 
@@ -695,11 +726,16 @@ class Planner:
         model = self.relations.model(seg.model)
         pop = seg_inputs.population_sql(self.loaded, seg, self.relations.model)
         work = work_table("rules", seg.name)
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE {work} AS SELECT * FROM (
-            SELECT m.{k}, {seg_inputs.rules_case(self.loaded, seg)} AS segment FROM {model} m
-            WHERE m.{k} IN (SELECT {k} FROM ({pop}))) WHERE segment IS NOT NULL"""
-        )
+        import duckdb
+
+        try:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE {work} AS SELECT * FROM (
+                SELECT m.{k}, {seg_inputs.rules_case(self.loaded, seg)} AS segment FROM {model} m
+                WHERE m.{k} IN (SELECT {k} FROM ({pop}))) WHERE segment IS NOT NULL"""
+            )
+        except duckdb.Error as exc:  # a value no binding can check: '2024-02-30'
+            raise self._failed_predicate(seg, exc) from None
         users = self._count(f"SELECT count(*) FROM {work}")
         if users == 0:
             from segtool.plan.checks import check_nonempty
@@ -722,6 +758,10 @@ class Planner:
         return self._step(
             node, action, reason, {"users": users, "assigned": assigned, "removed": removed}
         )
+
+
+def _first_line(exc: Exception) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), repr(exc))
 
 
 def plan_steps(planner: Planner, uids: list[str]) -> list[Step]:

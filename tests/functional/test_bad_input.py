@@ -774,3 +774,22 @@ def test_segment_test_bounds_no_segmentation_can_meet_are_refused(built, tests, 
         "segments/segments.yml", "tests: {min_share: 0.05, max_share: 0.9}", f"tests: {tests}"
     )
     _fails(built, "validate", contains=["segments/segments.yml:", says])
+
+
+def test_a_rule_whose_literal_fails_on_the_data_names_the_rule(built):
+    """A literal binding accepts but DuckDB cannot convert ('2024-02-30' for
+    a date; '12 days' for a number) ended a dry run in 'internal error:
+    ConversionException' and a run in 'database error' (exit 2), no line."""
+    built.edit(
+        "segments/segments.yml", 'when: "recency_days > 120"', "when: \"recency_days > '12 days'\""
+    )
+    for args in (("run", "--dry-run"), ("run",)):
+        _fails(
+            built,
+            *args,
+            contains=[
+                "segments/segments.yml:",
+                "segmentation 'lifecycle' rule 'lapsed' failed on the data: Conversion Error",
+                "hint: a literal DuckDB cannot convert",
+            ],
+        )
