@@ -91,7 +91,22 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
                 continue
             for col in cols:
                 for test in col.all_tests():
-                    name, args = parse_test(test, col)
+                    try:
+                        name, args = parse_test(test, col)
+                    except ProjectError as exc:  # this test only: the others still run
+                        results.append(
+                            TestResult(
+                                f"{_written_name(test)}({node.name}.{col.name})",
+                                node.unique_id,
+                                "error",
+                                0,
+                                exc.message,
+                                [],
+                                col.file,
+                                col.line,
+                            )
+                        )
+                        continue
                     tname = f"{name}({node.name}.{col.name})"
                     try:
                         sql, kind = column_test_sql(project, rel, col, name, args)
@@ -119,7 +134,23 @@ def run_tests(project, select=(), exclude=(), reporter=None, state_dir=None) -> 
 
         for node in nodes:
             if node.kind == "segmentation":
-                results += segmentation_tests(project, con, node)
+                try:
+                    results += segmentation_tests(project, con, node)
+                except ProjectError as exc:  # its tests only (vectors missing for a
+                    # silhouette): the other segmentations' still run
+                    spec = node.spec
+                    results.append(
+                        TestResult(
+                            f"tests({node.name})",
+                            node.unique_id,
+                            "error",
+                            0,
+                            exc.message,
+                            [],
+                            exc.path or spec.file,
+                            exc.line if exc.path else spec.line,
+                        )
+                    )
     finally:
         con.close()
     _report(rep, results)
@@ -148,10 +179,19 @@ def _row_text(row) -> str:
     return ", ".join("NULL" if v is None else str(v) for v in values)
 
 
+def _written_name(test) -> str:
+    """A test's name as written, for one that cannot be read."""
+    if isinstance(test, dict) and len(test) == 1:
+        return str(next(iter(test)))
+    return str(test) if isinstance(test, str) else "test"
+
+
 def _report(rep, results: list[TestResult]) -> None:
     for r in results:
         mark = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}[r.status]
         rep.mark(mark, r.name + (f": {r.message}" if r.message else ""))
+        if r.status in ("fail", "error") and r.path:  # where the test is declared
+            rep.line(f"        at {r.path}" + (f":{r.line}" if r.line else ""))
         if r.status == "fail" and r.examples:
             for e in r.examples:
                 rep.line(f"        {_row_text(e)}")

@@ -793,3 +793,19 @@ def test_a_rule_whose_literal_fails_on_the_data_names_the_rule(built):
                 "hint: a literal DuckDB cannot convert",
             ],
         )
+
+
+def test_a_column_test_that_cannot_be_read_fails_alone_and_says_where(built):
+    """An unknown test name stopped every test (exit 1, nothing run); an
+    ERROR line never said where the test is declared."""
+    built.edit(
+        "models/schema.yml",
+        "tests: [unique, not_null]",
+        "tests: [unique, not_nul]",
+    )
+    r = built.cli("test", expect=1)
+    out = r.stdout + r.stderr
+    assert "ERROR not_nul(user_features.user_id): unknown test 'not_nul'" in out
+    assert "        at models/schema.yml:" in out
+    assert "PASS  unique(user_features.user_id)" in out
+    assert "PASS  min_share(behaviour)" in out

@@ -448,7 +448,7 @@ def test_segmentation_tests(project):
     project.edit(
         "segments/segments.yml",
         "tests: {min_share: 0.05, max_share: 0.9}",
-        "tests: {min_share: 0.05, max_share: 0.2}",
+        "tests: {min_share: 0.05, max_share: 0.34}",
     )
     r = project.cli("test", "-s", "behaviour", expect=1)
     assert "FAIL  max_share(behaviour)" in r.stdout
