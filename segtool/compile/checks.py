@@ -38,6 +38,8 @@ TEMPLATE_GLOBALS = {
 @dataclass
 class BoundProject:
     columns: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> column -> type
+    # (source, table) -> column -> type, of each source that could be read
+    source_columns: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     errors: list[ProjectError] = field(default_factory=list)
 
 
@@ -110,6 +112,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 elif len(cols) == 1:
                     _check_one_column(st, proj.root, next(iter(cols)))
                 stubs[(s, t)] = stub
+                out.source_columns[(s, t)] = cols
             except ProjectError as exc:  # what segtool found wrong with the data
                 broken.add(f"source.{s}.{t}")
                 out.errors.append(
@@ -141,17 +144,19 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 broken.add(uid)
                 continue
             model = proj.models[node.name]
-            cm = None
+            at = None  # `at`: the compiled SQL a binder error's line is a line of
             try:
-                cm = compile_model(proj, model, source_override=stubs)
+                cm = at = compile_model(proj, model, source_override=stubs)
                 out.columns[cm.name] = empty_relation(con, relation(cm.name), cm.sql)
                 if cm.config.materialized == "incremental":
                     # bind the is_incremental() branch too, against the empty `this`
                     inc = compile_model(proj, model, incremental=True, source_override=stubs)
                     inc_cols = out.columns[cm.name]
                     if inc.sql != cm.sql:
+                        at = inc  # an error here is in the merge's SQL, not the full build's
                         rows = con.execute(f"DESCRIBE {inc.sql}").fetchall()
                         inc_cols = {r[0]: r[1] for r in rows}
+                        at = cm
                     _check_incremental_columns(cm, out.columns[cm.name], inc_cols)
                     _check_delete_not_in(cm, out.columns)
             except ProjectError as exc:
@@ -159,7 +164,8 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
                 out.errors.append(exc)
             except duckdb.Error as exc:
                 broken.add(uid)
-                out.errors.append(_bind_error(exc, node.name, model, cm))
+                merge = at is not None and at is not cm
+                out.errors.append(_bind_error(exc, node.name, model, at, merge=merge))
         _check_segments(proj, built, con, out)
         _check_column_tests(proj, out)
         _check_pii(proj, built, out)
@@ -287,9 +293,10 @@ def _source_hint(msg: str) -> str:
     return "check `path`, `format` and reader `options` (relative paths start at the project root)"
 
 
-def _bind_error(exc: duckdb.Error, name: str, model, cm) -> ProjectError:
+def _bind_error(exc: duckdb.Error, name: str, model, cm, *, merge: bool = False) -> ProjectError:
     """A binding error at the line of the model file; the compiled line only
-    as context when Jinja moved lines around."""
+    as context when Jinja moved lines around. `cm`: the compiled model whose
+    SQL failed (`merge`: its is_incremental() branch)."""
     msg = str(exc).strip()
     compiled_line = _line_of(msg)
     line = cm.source_line(compiled_line) if cm is not None else compiled_line
@@ -301,6 +308,11 @@ def _bind_error(exc: duckdb.Error, name: str, model, cm) -> ProjectError:
     if compiled_line is not None and line != compiled_line:
         # one line number in the message (the file's); the compiled one as context
         hint = f"that is line {compiled_line} of the compiled SQL; " + hint
+    if merge:  # what `segtool compile` writes is the full build, not this
+        hint = (
+            "the error is in the SQL a merge runs (with the {% if is_incremental() %} branch); "
+            "fix it and run `segtool validate` again"
+        )
     if "Permission Error" in msg:
         hint = (
             "the SQL fence keeps models inside the project's folders (not hidden ones, not "
@@ -355,37 +367,19 @@ def _check_segments(
                         hint="mark it `type: categorical` or cast it in the model",
                     )
                 )
+            elif c.type == "categorical" and _nested(have[col]):
+                out.errors.append(
+                    ProjectError(
+                        f"features '{name}': column '{col}' is {have[col]}, not one value per "
+                        "user: a categorical column holds one category per user",
+                        path=fs.file,
+                        line=fs.line,
+                        hint="derive one value in the model (e.g. `list_first(...)`, or a count), "
+                        "or leave the column out of the feature set",
+                    )
+                )
 
-    env = default_env()
-    for name, tx in proj.texts.items():
-        tf = proj.templates.get(tx.template)
-        if tf is None:
-            continue
-        try:
-            compile_template(env, tf.text, tf.path)
-        except ProjectError as exc:
-            out.errors.append(exc)
-            continue
-        if not model_ok(tx.model):
-            continue
-        have = cols[tx.model]
-        if key not in have:
-            out.errors.append(
-                ProjectError(
-                    f"text '{name}': model '{tx.model}' has no key column '{key}'",
-                    path=tx.file,
-                    line=tx.line,
-                )
-            )
-        for var in sorted(template_names(env, tf.text) - set(have) - TEMPLATE_GLOBALS):
-            out.errors.append(
-                ProjectError(
-                    f"template '{tx.template}' uses '{var}', which is not a column of model '{tx.model}'",
-                    path=tf.path,
-                    line=_first_line(tf.text, var),
-                    hint=did_you_mean(var, have),
-                )
-            )
+    _check_texts(proj, out)
 
     for name, seg in proj.segmentations.items():
         where = f"segmentation '{name}'"
@@ -410,6 +404,256 @@ def _check_segments(
                     bind_predicate(con, model, pred)
             except ProjectError as exc:
                 out.errors.append(exc)
+
+
+def _check_texts(proj: LoadedProject, out: BoundProject) -> None:
+    """Each text's template and every template it includes, imports or
+    extends: it compiles, reads only columns of the text's model (or names
+    it sets), and the var() and env_var() it reads exist, each at its own
+    file and line. A run renders them all; validate checked the first only."""
+    env = default_env()
+    cols, key = out.columns, proj.key
+    asts: dict[str, object] = {}  # template -> its syntax tree, when it compiles
+    said: set[tuple] = set()
+
+    def report(exc: ProjectError) -> None:
+        if (exc.path, exc.line, exc.message) not in said:
+            said.add((exc.path, exc.line, exc.message))
+            out.errors.append(exc)
+
+    for name, tx in proj.texts.items():
+        if tx.template not in proj.templates:
+            continue  # build_graph reports it
+        closure = _template_closure(proj, tx.template)
+        for t in closure:
+            if t in asts:
+                continue
+            tf = proj.templates[t]
+            try:
+                compile_template(env, tf.text, tf.path)
+            except ProjectError as exc:
+                asts[t] = None  # its errors are reported once
+                report(exc)
+                continue
+            asts[t] = env.parse(tf.text)
+            for exc in _template_reads(proj, t, tf, asts[t]):
+                report(exc)
+        if asts[tx.template] is None or tx.model not in cols:
+            continue
+        have = cols[tx.model]
+        if key not in have:
+            report(
+                ProjectError(
+                    f"text '{name}': model '{tx.model}' has no key column '{key}'",
+                    path=tx.file,
+                    line=tx.line,
+                )
+            )
+        # an included template sees the names its includer sets where it is
+        # included (a loop's variable too): any name set in one of them counts
+        set_in = set().union(*(_stored_names(asts[t]) for t in closure if asts[t] is not None))
+        for t in closure:
+            if asts[t] is None:
+                continue
+            tf = proj.templates[t]
+            allowed = set(have) | TEMPLATE_GLOBALS | (set_in if t != tx.template else set())
+            stored = _stored_names(asts[t])
+            for var, line in sorted(unbound_template_names(asts[t]).items()):
+                if var in allowed:
+                    continue
+                via = "" if t == tx.template else f" (included by text '{name}')"
+                if var in stored:  # a loop's (or macro's) variable, read outside it
+                    report(
+                        ProjectError(
+                            f"template '{t}'{via} uses '{var}' where it is not set: it is set "
+                            f"only inside a {{% for %}}, macro or {{% with %}} block, and is not "
+                            f"a column of model '{tx.model}'",
+                            path=tf.path,
+                            line=line or _first_line(tf.text, var),
+                            hint="a loop's variables exist inside the loop only: use it there, "
+                            "or {% set %} it at the top level (namespace() carries a value out "
+                            "of a loop)",
+                        )
+                    )
+                    continue
+                report(
+                    ProjectError(
+                        f"template '{t}'{via} uses '{var}', which is not a column of model "
+                        f"'{tx.model}'",
+                        path=tf.path,
+                        line=line or _first_line(tf.text, var),
+                        hint=did_you_mean(var, have),
+                    )
+                )
+
+
+def _template_closure(proj: LoadedProject, name: str) -> list[str]:
+    """NAME, then every template it includes, imports or extends by a
+    constant name, transitively. (A name computed when rendering may be any
+    template: those are not checked against this text's model; build_graph
+    reports a constant name that is no template.)"""
+    import jinja2.meta
+
+    seen: list[str] = []
+    todo = [name]
+    while todo:
+        t = todo.pop(0)
+        if t in seen or t not in proj.templates:
+            continue
+        seen.append(t)
+        try:
+            ast = default_env().parse(proj.templates[t].text)
+        except Exception:  # noqa: BLE001 - compile_template reports it
+            continue
+        todo.extend(r for r in jinja2.meta.find_referenced_templates(ast) if r)
+    return seen
+
+
+def _template_reads(proj: LoadedProject, t: str, tf, ast) -> list[ProjectError]:
+    """The var() and env_var() calls of template T that fail whoever the user
+    is: a var that is not defined and has no default; an environment variable
+    the project may not read, or that is not set and has no default. (SQL
+    models and predicates fail on them when validate renders them; a text is
+    rendered only by the run.) A name computed when rendering is not known."""
+    from jinja2 import nodes
+
+    from segtool.compile.reads import reads_of
+    from segtool.compile.sql import make_var
+
+    reads = reads_of(tf.text)
+    if reads.vars == frozenset() and reads.env_vars == frozenset():
+        return []
+    read = {"var": reads.vars, "env_var": reads.env_vars}  # None: any (computed names)
+    var = make_var(proj)
+    errors = []
+    for call in ast.find_all(nodes.Call):
+        fn = call.node.name if isinstance(call.node, nodes.Name) else None
+        if fn not in read or call.dyn_args is not None or call.dyn_kwargs is not None:
+            continue
+        named = {k.key: k.value for k in call.kwargs}
+        arg = call.args[0] if call.args else named.get("name")
+        if not (isinstance(arg, nodes.Const) and isinstance(arg.value, str)):
+            continue  # a computed name
+        if read[fn] is not None and arg.value not in read[fn]:
+            continue
+        default = call.args[1] if len(call.args) > 1 else named.get("default")
+        # env_var(name, none) has no default: an unset variable fails as without one
+        no_default = default is None or (
+            fn == "env_var" and isinstance(default, nodes.Const) and default.value is None
+        )
+        try:
+            if fn == "var":
+                if no_default:
+                    var(arg.value)
+            else:
+                proj.env_var(arg.value, None if no_default else "")
+        except ProjectError as exc:
+            errors.append(
+                ProjectError(
+                    f"template '{t}': {exc.message}",
+                    path=tf.path,
+                    line=call.lineno,
+                    hint=exc.hint,
+                )
+            )
+    return errors
+
+
+def _set_here(body) -> set[str]:
+    """The names the nodes of BODY set in its scope ({% set %}, macros,
+    imports), not those set in a nested loop, macro, call or with block."""
+    from jinja2 import nodes
+
+    out: set[str] = set()
+    todo = list(body)
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (nodes.Assign, nodes.AssignBlock)):
+            out |= {x.name for x in n.target.find_all(nodes.Name)}
+            if isinstance(n.target, nodes.Name):
+                out.add(n.target.name)
+        elif isinstance(n, nodes.Macro):
+            out.add(n.name)
+        elif isinstance(n, nodes.Import):
+            out.add(n.target)
+        elif isinstance(n, nodes.FromImport):
+            out |= {x if isinstance(x, str) else x[1] for x in n.names}
+        if isinstance(n, (nodes.For, nodes.Macro, nodes.CallBlock, nodes.With)):
+            continue  # a scope of its own: what is set in it stays there
+        if isinstance(n, nodes.Node):
+            todo.extend(n.iter_child_nodes())
+    return out
+
+
+def _stored_names(ast) -> set[str]:
+    """Every name a template (its syntax tree) sets anywhere (loop variables,
+    macro parameters, {% set %}, macros, imports)."""
+    from jinja2 import nodes
+
+    out = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    out |= {n.name for n in ast.find_all(nodes.Macro)}
+    out |= {n.target for n in ast.find_all(nodes.Import)}
+    for n in ast.find_all(nodes.FromImport):
+        out |= {x if isinstance(x, str) else x[1] for x in n.names}
+    return out
+
+
+def unbound_template_names(ast) -> dict[str, int | None]:
+    """The names a template (its syntax tree) reads from its context
+    (columns, `key`, globals), each with the first line it is read there. A name set at the top level
+    ({% set %}, a macro, an import) is the template's own; a loop variable,
+    a macro parameter or a name set inside a loop is the template's only
+    inside that block: read after the loop it is the context's (and
+    undefined at run time unless it is a column)."""
+    import jinja2.meta
+    from jinja2 import nodes
+
+    undeclared = jinja2.meta.find_undeclared_variables(ast)  # what Jinja reads from the context
+    free: dict[str, int | None] = {}
+
+    def names(target) -> set[str]:
+        return {x.name for x in target.find_all(nodes.Name)} | (
+            {target.name} if isinstance(target, nodes.Name) else set()
+        )
+
+    def visit(node, bound: frozenset) -> None:
+        if isinstance(node, nodes.Name):
+            if node.ctx == "load" and node.name not in bound:
+                free.setdefault(node.name, node.lineno)
+            return
+        if isinstance(node, nodes.For):
+            visit(node.iter, bound)
+            inner = bound | names(node.target) | {"loop"} | _set_here(node.body)
+            if node.test is not None:
+                visit(node.test, inner)
+            for n in node.body:
+                visit(n, inner)
+            for n in node.else_:
+                visit(n, bound | _set_here(node.else_))
+            return
+        if isinstance(node, (nodes.Macro, nodes.CallBlock)):
+            for d in node.defaults:
+                visit(d, bound)
+            if isinstance(node, nodes.CallBlock):
+                visit(node.call, bound)
+            params = {a.name for a in node.args} | {"varargs", "kwargs", "caller"}
+            inner = bound | params | _set_here(node.body)
+            for n in node.body:
+                visit(n, inner)
+            return
+        if isinstance(node, nodes.With):
+            for v in node.values:
+                visit(v, bound)
+            inner = bound | set().union(*map(names, node.targets)) | _set_here(node.body)
+            for n in node.body:
+                visit(n, inner)
+            return
+        for child in node.iter_child_nodes():
+            visit(child, bound)
+
+    visit(ast, frozenset(_set_here(ast.body)))
+    # a name the walk and Jinja both find: neither is trusted alone
+    return {n: line for n, line in free.items() if n in undeclared}
 
 
 def template_names(env, text: str) -> set[str]:
@@ -455,7 +699,9 @@ def _check_association_tests(proj: LoadedProject, built: BuiltGraph, out: BoundP
     a typo or a PII column passed validate and failed every `segtool test`
     as if the data were wrong."""
     tested = [
-        s for s in proj.segmentations.values() if s.tests.max_association or s.tests.min_association
+        s
+        for s in proj.segmentations.values()
+        if (s.tests.max_association or s.tests.min_association) and _inputs_resolve(proj, s)
     ]
     if not tested:
         return
@@ -571,8 +817,22 @@ def _check_column_tests(proj: LoadedProject, out: BoundProject) -> None:
                     )
                 )
             _check_tests_of(proj, out, col)
-    for st in proj.sources.values():
+    for (s, t), st in proj.sources.items():
+        have = out.source_columns.get((s, t))  # None: not read (reported already)
         for col in st.table.columns:
+            tested = bool(col.all_tests())
+            if tested and have is not None and _column_in(col.name, have) is None:
+                # `segtool test` failed on it with a binder error
+                out.errors.append(
+                    ProjectError(
+                        f"source '{s}.{t}' has no column '{col.name}', which its tests name "
+                        f"({st.table.path} has {_some(have)})",
+                        path=col.file,
+                        line=col.line,
+                        hint=did_you_mean(col.name, have)
+                        or "name a column of the source's files, as its header spells it",
+                    )
+                )
             _check_tests_of(proj, out, col)
 
 
@@ -587,17 +847,52 @@ def _check_tests_of(proj: LoadedProject, out: BoundProject, col) -> None:
             if name != "relationships":
                 continue
             kind, target = relationship_target(proj, args["to"], col)
-            have = out.columns.get(target) if kind == "model" else None
-            if have is not None and args["field"] not in have:
+            if kind == "model":
+                have = out.columns.get(target)
+                if have is not None and args["field"] not in have:
+                    raise ProjectError(
+                        f"relationships on '{col.name}': model '{target}' has no column "
+                        f"'{args['field']}'",
+                        path=col.file,
+                        line=col.line,
+                        hint=did_you_mean(str(args["field"]), have),
+                    )
+                continue
+            have = out.source_columns.get(target)
+            if have is not None and _column_in(str(args["field"]), have) is None:
                 raise ProjectError(
-                    f"relationships on '{col.name}': model '{target}' has no column "
-                    f"'{args['field']}'",
+                    f"relationships on '{col.name}': source '{target[0]}.{target[1]}' has no "
+                    f"column '{args['field']}'",
                     path=col.file,
                     line=col.line,
-                    hint=did_you_mean(str(args["field"]), have),
+                    hint=did_you_mean(str(args["field"]), have) or f"its columns: {_some(have)}",
                 )
         except ProjectError as exc:
             out.errors.append(exc)
+
+
+def _column_in(name: str, have: dict[str, str]) -> str | None:
+    """`name` as a column of `have`, as DuckDB binds it (case-insensitively)."""
+    if name in have:
+        return name
+    return next((c for c in have if c.lower() == name.lower()), None)
+
+
+def _some(names, n: int = 12) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def _inputs_resolve(proj: LoadedProject, seg) -> bool:
+    """Every input names a feature set or text that exists (build_graph
+    reports one that does not, with a did-you-mean): the models feeding the
+    segmentation are known."""
+    return all(
+        (inp.features in proj.features)
+        if inp.features
+        else (inp.embedding is not None and inp.embedding.text in proj.texts)
+        for inp in seg.inputs
+    )
 
 
 def _first_input_model(proj: LoadedProject, seg) -> str | None:
@@ -607,6 +902,12 @@ def _first_input_model(proj: LoadedProject, seg) -> str | None:
         if inp.embedding and inp.embedding.text in proj.texts:
             return proj.texts[inp.embedding.text].model
     return None
+
+
+def _nested(t: str) -> bool:
+    """A LIST, ARRAY, STRUCT, MAP or UNION type: no scalar value per row."""
+    t = t.upper()
+    return "[" in t or t.startswith(("STRUCT", "MAP", "UNION"))
 
 
 def _numeric(t: str) -> bool:

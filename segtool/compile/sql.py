@@ -4,6 +4,7 @@ is_incremental/this, and record what each model depends on."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,17 +217,66 @@ def line_map(source: str, compiled: str):
     src = [ln.strip() for ln in source.splitlines()]
     out = [ln.strip() for ln in compiled.splitlines()]
     mapping: dict[int, int] = {}
-    for block in difflib.SequenceMatcher(None, src, out, autojunk=False).get_matching_blocks():
-        for i in range(block.size):
-            mapping[block.b + i + 1] = block.a + i + 1
+    replaced = []
+    for op, a1, a2, b1, b2 in difflib.SequenceMatcher(None, src, out, autojunk=False).get_opcodes():
+        if op == "equal":
+            for i in range(a2 - a1):
+                mapping[b1 + i + 1] = a1 + i + 1
+        elif op == "replace":
+            replaced.append((a1, a2, b1, b2))
+
+    def match_rendered() -> None:
+        # a line with {{ }} in it renders to another line: matched by its
+        # literal text, in order (`... from {{ this }})` is the line of
+        # `... from "main"."orders")`, not the unchanged line before it).
+        # Only when a line is asked for: every compile makes a map
+        while replaced:
+            a1, a2, b1, b2 = replaced.pop()
+            pieces = [_literal_parts(ln) for ln in src[a1:a2]]
+            a = 0
+            for b in range(b1, b2):
+                for i in range(a, len(pieces)):
+                    if pieces[i] is not None and _renders_to(pieces[i], out[b]):
+                        mapping[b + 1] = a1 + i + 1
+                        a = i + 1
+                        break
 
     def to_source(line: int) -> int | None:
+        match_rendered()
         for n in range(line, 0, -1):
             if n in mapping:
                 return mapping[n]
         return 1 if source else None
 
     return to_source
+
+
+_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}")
+
+
+def _literal_parts(source_line: str) -> list[str] | None:
+    """A source line's text outside its Jinja tags, in pieces: what it
+    renders to holds them in order. None for a line without tags, or with too
+    little text besides them to tell lines apart (one that is only a tag)."""
+    parts = _TAG.split(source_line)
+    if len(parts) < 2 or len("".join(parts).strip()) < 4:
+        return None
+    return parts
+
+
+def _renders_to(parts: list[str], line: str) -> bool:
+    """`line` starts with the first piece, ends with the last and holds the
+    others in order between (a leftmost search: linear, no backtracking)."""
+    first, *middle, last = parts
+    if len(line) < len(first) + len(last) or not (line.startswith(first) and line.endswith(last)):
+        return False
+    at, end = len(first), len(line) - len(last)
+    for p in middle:
+        at = line.find(p, at, end)
+        if at < 0:
+            return False
+        at += len(p)
+    return True
 
 
 @dataclass
