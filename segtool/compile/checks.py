@@ -106,6 +106,7 @@ def bind_models(proj: LoadedProject, built: BuiltGraph) -> BoundProject:
         for (s, t), st in proj.sources.items():
             stub = f"__src.{quote_ident(s + '__' + t)}"
             try:
+                _check_files_exist(st, proj.root)
                 cols = empty_relation(con, stub, f"SELECT * FROM {source_sql(st, proj.root)}")
                 if list(cols) == ["column0"]:  # what DuckDB makes of a CSV with no header
                     _check_not_empty(st, proj.root)
@@ -281,6 +282,29 @@ def _check_delete_not_in(cm, columns: dict[str, dict[str, str]]) -> None:
             path=cm.path,
             hint=f"select the key in '{keep}' under the same name, or name another model",
         )
+
+
+def _check_files_exist(st, root) -> None:
+    """A file source's path names a file, a folder or a glob that matches
+    one: DuckDB's error for a missing file inside the project was the SQL
+    fence's ('file system operations are disabled': it looks for a folder
+    of partitions), and told the user to widen the fence."""
+    import glob
+    from pathlib import Path
+
+    from segtool.compile.sql import source_files, source_path
+
+    files = source_files(st, root)
+    if files is None:  # remote, or a table of an attached database
+        return
+    pattern = source_path(root, st.table.path)
+    if files and (glob.has_magic(pattern) or Path(files[0]).exists()):
+        return
+    raise ProjectError(
+        f"{'no file matches' if glob.has_magic(pattern) else 'there is no file'} {st.table.path}",
+        hint="put the source's data there, or fix its `path` (relative paths start at the "
+        "project root)",
+    )
 
 
 def _source_hint(msg: str) -> str:

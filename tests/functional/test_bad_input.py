@@ -809,3 +809,19 @@ def test_a_column_test_that_cannot_be_read_fails_alone_and_says_where(built):
     assert "        at models/schema.yml:" in out
     assert "PASS  unique(user_features.user_id)" in out
     assert "PASS  min_share(behaviour)" in out
+
+
+def test_a_missing_source_file_says_so(built):
+    """A source file not there (the example before its generate.py) was
+    reported as the SQL fence's 'file system operations are disabled', with
+    a hint to widen the fence."""
+    (built.root / "data/orders.csv").unlink()
+    for cmd in ("run", "validate"):
+        r = _fails(
+            built,
+            cmd,
+            contains=["source 'shop.orders' cannot be read: there is no file data/orders.csv"],
+        )
+        assert "fence" not in r.stderr
+    built.edit("models/sources.yml", "path: data/orders.csv", "path: data/orders_*.csv")
+    _fails(built, "validate", contains=["no file matches data/orders_*.csv"])

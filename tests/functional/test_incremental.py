@@ -448,10 +448,10 @@ def test_segmentation_tests(project):
     project.edit(
         "segments/segments.yml",
         "tests: {min_share: 0.05, max_share: 0.9}",
-        "tests: {min_share: 0.05, max_share: 0.34}",
+        "tests: {min_share: 0.34, max_share: 0.9}",
     )
     r = project.cli("test", "-s", "behaviour", expect=1)
-    assert "FAIL  max_share(behaviour)" in r.stdout
+    assert "FAIL  min_share(behaviour)" in r.stdout
 
 
 def test_show_and_unknown_segmentation(project):
