@@ -413,7 +413,9 @@ def _config_location(model: ModelFile, options: dict) -> tuple[str, int | None]:
     props = model.props
     if options and props is not None and props.file and all(o in props.config for o in options):
         return props.file, props.line
-    return model.path, None
+    # the line of the SQL's config() call (the first: a model has one)
+    m = re.search(r"\{\{-?\s*config\s*\(", model.sql)
+    return model.path, (model.sql.count("\n", 0, m.start()) + 1 if m else None)
 
 
 def _clean(sql: str) -> str:

@@ -272,7 +272,7 @@ def test_incremental_option_errors_point_where_the_option_was_set():
     m.sql = "{{ config(delete_not_in='users') }} " + m.sql
     with pytest.raises(ProjectError, match="needs a unique_key") as e:
         comp(p, "f")
-    assert (e.value.path, e.value.line) == ("models/f.sql", None)
+    assert (e.value.path, e.value.line) == ("models/f.sql", 1)
 
 
 def test_delete_not_in_in_yaml_takes_a_name_or_a_ref():
@@ -407,11 +407,12 @@ def test_config_errors():
         "model 'bad' config: materialized: Input should be 'view', 'table' or 'incremental'"
     )
     assert ei.value.path == "models/bad.sql"
-    add_model(p, "typo", "{{ config(materialised='table') }}select 1")
+    add_model(p, "typo", "-- users\n\n{{ config(materialised='table') }}select 1")
     with pytest.raises(ProjectError) as ei:
         comp(p, "typo")
     assert ei.value.message == "model 'typo' config: unknown key 'materialised'"
     assert ei.value.hint == "did you mean 'materialized'?"
+    assert (ei.value.path, ei.value.line) == ("models/typo.sql", 3)  # config()'s line (was none)
     # set in a models/*.yml entry: the error points there
     add_model(p, "yml", "select 1", config={"materialised": "table"}).props.at("models/m.yml", 3)
     with pytest.raises(ProjectError, match="unknown key 'materialised'") as ei:
@@ -423,7 +424,7 @@ def test_config_errors():
     ).props.at("models/m.yml", 9)
     with pytest.raises(ProjectError, match="materialized: Input should be") as ei:
         comp(p, "both")
-    assert (ei.value.path, ei.value.line) == ("models/both.sql", None)
+    assert (ei.value.path, ei.value.line) == ("models/both.sql", 1)
 
 
 def test_is_incremental_and_this():
