@@ -118,8 +118,10 @@ def test_hashing_local_and_ray_targets_give_identical_vectors_and_segments(tmp_p
     assert got["shards"] == -(-got["texts"] // 32)
     assert sum(w["texts"] for w in got["per_worker"]) == got["embedded"]
     assert got["texts_per_s"] > 0 and got["device"].startswith("ray (")
-    # starting the local Ray instance (seconds) is its own figure, not staging's
-    assert 0 <= got["stage_s"] < got["connect_s"] < got["startup_s"]
+    # connecting (starting the local Ray instance) is its own figure, not staging's:
+    # both lie before the first shard came back
+    assert got["connect_s"] >= 0 and got["stage_s"] >= 0
+    assert got["connect_s"] + got["stage_s"] <= got["startup_s"] + 0.002  # rounding
     # hashing vectors do not depend on batching: identical at any batch size
     assert same_vectors(db_vectors(pd, "segtool.duckdb"), db_vectors(pd, "cluster.duckdb"))
     assert db_rows(pd, "segtool.duckdb", SEGMENTS) == db_rows(pd, "cluster.duckdb", SEGMENTS)
