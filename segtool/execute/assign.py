@@ -20,7 +20,7 @@ from segtool.compile.sql import (
 from segtool.errors import DataError, EncoderError, ProjectError
 from segtool.state import tables, vectors
 from segtool.state.db import column_types
-from segtool.state.frames import first_column, registered
+from segtool.state.frames import first_column, key_column, registered
 
 
 def _read_input(con, path: Path, given: Path) -> None:
@@ -134,7 +134,7 @@ def assign_file(project, name: str, path: Path):
             )
         _check_fit_current(project, seg, active[1], db)
         transformers, model, params = _restore(active)
-        keys = first_column(mem, f"SELECT {k} FROM input ORDER BY __ord")
+        keys = key_column(mem, f"SELECT {k} FROM input ORDER BY __ord")
         blocks = []
         for inp, t in zip(seg.inputs, transformers):
             if inp.features:

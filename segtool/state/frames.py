@@ -86,6 +86,25 @@ def first_column(con, sql: str) -> np.ndarray:
     return np.asarray(next(iter(result.values())))
 
 
+# key types NumPy has no exact type for: HUGEINT and DECIMAL became float64
+# (keys above 2^53 fell together: 400 users kept one segment row), UUID an
+# object array of uuid.UUID that Polars cannot write
+_KEYS_AS_TEXT = ("HUGEINT", "UHUGEINT", "DECIMAL", "UUID")
+
+
+def key_column(con, sql: str) -> np.ndarray:
+    """The first column of a query, user keys: as first_column, but keys of
+    a type NumPy cannot hold exactly come as text (every table that stores
+    keys casts them back to the model's key type)."""
+    from segtool.compile.sql import quote_ident
+
+    rel = con.sql(sql)
+    if str(rel.types[0]).startswith(_KEYS_AS_TEXT):
+        col = quote_ident(rel.columns[0])
+        return first_column(con, f"SELECT CAST({col} AS VARCHAR) FROM ({sql})")
+    return first_column(con, sql)
+
+
 def arrow_batches(relation, rows: int):
     """A DuckDB relation's result as Arrow record batches of up to `rows`
     rows, streamed (to_arrow_reader since DuckDB 1.5; fetch_record_batch,

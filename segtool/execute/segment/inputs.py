@@ -12,7 +12,7 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import DataError
 from segtool.state import tables
-from segtool.state.frames import first_column
+from segtool.state.frames import key_column
 from segtool.words import counted
 
 
@@ -29,7 +29,7 @@ def load_inputs(proj, fingerprint, con, seg, users_sql: str) -> Loaded:
     from segtool.state.vectors import load_vectors
 
     k = quote_ident(proj.key)
-    keys = first_column(con, f"SELECT {k} FROM ({users_sql}) ORDER BY __ord")
+    keys = key_column(con, f"SELECT {k} FROM ({users_sql}) ORDER BY __ord")
     blocks: list = []
     raw = None
     for inp in seg.inputs:
