@@ -4,6 +4,7 @@ segment labels all say a value this way."""
 
 from __future__ import annotations
 
+import math
 import re
 
 
@@ -42,6 +43,8 @@ def number_str(x: float) -> str:
     """`1,382` from 1,000 on (not 1.38e+03), else three significant digits;
     as the report's heatmap, `show` and labels all say a number."""
     x = float(x)
+    if abs(x) >= 1e15 or not math.isfinite(x):  # 1e+300, not 301 digits in a label
+        return f"{x:.3g}"
     if abs(x) >= 999.5:  # .3g would write 1e+03
         return f"{x:,.0f}"
     return f"{x:.0f}" if x.is_integer() else f"{x:.3g}"

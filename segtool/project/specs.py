@@ -65,9 +65,31 @@ class Spec(BaseModel):
 # --------------------------------------------------------------------------- project
 
 
+# columns segtool writes beside the key (segments.NAME and its history,
+# _segtool.texts__TEXT, _segtool.inputs__NAME, work tables): a key of one of
+# these names clashed ('Column with name "segment" already exists'), or the
+# segment table got the key as run_id and the run as run_id_1
+SEGTOOL_COLUMNS = (
+    "segment_id", "segment", "distance", "confidence", "run_id", "updated_at",
+    "valid_from_run", "valid_to_run", "valid_from", "valid_to",
+    "row_hash", "text_hash", "text", "n_chars", "truncated", "input_hash",
+)  # fmt: skip
+
+
 class EntitySpec(Spec):
     name: str = "user"
     key: str = "user_id"
+
+    @field_validator("key")
+    @classmethod
+    def _not_ours(cls, v: str) -> str:
+        if v.lower() in SEGTOOL_COLUMNS or v.startswith("__"):
+            raise ValueError(
+                f"the key '{v}' is a column segtool writes beside the key in its tables "
+                f"({', '.join(SEGTOOL_COLUMNS[:6])}, ...): name it otherwise in the models "
+                "(e.g. user_id)"
+            )
+        return v
 
 
 class PathsSpec(Spec):

@@ -825,3 +825,16 @@ def test_a_missing_source_file_says_so(built):
         assert "fence" not in r.stderr
     built.edit("models/sources.yml", "path: data/orders.csv", "path: data/orders_*.csv")
     _fails(built, "validate", contains=["no file matches data/orders_*.csv"])
+
+
+@pytest.mark.parametrize("key", ["segment", "run_id", "text"])
+def test_a_key_named_like_a_column_segtool_writes_is_refused(built, key):
+    """validate said ok; the run then failed ('Column with name "segment"
+    already exists') or, for run_id, wrote the key as run_id and the run as
+    run_id_1 in the segment table."""
+    built.edit("segtool_project.yml", "key: user_id", f"key: {key}")
+    _fails(
+        built,
+        "validate",
+        contains=["segtool_project.yml:", f"the key '{key}' is a column segtool writes"],
+    )

@@ -148,6 +148,30 @@ def test_feature_profile_shows_an_all_null_mean_as_absent(project):
     assert "(z +0.00)" not in heat and ">n/a<" in heat
 
 
+def test_feature_profile_means_leave_nan_and_infinity_out(project):
+    """One NaN in a DOUBLE column (DuckDB allows them) made every mean of it
+    'nan' in the heatmap ('mean nan vs nan overall (z +nan)')."""
+    from segtool.execute.segment import drivers
+    from segtool.report.html import data
+
+    project.edit(
+        "models/user_features.sql",
+        "count(o.order_id) as orders,",
+        "count(o.order_id) as orders, CASE WHEN any_value(u.user_id) % 5 = 0 THEN 'nan'::DOUBLE "
+        "ELSE coalesce(sum(o.amount), 0) END as rev_nan,",
+    )
+    project.cli("run")
+    con = _con(project)
+    try:
+        found, _ = drivers.load(con, "lifecycle")
+        prof = data.z_profile(con, "user_id", "lifecycle", found)
+    finally:
+        con.close()
+    cells = [c for c in prof["cells"] if c["column"]["column"] == "rev_nan"]
+    assert cells and all(c["mean"] != "nan" and c["overall"] != "nan" for c in cells)
+    assert all(c["z"] is None or c["z"] == c["z"] for c in cells)  # no NaN z
+
+
 def test_feature_profile_reads_times_and_intervals(project):
     """TIME columns read n/a (no cast to a number) and INTERVAL columns raw
     seconds."""

@@ -31,3 +31,6 @@ def test_values_read_as_show_writes_them():
     assert value_str("18:35:16.500000") == "18:35:16" and value_str("18:35:00") == "18:35"
     assert value_str("3:00:00", interval=True) == "3 h" and value_str(1382.97) == "1,383"
     assert profile.number_str is number_str and profile._fmt_num is value_str
+    # a huge value is not 301 digits in a label (1e300 made a 417-character one)
+    assert number_str(1e300) == "1e+300" and number_str(-2.5e16) == "-2.5e+16"
+    assert number_str(float("nan")) == "nan" and number_str(123_456_789_012) == "123,456,789,012"

@@ -199,7 +199,8 @@ def z_profile(con, key: str, name: str, drivers: list[dict]) -> dict:
     joins = " ".join(
         f"LEFT JOIN {tables.model(m)} {alias[m]} ON {alias[m]}.{k} = s.{k}" for m in models
     )
-    inner = ", ".join(f"{e} AS x{i}" for i, e in enumerate(exprs))
+    # finite values only: one NaN in a DOUBLE column made its means 'nan'
+    inner = ", ".join(f"CASE WHEN isfinite({e}) THEN {e} END AS x{i}" for i, e in enumerate(exprs))
     aggs = ", ".join(f"avg(x{i}), stddev_pop(x{i})" for i in range(len(exprs)))
     rows = con.execute(
         f"""SELECT grouping(segment_id), segment_id, count(*), {aggs}
