@@ -363,6 +363,19 @@ def _association_tests(project, con, seg, add) -> None:
     ):
         for col, bound in bounds.items():
             d = found.get(col)
+            if d is None and col in known:
+                # a column drivers skip: one value (or none) for everyone, or
+                # about one per user; it was called 'not a column', with
+                # itself as the nearest name
+                add(
+                    test,
+                    test == "max_association",  # nothing measured is not above a bound
+                    f"'{col}' has one value, no values or about one value per user in "
+                    f"'{seg.name}': its association is not measured, so it cannot be "
+                    f"{'below' if test == 'min_association' else 'above'} {bound}",
+                    of=f"{seg.name}, {col}",
+                )
+                continue
             if d is None:
                 hint = did_you_mean(col, known)
                 add(

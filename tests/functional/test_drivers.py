@@ -419,3 +419,22 @@ def test_association_bounds_are_validated(project):
     )
     r = project.cli("validate", expect=1)
     assert "must be between 0 and 1" in r.stdout + r.stderr
+
+
+def test_association_tests_of_a_column_drivers_skip_say_why(project):
+    """A column of one value for everyone: drivers skip it, and the test said
+    "'plan' is not a column drivers can measure ...; did you mean 'plan'?"."""
+    project.edit("models/user_features.sql", "u.country,", "u.country, 1 as plan,")
+    project.edit(
+        "segments/segments.yml",
+        "tests: {min_share: 0.05, max_share: 0.9}",
+        "tests: {max_association: {plan: 0.3}, min_association: {plan: 0.1}}",
+    )
+    project.cli("run")
+    out = project.cli("test", "-s", "behaviour", expect=1).stdout
+    assert "PASS  max_association(behaviour, plan)" in out
+    assert (
+        "FAIL  min_association(behaviour, plan): 'plan' has one value, no values or about one "
+        "value per user in 'behaviour': its association is not measured, so it cannot be below 0.1"
+    ) in out
+    assert "did you mean" not in out
