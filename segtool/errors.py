@@ -163,3 +163,25 @@ def _rebuild(cls, state: dict) -> SegtoolError:
     Exception.__init__(err, state.get("message", ""))
     err.__dict__.update(state)
     return err
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, however it arrived: a KeyboardInterrupt, or DuckDB's own error
+    for a query SIGINT stopped (this DuckDB raises RuntimeError('Query
+    interrupted'), an InterruptException, or an error whose cause is the
+    KeyboardInterrupt a Python callback got). They ended the run as 'internal
+    error' (exit 2) instead of 'interrupted' (exit 130)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, KeyboardInterrupt) or type(cur).__name__ == "InterruptException":
+            return True
+        if type(cur) is RuntimeError and str(cur).strip() == "Query interrupted":
+            return True
+        # DuckDB reading a Python object when Ctrl-C came: "... failed: KeyboardInterrupt:"
+        first = str(cur).split("\n", 1)[0]
+        if "duckdb" in type(cur).__module__ and "KeyboardInterrupt" in first:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

@@ -63,6 +63,14 @@ def examples_option(help: str):
     )
 
 
+def _interrupted():
+    click.echo(
+        "interrupted: results written before the interrupt are kept; run again to continue",
+        err=True,
+    )
+    sys.exit(130)
+
+
 def handle_errors(fn):
     """The one place errors become `path:line:col: message` and an exit code
     (0 ok, 1 user error, 2 failure, 141 the output's reader left); tracebacks
@@ -90,11 +98,7 @@ def handle_errors(fn):
             )
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo(
-                "interrupted: results written before the interrupt are kept; run again to continue",
-                err=True,
-            )
-            sys.exit(130)
+            _interrupted()
         except (click.exceptions.Exit, click.ClickException):
             raise  # click prints a usage error its own way (exit 2)
         except BrokenPipeError as exc:
@@ -106,6 +110,10 @@ def handle_errors(fn):
             _silence_stdout()
             sys.exit(141)
         except Exception as exc:  # noqa: BLE001 - the one place unexpected errors are turned into exit 2
+            from segtool.errors import is_interrupt
+
+            if is_interrupt(exc):  # Ctrl-C inside a query: DuckDB's own error for it
+                _interrupted()
             _internal_error(exc, kwargs)
 
     return wrapper

@@ -26,7 +26,7 @@ import duckdb
 
 from segtool.compile.sql import quote_ident
 from segtool.encoders.builder import Encoders
-from segtool.errors import DataError, DiskFullError, ExecutionError, SegtoolError
+from segtool.errors import DataError, DiskFullError, ExecutionError, SegtoolError, is_interrupt
 from segtool.execute.context import RunContext, RunOptions, StepResult
 from segtool.graph.selection import select as select_nodes
 from segtool.plan.build import DECLARATIONS, Planner, PlanOptions
@@ -42,6 +42,8 @@ def translate_error(exc: BaseException) -> BaseException:
     """The error a user should see for an exception that ended a run."""
     if isinstance(exc, (SegtoolError, BrokenPipeError)) or not isinstance(exc, Exception):
         return exc  # a closed output pipe is the CLI's to report (exit 141), not a disk's
+    if is_interrupt(exc):  # DuckDB's word for Ctrl-C during a query: the CLI's exit 130
+        return KeyboardInterrupt()
     msg = str(exc)
     if "No space left" in msg or getattr(exc, "errno", None) == errno.ENOSPC:
         first = next((ln for ln in msg.splitlines() if "No space left" in ln), msg.splitlines()[0])
@@ -279,15 +281,15 @@ class Runner:
                     self._done(results, result)
             state.finish_run(con, run_id, "success", summarize(results), self.loaded.secrets)
         except BaseException as exc:
-            status = "error"
+            status = "interrupted" if is_interrupt(exc) else "error"
             if run_id is not None and con is not None:
                 try:
                     rollback(con)
                     state.finish_run(
                         con,
                         run_id,
-                        "error",
-                        {**summarize(results), "error": str(exc)},
+                        status,
+                        {**summarize(results), "error": str(exc) or type(exc).__name__},
                         self.loaded.secrets,
                     )
                 except duckdb.Error:

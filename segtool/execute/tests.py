@@ -301,24 +301,30 @@ def segmentation_tests(project, con, node) -> list:
             big,
         )
     if t.max_moved_share is not None:
-        # the latest run: a test after a run that moved nobody passes, even
-        # when an earlier run moved many (it kept failing until another move)
-        last = one(
+        # the latest successful run: a test after a run that moved nobody
+        # passes, even when an earlier run moved many (it kept failing until
+        # another move). With the runs that failed or were interrupted since
+        # the success before it: what they committed (a segmentation's
+        # transaction) is live, and their rerun had nothing left to move
+        runs = f"{tables.STATE}.runs"
+        last, prev = one(
             con.execute(
-                f"SELECT max(run_id) FROM {tables.STATE}.runs "
-                "WHERE command = 'run' AND status = 'success'"
+                f"""SELECT max(run_id), (SELECT max(run_id) FROM {runs} r WHERE r.command = 'run'
+                    AND r.status = 'success' AND r.run_id < max(s.run_id))
+                FROM {runs} s WHERE s.command = 'run' AND s.status = 'success'"""
             )
-        )[0]
+        )
         hist = tables.history(name)
-        # moved: a spell ended and another began at that run in another
+        # moved: a spell ended and another began at one run in another
         # segment (not a user who left, nor a spell a refit's relabel renewed)
         moved = (
             one(
                 con.execute(
                     f"""SELECT count(DISTINCT h.{k}) FROM {hist} h
-                    WHERE h.valid_to_run = ? AND EXISTS (SELECT 1 FROM {hist} n
-                        WHERE n.{k} = h.{k} AND n.valid_from_run = ? AND n.segment_id <> h.segment_id)""",
-                    [last, last],
+                    WHERE h.valid_to_run > ? AND h.valid_to_run <= ? AND EXISTS (
+                        SELECT 1 FROM {hist} n WHERE n.{k} = h.{k}
+                        AND n.valid_from_run = h.valid_to_run AND n.segment_id <> h.segment_id)""",
+                    [prev or 0, last],
                 )
             )[0]
             if last is not None

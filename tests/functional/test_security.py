@@ -742,6 +742,36 @@ def test_killed_runs_are_marked_interrupted(built):
     ]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("Query interrupted"),  # what DuckDB 2.0 raises for SIGINT mid-query
+        ValueError("reading the schema of '__segtool_vectors' failed: KeyboardInterrupt: "),
+    ],
+)
+def test_ctrl_c_inside_a_query_is_an_interrupt(built, monkeypatch, error):
+    """Ctrl-C while DuckDB ran a query ended the run as 'internal error:
+    RuntimeError: Query interrupted' (exit 2, status error), not exit 130."""
+    from segtool.execute.segment import store
+
+    if isinstance(error, ValueError):  # DuckDB's own error type, its module duckdb
+        import duckdb
+
+        error = duckdb.InvalidInputException(str(error))
+
+    def interrupted(*a, **k):
+        raise error
+
+    built.write("data/users.csv", built.read("data/users.csv") + "999,2024-01-01,DE\n")
+    monkeypatch.setattr(store, "update_history", interrupted)
+    r = built.cli("run", expect=130)
+    assert "interrupted: results written before the interrupt are kept" in r.stderr
+    assert "internal error" not in r.stderr
+    assert built.sql("select status from _segtool.runs order by run_id desc limit 1") == [
+        ("interrupted",)
+    ]
+
+
 def test_no_temporary_files_are_left_behind(built):
     built.cli("run")
     assert not [p for p in (built.root / "target").rglob("*.tmp")]

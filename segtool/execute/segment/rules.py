@@ -8,7 +8,7 @@ import json
 from segtool.compile.segments import rules_changes_sql
 from segtool.compile.sql import quote_ident, sql_literal
 from segtool.state import tables
-from segtool.state.db import fitted_segment_ids, table_exists
+from segtool.state.db import fitted_segment_ids, now, table_exists
 from segtool.state.tables import work_table
 
 
@@ -55,7 +55,7 @@ def write_rules(ctx, seg, work: str, *, refresh: bool = True) -> str:
     else:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {touched} AS SELECT {k} FROM {work}")
     rows = f"""SELECT r.{k}, CAST(CASE r.segment {id_case} END AS INTEGER) AS segment_id, r.segment,
-        CAST(NULL AS DOUBLE) AS distance, CAST(1.0 AS DOUBLE) AS confidence, {int(ctx.run_id)} AS run_id, now()::TIMESTAMP AS updated_at
+        CAST(NULL AS DOUBLE) AS distance, CAST(1.0 AS DOUBLE) AS confidence, {int(ctx.run_id)} AS run_id, {sql_literal(now())}::TIMESTAMP AS updated_at
         FROM {work} r"""
     if exists and not refresh:
         # the same rules: only the users who moved, arrived or left change

@@ -132,17 +132,21 @@ def write_assignments(con, proj, name, keys, ids, dist, conf, run_id: int, *, fu
         assigned = f"""(SELECT CAST(k AS {key_type}) AS k, segment_id, distance, confidence
             FROM __segtool_raw_assign)"""
         select = f"""SELECT a.k AS {k}, a.segment_id, CASE WHEN a.segment_id = -1 THEN 'outlier' ELSE coalesce(c.label, 'segment ' || a.segment_id) END AS segment,
-            a.distance, a.confidence, {int(run_id)} AS run_id, now()::TIMESTAMP AS updated_at
+            a.distance, a.confidence, {int(run_id)} AS run_id, ?::TIMESTAMP AS updated_at
             FROM {assigned} a LEFT JOIN {tables.CATALOG} c ON c.segmentation = ? AND c.segment_id = a.segment_id"""
+        # updated_at in UTC, as every other time segtool writes: DuckDB's
+        # now()::TIMESTAMP is the session's local time (5 hours behind the
+        # run's own start in New York)
+        params = [now(), name]
         if full or not table_exists(con, tables.RESULTS, name):
             con.execute(
-                f"CREATE OR REPLACE TABLE {tables.segments(name)} AS {select} ORDER BY 1", [name]
+                f"CREATE OR REPLACE TABLE {tables.segments(name)} AS {select} ORDER BY 1", params
             )
         else:
             con.execute(
                 f"DELETE FROM {tables.segments(name)} WHERE {k} IN (SELECT k FROM {assigned})"
             )
-            con.execute(f"INSERT INTO {tables.segments(name)} {select}", [name])
+            con.execute(f"INSERT INTO {tables.segments(name)} {select}", params)
 
 
 def update_history(con, proj, name: str, run_id: int, touched: str | None = None) -> int:
