@@ -785,26 +785,30 @@ def _check_pii(proj: LoadedProject, built: BuiltGraph, out: BoundProject) -> Non
     pii = pii_columns(proj, built)
     env = default_env()
     for name, tx in proj.texts.items():
-        tf = proj.templates.get(tx.template)
         marked = pii.get(tx.model, {})
-        if tf is None or not marked:
+        if tx.template not in proj.templates or not marked:
             continue
-        try:
-            used = template_names(env, tf.text)
-        except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
-            continue
-        if "key" in used and proj.key in marked:
-            used.add(proj.key)
-        for col in sorted((used & set(marked)) - set(tx.allow_pii)):
-            out.errors.append(
-                ProjectError(
-                    f"template '{tx.template}' uses '{col}', a PII column of model '{tx.model}' "
-                    f"(pii: true at {marked[col]}); it would be embedded and could show in labels and reports",
-                    path=tf.path,
-                    line=_first_line(tf.text, col if col in tf.text else "key"),
-                    hint=f"leave it out, or declare `allow_pii: [{col}]` on text '{name}' ({tx.file}:{tx.line})",
+        # every template the text renders: a PII column in an included one
+        # was embedded with no word from validate
+        for t in _template_closure(proj, tx.template):
+            tf = proj.templates[t]
+            try:
+                used = template_names(env, tf.text)
+            except Exception:  # noqa: BLE001 - syntax errors are reported by the text check
+                continue
+            if "key" in used and proj.key in marked:
+                used.add(proj.key)
+            via = "" if t == tx.template else f" (included by text '{name}')"
+            for col in sorted((used & set(marked)) - set(tx.allow_pii)):
+                out.errors.append(
+                    ProjectError(
+                        f"template '{t}'{via} uses '{col}', a PII column of model '{tx.model}' "
+                        f"(pii: true at {marked[col]}); it would be embedded and could show in labels and reports",
+                        path=tf.path,
+                        line=_first_line(tf.text, col if col in tf.text else "key"),
+                        hint=f"leave it out, or declare `allow_pii: [{col}]` on text '{name}' ({tx.file}:{tx.line})",
+                    )
                 )
-            )
     for name, seg in proj.segmentations.items():
         for inp in seg.inputs:
             fs = proj.features.get(inp.features) if inp.features else None

@@ -229,3 +229,20 @@ def test_an_error_in_the_incremental_branch_is_at_its_line(project):
         "is_incremental()",
     )
     assert "line 6: where ordered_at" in err
+
+
+def test_a_pii_column_in_an_included_template_is_refused(project):
+    """validate looked for PII in a text's own template only: a PII column
+    read in an included one was embedded with no word."""
+    project.edit(
+        "models/schema.yml",
+        "      - name: top_category\n",
+        "      - name: top_category\n        pii: true\n",
+    )
+    _include(project, "Mostly {{ top_category }}.\n")
+    _invalid(
+        project,
+        "templates/parts/o.j2:1",
+        "template 'parts/o.j2' (included by text 'story') uses 'top_category', a PII column",
+        "allow_pii: [top_category]",
+    )
