@@ -473,6 +473,23 @@ def _check_texts(proj: LoadedProject, out: BoundProject) -> None:
                     line=tx.line,
                 )
             )
+        if "key" in have and key != "key":
+            # `key` in a template is the entity key: the model's own `key`
+            # column could not be read, and a template reading it got the
+            # user's id with no word
+            for t in closure:
+                if asts[t] is not None and "key" in unbound_template_names(asts[t]):
+                    tf = proj.templates[t]
+                    report(
+                        ProjectError(
+                            f"template '{t}' reads 'key', which in a template is the entity key "
+                            f"('{key}'), not column 'key' of model '{tx.model}'",
+                            path=tf.path,
+                            line=_first_line(tf.text, "key"),
+                            hint=f"rename the column in model '{tx.model}' (e.g. `key AS "
+                            f"{tx.model}_key`), or read `{key}` for the entity key",
+                        )
+                    )
         # an included template sees the names its includer sets where it is
         # included (a loop's variable too): any name set in one of them counts
         set_in = set().union(*(_stored_names(asts[t]) for t in closure if asts[t] is not None))

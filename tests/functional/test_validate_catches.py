@@ -246,3 +246,16 @@ def test_a_pii_column_in_an_included_template_is_refused(project):
         "template 'parts/o.j2' (included by text 'story') uses 'top_category', a PII column",
         "allow_pii: [top_category]",
     )
+
+
+def test_a_model_column_named_key_cannot_be_read_silently(project):
+    """In a template `key` is the entity key: a model column named `key` read
+    there gave every user's id, with no word from validate."""
+    project.edit("models/user_features.sql", "u.country,", "u.country, 'gold' as key,")
+    project.write("templates/story.j2", project.read("templates/story.j2") + "Tier {{ key }}.\n")
+    _invalid(
+        project,
+        "templates/story.j2:",
+        "template 'story.j2' reads 'key', which in a template is the entity key ('user_id')",
+        "rename the column in model 'user_features'",
+    )
