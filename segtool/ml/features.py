@@ -322,7 +322,11 @@ def _fit_rank(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_scale(t: np.ndarray, scale: str) -> tuple[float, float]:
     if scale == "standard":
-        c, s = float(np.mean(t)), float(np.std(t))
+        m = float(np.max(np.abs(t))) if t.size else 0.0
+        if 1e150 < m < np.inf:  # the squares in std overflow: scale first (1e300 was 'inf')
+            c, s = float(np.mean(t / m)) * m, float(np.std(t / m)) * m
+        else:
+            c, s = float(np.mean(t)), float(np.std(t))
     elif scale == "robust":
         q25, c, q75 = (float(v) for v in np.quantile(t, [0.25, 0.5, 0.75]))
         s = q75 - q25

@@ -26,6 +26,16 @@ def test_standard_scale_and_signed_log1p_by_hand():
     assert ft.feature_names_ == ["a", "b"]
 
 
+def test_standard_scale_of_huge_values_is_finite():
+    """A finite DOUBLE of 1e300 overflowed np.std's squares: the column's
+    spread became 1, its values stayed 1e300 and the run said the input had
+    NaN/inf values for every user (the data had none)."""
+    x = np.array([1e300, 1.0, 1.0, 1.0, 1e300])
+    out = FeatureTransformer({"x": None}, "standard").fit_transform(pl.DataFrame({"x": x}))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[:, 0], (x / 1e300 - 0.4) / np.std([1, 0, 0, 0, 1]), rtol=1e-5)
+
+
 def test_robust_minmax_none_scales():
     x = [1.0, 2.0, 3.0, 4.0, 100.0]
     df = pl.DataFrame({"x": x})
