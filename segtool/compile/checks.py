@@ -438,6 +438,8 @@ def _check_texts(proj: LoadedProject, out: BoundProject) -> None:
     env = default_env()
     cols, key = out.columns, proj.key
     asts: dict[str, object] = {}  # template -> its syntax tree, when it compiles
+    reads: dict[str, dict] = {}  # template -> the names it reads (unbound_template_names)
+    sets: dict[str, set[str]] = {}  # template -> the names it sets anywhere (_stored_names)
     said: set[tuple] = set()
 
     def report(exc: ProjectError) -> None:
@@ -460,6 +462,7 @@ def _check_texts(proj: LoadedProject, out: BoundProject) -> None:
                 report(exc)
                 continue
             asts[t] = env.parse(tf.text)
+            reads[t], sets[t] = unbound_template_names(asts[t]), _stored_names(asts[t])
             for exc in _template_reads(proj, t, tf, asts[t]):
                 report(exc)
         if asts[tx.template] is None or tx.model not in cols:
@@ -478,7 +481,7 @@ def _check_texts(proj: LoadedProject, out: BoundProject) -> None:
             # column could not be read, and a template reading it got the
             # user's id with no word
             for t in closure:
-                if asts[t] is not None and "key" in unbound_template_names(asts[t]):
+                if asts[t] is not None and "key" in reads[t]:
                     tf = proj.templates[t]
                     report(
                         ProjectError(
@@ -492,14 +495,14 @@ def _check_texts(proj: LoadedProject, out: BoundProject) -> None:
                     )
         # an included template sees the names its includer sets where it is
         # included (a loop's variable too): any name set in one of them counts
-        set_in = set().union(*(_stored_names(asts[t]) for t in closure if asts[t] is not None))
+        set_in = set().union(*(sets[t] for t in closure if asts[t] is not None))
         for t in closure:
             if asts[t] is None:
                 continue
             tf = proj.templates[t]
             allowed = set(have) | TEMPLATE_GLOBALS | (set_in if t != tx.template else set())
-            stored = _stored_names(asts[t])
-            for var, line in sorted(unbound_template_names(asts[t]).items()):
+            stored = sets[t]
+            for var, line in sorted(reads[t].items()):
                 if var in allowed:
                     continue
                 via = "" if t == tx.template else f" (included by text '{name}')"

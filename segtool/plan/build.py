@@ -677,8 +677,9 @@ class Planner:
         import re
 
         from segtool.compile.predicates import segmentation_predicates
+        from segtool.state.db import first_line
 
-        said = _first_line(exc)
+        said = first_line(exc)
         preds = segmentation_predicates(self.loaded, seg)
         quoted = re.findall(r'"([^"]+)"|\'([^\']+)\'', said)
         values = [a or b for a, b in quoted]
@@ -688,15 +689,13 @@ class Planner:
                     f"{p.what} failed on the data: {said}",
                     path=p.path,
                     line=p.line,
-                    hint="a literal DuckDB cannot convert (a date like '2024-02-30') or a "
-                    "cast that fails on some row: fix the predicate",
+                    hint=f"{_FAILED_ON_DATA}: fix the predicate",
                 )
         return ProjectError(
             f"segmentation '{seg.name}': its rules failed on the data: {said}",
             path=seg.file,
             line=seg.line,
-            hint="a literal DuckDB cannot convert (a date like '2024-02-30') or a cast "
-            "that fails on some row, in one of its predicates",
+            hint=f"{_FAILED_ON_DATA}, in one of its predicates",
         )
 
     def _table_exists(self, schema: str, name: str) -> bool:
@@ -760,8 +759,10 @@ class Planner:
         )
 
 
-def _first_line(exc: Exception) -> str:
-    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), repr(exc))
+# what makes a predicate that binds fail on the data
+_FAILED_ON_DATA = (
+    "a literal DuckDB cannot convert (a date like '2024-02-30') or a cast that fails on some row"
+)
 
 
 def plan_steps(planner: Planner, uids: list[str]) -> list[Step]:

@@ -14,7 +14,7 @@ from segtool.report.console import format_table, markdown_table, one_line
 from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, column_types, table_exists
 from segtool.state.result import one
-from segtool.words import duration_str, number_str  # noqa: F401 - also read from here (html/data.py)
+from segtool.words import duration_str, number_str  # noqa: F401 - read from here before they moved
 from segtool.words import interval_seconds as _interval_seconds
 from segtool.words import value_str as _fmt_num
 

@@ -26,6 +26,26 @@ def _section(page: str, name: str) -> str:
     return page[start : end if end > 0 else len(page)]
 
 
+def _lifecycle_profile(pd, columns: str) -> dict:
+    """lifecycle's feature profile (data.z_profile) after a run with
+    `columns` (SQL) added to user_features after its orders column."""
+    from segtool.execute.segment import drivers
+    from segtool.report.html import data
+
+    pd.edit(
+        "models/user_features.sql",
+        "count(o.order_id) as orders,",
+        f"count(o.order_id) as orders, {columns},",
+    )
+    pd.cli("run")
+    con = _con(pd)
+    try:
+        found, _ = drivers.load(con, "lifecycle")
+        return data.z_profile(con, "user_id", "lifecycle", found)
+    finally:
+        con.close()
+
+
 def test_events_list_every_event_of_the_last_runs():
     """`LIMIT 8` cut the event rows before they were grouped: a refit to
     k=22 (18 births and a split) was listed as 8 births, no split, and the
@@ -118,27 +138,14 @@ def test_charts_replace_every_character_xml_cannot_hold():
 def test_feature_profile_shows_an_all_null_mean_as_absent(project):
     """A segment whose members all have NULL (no orders, no last order) was
     drawn at z 0 in the neutral colour: 'mean n/a ... (z +0.00)'."""
-    from segtool.report.html import data
     from segtool.report.html.charts import ABSENT
 
-    project.edit(
-        "models/user_features.sql",
-        "count(o.order_id) as orders,",
-        "count(o.order_id) as orders, CASE WHEN sum(o.amount) > 300 THEN NULL "
-        "ELSE max(o.amount) END as top_amount,",
+    prof = _lifecycle_profile(
+        project, "CASE WHEN sum(o.amount) > 300 THEN NULL ELSE max(o.amount) END as top_amount"
     )
-    project.cli("run")
-    con = _con(project)
-    try:
-        big = con.execute(
-            "SELECT DISTINCT segment_id FROM segments.lifecycle WHERE segment = 'big'"
-        ).fetchall()[0][0]
-        from segtool.execute.segment import drivers
-
-        found, _ = drivers.load(con, "lifecycle")
-        prof = data.z_profile(con, "user_id", "lifecycle", found)
-    finally:
-        con.close()
+    (big,) = project.sql(
+        "SELECT DISTINCT segment_id FROM segments.lifecycle WHERE segment = 'big'"
+    )[0]
     cells = {c["segment_id"]: c for c in prof["cells"] if c["column"]["column"] == "top_amount"}
     assert cells[big]["z"] is None and cells[big]["mean"] == "n/a"
     assert all(c["z"] is not None for s, c in cells.items() if s != big)
@@ -151,22 +158,11 @@ def test_feature_profile_shows_an_all_null_mean_as_absent(project):
 def test_feature_profile_means_leave_nan_and_infinity_out(project):
     """One NaN in a DOUBLE column (DuckDB allows them) made every mean of it
     'nan' in the heatmap ('mean nan vs nan overall (z +nan)')."""
-    from segtool.execute.segment import drivers
-    from segtool.report.html import data
-
-    project.edit(
-        "models/user_features.sql",
-        "count(o.order_id) as orders,",
-        "count(o.order_id) as orders, CASE WHEN any_value(u.user_id) % 5 = 0 THEN 'nan'::DOUBLE "
-        "ELSE coalesce(sum(o.amount), 0) END as rev_nan,",
+    prof = _lifecycle_profile(
+        project,
+        "CASE WHEN any_value(u.user_id) % 5 = 0 THEN 'nan'::DOUBLE "
+        "ELSE coalesce(sum(o.amount), 0) END as rev_nan",
     )
-    project.cli("run")
-    con = _con(project)
-    try:
-        found, _ = drivers.load(con, "lifecycle")
-        prof = data.z_profile(con, "user_id", "lifecycle", found)
-    finally:
-        con.close()
     cells = [c for c in prof["cells"] if c["column"]["column"] == "rev_nan"]
     assert cells and all(c["mean"] != "nan" and c["overall"] != "nan" for c in cells)
     assert all(c["z"] is None or c["z"] == c["z"] for c in cells)  # no NaN z
@@ -175,23 +171,11 @@ def test_feature_profile_means_leave_nan_and_infinity_out(project):
 def test_feature_profile_reads_times_and_intervals(project):
     """TIME columns read n/a (no cast to a number) and INTERVAL columns raw
     seconds."""
-    from segtool.execute.segment import drivers
-    from segtool.report.html import data
-
-    project.edit(
-        "models/user_features.sql",
-        "count(o.order_id) as orders,",
-        "count(o.order_id) as orders, "
+    prof = _lifecycle_profile(
+        project,
         "make_time(6 + CAST(sum(o.amount) AS BIGINT) % 12, CAST(sum(o.amount) AS BIGINT) % 60, "
-        "0.5) as usual_time, max(o.ordered_at) - min(o.ordered_at) as active_span,",
+        "0.5) as usual_time, max(o.ordered_at) - min(o.ordered_at) as active_span",
     )
-    project.cli("run")
-    con = _con(project)
-    try:
-        found, _ = drivers.load(con, "lifecycle")
-        prof = data.z_profile(con, "user_id", "lifecycle", found)
-    finally:
-        con.close()
     by = {}
     for c in prof["cells"]:
         by.setdefault(c["column"]["column"], []).append(c)

@@ -12,10 +12,10 @@ import numpy as np
 from segtool.compile.sql import quote_ident
 from segtool.errors import DataError
 from segtool.ml.association import RANK_ETA2
-from segtool.report.profile import duration_str, number_str
 from segtool.state import tables
 from segtool.state.db import RESULTS, STATE, column_types, table_exists
 from segtool.state.history import changed_runs, open_at
+from segtool.words import duration_str, number_str
 
 MAP_POINTS = 3000  # users drawn on a 2-D map (a seeded sample by key hash)
 PROFILE_COLUMNS = 12  # numeric columns in a feature-profile heatmap
